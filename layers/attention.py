@@ -1,0 +1,140 @@
+"""Causal self-attention: multi-head, grouped-query and multi-query, optional sliding window.
+
+Vaswani et al. 2017 (multi-head); Shazeer 2019 (multi-query); Ainslie et al. 2023 (GQA);
+sliding-window/local attention as in Griffin (De et al. 2024, arXiv 2402.19427) with RoPE
+(Su et al. 2021) on a configurable fraction of each head. The softmax itself is the op
+``pallas_kernels.flash_attention`` (reference = the project's single attention function).
+
+Axis letters: b batch, t new (query) time, s cached key time, d model width, h query heads,
+g kv heads, k head dim.
+
+Decode cache (explicit pytree, :meth:`Attention.init_cache`): keys/values of the last
+``size`` positions (size = max_len for full attention; window + 1 for local attention, a
+ring buffer whose memory does not grow with context), the buffer position of each slot
+(-1 = empty) and its document id, and the number of positions written so far.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from layers.mlp import dense_init
+from layers.partitioning import constrain, param
+from layers.rope import apply_rope
+from pallas_kernels.flash_attention import flash_attention
+
+Cache = dict[str, Array]
+
+
+def cache_size(max_len: int, window: int | None) -> int:
+    """Slots of the decode cache: the window plus the query itself, or the whole context."""
+    return max_len if window is None else min(max_len, window + 1)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query / multi-query self-attention with RoPE.
+
+    Attributes:
+      num_heads: query heads h.
+      num_kv_heads: key/value heads g (h % g == 0; g == 1 is multi-query).
+      head_dim: per-head width k.
+      window: look-back w (each query sees itself and w previous tokens of its document);
+        None = full causal attention.
+      rope_fraction: share of each head's dims rotated by RoPE.
+      rope_max_wavelength: RoPE base.
+      softcap: optional tanh soft-cap of the attention scores.
+      impl: ``flash_attention`` implementation switch.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    window: int | None = None
+    rope_fraction: float = 1.0
+    rope_max_wavelength: float = 10_000.0
+    softcap: float | None = None
+    impl: str = "auto"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
+        """Empty cache for ``batch`` sequences of up to ``max_len`` positions."""
+        size = cache_size(max_len, self.window)
+        kv_shape = (batch, size, self.num_kv_heads, self.head_dim)
+        return {
+            "k": jnp.zeros(kv_shape, dtype),
+            "v": jnp.zeros(kv_shape, dtype),
+            "pos": jnp.full((batch, size), -1, jnp.int32),
+            "seg": jnp.zeros((batch, size), jnp.int32),
+            "index": jnp.zeros((), jnp.int32),
+        }
+
+    def cache_bytes(self, context_len: int, dtype=jnp.float32) -> int:
+        """Bytes of keys and values cached for one sequence after ``context_len`` tokens."""
+        slots = cache_size(context_len, self.window)
+        return 2 * slots * self.num_kv_heads * self.head_dim * jnp.dtype(dtype).itemsize
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "b t d"],
+        *,
+        segment_ids: Int[Array, "b t"],
+        positions: Int[Array, "b t"],
+        cache: Cache | None = None,
+    ) -> tuple[Float[Array, "b t d"], Cache | None]:
+        d = x.shape[-1]
+        h, g, k = self.num_heads, self.num_kv_heads, self.head_dim
+        if h % g:
+            raise ValueError(f"num_heads={h} must be a multiple of num_kv_heads={g}")
+        wq = param(self, "wq", dense_init(d), (d, h, k), ("embed", "heads", "head_dim"), self.param_dtype)
+        wk = param(self, "wk", dense_init(d), (d, g, k), ("embed", "kv", "head_dim"), self.param_dtype)
+        wv = param(self, "wv", dense_init(d), (d, g, k), ("embed", "kv", "head_dim"), self.param_dtype)
+        wo = param(
+            self, "wo", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2),
+            (h, k, d), ("heads", "head_dim", "embed"), self.param_dtype,
+        )
+        x = x.astype(self.dtype)
+        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
+        key = jnp.einsum("btd,dgk->btgk", x, wk.astype(self.dtype))
+        val = jnp.einsum("btd,dgk->btgk", x, wv.astype(self.dtype))
+        rope = dict(fraction=self.rope_fraction, max_wavelength=self.rope_max_wavelength)
+        q = apply_rope(q, positions, **rope)
+        key = apply_rope(key, positions, **rope)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+
+        common = dict(causal=True, window=self.window, scale=k**-0.5, softcap=self.softcap, impl=self.impl)
+        if cache is None:
+            o = flash_attention(q, key, val, segment_ids=segment_ids, **common)
+            new_cache = None
+        else:
+            o, new_cache = self._attend_with_cache(q, key, val, segment_ids, cache, common)
+        o = constrain(o, ("batch", "length", "heads", "head_dim"))
+        return jnp.einsum("bthk,hkd->btd", o, wo.astype(self.dtype)), new_cache
+
+    def _attend_with_cache(self, q, key, val, segment_ids, cache, common):
+        """Attend over (cached + new) keys, then store the new keys in their ring slots."""
+        b, t = q.shape[:2]
+        size = cache["k"].shape[1]
+        q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(t, dtype=jnp.int32), (b, t))
+        all_k = jnp.concatenate([cache["k"], key.astype(cache["k"].dtype)], axis=1)
+        all_v = jnp.concatenate([cache["v"], val.astype(cache["v"].dtype)], axis=1)
+        kv_pos = jnp.concatenate([cache["pos"], q_pos], axis=1)
+        kv_seg = jnp.concatenate([cache["seg"], segment_ids], axis=1)
+        o = flash_attention(
+            q, all_k, all_v, segment_ids=segment_ids, kv_segment_ids=kv_seg,
+            q_positions=q_pos, kv_positions=kv_pos, **common,
+        )
+        keep = min(t, size)  # a prompt longer than a ring buffer leaves only its tail
+        slots = (q_pos[0, t - keep:]) % size
+        new_cache = {
+            "k": cache["k"].at[:, slots].set(key[:, t - keep:].astype(cache["k"].dtype)),
+            "v": cache["v"].at[:, slots].set(val[:, t - keep:].astype(cache["v"].dtype)),
+            "pos": cache["pos"].at[:, slots].set(q_pos[:, t - keep:]),
+            "seg": cache["seg"].at[:, slots].set(segment_ids[:, t - keep:]),
+            "index": cache["index"] + t,
+        }
+        return o, new_cache

@@ -1,0 +1,137 @@
+"""Checkpoints of a run with orbax: parameters, optimiser state, data-iterator state, config, step.
+
+One orbax ``CheckpointManager`` per run directory (``<run_dir>/checkpoints/<step>/``) with
+three items: "state" (params + optimiser state + step, a pytree), "data" (the grain
+iterator state, JSON) and "meta" (run config and step, JSON). Saves are synchronous so
+that a process killed right after ``save`` returns leaves a complete checkpoint; orbax
+writes to a temporary directory and renames it, so an interrupted save never looks like
+a finished one.
+
+Errors never delete anything: a missing, partial or corrupted checkpoint raises
+:class:`CheckpointError` naming the directory and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete or unreadable."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir).absolute() / "checkpoints"
+
+
+class Checkpointer:
+    """Save and restore the training state of one run.
+
+    Args:
+      run_dir: the run directory; checkpoints go under ``run_dir/checkpoints``.
+      max_to_keep: retain this many most recent checkpoints (None = all).
+      read_only: open an existing directory without the right to create, save or delete.
+    """
+
+    def __init__(self, run_dir: str | Path, max_to_keep: int | None = 2, read_only: bool = False):
+        self.directory = checkpoint_dir(run_dir)
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoint directory at {self.directory}")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=False,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def steps(self) -> list[int]:
+        """Steps of the finished checkpoints, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+        """Write a checkpoint of ``state`` (pytree), ``data_state`` and ``meta`` (JSON) at ``step``."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(_jsonable(data_state)),
+                meta=ocp.args.JsonSave(_jsonable(meta)),
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restore (state, data_state, meta) at ``step`` (None = latest).
+
+        Args:
+          abstract_state: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings
+            to restore onto another mesh) giving the structure of "state".
+        """
+        available = self.steps()
+        if step is None:
+            if not available:
+                raise CheckpointError(f"no finished checkpoint in {self.directory}")
+            step = available[-1]
+        if step not in available:
+            raise CheckpointError(f"no finished checkpoint for step {step} in {self.directory}; found steps {available}")
+        step_dir = self.directory / str(step)
+        missing = [item for item in ITEMS if not (step_dir / item).is_dir()]
+        if missing:
+            raise CheckpointError(f"checkpoint {step_dir} is partial: items {missing} are missing (nothing was deleted)")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    data=ocp.args.JsonRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as err:  # orbax raises many types for unreadable files
+            raise CheckpointError(
+                f"checkpoint {step_dir} could not be read ({type(err).__name__}: {err}); it may be corrupted. "
+                "Nothing was deleted."
+            ) from err
+        return restored["state"], restored["data"], restored["meta"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so that bytes and tuples are stored losslessly."""
+    return json.loads(json.dumps(obj, default=_encode))
+
+
+def _encode(obj):
+    if isinstance(obj, bytes):
+        return {"__bytes__": obj.decode("latin-1")}
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON item")
+
+
+def decode_bytes(obj: Any) -> Any:
+    """Inverse of the bytes encoding used for JSON items."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__bytes__"}:
+            return obj["__bytes__"].encode("latin-1")
+        return {k: decode_bytes(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_bytes(v) for v in obj]
+    return obj

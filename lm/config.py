@@ -1,0 +1,253 @@
+"""Frozen configuration dataclasses: model, optimiser, schedule, run.
+
+A model is a block pattern over mixer letters, repeated to ``num_layers`` blocks
+("A" full attention, "W" local/sliding-window attention; further letters register
+themselves in :mod:`lm.mixers`). Sweeps build configs with ``dataclasses.replace``.
+Every ``__post_init__`` raises ``ValueError`` naming the field, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from lm.data import DataConfig
+
+DTYPES = ("float32", "bfloat16")
+MLP_ACTIVATIONS = ("geglu", "swiglu")
+SCHEDULES = ("cosine", "constant", "wsd")
+DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
+
+
+def _positive(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{type(obj).__name__}.{name}={value!r}: must be a positive number")
+
+
+def _choice(obj, name, allowed):
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(f"{type(obj).__name__}.{name}={value!r}: allowed values are {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only language model.
+
+    Attributes:
+      vocab_size: tokens in the vocabulary (byte tokenizer: 256 bytes + specials).
+      d_model: residual width d.
+      num_layers: blocks; ``pattern`` is repeated (and truncated) to this length.
+      pattern: mixer letters, e.g. "A" (transformer), "RRW" (Griffin), "R" (Hawk).
+      num_heads, num_kv_heads, head_dim: attention heads (kv heads default to num_heads,
+        head_dim to d_model // num_heads).
+      d_ff: gated-MLP hidden width (default 4 * d_model).
+      mlp_activation: "geglu" or "swiglu".
+      window: sliding-window look-back of "W" blocks (and of "A" blocks if ``attention_window`` is set).
+      attention_window: optional window for the "A" blocks (None = full causal).
+      rope_fraction, rope_max_wavelength: RoPE on a share of each head's dims.
+      attn_softcap: tanh soft-cap of attention scores; logit_softcap: of the output logits.
+      tie_embeddings: output head shares the embedding matrix.
+      dtype: activation/compute dtype; parameters are always float32.
+      attention_impl: ``flash_attention`` impl switch for every attention layer.
+      extra: options of mixers registered later, as a tuple of (name, value) pairs.
+    """
+
+    vocab_size: int = 259
+    d_model: int = 256
+    num_layers: int = 4
+    pattern: str = "A"
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int | None = None
+    mlp_activation: str = "geglu"
+    window: int = 1024
+    attention_window: int | None = None
+    rope_fraction: float = 1.0
+    rope_max_wavelength: float = 10_000.0
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    attention_impl: str = "auto"
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        from lm.mixers import MIXERS  # the registry imports config-free layer code only
+
+        _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                  "head_dim", "d_ff", "window", "attn_softcap", "logit_softcap", "rope_max_wavelength")
+        if self.attention_window is not None and self.attention_window < 0:
+            raise ValueError(f"ModelConfig.attention_window={self.attention_window}: must be >= 0 or None")
+        if not self.pattern:
+            raise ValueError("ModelConfig.pattern='': must hold at least one mixer letter")
+        for letter in self.pattern:
+            if letter not in MIXERS:
+                raise ValueError(
+                    f"ModelConfig.pattern={self.pattern!r}: unknown mixer letter {letter!r}; "
+                    f"allowed letters are {sorted(MIXERS)}"
+                )
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads} "
+                "(set head_dim explicitly or choose num_heads dividing d_model)"
+            )
+        if self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"ModelConfig.num_heads={self.num_heads} is not divisible by num_kv_heads={self.kv_heads}; "
+                f"allowed num_kv_heads are the divisors of {self.num_heads}"
+            )
+        if not 0.0 <= self.rope_fraction <= 1.0:
+            raise ValueError(f"ModelConfig.rope_fraction={self.rope_fraction}: must be in [0, 1]")
+        _choice(self, "mlp_activation", MLP_ACTIVATIONS)
+        _choice(self, "dtype", DTYPES)
+        _choice(self, "attention_impl", ("auto", "reference", "pallas", "interpret"))
+        for letter in set(self.pattern):
+            MIXERS[letter].validate(self)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def ff_dim(self) -> int:
+        return 4 * self.d_model if self.d_ff is None else self.d_ff
+
+    @property
+    def block_letters(self) -> str:
+        """The mixer letter of every block: the pattern repeated to ``num_layers``."""
+        reps = -(-self.num_layers // len(self.pattern))
+        return (self.pattern * reps)[: self.num_layers]
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A registered mixer's option from ``extra`` (default if unset)."""
+        return dict(self.extra).get(name, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW (Loshchilov & Hutter 2019) with global-norm gradient clipping.
+
+    Weight decay is applied to matrices only (not norms, biases, embeddings) unless
+    ``decay_embeddings`` / ``decay_all`` ask for it.
+    """
+
+    learning_rate: float = 3e-3
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float | None = 1.0
+    decay_embeddings: bool = False
+    decay_all: bool = False
+
+    def __post_init__(self):
+        _positive(self, "learning_rate", "eps", "clip_norm")
+        if self.weight_decay < 0:
+            raise ValueError(f"OptimizerConfig.weight_decay={self.weight_decay}: must be >= 0")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"OptimizerConfig.{name}={getattr(self, name)}: must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule: multiplier of ``OptimizerConfig.learning_rate`` per step.
+
+    kind: "cosine" (linear warmup then cosine to ``min_ratio``), "constant" (after warmup),
+      or "wsd" (Warmup-Stable-Decay, Hu et al. 2024 MiniCPM: warmup, constant, then a decay
+      over the last ``decay_fraction`` of the steps, or from ``decay_start`` if set, with
+      ``decay_shape`` linear | cosine | sqrt (1 - sqrt(progress)) | exponential).
+    warmup_steps: absolute; if None, ``warmup_fraction`` of the total steps.
+    """
+
+    kind: str = "cosine"
+    warmup_steps: int | None = None
+    warmup_fraction: float = 0.05
+    min_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    decay_start: int | None = None
+    decay_shape: str = "linear"
+
+    def __post_init__(self):
+        _choice(self, "kind", SCHEDULES)
+        _choice(self, "decay_shape", DECAY_SHAPES)
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"ScheduleConfig.warmup_steps={self.warmup_steps}: must be >= 0")
+        for name in ("warmup_fraction", "min_ratio", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ScheduleConfig.{name}={getattr(self, name)}: must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Length, evaluation, logging and checkpointing of one run.
+
+    steps: optimiser steps. z_loss: weight of the PaLM output z-loss mean(logsumexp^2).
+    eval_every / eval_batches: periodic validation. checkpoint_every: orbax save period
+    (the final step is always saved); keep_checkpoints: how many to retain (None = all,
+    useful for WSD branching). init_from: (run_dir, step) to start from a saved state
+    (WSD decay branches). loss_at_flops: FLOP counts at which the loss curve is recorded.
+    """
+
+    steps: int = 200
+    seed: int = 0
+    z_loss: float = 0.0
+    eval_every: int = 100
+    eval_batches: int = 4
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int | None = 2
+    init_from: tuple[str, int] | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        _positive(self, "steps", "eval_every", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints")
+        if self.z_loss < 0:
+            raise ValueError(f"TrainConfig.z_loss={self.z_loss}: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    name: str = "run"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return from_dict(cls, d)
+
+
+def from_dict(cls, d: dict):
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output."""
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        if key not in fields:
+            raise ValueError(f"{cls.__name__}: unknown field {key!r}; allowed fields are {sorted(fields)}")
+        default = getattr(cls(), key) if key in fields else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[key] = value
+    return cls(**kwargs)
