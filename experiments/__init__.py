@@ -1,0 +1,1 @@
+"""Studies and benchmarks, each run as ``python -m experiments.<name>``."""
