@@ -176,7 +176,7 @@ def compiled_eval_step(model_cfg: ModelConfig, params, batch) -> tuple[Any, floa
 
 
 def evaluate(run: RunConfig, params, num_batches: int | None = None) -> tuple[dict, float]:
-    """Validation loss (nats/token) and bits per byte on the first batches of the held-out split."""
+    """Validation loss (nats/target) and bits per byte on the first batches of the held-out split."""
     it = lm_data.make_iterator(run.data, "validation")
     total, count, compile_s = 0.0, 0.0, 0.0
     for _ in range(num_batches or run.train.eval_batches):
@@ -186,8 +186,10 @@ def evaluate(run: RunConfig, params, num_batches: int | None = None) -> tuple[di
         s, n = fn(params, batch)
         total += float(s)
         count += float(n)
+    it.close()
     loss = total / max(count, 1.0)
-    return {"val_loss": loss, "val_bpb": loss / LN2}, compile_s
+    bpb = lm_data.bits_per_byte(loss, lm_data.dataset_info(run.data)["targets_per_byte"])
+    return {"val_loss": loss, "val_bpb": bpb}, compile_s
 
 
 def _to_device(batch: dict) -> dict:
@@ -324,6 +326,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
     if bar is not None:
         bar.close()
     ckpt.close()
+    train_it.close()
     if not last_eval:  # resumed at the very end: evaluate the final parameters
         last_eval, c = evaluate(run, state["params"])
         compile_s += c

@@ -1,0 +1,342 @@
+"""Data pipelines (grain): sources -> byte tokens -> packed rows -> batches.
+
+Sources (``DataConfig.source``):
+  "stdlib"     the *.py files of the running interpreter's standard library (test folders
+               excluded; real text on every machine, nothing to download), split by FILE
+               into train / validation with ``split_seed``; no file is in both splits.
+  "synthetic"  a sparse random order-k Markov chain over bytes (:mod:`lm.markov`) whose
+               entropy rate is known exactly (``entropy_rate_bits``): the truth against
+               which a fitted irreducible loss E (Hoffmann et al. 2022, Eq. 2) is checked.
+  "files"      local text files matching ``files_glob``, split by file like "stdlib".
+  "tfds"       any TFDS dataset through ``tfds.data_source`` (ArrayRecord random access;
+               TensorFlow is not needed), splits ``tfds_split_train`` / ``tfds_split_val``.
+
+Tokens are bytes (:mod:`lm.tokenizer`, VOCAB_SIZE = 259). Packing (:mod:`lm.packing`):
+documents become (token, next token) pairs, cut into pieces of at most seq_len pairs,
+shuffled (deterministically in ``seed``; reshuffled every epoch), and packed into rows by
+grain's ConcatThenSplit. A batch is
+
+  tokens       int32   [b, t]  input tokens (PAD_ID on padding)
+  targets      int32   [b, t]  the next token of the same document (PAD_ID on padding)
+  segment_ids  int32   [b, t]  1, 2, ... per segment of a row, 0 on padding
+  positions    int32   [b, t]  0, 1, ... restarting at every segment
+  weights      float32 [b, t]  1.0 where a target exists, 0.0 on padding
+
+with b = batch_size / shard_count rows on each of shard_count hosts (host h reads the
+pieces h, h + S, h + 2S, ... of each epoch's global permutation: disjoint slices of the
+data, together the global batch) and t = seq_len. The iterator's ``get_state()`` (a JSON
+dict) is saved with checkpoints; ``set_state`` on a fresh iterator restores it exactly.
+
+Axis letters: b rows of the per-host batch, t slots of a row (seq_len).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import grain
+import numpy as np
+from grain.experimental import ThreadPrefetchIterDataset
+
+from lm import data_sources, markov, packing
+from lm.data_sources import SPLITS
+from lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer  # noqa: F401  (re-exported)
+
+SOURCES = ("stdlib", "synthetic", "files", "tfds")
+MAX_SYNTHETIC_CONTEXTS = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the model reads.
+
+    Attributes:
+      source: "stdlib" | "synthetic" | "files" | "tfds" (see the module docstring).
+      seq_len: slots per row (t).
+      batch_size: global batch size in rows (sequences), divided among hosts.
+      seed: order of the pieces (shuffle seed; each epoch is reshuffled from it).
+      split_seed: which files are held out ("stdlib", "files"); independent of ``seed``
+        so that changing the data order keeps the validation set.
+      val_fraction: fraction of files held out ("stdlib", "files"); "synthetic": number of
+        validation documents as a fraction of the training documents.
+      max_bytes: cap on the bytes of each split ("stdlib", "files"); None = all.
+      add_bos, add_eos: begin / end every document with BOS_ID / EOS_ID.
+      files_glob: pattern of the "files" source (``**`` allowed).
+      tfds_name, tfds_split_train, tfds_split_val, tfds_text_key, tfds_data_dir: the
+        "tfds" dataset, its two splits, the text feature and the data directory.
+      synthetic_alphabet: symbols 0..a-1 of the chain (a <= 256).
+      synthetic_order: k, the context length of the chain.
+      synthetic_branching: allowed next symbols per context.
+      synthetic_concentration: Dirichlet concentration of the per-context probabilities
+        (small: peaked, low entropy; large: near uniform over the branches).
+      synthetic_seed: the chain itself (its transition table) and the sampled documents.
+      synthetic_doc_len: bytes per synthetic document.
+      synthetic_num_tokens: bytes of the synthetic training split (one epoch).
+      num_threads: grain read threads (0 reads in the consuming thread).
+      prefetch_batches: batches prepared ahead in a background thread (0: none).
+    """
+
+    source: str = "stdlib"
+    seq_len: int = 256
+    batch_size: int = 8
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    max_bytes: int | None = None
+    add_bos: bool = True
+    add_eos: bool = True
+    files_glob: str | None = None
+    tfds_name: str | None = None
+    tfds_split_train: str = "train"
+    tfds_split_val: str = "test"
+    tfds_text_key: str = "text"
+    tfds_data_dir: str | None = None
+    synthetic_alphabet: int = 256
+    synthetic_order: int = 2
+    synthetic_branching: int = 4
+    synthetic_concentration: float = 1.0
+    synthetic_seed: int = 0
+    synthetic_doc_len: int = 1024
+    synthetic_num_tokens: int = 1 << 24
+    num_threads: int = 0
+    prefetch_batches: int = 2
+
+    def __post_init__(self):
+        def bad(name, allowed):
+            raise ValueError(f"DataConfig.{name}={getattr(self, name)!r}: {allowed}")
+
+        if self.source not in SOURCES:
+            bad("source", f"allowed values are {SOURCES}")
+        for name in ("seq_len", "batch_size", "synthetic_doc_len", "synthetic_num_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be a positive integer")
+        for name in ("seed", "split_seed", "synthetic_seed", "num_threads", "prefetch_batches"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                bad(name, "must be a non-negative integer")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "must be in [0, 1)")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            bad("max_bytes", "must be None or a positive integer")
+        if self.source == "files" and not self.files_glob:
+            bad("files_glob", 'must be set (a glob pattern) when source="files"')
+        if self.source == "tfds" and not self.tfds_name:
+            bad("tfds_name", 'must be set (e.g. "lm1b") when source="tfds"')
+        if not 2 <= self.synthetic_alphabet <= 256:
+            bad("synthetic_alphabet", "must be in [2, 256]")
+        if self.synthetic_order < 1:
+            bad("synthetic_order", "must be >= 1")
+        if self.synthetic_alphabet**self.synthetic_order > MAX_SYNTHETIC_CONTEXTS:
+            bad("synthetic_order", f"synthetic_alphabet ** synthetic_order must be <= {MAX_SYNTHETIC_CONTEXTS}")
+        if not 2 <= self.synthetic_branching <= self.synthetic_alphabet:
+            bad("synthetic_branching", f"must be in [2, synthetic_alphabet={self.synthetic_alphabet}]")
+        if not self.synthetic_concentration > 0:
+            bad("synthetic_concentration", "must be > 0")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: allowed values are {SPLITS}")
+
+
+def synthetic_chain(cfg: DataConfig) -> markov.MarkovChain:
+    """The Markov chain of the "synthetic" source of ``cfg``."""
+    return markov.make_chain(
+        cfg.synthetic_alphabet,
+        cfg.synthetic_order,
+        cfg.synthetic_branching,
+        float(cfg.synthetic_concentration),
+        cfg.synthetic_seed,
+    )
+
+
+def split_files(cfg: DataConfig, split: str) -> tuple[str, ...]:
+    """The files of ``split`` for the "stdlib" and "files" sources (disjoint across splits)."""
+    paths = data_sources.stdlib_files() if cfg.source == "stdlib" else data_sources.glob_files(cfg.files_glob)
+    return data_sources.split_by_file(paths, cfg.val_fraction, cfg.split_seed)[split]
+
+
+@functools.lru_cache(maxsize=16)
+def make_source(cfg: DataConfig, split: str):
+    """The document source (:mod:`lm.data_sources`) of ``split`` ("train" | "validation")."""
+    _check_split(split)
+    if cfg.source in ("stdlib", "files"):
+        return data_sources.FileSource(split_files(cfg, split), cfg.max_bytes)
+    if cfg.source == "synthetic":
+        num_train = max(1, cfg.synthetic_num_tokens // cfg.synthetic_doc_len)
+        num = num_train if split == "train" else int(round(cfg.val_fraction * num_train))
+        if split == "validation" and cfg.val_fraction > 0:
+            num = max(num, 1)
+        return data_sources.SyntheticSource(
+            synthetic_chain(cfg),
+            num_docs=num,
+            doc_len=cfg.synthetic_doc_len,
+            seed=cfg.synthetic_seed,
+            split_id=SPLITS.index(split),
+        )
+    tfds_split = cfg.tfds_split_train if split == "train" else cfg.tfds_split_val
+    return data_sources.TfdsSource(
+        cfg.tfds_name, tfds_split, text_key=cfg.tfds_text_key, data_dir=cfg.tfds_data_dir
+    )
+
+
+def _pieces(cfg: DataConfig, source) -> np.ndarray:
+    """int64 [p, 3] (document, first token, end token or -1 = whole document)."""
+    if source.lengths is None:
+        n = len(source)
+        return np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1, np.int64)], axis=1)
+    return packing.piece_table(source.lengths, seq_len=cfg.seq_len, add_bos=cfg.add_bos, add_eos=cfg.add_eos)
+
+
+def make_iterator(
+    cfg: DataConfig,
+    split: str = "train",
+    *,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = None,
+) -> packing.CheckpointableIterator:
+    """Iterator of batches (dict of [batch_size / shard_count, seq_len] arrays, see module).
+
+    Args:
+      cfg: the data config.
+      split: "train" or "validation".
+      shard_index, shard_count: this host's slice of the global batch (jax.process_index(),
+        jax.process_count() in a multi-host run).
+      num_epochs: passes over the split; None repeats forever. The last batch of a finite
+        run is completed with empty rows (weights 0).
+
+    Returns:
+      A grain DatasetIterator with get_state() / set_state(state) (exact restore).
+    """
+    _check_split(split)
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index}: must be in [0, shard_count={shard_count})")
+    if cfg.batch_size % shard_count:
+        raise ValueError(
+            f"DataConfig.batch_size={cfg.batch_size}: must be divisible by shard_count={shard_count}"
+        )
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs={num_epochs}: must be None (forever) or >= 1")
+    source = make_source(cfg, split)
+    if len(source) == 0:
+        raise ValueError(
+            f"split {split!r} of source {cfg.source!r} has no documents "
+            f"(DataConfig.val_fraction={cfg.val_fraction}, max_bytes={cfg.max_bytes})"
+        )
+    pieces = _pieces(cfg, source)
+    if len(pieces) < shard_count:
+        raise ValueError(
+            f"split {split!r} of source {cfg.source!r} has {len(pieces)} pieces of text, fewer than "
+            f"shard_count={shard_count} (check val_fraction, max_bytes, files_glob)"
+        )
+    ds = grain.MapDataset.source(pieces)
+    if cfg.source != "synthetic":  # synthetic documents are i.i.d. already
+        ds = ds.shuffle(seed=cfg.seed)
+    ds = ds[shard_index::shard_count].repeat(num_epochs)
+
+    def read_piece(piece: np.ndarray) -> dict[str, np.ndarray]:
+        doc, start, stop = (int(v) for v in piece)
+        tokens = packing.read_tokens(
+            source, doc, start, None if stop < 0 else stop, add_bos=cfg.add_bos, add_eos=cfg.add_eos
+        )
+        return packing.to_pair(tokens)
+
+    read_options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=max(4 * cfg.num_threads, 1))
+    pairs = ds.map(read_piece).to_iter_dataset(read_options)
+    rows_per_host = cfg.batch_size // shard_count
+    batches = (
+        packing.pack(pairs, cfg.seq_len)
+        .batch(rows_per_host, drop_remainder=False)
+        .map(functools.partial(packing.pad_batch, rows=rows_per_host))
+    )
+    if cfg.prefetch_batches:
+        batches = ThreadPrefetchIterDataset(batches, prefetch_buffer_size=cfg.prefetch_batches)
+    return packing.CheckpointableIterator(iter(batches))
+
+
+def _require_synthetic(cfg: DataConfig) -> None:
+    if cfg.source != "synthetic":
+        raise ValueError(f'DataConfig.source={cfg.source!r}: the entropy rate is known only for "synthetic"')
+
+
+def entropy_rate_bits(cfg: DataConfig) -> float:
+    """Exact entropy rate of the "synthetic" source in bits per byte (lm.markov)."""
+    _require_synthetic(cfg)
+    return markov.entropy_rate_bits(synthetic_chain(cfg))
+
+
+def warmup_excess_bits(cfg: DataConfig) -> dict[str, float]:
+    """Extra bits, above k * entropy rate, that even the true model pays over the first
+    targets of a segment, because a segment sees no context before its start:
+
+      after_bos:   sum_{m=1..k} H(X_m | X_<m) - k H = H(X_1..X_k) - k H
+                   (segment starting at a document's BOS, targets X_1, X_2, ...);
+      mid_document: sum_{m=2..k} H(X_m | X_<m) - (k - 1) H = H(X_1..X_k) - H(X_1) - (k - 1) H
+                   (segment starting inside a document, its first input byte given).
+
+    The best achievable mean loss over byte targets is the entropy rate plus these
+    excesses times (segments of each kind) / (byte targets); with seq_len >> k the
+    difference is O(k / seq_len).
+    """
+    _require_synthetic(cfg)
+    chain = synthetic_chain(cfg)
+    k, rate = chain.order, markov.entropy_rate_bits(chain)
+    block_k = markov.block_entropy_bits(chain, k)
+    return {
+        "after_bos": block_k - k * rate,
+        "mid_document": block_k - markov.block_entropy_bits(chain, 1) - (k - 1) * rate,
+    }
+
+
+def bits_per_byte(loss_nats_per_token: float, targets_per_byte: float = 1.0) -> float:
+    """Bits per byte of a mean cross-entropy over targets (nats/target).
+
+    bpb = loss / ln 2 * targets_per_byte; targets_per_byte (``dataset_info``) counts the
+    EOS targets that are not bytes (1.0 when the loss is averaged over byte targets only).
+    """
+    return float(loss_nats_per_token) / math.log(2.0) * float(targets_per_byte)
+
+
+def dataset_info(cfg: DataConfig) -> dict[str, Any]:
+    """Sizes per split and, for "synthetic", the exact entropy rate.
+
+    Returns a JSON-friendly dict: source, vocab_size, per split {documents, bytes, targets
+    (training pairs), rows (seq_len rows one epoch fills)} (bytes/targets/rows None when
+    unknown without reading the data, as for tfds), targets_per_byte (train), and for
+    "synthetic" entropy_rate_bits_per_byte plus the chain's shape.
+    """
+    return copy.deepcopy(_dataset_info(cfg))
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset_info(cfg: DataConfig) -> dict[str, Any]:
+    info: dict[str, Any] = {"source": cfg.source, "vocab_size": VOCAB_SIZE, "seq_len": cfg.seq_len}
+    for split in SPLITS:
+        source = make_source(cfg, split)
+        entry: dict[str, Any] = {"documents": len(source), "bytes": None, "targets": None, "rows": None}
+        if source.lengths is not None:
+            pieces = _pieces(cfg, source)
+            targets = int((pieces[:, 2] - pieces[:, 1] - 1).sum()) if len(pieces) else 0
+            entry.update(bytes=int(source.lengths.sum()), targets=targets, rows=-(-targets // cfg.seq_len))
+        info[split] = entry
+    train = info.get("train", {})
+    if train.get("bytes"):
+        info["targets_per_byte"] = train["targets"] / train["bytes"]
+    if cfg.source == "synthetic":
+        chain = synthetic_chain(cfg)
+        info["entropy_rate_bits_per_byte"] = markov.entropy_rate_bits(chain)
+        info["synthetic"] = {
+            "alphabet": chain.alphabet,
+            "order": chain.order,
+            "contexts": chain.num_contexts,
+            "branching": cfg.synthetic_branching,
+            "first_byte_entropy_bits": markov.block_entropy_bits(chain, 1),
+        }
+        info["synthetic"].update(warmup_excess_bits(cfg))
+    return info

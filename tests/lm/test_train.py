@@ -1,0 +1,105 @@
+"""Training runs: bitwise resume, NaN guard, checkpoint errors, WSD branches."""
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from lm import train
+from lm.checkpoint import Checkpointer, CheckpointError
+from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+
+RUN = RunConfig(
+    model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
+    data=DataConfig(source="synthetic", seq_len=32, batch_size=4, synthetic_doc_len=100),
+    train=TrainConfig(steps=6, eval_every=3, eval_batches=1, log_every=1, checkpoint_every=3, progress=False),
+    name="tiny",
+)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _params(run_dir):
+    return train.load_params(run_dir)[1]
+
+
+def test_interrupted_run_resumes_bitwise(tmp_path):
+    full = train.train(RUN, tmp_path / "full")
+
+    def crash_after_4(done, total, metrics):
+        if done == 4:  # step 3 was checkpointed; step 4 is lost
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.train(RUN, tmp_path / "resumed", progress=crash_after_4)
+    assert Checkpointer(tmp_path / "resumed").steps() == [3]
+    resumed = train.train(RUN, tmp_path / "resumed")
+    assert resumed["resumed_from"] == 3
+    for a, b in zip(jax.tree.leaves(_params(tmp_path / "full")), jax.tree.leaves(_params(tmp_path / "resumed"))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+    # the metrics log has one record per step, none duplicated by the resume
+    steps = [r["step"] for r in train.read_metrics(tmp_path / "resumed")]
+    assert steps == [r["step"] for r in train.read_metrics(tmp_path / "full")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    bad = dataclasses.replace(
+        RUN,
+        optimizer=OptimizerConfig(learning_rate=1e30, clip_norm=None, weight_decay=0.0),
+        schedule=ScheduleConfig(kind="constant", warmup_steps=0),
+        train=dataclasses.replace(RUN.train, checkpoint_every=1),
+    )
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite at step \d+.*last good checkpoint"):
+        train.train(bad, tmp_path / "bad")
+    steps = Checkpointer(tmp_path / "bad").steps()
+    assert steps, "the checkpoints written before the failure are kept"
+    assert not (tmp_path / "bad" / "result.json").exists()
+
+
+def test_checkpoint_errors_are_clear_and_delete_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        train.load_params(tmp_path / "missing") if False else Checkpointer(tmp_path / "missing", read_only=True)
+    run_dir = tmp_path / "run"
+    train.train(dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, steps=3)), run_dir)
+    step_dir = run_dir / "checkpoints" / "3"
+    # partial: an item is missing
+    shutil.move(step_dir / "data", tmp_path / "data_backup")
+    with pytest.raises(CheckpointError, match="partial"):
+        train.load_params(run_dir)
+    assert step_dir.exists()
+    shutil.move(tmp_path / "data_backup", step_dir / "data")
+    # corrupted: array files overwritten with garbage
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and f.suffix != ".json":
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        train.load_params(run_dir)
+    assert step_dir.exists() and any((step_dir / "state").rglob("*"))
+
+
+def test_wsd_decay_branch_starts_from_a_stable_checkpoint(tmp_path):
+    stable = dataclasses.replace(
+        RUN,
+        schedule=ScheduleConfig(kind="wsd", warmup_steps=1, decay_start=10**6),
+        train=dataclasses.replace(RUN.train, steps=6, checkpoint_every=2, keep_checkpoints=None),
+    )
+    train.train(stable, tmp_path / "stable")
+    branch = dataclasses.replace(
+        stable,
+        schedule=ScheduleConfig(kind="wsd", warmup_steps=1, decay_start=4, min_ratio=0.0),
+        train=dataclasses.replace(stable.train, steps=6, init_from=(str(tmp_path / "stable"), 4)),
+        name="branch",
+    )
+    result = train.train(branch, tmp_path / "branch")
+    records = train.read_metrics(tmp_path / "branch")
+    assert [r["step"] for r in records] == [5, 6]
+    assert records[-1]["lr"] == pytest.approx(0.0)
+    assert result["steps"] == 6
+    assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["init_from"][1] == 4
