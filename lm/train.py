@@ -30,7 +30,6 @@ from lm.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.flops import param_count, train_flops_per_token
 from lm.schedules import lr_multiplier
 
-LN2 = math.log(2.0)
 
 
 class NonFiniteLossError(RuntimeError):
