@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
+from layers.moe import MoEConfig
 from lm.data import DataConfig
 
 DTYPES = ("float32", "bfloat16")
@@ -53,7 +53,19 @@ class ModelConfig:
       tie_embeddings: output head shares the embedding matrix.
       dtype: activation/compute dtype; parameters are always float32.
       attention_impl: ``flash_attention`` impl switch for every attention layer.
-      extra: options of mixers registered later, as a tuple of (name, value) pairs.
+
+    "R" (Griffin/Hawk recurrent block, De et al. 2024):
+      rnn_width: RG-LRU width (default d_model); rnn_heads: gate blocks (default num_heads);
+      conv_width: temporal conv taps; scan_impl: ``linear_scan`` impl switch.
+    "L" (causal linear attention; Katharopoulos 2020, RetNet 2023, GLA 2024):
+      la_variant: "plain" | "retnet" | "gla"; la_feature_map: "identity" | "elu_plus_one";
+      la_output_norm: "rms" | "group"; la_chunk_size; la_impl.
+    "M" (Multi-head Latent Attention, DeepSeek-V2):
+      mla_q_lora_rank (0 = direct query projection), mla_kv_lora_rank, mla_qk_nope_dim,
+      mla_qk_rope_dim, mla_v_head_dim, mla_decode_path: "naive" | "absorbed".
+    MoE feed-forward (``layers/moe.py``):
+      moe_every: 0 = dense MLPs; n = blocks n-1, 2n-1, ... (every n-th) use ``moe``;
+      moe_load_balance_weight, moe_router_z_weight: weights of the auxiliary losses.
     """
 
     vocab_size: int = 259
@@ -74,7 +86,25 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: str = "float32"
     attention_impl: str = "auto"
-    extra: tuple[tuple[str, Any], ...] = ()
+    rnn_width: int | None = None
+    rnn_heads: int | None = None
+    conv_width: int = 4
+    scan_impl: str = "auto"
+    la_variant: str = "gla"
+    la_feature_map: str = "identity"
+    la_output_norm: str = "rms"
+    la_chunk_size: int = 64
+    la_impl: str = "auto"
+    mla_q_lora_rank: int = 0
+    mla_kv_lora_rank: int = 64
+    mla_qk_nope_dim: int = 32
+    mla_qk_rope_dim: int = 16
+    mla_v_head_dim: int = 32
+    mla_decode_path: str = "absorbed"
+    moe_every: int = 0
+    moe: MoEConfig = MoEConfig()
+    moe_load_balance_weight: float = 0.01
+    moe_router_z_weight: float = 0.001
 
     def __post_init__(self):
         from lm.mixers import MIXERS  # the registry imports config-free layer code only
@@ -105,7 +135,13 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_fraction={self.rope_fraction}: must be in [0, 1]")
         _choice(self, "mlp_activation", MLP_ACTIVATIONS)
         _choice(self, "dtype", DTYPES)
-        _choice(self, "attention_impl", ("auto", "reference", "pallas", "interpret"))
+        impls = ("auto", "reference", "pallas", "interpret")
+        for name in ("attention_impl", "scan_impl", "la_impl"):
+            _choice(self, name, impls)
+        if self.moe_every < 0:
+            raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
+        if self.moe_load_balance_weight < 0 or self.moe_router_z_weight < 0:
+            raise ValueError("ModelConfig.moe_load_balance_weight / moe_router_z_weight: must be >= 0")
         for letter in set(self.pattern):
             MIXERS[letter].validate(self)
 
@@ -127,9 +163,9 @@ class ModelConfig:
         reps = -(-self.num_layers // len(self.pattern))
         return (self.pattern * reps)[: self.num_layers]
 
-    def option(self, name: str, default: Any = None) -> Any:
-        """A registered mixer's option from ``extra`` (default if unset)."""
-        return dict(self.extra).get(name, default)
+    def is_moe_block(self, index: int) -> bool:
+        """Whether block ``index`` uses the MoE feed-forward."""
+        return self.moe_every > 0 and (index + 1) % self.moe_every == 0
 
 
 @dataclasses.dataclass(frozen=True)

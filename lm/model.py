@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from layers.mlp import GatedMLP
+from layers.moe import MoEFeedForward
 from layers.partitioning import constrain, param
 from layers.rmsnorm import RMSNorm
 from lm.config import ModelConfig
@@ -26,20 +27,30 @@ from lm.mixers import MIXERS, compute_dtype
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: temporal mixer then gated MLP."""
+    """Pre-norm residual block: temporal mixer then gated MLP (or MoE feed-forward).
+
+    Returns (x, new_cache, aux) where aux holds the MoE auxiliary outputs ({} for a dense MLP).
+    """
 
     cfg: ModelConfig
     letter: str
+    moe: bool = False
 
     @nn.compact
-    def __call__(self, x, *, segment_ids, positions, cache=None):
+    def __call__(self, x, *, segment_ids, positions, cache=None, deterministic=True):
         cfg = self.cfg
         mixer = MIXERS[self.letter].build(cfg)
         h, new_cache = mixer(RMSNorm(name="norm_mixer")(x), segment_ids=segment_ids, positions=positions, cache=cache)
         x = x + h.astype(x.dtype)
-        mlp = GatedMLP(cfg.ff_dim, cfg.mlp_activation, dtype=compute_dtype(cfg), name="mlp")
-        x = x + mlp(RMSNorm(name="norm_mlp")(x)).astype(x.dtype)
-        return constrain(x, ("batch", "length", "embed")), new_cache
+        normed = RMSNorm(name="norm_mlp")(x)
+        aux = {}
+        if self.moe:
+            ff = MoEFeedForward(cfg.moe, dtype=compute_dtype(cfg), name="moe")
+            h, aux = ff(normed, deterministic=deterministic, decode=cache is not None)
+        else:
+            h = GatedMLP(cfg.ff_dim, cfg.mlp_activation, dtype=compute_dtype(cfg), name="mlp")(normed)
+        x = x + h.astype(x.dtype)
+        return constrain(x, ("batch", "length", "embed")), new_cache, aux
 
 
 class LanguageModel(nn.Module):
@@ -54,7 +65,8 @@ class LanguageModel(nn.Module):
         segment_ids: Int[Array, "b t"] | None = None,
         positions: Int[Array, "b t"] | None = None,
         cache: list | None = None,
-    ) -> tuple[Float[Array, "b t v"], list | None]:
+        deterministic: bool = True,
+    ) -> tuple[Float[Array, "b t v"], list | None, dict]:
         cfg = self.cfg
         dtype = compute_dtype(cfg)
         b, t = tokens.shape
@@ -68,13 +80,15 @@ class LanguageModel(nn.Module):
         )
         x = (jnp.take(embed, tokens, axis=0) * jnp.sqrt(cfg.d_model)).astype(dtype)
         x = constrain(x, ("batch", "length", "embed"))
-        new_caches = []
+        new_caches, moe_aux = [], {}
         for i, letter in enumerate(cfg.block_letters):
             block_cache = None if cache is None else cache[i]
-            x, c = Block(cfg, letter, name=f"block_{i}")(
-                x, segment_ids=segment_ids, positions=positions, cache=block_cache
+            x, c, aux = Block(cfg, letter, cfg.is_moe_block(i), name=f"block_{i}")(
+                x, segment_ids=segment_ids, positions=positions, cache=block_cache, deterministic=deterministic
             )
             new_caches.append(c)
+            if aux:
+                moe_aux[i] = aux
         x = RMSNorm(name="final_norm")(x)
         if cfg.tie_embeddings:
             head = embed.T
@@ -85,7 +99,7 @@ class LanguageModel(nn.Module):
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
         logits = constrain(logits, ("batch", "length", "vocab"))
-        return logits, (None if cache is None else new_caches)
+        return logits, (None if cache is None else new_caches), moe_aux
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
@@ -96,7 +110,7 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
 def init_boxed(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     """Parameters with their logical axis names (``nn.LogicallyPartitioned`` leaves)."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return LanguageModel(cfg).init(rng, tokens)["params"]
+    return LanguageModel(cfg).init({"params": rng, "jitter": rng}, tokens)["params"]
 
 
 def forward(
@@ -107,8 +121,26 @@ def forward(
     positions: Int[Array, "b t"] | None = None,
 ) -> Float[Array, "b t v"]:
     """Float32 logits of every position (training / scoring path, no cache)."""
-    logits, _ = LanguageModel(cfg).apply({"params": params}, tokens, segment_ids, positions)
-    return logits
+    return forward_with_aux(cfg, params, tokens, segment_ids, positions)[0]
+
+
+def forward_with_aux(
+    cfg: ModelConfig,
+    params: dict,
+    tokens: Int[Array, "b t"],
+    segment_ids: Int[Array, "b t"] | None = None,
+    positions: Int[Array, "b t"] | None = None,
+    rng: jax.Array | None = None,
+) -> tuple[Float[Array, "b t v"], dict]:
+    """Logits and the MoE auxiliary outputs {block index: aux dict} (empty without MoE).
+
+    ``rng`` (training) enables the router jitter of MoE layers that use it.
+    """
+    rngs = None if rng is None else {"jitter": rng}
+    logits, _, aux = LanguageModel(cfg).apply(
+        {"params": params}, tokens, segment_ids, positions, None, rng is None, rngs=rngs
+    )
+    return logits, aux
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> list:
@@ -130,11 +162,11 @@ def decode_step(
     Prefill is a call with the whole prompt (t > 1) on an empty cache; decoding calls it
     with one token at a time. Same function as the training forward, with a cache.
     """
-    logits, new_cache = LanguageModel(cfg).apply({"params": params}, tokens, segment_ids, positions, cache)
+    logits, new_cache, _ = LanguageModel(cfg).apply({"params": params}, tokens, segment_ids, positions, cache)
     return logits, new_cache
 
 
 def cache_bytes(cfg: ModelConfig, context_len: int, dtype=None) -> int:
     """Decode-cache bytes of one sequence after ``context_len`` tokens, summed over blocks."""
     dtype = compute_dtype(cfg) if dtype is None else dtype
-    return sum(MIXERS[l].build(cfg).cache_bytes(context_len, dtype) for l in cfg.block_letters)
+    return sum(MIXERS[letter].cache_bytes(cfg, context_len, dtype) for letter in cfg.block_letters)

@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float
 
@@ -60,12 +61,30 @@ def cross_entropy(
     return nll, weights.sum(), z
 
 
-def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch) -> tuple[Array, dict]:
-    """Training objective: cross-entropy + z_loss * mean(logsumexp^2) (PaLM, Chowdhery et al. 2022)."""
-    logits = lm_model.forward(model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"])
+def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None) -> tuple[Array, dict]:
+    """Training objective and metrics.
+
+    cross-entropy + z_loss * mean(logsumexp^2) of the output logits (PaLM, Chowdhery et
+    al. 2022) + the MoE auxiliary losses summed over MoE blocks with their weights:
+    Switch load balance (Fedus et al. 2022) and router z-loss (Zoph et al. 2022, ST-MoE).
+    """
+    logits, moe_aux = lm_model.forward_with_aux(
+        model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"], rng
+    )
     nll, count, z = cross_entropy(logits, batch["targets"], batch["weights"])
     total = nll + z_loss * z
-    return total, {"loss": nll, "z_loss": z, "tokens": count}
+    metrics = {"loss": nll, "z_loss": z, "tokens": count}
+    if moe_aux:
+        lb = sum(a["load_balance_loss"] for a in moe_aux.values())
+        rz = sum(a["router_z_loss"] for a in moe_aux.values())
+        total = total + model_cfg.moe_load_balance_weight * lb + model_cfg.moe_router_z_weight * rz
+        metrics["moe"] = {
+            "load_balance_loss": lb,
+            "router_z_loss": rz,
+            "layers": {str(i): {k: a[k] for k in ("dropped_fraction", "tokens_per_expert", "router_entropy")}
+                       for i, a in moe_aux.items()},
+        }
+    return total, metrics
 
 
 # ------------------------------------------------------------------------ optimiser
@@ -115,11 +134,15 @@ def make_train_step(run: RunConfig):
     to False (the host stops the run).
     """
     model_cfg, opt, z_loss = run.model, run.optimizer, run.train.z_loss
+    jitter = model_cfg.moe_every > 0 and model_cfg.moe.router_jitter > 0
 
     def step(state, batch, lr):
         params = state["params"]
         tx = make_optimizer(opt, params)
-        (_, metrics), grads = jax.value_and_grad(lambda p: loss_fn(model_cfg, z_loss, p, batch), has_aux=True)(params)
+        rng = jax.random.fold_in(jax.random.PRNGKey(run.train.seed), state["step"]) if jitter else None
+        (_, metrics), grads = jax.value_and_grad(
+            lambda p: loss_fn(model_cfg, z_loss, p, batch, rng), has_aux=True
+        )(params)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = jax.tree.map(lambda p, u: p - lr * u.astype(p.dtype), params, updates)
         grad_norm = optax.global_norm(grads)
@@ -307,6 +330,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
                     "grad_norm": float(m["grad_norm"]),
                     "tokens_per_s": tokens_per_step * window_n / max(t_train, 1e-9) if window_n else None,
                 }
+                if "moe" in m:
+                    record["moe"] = jax.tree.map(lambda a: np.asarray(a).tolist(), m["moe"])
                 last_train_loss = record["train_loss"]
                 window_loss, window_n = 0.0, 0
                 if eval_due:

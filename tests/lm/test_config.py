@@ -40,7 +40,7 @@ def test_other_config_errors():
 
 
 def test_run_config_round_trips_through_json():
-    run = RunConfig(model=ModelConfig(pattern="AW", attention_window=None, extra=(("x", 1),)))
+    run = RunConfig(model=ModelConfig(pattern="AW", attention_window=None, moe_every=2))
     again = RunConfig.from_dict(__import__("json").loads(run.to_json()))
     assert again == run
     assert dataclasses.replace(run.model, d_model=128).d_model == 128

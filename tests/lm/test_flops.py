@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from layers.moe import MoEConfig
 from lm import model
 from lm.config import ModelConfig
 from lm.flops import train_flops_per_token, visible_keys_per_query
@@ -15,6 +16,14 @@ CONFIGS = [
                 attention_impl="reference"),
     ModelConfig(d_model=128, num_layers=2, pattern="AW", num_heads=2, num_kv_heads=1, window=16, d_ff=384,
                 mlp_activation="swiglu", attention_impl="reference"),
+    ModelConfig(d_model=128, num_layers=3, pattern="RRW", num_heads=2, num_kv_heads=1, window=16, d_ff=384,
+                attention_impl="reference", scan_impl="reference"),
+    ModelConfig(d_model=128, num_layers=2, pattern="L", num_heads=2, d_ff=384, la_chunk_size=32, la_impl="reference"),
+    ModelConfig(d_model=128, num_layers=2, pattern="M", num_heads=4, d_ff=384, mla_q_lora_rank=64,
+                mla_kv_lora_rank=64, mla_qk_nope_dim=32, mla_qk_rope_dim=16, mla_v_head_dim=32,
+                attention_impl="reference"),
+    ModelConfig(d_model=128, num_layers=2, pattern="A", num_heads=4, d_ff=384, moe_every=1,
+                moe=MoEConfig(num_experts=4, top_k=2, d_ff=128, dispatch="dense"), attention_impl="reference"),
 ]
 
 
@@ -31,8 +40,11 @@ def test_train_flops_match_xla_cost_analysis(cfg):
     cost = grad.lower(params).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla = cost["flops"]
-    # the reference attention computes every (query, key) pair of the square, then masks
+    # the reference attention computes every (query, key) pair of the square, then masks;
+    # the dense MoE dispatch runs every expert on every token
     ours = train_flops_per_token(cfg, t, attention="dense") * b * t
+    if cfg.moe_every:
+        ours += 3 * b * t * cfg.num_layers * 2 * 3 * cfg.d_model * cfg.moe.d_ff * (cfg.moe.num_experts - cfg.moe.top_k)
     assert abs(ours - xla) / xla < 0.05, (ours, xla)
 
 

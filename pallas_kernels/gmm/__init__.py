@@ -1,0 +1,19 @@
+"""Grouped matrix multiplication for dropless Mixture-of-Experts (MegaBlocks, Gale et al. 2023).
+
+``gmm(lhs [m, k], rhs [g, k, n], group_sizes [g], *, impl="auto") -> [m, n]`` with
+``out[i] = lhs[i] @ rhs[group(i)]`` for rows sorted by group; ``tgmm`` is its rhs gradient.
+"""
+
+from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
+from pallas_kernels.gmm.ops import gmm, tgmm
+from pallas_kernels.gmm.reference import gmm_loop_reference, gmm_reference, gmm_tiled, tgmm_reference
+
+__all__ = [
+    "GmmBlockSizes",
+    "gmm",
+    "gmm_loop_reference",
+    "gmm_reference",
+    "gmm_tiled",
+    "tgmm",
+    "tgmm_reference",
+]
