@@ -8,11 +8,16 @@ the cache is not prefilled. Cache bytes are per sequence, summed over blocks
 (``lm.model.cache_bytes``). Expected: the transformer's latency and cache grow with L;
 Griffin's, Hawk's (fixed-size states and a ring buffer of the local-attention window)
 stay flat.
+
+The MLA section compares the ``mla`` preset's cache with a multi-head-attention model of
+the same width and heads (target: at most 1/8) and times its two decode paths, absorbed
+(attention over the latent) and naive (keys and values re-expanded from the latent).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -24,9 +29,9 @@ from lm.presets import PRESETS, get_preset
 DEFAULT_PRESETS = [p for p in ("transformer", "griffin", "hawk", "mla") if p in PRESETS]
 
 
-def decode_latency(preset: str, context: int, batch: int = 1, repeats: int = 20) -> dict:
+def decode_latency(preset: str, context: int, batch: int = 1, repeats: int = 20, cfg=None) -> dict:
     """Median seconds of one single-token decode step with a cache sized for ``context`` tokens."""
-    cfg = get_preset(preset)
+    cfg = get_preset(preset) if cfg is None else cfg
     params = model.init_params(cfg, jax.random.PRNGKey(0))
     cache = model.init_cache(cfg, batch, context + 1)
     step = jax.jit(lambda p, c, x, s, q: model.decode_step(cfg, p, c, x, s, q))
@@ -67,6 +72,26 @@ def main(argv=None) -> list[dict]:
         flat = max(lat) / min(lat) - 1
         print(f"{preset}: latency spread across contexts {100 * flat:.0f}%; "
               f"cache {'constant' if len({r['cache_bytes'] for r in mine}) == 1 else 'grows'}")
+    if "mla" in PRESETS:
+        rows += mla_section(args.contexts, args.repeats)
+    return rows
+
+
+def mla_section(contexts: list[int], repeats: int) -> list[dict]:
+    """MLA cache bytes vs an MHA of the same width and heads; absorbed vs naive decode latency."""
+    mla = get_preset("mla")
+    mha = dataclasses.replace(mla, pattern="A", head_dim=mla.d_model // mla.num_heads)
+    ratio = model.cache_bytes(mla, 1) / model.cache_bytes(mha, 1)
+    print(f"\nMLA cache per token {model.cache_bytes(mla, 1)} B vs MHA (same width, {mla.num_heads} heads) "
+          f"{model.cache_bytes(mha, 1)} B: ratio {ratio:.3f} (target <= 0.125)")
+    rows = []
+    print(f"{'path':<10}{'context':>9}{'ms/token':>11}")
+    for path in ("absorbed", "naive"):
+        cfg = dataclasses.replace(mla, mla_decode_path=path)
+        for ctx in contexts:
+            r = decode_latency(f"mla_{path}", ctx, repeats=repeats, cfg=cfg)
+            rows.append(r)
+            print(f"{path:<10}{ctx:>9}{r['latency_ms']:>11.2f}")
     return rows
 
 
