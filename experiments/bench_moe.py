@@ -36,11 +36,11 @@ def bench(num_experts: int, dispatch: str, batch: int, seq_len: int, steps: int)
          "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
          "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))}
     step, compile_s = train.compiled_train_step(run, state, b)
-    state, m = step(state, b, jnp.float32(1e-3))
+    state, m = step(state, b, jnp.float32(1e-3), jnp.float32(0.1))
     jax.block_until_ready(m["loss"])
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, b, jnp.float32(1e-3))
+        state, m = step(state, b, jnp.float32(1e-3), jnp.float32(0.1))
     jax.block_until_ready(m["loss"])
     dt = (time.perf_counter() - t0) / steps
     dropped = float(np.mean([layer["dropped_fraction"] for layer in m["moe"]["layers"].values()]))

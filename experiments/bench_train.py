@@ -52,11 +52,11 @@ def train_step_throughput(preset: str, seq_len: int, batch: int, repeats: int) -
     }
     step, compile_s = train.compiled_train_step(run, state, batch_arrays)
     lr = jnp.float32(1e-3)
-    state, _ = step(state, batch_arrays, lr)
+    state, _ = step(state, batch_arrays, lr, jnp.float32(0.1))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        state, m = step(state, batch_arrays, lr)
+        state, m = step(state, batch_arrays, lr, jnp.float32(0.1))
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t0)
     step_s = sorted(times)[len(times) // 2]

@@ -105,18 +105,27 @@ def weight_decay_mask(params, opt: OptimizerConfig):
 
 
 def make_optimizer(opt: OptimizerConfig, params) -> optax.GradientTransformation:
-    """AdamW without the learning rate: the step multiplies the update by -lr.
+    """The Adam direction with gradient clipping; learning rate and decay are applied by the step.
 
-    Equivalent to ``optax.adamw`` with ``learning_rate=lr`` and ``weight_decay`` applied
-    as lr * wd * param (decoupled decay, Loshchilov & Hutter 2019).
+    The step computes p - lr * (adam_update + wd * p * mask), which is ``optax.adamw``
+    with ``learning_rate=lr`` and ``weight_decay=wd`` (decoupled decay, Loshchilov &
+    Hutter 2019). Keeping lr and wd out of the transformation makes them arguments of the
+    compiled step, so runs that differ only in them share one program (and can be vmapped).
     """
+    del params  # the state of clip + adam depends only on the parameter shapes, given at init
     parts = []
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
-    if opt.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(opt.weight_decay, mask=weight_decay_mask(params, opt)))
     return optax.chain(*parts)
+
+
+def apply_update(params, updates, lr, weight_decay, mask):
+    """AdamW's parameter update p - lr * (u + wd * p), decay only where ``mask`` is True."""
+    return jax.tree.map(
+        lambda p, u, m: p - lr * (u.astype(p.dtype) + weight_decay * p if m else u.astype(p.dtype)),
+        params, updates, mask,
+    )
 
 
 def init_state(run: RunConfig, rng: jax.Array | None = None) -> dict:
@@ -128,23 +137,25 @@ def init_state(run: RunConfig, rng: jax.Array | None = None) -> dict:
 
 
 def make_train_step(run: RunConfig):
-    """The (uncompiled) train step: (state, batch, lr) -> (state, metrics).
+    """The (uncompiled) train step: (state, batch, lr, weight_decay=None) -> (state, metrics).
 
-    A non-finite loss or gradient leaves the state unchanged and sets metrics["finite"]
-    to False (the host stops the run).
+    ``lr`` and ``weight_decay`` (None: the config's) are traced scalars. A non-finite loss
+    or gradient leaves the state unchanged and sets metrics["finite"] to False (the host
+    stops the run).
     """
     model_cfg, opt, z_loss = run.model, run.optimizer, run.train.z_loss
     jitter = model_cfg.moe_every > 0 and model_cfg.moe.router_jitter > 0
 
-    def step(state, batch, lr):
+    def step(state, batch, lr, weight_decay=None):
         params = state["params"]
+        wd = opt.weight_decay if weight_decay is None else weight_decay
         tx = make_optimizer(opt, params)
         rng = jax.random.fold_in(jax.random.PRNGKey(run.train.seed), state["step"]) if jitter else None
         (_, metrics), grads = jax.value_and_grad(
             lambda p: loss_fn(model_cfg, z_loss, p, batch, rng), has_aux=True
         )(params)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = jax.tree.map(lambda p, u: p - lr * u.astype(p.dtype), params, updates)
+        new_params = apply_update(params, updates, lr, wd, weight_decay_mask(params, opt))
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
@@ -159,7 +170,7 @@ def make_train_step(run: RunConfig):
 
 
 def _step_key(run: RunConfig, batch_shape) -> tuple:
-    opt = dataclasses.replace(run.optimizer, learning_rate=1.0)
+    opt = dataclasses.replace(run.optimizer, learning_rate=1.0, weight_decay=0.0)
     return (run.model, opt, run.train.z_loss, tuple(batch_shape))
 
 
@@ -168,12 +179,16 @@ EVAL_CACHE: dict[tuple, Any] = {}
 
 
 def compiled_train_step(run: RunConfig, state, batch) -> tuple[Any, float]:
-    """The compiled train step for this run's shapes, and the seconds spent compiling it (0 if reused)."""
+    """The compiled train step for this run's shapes, and the seconds spent compiling it (0 if reused).
+
+    Called as ``compiled(state, batch, lr, weight_decay)`` with float32 scalars.
+    """
     key = _step_key(run, batch["tokens"].shape)
     if key in STEP_CACHE:
         return STEP_CACHE[key], 0.0
     t0 = time.perf_counter()
-    compiled = jax.jit(make_train_step(run), donate_argnums=0).lower(state, batch, jnp.float32(0.0)).compile()
+    zero = jnp.float32(0.0)
+    compiled = jax.jit(make_train_step(run), donate_argnums=0).lower(state, batch, zero, zero).compile()
     STEP_CACHE[key] = compiled
     return compiled, time.perf_counter() - t0
 
@@ -304,7 +319,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
                 compile_s += c
             lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, tc.steps)
             t0 = time.perf_counter()
-            state, m = step_fn(state, batch, jnp.float32(lr))
+            state, m = step_fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
             loss = float(m["loss"])
             t_train += time.perf_counter() - t0
             if not bool(m["finite"]):

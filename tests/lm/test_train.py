@@ -103,3 +103,28 @@ def test_wsd_decay_branch_starts_from_a_stable_checkpoint(tmp_path):
     assert records[-1]["lr"] == pytest.approx(0.0)
     assert result["steps"] == 6
     assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["init_from"][1] == 4
+
+
+def test_train_step_update_equals_optax_adamw():
+    """The step's p - lr * (adam + wd * p * mask) is optax.adamw with the same mask."""
+    import jax.numpy as jnp
+    import optax
+
+    run = RUN
+    state = train.init_state(run)
+    b, t = 2, 16
+    batch = {"tokens": jnp.ones((b, t), jnp.int32), "targets": jnp.full((b, t), 3, jnp.int32),
+             "weights": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
+             "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    lr, wd = 3e-3, 0.1
+    new_state, _ = jax.jit(train.make_train_step(run))(state, batch, jnp.float32(lr), jnp.float32(wd))
+    params = state["params"]
+    grads = jax.grad(lambda p: train.loss_fn(run.model, 0.0, p, batch)[0])(params)
+    tx = optax.chain(optax.clip_by_global_norm(run.optimizer.clip_norm),
+                     optax.adamw(lr, b1=run.optimizer.b1, b2=run.optimizer.b2, eps=run.optimizer.eps,
+                                 weight_decay=wd, mask=train.weight_decay_mask(params, run.optimizer)))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected = optax.apply_updates(params, updates)
+    for a, e in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-6, atol=1e-7)
+    assert not train.weight_decay_mask(params, run.optimizer)["embed"]
