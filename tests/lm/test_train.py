@@ -113,7 +113,8 @@ def test_train_step_update_equals_optax_adamw():
     run = RUN
     state = train.init_state(run)
     b, t = 2, 16
-    batch = {"tokens": jnp.ones((b, t), jnp.int32), "targets": jnp.full((b, t), 3, jnp.int32),
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, 256)
+    batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
              "weights": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
              "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
     lr, wd = 3e-3, 0.1
