@@ -110,14 +110,16 @@ def test_train_step_update_equals_optax_adamw():
     import jax.numpy as jnp
     import optax
 
-    run = RUN
+    # eps large enough that Adam's first step g / (|g| + eps) is not dominated by the
+    # rounding noise of near-zero gradients; decay large enough to be seen
+    run = dataclasses.replace(RUN, optimizer=OptimizerConfig(eps=1e-4))
     state = train.init_state(run)
     b, t = 2, 16
     tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, 256)
     batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
              "weights": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
              "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
-    lr, wd = 3e-3, 0.1
+    lr, wd = 1e-2, 1.0
     new_state, _ = jax.jit(train.make_train_step(run))(state, batch, jnp.float32(lr), jnp.float32(wd))
     params = state["params"]
     grads = jax.grad(lambda p: train.loss_fn(run.model, 0.0, p, batch)[0])(params)
@@ -127,5 +129,5 @@ def test_train_step_update_equals_optax_adamw():
     updates, _ = tx.update(grads, tx.init(params), params)
     expected = optax.apply_updates(params, updates)
     for a, e in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
     assert not train.weight_decay_mask(params, run.optimizer)["embed"]

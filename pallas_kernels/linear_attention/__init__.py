@@ -1,0 +1,26 @@
+"""Causal linear attention with scalar / per-key decay, chunked (Lightning Attention-2).
+
+``linear_attention(q, k, v, *, g, gk, scale, initial_state, output_final_state,
+chunk_size, impl)`` is the public op; the three reference forms (recurrent, parallel,
+chunked) are exported by name for tests, and :func:`linear_attention_flops` gives the
+forward FLOPs per token of the chunked algorithm for ``lm/flops.py``.
+"""
+
+from pallas_kernels.linear_attention.kernel import BlockSizes
+from pallas_kernels.linear_attention.ops import linear_attention, linear_attention_pallas
+from pallas_kernels.linear_attention.reference import (
+    linear_attention_chunked,
+    linear_attention_flops,
+    linear_attention_parallel,
+    linear_attention_recurrent,
+)
+
+__all__ = [
+    "BlockSizes",
+    "linear_attention",
+    "linear_attention_chunked",
+    "linear_attention_flops",
+    "linear_attention_pallas",
+    "linear_attention_parallel",
+    "linear_attention_recurrent",
+]

@@ -1,0 +1,318 @@
+"""Reference causal linear attention with decay: recurrent, parallel and chunked forms.
+
+The definition (Katharopoulos et al. 2020, eq. 5-6, with the decays of RetNet, Sun et al.
+2023, eq. 1-3, and of Gated Linear Attention, Yang et al. 2024, eq. 3):
+
+    S_t = exp(g_t) * diag(exp(gk_t)) S_{t-1} + k_t^T v_t,    o_t = scale * q_t S_t,
+
+S_{-1} = initial_state (zeros if None), final state S_{T-1}. ``g`` is a log-space scalar
+decay per step and head (RetNet: log gamma; GLA with scalar gates), ``gk`` a log-space decay
+per key dimension (GLA). Both are <= 0 for a decay; nothing here requires it except the
+overflow-freedom of the chunked form, which relies on cumulative decays being <= 0.
+
+Three forms compute the same thing:
+  * recurrent: a scan over time (eq. above, O(T K V) work, O(T) sequential steps);
+  * parallel: the quadratic masked form o = scale * ((q k^T) ⊙ D) v with the decay matrix
+    D_ts = exp(G_t - G_s) for s <= t (G the cumulative log-decay), O(T^2) memory;
+  * chunked: Lightning Attention-2 (Qin et al. 2024, arXiv 2401.04658, Algorithm 1) and
+    GLA's chunkwise form (Yang et al. 2024, Section 4.2): masked attention inside each chunk
+    of C steps plus a state carried between chunks, O(T C (K + V) + T K V) work.
+All three compute in float32 and return o in q's dtype and the state in float32.
+
+Overflow: the chunked and parallel forms never exponentiate a positive number. Decay
+differences G_t - G_s are masked (set to -inf) where s > t BEFORE ``exp``, so the
+upper-triangular entries, which may be huge and positive under strong decay, are never
+exponentiated. (The naive trick q_t exp(G_t) · k_s exp(-G_s) overflows for long chunks.)
+
+Axis letters: b batch, t time (query), s time (key), h heads, k key dim, v value dim,
+n number of chunks, c position inside a chunk (query), r position inside a chunk (key).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from jaxtyping import Array, Float
+
+DECAY_MODES = ("none", "scalar", "per_key")
+
+
+def decay_mode(g, gk) -> str:
+    """"none" (no g, no gk), "scalar" (only g) or "per_key" (gk, with or without g)."""
+    if gk is not None:
+        return "per_key"
+    return "none" if g is None else "scalar"
+
+
+def _check_shapes(q, k, v, g, gk, initial_state) -> None:
+    if q.ndim != 4 or k.shape != q.shape:
+        raise ValueError(f"linear_attention: q {q.shape} and k {k.shape} must both be [b, t, h, k]")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"linear_attention: v {v.shape} must be [b, t, h, v] with b, t, h of q {q.shape}")
+    if g is not None and g.shape != q.shape[:3]:
+        raise ValueError(f"linear_attention: g {g.shape} must be [b, t, h] = {q.shape[:3]}")
+    if gk is not None and gk.shape != q.shape:
+        raise ValueError(f"linear_attention: gk {gk.shape} must be [b, t, h, k] = {q.shape}")
+    want = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    if initial_state is not None and initial_state.shape != want:
+        raise ValueError(f"linear_attention: initial_state {initial_state.shape} must be [b, h, k, v] = {want}")
+
+
+def _prepare(q, k, v, g, gk, scale, initial_state):
+    """float32 copies, the default scale, the zero initial state and the combined log-decay.
+
+    Returns (q, k, v, log_decay, mode, scale, s0) with log_decay None ("none"), [b, t, h]
+    ("scalar") or [b, t, h, k] ("per_key", g broadcast into gk).
+    """
+    _check_shapes(q, k, v, g, gk, initial_state)
+    b, _, h, dk = q.shape
+    dv = v.shape[-1]
+    scale = dk**-0.5 if scale is None else scale
+    f32 = lambda x: None if x is None else x.astype(jnp.float32)
+    q, k, v, g, gk = map(f32, (q, k, v, g, gk))
+    mode = decay_mode(g, gk)
+    log_decay = gk if mode == "per_key" else g
+    if mode == "per_key" and g is not None:
+        log_decay = gk + g[..., None]
+    s0 = jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None else f32(initial_state)
+    return q, k, v, log_decay, mode, scale, s0
+
+
+def linear_attention_recurrent(
+    q: Float[Array, "b t h k"],
+    k: Float[Array, "b t h k"],
+    v: Float[Array, "b t h v"],
+    g: Float[Array, "b t h"] | None = None,
+    gk: Float[Array, "b t h k"] | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: Float[Array, "b h k v"] | None = None,
+) -> tuple[Float[Array, "b t h v"], Float[Array, "b h k v"]]:
+    """The recurrence itself: a ``lax.scan`` over time, one rank-1 state update per step."""
+    out_dtype = q.dtype
+    q, k, v, a, mode, scale, s0 = _prepare(q, k, v, g, gk, scale, initial_state)
+    if mode == "none":
+        a = jnp.zeros(q.shape[:3], jnp.float32)
+    if a.ndim == 3:
+        a = a[..., None]  # broadcasts over k
+
+    def step(state, xs):
+        q_t, k_t, v_t, a_t = xs  # [b h k], [b h k], [b h v], [b h k|1]
+        state = jnp.exp(a_t)[..., None] * state + jnp.einsum("bhk,bhv->bhkv", k_t, v_t)
+        return state, scale * jnp.einsum("bhk,bhkv->bhv", q_t, state)
+
+    time_major = lambda x: rearrange(x, "b t ... -> t b ...")
+    final, o = jax.lax.scan(step, s0, tuple(map(time_major, (q, k, v, a))))
+    return rearrange(o, "t b h v -> b t h v").astype(out_dtype), final
+
+
+def linear_attention_parallel(
+    q: Float[Array, "b t h k"],
+    k: Float[Array, "b t h k"],
+    v: Float[Array, "b t h v"],
+    g: Float[Array, "b t h"] | None = None,
+    gk: Float[Array, "b t h k"] | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: Float[Array, "b h k v"] | None = None,
+) -> tuple[Float[Array, "b t h v"], Float[Array, "b h k v"]]:
+    """Quadratic form: o = scale * (((q k^T) ⊙ D) v + (q ⊙ exp(G)) S_{-1}).
+
+    D_ts = exp(G_t - G_s) for s <= t, else 0, with G the inclusive cumulative log-decay
+    (RetNet eq. 5; for per-key decay D has a k axis and the product is taken inside the
+    contraction over k, GLA eq. 4). Memory O(T^2) (O(T^2 K) with per-key decay).
+    """
+    out_dtype = q.dtype
+    q, k, v, a, mode, scale, s0 = _prepare(q, k, v, g, gk, scale, initial_state)
+    t = q.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    if mode == "none":
+        scores = jnp.where(causal, jnp.einsum("bthk,bshk->bhts", q, k), 0.0)
+        o = jnp.einsum("bhts,bshv->bthv", scores, v) + jnp.einsum("bthk,bhkv->bthv", q, s0)
+        final = s0 + jnp.einsum("bshk,bshv->bhkv", k, v)
+    elif mode == "scalar":
+        cum = jnp.cumsum(a, axis=1)  # [b t h]
+        cum_h = rearrange(cum, "b t h -> b h t")
+        diff = cum_h[..., :, None] - cum_h[..., None, :]  # [b h t s]
+        scores = jnp.einsum("bthk,bshk->bhts", q, k) * jnp.exp(jnp.where(causal, diff, -jnp.inf))
+        o = jnp.einsum("bhts,bshv->bthv", scores, v)
+        o += jnp.einsum("bthk,bhkv->bthv", q * jnp.exp(cum)[..., None], s0)
+        to_end = jnp.exp(cum[:, -1:] - cum)  # [b s h]
+        final = jnp.exp(cum[:, -1])[..., None, None] * s0
+        final += jnp.einsum("bshk,bshv->bhkv", k * to_end[..., None], v)
+    else:
+        cum = jnp.cumsum(a, axis=1)  # [b t h k]
+        diff = cum[:, :, None] - cum[:, None, :]  # [b t s h k]
+        decay = jnp.exp(jnp.where(causal[None, :, :, None, None], diff, -jnp.inf))
+        scores = jnp.einsum("bthk,bshk,btshk->bhts", q, k, decay)
+        o = jnp.einsum("bhts,bshv->bthv", scores, v)
+        o += jnp.einsum("bthk,bhkv->bthv", q * jnp.exp(cum), s0)
+        final = jnp.exp(cum[:, -1])[..., None] * s0
+        final += jnp.einsum("bshk,bshv->bhkv", k * jnp.exp(cum[:, -1:] - cum), v)
+    return (scale * o).astype(out_dtype), final
+
+
+def pad_to_chunks(x: Array | None, chunk_size: int) -> Array | None:
+    """Zero-pad axis 1 (time) up to a multiple of ``chunk_size``.
+
+    Zero k and v add nothing to the state and a zero log-decay multiplies it by 1, so the
+    state after the padded steps equals the state after the last real step.
+    """
+    if x is None:
+        return None
+    pad = -x.shape[1] % chunk_size
+    return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+
+
+def chunk_cumsum(a: Array, chunk_size: int) -> Array:
+    """Inclusive cumulative sum of a log-decay [b, t, h(, k)] restarted at every chunk."""
+    chunked = rearrange(a, "b (n c) ... -> b n c ...", c=chunk_size)
+    return rearrange(jnp.cumsum(chunked, axis=2), "b n c ... -> b (n c) ...")
+
+
+def _chunk_group(state, qc, kc, vc, cum, mode):
+    """Chunks n of one group: returns (state after the group, o [b n c h v] unscaled).
+
+    qc, kc: [b n c h k]; vc: [b n c h v]; cum: None, [b n c h] or [b n c h k], the
+    inclusive cumulative log-decay restarted at each chunk; state [b h k v] entering.
+    Time-major layout (as the inputs come), so no large transposes are needed.
+    """
+    chunk_size = qc.shape[2]
+    causal = jnp.tril(jnp.ones((chunk_size, chunk_size), bool))  # [c r]
+    scores = jnp.einsum("bnchk,bnrhk->bnhcr", qc, kc)
+    if mode == "none":
+        scores = jnp.where(causal, scores, 0.0)
+        o = jnp.einsum("bnhcr,bnrhv->bnchv", scores, vc)
+        contrib = jnp.einsum("bnrhk,bnrhv->bnhkv", kc, vc)
+        chunk_decay = jnp.ones(contrib.shape[:3] + (1, 1), jnp.float32)
+        q_inter = qc
+    else:
+        if mode == "scalar":
+            cum_h = rearrange(cum, "b n c h -> b n h c")
+            diff = cum_h[..., :, None] - cum_h[..., None, :]  # [b n h c r]
+            scores = scores * jnp.exp(jnp.where(causal, diff, -jnp.inf))
+            cum = cum[..., None]  # [b n c h 1], broadcasts over k
+        else:
+            diff = cum[:, :, :, None] - cum[:, :, None, :]  # [b n c r h k]
+            decay = jnp.exp(jnp.where(causal[:, :, None, None], diff, -jnp.inf))
+            scores = jnp.einsum("bnchk,bnrhk,bncrhk->bnhcr", qc, kc, decay)
+        last = cum[:, :, -1:]  # [b n 1 h k|1]
+        o = jnp.einsum("bnhcr,bnrhv->bnchv", scores, vc)
+        contrib = jnp.einsum("bnrhk,bnrhv->bnhkv", kc * jnp.exp(last - cum), vc)
+        chunk_decay = rearrange(jnp.exp(last), "b n 1 h k -> b n h k 1")
+        q_inter = qc * jnp.exp(cum)
+
+    def carry(state, xs):
+        decay_n, contrib_n = xs
+        return decay_n * state + contrib_n, state
+
+    chunk_major = lambda x: rearrange(x, "b n ... -> n b ...")
+    state, entering = jax.lax.scan(carry, state, (chunk_major(chunk_decay), chunk_major(contrib)))
+    return state, o + jnp.einsum("bnchk,nbhkv->bnchv", q_inter, entering)
+
+
+def linear_attention_chunked(
+    q: Float[Array, "b t h k"],
+    k: Float[Array, "b t h k"],
+    v: Float[Array, "b t h v"],
+    g: Float[Array, "b t h"] | None = None,
+    gk: Float[Array, "b t h k"] | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: Float[Array, "b h k v"] | None = None,
+    chunk_size: int = 64,
+    tokens_per_step: int = 256,
+) -> tuple[Float[Array, "b t h v"], Float[Array, "b h k v"]]:
+    """Chunked form (Lightning Attention-2 Algorithm 1; GLA Section 4.2).
+
+    With B_c the cumulative log-decay inside chunk n (restarting at 0 before its first step)
+    and S_n the state entering chunk n:
+      intra  O_c = ((Q_c K_r^T) ⊙ exp(mask(B_c - B_r))) V_r          (masked before exp)
+      inter  O_c += (Q_c ⊙ exp(B_c)) S_n
+      state  S_{n+1} = exp(B_last) ⊙ S_n + (K_r ⊙ exp(B_last - B_r))^T V_r
+    The intra and state-contribution terms of a group of chunks are computed at once; only
+    the cheap state recurrence (one [K, V] multiply-add per chunk) is a scan. Groups of
+    about ``tokens_per_step`` tokens are visited by an outer ``lax.scan`` so that the
+    working set stays cache-sized and the time grows linearly in T on CPU; this changes
+    nothing but speed. T is zero-padded to whole chunks (and groups; see
+    :func:`pad_to_chunks`).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"linear_attention: chunk_size={chunk_size} must be >= 1")
+    if tokens_per_step < 1:
+        raise ValueError(f"linear_attention: tokens_per_step={tokens_per_step} must be >= 1")
+    out_dtype = q.dtype
+    t = q.shape[1]
+    q, k, v, a, mode, scale, s0 = _prepare(q, k, v, g, gk, scale, initial_state)
+    n_chunks = -(-t // chunk_size)
+    n_steps = -(-n_chunks // max(1, tokens_per_step // chunk_size))
+    group = -(-n_chunks // n_steps)  # chunks per step, balanced so padding < n_steps chunks
+    cum = None if mode == "none" else chunk_cumsum(pad_to_chunks(a, chunk_size), chunk_size)
+    q, k, v, cum = (pad_to_chunks(x, chunk_size * group) for x in (q, k, v, cum))
+    to_groups = lambda x: rearrange(x, "b (s n c) ... -> s b n c ...", c=chunk_size, n=group)
+
+    @jax.checkpoint  # the backward recomputes one group at a time, in cache
+    def step(state, xs):
+        return _chunk_group(state, *xs, mode)
+
+    groups = (to_groups(q), to_groups(k), to_groups(v), None if cum is None else to_groups(cum))
+    if n_steps == 1:  # short sequences: no outer loop to compile
+        final, o = _chunk_group(s0, *(None if x is None else x[0] for x in groups), mode)
+        o = o[None]
+    else:
+        final, o = jax.lax.scan(step, s0, groups)
+    o = rearrange(scale * o, "s b n c h v -> b (s n c) h v")[:, :t]
+    return o.astype(out_dtype), final
+
+
+def linear_attention_flops(
+    seq_len: int,
+    *,
+    num_heads: int,
+    key_dim: int,
+    value_dim: int,
+    chunk_size: int = 64,
+    decay: str = "scalar",
+) -> float:
+    """Forward FLOPs per token of the chunked algorithm (one sequence, all heads).
+
+    Per head and chunk of C steps (K key dim, V value dim), counting a multiply-add as 2:
+      intra scores Q K^T           2 C^2 K    (full C x C block; the causal half is masked)
+      scores ⊙ decay               C^2 (scalar) | 4 C^2 K (per-key: diff, 2 products, sum)
+      intra output scores V        2 C^2 V
+      state contribution K~^T V    2 C K V  (+ C K to decay K)
+      state update  d ⊙ S + U      2 K V
+      inter output  (Q ⊙ e^B) S    2 C K V  (+ C K to decay Q)
+      output sum and scale         2 C V
+    T is padded up to a multiple of C, so the count is for ceil(T / C) chunks divided by
+    T. Exponentials and the masks are not counted (XLA counts them as transcendentals or
+    not at all). Tested against XLA's cost analysis of :func:`linear_attention_chunked`
+    (C = K = V = 64, one outer step, since XLA counts a loop body once): within 1% without
+    decay or with scalar decay, about 6% above it with per-key decay.
+
+    Training: the backward of the algorithm is about twice the forward (3x forward in
+    all); the reference's checkpointed backward also recomputes the forward once (4x).
+
+    Args:
+      seq_len: T.
+      num_heads, key_dim, value_dim: h, K, V (per head).
+      chunk_size: C.
+      decay: "none", "scalar" (g) or "per_key" (gk, with or without g).
+
+    Returns:
+      FLOPs per token (float), summed over heads.
+    """
+    if decay not in DECAY_MODES:
+        raise ValueError(f"linear_attention_flops: decay={decay!r} is not one of {DECAY_MODES}")
+    c, kd, vd = chunk_size, key_dim, value_dim
+    n_chunks = -(-seq_len // c)
+    decay_scores = {"none": 0, "scalar": c * c, "per_key": 4 * c * c * kd}[decay]
+    decay_vectors = 0 if decay == "none" else 2 * c * kd
+    per_chunk = (
+        2 * c * c * kd + decay_scores + 2 * c * c * vd  # intra
+        + 2 * c * kd * vd + 2 * kd * vd  # state contribution and update
+        + 2 * c * kd * vd  # inter
+        + decay_vectors + 2 * c * vd
+    )
+    return num_heads * n_chunks * per_chunk / seq_len
