@@ -1,0 +1,298 @@
+"""Vectorised multistart L-BFGS on a weighted sum of Huber losses of log-loss residuals.
+
+The objective of Hoffmann et al. 2022 (arXiv:2203.15556), Eq. (2)/Appendix D.2:
+
+    f(theta) = sum_i w_i Huber_delta(log Lhat(theta; x_i) - log L_i),
+
+summed (not averaged) over points, minimised in float64 by L-BFGS (two-loop recursion,
+Nocedal & Wright 2006 Alg. 7.4; Armijo backtracking with quadratic interpolation) from many
+starts at once: a fixed block of rows advances together, one objective-and-gradient
+evaluation per row per loop step (``jax.vmap`` over rows), inside one ``lax.while_loop`` in
+one ``jax.jit``; a row whose start has finished takes the next pending start (a work
+queue), so converged starts cost nothing and no row waits for another's line search.
+Weights w let the bootstrap refit every resample in the same batch. Float64 is enabled only
+inside :func:`minimize_multistart` (``jax.enable_x64``), never globally.
+
+Stopping (per start): max |grad| <= gtol; or a relative decrease of f below ftol over the
+last ``window`` accepted steps (scale-free, unlike an absolute tolerance on an averaged
+loss, the pitfall Besiroglu et al. 2024, arXiv:2404.10102, found in the original fit); or
+two failed line searches in a row; or ``max_iter`` steps (reported as not converged).
+
+Axis letters: s starts, p free coordinates, q all coordinates, m data points.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def huber(r, delta):
+    """Huber loss: r^2/2 for |r| <= delta, else delta (|r| - delta/2) (Huber 1964)."""
+    abs_r = jnp.abs(r)
+    return jnp.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
+
+
+def _direction(g, s_hist, y_hist, rho, newest, memory):
+    """-H g by the L-BFGS two-loop recursion (Nocedal & Wright 2006, Alg. 7.4), per row.
+
+    g [b,p]; s_hist, y_hist [b,h,p]; rho [b,h] (0 marks an empty pair); newest [b]: ring
+    index of each row's latest pair. The loops are ``lax.scan``s (small compiled program).
+    """
+    # Reorder each row's ring buffer newest-first: order [b,h].
+    order = (newest[:, None] - jnp.arange(memory)[None, :]) % memory
+    s_o = jnp.take_along_axis(s_hist, order[:, :, None], axis=1).swapaxes(0, 1)  # [h,b,p]
+    y_o = jnp.take_along_axis(y_hist, order[:, :, None], axis=1).swapaxes(0, 1)
+    r_o = jnp.take_along_axis(rho, order, axis=1).swapaxes(0, 1)  # [h,b]
+
+    def first(q, sy):
+        s_i, y_i, r_i = sy
+        a_i = r_i * jnp.sum(s_i * q, axis=-1)
+        return q - a_i[:, None] * y_i, a_i
+
+    q, alphas = jax.lax.scan(first, g, (s_o, y_o, r_o))
+    yy = jnp.sum(y_o[0] * y_o[0], axis=-1)
+    gamma = jnp.where((r_o[0] > 0) & (yy > 0),
+                      jnp.sum(s_o[0] * y_o[0], axis=-1) / jnp.where(yy > 0, yy, 1.0), 1.0)
+
+    def second(r, sya):
+        s_i, y_i, r_i, a_i = sya
+        return r + (a_i - r_i * jnp.sum(y_i * r, axis=-1))[:, None] * s_i, None
+
+    r, _ = jax.lax.scan(second, gamma[:, None] * q, (s_o, y_o, r_o, alphas), reverse=True)
+    return -r
+
+
+@functools.lru_cache(maxsize=64)
+def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slots: int,
+            window: int):
+    """A jitted (theta0 [s,p], w [s,m], base [q], logx, logy [m], delta, gtol, ftol, max_iter,
+    n_real) solver; only the first ``n_real`` starts are run (the rest is padding).
+
+    Work queue: ``slots`` rows advance together, each by exactly one objective evaluation per
+    loop step (a row is either trying a step of its line search or evaluating a new start),
+    so no row waits for another's backtracking. When a row's start converges (or stalls, or
+    hits ``max_iter``) its result is written out and the row takes the next pending start:
+    the cost is the total number of evaluations, not the slowest start times the start count.
+    """
+    free_idx = np.asarray(free, dtype=np.int32)
+    c1 = 1e-4  # Armijo constant
+    max_trials = 20  # backtracking steps before a line search counts as failed
+
+    def objective(theta_free, w, base, logx, logy, delta):
+        theta = base.at[free_idx].set(theta_free)
+        r = log_form(theta, logx) - logy
+        return jnp.sum(w * huber(r, delta))
+
+    value_and_grad = jax.vmap(jax.value_and_grad(objective), in_axes=(0, 0, None, None, None, None))
+
+    def solve(theta0, w_all, base, logx, logy, delta, gtol, ftol, max_iter, n_real):
+        n_starts, p = theta0.shape
+        b = slots
+        dtype = theta0.dtype
+
+        def assign(c, free_rows):
+            """Give each free row (bool [b]) the next pending start (or none: idx = -1)."""
+            rank = jnp.cumsum(free_rows, dtype=jnp.int32) - 1
+            new_idx = jnp.where(free_rows, c["next"] + rank, c["idx"])
+            new_idx = jnp.where(free_rows & (new_idx >= n_real), -1, new_idx)
+            take = free_rows & (new_idx >= 0)
+            safe = jnp.clip(new_idx, 0, n_starts - 1)
+            c = dict(c)
+            c["idx"] = new_idx
+            c["x"] = jnp.where(take[:, None], theta0[safe], c["x"])
+            c["w"] = jnp.where(take[:, None], w_all[safe], c["w"])
+            c["fresh"] = jnp.where(free_rows, take, c["fresh"])
+            for key in ("k", "stall", "fails", "trials"):
+                c[key] = jnp.where(free_rows, 0, c[key])
+            c["in_ls"] = jnp.where(free_rows, False, c["in_ls"])
+            c["rho"] = jnp.where(free_rows[:, None], 0.0, c["rho"])
+            c["next"] = c["next"] + jnp.sum(free_rows, dtype=jnp.int32)
+            return c
+
+        def body(c):
+            active = c["idx"] >= 0
+            x, f, g, fresh, k = c["x"], c["f"], c["g"], c["fresh"], c["k"]
+            # Rows not inside a line search start one along a new L-BFGS direction.
+            d_new = _direction(g, c["s"], c["y"], c["rho"], (k - 1) % memory, memory)
+            slope_new = jnp.sum(g * d_new, axis=-1)
+            bad = ~(slope_new < 0) | ~jnp.all(jnp.isfinite(d_new), axis=-1)
+            gnorm = jnp.sqrt(jnp.sum(g * g, axis=-1))
+            # Steepest descent (unit length) where d is not a finite descent direction.
+            d_new = jnp.where(bad[:, None], -g / jnp.maximum(gnorm, 1e-300)[:, None], d_new)
+            new_ls = ~c["in_ls"]
+            d = jnp.where(new_ls[:, None], d_new, c["d"])
+            d = jnp.where(fresh[:, None], 0.0, d)  # a fresh row evaluates its start
+            t = jnp.where(new_ls, 1.0, c["t"])
+            slope = jnp.sum(g * d, axis=-1)
+
+            x_try = x + t[:, None] * d
+            f_try, g_try = value_and_grad(x_try, c["w"], base, logx, logy, delta)
+            finite_try = jnp.isfinite(f_try) & jnp.all(jnp.isfinite(g_try), axis=-1)
+            armijo = finite_try & (f_try <= f + c1 * t * slope)
+            acc = active & (fresh | armijo)
+            moved = acc & ~fresh
+            trials = jnp.where(acc | new_ls, 0, c["trials"]) + (active & ~acc).astype(jnp.int32)
+            ls_failed = active & ~acc & (trials >= max_trials)
+            # Backtrack by quadratic interpolation, safeguarded to [0.1 t, 0.5 t].
+            denom = 2.0 * (f_try - f - slope * t)
+            t_q = jnp.where(finite_try & (denom > 0),
+                            -slope * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+            t_next = jnp.clip(t_q, 0.1 * t, 0.5 * t)
+
+            x_new = jnp.where(acc[:, None], x_try, x)
+            f_new = jnp.where(acc, f_try, f)
+            g_new = jnp.where(acc[:, None], g_try, g)
+            s_new, y_new = x_new - x, g_new - g
+            sy = jnp.sum(s_new * y_new, axis=-1)
+            keep = moved & (sy > 1e-12 * jnp.sum(y_new * y_new, axis=-1)) & (sy > 0)
+            onehot = (jnp.arange(memory)[None, :] == (k % memory)[:, None]) & keep[:, None]
+            s_hist = jnp.where(onehot[:, :, None], s_new[:, None, :], c["s"])
+            y_hist = jnp.where(onehot[:, :, None], y_new[:, None, :], c["y"])
+            rho = jnp.where(onehot, (1.0 / jnp.where(keep, sy, 1.0))[:, None], c["rho"])
+            # A failed line search drops the curvature pairs (the next step is steepest
+            # descent); a second failure in a row ends the start.
+            rho = jnp.where(ls_failed[:, None], 0.0, rho)
+            fails = jnp.where(ls_failed, c["fails"] + 1, jnp.where(moved, 0, c["fails"]))
+            # Three accepted steps in a row lowering f by under 1e-15 relative: at a minimum.
+            tiny = moved & (f - f_new <= 1e-15 * jnp.abs(f_new))
+            stall = jnp.where(tiny, c["stall"] + 1, jnp.where(moved, 0, c["stall"]))
+            # Relative decrease over the last ``window`` accepted steps below ftol: converged
+            # (scale-free, so a summed or an averaged objective stops at the same point).
+            slot_f = k % window
+            f_old = jnp.take_along_axis(c["f_hist"], slot_f[:, None], axis=1)[:, 0]
+            slow = moved & (k >= window) & (f_old - f_new <= ftol * jnp.abs(f_new))
+            f_hist = jnp.where((jnp.arange(window)[None, :] == slot_f[:, None]) & moved[:, None],
+                               f_new[:, None], c["f_hist"])
+            k_new = jnp.where(moved, k + 1, k)
+            finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new), axis=-1)
+            gmax = jnp.max(jnp.abs(g_new), axis=-1)
+            done = active & (
+                ~finite | (acc & (gmax <= gtol)) | (fails >= 2) | (stall >= 3) | slow
+                | (k_new >= max_iter))
+            out_i = jnp.where(done, c["idx"], n_starts)  # index n_starts: dropped
+            c = {**c, "x": x_new, "f": f_new, "g": g_new, "s": s_hist, "y": y_hist, "rho": rho,
+                 "k": k_new, "stall": stall, "fails": fails, "f_hist": f_hist,
+                 "trials": jnp.where(ls_failed, 0, trials),
+                 "in_ls": active & ~acc & ~ls_failed, "d": d, "t": t_next,
+                 "fresh": jnp.zeros_like(fresh), "evals": c["evals"] + jnp.sum(active, dtype=jnp.int32),
+                 "out_x": c["out_x"].at[out_i].set(x_new, mode="drop"),
+                 "out_f": c["out_f"].at[out_i].set(f_new, mode="drop"),
+                 "out_g": c["out_g"].at[out_i].set(gmax, mode="drop"),
+                 "out_k": c["out_k"].at[out_i].set(k_new, mode="drop")}
+            return assign(c, done | ~active)
+
+        m = w_all.shape[1]
+        zeros_i = jnp.zeros((b,), jnp.int32)
+        c0 = {
+            "idx": jnp.full((b,), -1, jnp.int32), "next": jnp.asarray(0, jnp.int32),
+            "x": jnp.zeros((b, p), dtype), "w": jnp.zeros((b, m), dtype),
+            "f": jnp.zeros((b,), dtype), "g": jnp.zeros((b, p), dtype),
+            "d": jnp.zeros((b, p), dtype), "t": jnp.ones((b,), dtype),
+            "fresh": jnp.zeros((b,), bool), "in_ls": jnp.zeros((b,), bool),
+            "k": zeros_i, "stall": zeros_i, "fails": zeros_i, "trials": zeros_i,
+            "f_hist": jnp.zeros((b, window), dtype),
+            "s": jnp.zeros((b, memory, p), dtype), "y": jnp.zeros((b, memory, p), dtype),
+            "rho": jnp.zeros((b, memory), dtype), "evals": jnp.asarray(0, jnp.int32),
+            "out_x": theta0, "out_f": jnp.full((n_starts,), jnp.nan, dtype),
+            "out_g": jnp.full((n_starts,), jnp.nan, dtype),
+            "out_k": jnp.zeros((n_starts,), jnp.int32),
+        }
+        c0 = assign(c0, jnp.ones((b,), bool))
+        c = jax.lax.while_loop(lambda c: jnp.any(c["idx"] >= 0), body, c0)
+        return c["out_x"], c["out_f"], c["out_g"], c["out_k"], c["evals"]
+
+    return jax.jit(solve)
+
+
+def minimize_multistart(
+    log_form: Callable,
+    theta0,
+    logx: dict[str, np.ndarray],
+    logy,
+    *,
+    weights=None,
+    base=None,
+    free: tuple[int, ...] | None = None,
+    huber_delta: float = 1e-3,
+    gtol: float = 1e-12,
+    ftol: float = 1e-10,
+    window: int = 10,
+    max_iter: int = 500,
+    memory: int = 10,
+    slots: int = 256,
+):
+    """Minimise the summed Huber objective from every start at once.
+
+    Args:
+      log_form: (theta [q], logx {var: [m]}) -> log predicted loss [m] (JAX, traceable).
+      theta0: starting points of the free coordinates, [s, p].
+      logx: log of each table variable, {var: [m]}.
+      logy: log of the observed losses, [m].
+      weights: per-start point weights [s, m] (bootstrap counts) or None (all ones).
+      base: full coordinate vector [q] whose ``free`` entries are replaced by the optimiser
+        (the others stay fixed); default zeros with every coordinate free.
+      free: indices of the free coordinates in ``base`` (length p).
+      huber_delta: Huber delta (Hoffmann et al. 2022: 1e-3).
+      gtol: stop a start when max |grad| <= gtol.
+      ftol, window: stop a start when f fell by at most ftol |f| over the last ``window``
+        iterations (scale-free: the same stopping point for a summed or averaged objective).
+      max_iter: L-BFGS iteration cap per start.
+      slots: rows iterated at once (the work-queue width).
+    Returns:
+      dict with ``theta`` [s, p], ``value`` [s] (objective), ``grad_max`` [s] (max |grad| at
+      the end), ``iters`` [s] (accepted steps), all NumPy; ``evals`` (total evaluations).
+    """
+    theta0 = np.atleast_2d(np.asarray(theta0, dtype=np.float64))
+    s, p = theta0.shape
+    if free is None:
+        free = tuple(range(p))
+    if base is None:
+        base = np.zeros(len(free), dtype=np.float64)
+    base = np.asarray(base, dtype=np.float64)
+    logy = np.asarray(logy, dtype=np.float64)
+    m = logy.shape[0]
+    if weights is None:
+        weights = np.ones((s, m), dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (s, m):
+        raise ValueError(f"weights of shape {weights.shape}: need [starts, points] = {(s, m)}")
+    # Pad to a few shapes so that tables of similar size share one compiled program: points
+    # to a power of two (padded points have weight 0); starts to 256 or a multiple of 1024,
+    # in chunks of at most 8192 (padded starts are never assigned to a row: they cost
+    # nothing). One chunk for the published grid: its slowest starts then overlap.
+    m_pad = max(_bucket(m), 128)
+    chunk = 256 if s <= 256 else min(-(-s // 1024) * 1024, 8192)
+    width = min(slots, chunk)
+    pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64), np.zeros(m_pad - m)])
+    solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(memory),
+                    int(width), int(window))
+    results = []
+    with jax.enable_x64(True):
+        logx_j = {k: jnp.asarray(pad(v)) for k, v in logx.items()}
+        scalars = (jnp.asarray(pad(logy)), jnp.asarray(huber_delta, jnp.float64),
+                   jnp.asarray(gtol, jnp.float64), jnp.asarray(ftol, jnp.float64),
+                   jnp.asarray(max_iter, jnp.int32))
+        for lo in range(0, s, chunk):
+            n_real = min(chunk, s - lo)
+            theta_p = np.zeros((chunk, p))
+            theta_p[:n_real] = theta0[lo:lo + n_real]
+            w_p = np.zeros((chunk, m_pad))
+            w_p[:n_real, :m] = weights[lo:lo + n_real]
+            out = solve(jnp.asarray(theta_p), jnp.asarray(w_p), jnp.asarray(base), logx_j,
+                        *scalars, jnp.asarray(n_real, jnp.int32))
+            results.append([np.asarray(o) for o in out])
+    theta, value, grad_max, iters = (np.concatenate([r[i][:min(chunk, s - lo)] for r, lo in
+                                                     zip(results, range(0, s, chunk))])
+                                     for i in range(4))
+    return {"theta": theta, "value": value, "grad_max": grad_max, "iters": iters,
+            "evals": int(sum(int(r[4]) for r in results))}
+
+
+def _bucket(n: int) -> int:
+    """Smallest power of two >= n."""
+    return 1 << max(int(n) - 1, 0).bit_length()

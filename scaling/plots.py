@@ -1,0 +1,205 @@
+"""Figures a researcher looks at after a fit, each saved as PNG and SVG.
+
+Every function takes fitted results and/or a DataFrame and an output directory, writes
+``<out_dir>/<name>.png`` and ``<out_dir>/<name>.svg``, and returns the two paths. Figures
+are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas, no display, no global
+pyplot state).
+
+Axis letters: m runs, k budgets, g grid points, n bootstrap samples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from scaling import laws
+from scaling.constants import CHINCHILLA_TOKENS_PER_PARAM
+from scaling.table import column_names, load_table
+
+
+def _save(fig: Figure, out_dir, name: str) -> list[Path]:
+    out = Path(out_dir)
+    os.makedirs(out, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    return paths
+
+
+def _compute_of(df: pd.DataFrame, columns) -> np.ndarray:
+    names = column_names(columns)
+    if names["C"] in df.columns:
+        return df[names["C"]].to_numpy(float)
+    return 6.0 * df[names["N"]].to_numpy(float) * df[names["D"]].to_numpy(float)
+
+
+def _frontier(params: Mapping[str, np.ndarray], law_name: str, C: np.ndarray) -> np.ndarray:
+    """Loss at the compute-optimal allocation (C = 6ND) [g], or L(C) for a law of C."""
+    if law_name == "saturating":
+        return laws.saturating_power_law(C, params["E"], params["A"], params["alpha"])
+    if law_name == "kaplan_c":
+        return laws.kaplan_c(C, params["C_c"], params["alpha_C"])
+    beta = params.get("beta", params["alpha"])
+    n, d = laws.chinchilla_allocation(C, params["A"], params["B"], params["alpha"], beta)
+    return laws.chinchilla(n, d, params["E"], params["A"], params["B"], params["alpha"], beta)
+
+
+def plot_loss_vs_compute(result, table, out_dir, *, columns=None, boot=None,
+                         name: str = "loss_vs_compute", level: float = 0.95) -> list[Path]:
+    """Every run's loss vs compute, the fitted compute-optimal frontier and its band.
+
+    Args:
+      result: :class:`scaling.fit.FitResult` of a Chinchilla-type law (or a law of C).
+      table: the runs (DataFrame or CSV) with N, D (or C) and loss columns.
+      boot: optional :class:`scaling.bootstrap.BootstrapResult` for the band.
+    """
+    df = load_table(table)
+    names = column_names(columns or result.columns)
+    C = _compute_of(df, names)
+    loss = df[names["loss"]].to_numpy(float)
+    grid = np.geomspace(C.min() / 2, C.max() * 4, 200)
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    color = np.log10(df[names["N"]].to_numpy(float)) if names["N"] in df.columns else None
+    sc = ax.scatter(C, loss, c=color, s=14, cmap="viridis", label="runs")
+    if color is not None:
+        fig.colorbar(sc, ax=ax, label="log10 N")
+    ax.plot(grid, _frontier(result.params, result.law.name, grid), "k-", label="fitted frontier")
+    if boot is not None and len(boot.samples):
+        curves = np.stack([_frontier(row, result.law.name, grid)
+                           for row in boot.samples.to_dict("records")])
+        lo, hi = np.nanpercentile(curves, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        ax.fill_between(grid, lo, hi, color="k", alpha=0.2, label=f"{level:.0%} bootstrap")
+    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="loss",
+           title=f"{result.law.name}: loss vs compute")
+    ax.legend()
+    return _save(fig, out_dir, name)
+
+
+def plot_isoflop(iso, out_dir, *, name: str = "isoflop") -> list[Path]:
+    """IsoFLOP curves: loss vs N per budget, fitted parabolas and their minima.
+
+    Args:
+      iso: :class:`scaling.isoflop.IsoflopResult`.
+    """
+    runs, optima = iso.table, iso.optima
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    budgets = np.sort(runs["C_budget"].unique())
+    cmap = colormaps["plasma"]
+    for i, c in enumerate(budgets):
+        col = cmap(i / max(len(budgets) - 1, 1))
+        r = runs[runs["C_budget"] == c]
+        ax.scatter(r["N"], r["loss"], color=col, s=12)
+        if iso.window is not None and len(r):
+            best_n = r["N"].iloc[int(np.argmin(r["loss"].to_numpy()))]
+            r = r[np.abs(np.log(r["N"] / best_n)) <= np.log(iso.window) + 1e-12]
+        if len(r) >= 3:
+            ln = np.log(r["N"].to_numpy(float))
+            coef = np.polyfit(ln, r["loss"].to_numpy(float), 2)
+            xs = np.linspace(ln.min(), ln.max(), 100)
+            ax.plot(np.exp(xs), np.polyval(coef, xs), color=col, lw=1, label=f"C={c:.2g}")
+    o = optima[np.isfinite(optima["N_star"])]
+    ax.scatter(o["N_star"], o["L_star"], marker="*", s=80, color="k", zorder=5, label="minima")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="isoFLOP curves")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out_dir, name)
+
+
+def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
+                            C_range: Sequence[float] | None = None,
+                            name: str = "optimal_allocation", level: float = 0.95) -> list[Path]:
+    """N_opt(C) and D_opt(C): isoFLOP optima and power laws, the parametric fit's allocation
+    with its bootstrap band, and the 20-tokens-per-parameter reference (C = 6ND).
+
+    Args:
+      iso: optional :class:`scaling.isoflop.IsoflopResult` (points and power laws).
+      result, boot: optional Chinchilla-type fit and its bootstrap.
+      C_range: (low, high) FLOPs to draw.
+    """
+    if C_range is None:
+        C_range = ((iso.optima["C"].min() / 2, iso.optima["C"].max() * 4) if iso is not None
+                   else (1e17, 1e24))
+    grid = np.geomspace(C_range[0], C_range[1], 100)
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2)
+    for ax, key, label in ((axes[0], "N", "N_opt (parameters)"), (axes[1], "D", "D_opt (tokens)")):
+        if iso is not None:
+            o = iso.optima[np.isfinite(iso.optima["N_star"])]
+            ax.scatter(o["C"], o[f"{key}_star"], color="C0", label="isoFLOP minima")
+            f = iso.n_opt if key == "N" else iso.d_opt
+            expo = iso.a if key == "N" else iso.b
+            ax.plot(grid, f(grid), "C0-", label=f"approach 2: C^{expo:.3f}")
+        if result is not None:
+            p = result.params
+            beta = p.get("beta", p["alpha"])
+            n, d = laws.chinchilla_allocation(grid, p["A"], p["B"], p["alpha"], beta)
+            ax.plot(grid, n if key == "N" else d, "C1-", label=f"{result.law.name} fit")
+            if boot is not None and len(boot.samples):
+                s = boot.samples
+                bb = s["beta"] if "beta" in s else s["alpha"]
+                nn, dd = laws.chinchilla_allocation(grid[None, :], s["A"].to_numpy()[:, None],
+                                                    s["B"].to_numpy()[:, None],
+                                                    s["alpha"].to_numpy()[:, None],
+                                                    np.asarray(bb)[:, None])
+                vals = nn if key == "N" else dd
+                lo, hi = np.nanpercentile(vals, [50 * (1 - level), 50 * (1 + level)], axis=0)
+                ax.fill_between(grid, lo, hi, color="C1", alpha=0.25)
+        n20 = np.sqrt(grid / (6.0 * CHINCHILLA_TOKENS_PER_PARAM))
+        ax.plot(grid, n20 if key == "N" else CHINCHILLA_TOKENS_PER_PARAM * n20, "k--", lw=1,
+                label="20 tokens/param")
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir, name)
+
+
+def plot_residuals(result, out_dir, *, name: str = "residuals") -> list[Path]:
+    """Residuals log Lhat - log L of the fit against each variable of the law."""
+    r = result.residuals()
+    vars_ = list(result.logx)
+    fig = Figure(figsize=(4.2 * len(vars_), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(vars_)))
+    for ax, v in zip(axes, vars_):
+        ax.scatter(np.exp(result.logx[v]), r, s=10)
+        ax.axhline(0.0, color="k", lw=1)
+        ax.set(xscale="log", xlabel=v, ylabel="log Lhat - log L")
+    fig.suptitle(f"{result.law.name}: residuals (Huber objective {result.objective:.4g})")
+    return _save(fig, out_dir, name)
+
+
+def plot_contours(result, out_dir, *, N_range=None, D_range=None,
+                  name: str = "contours") -> list[Path]:
+    """Contours of the fitted L(N, D) with the efficient frontier and isoFLOP lines."""
+    p = result.params
+    N_range = N_range or (np.exp(result.logx["N"].min()) / 3, np.exp(result.logx["N"].max()) * 3)
+    D_range = D_range or (np.exp(result.logx["D"].min()) / 3, np.exp(result.logx["D"].max()) * 3)
+    n = np.geomspace(*N_range, 120)
+    d = np.geomspace(*D_range, 120)
+    nn, dd = np.meshgrid(n, d)
+    x = {"N": nn.ravel(), "D": dd.ravel()}
+    if "U" in result.logx:
+        x["U"] = x["D"]
+    L = np.asarray(result.law.predict(dict(p), x)).reshape(nn.shape)
+    fig = Figure(figsize=(6.4, 5))
+    ax = fig.add_subplot()
+    cs = ax.contour(nn, dd, L, levels=15, cmap="viridis")
+    ax.clabel(cs, fontsize=6)
+    ax.scatter(np.exp(result.logx["N"]), np.exp(result.logx["D"]), s=8, color="gray")
+    if "beta" in p or result.law.name == "chinchilla_tied":
+        beta = p.get("beta", p["alpha"])
+        cgrid = np.geomspace(6 * N_range[0] * D_range[0], 6 * N_range[1] * D_range[1], 200)
+        nopt, dopt = laws.chinchilla_allocation(cgrid, p["A"], p["B"], p["alpha"], beta)
+        ax.plot(nopt, dopt, "r-", label="efficient frontier (C = 6ND)")
+        for c in np.geomspace(cgrid[20], cgrid[-20], 5):
+            ax.plot(n, c / (6 * n), "k:", lw=0.7)
+    ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="parameters N",
+           ylabel="tokens D", title=f"{result.law.name}: L(N, D)")
+    ax.legend(fontsize=7)
+    return _save(fig, out_dir, name)

@@ -1,0 +1,63 @@
+"""Plots, report and command line produce their files from a fit."""
+
+import numpy as np
+import pytest
+
+from scaling import cli, fit_isoflop, fit_law, plots
+from scaling.law_specs import LAWS
+from scaling.report import write_report
+from tests.scaling.helpers import chinchilla_table
+from tests.scaling.test_isoflop import isoflop_table
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    table = chinchilla_table(m=60, noise=3e-3, seed=11)
+    res = fit_law(table, init_grid="small")
+    return table, res, res.bootstrap(n=30, seed=0, budgets=[1e21])
+
+
+def test_plots_and_report(fitted, tmp_path):
+    table, res, boot = fitted
+    iso = fit_isoflop(isoflop_table(noise=1e-3), n_bootstrap=20)
+    paths = []
+    paths += plots.plot_loss_vs_compute(res, table, tmp_path, boot=boot)
+    paths += plots.plot_isoflop(iso, tmp_path)
+    paths += plots.plot_optimal_allocation(tmp_path, iso=iso, result=res, boot=boot)
+    paths += plots.plot_residuals(res, tmp_path)
+    paths += plots.plot_contours(res, tmp_path)
+    assert len(paths) == 10
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 1000, p
+        head = p.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") if p.suffix == ".png" else b"<?xml" in head
+    report = write_report(res, tmp_path, boot=boot, iso=iso, figures=paths).read_text()
+    for name in ("alpha", "beta", "N_opt(C=1e+21)", "95% interval", "approach 2",
+                 "![residuals](residuals.png)"):
+        assert name in report
+    lo, hi = boot.interval("alpha")
+    assert f"[{lo:.6g}, {hi:.6g}]" in report
+
+
+def test_cli_help_lists_laws(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for law in LAWS:
+        assert law in out
+    for opt in ("--law", "--bootstrap", "--out", "--column", "--fix"):
+        assert opt in out
+
+
+def test_cli_fit_writes_outputs(fitted, tmp_path, capsys):
+    table, res, _ = fitted
+    csv = tmp_path / "runs.csv"
+    table.rename(columns={"loss": "val"}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    assert cli.main([str(csv), "--init-grid", "small", "--column", "loss=val", "--bootstrap",
+                     "20", "--budget", "1e21", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| alpha |" in printed and f"{res.params['alpha']:.6g}" in printed
+    assert (out / "report.md").exists() and (out / "contours.svg").exists()
+    assert np.isfinite(res.objective)

@@ -1,0 +1,143 @@
+"""Reproduce numbers published with real scaling-law data (shared/data/published).
+
+Porian et al. 2024 (arXiv:2406.19146): isoFLOP exponents; Muennighoff et al. 2023
+(arXiv:2305.16264): R_D*, R_N* and the law's check values; Gadre et al. 2024
+(arXiv:2403.08540): extrapolation of a 5-point fit. Each target comes from the sidecar .md
+or the authors' JSON, never from this package. Skipped when the folder is absent.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import huber
+
+from scaling import constants as K
+from scaling import fit_isoflop, fit_law, laws
+from scaling.isoflop import optimal_power_laws
+
+PUBLISHED = Path(__file__).resolve().parents[2].parent / "shared/data/published"
+pytestmark = pytest.mark.skipif(not PUBLISHED.is_dir(), reason=f"{PUBLISHED} absent")
+
+
+@pytest.fixture(scope="module")
+def porian():
+    points = pd.read_csv(PUBLISHED / "porian2024_isoflop_points.csv")
+    optima = pd.read_csv(PUBLISHED / "porian2024_isoflop_optima.csv")
+    fits = {d["config_id"]: d for d in json.loads(
+        (PUBLISHED / "porian2024_published_fits.json").read_text())}
+    return points, optima, fits
+
+
+def test_porian_power_law_stage_matches_published_exponents(porian):
+    """OLS of log N*, log D* on log C over the authors' own optima = their 'basic' fit."""
+    _, optima, fits = porian
+    for cid, o in optima.groupby("config_id"):
+        e = optimal_power_laws(o.rename(columns={"flops": "C", "n_star": "N_star",
+                                                 "t_star": "D_star"}))
+        assert np.isclose(e["a"], fits[cid]["basic"]["n_exponent"], atol=1e-6), cid
+        assert np.isclose(e["b"], fits[cid]["basic"]["t_exponent"], atol=1e-6), cid
+        assert np.isclose(e["k_N"], fits[cid]["basic"]["n_coef"], rtol=1e-5), cid
+
+
+def test_porian_exponents_from_raw_isoflop_points(porian):
+    """Approach 2 from the raw points (parabola near each minimum, not the authors' Akima
+    interpolation): every configuration's a within 0.04 of the published value, mean
+    absolute difference under 0.02, and the Kaplan -> Chinchilla trend of the paper."""
+    points, _, fits = porian
+    ours = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cid, g in points.groupby("config_id"):
+            iso = fit_isoflop(g, columns={"C": "flops", "N": "n", "D": "t"}, n_bootstrap=0,
+                              window=3.0)
+            ours[cid] = iso.a
+            assert abs(iso.a + iso.b - 1.0) < 0.02, cid  # D* ~ C / 6N*
+    diffs = np.array([ours[c] - fits[c]["basic"]["n_exponent"] for c in ours])
+    assert np.all(np.abs(diffs) < 0.04), dict(zip(ours, diffs.round(4)))
+    assert np.mean(np.abs(diffs)) < 0.02
+    steps = [ours[f"summary_df:{i}"] for i in range(5)]
+    assert steps[0] > 0.8 and steps[-1] < 0.52 and steps[0] > steps[2] > steps[4]
+
+
+def test_porian_saturating_law_objective_no_worse_than_published(porian):
+    """L*(C) = E + A C^-alpha on 1e16 < C < 5e17 (their recipe): our Huber optimum is at
+    least as good as the published parameters under the same Huber objective."""
+    _, optima, fits = porian
+    for cid, o in optima.groupby("config_id"):
+        o = o.dropna(subset=["loss_star"])
+        o = o[(o["flops"] > 1e16) & (o["flops"] < 5e17)]
+        res = fit_law(o, law="saturating", columns={"C": "flops", "loss": "loss_star"},
+                      init_grid="porian")
+        b = fits[cid]["basic"]
+        pred = laws.saturating_power_law(o["flops"], b["E"], b["A"], b["alpha"])
+        theirs = huber(1e-3, np.log(pred) - np.log(o["loss_star"])).sum()
+        assert res.objective <= theirs * (1 + 1e-9), cid
+
+
+@pytest.fixture(scope="module")
+def muennighoff():
+    df = pd.read_csv(PUBLISHED / "muennighoff2023_datablations_c4_runs.csv")
+    cols = {"N": "N_params", "D": "D_tokens", "U": "U_unique_tokens", "loss": "val_loss"}
+    fixed = dict(E=np.exp(K.MUENNIGHOFF_C4_LOG_E), A=np.exp(K.MUENNIGHOFF_C4_LOG_A),
+                 B=np.exp(K.MUENNIGHOFF_C4_LOG_B), alpha=K.MUENNIGHOFF_C4_ALPHA,
+                 beta=K.MUENNIGHOFF_C4_BETA)
+    return df, cols, fixed
+
+
+def test_muennighoff_check_values_and_objective(muennighoff):
+    df, cols, fixed = muennighoff
+    p = dict(fixed, R_D_star=K.MUENNIGHOFF_R_D_STAR, R_N_star=K.MUENNIGHOFF_R_N_STAR)
+    # README check values of the datablations repository.
+    assert np.isclose(laws.data_constrained(6.34e9, 242e9, 25e9, **p), 2.2256440889984477,
+                      rtol=1e-12)
+    assert np.isclose(laws.data_constrained(8.67e9, 178e9, 25e9, **p), 2.2269634075087867,
+                      rtol=1e-12)
+    pred = laws.data_constrained(df["N_params"], df["D_tokens"], df["U_unique_tokens"], **p)
+    objective = huber(1e-3, np.log(pred) - np.log(df["val_loss"])).sum()
+    assert np.isclose(objective, 0.0158259, rtol=1e-5)  # notebook cell 29
+
+
+def test_muennighoff_decay_constants(muennighoff):
+    """From a start near the paper's values the fit stays at the published local optimum
+    (R_D* = 15.39, R_N* = 5.31); the grid finds the lower optimum the sidecar reports
+    (R_D* ~ 47, R_N* ~ 2.33, objective ~0.1 % lower)."""
+    df, cols, fixed = muennighoff
+    local = fit_law(df, law="data_constrained", columns=cols, fixed=fixed,
+                    init_grid=np.log([[15.0, 5.0]]))
+    assert abs(local.params["R_D_star"] / K.MUENNIGHOFF_R_D_STAR - 1) < 0.01
+    assert abs(local.params["R_N_star"] / K.MUENNIGHOFF_R_N_STAR - 1) < 0.01
+    assert np.isclose(local.objective, 0.0158259, rtol=1e-4)
+    best = fit_law(df, law="data_constrained", columns=cols, fixed=fixed)
+    assert best.objective < local.objective * (1 - 5e-4)
+    assert 40 < best.params["R_D_star"] < 55 and 2.0 < best.params["R_N_star"] < 2.7
+
+
+def test_gadre_extrapolation(tmp_path):
+    g = pd.read_csv(PUBLISHED / "gadre2024_overtraining_losses.csv")
+    g = g[(g["dataset"] == "rpj") & g["eval_set"].str.contains("c4_val")]
+    sizes = sorted(g["params"].unique())
+    cols = {"N": "params", "D": "tokens", "loss": "loss"}
+    mult = g["chinchilla_multiplier"]
+    train = g[(g["params"].isin(sizes[:4]) & (mult == 1))
+              | ((g["params"] == sizes[0]) & (mult == 16))]
+    assert len(train) == 5
+    # A 3^4 grid reaches the same optimum as the 900-start grid (checked once; kept small
+    # for the test budget).
+    grid = {"a": (0.0, 10.0, 20.0), "b": (0.0, 10.0, 20.0), "e": (-1.0, 0.0, 1.0),
+            "alpha": (0.0, 0.5, 1.0)}
+    res = fit_law(train, law="chinchilla_tied", columns=cols, init_grid=grid)
+    big_1b = g[(g["params"] == sizes[4]) & (mult == 32)]
+    big_7b = g[(g["params"] == sizes[5]) & (mult == 1)]
+    err_1b = abs(res.predict(big_1b)[0] / big_1b["loss"].iloc[0] - 1)
+    err_7b = abs(res.predict(big_7b)[0] / big_7b["loss"].iloc[0] - 1)
+    # Published (their least-squares fit of the same 4-parameter law): 0.71 %, 0.73 %.
+    assert err_1b < 0.01 and err_7b < 0.01
+    # Sidecar: an approach-3 fit on all small-model points under-predicts 6.9B by 3-8 %.
+    full = fit_law(g[g["params"].isin(sizes[:4])], law="chinchilla", columns=cols,
+                   init_grid="small")
+    under = 1 - full.predict(big_7b)[0] / big_7b["loss"].iloc[0]
+    assert 0.025 < under < 0.08
