@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.cli import add_config_args, apply_overrides
-from lm import decode, train
+from lm import decode, sharding, train
 from lm.config import RunConfig
 from lm.presets import PRESETS, get_preset
 from lm.tokenizer import ByteTokenizer
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="transformer", help=f"model preset, one of {sorted(PRESETS)}")
     parser.add_argument("--out", default="runs/train", help="parent directory of the run directory")
     parser.add_argument("--sample-tokens", type=int, default=120, help="tokens of text to sample at the end")
+    parser.add_argument("--mesh-shape", default=None, metavar="D,F,T,E",
+                        help="shard the run over a device mesh (data,fsdp,tensor,expert), -1 = the remaining "
+                             "devices, e.g. --mesh-shape=-1,4,1,1; default: one device. Multi-host jobs (TPU slice, SLURM, "
+                             "SCALELAB_COORDINATOR/NUM_PROCESSES/PROCESS_ID) join automatically")
     add_config_args(parser, default_run())
     return parser
 
@@ -79,8 +83,15 @@ def main(argv=None) -> dict:
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
     run_dir = Path(args.out) / run.name
+    sharding.maybe_initialize_distributed()  # before anything touches a device
+    try:
+        mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
+    except ValueError as err:
+        parser.error(f"--mesh-shape: {err}")
     train.enable_compilation_cache()
-    result = train.train(run, run_dir)
+    result = train.train(run, run_dir, mesh=mesh)
+    if jax.process_index() != 0:
+        return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))
     print(f"loss curve: {plot_loss_curve(run_dir)}")
     if args.sample_tokens > 0:

@@ -248,7 +248,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
+def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> dict:
     """Train one run to completion, resuming from the latest checkpoint in ``run_dir``.
 
     Writes ``config.json``, ``metrics.jsonl`` (one record per log step and eval, with the
@@ -259,6 +259,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
       run_dir: its directory (created).
       progress: optional callable(step, total, metrics) for an outer progress display;
         by default a tqdm bar is shown when ``run.train.progress``.
+      mesh: a ``lm.sharding.make_mesh`` mesh to shard the run over (several devices or
+        hosts); None trains on the default device. Only process 0 writes the run files.
 
     Returns:
       The result summary (also written to ``result.json``).
@@ -268,7 +270,9 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(run.to_json())
+    primary = jax.process_index() == 0  # multi-host: one writer of the run files
+    if primary:
+        (run_dir / "config.json").write_text(run.to_json())
     metrics_path = run_dir / "metrics.jsonl"
     tc = run.train
     seq_len, batch_size = run.data.seq_len, run.data.batch_size
@@ -277,22 +281,27 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
     counts = param_count(run.model)
 
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
-    state = init_state(run)
-    train_it = lm_data.make_iterator(run.data, "train")
+    if mesh is not None:
+        from lm import sharding  # lm.sharding imports this module
+    state = init_state(run) if mesh is None else sharding.init_sharded_state(run, mesh)
+    train_it = lm_data.make_iterator(run.data, "train") if mesh is None else sharding.make_host_iterator(run, mesh)
+    restore_data = decode_bytes if mesh is None else sharding.local_data_state
     resumed_from = None
     if ckpt.latest_step() is not None:
         state, data_state, _ = ckpt.restore(None, state)
-        train_it.set_state(decode_bytes(data_state))
+        train_it.set_state(restore_data(data_state))
         resumed_from = int(state["step"])
-        _truncate_metrics(metrics_path, resumed_from)
+        if primary:
+            _truncate_metrics(metrics_path, resumed_from)
     elif tc.init_from is not None:
         src_dir, src_step = tc.init_from
         src = Checkpointer(src_dir, max_to_keep=None, read_only=True)
         state, data_state, _ = src.restore(int(src_step), state)
-        train_it.set_state(decode_bytes(data_state))
+        train_it.set_state(restore_data(data_state))
         src.close()
-        metrics_path.write_text("")
-    else:
+        if primary:
+            metrics_path.write_text("")
+    elif primary:
         metrics_path.write_text("")
 
     start = int(state["step"])
@@ -309,13 +318,15 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
 
     def save(step):
         meta = {"step": step, "config": run.to_dict()}
-        ckpt.save(step, state, train_it.get_state(), meta)
+        data_state = train_it.get_state() if mesh is None else sharding.gather_data_states(train_it.get_state())
+        ckpt.save(step, state, data_state, meta)
 
-    with open(metrics_path, "a") as log:
+    with open(metrics_path if primary else os.devnull, "a") as log:
         for step in range(start, tc.steps):
-            batch = _to_device(next(train_it))
+            batch = _to_device(next(train_it)) if mesh is None else sharding.global_batch(next(train_it), mesh, batch_size)
             if step_fn is None:
-                step_fn, c = compiled_train_step(run, state, batch)
+                step_fn, c = (compiled_train_step(run, state, batch) if mesh is None
+                              else sharding.compiled_sharded_train_step(run, mesh, state, batch))
                 compile_s += c
             lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, tc.steps)
             t0 = time.perf_counter()
@@ -350,7 +361,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
                 last_train_loss = record["train_loss"]
                 window_loss, window_n = 0.0, 0
                 if eval_due:
-                    last_eval, c = evaluate(run, state["params"])
+                    last_eval, c = (evaluate(run, state["params"]) if mesh is None else sharding.evaluate(run, state["params"], mesh))
                     compile_s += c
                     record.update(last_eval)
                 log.write(json.dumps(record) + "\n")
@@ -367,7 +378,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
     ckpt.close()
     train_it.close()
     if not last_eval:  # resumed at the very end: evaluate the final parameters
-        last_eval, c = evaluate(run, state["params"])
+        last_eval, c = (evaluate(run, state["params"]) if mesh is None else sharding.evaluate(run, state["params"], mesh))
         compile_s += c
     history = read_metrics(run_dir)
     if math.isnan(last_train_loss):
@@ -388,7 +399,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None) -> dict:
         "train_s": t_train,
         "resumed_from": resumed_from,
     }
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    if primary:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -1,0 +1,532 @@
+"""Sharding: one named device mesh, one table of logical-axis rules, sharded train steps.
+
+JAX's SPMD partitioner (GSPMD, Xu et al. 2021) does all communication; this module only
+says where every array lives. The mesh has four named axes:
+
+  data    pure data parallelism: the batch is split, parameters are replicated;
+  fsdp    fully-sharded data parallelism (ZeRO-3, Rajbhandari et al. 2020): the batch is
+          split and every parameter's largest free dimension is split as well;
+  tensor  tensor parallelism (Megatron, Shoeybi et al. 2019): heads, kv heads, MLP and
+          recurrence widths and the vocabulary are split;
+  expert  expert parallelism (GShard, Lepikhin et al. 2021): experts are split, and the
+          batch too, so that dense layers between the MoE layers are not duplicated.
+
+Layers name their dimensions with logical axes (``layers/partitioning.py``); :data:`RULES`
+is the one table that maps them to mesh axes. Changing the strategy changes the table,
+not the layers. A mesh axis of size 1 is dropped from every spec, so one CPU device (the
+mesh (1, 1, 1, 1)) runs exactly the code path of a pod.
+
+Multi-host: :func:`maybe_initialize_distributed` joins the processes of a job
+(``jax.distributed``); each host reads its own slice of the global batch
+(:func:`host_shard` -> ``lm.data.make_iterator(shard_index=, shard_count=)``) and
+:func:`global_batch` assembles the slices into global arrays.
+
+The pieces, in the order a run uses them:
+  maybe_initialize_distributed()          join a multi-host job (no-op on one process)
+  make_mesh(mesh_shape)                   the mesh; -1 = the remaining devices
+  state_shardings(run, mesh)              NamedShardings of {"step", "params", "opt_state"}
+  init_sharded_state(run, mesh)           a fresh state created in its shards
+  abstract_state(run, mesh)               restore target: ``Checkpointer.restore(step, it)``
+  make_host_iterator(run, mesh)           this host's slice of every global batch
+  global_batch(local, mesh, b)            host slices -> global [b, t] arrays
+  compiled_sharded_train_step(...)        ``lm.train.make_train_step`` with in/out shardings
+  evaluate(run, params, mesh)             sharded ``lm.train.evaluate``
+  gather_data_states / local_data_state   every host's data-iterator state in a checkpoint
+
+Limitation: the "length" axis is never sharded (no sequence parallelism); Griffin's
+RG-LRU scan and the convolution would need a cross-device carry for that.
+
+Axis letters: b batch (global rows), t time, B per-host rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lm import data as lm_data
+from lm import model as lm_model
+from lm import train as lm_train
+from lm.checkpoint import _jsonable, decode_bytes
+from lm.config import RunConfig
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+FSDP_AXIS = "fsdp"
+
+# The one table: logical axis name -> mesh axes, in order. Names not listed (and the
+# size-1 mesh axes) are replicated. Parameters additionally get FSDP (see param_spec).
+RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # activations
+    ("batch", ("data", "fsdp", "expert")),
+    ("length", ()),  # no sequence parallelism (module docstring)
+    # tensor parallelism
+    ("heads", ("tensor",)),
+    ("kv", ("tensor",)),
+    ("mlp", ("tensor",)),
+    ("rnn", ("tensor",)),
+    ("vocab", ("tensor",)),
+    # expert parallelism
+    ("experts", ("expert",)),
+    # replicated (FSDP may still pick them for parameters)
+    ("embed", ()),
+    ("head_dim", ()),
+    ("kv_lora", ()),
+    ("q_lora", ()),
+    ("conv", ()),
+)
+
+BATCH_KEYS = ("tokens", "targets", "weights", "segment_ids", "positions")
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, int, int, int]:
+    """Mesh sizes (data, fsdp, tensor, expert) for ``num_devices``, with one -1 = "the rest".
+
+    Raises:
+      ValueError: wrong length, an entry that is neither positive nor -1, more than one
+        -1, or sizes whose product is not ``num_devices``.
+    """
+    shape = tuple(int(s) for s in mesh_shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh_shape={tuple(mesh_shape)}: needs {len(MESH_AXES)} sizes for the axes {MESH_AXES}")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh_shape={shape}: every size must be a positive integer or -1 (the rest)")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh_shape={shape}: at most one size may be -1 (the rest)")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(
+                f"mesh_shape={shape}: the fixed sizes (product {known}) do not divide the {num_devices} devices"
+            )
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh_shape={shape}: product {math.prod(shape)} differs from the {num_devices} devices available"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The named mesh (data, fsdp, tensor, expert) over ``devices`` (default: all, every host).
+
+    ``mesh_shape`` as in :func:`resolve_mesh_shape`; the default is pure data parallelism.
+    Axes are "Auto" (GSPMD propagates shardings from the constraints the layers place).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    shape = resolve_mesh_shape(mesh_shape, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def _live(mesh: Mesh, axes: Sequence[str]) -> tuple[str, ...]:
+    """``axes`` without the mesh axes of size 1 (they shard nothing)."""
+    return tuple(a for a in axes if mesh.shape[a] > 1)
+
+
+def logical_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
+    """:data:`RULES` in Flax's format for this mesh (size-1 axes dropped)."""
+    out = []
+    for name, axes in RULES:
+        live = _live(mesh, axes)
+        out.append((name, live if len(live) > 1 else (live[0] if live else None)))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+    """Trace inside this so that the layers' logical constraints become sharding constraints."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules(mesh)):
+        yield
+
+
+# ----------------------------------------------------------------------- shardings
+
+
+def _spec_entry(axes: tuple[str, ...]):
+    return None if not axes else (axes[0] if len(axes) == 1 else axes)
+
+
+def _fitting(mesh: Mesh, axes: tuple[str, ...], size: int, used: set[str]) -> tuple[str, ...]:
+    """The longest prefix of ``axes`` (unused, size > 1) whose total size divides ``size``."""
+    axes = tuple(a for a in _live(mesh, axes) if a not in used)
+    while axes and size % math.prod(mesh.shape[a] for a in axes):
+        axes = axes[:-1]
+    return axes
+
+
+def logical_spec(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) -> P:
+    """PartitionSpec of an array whose dimensions have logical ``names`` (activations, batch).
+
+    Each dimension takes the mesh axes of its rule that divide its size and are not taken
+    by an earlier dimension; other dimensions are replicated.
+    """
+    table = dict(RULES)
+    used: set[str] = set()
+    entries = []
+    for name, size in zip(names, shape):
+        axes = _fitting(mesh, table.get(name, ()) if name else (), size, used)
+        used.update(axes)
+        entries.append(axes)
+    return P(*(_spec_entry(a) for a in entries))
+
+
+def param_spec(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) -> P:
+    """PartitionSpec of a parameter: :func:`logical_spec` plus FSDP.
+
+    FSDP (ZeRO-3) splits the largest dimension that the table left unsharded and whose
+    size the fsdp axis divides (the first such if tied); a parameter without one stays
+    replicated over fsdp.
+    """
+    spec = list(logical_spec(mesh, names, shape))
+    spec += [None] * (len(shape) - len(spec))
+    fsdp = mesh.shape[FSDP_AXIS]
+    if fsdp > 1 and not any(FSDP_AXIS in (e if isinstance(e, tuple) else (e,)) for e in spec):
+        free = [i for i, size in enumerate(shape) if spec[i] is None and size % fsdp == 0]
+        if free:
+            spec[max(free, key=lambda i: (shape[i], -i))] = FSDP_AXIS
+    return P(*spec)
+
+
+def _is_boxed(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def param_specs(mesh: Mesh, boxed_params) -> Any:
+    """PartitionSpec tree (unboxed structure) of ``nn.LogicallyPartitioned`` parameters."""
+    return jax.tree.map(
+        lambda b: param_spec(mesh, b.names, b.value.shape) if _is_boxed(b) else P(),
+        boxed_params,
+        is_leaf=_is_boxed,
+    )
+
+
+def _boxed_shapes(run: RunConfig):
+    return jax.eval_shape(lambda: lm_model.init_boxed(run.model, jax.random.PRNGKey(0)))
+
+
+def state_specs(run: RunConfig, mesh: Mesh) -> dict:
+    """PartitionSpecs of the train state {"step", "params", "opt_state"} of ``lm.train``.
+
+    Optimiser moments mirror their parameters (``optax.tree_map_params``); the step and
+    the optimiser's scalars are replicated.
+    """
+    p_specs = param_specs(mesh, _boxed_shapes(run))
+    abstract = jax.eval_shape(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))
+    tx = lm_train.make_optimizer(run.optimizer, abstract["params"])
+    o_specs = optax.tree_map_params(
+        tx,
+        lambda _, spec: spec,
+        abstract["opt_state"],
+        p_specs,
+        transform_non_params=lambda _: P(),
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    return {"step": P(), "params": p_specs, "opt_state": o_specs}
+
+
+def to_shardings(mesh: Mesh, specs) -> Any:
+    """NamedShardings of a PartitionSpec tree."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def state_shardings(run: RunConfig, mesh: Mesh) -> dict:
+    """NamedShardings of the train state (:func:`state_specs`)."""
+    return to_shardings(mesh, state_specs(run, mesh))
+
+
+def abstract_state(run: RunConfig, mesh: Mesh) -> dict:
+    """``jax.ShapeDtypeStruct`` tree of the train state with its shardings on ``mesh``.
+
+    The target of a sharded checkpoint restore (``Checkpointer.restore(step,
+    abstract_state(run, mesh))``), onto any mesh, whatever mesh saved it.
+    """
+    shapes = jax.eval_shape(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings(run, mesh)
+    )
+
+
+def batch_spec(mesh: Mesh, batch_size: int) -> P:
+    """PartitionSpec of a [b, t] batch array: rows over the "batch" rule's axes.
+
+    Raises:
+      ValueError: b is not divisible by the product of those axes' sizes.
+    """
+    axes = _live(mesh, dict(RULES)["batch"])
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % ways:
+        raise ValueError(
+            f"DataConfig.batch_size={batch_size}: must be divisible by {ways}, the product of the mesh axes "
+            f"{axes} that split the batch (mesh {dict(mesh.shape)})"
+        )
+    return P(_spec_entry(axes), None)
+
+
+def batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
+    return NamedSharding(mesh, batch_spec(mesh, batch_size))
+
+
+def shard_state(state, shardings) -> Any:
+    """Place a train state (host or device arrays) onto its shardings (``jax.device_put``)."""
+    return jax.device_put(state, shardings)
+
+
+def init_sharded_state(run: RunConfig, mesh: Mesh, rng: jax.Array | None = None) -> dict:
+    """``lm.train.init_state`` created directly in its shards (no full copy on one device)."""
+    rng = jax.random.PRNGKey(run.train.seed) if rng is None else rng
+    with mesh_context(mesh):
+        return jax.jit(lambda r: lm_train.init_state(run, r), out_shardings=state_shardings(run, mesh))(rng)
+
+
+# ------------------------------------------------------------------------ host data
+
+
+def host_shard(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """(shard_index, shard_count) of this process's rows of the global batch.
+
+    Pass them to ``lm.data.make_iterator``. Processes whose devices hold the same rows
+    (e.g. tensor parallelism across hosts) get the same slice.
+
+    Raises:
+      ValueError: this process's devices hold a non-contiguous set of rows.
+    """
+    index_map = batch_sharding(mesh, batch_size).addressable_devices_indices_map((batch_size, 1))
+    rows = sorted({(r.start or 0, batch_size if r.stop is None else r.stop) for r, _ in index_map.values()})
+    start, stop = rows[0][0], rows[-1][1]
+    covered = sum(b - a for a, b in rows)
+    if covered != stop - start or any(b != c for (_, b), (c, _) in zip(rows, rows[1:])):
+        raise ValueError(
+            f"process {jax.process_index()} holds non-contiguous batch rows {rows} on mesh {dict(mesh.shape)}"
+        )
+    per_host = stop - start
+    return start // per_host, batch_size // per_host
+
+
+def make_host_iterator(run: RunConfig, mesh: Mesh, split: str = "train", **kwargs):
+    """``lm.data.make_iterator`` for this process's slice of the global batch."""
+    index, count = host_shard(mesh, run.data.batch_size)
+    return lm_data.make_iterator(run.data, split, shard_index=index, shard_count=count, **kwargs)
+
+
+def global_batch(local_batch: dict, mesh: Mesh, batch_size: int) -> dict:
+    """Assemble per-host numpy batches [B, t] into global jax arrays [b, t] on ``mesh``.
+
+    Every process calls it with its own rows (``make_host_iterator``); keys other than
+    the model inputs (tokens, targets, weights, segment_ids, positions) are dropped.
+    """
+    rows = batch_sharding(mesh, batch_size)
+    out = {}
+    for key in BATCH_KEYS:
+        local = np.asarray(local_batch[key])
+        out[key] = jax.make_array_from_process_local_data(rows, local, (batch_size, *local.shape[1:]))
+    return out
+
+
+# ------------------------------------------------------------------------ the step
+
+
+STEP_CACHE: dict[tuple, Any] = {}
+
+
+def _mesh_key(mesh: Mesh) -> tuple:
+    return mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat)
+
+
+def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True):
+    """``lm.train.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
+
+    Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
+    (float32 scalars, as ``lm.train.compiled_train_step``); trace it under
+    :func:`mesh_context` (``compiled_sharded_train_step`` does).
+    """
+    state_sh = state_shardings(run, mesh)
+    batch_sh = {k: batch_sharding(mesh, batch_size) for k in BATCH_KEYS}
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        lm_train.make_train_step(run),
+        in_shardings=(state_sh, batch_sh, replicated, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def compiled_sharded_train_step(run: RunConfig, mesh: Mesh, state, batch, *, donate: bool = True) -> tuple[Any, float]:
+    """The compiled sharded train step for these shapes, and its compile seconds (0 if cached).
+
+    Called as ``compiled(state, batch, lr, weight_decay)`` with float32 scalars, like
+    ``lm.train.compiled_train_step``. ``state`` and ``batch`` may be arrays or
+    ``jax.ShapeDtypeStruct``; the compiled step expects them on :func:`state_shardings` /
+    :func:`batch_sharding`.
+    """
+    key = ("train", *lm_train._step_key(run, batch["tokens"].shape), _mesh_key(mesh), donate)
+    if key in STEP_CACHE:
+        return STEP_CACHE[key], 0.0
+    t0 = time.perf_counter()
+    batch = {k: batch[k] for k in BATCH_KEYS}
+    with mesh_context(mesh):
+        fn = sharded_train_step(run, mesh, batch["tokens"].shape[0], donate=donate)
+        zero = jnp.float32(0.0)
+        compiled = fn.lower(state, batch, zero, zero).compile()
+    STEP_CACHE[key] = compiled
+    return compiled, time.perf_counter() - t0
+
+
+def compiled_sharded_eval_step(model_cfg, mesh: Mesh, params, batch) -> tuple[Any, float]:
+    """Compiled (params, batch) -> (summed nll, target count) on ``mesh``, and its compile seconds."""
+    b = batch["tokens"].shape[0]
+    key = ("eval", model_cfg, tuple(batch["tokens"].shape), _mesh_key(mesh))
+    if key in STEP_CACHE:
+        return STEP_CACHE[key], 0.0
+
+    def evaluate(params, batch):
+        logits = lm_model.forward(model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"])
+        nll, count, _ = lm_train.cross_entropy(logits, batch["targets"], batch["weights"])
+        return nll * count, count
+
+    p_specs = param_specs(mesh, jax.eval_shape(lambda: lm_model.init_boxed(model_cfg, jax.random.PRNGKey(0))))
+    batch_sh = {k: batch_sharding(mesh, b) for k in BATCH_KEYS}
+    t0 = time.perf_counter()
+    with mesh_context(mesh):
+        fn = jax.jit(
+            evaluate, in_shardings=(to_shardings(mesh, p_specs), batch_sh), out_shardings=NamedSharding(mesh, P())
+        )
+        compiled = fn.lower(params, {k: batch[k] for k in BATCH_KEYS}).compile()
+    STEP_CACHE[key] = compiled
+    return compiled, time.perf_counter() - t0
+
+
+def evaluate(run: RunConfig, params, mesh: Mesh, num_batches: int | None = None) -> tuple[dict, float]:
+    """``lm.train.evaluate`` on ``mesh``: every host reads its slice of each validation batch."""
+    it = make_host_iterator(run, mesh, "validation")
+    total, count, compile_s = 0.0, 0.0, 0.0
+    for _ in range(num_batches or run.train.eval_batches):
+        batch = global_batch(next(it), mesh, run.data.batch_size)
+        fn, c = compiled_sharded_eval_step(run.model, mesh, params, batch)
+        compile_s += c
+        s, n = fn(params, batch)
+        total += float(s)
+        count += float(n)
+    it.close()
+    loss = total / max(count, 1.0)
+    bpb = lm_data.bits_per_byte(loss, lm_data.dataset_info(run.data)["targets_per_byte"])
+    return {"val_loss": loss, "val_bpb": bpb}, compile_s
+
+
+# ---------------------------------------------------------------------- multi-host
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value in (None, "") else int(value)
+
+
+def _on_cloud_tpu_vm() -> bool:
+    """libtpu is installed and the VM has TPU chips (/dev/accel* up to v4, /dev/vfio/* from v5e)."""
+    import glob
+    import importlib.util
+
+    chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+    return importlib.util.find_spec("libtpu") is not None and bool(chips)
+
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+) -> bool:
+    """Join a multi-process JAX job when launched as one; a no-op for a single process.
+
+    In order of precedence:
+      1. explicit arguments, or the variables ``SCALELAB_COORDINATOR`` (host:port),
+         ``SCALELAB_NUM_PROCESSES``, ``SCALELAB_PROCESS_ID``: initialise with them;
+      2. SLURM with more than one task (``SLURM_NTASKS`` > 1): JAX's SLURM detection;
+      3. a Cloud TPU VM (libtpu installed and TPU chips present, or
+         ``TPU_WORKER_HOSTNAMES`` / ``MEGASCALE_COORDINATOR_ADDRESS`` set): JAX's TPU
+         detection, which reads the slice's hosts from the VM metadata (a single-host
+         slice becomes a job of one process);
+      otherwise nothing is done.
+
+    Call it before anything touches a device. Returns True when the process is part of a
+    ``jax.distributed`` job (including one initialised earlier).
+
+    Raises:
+      ValueError: an explicit coordinator without num_processes and process_id, or the reverse.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    coordinator_address = coordinator_address or os.environ.get("SCALELAB_COORDINATOR") or None
+    num_processes = num_processes if num_processes is not None else _env_int("SCALELAB_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("SCALELAB_PROCESS_ID")
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise ValueError(
+                f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
+                f"process_id={process_id!r}: give all three (or none, to auto-detect SLURM / TPU)"
+            )
+        if num_processes == 1:
+            return False
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, local_device_ids=local_device_ids
+        )
+        return True
+    tpu_env = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    tpu = _on_cloud_tpu_vm() or any(os.environ.get(v) for v in tpu_env)
+    if (_env_int("SLURM_NTASKS") or 1) > 1 or tpu:
+        jax.distributed.initialize(local_device_ids=local_device_ids)
+        return True
+    return False
+
+
+def gather_data_states(data_state: Any) -> dict:
+    """Every process's data-iterator state, for the checkpoint's "data" item: {"hosts": [...]}.
+
+    Hosts read different slices, so each resumes from its own state
+    (:func:`local_data_state`). All processes must call it (it is a collective when
+    ``jax.process_count() > 1``).
+    """
+    blob = np.frombuffer(json.dumps(_jsonable(data_state)).encode(), np.uint8)
+    if jax.process_count() == 1:
+        return {"hosts": [json.loads(blob.tobytes())]}
+    from jax.experimental import multihost_utils
+
+    sizes = multihost_utils.process_allgather(np.array([blob.size], np.int32))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[: blob.size] = blob
+    blobs = multihost_utils.process_allgather(padded)
+    return {"hosts": [json.loads(b[: int(n)].tobytes()) for b, n in zip(blobs, np.ravel(sizes))]}
+
+
+def local_data_state(saved: dict) -> Any:
+    """This process's data-iterator state (bytes decoded, for ``set_state``) from a checkpoint.
+
+    Accepts :func:`gather_data_states` output and, in a single-process job, the plain
+    state that ``lm.train`` saves without a mesh.
+
+    Raises:
+      ValueError: the checkpoint was written by a different number of processes.
+    """
+    hosts = saved["hosts"] if isinstance(saved, dict) and set(saved) == {"hosts"} else [saved]
+    if len(hosts) != jax.process_count():
+        raise ValueError(
+            f"the checkpoint's data state has {len(hosts)} host entries but this job has "
+            f"{jax.process_count()} processes; resume with the same process count (parameters restore onto any mesh)"
+        )
+    return decode_bytes(hosts[jax.process_index()])
