@@ -136,8 +136,9 @@ class ModelConfig:
         _choice(self, "mlp_activation", MLP_ACTIVATIONS)
         _choice(self, "dtype", DTYPES)
         impls = ("auto", "reference", "pallas", "interpret")
-        for name in ("attention_impl", "scan_impl", "la_impl"):
-            _choice(self, name, impls)
+        _choice(self, "attention_impl", (*impls, "blocked"))
+        _choice(self, "scan_impl", (*impls, "sequential", "associative"))
+        _choice(self, "la_impl", impls)
         if self.moe_every < 0:
             raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
         if self.moe_load_balance_weight < 0 or self.moe_router_z_weight < 0:
@@ -231,7 +232,8 @@ class TrainConfig:
     eval_every / eval_batches: periodic validation. checkpoint_every: orbax save period
     (the final step is always saved); keep_checkpoints: how many to retain (None = all,
     useful for WSD branching). init_from: (run_dir, step) to start from a saved state
-    (WSD decay branches). loss_at_flops: FLOP counts at which the loss curve is recorded.
+    (WSD decay branches). The loss curve is logged every ``log_every`` steps with the
+    cumulative training FLOPs (the sweep runner interpolates it at fixed FLOP counts).
     """
 
     steps: int = 200

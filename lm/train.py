@@ -399,8 +399,10 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
         "train_s": t_train,
         "resumed_from": resumed_from,
     }
-    if primary:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    if primary:  # atomic: a run killed mid-write never leaves a truncated result.json
+        tmp = run_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, run_dir / "result.json")
     return result
 
 

@@ -1,0 +1,359 @@
+"""The main job: an isoFLOP grid of transformers, trained and fitted with the three Chinchilla approaches.
+
+``python -m experiments.chinchilla [--preset smoke|default|full] [--data stdlib|synthetic] [--out DIR]``
+
+Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556):
+for every FLOP budget C and every model size of a size ladder, train one model for
+D = C / f tokens, where f = :func:`lm.flops.train_flops_per_token` (exact matmul FLOPs of
+the architecture at this sequence length, attention included; not 6N), rounded to whole
+steps. Each run has a cosine schedule whose length is the run's length (Hoffmann Sec. 3,
+"the cosine cycle length matches the number of training steps") decaying to 10% of the
+peak, and a warmup that is a fixed fraction of the run. Then (experiments.chinchilla_analysis):
+
+  approach 1  the envelope of all training curves (minimum loss at each FLOP count) and
+              the N_opt(C) it implies (Hoffmann Sec. 3.1);
+  approach 2  per-budget parabolas of loss in log N: N*(C), D*(C) power laws (Sec. 3.2);
+  approach 3  the parametric fit L(N, D) = E + A/N^alpha + B/D^beta with bootstrap
+              intervals (Sec. 3.3);
+  check       fit approaches 2 and 3 without the largest budget and predict its L*.
+
+Presets: ``smoke`` (seconds; CI and tests), ``default`` (the README's main job, minutes on a
+2-core CPU), ``full`` (GPU/TPU sizes; not run in CI). The size ladder :data:`LADDER` names
+every model: ``d<width>L<layers>``; heads of 16 dims up to width 128, of 64 dims above;
+gated MLP of width 4d; tied byte embeddings (vocabulary 259).
+
+Outputs under ``--out`` (default ``runs/chinchilla/<preset>[-<data>]``): the run
+directories, ``results.csv`` (one row per run, see experiments.runner), ``curves.csv``,
+``report.md`` and the plots (PNG and SVG). Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+from experiments import runner
+from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+from lm.flops import param_count, train_flops_per_token
+
+
+# ------------------------------------------------------------------------ size ladder
+
+
+def ladder_model(d_model: int, num_layers: int, dtype: str = "float32") -> ModelConfig:
+    """The ladder's transformer of width ``d_model`` and depth ``num_layers``.
+
+    Heads of 16 dimensions up to width 128 and of 64 above (so tiny models keep several
+    heads); gated (GeGLU) MLP of width 4d; RoPE; tied embeddings; vocabulary 259 bytes.
+    """
+    head_dim = 16 if d_model <= 128 else 64
+    if d_model % head_dim:
+        raise ValueError(f"d_model={d_model}: must be a multiple of the ladder's head dim {head_dim}")
+    return ModelConfig(d_model=d_model, num_layers=num_layers, pattern="A", num_heads=d_model // head_dim,
+                       d_ff=4 * d_model, dtype=dtype)
+
+
+# name -> (d_model, num_layers). Widths grow ~1.5x per rung, depth with width (aspect ratio
+# d/L between 16 and 64, as in the small models of Kaplan et al. 2020, Fig. 5).
+LADDER: dict[str, tuple[int, int]] = {
+    f"d{d}L{L}": (d, L)
+    for d, L in [
+        (16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (64, 3), (96, 3), (128, 4),  # CPU rungs
+        (256, 4), (384, 6), (512, 8), (640, 10), (768, 12), (1024, 16), (1280, 20),  # GPU/TPU rungs
+    ]
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One isoFLOP study: sizes x budgets and the shared training settings.
+
+    Attributes:
+      sizes: ladder names, smallest first.
+      budgets: FLOP budgets C (ascending).
+      seq_len, batch_size: identical for every run, so each size compiles one train step.
+      learning_rate: AdamW peak learning rate (the same for every run). The CPU presets use
+        2e-2: of {3e-3, 1e-2, 2e-2}, the best final loss for d16L1, d32L2 and d64L2 at 6e10 FLOPs.
+      warmup_fraction: warmup length as a fraction of each run (at least one step).
+      min_steps: shortest run allowed; a budget giving the smallest model fewer steps is an error,
+        and larger sizes that would get fewer steps at a budget are left out of that budget.
+      eval_batches: validation batches of the final evaluation.
+      bootstrap: resamples of the approach-3 and approach-2 bootstraps.
+      dtype: compute dtype of the models.
+      tokens_per_param: optional (low, high): at each budget, train only the sizes whose
+        D/N falls in this band (an isoFLOP grid centred on the optimum, as Hoffmann's Fig. 3).
+    """
+
+    sizes: tuple[str, ...]
+    budgets: tuple[float, ...]
+    seq_len: int
+    batch_size: int
+    learning_rate: float = 3e-3
+    warmup_fraction: float = 0.05
+    min_steps: int = 8
+    eval_batches: int = 8
+    bootstrap: int = 200
+    dtype: str = "float32"
+    tokens_per_param: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        unknown = [s for s in self.sizes if s not in LADDER]
+        if unknown:
+            raise ValueError(f"Preset.sizes={self.sizes}: unknown sizes {unknown}; the ladder has {list(LADDER)}")
+        if len(self.sizes) < 3:
+            raise ValueError(f"Preset.sizes={self.sizes}: need at least 3 sizes for the isoFLOP parabolas")
+        if len(set(self.sizes)) != len(self.sizes) or len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"Preset: duplicate sizes or budgets in sizes={self.sizes}, budgets={self.budgets}")
+        if not self.budgets or any(not (c > 0) for c in self.budgets):
+            raise ValueError(f"Preset.budgets={self.budgets}: must be positive FLOP counts")
+        if self.min_steps < 1:
+            raise ValueError(f"Preset.min_steps={self.min_steps}: must be >= 1")
+
+
+PRESETS: dict[str, Preset] = {
+    # 3 sizes x 4 budgets of tiny models: seconds per run; the tests run it.
+    "smoke": Preset(sizes=("d16L1", "d32L1", "d32L2"), budgets=(3e8, 6e8, 1.2e9, 2.4e9), seq_len=32,
+                    batch_size=4, learning_rate=2e-2, min_steps=8, eval_batches=2, bootstrap=20),
+    # The README's main job: 5 sizes (8k-150k parameters) x 4 budgets (2e10-1.6e11 FLOPs; four, so
+    # that the extrapolation check has three to fit), minutes on a 2-core CPU.
+    "default": Preset(sizes=("d16L1", "d32L1", "d32L2", "d48L2", "d64L2"), budgets=(2e10, 4e10, 8e10, 1.6e11),
+                      seq_len=128, batch_size=8, learning_rate=2e-2, min_steps=16, eval_batches=8,
+                      bootstrap=200),
+    # GPU/TPU: 7 sizes (4M-520M parameters) x 5 budgets (1e17-1e19 FLOPs), bf16 compute; each
+    # budget trains the sizes given 2 to 500 tokens per parameter (5.8e19 FLOPs: about 40 hours of
+    # one H100 at 40% MFU).
+    "full": Preset(sizes=("d256L4", "d384L6", "d512L8", "d640L10", "d768L12", "d1024L16", "d1280L20"),
+                   budgets=(1e17, 3e17, 1e18, 3e18, 1e19), seq_len=1024, batch_size=128, learning_rate=2e-3,
+                   min_steps=200, eval_batches=32, bootstrap=1000, dtype="bfloat16",
+                   tokens_per_param=(2.0, 500.0)),
+}
+
+
+DATA_SOURCES = ("stdlib", "synthetic")
+
+
+def data_config(preset: Preset, source: str) -> DataConfig:
+    """The data of every run: the embedded corpus, or the known-entropy Markov source.
+
+    The synthetic chain (order 2 over 16 symbols: 256 contexts, 4 successors each; 1.60
+    bits/byte) is small enough that the default preset's best models come within 0.15 nats
+    of its entropy rate, so the fitted E can be set against the truth. (At that scale the
+    synthetic loss curves drop through a plateau rather than along a power law, and the fit
+    does not identify E; larger budgets are needed for the check to bite.)
+    """
+    if source not in DATA_SOURCES:
+        raise ValueError(f"data={source!r}: allowed values are {DATA_SOURCES}")
+    base = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
+    if source == "synthetic":
+        return dataclasses.replace(base, source="synthetic", synthetic_alphabet=16, synthetic_order=2,
+                                   synthetic_branching=4, synthetic_concentration=1.0)
+    return base
+
+
+def run_name(budget: float, size: str) -> str:
+    return f"C{budget:.2e}_{size}".replace("+", "")
+
+
+def _steps(model: ModelConfig, data: DataConfig, budget: float) -> int:
+    per_step = train_flops_per_token(model, data.seq_len) * data.batch_size * data.seq_len
+    return int(round(budget / per_step))
+
+
+def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom") -> runner.Study:
+    """The isoFLOP grid of ``preset`` as a runner Study (budgets x sizes, grid order budget-major).
+
+    Each run: D = steps * batch_size * seq_len tokens with steps = round(C / (f * tokens per
+    step)), f the exact training FLOPs per token; cosine schedule over exactly those steps
+    with warmup ``warmup_fraction`` of them; 16 loss records per run; checkpoints every
+    quarter of the run (and at the end).
+
+    Raises:
+      runner.StudyError: a budget gives even the smallest model fewer than ``min_steps``
+        steps, or leaves fewer than 3 sizes at that budget (no parabola).
+    """
+    dcfg = data_config(preset, data)
+    models = {s: ladder_model(*LADDER[s], dtype=preset.dtype) for s in preset.sizes}
+    smallest = min(preset.sizes, key=lambda s: train_flops_per_token(models[s], preset.seq_len))
+    runs, tags, dropped = [], {}, []
+    for budget in sorted(preset.budgets):
+        kept = 0
+        for size in preset.sizes:
+            steps = _steps(models[size], dcfg, budget)
+            if steps < preset.min_steps:
+                if size == smallest:
+                    per_step = train_flops_per_token(models[size], preset.seq_len) * preset.batch_size * preset.seq_len
+                    raise runner.StudyError(
+                        f"budget C={budget:.3g} FLOPs is too small for the smallest model {size} "
+                        f"({per_step:.3g} FLOPs per step of {preset.batch_size}x{preset.seq_len} tokens): it gives "
+                        f"{steps} steps, fewer than min_steps={preset.min_steps}; the smallest usable budget is "
+                        f"{per_step * preset.min_steps:.3g} FLOPs"
+                    )
+                dropped.append(run_name(budget, size))
+                continue
+            tpp = steps * dcfg.batch_size * dcfg.seq_len / param_count(models[size])["total"]
+            if preset.tokens_per_param and not preset.tokens_per_param[0] <= tpp <= preset.tokens_per_param[1]:
+                dropped.append(run_name(budget, size))
+                continue
+            kept += 1
+            log_every = max(1, steps // 16)
+            run = RunConfig(
+                model=models[size],
+                data=dcfg,
+                optimizer=OptimizerConfig(learning_rate=preset.learning_rate),
+                schedule=ScheduleConfig(kind="cosine", warmup_fraction=preset.warmup_fraction, min_ratio=0.1),
+                train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
+                                  log_every=log_every, checkpoint_every=4 * log_every, keep_checkpoints=1,
+                                  progress=False),
+                name=run_name(budget, size),
+            )
+            runs.append(run)
+            tags[run.name] = {"budget": budget, "size": size}
+        if kept < 3:
+            raise runner.StudyError(
+                f"budget C={budget:.3g} FLOPs trains only {kept} of the sizes {preset.sizes} for at least "
+                f"min_steps={preset.min_steps} steps; an isoFLOP parabola needs 3: raise the budget or add smaller sizes"
+            )
+    # FLOP counts for approach 1: 8 per decade from the earliest logged point to the largest run's end
+    spend = [r.train.steps * r.data.batch_size * r.data.seq_len * train_flops_per_token(r.model, r.data.seq_len)
+             for r in runs]
+    c_lo = min(s * r.train.log_every / r.train.steps for s, r in zip(spend, runs))
+    c_hi = max(spend)
+    n_pts = max(2, int(math.ceil(8 * math.log10(c_hi / c_lo))) + 1)
+    loss_at = tuple(c_lo * (c_hi / c_lo) ** (i / (n_pts - 1)) for i in range(n_pts))
+    meta = {"preset": preset_name, "data": data, "sizes": list(preset.sizes), "budgets": list(preset.budgets),
+            "seq_len": preset.seq_len, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate,
+            "dropped_runs": dropped}
+    return runner.Study(name="chinchilla", runs=tuple(runs), tags=tags, meta=meta, loss_at_flops=loss_at,
+                        min_steps=preset.min_steps)
+
+
+def ladder_table(preset: Preset) -> list[dict]:
+    """N, non-embedding N and training FLOPs per token of each size of ``preset``."""
+    rows = []
+    for s in preset.sizes:
+        m = ladder_model(*LADDER[s], dtype=preset.dtype)
+        c = param_count(m)
+        rows.append({"size": s, "d_model": m.d_model, "num_layers": m.num_layers, "num_heads": m.num_heads,
+                     "N": c["total"], "N_non_embedding": c["non_embedding"],
+                     "flops_per_token": train_flops_per_token(m, preset.seq_len)})
+    return rows
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _epilog() -> str:
+    lines = ["presets:"]
+    for name, p in PRESETS.items():
+        lines.append(f"  {name:8s} sizes {', '.join(p.sizes)}; budgets {', '.join(f'{c:.3g}' for c in p.budgets)} "
+                     f"FLOPs; batch {p.batch_size} x {p.seq_len} tokens; lr {p.learning_rate:g}; bootstrap {p.bootstrap}")
+    lines.append("size ladder (name: d_model, layers): " + ", ".join(f"{k}: {d}x{L}" for k, (d, L) in LADDER.items()))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.chinchilla", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="grid size: smoke (seconds, CI), default (minutes on a 2-core CPU), full (GPU/TPU)")
+    parser.add_argument("--data", choices=DATA_SOURCES, default="stdlib",
+                        help="stdlib: the embedded corpus; synthetic: a Markov source of known entropy rate "
+                             "(the report puts the fitted E next to it)")
+    parser.add_argument("--out", default=None,
+                        help="study directory (default runs/chinchilla/<preset>[-synthetic]); holds the run "
+                             "directories, results.csv, curves.csv, report.md and the plots")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="train only the I-th of N disjoint slices of the grid (0-based), e.g. for a job array; "
+                             "the analysis runs once every run of the grid is found")
+    parser.add_argument("--tables", nargs="*", default=(), metavar="CSV",
+                        help="shard tables from other hosts to merge before the analysis")
+    parser.add_argument("--sizes", default=None, help=f"comma-separated ladder sizes (override), from {list(LADDER)}")
+    parser.add_argument("--budgets", type=_floats, default=None, help="comma-separated FLOP budgets (override)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (override)")
+    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the preset's)")
+    parser.add_argument("--loss", choices=("val", "train"), default="val",
+                        help="fit the final validation loss (default) or the final training loss")
+    parser.add_argument("--skip-analysis", action="store_true", help="train only")
+    parser.add_argument("--analysis-only", action="store_true", help="fit and plot the existing table; train nothing")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    preset = PRESETS[args.preset]
+    updates = {}
+    if args.sizes:
+        updates["sizes"] = tuple(s.strip() for s in args.sizes.split(",") if s.strip())
+    if args.budgets:
+        updates["budgets"] = args.budgets
+    if args.learning_rate is not None:
+        updates["learning_rate"] = args.learning_rate
+    if args.bootstrap is not None:
+        updates["bootstrap"] = args.bootstrap
+    return dataclasses.replace(preset, **updates)
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    suffix = "" if args.data == "stdlib" else f"-{args.data}"
+    return Path("runs") / "chinchilla" / f"{args.preset}{suffix}"
+
+
+def main(argv=None) -> dict:
+    """Run the study (or a shard), then the analysis once the whole grid is trained.
+
+    Returns:
+      {"out": the study directory, "table": results table, "report": report path or None, ...}.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        preset = preset_from_args(args)
+        study = build_study(preset, args.data, args.preset)
+        shard = runner.parse_shard(args.shard)
+    except ValueError as err:  # runner.StudyError included: nothing has been trained
+        parser.error(str(err))
+    out = Path(args.out) if args.out else default_out(args)
+    if not args.analysis_only:
+        try:
+            runner.run_study(study, out, shard=shard, progress=not args.no_progress)
+        except runner.StudyError as err:
+            parser.error(str(err))
+    try:
+        table = runner.load_results(study, out, args.tables)
+    except runner.StudyError as err:
+        parser.error(str(err))
+    done = int((table["status"] == "complete").sum()) if len(table) else 0
+    result = {"out": out, "table": table, "report": None}
+    if args.skip_analysis:
+        print(f"{done}/{len(study.runs)} runs complete; table: {runner.table_path(out, shard)}")
+        return result
+    if done < len(study.runs) and not args.analysis_only:
+        print(f"{done}/{len(study.runs)} runs of the grid are complete (shard {shard[0]}/{shard[1]} done); "
+              f"run with --analysis-only (and --tables for shard tables from other hosts) once all shards finish")
+        return result
+    if done == 0:
+        parser.error(f"{out} holds no finished run of this grid to analyse (train it first, or pass --tables)")
+    from experiments import chinchilla_analysis
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    runner.write_table(table, out / runner.TABLE)  # the merged table the report is fitted from
+
+    result.update(chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss))
+    print(f"table:  {out / runner.TABLE}\nreport: {result['report']}\nplots:  "
+          + ", ".join(str(p) for p in result["plots"] if p.suffix == ".png") + " (and .svg)")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,505 @@
+"""The sweep runner shared by every study: a grid of runs -> run directories -> one tidy table.
+
+A *study* is a named grid (a tuple of :class:`lm.config.RunConfig`, built with
+``dataclasses.replace``) plus study-level metadata. :func:`run_study` executes the grid (or
+one shard of it) under ``out``:
+
+  out/study.json                    manifest: study name, grid fingerprint, run names, meta
+  out/runs/<run name>/              one directory per run (lm.train: config.json,
+                                    metrics.jsonl, checkpoints/, result.json)
+  out/results.csv                   the tidy table (one row per run), or, for a shard,
+  out/results.shard-<i>-of-<n>.csv  that shard's rows (merge with :func:`merge_tables`)
+  out/curves.csv                    long table of every run's loss curve (run, step,
+                                    tokens, flops, train_loss, val_loss, N) for approach 1
+
+Resumable: a run whose ``result.json`` exists is never trained again; an interrupted run
+resumes from its last orbax checkpoint (:func:`lm.train.train` does that), so a sweep
+killed at any moment and rerun yields the same table (losses bitwise on CPU).
+``shard=(i, n)`` trains only grid[i::n], so a grid spreads over hosts or job-array tasks
+with any scheduler. Every check that can fail (duplicate runs, too-short runs, an output
+directory holding another study) runs before the first step of training.
+
+Compilation: JAX's persistent compilation cache is enabled
+(:func:`lm.train.enable_compilation_cache`) and :data:`lm.train.STEP_CACHE` reuses the
+compiled step across runs of identical shapes in one process; the table reports
+``compile_s`` separately from ``train_s``.
+
+Table columns: ``run``, ``status`` ("complete" | "diverged" | "pending"), ``study`` (the
+grid fingerprint, so tables of other studies are refused when merging), every config
+field by dotted path (``model.d_model``, ``train.steps``, ...), ``N`` (total parameters),
+``N_non_embedding``, ``D`` (training tokens), ``C`` (training FLOPs), ``flops_per_token``,
+``final_train_loss``, ``final_val_loss``, ``final_val_bpb``, ``loss_at_<C>`` (training
+loss interpolated in log FLOPs at the study's FLOP checkpoints; NaN outside the run),
+``compile_s``, ``train_s``, ``wall_s`` (the run's wall time in the call that finished it),
+``resumed_from`` (checkpoint step the run resumed from, empty if none), plus any
+per-run ``tags`` the study attaches (e.g. its nominal budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lm import train as lm_train
+from lm.config import RunConfig
+
+MANIFEST = "study.json"
+RUNS_DIR = "runs"
+TABLE = "results.csv"
+CURVES = "curves.csv"
+SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
+STATUSES = ("complete", "diverged", "pending")
+STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host dispatch on a CPU)
+
+
+class StudyError(ValueError):
+    """A grid or an output directory that cannot be run; raised before any training."""
+
+
+# ----------------------------------------------------------------------------- study
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A named grid of runs.
+
+    Attributes:
+      name: the study's name (``"chinchilla"``).
+      runs: the grid, one RunConfig per run; names must be unique and usable as directory names.
+      tags: per-run extra table columns, keyed by run name ({"budget": 1e12, "size": "s3"}).
+      meta: JSON-able study-level settings recorded in the manifest (preset, data source, ...).
+      loss_at_flops: FLOP counts at which every run's training loss is reported (approach 1).
+      min_steps: the shortest run allowed (a run shorter than its warmup cannot be fitted).
+    """
+
+    name: str
+    runs: tuple[RunConfig, ...]
+    tags: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    loss_at_flops: tuple[float, ...] = ()
+    min_steps: int = 1
+
+    def __post_init__(self):
+        if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise StudyError(f"Study.name={self.name!r}: must be a non-empty name of letters, digits, '_', '.', '-'")
+        object.__setattr__(self, "runs", tuple(self.runs))
+        object.__setattr__(self, "loss_at_flops", tuple(float(c) for c in self.loss_at_flops))
+        if not self.runs:
+            raise StudyError(f"Study {self.name!r}: the grid is empty (no runs)")
+        if self.min_steps < 1:
+            raise StudyError(f"Study.min_steps={self.min_steps}: must be >= 1")
+        check_grid(self.runs, self.min_steps)
+        unknown = sorted(set(self.tags) - {r.name for r in self.runs})
+        if unknown:
+            raise StudyError(f"Study.tags has entries for runs not in the grid: {unknown}")
+
+    @property
+    def run_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.runs)
+
+    def fingerprint(self) -> str:
+        """sha256 of the grid (every run's full config, in grid order) and loss_at_flops."""
+        blob = json.dumps([[r.to_dict() for r in self.runs], list(self.loss_at_flops)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def manifest(self) -> dict:
+        return {
+            "study": self.name,
+            "fingerprint": self.fingerprint(),
+            "num_runs": len(self.runs),
+            "runs": list(self.run_names),
+            "meta": dict(self.meta),
+            "loss_at_flops": list(self.loss_at_flops),
+        }
+
+
+def check_grid(runs: Sequence[RunConfig], min_steps: int = 1) -> None:
+    """Raise :class:`StudyError` for duplicate names, duplicate configs or too-short runs.
+
+    Two runs are duplicates when their configs are equal apart from the name (they would
+    train the same model twice) or when they share a name (they would share a directory).
+    """
+    by_name: dict[str, int] = {}
+    by_config: dict[str, str] = {}
+    for i, run in enumerate(runs):
+        if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", run.name):
+            raise StudyError(f"run {i}: RunConfig.name={run.name!r} is not usable as a directory name "
+                             "(allowed: letters, digits, '_', '.', '=', '+', '-')")
+        if run.name in by_name:
+            raise StudyError(f"duplicate run name {run.name!r}: grid entries {by_name[run.name]} and {i}")
+        by_name[run.name] = i
+        key = json.dumps(dataclasses.replace(run, name="").to_dict(), sort_keys=True)
+        if key in by_config:
+            raise StudyError(f"duplicate runs: {by_config[key]!r} and {run.name!r} have identical configs "
+                             "(apart from the name); remove one")
+        by_config[key] = run.name
+        if run.train.steps < min_steps:
+            raise StudyError(f"run {run.name!r} has train.steps={run.train.steps}, fewer than the study's "
+                             f"minimum of {min_steps}: its budget is too small for this model")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"i/n" -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise StudyError(f"--shard={text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_runs(runs: Sequence[RunConfig], shard: tuple[int, int]) -> tuple[RunConfig, ...]:
+    """The i-th of n disjoint slices of the grid: runs[i::n] (interleaved, so shards get similar costs)."""
+    i, n = shard
+    if not 0 <= i < n:
+        raise StudyError(f"shard={shard}: expected (i, n) with 0 <= i < n")
+    return tuple(runs[i::n])
+
+
+# ----------------------------------------------------------------------- output dir
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_out(study: Study, out: str | Path) -> None:
+    """Raise :class:`StudyError` if ``out`` holds anything but this study (creates nothing).
+
+    A different study is a manifest with another name or grid fingerprint, run directories
+    without a manifest, or a run directory whose config differs from the grid's.
+    """
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    mine = study.manifest()
+    if manifest_path.exists():
+        theirs = json.loads(manifest_path.read_text())
+        if theirs.get("study") != mine["study"] or theirs.get("fingerprint") != mine["fingerprint"]:
+            raise StudyError(
+                f"output directory {out} holds a different study: {theirs.get('study')!r} "
+                f"({theirs.get('num_runs')} runs, meta {theirs.get('meta')}, fingerprint {theirs.get('fingerprint')}) "
+                f"but this command's grid is {mine['study']!r} ({mine['num_runs']} runs, meta {mine['meta']}, "
+                f"fingerprint {mine['fingerprint']}); choose another --out or remove {out}"
+            )
+    elif (out / RUNS_DIR).exists() and any((out / RUNS_DIR).iterdir()):
+        raise StudyError(f"output directory {out} holds run directories but no {MANIFEST}: it is not a study "
+                         "written by this runner; choose another --out")
+    for run in study.runs:
+        cfg_path = out / RUNS_DIR / run.name / "config.json"
+        if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(run.to_json()):
+            raise StudyError(f"run directory {cfg_path.parent} holds a different config than grid run {run.name!r}")
+
+
+def prepare_out(study: Study, out: str | Path) -> Path:
+    """Check ``out`` (:func:`check_out`), create it and write the manifest."""
+    out = Path(out)
+    check_out(study, out)
+    (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    if not (out / MANIFEST).exists():
+        _atomic_write(out / MANIFEST, json.dumps(study.manifest(), indent=2))
+    return out
+
+
+def run_dir(out: str | Path, run: RunConfig) -> Path:
+    return Path(out) / RUNS_DIR / run.name
+
+
+def table_path(out: str | Path, shard: tuple[int, int] = (0, 1)) -> Path:
+    i, n = shard
+    return Path(out) / (TABLE if n == 1 else f"results.shard-{i}-of-{n}.csv")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (list, tuple)):
+            flat[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def loss_column(flops: float) -> str:
+    """Table column of the training loss at ``flops`` FLOPs, e.g. "loss_at_1e+12"."""
+    return f"loss_at_{flops:.4g}"
+
+
+def interpolate_loss(records: Sequence[Mapping], flops: Sequence[float]) -> list[float]:
+    """Training loss at each of ``flops``, linear in log FLOPs between logged records.
+
+    Args:
+      records: metrics.jsonl records with "flops" and "train_loss".
+      flops: query FLOP counts [q].
+    Returns:
+      [q] losses; NaN before the first or after the last record.
+    """
+    pts = sorted((r["flops"], r["train_loss"]) for r in records if r.get("train_loss") is not None)
+    if not pts:
+        return [math.nan] * len(flops)
+    x = np.log([p[0] for p in pts])
+    y = np.asarray([p[1] for p in pts], dtype=float)
+    out = []
+    for c in flops:
+        lc = math.log(c)
+        out.append(float(np.interp(lc, x, y)) if x[0] - 1e-9 <= lc <= x[-1] + 1e-9 else math.nan)
+    return out
+
+
+def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
+    """The table row of one run, read from its directory (status "pending" if unfinished)."""
+    rd = run_dir(out, run)
+    row: dict[str, Any] = {"run": run.name, "status": "pending", "study": study.fingerprint()}
+    row.update(dict(study.tags.get(run.name, {})))
+    row.update(_flatten(run.to_dict()))
+    from lm.flops import param_count, train_flops_per_token
+
+    counts = param_count(run.model)
+    fpt = train_flops_per_token(run.model, run.data.seq_len)
+    tokens = run.train.steps * run.data.batch_size * run.data.seq_len
+    row.update(N=counts["total"], N_non_embedding=counts["non_embedding"], D=tokens, C=tokens * fpt,
+               flops_per_token=fpt)
+    result = _read_json(rd / "result.json")
+    failure = _read_json(rd / "failure.json")
+    runner_info = _read_json(rd / "runner.json") or {}
+    nan = math.nan
+    row.update(final_train_loss=nan, final_val_loss=nan, final_val_bpb=nan)
+    if result is not None:
+        row.update(status=result.get("status", "complete"), final_train_loss=result["final_train_loss"],
+                   final_val_loss=result["final_val_loss"], final_val_bpb=result["final_val_bpb"])
+    elif failure is not None:
+        row["status"] = "diverged"
+    records = lm_train.read_metrics(rd) if (result is not None or failure is not None) else []
+    for c, loss in zip(study.loss_at_flops, interpolate_loss(records, study.loss_at_flops)):
+        row[loss_column(c)] = loss
+    row.update(compile_s=(result or {}).get("compile_s", nan), train_s=(result or {}).get("train_s", nan),
+               wall_s=runner_info.get("wall_s", nan), resumed_from=(result or {}).get("resumed_from"))
+    return row
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON file's content; None if it is missing or was cut short (a kill while writing)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect_table(study: Study, out: str | Path, runs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
+    """The tidy results table of ``runs`` (default: the whole grid) read from their directories."""
+    runs = study.runs if runs is None else tuple(runs)
+    return pd.DataFrame([run_row(study, out, r) for r in runs])
+
+
+def collect_curves(study: Study, out: str | Path, runs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
+    """Long table of loss curves: run, N, step, tokens, flops, train_loss, val_loss (finished runs)."""
+    from lm.flops import param_count
+
+    rows = []
+    for run in study.runs if runs is None else runs:
+        rd = run_dir(out, run)
+        if _read_json(rd / "result.json") is None:
+            continue
+        n = param_count(run.model)["total"]
+        for r in lm_train.read_metrics(rd):
+            rows.append({"run": run.name, "N": n, "step": r["step"], "tokens": r["tokens"], "flops": r["flops"],
+                         "train_loss": r.get("train_loss", math.nan), "val_loss": r.get("val_loss", math.nan)})
+    return pd.DataFrame(rows, columns=["run", "N", "step", "tokens", "flops", "train_loss", "val_loss"])
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A results table written by this runner (floats read back bit-exactly)."""
+    if int(pd.__version__.split(".")[0]) >= 3:  # round-trip parsing is the default (the option is deprecated)
+        return pd.read_csv(path)
+    return pd.read_csv(path, float_precision="round_trip")
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def merge_tables(tables: Sequence[pd.DataFrame | str | Path], order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Merge shard tables into one: one row per run, the finished row where shards disagree.
+
+    Args:
+      tables: DataFrames or CSV paths (e.g. every ``results.shard-*.csv``).
+      order: run names giving the row order (the grid order); runs missing from every
+        table are left out.
+    Raises:
+      StudyError: two tables hold different finished results for the same run.
+    """
+    frames = [read_table(t) if isinstance(t, (str, Path)) else t for t in tables]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    both = pd.concat(frames, ignore_index=True).copy()  # copy: one block, not one per column
+    rank = both["status"].map({"complete": 0, "diverged": 1}).fillna(2)
+    both = both.assign(_rank=rank).sort_values("_rank", kind="stable")
+    done = both[both["_rank"] < 2]
+    clash = done.groupby("run")["final_val_loss"].nunique(dropna=False)
+    if (clash > 1).any():
+        raise StudyError(f"shard tables disagree on finished runs {sorted(clash[clash > 1].index)}")
+    merged = both.drop_duplicates("run", keep="first").drop(columns="_rank")
+    if order is not None:
+        pos = {name: i for i, name in enumerate(order)}
+        merged = merged[merged["run"].isin(pos)]
+        merged = merged.iloc[np.argsort([pos[r] for r in merged["run"]], kind="stable")]
+    return merged.reset_index(drop=True)
+
+
+def load_results(study: Study, out: str | Path, extra_tables: Sequence[str | Path] = ()) -> pd.DataFrame:
+    """The study's table: rows rebuilt from the run directories under ``out`` (shards on a
+    shared filesystem) merged with every shard table under ``out`` and ``extra_tables``
+    (shards from other hosts).
+
+    Raises:
+      StudyError: ``out`` or a table belongs to another study (grid fingerprint).
+    """
+    out = Path(out)
+    check_out(study, out)
+    paths = [p for p in sorted(out.glob("results*.csv")) if p.name == TABLE or SHARD_TABLE.search(p.name)]
+    frames = [collect_table(study, out)]
+    for p in [*paths, *extra_tables]:
+        t = read_table(p)
+        if len(t) and "study" in t and (t["study"] != study.fingerprint()).any():
+            raise StudyError(f"table {p} belongs to another study (fingerprint {t['study'].iloc[0]}, "
+                             f"this grid's is {study.fingerprint()})")
+        frames.append(t)
+    return merge_tables(frames, order=study.run_names)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+class _Progress:
+    """One bar for the whole sweep: runs done / total, the current run's loss, ETA.
+
+    Work is counted per step as the step's FLOPs plus :data:`STEP_OVERHEAD_FLOPS` (tiny
+    models are dispatch-bound, so FLOPs alone would make the ETA far too optimistic).
+    """
+
+    def __init__(self, runs: Sequence[RunConfig], done: int, total: int, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        from lm.flops import train_flops_per_token
+
+        self.cost = {r.name: STEP_OVERHEAD_FLOPS + train_flops_per_token(r.model, r.data.seq_len)
+                     * r.data.batch_size * r.data.seq_len for r in runs}
+        work = sum(self.cost[r.name] * r.train.steps for r in runs)
+        self.done, self.total = done, total
+        self.bar = tqdm(total=work, disable=not enabled, dynamic_ncols=True,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        self.current: str | None = None
+        self.last_step: int | None = 0
+        self._describe("")
+
+    def _describe(self, run_info: str) -> None:
+        self.bar.set_description_str(f"runs {self.done}/{self.total}{run_info}", refresh=False)
+
+    def start(self, run: RunConfig) -> None:
+        self.current, self.last_step = run.name, None
+        self._describe(f" | {run.name}")
+        self.bar.refresh()
+
+    def __call__(self, step: int, total: int, metrics: Mapping[str, float]) -> None:
+        cost = self.cost[self.current]
+        if self.last_step is None:  # resumed: the skipped steps are not work done now
+            self.bar.total -= cost * (step - 1)
+            self.last_step = step - 1
+        self._describe(f" | {self.current} step {step}/{total} loss {metrics.get('loss', math.nan):.3f}")
+        self.bar.update(cost * (step - self.last_step))
+        self.last_step = step
+
+    def finish(self, run: RunConfig, steps_left: int = 0) -> None:
+        self.done += 1
+        self.bar.total -= self.cost[run.name] * steps_left
+        self._describe("")
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_study(
+    study: Study,
+    out: str | Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    compilation_cache: bool = True,
+    on_run_done: Callable[[RunConfig, dict], None] | None = None,
+) -> pd.DataFrame:
+    """Train the (shard of the) grid under ``out``, skipping finished runs; write and return the table.
+
+    Args:
+      study: the grid.
+      out: the study's output directory (created; must hold this study or nothing).
+      shard: (i, n): train only grid[i::n]; the table written is that shard's.
+      progress: show the sweep's progress bar.
+      compilation_cache: enable JAX's persistent compilation cache first.
+      on_run_done: optional callback(run, result) after each run trained here.
+
+    Returns:
+      The shard's table (rows in grid order), also written to :func:`table_path`.
+
+    Raises:
+      StudyError: before any training, for a bad grid, shard or output directory.
+    """
+    runs = shard_runs(study.runs, shard)
+    out = prepare_out(study, out)
+    if compilation_cache:
+        lm_train.enable_compilation_cache()
+    todo = [r for r in runs if not _finished(out, r)]
+    bar = _Progress(todo, len(runs) - len(todo), len(runs), enabled=progress)
+    path = table_path(out, shard)
+    try:
+        for run in todo:
+            rd = run_dir(out, run)
+            bar.start(run)
+            t0 = time.perf_counter()
+            try:
+                result = lm_train.train(run, rd, progress=bar)
+            except lm_train.NonFiniteLossError as err:
+                (rd / "failure.json").write_text(json.dumps({"status": "diverged", "error": str(err)}, indent=2))
+                bar.bar.write(f"run {run.name} diverged: {err}")
+                bar.finish(run, steps_left=run.train.steps - (bar.last_step or 0))
+                continue
+            _atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
+            bar.finish(run)
+            if on_run_done is not None:
+                on_run_done(run, result)
+            write_table(collect_table(study, out, runs), path)
+    finally:
+        bar.close()
+    table = collect_table(study, out, runs)
+    write_table(table, path)
+    curves = CURVES if shard[1] == 1 else f"curves.shard-{shard[0]}-of-{shard[1]}.csv"
+    write_table(collect_curves(study, out, runs), Path(out) / curves)
+    return table
+
+
+def _finished(out: Path, run: RunConfig) -> bool:
+    """A readable result.json (or failure.json): the run is never trained again."""
+    rd = run_dir(out, run)
+    return _read_json(rd / "result.json") is not None or _read_json(rd / "failure.json") is not None

@@ -1,0 +1,225 @@
+"""The main job: grid construction, errors before training, kill-and-resume, the analysis outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import chinchilla, runner
+from lm.flops import train_flops_per_token
+from lm.schedules import lr_multiplier, warmup_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+LOSSES = ["final_train_loss", "final_val_loss", "final_val_bpb"]
+
+
+# ------------------------------------------------------------------------------ grid
+
+
+@pytest.mark.parametrize("name", sorted(chinchilla.PRESETS))
+def test_grid_spends_each_budget_exactly(name):
+    preset = chinchilla.PRESETS[name]
+    study = chinchilla.build_study(preset, preset_name=name)
+    assert len({r.data for r in study.runs}) == 1  # one batch shape: one compiled step per size
+    for run in study.runs:
+        budget = study.tags[run.name]["budget"]
+        tokens_per_step = run.data.batch_size * run.data.seq_len
+        f = train_flops_per_token(run.model, run.data.seq_len)
+        # D = C / f, rounded to whole steps: the spend is within half a step of the budget
+        assert abs(run.train.steps * tokens_per_step * f - budget) <= 0.5 * tokens_per_step * f
+        assert run.train.steps >= preset.min_steps
+        # cosine matched to the run: warmup a fixed fraction, the floor reached at the last step
+        assert warmup_steps(run.schedule, run.train.steps) == max(1, round(0.05 * run.train.steps))
+        assert lr_multiplier(run.schedule, run.train.steps - 1, run.train.steps) == pytest.approx(0.1)
+        assert lr_multiplier(run.schedule, run.train.steps // 2, run.train.steps) > 0.5
+    by_budget = pd.Series([study.tags[r.name]["budget"] for r in study.runs]).value_counts()
+    assert (by_budget >= 3).all()
+
+
+def test_default_preset_is_at_least_3_budgets_by_5_sizes():
+    study = chinchilla.build_study(chinchilla.PRESETS["default"])
+    budgets = {t["budget"] for t in study.tags.values()}
+    sizes = {t["size"] for t in study.tags.values()}
+    assert len(budgets) >= 3 and len(sizes) >= 5 and len(study.runs) == len(budgets) * len(sizes)
+
+
+def test_budget_too_small_is_an_error_before_training(tmp_path, capsys):
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit):
+        chinchilla.main(["--preset", "smoke", "--budgets", "1e6,3e8,1e9", "--out", str(out)])
+    assert "too small for the smallest model d16L1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_other_study_in_out_is_an_error_before_training(tmp_path, capsys):
+    out = tmp_path / "study"
+    other = chinchilla.build_study(chinchilla.PRESETS["smoke"], data="synthetic")
+    runner.prepare_out(other, out)
+    with pytest.raises(SystemExit):
+        chinchilla.main(["--preset", "smoke", "--out", str(out), "--no-progress"])
+    assert "holds a different study" in capsys.readouterr().err
+    assert list((out / "runs").iterdir()) == []
+
+
+def test_duplicate_sizes_are_an_error_before_training(tmp_path, capsys):
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit):
+        chinchilla.main(["--preset", "smoke", "--sizes", "d16L1,d32L1,d16L1", "--out", str(out)])
+    assert "duplicate sizes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        chinchilla.main(["--help"])
+    text = capsys.readouterr().out
+    for action in chinchilla.build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help
+
+
+# ------------------------------------------------------------- the smoke study, end to end
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment of the subprocess: the tests' matmul precision and a private compilation cache."""
+    cache = tmp_path_factory.mktemp("jax_cache")
+    e = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest", SCALELAB_JAX_CACHE=str(cache),
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return e
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    """The uninterrupted smoke study with its analysis (in this process)."""
+    out = tmp_path_factory.mktemp("reference")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SCALELAB_JAX_CACHE", env["SCALELAB_JAX_CACHE"])
+    try:
+        result = chinchilla.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--skip-analysis"])
+    finally:
+        mp.undo()
+    return out, result
+
+
+def _partial_runs(out: Path) -> dict[str, int]:
+    """Runs with a finished checkpoint and no result.json: name -> latest checkpoint step."""
+    found = {}
+    for rd in (out / "runs").glob("*"):
+        steps = [int(p.name) for p in (rd / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps and not (rd / "result.json").exists():
+            found[rd.name] = max(steps)
+    return found
+
+
+def test_killed_sweep_resumes_to_the_same_table(reference, env, tmp_path):
+    ref_out, _ = reference
+    ref = runner.read_table(ref_out / "results.csv")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "experiments.chinchilla", "--preset", "smoke", "--out", str(out),
+           "--skip-analysis", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    partial: dict[str, int] = {}
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = list((out / "runs").glob("*/result.json")) if (out / "runs").exists() else []
+            partial = _partial_runs(out) if len(done) >= 1 else {}
+            if partial:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    partial = _partial_runs(out)  # what the kill left (a save may have completed meanwhile)
+    assert partial, "the sweep was not killed in the middle of a run"
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    assert len(finished) >= 1
+
+    trained = []
+    table = runner.run_study(chinchilla.build_study(chinchilla.PRESETS["smoke"], preset_name="smoke"), out,
+                             progress=False, compilation_cache=False, on_run_done=lambda r, res: trained.append(r.name))
+    # no finished run trained again; the interrupted ones resumed from their checkpoints
+    assert not set(trained) & set(finished)
+    assert {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")
+            if p.parent.name in finished} == finished
+    for name, step in partial.items():
+        assert json.loads((out / "runs" / name / "result.json").read_text())["resumed_from"] == step > 0
+    # the same table as the uninterrupted sweep, losses bitwise
+    loss_cols = LOSSES + [c for c in ref.columns if c.startswith("loss_at_")]
+    assert list(table["run"]) == list(ref["run"])
+    for col in loss_cols:
+        np.testing.assert_array_equal(table[col].to_numpy(), ref[col].to_numpy(), err_msg=col)
+    same = [c for c in ref.columns if c not in ("compile_s", "train_s", "wall_s", "resumed_from")]
+    pd.testing.assert_frame_equal(table[same], ref[same], check_dtype=False, check_exact=True)
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def test_analysis_report_comes_from_the_table_beside_it(reference, tmp_path):
+    from experiments import chinchilla_analysis as ca
+    from scaling import fit_law
+
+    out, _ = reference
+    result = chinchilla.main(["--preset", "smoke", "--out", str(out), "--analysis-only", "--no-progress",
+                              "--bootstrap", "8"])
+    numbers = json.loads((out / "fit.json").read_text())
+    report = (out / "report.md").read_text()
+    for p in result["plots"]:
+        assert p.exists() and p.stat().st_size > 0
+    assert {p.suffix for p in result["plots"]} == {".png", ".svg"}
+    # refit the table on disk with the public API: the report holds exactly these numbers
+    table = runner.read_table(out / "results.csv")
+    ft = ca.fit_table(table)
+    refit = fit_law(ft, law="chinchilla", columns={"N": "N", "D": "D", "C": "budget", "loss": "loss"})
+    for k, v in refit.params.items():
+        assert numbers["approach3"]["params"][k] == pytest.approx(float(v), rel=1e-9)
+        assert ca._fmt(float(v)) in report
+    # extrapolation: the law fitted without the largest budget, evaluated on that budget's runs
+    ex = numbers["extrapolation"]["approach3"]
+    held = ft[ft["budget"] == ft["budget"].max()]
+    p = ex["params"]
+    pred = p["E"] + p["A"] / held["N"] ** p["alpha"] + p["B"] / held["D"] ** p["beta"]
+    np.testing.assert_allclose(ex["rel_errors"], pred / held["loss"] - 1.0, rtol=1e-9, atol=1e-12)
+    assert f"{ex['mean_abs_rel_error']:.2%}" in report
+    # approach 2 against a NumPy parabola in log N per budget (Hoffmann Sec. 3.2)
+    for row in numbers["approach2"]["optima"]:
+        g = ft[np.isclose(ft["budget"], row["C"], rtol=1e-6)]
+        c2, c1, _ = np.polyfit(np.log(g["N"]), g["loss"], 2)
+        if c2 > 0:
+            assert math.log(row["N_star"]) == pytest.approx(-c1 / (2 * c2), rel=1e-6)
+        else:  # not convex: no minimum
+            assert math.isnan(row["N_star"])
+    # a synthetic study's report puts the fitted E next to the entropy rate
+    assert "Known entropy rate" not in report
+    syn = dict(numbers, synthetic={"E_fit": 1.234, "E_interval": [1.0, 1.5], "nats_per_byte": 1.077,
+                                   "bits_per_byte": 1.554})
+    text = ca.write_report(tmp_path, syn).read_text()
+    assert "Fitted E = 1.234 [1, 1.5] nats/token" in text and "1.077 nats/byte (1.554 bits/byte)" in text
+
+
+def test_synthetic_report_puts_fitted_e_next_to_the_entropy_rate(tmp_path):
+    from experiments import chinchilla_analysis as ca
+    from lm.data import entropy_rate_bits
+
+    study = chinchilla.build_study(chinchilla.PRESETS["smoke"], data="synthetic")
+    truth = ca.entropy_floor(study)
+    bits = entropy_rate_bits(study.runs[0].data)
+    assert truth["nats_per_byte"] == pytest.approx(bits * math.log(2), rel=1e-12)
+    assert ca.entropy_floor(chinchilla.build_study(chinchilla.PRESETS["smoke"])) is None
