@@ -17,7 +17,6 @@ ring buffer whose memory does not grow with context), the buffer position of eac
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 

@@ -30,7 +30,6 @@ The pieces, in the order a run uses them:
   make_host_iterator(run, mesh)           this host's slice of every global batch
   global_batch(local, mesh, b)            host slices -> global [b, t] arrays
   compiled_sharded_train_step(...)        ``lm.train.make_train_step`` with in/out shardings
-  evaluate(run, params, mesh)             sharded ``lm.train.evaluate``
   gather_data_states / local_data_state   every host's data-iterator state in a checkpoint
 
 Limitation: the "length" axis is never sharded (no sequence parallelism); Griffin's
@@ -408,23 +407,6 @@ def compiled_sharded_eval_step(model_cfg, mesh: Mesh, params, batch) -> tuple[An
         compiled = fn.lower(params, {k: batch[k] for k in BATCH_KEYS}).compile()
     STEP_CACHE[key] = compiled
     return compiled, time.perf_counter() - t0
-
-
-def evaluate(run: RunConfig, params, mesh: Mesh, num_batches: int | None = None) -> tuple[dict, float]:
-    """``lm.train.evaluate`` on ``mesh``: every host reads its slice of each validation batch."""
-    it = make_host_iterator(run, mesh, "validation")
-    total, count, compile_s = 0.0, 0.0, 0.0
-    for _ in range(num_batches or run.train.eval_batches):
-        batch = global_batch(next(it), mesh, run.data.batch_size)
-        fn, c = compiled_sharded_eval_step(run.model, mesh, params, batch)
-        compile_s += c
-        s, n = fn(params, batch)
-        total += float(s)
-        count += float(n)
-    it.close()
-    loss = total / max(count, 1.0)
-    bpb = lm_data.bits_per_byte(loss, lm_data.dataset_info(run.data)["targets_per_byte"])
-    return {"val_loss": loss, "val_bpb": bpb}, compile_s
 
 
 # ---------------------------------------------------------------------- multi-host

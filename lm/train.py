@@ -11,6 +11,7 @@ Axis letters: b batch, t time, v vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -212,13 +213,26 @@ def compiled_eval_step(model_cfg: ModelConfig, params, batch) -> tuple[Any, floa
 # ----------------------------------------------------------------------------- runs
 
 
-def evaluate(run: RunConfig, params, num_batches: int | None = None) -> tuple[dict, float]:
-    """Validation loss (nats/target) and bits per byte on the first batches of the held-out split."""
-    it = lm_data.make_iterator(run.data, "validation")
+def evaluate(run: RunConfig, params, num_batches: int | None = None, *, mesh=None) -> tuple[dict, float]:
+    """Validation loss (nats/target) and bits per byte on the first batches of the held-out split.
+
+    With a ``mesh`` (``lm.sharding``) every host reads its rows of each global batch.
+    Returns the metrics and the seconds spent compiling.
+    """
+    if mesh is None:
+        it = lm_data.make_iterator(run.data, "validation")
+        to_batch = _to_device
+        compiled = functools.partial(compiled_eval_step, run.model)
+    else:
+        from lm import sharding  # lm.sharding imports this module
+
+        it = sharding.make_host_iterator(run, mesh, "validation")
+        to_batch = functools.partial(sharding.global_batch, mesh=mesh, batch_size=run.data.batch_size)
+        compiled = functools.partial(sharding.compiled_sharded_eval_step, run.model, mesh)
     total, count, compile_s = 0.0, 0.0, 0.0
     for _ in range(num_batches or run.train.eval_batches):
-        batch = {k: jnp.asarray(v) for k, v in next(it).items()}
-        fn, c = compiled_eval_step(run.model, params, batch)
+        batch = to_batch(next(it))
+        fn, c = compiled(params, batch)
         compile_s += c
         s, n = fn(params, batch)
         total += float(s)
@@ -361,7 +375,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
                 last_train_loss = record["train_loss"]
                 window_loss, window_n = 0.0, 0
                 if eval_due:
-                    last_eval, c = (evaluate(run, state["params"]) if mesh is None else sharding.evaluate(run, state["params"], mesh))
+                    last_eval, c = evaluate(run, state["params"], mesh=mesh)
                     compile_s += c
                     record.update(last_eval)
                 log.write(json.dumps(record) + "\n")
@@ -378,7 +392,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
     ckpt.close()
     train_it.close()
     if not last_eval:  # resumed at the very end: evaluate the final parameters
-        last_eval, c = (evaluate(run, state["params"]) if mesh is None else sharding.evaluate(run, state["params"], mesh))
+        last_eval, c = evaluate(run, state["params"], mesh=mesh)
         compile_s += c
     history = read_metrics(run_dir)
     if math.isnan(last_train_loss):

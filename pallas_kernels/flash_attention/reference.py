@@ -19,7 +19,6 @@ the per-document RoPE positions; within one document the two differ by a constan
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Bool, Float, Int

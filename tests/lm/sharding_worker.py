@@ -168,7 +168,7 @@ def checkpoint_across_meshes(out: Path, runs) -> None:
             for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(init))
         )
         params = jax.device_get(state2["params"])
-        val_sharded, _ = sharding.evaluate(run, state2["params"], mesh_b, num_batches=1)
+        val_sharded, _ = lm_train.evaluate(run, state2["params"], num_batches=1, mesh=mesh_b)
         val_plain, _ = lm_train.evaluate(run, params, num_batches=1)
         save_case(out, "checkpoint", state2, float(metrics["loss"]), {
             "restored_equal": same, "restored_on_new_mesh": on_b, "meta_step": meta["step"],

@@ -1,6 +1,5 @@
 """Model assembly: parameter counts, and prefill + token-by-token decode == full forward pass."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
