@@ -1,10 +1,11 @@
 """Per-token decode latency and cache bytes against context length: ``python -m experiments.bench_decode``.
 
-For each preset and context length L the decode cache is sized for L tokens and one
-jitted ``decode_step`` of a single token is timed (median of repeats). A decode step's
-work does not depend on which cache slots hold real tokens (attention reads every slot
-of its buffer, masked or not; recurrent and linear-attention states are fixed-size), so
-the cache is not prefilled. Cache bytes are per sequence, summed over blocks
+For each preset and context length L the decode cache is sized for L tokens and
+single-token ``decode_step`` calls are timed as in a decode loop: jitted, the cache
+donated and fed back (updated in place), median of repeats. A decode step's work does not
+depend on which cache slots hold real tokens (attention reads every slot of its buffer,
+masked or not; recurrent and linear-attention states are fixed-size), so the cache is not
+prefilled. Cache bytes are per sequence, summed over blocks
 (``lm.model.cache_bytes``). Expected: the transformer's latency and cache grow with L;
 Griffin's, Hawk's (fixed-size states and a ring buffer of the local-attention window)
 stay flat.
@@ -33,16 +34,16 @@ def decode_latency(preset: str, context: int, batch: int = 1, repeats: int = 20,
     """Median seconds of one single-token decode step with a cache sized for ``context`` tokens."""
     cfg = get_preset(preset) if cfg is None else cfg
     params = model.init_params(cfg, jax.random.PRNGKey(0))
-    cache = model.init_cache(cfg, batch, context + 1)
-    step = jax.jit(lambda p, c, x, s, q: model.decode_step(cfg, p, c, x, s, q))
+    cache = model.init_cache(cfg, batch, context + repeats + 2)
+    step = jax.jit(lambda p, c, x, s, q: model.decode_step(cfg, p, c, x, s, q), donate_argnums=1)
     tok = jnp.zeros((batch, 1), jnp.int32)
     seg = jnp.ones((batch, 1), jnp.int32)
     pos = jnp.full((batch, 1), context, jnp.int32)
-    jax.block_until_ready(step(params, cache, tok, seg, pos))
+    _, cache = jax.block_until_ready(step(params, cache, tok, seg, pos))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(step(params, cache, tok, seg, pos))
+        _, cache = jax.block_until_ready(step(params, cache, tok, seg, pos))
         times.append(time.perf_counter() - t0)
     return {
         "preset": preset,

@@ -17,6 +17,7 @@ ring buffer whose memory does not grow with context), the buffer position of eac
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
@@ -115,25 +116,46 @@ class Attention(nn.Module):
         return jnp.einsum("bthk,hkd->btd", o, wo.astype(self.dtype)), new_cache
 
     def _attend_with_cache(self, q, key, val, segment_ids, cache, common):
-        """Attend over (cached + new) keys, then store the new keys in their ring slots."""
+        """Attend over cached + new keys and return the cache holding the new ones too.
+
+        Full attention writes the new keys into their slots first and attends over the
+        cache in place (no copy of the cache in a decode loop that donates it). A ring
+        buffer attends over (cache, new) first, because a prompt longer than the window
+        would overwrite keys that its own earlier queries still need, then stores the tail.
+        """
         b, t = q.shape[:2]
         size = cache["k"].shape[1]
         q_pos = jnp.broadcast_to(cache["index"] + jnp.arange(t, dtype=jnp.int32), (b, t))
-        all_k = jnp.concatenate([cache["k"], key.astype(cache["k"].dtype)], axis=1)
-        all_v = jnp.concatenate([cache["v"], val.astype(cache["v"].dtype)], axis=1)
-        kv_pos = jnp.concatenate([cache["pos"], q_pos], axis=1)
-        kv_seg = jnp.concatenate([cache["seg"], segment_ids], axis=1)
+        key, val = key.astype(cache["k"].dtype), val.astype(cache["v"].dtype)
+        if self.window is None:
+            at = (0, cache["index"])
+            new_cache = {
+                "k": jax.lax.dynamic_update_slice(cache["k"], key, (*at, 0, 0)),
+                "v": jax.lax.dynamic_update_slice(cache["v"], val, (*at, 0, 0)),
+                "pos": jax.lax.dynamic_update_slice(cache["pos"], q_pos, at),
+                "seg": jax.lax.dynamic_update_slice(cache["seg"], segment_ids, at),
+                "index": cache["index"] + t,
+            }
+            kv = (new_cache["k"], new_cache["v"], new_cache["pos"], new_cache["seg"])
+        else:
+            kv = (
+                jnp.concatenate([cache["k"], key], axis=1),
+                jnp.concatenate([cache["v"], val], axis=1),
+                jnp.concatenate([cache["pos"], q_pos], axis=1),
+                jnp.concatenate([cache["seg"], segment_ids], axis=1),
+            )
+            keep = min(t, size)
+            slots = q_pos[0, t - keep:] % size
+            new_cache = {
+                "k": cache["k"].at[:, slots].set(key[:, t - keep:]),
+                "v": cache["v"].at[:, slots].set(val[:, t - keep:]),
+                "pos": cache["pos"].at[:, slots].set(q_pos[:, t - keep:]),
+                "seg": cache["seg"].at[:, slots].set(segment_ids[:, t - keep:]),
+                "index": cache["index"] + t,
+            }
+        all_k, all_v, kv_pos, kv_seg = kv
         o = flash_attention(
             q, all_k, all_v, segment_ids=segment_ids, kv_segment_ids=kv_seg,
             q_positions=q_pos, kv_positions=kv_pos, **common,
         )
-        keep = min(t, size)  # a prompt longer than a ring buffer leaves only its tail
-        slots = (q_pos[0, t - keep:]) % size
-        new_cache = {
-            "k": cache["k"].at[:, slots].set(key[:, t - keep:].astype(cache["k"].dtype)),
-            "v": cache["v"].at[:, slots].set(val[:, t - keep:].astype(cache["v"].dtype)),
-            "pos": cache["pos"].at[:, slots].set(q_pos[:, t - keep:]),
-            "seg": cache["seg"].at[:, slots].set(segment_ids[:, t - keep:]),
-            "index": cache["index"] + t,
-        }
         return o, new_cache
