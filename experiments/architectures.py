@@ -1,0 +1,329 @@
+"""Architecture families on one FLOP grid: L(C) frontiers, compute multipliers, decode-cache sizes.
+
+``python -m experiments.architectures [--preset smoke|default|full] [--out DIR]``
+
+Transformer, Griffin, Hawk (De et al. 2024, arXiv:2402.19427), gated linear attention
+(Yang et al. 2024, arXiv:2312.06635), MLA (DeepSeek-V2, arXiv:2405.04434) and a top-2-of-8
+MoE whose ACTIVE parameters match the dense transformer (expert width 2d: top_k x 2d = the
+dense MLP's 4d) are trained on one grid of FLOP budgets x sizes. The FLOPs of a run are
+exact per family (:func:`lm.flops.train_flops_per_token`: attention, recurrences, the MoE's
+active experts, not 6N), so every family spends the same C at a budget.
+
+Analysis (reads only the table, fits with :mod:`scaling`):
+  frontier     per family and budget the lowest-loss run; L(C) = E + A C^-alpha fitted to
+               those points (``fit_law(law="saturating")``, Huber on log residuals,
+               multistart L-BFGS) with bootstrap bands, all families on one plot;
+  chinchilla   per family with >= 8 runs and >= 2 sizes: L(N, D) = E + A/N^alpha + B/D^beta
+               (N = active parameters) with bootstrap intervals;
+  multipliers  C_f(L*) / C_max where L* is the transformer's fitted frontier loss at the
+               largest budget C_max and C_f(L) = (A_f / (L - E_f))^(1/alpha_f): the compute a
+               family needs to match the transformer (< 1: more efficient); intervals pair
+               the bootstrap resamples of the two fits;
+  cache        decode-cache bytes per token at ``context`` tokens (:func:`lm.model.cache_bytes`)
+               beside each multiplier.
+
+Outputs under ``--out`` (default ``runs/architectures/<preset>``): run directories,
+results.csv (column ``family``, ``N_active``), curves.csv, multipliers.csv, report.md,
+frontiers.png/svg. ``notebooks/architecture_comparison`` reproduces the plots from the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import runner
+from layers.moe import MoEConfig
+from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+from lm.flops import param_count, train_flops_per_token
+
+FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
+CONTEXT = 4096
+
+
+def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
+    """The ``family``'s model at width ``d_model`` and depth ``num_layers`` (heads of 16 dims).
+
+    Mirrors :data:`lm.presets.PRESETS` (Griffin: RRW blocks, local MQA window 256, RoPE on
+    half the head, MLP 3d, logit soft-cap 30; Hawk: R only; GLA; MLA with kv rank d/4; MoE:
+    8 experts of width 2d, top-2, so the active MLP equals the dense 4d MLP).
+    """
+    h = max(1, d_model // 16)
+    base = ModelConfig(d_model=d_model, num_layers=num_layers, pattern="A", num_heads=h, d_ff=4 * d_model)
+    if family == "transformer":
+        return base
+    if family in ("griffin", "hawk"):
+        return dataclasses.replace(base, pattern="RRW" if family == "griffin" else "R", num_kv_heads=1, window=256,
+                                   rope_fraction=0.5, d_ff=3 * d_model, logit_softcap=30.0)
+    if family == "gla":
+        return dataclasses.replace(base, pattern="L", la_variant="gla", la_output_norm="rms")
+    if family == "mla":
+        return dataclasses.replace(base, pattern="M", mla_kv_lora_rank=max(8, d_model // 4), mla_qk_nope_dim=16,
+                                   mla_qk_rope_dim=8, mla_v_head_dim=16)
+    if family == "moe":
+        return dataclasses.replace(base, moe_every=1,
+                                   moe=MoEConfig(num_experts=8, top_k=2, d_ff=2 * d_model, activation="geglu"))
+    raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """families x sizes (d_model, num_layers) x FLOP budgets, one batch shape."""
+
+    sizes: tuple[tuple[int, int], ...]
+    budgets: tuple[float, ...]
+    seq_len: int
+    batch_size: int
+    families: tuple[str, ...] = FAMILIES
+    learning_rate: float = 1e-2
+    min_steps: int = 8
+    eval_batches: int = 4
+    bootstrap: int = 200
+
+    def __post_init__(self):
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"Preset.families={self.families}: unknown {bad}; allowed {FAMILIES}")
+        if "transformer" not in self.families:
+            raise ValueError("Preset.families: must include 'transformer' (the reference of the multipliers)")
+        if len(self.budgets) < 3:
+            raise ValueError(f"Preset.budgets={self.budgets}: need >= 3 budgets to fit E, A, alpha")
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(sizes=((16, 3),), budgets=(2e8, 4e8, 8e8), seq_len=32, batch_size=4, eval_batches=2,
+                    bootstrap=20, min_steps=4),
+    "default": Preset(sizes=((32, 3), (48, 3), (64, 3)), budgets=(1e10, 2e10, 4e10, 8e10), seq_len=128,
+                      batch_size=8, eval_batches=8, bootstrap=200),
+    "full": Preset(sizes=((256, 6), (384, 6), (512, 9), (768, 12)), budgets=(1e17, 3e17, 1e18, 3e18),
+                   seq_len=1024, batch_size=128, learning_rate=2e-3, min_steps=200, eval_batches=32, bootstrap=1000),
+}
+
+
+def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
+    """The grid (family-major); sizes giving fewer than ``min_steps`` steps at a budget are left out."""
+    data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
+    tokens_per_step = preset.seq_len * preset.batch_size
+    runs, tags, dropped = [], {}, []
+    for family in preset.families:
+        for d, L in preset.sizes:
+            model = family_model(family, d, L)
+            fpt = train_flops_per_token(model, preset.seq_len)
+            counts = param_count(model)
+            for budget in preset.budgets:
+                steps = int(round(budget / (fpt * tokens_per_step)))
+                name = f"{family}-d{d}L{L}-C{budget:.2e}".replace("+", "")
+                if steps < preset.min_steps:
+                    dropped.append(name)
+                    continue
+                runs.append(RunConfig(
+                    model=model, data=data, optimizer=OptimizerConfig(learning_rate=preset.learning_rate),
+                    schedule=ScheduleConfig(kind="cosine", warmup_fraction=0.05, min_ratio=0.1),
+                    train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
+                                      log_every=max(1, steps // 8), checkpoint_every=steps, keep_checkpoints=1,
+                                      progress=False),
+                    name=name))
+                tags[name] = {"family": family, "size": f"d{d}L{L}", "budget": budget, "N_active": counts["active"],
+                              "cache_bytes_per_token": _cache_per_token(model)}
+    meta = {"preset": preset_name, "families": list(preset.families), "sizes": [list(s) for s in preset.sizes],
+            "budgets": list(preset.budgets), "dropped_runs": dropped}
+    return runner.Study(name="architectures", runs=tuple(runs), tags=tags, meta=meta, min_steps=preset.min_steps)
+
+
+def _cache_per_token(model: ModelConfig, context: int = CONTEXT) -> float:
+    from lm.model import cache_bytes
+
+    return cache_bytes(model, context) / context
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def frontier(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame:
+    """Per family and budget the lowest-loss complete run: columns family, C, loss."""
+    t = table[table["status"] == "complete"].assign(loss=lambda d: pd.to_numeric(d[loss], errors="coerce"))
+    t = t[np.isfinite(t["loss"])]
+    idx = t.groupby(["family", "budget"])["loss"].idxmin()
+    return t.loc[idx, ["family", "C", "loss"]].reset_index(drop=True)
+
+
+def fit_frontiers(front: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> dict:
+    """{family: (FitResult, BootstrapResult)} of L(C) = E + A C^-alpha on each family's frontier."""
+    from scaling import fit_law
+
+    out = {}
+    for family, df in front.groupby("family", sort=False):
+        fit = fit_law(df[["C", "loss"]], law="saturating")
+        out[family] = (fit, fit.bootstrap(n=n_bootstrap, seed=seed))
+    return out
+
+
+def compute_for_loss(loss, E, A, alpha):
+    """C at which E + A C^-alpha = loss (inf where the family's floor E is at or above it)."""
+    loss, E, A, alpha = (np.asarray(v, dtype=np.float64) for v in (loss, E, A, alpha))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return np.where(loss > E, (A / np.maximum(loss - E, 1e-300)) ** (1.0 / alpha), np.inf)
+
+
+def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None = None,
+                        reference: str = "transformer", level: float = 0.95) -> pd.DataFrame:
+    """Per family: compute multiplier to match the reference's fitted loss at ``c_max``, with intervals."""
+    ref_fit, ref_boot = fits[reference]
+    p = ref_fit.params
+    target = p["E"] + p["A"] * c_max ** -p["alpha"]
+    rs = ref_boot.samples
+    t_boot = (rs["E"] + rs["A"] * c_max ** -rs["alpha"]).to_numpy()
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    rows = []
+    for family, (fit, boot) in fits.items():
+        q, s = fit.params, boot.samples
+        k = min(len(s), len(t_boot))
+        m_boot = compute_for_loss(t_boot[:k], s["E"].to_numpy()[:k], s["A"].to_numpy()[:k], s["alpha"].to_numpy()[:k])
+        m_boot = m_boot / c_max
+        rows.append({"family": family,
+                     "multiplier": float(compute_for_loss(target, q["E"], q["A"], q["alpha"]) / c_max),
+                     "lower": float(np.percentile(m_boot, lo)) if k else math.nan,
+                     "upper": float(np.percentile(m_boot, hi)) if k else math.nan,
+                     "E": q["E"], "A": q["A"], "alpha": q["alpha"],
+                     "cache_bytes_per_token": (cache or {}).get(family, math.nan)})
+    return pd.DataFrame(rows).set_index("family")
+
+
+def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss", n_bootstrap: int = 200,
+                              init_grid="hoffmann") -> dict:
+    """{family: interval table} of L(N_active, D) for families with >= 8 runs of >= 2 sizes.
+
+    ``init_grid``: starts of the multistart fit (``scaling.fit_law``; "hoffmann" = the published grid).
+    """
+    from scaling import fit_law
+
+    out = {}
+    t = table[table["status"] == "complete"]
+    for family, df in t.groupby("family", sort=False):
+        if len(df) < 8 or df["size"].nunique() < 2:
+            continue
+        data = pd.DataFrame({"N": df["N_active"], "D": df["D"], "loss": df[loss]})
+        fit = fit_law(data, law="chinchilla", init_grid=init_grid)
+        out[family] = fit.bootstrap(n=n_bootstrap).intervals
+    return out
+
+
+def plot_comparison(table: pd.DataFrame, fits: dict, multipliers: pd.DataFrame, out: str | Path,
+                    loss: str = "final_val_loss", name: str = "frontiers") -> list[Path]:
+    """Left: every run and each family's fitted L(C) with its bootstrap band; right: multipliers + cache."""
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    fig = Figure(figsize=(12, 4.5))
+    ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    c_max = float(table["C"].max())
+    grid = np.geomspace(float(table["C"].min()) / 2, c_max * 4, 100)
+    for i, (family, (fit, boot)) in enumerate(fits.items()):
+        color = f"C{i}"
+        runs = table[table["family"] == family]
+        ax.scatter(runs["C"], runs[loss], s=10, color=color, alpha=0.4)
+        p, s = fit.params, boot.samples
+        ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color=color, label=family)
+        band = s["E"].to_numpy()[:, None] + s["A"].to_numpy()[:, None] * grid[None] ** -s["alpha"].to_numpy()[:, None]
+        if len(band):
+            ax.fill_between(grid, np.percentile(band, 2.5, axis=0), np.percentile(band, 97.5, axis=0), color=color,
+                            alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs C (exact, per family)")
+    ax.set_ylabel(loss)
+    ax.set_title("L(C) frontiers, 95% bootstrap bands")
+    ax.legend()
+    y = np.arange(len(multipliers))
+    m = multipliers["multiplier"].to_numpy()
+    err = np.nan_to_num(np.clip(np.stack([m - multipliers["lower"], multipliers["upper"] - m]), 0, None),
+                        posinf=0.0)
+    bx.barh(y, np.where(np.isfinite(m), m, np.nan), xerr=err, color=[f"C{i}" for i in range(len(m))])
+    bx.axvline(1.0, color="k", lw=0.8)
+    bx.set_yticks(y, [f"{f} ({multipliers.loc[f, 'cache_bytes_per_token']:.3g} B/tok)" for f in multipliers.index])
+    bx.set_xscale("log")
+    bx.set_xlabel("compute to match the transformer at the largest budget (x C_max)")
+    bx.set_title(f"compute multipliers; decode cache bytes per token at {CONTEXT} context")
+    fig.tight_layout()
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p_ in paths:
+        fig.savefig(p_, dpi=120, bbox_inches="tight")
+    return paths
+
+
+def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss: str = "final_val_loss",
+            preset_name: str = "", chinchilla_grid="hoffmann") -> dict:
+    """Frontier fits, multipliers, optional per-family Chinchilla fits; plot, multipliers.csv, report.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    front = frontier(table, loss)
+    fits = fit_frontiers(front, bootstrap)
+    cache = table.groupby("family")["cache_bytes_per_token"].max().to_dict()
+    mult = compute_multipliers(fits, float(front["C"].max()), cache)
+    mult.to_csv(out / "multipliers.csv")
+    chin = fit_chinchilla_per_family(table, loss, bootstrap, chinchilla_grid)
+    figures = plot_comparison(table[table["status"] == "complete"], fits, mult, out, loss)
+    lines = [f"# Architecture comparison ({preset_name} preset)", "",
+             f"Loss: {loss}. Frontier L(C) = E + A C^-alpha per family (lowest-loss run per budget); "
+             f"{bootstrap} bootstrap resamples, 95% percentile intervals. Multiplier: compute needed to reach the "
+             f"transformer's fitted loss at C_max = {front['C'].max():.3g} FLOPs, relative to C_max.", "",
+             "| family | E | A | alpha | compute multiplier | 95% interval | decode cache B/token |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for f, r in mult.iterrows():
+        lines.append(f"| {f} | {r['E']:.3f} | {r['A']:.3g} | {r['alpha']:.3f} | {r['multiplier']:.3g} | "
+                     f"[{r['lower']:.3g}, {r['upper']:.3g}] | {r['cache_bytes_per_token']:.4g} |")
+    for f, iv in chin.items():
+        lines += ["", f"Chinchilla fit, {f} (N = active parameters):", "",
+                  "| quantity | estimate | lower | upper |", "|---|---:|---:|---:|"]
+        for q in ("E", "A", "B", "alpha", "beta"):
+            if q in iv.index:
+                lines.append(f"| {q} | {iv.loc[q, 'estimate']:.4g} | {iv.loc[q, 'lower']:.4g} | "
+                             f"{iv.loc[q, 'upper']:.4g} |")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return {"frontier": front, "fits": fits, "multipliers": mult, "chinchilla": chin, "plots": figures,
+            "report": out / "report.md"}
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m experiments.architectures", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--out", default=None, help="study directory (default runs/architectures/<preset>)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train only grid[I::N]")
+    p.add_argument("--bootstrap", type=int, default=None)
+    p.add_argument("--analysis-only", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = Path(args.out) if args.out else Path("runs") / "architectures" / args.preset
+    try:
+        study = build_study(preset, args.preset)
+        shard = runner.parse_shard(args.shard)
+        if not args.analysis_only:
+            runner.run_study(study, out, shard=shard, progress=not args.no_progress)
+        table = runner.load_results(study, out)
+    except ValueError as err:
+        p.error(str(err))
+    result = {"out": out, "table": table}
+    if (table["status"] == "pending").any():
+        print("some runs are pending (other shards?); analysis skipped")
+        return result
+    result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
+                          preset_name=args.preset))
+    print(result["multipliers"][["multiplier", "lower", "upper", "cache_bytes_per_token"]].to_string())
+    print(f"report: {result['report']}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

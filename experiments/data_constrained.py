@@ -1,0 +1,308 @@
+"""Data-constrained scaling: unique-data budgets U repeated for several epochs at several model sizes.
+
+``python -m experiments.data_constrained [--preset smoke|default|full] [--out DIR]``
+
+Muennighoff et al. 2023, "Scaling Data-Constrained Language Models" (arXiv:2305.16264):
+for every model size and unique-data budget U (``DataConfig.max_bytes`` caps the training
+split; U is the exact number of unique training targets it yields), train for
+D = epochs x U tokens (cosine matched to the run). Analysis (reads the table, fits with
+:mod:`scaling`), the paper's recipe (Sec. 5):
+
+  1. L(N, D) = E + A/N^alpha + B/D^beta fitted on the single-epoch runs (no repetition;
+     with fewer than 6 such runs, the tied form alpha = beta);
+  2. with those fixed, R_D* and R_N* of Eqs. (5)-(7) (``fit_law(law="data_constrained",
+     fixed=...)``) fitted on all runs, with bootstrap intervals;
+  3. the value of repeated tokens: D'/U = 1 + R_D* (1 - exp(-(epochs - 1) / R_D*)) (Eq. 5),
+     fitted curve with its band, and the empirical effective data of every run (D' solving
+     the fitted law for its loss);
+  4. the number of epochs at which repetition costs more than ``--loss-increase`` (relative)
+     over training on as many unique tokens (the largest model, the smallest U), and the
+     measured pairs (U, e epochs) vs (e U, 1 epoch) where the grid holds both.
+
+Validation: the capped validation split would shrink with U, so every run is also
+evaluated on one common held-out set (``val_bytes`` of the validation files) after training
+(``common_val_loss``, written to ``<run>/common_eval.json`` and the table); that loss is fitted.
+
+Outputs under ``--out`` (default ``runs/data_constrained/<preset>``): run directories,
+results.csv, curves.csv, report.md, repeated_value.png/svg, loss_vs_epochs.png/svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import runner
+from experiments.chinchilla import LADDER, ladder_model
+from lm import data as lm_data
+from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """sizes x unique budgets (bytes) x epochs."""
+
+    sizes: tuple[str, ...]
+    unique_bytes: tuple[int, ...]
+    epochs: tuple[int, ...]
+    seq_len: int
+    batch_size: int
+    learning_rate: float = 1e-2
+    eval_batches: int = 4
+    val_bytes: int = 1 << 20
+    bootstrap: int = 200
+
+    def __post_init__(self):
+        if any(s not in LADDER for s in self.sizes) or len(self.sizes) < 2:
+            raise ValueError(f"Preset.sizes={self.sizes}: need >= 2 ladder sizes from {list(LADDER)}")
+        if len(self.unique_bytes) < 2 or 1 not in self.epochs or len(self.epochs) < 2:
+            raise ValueError("Preset: need >= 2 unique budgets and epochs including 1 and a repetition")
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(sizes=("d16L1", "d32L1"), unique_bytes=(3000, 6000), epochs=(1, 2, 4), seq_len=32,
+                    batch_size=4, eval_batches=2, val_bytes=1 << 14, bootstrap=20),
+    "default": Preset(sizes=("d16L1", "d32L2", "d64L2"), unique_bytes=(1 << 16, 1 << 17, 1 << 18),
+                      epochs=(1, 2, 4, 8, 16), seq_len=128, batch_size=8, eval_batches=8, bootstrap=200),
+    "full": Preset(sizes=("d256L4", "d512L8", "d768L12"), unique_bytes=(1 << 26, 1 << 28, 1 << 30),
+                   epochs=(1, 2, 4, 8, 16, 32, 64), seq_len=1024, batch_size=64, learning_rate=3e-3,
+                   eval_batches=32, val_bytes=1 << 26, bootstrap=1000),
+}
+
+
+def unique_tokens(data: DataConfig) -> int:
+    """U: the training targets one epoch of the (capped) training split holds."""
+    return int(lm_data.dataset_info(data)["train"]["targets"])
+
+
+def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
+    runs, tags = [], {}
+    tokens_per_step = preset.seq_len * preset.batch_size
+    for size in preset.sizes:
+        model = ladder_model(*LADDER[size])
+        for ub in preset.unique_bytes:
+            data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, max_bytes=ub)
+            U = unique_tokens(data)
+            for e in preset.epochs:
+                steps = max(4, int(round(e * U / tokens_per_step)))
+                name = f"{size}-U{ub}-e{e}"
+                runs.append(RunConfig(
+                    model=model, data=data, optimizer=OptimizerConfig(learning_rate=preset.learning_rate),
+                    schedule=ScheduleConfig(kind="cosine", warmup_fraction=0.05, min_ratio=0.1),
+                    train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
+                                      log_every=max(1, steps // 8), checkpoint_every=steps, keep_checkpoints=1,
+                                      progress=False),
+                    name=name))
+                tags[name] = {"size": size, "unique_bytes": ub, "U": U, "epochs": e,
+                              "epochs_exact": steps * tokens_per_step / U}
+    meta = {"preset": preset_name, "sizes": list(preset.sizes), "unique_bytes": list(preset.unique_bytes),
+            "epochs": list(preset.epochs)}
+    return runner.Study(name="data_constrained", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
+
+
+def common_eval(study: runner.Study, out: str | Path, preset: Preset) -> pd.Series:
+    """Every finished run's loss on one common validation set (cached in <run>/common_eval.json)."""
+    from lm import train as lm_train
+
+    losses = {}
+    for run in study.runs:
+        rd = runner.run_dir(out, run)
+        path = rd / "common_eval.json"
+        if not path.exists():
+            if not (rd / "result.json").exists():
+                continue
+            _, params = lm_train.load_params(rd)
+            common = dataclasses.replace(run, data=dataclasses.replace(run.data, max_bytes=preset.val_bytes))
+            ev, _ = lm_train.evaluate(common, params, preset.eval_batches)
+            path.write_text(json.dumps(ev))
+        losses[run.name] = json.loads(path.read_text())["val_loss"]
+    return pd.Series(losses, name="common_val_loss")
+
+
+# --------------------------------------------------------------------------- analysis
+
+_SMALL_GRID = {"alpha": (0.2, 0.5), "beta": (0.2, 0.5), "e": (0.0, 0.5, 1.0), "a": (2.0, 6.0, 10.0),
+               "b": (2.0, 6.0, 10.0)}
+
+
+def fit_data_constrained(table: pd.DataFrame, loss: str = "common_val_loss", n_bootstrap: int = 200,
+                         chinchilla_grid=_SMALL_GRID) -> dict:
+    """Chinchilla on the 1-epoch runs, then R_D*, R_N* with it fixed; bootstrap of the second fit."""
+    from scaling import fit_law
+
+    t = table[(table["status"] == "complete")].copy()
+    t = t[np.isfinite(pd.to_numeric(t[loss], errors="coerce"))]
+    data = pd.DataFrame({"N": t["N"].astype(float), "D": t["D"].astype(float), "U": t["U"].astype(float),
+                         "loss": t[loss].astype(float), "epochs": t["epochs"]})
+    one = data[data["epochs"] == 1]
+    if len(one) >= 6:
+        chin = fit_law(one[["N", "D", "loss"]], law="chinchilla", init_grid=chinchilla_grid)
+    else:  # too few unconstrained runs for 5 parameters: the tied form alpha = beta (4 parameters)
+        grid = {k: v for k, v in chinchilla_grid.items() if k != "beta"} if isinstance(chinchilla_grid, dict) \
+            else chinchilla_grid
+        chin = fit_law(one[["N", "D", "loss"]], law="chinchilla_tied", init_grid=grid)
+    fixed = {k: chin.params.get(k, chin.params["alpha"]) for k in ("E", "A", "B", "alpha", "beta")}
+    dc = fit_law(data[["N", "D", "U", "loss"]], law="data_constrained", fixed=fixed,
+                 init_grid={"log_R_D_star": tuple(np.log([1.0, 5.0, 15.0, 50.0])),
+                            "log_R_N_star": tuple(np.log([1.0, 5.0, 15.0, 50.0]))})
+    boot = dc.bootstrap(n=n_bootstrap) if n_bootstrap >= 2 else None
+    return {"chinchilla": chin, "dc": dc, "boot": boot, "data": data}
+
+
+def repeated_value(epochs, R_D_star):
+    """D'/U after ``epochs`` passes over U unique tokens (Muennighoff Eq. 5)."""
+    r = np.maximum(np.asarray(epochs, dtype=float) - 1.0, 0.0)
+    return 1.0 + R_D_star * (1.0 - np.exp(-r / R_D_star))
+
+
+def epochs_for_loss_increase(params: dict, N: float, U: float, increase: float,
+                             max_epochs: float = 1000.0) -> float:
+    """Smallest epoch count e (log grid) at which L(N, eU, U) > (1 + increase) L(N, eU, eU unique)."""
+    from scaling import laws
+
+    grid = np.geomspace(1.0, max_epochs, 2000)
+    rep = laws.data_constrained(N, grid * U, U, **params)
+    uniq = laws.data_constrained(N, grid * U, grid * U, **params)
+    over = np.flatnonzero(rep > (1.0 + increase) * uniq)
+    return float(grid[over[0]]) if over.size else float("inf")
+
+
+def measured_pairs(table: pd.DataFrame, loss: str = "common_val_loss") -> pd.DataFrame:
+    """(size, U, e epochs) vs (size, e U unique, 1 epoch) where both are in the grid (same D, +-5%)."""
+    t = table[table["status"] == "complete"]
+    rows = []
+    for _, r in t[t["epochs"] > 1].iterrows():
+        cand = t[(t["size"] == r["size"]) & (t["epochs"] == 1) & (np.abs(t["D"] / r["D"] - 1) < 0.05)]
+        if len(cand):
+            u = cand.iloc[0]
+            rows.append({"size": r["size"], "U": r["U"], "epochs": r["epochs"], "D": r["D"], "repeated": r[loss],
+                         "unique": u[loss], "relative_increase": r[loss] / u[loss] - 1})
+    return pd.DataFrame(rows)
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    return paths
+
+
+def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_increase: float = 0.01,
+            loss: str = "common_val_loss", preset_name: str = "") -> dict:
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    res = fit_data_constrained(table, loss, bootstrap)
+    p = dict(res["dc"].params)
+    data = res["data"]
+    # empirical effective data of each run: D' solving E + A/N'^alpha + B/D'^beta = loss (N' = N here)
+    resid = data["loss"] - p["E"] - p["A"] / data["N"] ** p["alpha"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_eff = np.where(resid > 0, (p["B"] / resid) ** (1 / p["beta"]), np.nan)
+    e_grid = np.geomspace(1, max(64.0, data["epochs"].max() * 2), 100)
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ax.plot(e_grid, e_grid, "k:", lw=0.8, label="unique data (D' = D)")
+    ax.plot(e_grid, repeated_value(e_grid, p["R_D_star"]), color="C0", label=f"fit: R_D* = {p['R_D_star']:.3g}")
+    if res["boot"] is not None and len(res["boot"].samples):
+        band = np.stack([repeated_value(e_grid, r) for r in res["boot"].samples["R_D_star"].to_numpy()])
+        ax.fill_between(e_grid, np.percentile(band, 2.5, 0), np.percentile(band, 97.5, 0), color="C0", alpha=0.2)
+    ax.scatter(data["D"] / data["U"], d_eff / data["U"], s=12, color="C1", label="runs (D' from the fitted law)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs D / U")
+    ax.set_ylabel("effective data D' / U")
+    ax.legend()
+    figures = _save(fig, out, "repeated_value")
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    t = table[table["status"] == "complete"]
+    for i, ((size, U), g) in enumerate(t.groupby(["size", "U"])):
+        g = g.sort_values("epochs")
+        ax.plot(g["epochs"], g[loss], "o-", color=f"C{i}", label=f"{size}, U={U:.3g}")
+        ax.plot(g["epochs"], res["dc"].law.predict(p, {"N": g["N"].to_numpy(float), "D": g["D"].to_numpy(float),
+                                                       "U": g["U"].to_numpy(float)}), "--", color=f"C{i}", alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("epochs")
+    ax.set_ylabel(loss)
+    ax.legend(fontsize=7)
+    figures += _save(fig, out, "loss_vs_epochs")
+
+    n_big, u_small = float(data["N"].max()), float(data["U"].min())
+    e_star = epochs_for_loss_increase(p, n_big, u_small, loss_increase)
+    pairs = measured_pairs(table, loss)
+    iv = res["boot"].intervals if res["boot"] is not None else None
+    fmt_iv = (lambda k: f" [{iv.loc[k, 'lower']:.3g}, {iv.loc[k, 'upper']:.3g}]") if iv is not None else (lambda k: "")
+    lines = [f"# Data-constrained scaling ({preset_name} preset)", "",
+             "Muennighoff et al. 2023 (arXiv:2305.16264), Eqs. (5)-(7); Chinchilla part fitted on the 1-epoch runs "
+             f"and held fixed. Loss: {loss}.", "",
+             "| parameter | estimate | 95% interval |", "|---|---:|---|"]
+    for k in ("E", "A", "B", "alpha", "beta"):
+        lines.append(f"| {k} | {p[k]:.4g} | (fixed from the 1-epoch fit) |")
+    for k in ("R_D_star", "R_N_star"):
+        lines.append(f"| {k} | {p[k]:.4g} |{fmt_iv(k)} |")
+    when = (f"from {e_star:.3g} epochs on" if np.isfinite(e_star) else
+            "at no epoch count up to 1000: no cost of repetition is resolved within this grid")
+    lines += ["", "Paper: R_D* = 15.4, R_N* = 5.3.", "",
+              f"**Repetition costs more than {100 * loss_increase:g}% loss (vs as many unique tokens) {when}** "
+              f"(fitted law, N = {n_big:.3g}, U = {u_small:.3g} tokens).", ""]
+    if len(pairs):
+        lines += ["Measured: repeated vs unique data at the same D:", "",
+                  "| size | U | epochs | repeated | unique | relative increase |", "|---|---:|---:|---:|---:|---:|"]
+        for _, r in pairs.iterrows():
+            lines.append(f"| {r['size']} | {r['U']:.3g} | {r['epochs']} | {r['repeated']:.4f} | {r['unique']:.4f} | "
+                         f"{100 * r['relative_increase']:+.2f}% |")
+    lines += ["", *[f"![{q.stem}]({q.name})" for q in figures if q.suffix == ".png"], ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return {"params": p, "fits": res, "epochs_threshold": e_star, "pairs": pairs, "plots": figures,
+            "report": out / "report.md"}
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m experiments.data_constrained", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    ap.add_argument("--out", default=None, help="study directory (default runs/data_constrained/<preset>)")
+    ap.add_argument("--loss-increase", type=float, default=0.01,
+                    help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
+    ap.add_argument("--bootstrap", type=int, default=None)
+    ap.add_argument("--analysis-only", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = Path(args.out) if args.out else Path("runs") / "data_constrained" / args.preset
+    try:
+        study = build_study(preset, args.preset)
+        if not args.analysis_only:
+            runner.run_study(study, out, progress=not args.no_progress)
+        table = runner.load_results(study, out)
+    except ValueError as err:
+        ap.error(str(err))
+    common = common_eval(study, out, preset)
+    table = table.assign(common_val_loss=table["run"].map(common))
+    runner.write_table(table, out / "results_common_eval.csv")
+    result = {"out": out, "table": table}
+    if (table["status"] != "complete").any():
+        print("some runs are not complete; analysis skipped")
+        return result
+    result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
+                          loss_increase=args.loss_increase, preset_name=args.preset))
+    p = result["params"]
+    print(f"R_D* = {p['R_D_star']:.3g}, R_N* = {p['R_N_star']:.3g}; repetition costs > "
+          f"{100 * args.loss_increase:g}% from {result['epochs_threshold']:.3g} epochs\nreport: {result['report']}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

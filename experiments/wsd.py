@@ -1,0 +1,290 @@
+"""Warmup-Stable-Decay: a whole data-scaling curve from one run, vs cosine runs of each length.
+
+``python -m experiments.wsd [--preset smoke|default|full] [--out DIR]``
+
+Hu et al. 2024, "MiniCPM" (arXiv:2404.06395), Sec. 4: with a WSD schedule the stable phase
+(constant learning rate after warmup) does not depend on the run length, so ONE stable run
+with checkpoints at several token counts, each continued by a short decay branch (here the
+last ``decay_fraction`` of the branch's length, linear to ``min_ratio`` of the peak, MiniCPM's
+~10-20%), gives the final losses of runs of every length. The study trains:
+
+  stable           constant lr after ``warmup_steps``, up to the last branch point, with a
+                   checkpoint at every branch point s_i = L_i - round(decay_fraction * L_i);
+  wsd-L<L_i>       decay branch: restores the stable run at s_i (TrainConfig.init_from: params,
+                   optimiser and data-iterator state) and decays over steps s_i .. L_i;
+  cosine-L<L_i>    a separately trained cosine run of L_i steps (same warmup, same floor),
+                   the Chinchilla recipe (cosine length matched to the run).
+
+All runs share model, data and batch shape (one compiled step). The analysis reports, per
+length, the loss gap wsd - cosine (final validation loss), and the FLOPs of the WSD curve
+(stable + all decay branches) against the FLOPs of all cosine runs; a saturating law
+L(D) = E + A D^-alpha (``scaling.fit_law``) is fitted to both curves when there are >= 4 lengths.
+
+Outputs under ``--out`` (default ``runs/wsd/<preset>``): run directories, results.csv,
+curves.csv, report.md, loss_curves.png/svg and data_scaling.png/svg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import runner
+from experiments.chinchilla import LADDER, ladder_model
+from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One WSD-vs-cosine study.
+
+    Attributes:
+      size: ladder model name (experiments.chinchilla.LADDER).
+      lengths: run lengths L_i in steps (ascending); each branch point s_i must be a multiple
+        of ``checkpoint_unit`` so the stable run saves there.
+      decay_fraction: decay length of a branch as a fraction of its run length.
+      warmup_steps: absolute warmup of every run (identical, so the phases line up).
+      learning_rate, min_ratio: peak and floor (fraction of peak) of both schedules.
+      seq_len, batch_size, eval_batches: shared by every run.
+    """
+
+    size: str
+    lengths: tuple[int, ...]
+    seq_len: int
+    batch_size: int
+    decay_fraction: float = 0.2
+    warmup_steps: int = 4
+    learning_rate: float = 1e-2
+    min_ratio: float = 0.1
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        if self.size not in LADDER:
+            raise ValueError(f"Preset.size={self.size!r}: allowed sizes are {list(LADDER)}")
+        if len(self.lengths) < 2 or list(self.lengths) != sorted(set(self.lengths)):
+            raise ValueError(f"Preset.lengths={self.lengths}: need >= 2 distinct lengths in ascending order")
+        if not 0.0 < self.decay_fraction < 1.0:
+            raise ValueError(f"Preset.decay_fraction={self.decay_fraction}: must be in (0, 1)")
+        for length in self.lengths:
+            if self.branch_point(length) <= self.warmup_steps:
+                raise ValueError(f"Preset.lengths: length {length} decays from step {self.branch_point(length)}, "
+                                 f"not after the warmup of {self.warmup_steps} steps; use longer runs")
+
+    def branch_point(self, length: int) -> int:
+        """s_i: the step at which the decay branch of a length-``length`` run leaves the stable run."""
+        return length - round(self.decay_fraction * length)
+
+
+PRESETS: dict[str, Preset] = {
+    # seconds: 3 lengths of a 16-wide 1-layer model
+    "smoke": Preset(size="d16L1", lengths=(15, 30, 45), seq_len=32, batch_size=4, decay_fraction=0.2,
+                    warmup_steps=2, learning_rate=2e-2, eval_batches=2),
+    # minutes on a 2-core CPU: 5 lengths (100 to 500 steps) of a 64-wide 2-layer model
+    "default": Preset(size="d64L2", lengths=(100, 200, 300, 400, 500), seq_len=128, batch_size=8,
+                      decay_fraction=0.2, warmup_steps=10, learning_rate=1e-2, eval_batches=8),
+    # GPU/TPU: a 4M-parameter model from 2k to 32k steps
+    "full": Preset(size="d256L4", lengths=(2000, 4000, 8000, 16000, 32000), seq_len=1024, batch_size=64,
+                   decay_fraction=0.1, warmup_steps=500, learning_rate=3e-3, eval_batches=32),
+}
+
+
+def _gcd(values) -> int:
+    out = 0
+    for v in values:
+        out = math.gcd(out, int(v))
+    return out
+
+
+def build_study(preset: Preset, out: str | Path, preset_name: str = "custom") -> runner.Study:
+    """The grid: the stable run, one decay branch per length, one cosine run per length.
+
+    ``out`` is needed because each branch's ``train.init_from`` names the stable run's
+    directory (``<out>/runs/stable``; resolved to an absolute path).
+    """
+    model = ladder_model(*LADDER[preset.size])
+    data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
+    opt = OptimizerConfig(learning_rate=preset.learning_rate)
+    points = [preset.branch_point(n) for n in preset.lengths]
+    s_max = max(points)
+
+    def train_cfg(steps: int, **kw) -> TrainConfig:
+        log_every = max(1, min(steps, preset.lengths[0]) // 10)
+        return TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches, log_every=log_every,
+                           checkpoint_every=kw.pop("checkpoint_every", steps), keep_checkpoints=kw.pop("keep", 1),
+                           progress=False, **kw)
+
+    stable = RunConfig(model=model, data=data, optimizer=opt,
+                       schedule=ScheduleConfig(kind="constant", warmup_steps=preset.warmup_steps),
+                       train=train_cfg(s_max, checkpoint_every=_gcd(points), keep=None), name="stable")
+    stable_dir = str(runner.run_dir(Path(out).resolve(), stable))
+    runs, tags = [stable], {"stable": {"kind": "stable", "length": s_max, "branch_point": 0}}
+    for length, s in zip(preset.lengths, points):
+        name = f"wsd-L{length}"
+        runs.append(RunConfig(
+            model=model, data=data, optimizer=opt,
+            schedule=ScheduleConfig(kind="wsd", warmup_steps=preset.warmup_steps, decay_start=s,
+                                    decay_shape="linear", min_ratio=preset.min_ratio),
+            train=train_cfg(length, init_from=(stable_dir, s)), name=name))
+        tags[name] = {"kind": "wsd", "length": length, "branch_point": s}
+    for length in preset.lengths:
+        name = f"cosine-L{length}"
+        runs.append(RunConfig(
+            model=model, data=data, optimizer=opt,
+            schedule=ScheduleConfig(kind="cosine", warmup_steps=preset.warmup_steps, min_ratio=preset.min_ratio),
+            train=train_cfg(length), name=name))
+        tags[name] = {"kind": "cosine", "length": length, "branch_point": 0}
+    meta = {"preset": preset_name, **{k: v for k, v in dataclasses.asdict(preset).items()}}
+    meta["lengths"] = list(preset.lengths)
+    return runner.Study(name="wsd", runs=tuple(runs), tags=tags, meta=meta)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def flops_accounting(table: pd.DataFrame) -> dict[str, float]:
+    """FLOPs of the WSD curve (stable run + decay branches) vs all cosine runs.
+
+    A branch restored at step s_i of an L_i-step run costs (L_i - s_i) / L_i of its row's C.
+    """
+    t = table.set_index("run")
+    stable = float(t.loc["stable", "C"])
+    wsd = t[t["kind"] == "wsd"]
+    branches = float((wsd["C"] * (wsd["length"] - wsd["branch_point"]) / wsd["length"]).sum())
+    cosine = float(t[t["kind"] == "cosine"]["C"].sum())
+    return {"wsd_flops": stable + branches, "cosine_flops": cosine,
+            "flops_saved": 1.0 - (stable + branches) / cosine, "stable_flops": stable, "branch_flops": branches}
+
+
+def loss_gaps(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame:
+    """Per length: D (tokens), the wsd and cosine losses, gap = wsd - cosine and gap / cosine."""
+    w = table[table["kind"] == "wsd"].set_index("length")
+    c = table[table["kind"] == "cosine"].set_index("length")
+    out = pd.DataFrame({"D": c["D"], "wsd": w[loss], "cosine": c[loss]})
+    out["gap"] = out["wsd"] - out["cosine"]
+    out["relative_gap"] = out["gap"] / out["cosine"]
+    return out.sort_index()
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    return paths
+
+
+def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str = "final_val_loss") -> dict:
+    """Loss gaps, FLOPs saved, optional L(D) fits; plots and report.md under ``out``."""
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    table = table[table["status"] == "complete"]
+    gaps = loss_gaps(table, loss)
+    acct = flops_accounting(table)
+    fits = {}
+    if len(gaps) >= 4:
+        from scaling import fit_law
+
+        for kind in ("wsd", "cosine"):
+            df = pd.DataFrame({"C": gaps["D"].to_numpy(float), "loss": gaps[kind].to_numpy(float)})
+            fits[kind] = fit_law(df, law="saturating").params  # L(D) = E + A D^-alpha (C column = tokens)
+    curves = pd.read_csv(out / runner.CURVES) if (out / runner.CURVES).exists() else pd.DataFrame()
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for name, g in (curves.groupby("run", sort=False) if len(curves) else []):
+        g = g.dropna(subset=["train_loss"])
+        if name == "stable":
+            style = dict(color="k", lw=1.5)
+        else:
+            style = dict(color="C0", lw=1) if name.startswith("wsd") else dict(color="C1", lw=1, ls="--")
+        labelled = name == "stable" or name.endswith(f"L{gaps.index[-1]}")
+        ax.plot(g["tokens"], g["train_loss"], **style, label=name if labelled else None)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("training loss")
+    ax.set_title("stable run (black), WSD branches (blue), cosine runs (orange)")
+    ax.legend()
+    figures = _save(fig, out, "loss_curves")
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    ax.plot(gaps["D"], gaps["cosine"], "o--", color="C1", label="cosine, one run per length")
+    ax.plot(gaps["D"], gaps["wsd"], "s-", color="C0", label="WSD branches of one stable run")
+    grid = np.geomspace(gaps["D"].min(), gaps["D"].max(), 50)
+    for kind, color in (("wsd", "C0"), ("cosine", "C1")):
+        if kind in fits:
+            p = fits[kind]
+            ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color=color, alpha=0.4, lw=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel(loss)
+    ax.legend()
+    figures += _save(fig, out, "data_scaling")
+
+    lines = [
+        f"# WSD vs cosine ({study.meta.get('preset')} preset)", "",
+        "Hu et al. 2024 (MiniCPM, arXiv:2404.06395) Sec. 4: decay branches from one stable run vs "
+        "separately trained cosine runs of the same lengths. Loss: " + loss + ".", "",
+        "| steps | tokens D | WSD | cosine | gap (WSD - cosine) | relative gap |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for length, r in gaps.iterrows():
+        lines.append(f"| {length} | {r['D']:.3g} | {r['wsd']:.4f} | {r['cosine']:.4f} | {r['gap']:+.4f} | "
+                     f"{100 * r['relative_gap']:+.2f}% |")
+    lines += [
+        "",
+        f"FLOPs of the whole WSD curve (stable {acct['stable_flops']:.3g} + branches {acct['branch_flops']:.3g}): "
+        f"{acct['wsd_flops']:.3g}; of the {len(gaps)} cosine runs: {acct['cosine_flops']:.3g}; "
+        f"**saved: {100 * acct['flops_saved']:.1f}%**.", "",
+    ]
+    for kind, p in fits.items():
+        lines.append(f"- {kind}: L(D) = {p['E']:.3f} + {p['A']:.3g} D^-{p['alpha']:.3f}")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return {"gaps": gaps, "flops": acct, "fits": fits, "plots": figures, "report": report}
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.wsd", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--out", default=None, help="study directory (default runs/wsd/<preset>)")
+    p.add_argument("--loss", choices=("val", "train"), default="val")
+    p.add_argument("--analysis-only", action="store_true", help="analyse the existing table; train nothing")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path("runs") / "wsd" / args.preset
+    try:
+        study = build_study(PRESETS[args.preset], out, args.preset)
+        if not args.analysis_only:
+            runner.run_study(study, out, progress=not args.no_progress)
+        table = runner.load_results(study, out)
+    except ValueError as err:
+        parser.error(str(err))
+    result = {"out": out, "table": table}
+    if (table["status"] != "complete").any():
+        print("some runs are not complete; analysis skipped")
+        return result
+    result.update(analyze(study, table, out, loss=f"final_{args.loss}_loss"))
+    print(result["gaps"].to_string())
+    print(f"FLOPs saved by the WSD curve: {100 * result['flops']['flops_saved']:.1f}%\nreport: {result['report']}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,322 @@
+"""Vmapped sweeps: K runs of one shape, differing only in learning rate, init seed or weight decay, in ONE program.
+
+Hyperparameter sweeps of small models are dominated by per-step fixed costs (host
+dispatch, small matmuls that leave the hardware idle). Runs whose compiled step is the same
+program -- same model, data, optimiser betas/clipping, batch -- differ only in the traced
+scalars ``lr`` and ``weight_decay`` of :func:`lm.train.make_train_step` and in their initial
+parameters, so ``jax.vmap`` over the stacked training states trains all of them in one
+compiled step, one dispatch per step, on the SAME data batch (the batch is not vmapped).
+This is how the Step Law grids (Li et al. 2025, "Predictable Scale: Part I", arXiv
+2503.04715) are made affordable: an 8-point learning-rate sweep costs about one run.
+
+Schedule semantics are those of :func:`lm.train.train`: the learning rate of run k at step s
+is ``peak_k * lm.schedules.lr_multiplier(schedule_k, s, steps)`` (schedules may differ
+between runs, since they are host-side numbers); weight decay is the run's
+``optimizer.weight_decay``. Each run's metrics.jsonl / result.json are written like
+``train()`` writes them (records every ``log_every`` steps with the window-mean training
+loss, a validation evaluation at the end). Not done here: checkpointing and resume (a
+vmapped sweep of small models is cheaper to rerun than to checkpoint), periodic
+evaluation before the last step, and per-run MoE router-jitter seeds (the jitter rng uses
+the first run's seed; :func:`check_sweep` refuses such grids if seeds differ).
+
+A run whose loss or gradient becomes non-finite keeps its last finite state (the step's
+NaN guard) and is reported as ``status: "diverged"`` from that step on; the other runs
+continue (high learning rates of a sweep are expected to diverge).
+
+Axis letters: k runs of the sweep, s steps, b batch rows, t time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import data as lm_data
+from lm import train as lm_train
+from lm.config import RunConfig
+from lm.flops import param_count, train_flops_per_token
+from lm.schedules import lr_multiplier
+
+VMAP_STEP_CACHE: dict[tuple, object] = {}
+
+
+def _shape_key(run: RunConfig) -> RunConfig:
+    """The run with every field a vmapped sweep may vary set to a fixed value."""
+    return dataclasses.replace(
+        run,
+        name="",
+        optimizer=dataclasses.replace(run.optimizer, learning_rate=1.0, weight_decay=0.0),
+        schedule=type(run.schedule)(),
+        train=dataclasses.replace(run.train, seed=0, progress=False),
+    )
+
+
+def check_sweep(runs: Sequence[RunConfig]) -> None:
+    """Raise ValueError unless ``runs`` can share one vmapped program.
+
+    They must agree in everything but ``optimizer.learning_rate``, ``optimizer.weight_decay``,
+    ``train.seed``, ``schedule``, ``train.progress`` and ``name``; names must be unique.
+    """
+    if not runs:
+        raise ValueError("runs=(): a vmapped sweep needs at least one run")
+    ref = _shape_key(runs[0])
+    for r in runs[1:]:
+        if _shape_key(r) != ref:
+            diff = [f for f in ("model", "data", "optimizer", "train") if getattr(_shape_key(r), f) != getattr(ref, f)]
+            raise ValueError(
+                f"runs: run {r.name!r} differs from {runs[0].name!r} in {diff}; a vmapped sweep allows "
+                "only optimizer.learning_rate, optimizer.weight_decay, train.seed and schedule to differ"
+            )
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runs: names {names} are not unique")
+    m = runs[0].model
+    if m.moe_every > 0 and m.moe.router_jitter > 0 and len({r.train.seed for r in runs}) > 1:
+        raise ValueError(
+            "runs: MoE router jitter draws its noise from train.seed inside the step, so runs with "
+            "different seeds cannot share a program; set moe.router_jitter=0 or use one seed"
+        )
+
+
+def sweep_runs(
+    base: RunConfig,
+    *,
+    learning_rates: Sequence[float] | None = None,
+    weight_decays: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> tuple[RunConfig, ...]:
+    """The product grid of ``base`` over the given learning rates x weight decays x seeds.
+
+    Returns K = len(lr) * len(wd) * len(seeds) runs (an axis left None keeps the base value),
+    named ``<base.name>-lr<lr>-wd<wd>-s<seed>`` for the axes given.
+    """
+    lrs = [base.optimizer.learning_rate] if learning_rates is None else list(learning_rates)
+    wds = [base.optimizer.weight_decay] if weight_decays is None else list(weight_decays)
+    sds = [base.train.seed] if seeds is None else list(seeds)
+    out = []
+    for lr in lrs:
+        for wd in wds:
+            for sd in sds:
+                name = base.name
+                name += f"-lr{lr:.3g}" if learning_rates is not None else ""
+                name += f"-wd{wd:.3g}" if weight_decays is not None else ""
+                name += f"-s{sd}" if seeds is not None else ""
+                out.append(dataclasses.replace(
+                    base, name=name,
+                    optimizer=dataclasses.replace(base.optimizer, learning_rate=float(lr), weight_decay=float(wd)),
+                    train=dataclasses.replace(base.train, seed=int(sd)),
+                ))
+    return tuple(out)
+
+
+def stack_states(states: Sequence[dict]) -> dict:
+    """Stack K training states leaf-wise: every leaf gains a leading axis k."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def unstack_state(state: dict, k: int) -> dict:
+    """Run ``k``'s training state out of a stacked one."""
+    return jax.tree.map(lambda x: x[k], state)
+
+
+def init_stacked_state(runs: Sequence[RunConfig]) -> dict:
+    """The K fresh states of :func:`lm.train.init_state` (each with its own ``train.seed``), stacked."""
+    return stack_states([lm_train.init_state(r) for r in runs])
+
+
+def make_vmapped_step(run: RunConfig):
+    """``step(states [k ...], batch [b t], lr [k], wd [k]) -> (states, metrics [k ...])``.
+
+    ``jax.vmap`` of :func:`lm.train.make_train_step`'s step over the state and the two
+    scalars; the batch is shared (``in_axes=None``).
+    """
+    return jax.vmap(lm_train.make_train_step(run), in_axes=(0, None, 0, 0))
+
+
+def compiled_vmapped_step(runs: Sequence[RunConfig], state: dict, batch: dict) -> tuple[object, float]:
+    """The compiled vmapped step (cached by shape and K) and the seconds spent compiling (0 if reused)."""
+    key = (_shape_key(runs[0]), len(runs), tuple(batch["tokens"].shape))
+    if key in VMAP_STEP_CACHE:
+        return VMAP_STEP_CACHE[key], 0.0
+    t0 = time.perf_counter()
+    vec = jnp.zeros((len(runs),), jnp.float32)
+    fn = jax.jit(make_vmapped_step(runs[0]), donate_argnums=0).lower(state, batch, vec, vec).compile()
+    VMAP_STEP_CACHE[key] = fn
+    return fn, time.perf_counter() - t0
+
+
+def learning_rates_at(runs: Sequence[RunConfig], step: int) -> np.ndarray:
+    """float32 [k]: run k's learning rate at ``step`` (peak x its schedule's multiplier)."""
+    return np.asarray(
+        [r.optimizer.learning_rate * lr_multiplier(r.schedule, step, r.train.steps) for r in runs], np.float32
+    )
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Outcome of :func:`train_vmapped`.
+
+    losses: float32 [k, s] per-step training loss of every run (NaN after divergence).
+    diverged_at: per run, the first step whose loss/gradient was non-finite, or None.
+    results: per run, the summary dict written to result.json (``train()``'s keys).
+    states: the final stacked states (leading axis k).
+    compile_s, train_s: seconds compiling the step and running the steps (all K runs).
+    """
+
+    runs: tuple[RunConfig, ...]
+    losses: np.ndarray
+    diverged_at: list[int | None]
+    results: list[dict]
+    states: dict
+    compile_s: float
+    train_s: float
+
+
+def train_vmapped(
+    runs: Sequence[RunConfig],
+    run_dirs: Sequence[str | Path] | None = None,
+    *,
+    evaluate_final: bool = True,
+    progress=None,
+) -> SweepResult:
+    """Train K runs of one shape together (one compiled vmapped step, one shared data stream).
+
+    Args:
+      runs: the K runs (see :func:`check_sweep` for what may differ).
+      run_dirs: optional K directories; each gets config.json, metrics.jsonl and
+        result.json like :func:`lm.train.train` writes them (no checkpoints).
+      evaluate_final: evaluate every run on the validation split at the end.
+      progress: optional callable(step, total, {"loss": mean finite loss}).
+
+    Returns:
+      A :class:`SweepResult` with the per-step losses [k, s].
+    """
+    runs = tuple(runs)
+    check_sweep(runs)
+    if run_dirs is not None and len(run_dirs) != len(runs):
+        raise ValueError(f"run_dirs: {len(run_dirs)} directories for {len(runs)} runs")
+    base = runs[0]
+    k, steps = len(runs), base.train.steps
+    tc, seq_len, batch_size = base.train, base.data.seq_len, base.data.batch_size
+    tokens_per_step = seq_len * batch_size
+    flops_per_token = train_flops_per_token(base.model, seq_len)
+    counts = param_count(base.model)
+    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else None
+    logs = []
+    if dirs is not None:
+        for r, d in zip(runs, dirs):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "config.json").write_text(r.to_json())
+            logs.append(open(d / "metrics.jsonl", "w"))
+
+    state = init_stacked_state(runs)
+    wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
+    it = lm_data.make_iterator(base.data, "train")
+    losses = np.full((k, steps), np.nan, np.float32)
+    diverged: list[int | None] = [None] * k
+    window = np.zeros(k)
+    window_n = 0
+    step_fn, compile_s, train_s = None, 0.0, 0.0
+    last_grad = np.zeros(k)
+    try:
+        for step in range(steps):
+            batch = lm_train._to_device(next(it))
+            if step_fn is None:
+                step_fn, compile_s = compiled_vmapped_step(runs, state, batch)
+            lrs = learning_rates_at(runs, step)
+            t0 = time.perf_counter()
+            state, m = step_fn(state, batch, jnp.asarray(lrs), wds)
+            loss = np.asarray(m["loss"], np.float32)
+            finite = np.asarray(m["finite"])
+            train_s += time.perf_counter() - t0
+            last_grad = np.asarray(m["grad_norm"])
+            for i in range(k):
+                if diverged[i] is None and not finite[i]:
+                    diverged[i] = step
+            alive = np.array([d is None for d in diverged])
+            losses[:, step] = np.where(alive, loss, np.nan)
+            window += np.where(alive, loss, 0.0)
+            window_n += 1
+            done = step + 1
+            if dirs is not None and (done % tc.log_every == 0 or done == steps):
+                for i, (r, log) in enumerate(zip(runs, logs)):
+                    rec = {
+                        "step": done, "tokens": done * tokens_per_step,
+                        "flops": done * tokens_per_step * flops_per_token,
+                        "lr": float(lrs[i]),
+                        "train_loss": float(window[i] / window_n) if alive[i] else float("nan"),
+                        "grad_norm": float(last_grad[i]),
+                        "tokens_per_s": tokens_per_step * window_n / max(train_s, 1e-9) / k,
+                    }
+                    log.write(json.dumps(rec) + "\n")
+                window[:] = 0.0
+                window_n = 0
+            if progress is not None:
+                progress(done, steps, {"loss": float(np.nanmean(losses[:, step])) if alive.any() else float("nan")})
+    finally:
+        it.close()
+        for log in logs:
+            log.close()
+
+    results = []
+    for i, r in enumerate(runs):
+        ev = {"val_loss": float("nan"), "val_bpb": float("nan")}
+        if evaluate_final and diverged[i] is None:
+            ev, c = lm_train.evaluate(r, unstack_state(state, i)["params"])
+            compile_s += c
+        tail = losses[i, max(0, steps - tc.log_every):]
+        res = {
+            "name": r.name,
+            "status": "complete" if diverged[i] is None else "diverged",
+            "diverged_at": diverged[i],
+            "steps": steps,
+            "tokens": steps * tokens_per_step,
+            "flops": steps * tokens_per_step * flops_per_token,
+            "flops_per_token": flops_per_token,
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "final_train_loss": float(np.mean(tail)) if diverged[i] is None else float("nan"),
+            "final_val_loss": ev["val_loss"],
+            "final_val_bpb": ev["val_bpb"],
+            "compile_s": compile_s / k,
+            "train_s": train_s / k,
+            "resumed_from": None,
+            "vmapped_with": k,
+        }
+        if dirs is not None:
+            clean = {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in res.items()}
+            (dirs[i] / "result.json").write_text(json.dumps(clean, indent=2))
+        results.append(res)
+    return SweepResult(runs, losses, diverged, results, state, compile_s, train_s)
+
+
+def train_sequential_losses(run: RunConfig) -> np.ndarray:
+    """float32 [s]: the per-step training losses of ``run`` trained alone with lm.train's step.
+
+    The sequential twin of one vmapped run (same data stream, same schedule); used by the
+    equality test and the benchmark.
+    """
+    state = lm_train.init_state(run)
+    it = lm_data.make_iterator(run.data, "train")
+    out = np.zeros(run.train.steps, np.float32)
+    fn = None
+    wd = jnp.float32(run.optimizer.weight_decay)
+    try:
+        for step in range(run.train.steps):
+            batch = lm_train._to_device(next(it))
+            if fn is None:
+                fn, _ = lm_train.compiled_train_step(run, state, batch)
+            lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, run.train.steps)
+            state, m = fn(state, batch, jnp.float32(lr), wd)
+            out[step] = float(m["loss"])
+    finally:
+        it.close()
+    return out

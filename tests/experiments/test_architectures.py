@@ -1,0 +1,77 @@
+"""experiments.architectures: per-family FLOP budgets, multipliers recovered on known laws, a reduced grid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import architectures as arch
+from experiments import runner
+from lm.flops import param_count, train_flops_per_token
+
+
+def test_every_family_spends_the_budget_and_moe_matches_active_params():
+    preset = arch.PRESETS["default"]
+    study = arch.build_study(preset)
+    assert {study.tags[r.name]["family"] for r in study.runs} == set(arch.FAMILIES)
+    for r in study.runs:
+        per_step = train_flops_per_token(r.model, r.data.seq_len) * r.data.seq_len * r.data.batch_size
+        assert abs(r.train.steps * per_step - study.tags[r.name]["budget"]) <= 0.5 * per_step
+    for d, L in preset.sizes:
+        dense = param_count(arch.family_model("transformer", d, L))
+        moe = param_count(arch.family_model("moe", d, L))
+        # active MoE params = dense params + the routers (d x experts per block)
+        assert moe["active"] - dense["active"] == L * d * 8
+        assert moe["total"] > 2 * dense["total"]
+
+
+def _known_table(multiplier: dict[str, float], seed: int = 0) -> pd.DataFrame:
+    """Family f's frontier is the transformer's at m_f x C: its multiplier is exactly 1 / m_f."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fam, m in multiplier.items():
+        for C in np.geomspace(1e12, 1e15, 6):
+            for rel in (0.5, 1.0, 2.0):
+                loss = (1.5 + 30.0 * (m * C) ** -0.15) * (1 + 0.03 * np.log(rel) ** 2)
+                rows.append({"family": fam, "status": "complete", "budget": C, "C": C, "size": f"r{rel}",
+                             "N_active": 1e6 * rel, "D": C / 6e6 / rel,
+                             "final_val_loss": loss * np.exp(1e-4 * rng.standard_normal()),
+                             "cache_bytes_per_token": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_multipliers_recover_known_compute_factors(tmp_path):
+    truth = {"transformer": 1.0, "hawk": 0.5, "moe": 2.0}
+    small_grid = {"alpha": (0.2, 0.5), "beta": (0.2, 0.5), "e": (0.0, 0.5), "a": (5.0, 10.0), "b": (5.0, 10.0)}
+    res = arch.analyze(_known_table(truth), tmp_path, bootstrap=20, chinchilla_grid=small_grid)
+    mult = res["multipliers"]
+    for fam, m in truth.items():
+        assert mult.loc[fam, "multiplier"] == pytest.approx(1.0 / m, rel=0.03)
+        assert mult.loc[fam, "lower"] <= mult.loc[fam, "multiplier"] * 1.001
+    assert (tmp_path / "frontiers.png").exists() and "compute multiplier" in (tmp_path / "report.md").read_text()
+    # >= 8 runs of >= 2 sizes per family: a Chinchilla fit per family
+    assert set(res["chinchilla"]) == set(truth)
+
+
+def test_compute_for_loss_inverts_the_law():
+    C = np.array([1e10, 3e12])
+    loss = 2.0 + 50.0 * C ** -0.2
+    np.testing.assert_allclose(arch.compute_for_loss(loss, 2.0, 50.0, 0.2), C, rtol=1e-10)
+    assert np.isinf(arch.compute_for_loss(1.9, 2.0, 50.0, 0.2))
+
+
+def test_reduced_grid_end_to_end(tmp_path):
+    preset = dataclasses.replace(arch.PRESETS["smoke"], families=("transformer", "hawk", "moe"), sizes=((16, 1),))
+    study = arch.build_study(preset, "test")
+    out = tmp_path / "study"
+    table = runner.run_study(study, out, progress=False)
+    assert (table["status"] == "complete").all() and len(table) == 9
+    res = arch.analyze(table, out, bootstrap=10, preset_name="test")
+    assert res["multipliers"].loc["transformer", "multiplier"] == pytest.approx(1.0)
+    assert set(res["multipliers"].index) == {"transformer", "hawk", "moe"}
+    # the cache column: the recurrent family's decode state is far smaller than the transformer's KV cache
+    cache = res["multipliers"]["cache_bytes_per_token"]
+    assert cache["hawk"] < cache["transformer"] / 100
