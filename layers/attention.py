@@ -5,7 +5,7 @@ sliding-window/local attention as in Griffin (De et al. 2024, arXiv 2402.19427) 
 (Su et al. 2021) on a configurable fraction of each head. The softmax itself is the op
 ``pallas_kernels.flash_attention`` (reference = the project's single attention function).
 
-Axis letters: b batch, t new (query) time, s cached key time, d model width, h query heads,
+Axis letters: b batch, t new (query) time, n = b t tokens, s cached key time, d model width, h query heads,
 g kv heads, k head dim.
 
 Decode cache (explicit pytree, :meth:`Attention.init_cache`): keys/values of the last
@@ -19,6 +19,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from jaxtyping import Array, Float, Int
 
 from layers.mlp import dense_init
@@ -97,10 +98,14 @@ class Attention(nn.Module):
             self, "wo", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2),
             (h, k, d), ("heads", "head_dim", "embed"), self.param_dtype,
         )
-        x = x.astype(self.dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
-        key = jnp.einsum("btd,dgk->btgk", x, wk.astype(self.dtype))
-        val = jnp.einsum("btd,dgk->btgk", x, wv.astype(self.dtype))
+        # Projections on tokens flattened to n = b t: XLA:CPU runs their weight gradients
+        # (contractions over n) as plain GEMMs, about 2x faster than over (b, t).
+        b = x.shape[0]
+        xn = rearrange(x.astype(self.dtype), "b t d -> (b t) d")
+        unflat = lambda y: rearrange(y, "(b t) h k -> b t h k", b=b)  # noqa: E731
+        q = unflat(jnp.einsum("nd,dhk->nhk", xn, wq.astype(self.dtype)))
+        key = unflat(jnp.einsum("nd,dgk->ngk", xn, wk.astype(self.dtype)))
+        val = unflat(jnp.einsum("nd,dgk->ngk", xn, wv.astype(self.dtype)))
         rope = dict(fraction=self.rope_fraction, max_wavelength=self.rope_max_wavelength)
         q = apply_rope(q, positions, **rope)
         key = apply_rope(key, positions, **rope)
@@ -113,7 +118,8 @@ class Attention(nn.Module):
         else:
             o, new_cache = self._attend_with_cache(q, key, val, segment_ids, cache, common)
         o = constrain(o, ("batch", "length", "heads", "head_dim"))
-        return jnp.einsum("bthk,hkd->btd", o, wo.astype(self.dtype)), new_cache
+        y = jnp.einsum("nhk,hkd->nd", rearrange(o, "b t h k -> (b t) h k"), wo.astype(self.dtype))
+        return rearrange(y, "(b t) d -> b t d", b=b), new_cache
 
     def _attend_with_cache(self, q, key, val, segment_ids, cache, common):
         """Attend over cached + new keys and return the cache holding the new ones too.

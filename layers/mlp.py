@@ -3,7 +3,7 @@
 y = W_down( act(x W_gate) * (x W_up) ) with act = GELU (GeGLU, tanh approximation as in
 Gemma/Griffin) or SiLU (SwiGLU, as in LLaMA/PaLM). No biases.
 
-Axis letters: b batch, t time, d model width, f hidden (mlp) width.
+Axis letters: b batch, t time, n = b t tokens, d model width, f hidden (mlp) width.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from jaxtyping import Array, Float
 
 from layers.partitioning import constrain, param
@@ -56,9 +57,12 @@ class GatedMLP(nn.Module):
         w_gate = param(self, "w_gate", dense_init(d), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
         w_up = param(self, "w_up", dense_init(d), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
         w_down = param(self, "w_down", dense_init(self.d_ff), (self.d_ff, d), ("mlp", "embed"), self.param_dtype)
-        x = x.astype(self.dtype)
-        h = act(jnp.einsum("btd,df->btf", x, w_gate.astype(self.dtype))) * jnp.einsum(
-            "btd,df->btf", x, w_up.astype(self.dtype)
+        # Tokens are flattened to one axis n = b t: XLA:CPU runs the weight gradients
+        # (a contraction over n) as plain GEMMs then, about 2x faster than over (b, t).
+        xn = rearrange(x.astype(self.dtype), "b t d -> (b t) d")
+        h = act(jnp.einsum("nd,df->nf", xn, w_gate.astype(self.dtype))) * jnp.einsum(
+            "nd,df->nf", xn, w_up.astype(self.dtype)
         )
-        h = constrain(h, ("batch", "length", "mlp"))
-        return jnp.einsum("btf,fd->btd", h, w_down.astype(self.dtype))
+        h = constrain(h, ("batch", "mlp"))
+        y = jnp.einsum("nf,fd->nd", h, w_down.astype(self.dtype))
+        return rearrange(y, "(b t) d -> b t d", b=x.shape[0])
