@@ -11,7 +11,6 @@ Axis letters: b batch, t time, v vocabulary.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -213,26 +212,65 @@ def compiled_eval_step(model_cfg: ModelConfig, params, batch) -> tuple[Any, floa
 # ----------------------------------------------------------------------------- runs
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run's state and batches live: one device (mesh None) or a ``lm.sharding`` mesh.
+
+    Every choice that differs between the two lives here, so ``train`` and ``evaluate``
+    have one code path.
+    """
+
+    run: RunConfig
+    mesh: Any = None
+
+    @property
+    def _sharding(self):
+        from lm import sharding  # lm.sharding imports this module
+
+        return sharding
+
+    def init_state(self):
+        return init_state(self.run) if self.mesh is None else self._sharding.init_sharded_state(self.run, self.mesh)
+
+    def iterator(self, split: str):
+        if self.mesh is None:
+            return lm_data.make_iterator(self.run.data, split)
+        return self._sharding.make_host_iterator(self.run, self.mesh, split)
+
+    def batch(self, host_batch: dict) -> dict:
+        if self.mesh is None:
+            return _to_device(host_batch)
+        return self._sharding.global_batch(host_batch, self.mesh, self.run.data.batch_size)
+
+    def train_step(self, state, batch):
+        if self.mesh is None:
+            return compiled_train_step(self.run, state, batch)
+        return self._sharding.compiled_sharded_train_step(self.run, self.mesh, state, batch)
+
+    def eval_step(self, params, batch):
+        if self.mesh is None:
+            return compiled_eval_step(self.run.model, params, batch)
+        return self._sharding.compiled_sharded_eval_step(self.run.model, self.mesh, params, batch)
+
+    def data_state_to_save(self, it) -> dict:
+        return it.get_state() if self.mesh is None else self._sharding.gather_data_states(it.get_state())
+
+    def data_state_restored(self, saved: dict) -> dict:
+        return decode_bytes(saved) if self.mesh is None else self._sharding.local_data_state(saved)
+
+
 def evaluate(run: RunConfig, params, num_batches: int | None = None, *, mesh=None) -> tuple[dict, float]:
     """Validation loss (nats/target) and bits per byte on the first batches of the held-out split.
 
     With a ``mesh`` (``lm.sharding``) every host reads its rows of each global batch.
     Returns the metrics and the seconds spent compiling.
     """
-    if mesh is None:
-        it = lm_data.make_iterator(run.data, "validation")
-        to_batch = _to_device
-        compiled = functools.partial(compiled_eval_step, run.model)
-    else:
-        from lm import sharding  # lm.sharding imports this module
-
-        it = sharding.make_host_iterator(run, mesh, "validation")
-        to_batch = functools.partial(sharding.global_batch, mesh=mesh, batch_size=run.data.batch_size)
-        compiled = functools.partial(sharding.compiled_sharded_eval_step, run.model, mesh)
+    place = Placement(run, mesh)
+    it = place.iterator("validation")
     total, count, compile_s = 0.0, 0.0, 0.0
     for _ in range(num_batches or run.train.eval_batches):
-        batch = to_batch(next(it))
-        fn, c = compiled(params, batch)
+        batch = place.batch(next(it))
+        fn, c = place.eval_step(params, batch)
         compile_s += c
         s, n = fn(params, batch)
         total += float(s)
@@ -295,15 +333,13 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
     counts = param_count(run.model)
 
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
-    if mesh is not None:
-        from lm import sharding  # lm.sharding imports this module
-    state = init_state(run) if mesh is None else sharding.init_sharded_state(run, mesh)
-    train_it = lm_data.make_iterator(run.data, "train") if mesh is None else sharding.make_host_iterator(run, mesh)
-    restore_data = decode_bytes if mesh is None else sharding.local_data_state
+    place = Placement(run, mesh)
+    state = place.init_state()
+    train_it = place.iterator("train")
     resumed_from = None
     if ckpt.latest_step() is not None:
         state, data_state, _ = ckpt.restore(None, state)
-        train_it.set_state(restore_data(data_state))
+        train_it.set_state(place.data_state_restored(data_state))
         resumed_from = int(state["step"])
         if primary:
             _truncate_metrics(metrics_path, resumed_from)
@@ -311,7 +347,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
         src_dir, src_step = tc.init_from
         src = Checkpointer(src_dir, max_to_keep=None, read_only=True)
         state, data_state, _ = src.restore(int(src_step), state)
-        train_it.set_state(restore_data(data_state))
+        train_it.set_state(place.data_state_restored(data_state))
         src.close()
         if primary:
             metrics_path.write_text("")
@@ -332,15 +368,13 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
 
     def save(step):
         meta = {"step": step, "config": run.to_dict()}
-        data_state = train_it.get_state() if mesh is None else sharding.gather_data_states(train_it.get_state())
-        ckpt.save(step, state, data_state, meta)
+        ckpt.save(step, state, place.data_state_to_save(train_it), meta)
 
     with open(metrics_path if primary else os.devnull, "a") as log:
         for step in range(start, tc.steps):
-            batch = _to_device(next(train_it)) if mesh is None else sharding.global_batch(next(train_it), mesh, batch_size)
+            batch = place.batch(next(train_it))
             if step_fn is None:
-                step_fn, c = (compiled_train_step(run, state, batch) if mesh is None
-                              else sharding.compiled_sharded_train_step(run, mesh, state, batch))
+                step_fn, c = place.train_step(state, batch)
                 compile_s += c
             lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, tc.steps)
             t0 = time.perf_counter()
