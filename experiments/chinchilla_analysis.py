@@ -230,12 +230,13 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, bootst
         n["synthetic"] = {**truth, "E_fit": fit3.params["E"], "E_interval": n["approach3"]["intervals"]["E"]}
 
     plots = []
+    f = flops_per_token_of_n(table)  # frontiers under this architecture's exact FLOPs, where the runs lie
     plots += splots.plot_isoflop(iso, out)
     plots += splots.plot_loss_vs_compute(fit3, ft.assign(C=ft["C"]), out, columns={"N": "N", "D": "D", "loss": "loss"},
-                                         boot=boot3)
-    plots += splots.plot_optimal_allocation(out, iso=iso, result=fit3, boot=boot3)
+                                         boot=boot3, flops_per_token=f)
+    plots += splots.plot_optimal_allocation(out, iso=iso, result=fit3, boot=boot3, flops_per_token=f)
     plots += splots.plot_residuals(fit3, out)
-    plots += splots.plot_contours(fit3, out)
+    plots += splots.plot_contours(fit3, out, flops_per_token=f)
     n["plots"] = [p.name for p in plots]
     (out / "fit.json").write_text(json.dumps(_jsonable(n), indent=2))
     report = write_report(out, n, fit3, boot3)
@@ -362,8 +363,9 @@ def write_report(out: Path, n: dict, fit3=None, boot3=None) -> Path:
     if n["warnings"]:
         L += ["", "## Warnings", ""] + [f"- {w}" for w in n["warnings"]]
     L += ["", "## Plots", "",
-          "Loss vs compute and the N_opt/D_opt panels draw the law's frontier with C = 6ND "
-          "(scaling.plots); the runs sit at their exact FLOPs, 10-25% above 6ND at these sizes.", ""]
+          "Every frontier (loss vs compute, N_opt/D_opt, contours) is drawn under this architecture's exact "
+          "training FLOPs per token f(N) (log-log interpolated along the ladder), C = f(N) D, where the runs lie; "
+          "at these sizes f(N) is 10-25% above 6N.", ""]
     L += [f"![{p[:-4]}]({p})" for p in n["plots"] if p.endswith(".png")]
     path = out / "report.md"
     path.write_text("\n".join(L) + "\n")

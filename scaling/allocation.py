@@ -73,3 +73,54 @@ def compute_optimal_allocation(
         out_n[i] = np.exp(res.x)
     N_opt = out_n.reshape(C.shape)
     return N_opt, C / np.asarray(flops_per_token(N_opt), dtype=float)
+
+
+def chinchilla_allocation_for_flops(
+    C,
+    A,
+    B,
+    alpha,
+    beta,
+    flops_per_token: Callable[[np.ndarray], np.ndarray],
+    *,
+    decades: float = 3.0,
+    points: int = 601,
+):
+    """Vectorised (N_opt, D_opt) of the Chinchilla law under FLOPs = flops_per_token(N) * D.
+
+    The same constrained minimum as :func:`compute_optimal_allocation` (Hoffmann Eq. (3)
+    with D = C / f(N)), for arrays of budgets and of law parameters at once (a bootstrap
+    band: parameters [n, 1] against budgets [1, g]). Along log N, a grid of ``points``
+    spanning ``decades`` either side of the C = 6ND optimum brackets the minimum of
+    A N^-alpha + B D^-beta (E does not move it), and a parabola through the best grid point
+    and its neighbours refines it. ``f`` must be elementwise and within a factor of
+    10^decades of 6N along the grid; a minimum on the grid's edge raises ValueError.
+
+    Args:
+      C: budgets; A, B, alpha, beta: law parameters; all broadcast to a shape ``*s``.
+      flops_per_token: N [*s, m] -> training FLOPs per token [*s, m].
+    Returns:
+      (N_opt, D_opt), each of shape ``*s``.
+    """
+    C, A, B, alpha, beta = np.broadcast_arrays(*(np.asarray(x, float) for x in (C, A, B, alpha, beta)))
+    n0, _ = chinchilla_allocation(C, A, B, alpha, beta)
+    step = 2.0 * decades * np.log(10.0) / (points - 1)
+    log_n = np.log(n0)[..., None] + step * (np.arange(points) - (points - 1) // 2)  # [*s, m]
+    n = np.exp(log_n)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        d = C[..., None] / np.asarray(flops_per_token(n), float)
+        obj = A[..., None] * n ** -alpha[..., None] + B[..., None] * d ** -beta[..., None]
+    obj = np.where(np.isfinite(obj), obj, np.inf)
+    j = np.argmin(obj, axis=-1)
+    finite = np.isfinite(np.take_along_axis(obj, j[..., None], -1)[..., 0])
+    if np.any(finite & ((j == 0) | (j == points - 1))):
+        raise ValueError(f"chinchilla_allocation_for_flops: the optimum lies beyond {decades} decades of the "
+                         "C = 6ND one; flops_per_token must stay within that factor of 6N (or raise decades)")
+    j = np.clip(j, 1, points - 2)
+    y0, y1, y2 = (np.take_along_axis(obj, (j + o)[..., None], -1)[..., 0] for o in (-1, 0, 1))
+    denom = y0 - 2.0 * y1 + y2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(denom > 0, 0.5 * (y0 - y2) / denom, 0.0)
+    ln_opt = np.take_along_axis(log_n, j[..., None], -1)[..., 0] + np.clip(shift, -1.0, 1.0) * step
+    n_opt = np.where(finite, np.exp(ln_opt), np.nan)
+    return n_opt, C / np.asarray(flops_per_token(n_opt), float)

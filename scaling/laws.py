@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from scaling import constants as K
-from scaling.allocation import chinchilla_allocation, compute_optimal_allocation
+from scaling.allocation import chinchilla_allocation, chinchilla_allocation_for_flops, compute_optimal_allocation
 
 __all__ = [
     "kaplan_n",
@@ -22,6 +22,7 @@ __all__ = [
     "kaplan_nd",
     "chinchilla",
     "chinchilla_allocation",
+    "chinchilla_allocation_for_flops",
     "compute_optimal_allocation",
     "n_opt_for_tokens",
     "effective_data",

@@ -5,13 +5,18 @@ Every function takes fitted results and/or a DataFrame and an output directory, 
 are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas, no display, no global
 pyplot state).
 
+Compute: by default the frontiers use C = 6ND (Kaplan et al. 2020, Hoffmann et al. 2022).
+Pass ``flops_per_token`` (N -> training FLOPs per token, e.g. the exact count of
+:func:`lm.flops.train_flops_per_token` interpolated along a model ladder) to draw them
+under C = f(N) D instead, which is what runs trained at exact FLOP budgets lie on.
+
 Axis letters: m runs, k budgets, g grid points, n bootstrap samples.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +38,39 @@ def _save(fig: Figure, out_dir, name: str) -> list[Path]:
     return paths
 
 
-def _compute_of(df: pd.DataFrame, columns) -> np.ndarray:
+def _flops_per_token(flops_per_token: Callable | None) -> Callable:
+    return (lambda n: 6.0 * np.asarray(n, float)) if flops_per_token is None else flops_per_token
+
+
+def _compute_of(df: pd.DataFrame, columns, flops_per_token: Callable | None = None) -> np.ndarray:
     names = column_names(columns)
     if names["C"] in df.columns:
         return df[names["C"]].to_numpy(float)
-    return 6.0 * df[names["N"]].to_numpy(float) * df[names["D"]].to_numpy(float)
+    n = df[names["N"]].to_numpy(float)
+    return _flops_per_token(flops_per_token)(n) * df[names["D"]].to_numpy(float)
 
 
-def _frontier(params: Mapping[str, np.ndarray], law_name: str, C: np.ndarray) -> np.ndarray:
-    """Loss at the compute-optimal allocation (C = 6ND) [g], or L(C) for a law of C."""
+def _allocation(C, A, B, alpha, beta, flops_per_token: Callable | None):
+    """(N_opt, D_opt) under C = 6ND (closed form) or C = f(N) D; arguments broadcast."""
+    if flops_per_token is None:
+        return laws.chinchilla_allocation(C, A, B, alpha, beta)
+    return laws.chinchilla_allocation_for_flops(C, A, B, alpha, beta, flops_per_token)
+
+
+def _frontier(params: Mapping[str, np.ndarray], law_name: str, C: np.ndarray,
+              flops_per_token: Callable | None = None) -> np.ndarray:
+    """Loss at the compute-optimal allocation [g] (C = 6ND or C = f(N) D), or L(C) for a law of C."""
     if law_name == "saturating":
         return laws.saturating_power_law(C, params["E"], params["A"], params["alpha"])
     if law_name == "kaplan_c":
         return laws.kaplan_c(C, params["C_c"], params["alpha_C"])
     beta = params.get("beta", params["alpha"])
-    n, d = laws.chinchilla_allocation(C, params["A"], params["B"], params["alpha"], beta)
+    n, d = _allocation(C, params["A"], params["B"], params["alpha"], beta, flops_per_token)
     return laws.chinchilla(n, d, params["E"], params["A"], params["B"], params["alpha"], beta)
 
 
 def plot_loss_vs_compute(result, table, out_dir, *, columns=None, boot=None,
+                         flops_per_token: Callable | None = None,
                          name: str = "loss_vs_compute", level: float = 0.95) -> list[Path]:
     """Every run's loss vs compute, the fitted compute-optimal frontier and its band.
 
@@ -59,10 +78,12 @@ def plot_loss_vs_compute(result, table, out_dir, *, columns=None, boot=None,
       result: :class:`scaling.fit.FitResult` of a Chinchilla-type law (or a law of C).
       table: the runs (DataFrame or CSV) with N, D (or C) and loss columns.
       boot: optional :class:`scaling.bootstrap.BootstrapResult` for the band.
+      flops_per_token: N -> FLOPs per token for the frontier (and for runs without a C
+        column); None = 6N.
     """
     df = load_table(table)
     names = column_names(columns or result.columns)
-    C = _compute_of(df, names)
+    C = _compute_of(df, names, flops_per_token)
     loss = df[names["loss"]].to_numpy(float)
     grid = np.geomspace(C.min() / 2, C.max() * 4, 200)
     fig = Figure(figsize=(6.4, 4.4))
@@ -71,9 +92,9 @@ def plot_loss_vs_compute(result, table, out_dir, *, columns=None, boot=None,
     sc = ax.scatter(C, loss, c=color, s=14, cmap="viridis", label="runs")
     if color is not None:
         fig.colorbar(sc, ax=ax, label="log10 N")
-    ax.plot(grid, _frontier(result.params, result.law.name, grid), "k-", label="fitted frontier")
+    ax.plot(grid, _frontier(result.params, result.law.name, grid, flops_per_token), "k-", label="fitted frontier")
     if boot is not None and len(boot.samples):
-        curves = np.stack([_frontier(row, result.law.name, grid)
+        curves = np.stack([_frontier(row, result.law.name, grid, flops_per_token)
                            for row in boot.samples.to_dict("records")])
         lo, hi = np.nanpercentile(curves, [50 * (1 - level), 50 * (1 + level)], axis=0)
         ax.fill_between(grid, lo, hi, color="k", alpha=0.2, label=f"{level:.0%} bootstrap")
@@ -115,15 +136,19 @@ def plot_isoflop(iso, out_dir, *, name: str = "isoflop") -> list[Path]:
 
 def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
                             C_range: Sequence[float] | None = None,
+                            flops_per_token: Callable | None = None,
                             name: str = "optimal_allocation", level: float = 0.95) -> list[Path]:
     """N_opt(C) and D_opt(C): isoFLOP optima and power laws, the parametric fit's allocation
-    with its bootstrap band, and the 20-tokens-per-parameter reference (C = 6ND).
+    with its bootstrap band, and the 20-tokens-per-parameter reference.
 
     Args:
       iso: optional :class:`scaling.isoflop.IsoflopResult` (points and power laws).
       result, boot: optional Chinchilla-type fit and its bootstrap.
       C_range: (low, high) FLOPs to draw.
+      flops_per_token: N -> FLOPs per token (C = f(N) D) for the fit's allocation and the
+        20-tokens-per-parameter line; None = 6N.
     """
+    f = _flops_per_token(flops_per_token)
     if C_range is None:
         C_range = ((iso.optima["C"].min() / 2, iso.optima["C"].max() * 4) if iso is not None
                    else (1e17, 1e24))
@@ -140,19 +165,17 @@ def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
         if result is not None:
             p = result.params
             beta = p.get("beta", p["alpha"])
-            n, d = laws.chinchilla_allocation(grid, p["A"], p["B"], p["alpha"], beta)
+            n, d = _allocation(grid, p["A"], p["B"], p["alpha"], beta, flops_per_token)
             ax.plot(grid, n if key == "N" else d, "C1-", label=f"{result.law.name} fit")
             if boot is not None and len(boot.samples):
                 s = boot.samples
                 bb = s["beta"] if "beta" in s else s["alpha"]
-                nn, dd = laws.chinchilla_allocation(grid[None, :], s["A"].to_numpy()[:, None],
-                                                    s["B"].to_numpy()[:, None],
-                                                    s["alpha"].to_numpy()[:, None],
-                                                    np.asarray(bb)[:, None])
+                nn, dd = _allocation(grid[None, :], s["A"].to_numpy()[:, None], s["B"].to_numpy()[:, None],
+                                     s["alpha"].to_numpy()[:, None], np.asarray(bb)[:, None], flops_per_token)
                 vals = nn if key == "N" else dd
                 lo, hi = np.nanpercentile(vals, [50 * (1 - level), 50 * (1 + level)], axis=0)
                 ax.fill_between(grid, lo, hi, color="C1", alpha=0.25)
-        n20 = np.sqrt(grid / (6.0 * CHINCHILLA_TOKENS_PER_PARAM))
+        n20 = _n_at_tokens_per_param(grid, f, CHINCHILLA_TOKENS_PER_PARAM)
         ax.plot(grid, n20 if key == "N" else CHINCHILLA_TOKENS_PER_PARAM * n20, "k--", lw=1,
                 label="20 tokens/param")
         ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
@@ -174,9 +197,19 @@ def plot_residuals(result, out_dir, *, name: str = "residuals") -> list[Path]:
     return _save(fig, out_dir, name)
 
 
-def plot_contours(result, out_dir, *, N_range=None, D_range=None,
+def _n_at_tokens_per_param(C: np.ndarray, f: Callable, ratio: float) -> np.ndarray:
+    """N with f(N) * ratio * N = C [g] (C = 6ND: sqrt(C / (6 ratio))), by log-log interpolation."""
+    n6 = np.sqrt(C / (6.0 * ratio))
+    n = np.geomspace(n6.min() * 1e-3, n6.max() * 1e3, 4001)
+    c_of_n = np.asarray(f(n), float) * ratio * n  # increasing in N
+    return np.exp(np.interp(np.log(C), np.log(c_of_n), np.log(n), left=np.nan, right=np.nan))
+
+
+def plot_contours(result, out_dir, *, N_range=None, D_range=None, flops_per_token: Callable | None = None,
                   name: str = "contours") -> list[Path]:
-    """Contours of the fitted L(N, D) with the efficient frontier and isoFLOP lines."""
+    """Contours of the fitted L(N, D) with the efficient frontier and isoFLOP lines
+    (C = 6ND, or C = f(N) D with ``flops_per_token``)."""
+    f = _flops_per_token(flops_per_token)
     p = result.params
     N_range = N_range or (np.exp(result.logx["N"].min()) / 3, np.exp(result.logx["N"].max()) * 3)
     D_range = D_range or (np.exp(result.logx["D"].min()) / 3, np.exp(result.logx["D"].max()) * 3)
@@ -194,11 +227,12 @@ def plot_contours(result, out_dir, *, N_range=None, D_range=None,
     ax.scatter(np.exp(result.logx["N"]), np.exp(result.logx["D"]), s=8, color="gray")
     if "beta" in p or result.law.name == "chinchilla_tied":
         beta = p.get("beta", p["alpha"])
-        cgrid = np.geomspace(6 * N_range[0] * D_range[0], 6 * N_range[1] * D_range[1], 200)
-        nopt, dopt = laws.chinchilla_allocation(cgrid, p["A"], p["B"], p["alpha"], beta)
-        ax.plot(nopt, dopt, "r-", label="efficient frontier (C = 6ND)")
+        cgrid = np.geomspace(f(N_range[0]) * D_range[0], f(N_range[1]) * D_range[1], 200)
+        nopt, dopt = _allocation(cgrid, p["A"], p["B"], p["alpha"], beta, flops_per_token)
+        label = "C = 6ND" if flops_per_token is None else "C = f(N) D"
+        ax.plot(nopt, dopt, "r-", label=f"efficient frontier ({label})")
         for c in np.geomspace(cgrid[20], cgrid[-20], 5):
-            ax.plot(n, c / (6 * n), "k:", lw=0.7)
+            ax.plot(n, c / f(n), "k:", lw=0.7)
     ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="parameters N",
            ylabel="tokens D", title=f"{result.law.name}: L(N, D)")
     ax.legend(fontsize=7)

@@ -49,6 +49,32 @@ def test_allocation_with_custom_flops_per_token():
     assert np.all(np.abs(np.log(d_opt / d_6)) > 1e-3)
 
 
+def test_vectorised_allocation_for_flops_matches_the_scalar_solver():
+    # The grid + parabola allocation (used for plot bands) agrees with Brent's method on the
+    # same FLOPs-per-token function, for a batch of parameter sets against a batch of budgets.
+    fpt = lambda n: 6 * n + 1e4 * np.cbrt(n)
+    C = np.array([1e17, 1e19, 1e21])
+    scales = np.array([[0.8], [1.0], [1.3]])  # three parameter sets x three budgets
+    n_vec, d_vec = laws.chinchilla_allocation_for_flops(
+        C[None, :], TRUE["A"] * scales, TRUE["B"], TRUE["alpha"], TRUE["beta"], fpt)
+    assert n_vec.shape == (3, 3)
+    for i, s in enumerate(scales[:, 0]):
+        p = dict(TRUE, A=TRUE["A"] * s)
+        n_ref, d_ref = laws.compute_optimal_allocation(C, lambda n, d, p=p: laws.chinchilla(n, d, **p),
+                                                       flops_per_token=fpt)
+        np.testing.assert_allclose(n_vec[i], n_ref, rtol=1e-4)
+        np.testing.assert_allclose(d_vec[i], d_ref, rtol=1e-4)
+    # with f = 6N it is the closed form
+    n6, d6 = laws.chinchilla_allocation_for_flops(C, TRUE["A"], TRUE["B"], TRUE["alpha"], TRUE["beta"],
+                                                  lambda n: 6 * n)
+    n_cf, d_cf = laws.chinchilla_allocation(C, TRUE["A"], TRUE["B"], TRUE["alpha"], TRUE["beta"])
+    np.testing.assert_allclose(n6, n_cf, rtol=1e-4)
+    np.testing.assert_allclose(d6, d_cf, rtol=1e-4)
+    with pytest.raises(ValueError, match="decades"):
+        laws.chinchilla_allocation_for_flops(C, TRUE["A"], TRUE["B"], TRUE["alpha"], TRUE["beta"],
+                                             lambda n: 6 * n * 1e8)
+
+
 def test_data_constrained_reduces_to_chinchilla_without_repetition():
     p = dict(TRUE, R_D_star=15.0, R_N_star=5.0)
     U = np.array([1e10, 1e11])

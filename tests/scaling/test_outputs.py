@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scaling import cli, fit_isoflop, fit_law, plots
+from scaling import cli, fit_isoflop, fit_law, laws, plots
 from scaling.law_specs import LAWS
 from scaling.report import write_report
 from tests.scaling.helpers import chinchilla_table
@@ -37,6 +37,26 @@ def test_plots_and_report(fitted, tmp_path):
         assert name in report
     lo, hi = boot.interval("alpha")
     assert f"[{lo:.6g}, {hi:.6g}]" in report
+
+
+def test_plots_under_exact_flops_per_token(fitted, tmp_path):
+    # C = f(N) D instead of 6ND: the drawn frontier is the constrained optimum under f, and the
+    # 20-tokens-per-parameter reference solves f(N) * 20 N = C.
+    table, res, boot = fitted
+    f = lambda n: 6.0 * n * (1.0 + 3e4 / np.sqrt(n))  # attention-like overhead, larger for small N
+    paths = plots.plot_loss_vs_compute(res, table, tmp_path, boot=boot, flops_per_token=f)
+    paths += plots.plot_optimal_allocation(tmp_path, result=res, boot=boot, C_range=(1e18, 1e23), flops_per_token=f)
+    paths += plots.plot_contours(res, tmp_path, flops_per_token=f)
+    assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    C = np.geomspace(1e18, 1e23, 7)
+    n20 = plots._n_at_tokens_per_param(C, f, 20.0)
+    np.testing.assert_allclose(f(n20) * 20.0 * n20, C, rtol=1e-5)
+    p = res.params
+    loss_f = plots._frontier(p, res.law.name, C, f)
+    loss_6 = plots._frontier(p, res.law.name, C)
+    n_ref, d_ref = laws.compute_optimal_allocation(C, lambda n, d: laws.chinchilla(n, d, **p), flops_per_token=f)
+    np.testing.assert_allclose(loss_f, laws.chinchilla(n_ref, d_ref, **p), rtol=1e-7)
+    assert np.all(loss_f > loss_6)  # more FLOPs per token: fewer tokens at each budget
 
 
 def test_cli_help_lists_laws(capsys):
