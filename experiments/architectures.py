@@ -29,7 +29,6 @@ frontiers.png/svg. ``notebooks/architecture_comparison`` reproduces the plots fr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -38,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner
+from experiments import runner, study_cli
 from layers.moe import MoEConfig
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.config import ModelConfig
 from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
 
@@ -123,13 +122,8 @@ def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
                 if steps < preset.min_steps:
                     dropped.append(name)
                     continue
-                runs.append(RunConfig(
-                    model=model, data=data, optimizer=OptimizerConfig(learning_rate=preset.learning_rate),
-                    schedule=ScheduleConfig(kind="cosine", warmup_fraction=0.05, min_ratio=0.1),
-                    train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
-                                      log_every=max(1, steps // 8), checkpoint_every=steps, keep_checkpoints=1,
-                                      progress=False),
-                    name=name))
+                runs.append(study_cli.cosine_run(name, model, data, steps=steps, learning_rate=preset.learning_rate,
+                                                 eval_batches=preset.eval_batches))
                 tags[name] = {"family": family, "size": f"d{d}L{L}", "budget": budget, "N_active": counts["active"],
                               "cache_bytes_per_token": _cache_per_token(model)}
     meta = {"preset": preset_name, "families": list(preset.families), "sizes": [list(s) for s in preset.sizes],
@@ -251,10 +245,7 @@ def plot_comparison(table: pd.DataFrame, fits: dict, multipliers: pd.DataFrame, 
     bx.set_xlabel("compute to match the transformer at the largest budget (x C_max)")
     bx.set_title(f"compute multipliers; decode cache bytes per token at {CONTEXT} context")
     fig.tight_layout()
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p_ in paths:
-        fig.savefig(p_, dpi=120, bbox_inches="tight")
-    return paths
+    return study_cli.save_figure(fig, out, name)
 
 
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss: str = "final_val_loss",
@@ -272,21 +263,19 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
     lines = [f"# Architecture comparison ({preset_name} preset)", "",
              f"Loss: {loss}. Frontier L(C) = E + A C^-alpha per family (lowest-loss run per budget); "
              f"{bootstrap} bootstrap resamples, 95% percentile intervals. Multiplier: compute needed to reach the "
-             f"transformer's fitted loss at C_max = {front['C'].max():.3g} FLOPs, relative to C_max.", "",
-             "| family | E | A | alpha | compute multiplier | 95% interval | decode cache B/token |",
-             "|---|---:|---:|---:|---:|---|---:|"]
-    for f, r in mult.iterrows():
-        lines.append(f"| {f} | {r['E']:.3f} | {r['A']:.3g} | {r['alpha']:.3f} | {r['multiplier']:.3g} | "
-                     f"[{r['lower']:.3g}, {r['upper']:.3g}] | {r['cache_bytes_per_token']:.4g} |")
+             f"transformer's fitted loss at C_max = {front['C'].max():.3g} FLOPs, relative to C_max.", ""]
+    lines += study_cli.markdown_table(
+        ["family", "E", "A", "alpha", "compute multiplier", "95% interval", "decode cache B/token"],
+        [(f, f"{r['E']:.3f}", f"{r['A']:.3g}", f"{r['alpha']:.3f}", f"{r['multiplier']:.3g}",
+          f"[{r['lower']:.3g}, {r['upper']:.3g}]", f"{r['cache_bytes_per_token']:.4g}") for f, r in mult.iterrows()],
+        align="lrrrrlr")
     for f, iv in chin.items():
-        lines += ["", f"Chinchilla fit, {f} (N = active parameters):", "",
-                  "| quantity | estimate | lower | upper |", "|---|---:|---:|---:|"]
-        for q in ("E", "A", "B", "alpha", "beta"):
-            if q in iv.index:
-                lines.append(f"| {q} | {iv.loc[q, 'estimate']:.4g} | {iv.loc[q, 'lower']:.4g} | "
-                             f"{iv.loc[q, 'upper']:.4g} |")
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
-    (out / "report.md").write_text("\n".join(lines))
+        lines += ["", f"Chinchilla fit, {f} (N = active parameters):", ""]
+        lines += study_cli.markdown_table(
+            ["quantity", "estimate", "lower", "upper"],
+            [(q, f"{iv.loc[q, 'estimate']:.4g}", f"{iv.loc[q, 'lower']:.4g}", f"{iv.loc[q, 'upper']:.4g}")
+             for q in ("E", "A", "B", "alpha", "beta") if q in iv.index], align="lrrr")
+    study_cli.write_report(out, lines, figures)
     return {"frontier": front, "fits": fits, "multipliers": mult, "chinchilla": chin, "plots": figures,
             "report": out / "report.md"}
 
@@ -295,28 +284,15 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.architectures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--out", default=None, help="study directory (default runs/architectures/<preset>)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="train only grid[I::N]")
-    p.add_argument("--bootstrap", type=int, default=None)
-    p.add_argument("--analysis-only", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p = study_cli.study_parser("architectures", __doc__, PRESETS, shard=True, bootstrap=True)
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
-    out = Path(args.out) if args.out else Path("runs") / "architectures" / args.preset
-    try:
+    out = study_cli.out_dir("architectures", args)
+    with study_cli.cli_errors(p):
         study = build_study(preset, args.preset)
-        shard = runner.parse_shard(args.shard)
-        if not args.analysis_only:
-            runner.run_study(study, out, shard=shard, progress=not args.no_progress)
-        table = runner.load_results(study, out)
-    except ValueError as err:
-        p.error(str(err))
+        table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if (table["status"] == "pending").any():
-        print("some runs are pending (other shards?); analysis skipped")
+    if not study_cli.analysis_ready(table, allow_diverged=True):
         return result
     result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           preset_name=args.preset))

@@ -3,8 +3,8 @@
 ``python -m experiments.data_constrained [--preset smoke|default|full] [--out DIR]``
 
 Muennighoff et al. 2023, "Scaling Data-Constrained Language Models" (arXiv:2305.16264):
-for every model size and unique-data budget U (``DataConfig.max_bytes`` caps the training
-split; U is the exact number of unique training targets it yields), train for
+for every model size and unique-data budget U (``DataConfig.max_train_bytes`` caps the
+training split only; U is the exact number of unique training targets it yields), train for
 D = epochs x U tokens (cosine matched to the run). Analysis (reads the table, fits with
 :mod:`scaling`), the paper's recipe (Sec. 5):
 
@@ -19,9 +19,9 @@ D = epochs x U tokens (cosine matched to the run). Analysis (reads the table, fi
      over training on as many unique tokens (the largest model, the smallest U), and the
      measured pairs (U, e epochs) vs (e U, 1 epoch) where the grid holds both.
 
-Validation: the capped validation split would shrink with U, so every run is also
-evaluated on one common held-out set (``val_bytes`` of the validation files) after training
-(``common_val_loss``, written to ``<run>/common_eval.json`` and the table); that loss is fitted.
+Validation: the cap leaves the validation split untouched, so every run of the study
+evaluates on the same validation batches during training, and its own ``final_val_loss``
+is the loss fitted.
 
 Outputs under ``--out`` (default ``runs/data_constrained/<preset>``): run directories,
 results.csv, curves.csv, report.md, repeated_value.png/svg, loss_vs_epochs.png/svg.
@@ -29,19 +29,16 @@ results.csv, curves.csv, report.md, repeated_value.png/svg, loss_vs_epochs.png/s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from experiments import runner
+from experiments import runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm import data as lm_data
-from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
 
 
@@ -56,7 +53,6 @@ class Preset:
     batch_size: int
     learning_rate: float = 1e-2
     eval_batches: int = 4
-    val_bytes: int = 1 << 20
     bootstrap: int = 200
 
     def __post_init__(self):
@@ -68,12 +64,12 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(sizes=("d16L1", "d32L1"), unique_bytes=(3000, 6000), epochs=(1, 2, 4), seq_len=32,
-                    batch_size=4, eval_batches=2, val_bytes=1 << 14, bootstrap=20),
+                    batch_size=4, eval_batches=2, bootstrap=20),
     "default": Preset(sizes=("d16L1", "d32L2", "d64L2"), unique_bytes=(1 << 16, 1 << 17, 1 << 18),
                       epochs=(1, 2, 4, 8, 16), seq_len=128, batch_size=8, eval_batches=8, bootstrap=200),
     "full": Preset(sizes=("d256L4", "d512L8", "d768L12"), unique_bytes=(1 << 26, 1 << 28, 1 << 30),
                    epochs=(1, 2, 4, 8, 16, 32, 64), seq_len=1024, batch_size=64, learning_rate=3e-3,
-                   eval_batches=32, val_bytes=1 << 26, bootstrap=1000),
+                   eval_batches=32, bootstrap=1000),
 }
 
 
@@ -88,42 +84,18 @@ def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
     for size in preset.sizes:
         model = ladder_model(*LADDER[size])
         for ub in preset.unique_bytes:
-            data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, max_bytes=ub)
+            data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, max_train_bytes=ub)
             U = unique_tokens(data)
             for e in preset.epochs:
                 steps = max(4, int(round(e * U / tokens_per_step)))
                 name = f"{size}-U{ub}-e{e}"
-                runs.append(RunConfig(
-                    model=model, data=data, optimizer=OptimizerConfig(learning_rate=preset.learning_rate),
-                    schedule=ScheduleConfig(kind="cosine", warmup_fraction=0.05, min_ratio=0.1),
-                    train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
-                                      log_every=max(1, steps // 8), checkpoint_every=steps, keep_checkpoints=1,
-                                      progress=False),
-                    name=name))
+                runs.append(study_cli.cosine_run(name, model, data, steps=steps, learning_rate=preset.learning_rate,
+                                                 eval_batches=preset.eval_batches))
                 tags[name] = {"size": size, "unique_bytes": ub, "U": U, "epochs": e,
                               "epochs_exact": steps * tokens_per_step / U}
     meta = {"preset": preset_name, "sizes": list(preset.sizes), "unique_bytes": list(preset.unique_bytes),
             "epochs": list(preset.epochs)}
     return runner.Study(name="data_constrained", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
-
-
-def common_eval(study: runner.Study, out: str | Path, preset: Preset) -> pd.Series:
-    """Every finished run's loss on one common validation set (cached in <run>/common_eval.json)."""
-    from lm import train as lm_train
-
-    losses = {}
-    for run in study.runs:
-        rd = runner.run_dir(out, run)
-        path = rd / "common_eval.json"
-        if not path.exists():
-            if not (rd / "result.json").exists():
-                continue
-            _, params = lm_train.load_params(rd)
-            common = dataclasses.replace(run, data=dataclasses.replace(run.data, max_bytes=preset.val_bytes))
-            ev, _ = lm_train.evaluate(common, params, preset.eval_batches)
-            path.write_text(json.dumps(ev))
-        losses[run.name] = json.loads(path.read_text())["val_loss"]
-    return pd.Series(losses, name="common_val_loss")
 
 
 # --------------------------------------------------------------------------- analysis
@@ -132,7 +104,7 @@ _SMALL_GRID = {"alpha": (0.2, 0.5), "beta": (0.2, 0.5), "e": (0.0, 0.5, 1.0), "a
                "b": (2.0, 6.0, 10.0)}
 
 
-def fit_data_constrained(table: pd.DataFrame, loss: str = "common_val_loss", n_bootstrap: int = 200,
+def fit_data_constrained(table: pd.DataFrame, loss: str = "final_val_loss", n_bootstrap: int = 200,
                          chinchilla_grid=_SMALL_GRID) -> dict:
     """Chinchilla on the 1-epoch runs, then R_D*, R_N* with it fixed; bootstrap of the second fit."""
     from scaling import fit_law
@@ -174,7 +146,7 @@ def epochs_for_loss_increase(params: dict, N: float, U: float, increase: float,
     return float(grid[over[0]]) if over.size else float("inf")
 
 
-def measured_pairs(table: pd.DataFrame, loss: str = "common_val_loss") -> pd.DataFrame:
+def measured_pairs(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame:
     """(size, U, e epochs) vs (size, e U unique, 1 epoch) where both are in the grid (same D, +-5%)."""
     t = table[table["status"] == "complete"]
     rows = []
@@ -187,15 +159,8 @@ def measured_pairs(table: pd.DataFrame, loss: str = "common_val_loss") -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-    return paths
-
-
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_increase: float = 0.01,
-            loss: str = "common_val_loss", preset_name: str = "") -> dict:
+            loss: str = "final_val_loss", preset_name: str = "") -> dict:
     from matplotlib.figure import Figure
 
     out = Path(out)
@@ -220,7 +185,7 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
     ax.set_xlabel("epochs D / U")
     ax.set_ylabel("effective data D' / U")
     ax.legend()
-    figures = _save(fig, out, "repeated_value")
+    figures = study_cli.save_figure(fig, out, "repeated_value")
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
@@ -234,67 +199,50 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
     ax.set_xlabel("epochs")
     ax.set_ylabel(loss)
     ax.legend(fontsize=7)
-    figures += _save(fig, out, "loss_vs_epochs")
+    figures += study_cli.save_figure(fig, out, "loss_vs_epochs")
 
     n_big, u_small = float(data["N"].max()), float(data["U"].min())
     e_star = epochs_for_loss_increase(p, n_big, u_small, loss_increase)
     pairs = measured_pairs(table, loss)
     iv = res["boot"].intervals if res["boot"] is not None else None
-    fmt_iv = (lambda k: f" [{iv.loc[k, 'lower']:.3g}, {iv.loc[k, 'upper']:.3g}]") if iv is not None else (lambda k: "")
+    fixed = [(k, f"{p[k]:.4g}", "(fixed from the 1-epoch fit)") for k in ("E", "A", "B", "alpha", "beta")]
+    fitted = [(k, f"{p[k]:.4g}", f"[{iv.loc[k, 'lower']:.3g}, {iv.loc[k, 'upper']:.3g}]" if iv is not None else "")
+              for k in ("R_D_star", "R_N_star")]
     lines = [f"# Data-constrained scaling ({preset_name} preset)", "",
              "Muennighoff et al. 2023 (arXiv:2305.16264), Eqs. (5)-(7); Chinchilla part fitted on the 1-epoch runs "
              f"and held fixed. Loss: {loss}.", "",
-             "| parameter | estimate | 95% interval |", "|---|---:|---|"]
-    for k in ("E", "A", "B", "alpha", "beta"):
-        lines.append(f"| {k} | {p[k]:.4g} | (fixed from the 1-epoch fit) |")
-    for k in ("R_D_star", "R_N_star"):
-        lines.append(f"| {k} | {p[k]:.4g} |{fmt_iv(k)} |")
+             *study_cli.markdown_table(["parameter", "estimate", "95% interval"], fixed + fitted, align="lrl")]
     when = (f"from {e_star:.3g} epochs on" if np.isfinite(e_star) else
             "at no epoch count up to 1000: no cost of repetition is resolved within this grid")
     lines += ["", "Paper: R_D* = 15.4, R_N* = 5.3.", "",
               f"**Repetition costs more than {100 * loss_increase:g}% loss (vs as many unique tokens) {when}** "
               f"(fitted law, N = {n_big:.3g}, U = {u_small:.3g} tokens).", ""]
     if len(pairs):
-        lines += ["Measured: repeated vs unique data at the same D:", "",
-                  "| size | U | epochs | repeated | unique | relative increase |", "|---|---:|---:|---:|---:|---:|"]
-        for _, r in pairs.iterrows():
-            lines.append(f"| {r['size']} | {r['U']:.3g} | {r['epochs']} | {r['repeated']:.4f} | {r['unique']:.4f} | "
-                         f"{100 * r['relative_increase']:+.2f}% |")
-    lines += ["", *[f"![{q.stem}]({q.name})" for q in figures if q.suffix == ".png"], ""]
-    (out / "report.md").write_text("\n".join(lines))
+        lines += ["Measured: repeated vs unique data at the same D:", ""]
+        lines += study_cli.markdown_table(
+            ["size", "U", "epochs", "repeated", "unique", "relative increase"],
+            [(r["size"], f"{r['U']:.3g}", r["epochs"], f"{r['repeated']:.4f}", f"{r['unique']:.4f}",
+              f"{100 * r['relative_increase']:+.2f}%") for _, r in pairs.iterrows()], align="lrrrrr")
+    report = study_cli.write_report(out, lines, figures)
     return {"params": p, "fits": res, "epochs_threshold": e_star, "pairs": pairs, "plots": figures,
-            "report": out / "report.md"}
+            "report": report}
 
 
 # ------------------------------------------------------------------------------- CLI
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m experiments.data_constrained", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    ap.add_argument("--out", default=None, help="study directory (default runs/data_constrained/<preset>)")
+    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, bootstrap=True)
     ap.add_argument("--loss-increase", type=float, default=0.01,
                     help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
-    ap.add_argument("--bootstrap", type=int, default=None)
-    ap.add_argument("--analysis-only", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
-    out = Path(args.out) if args.out else Path("runs") / "data_constrained" / args.preset
-    try:
+    out = study_cli.out_dir("data_constrained", args)
+    with study_cli.cli_errors(ap):
         study = build_study(preset, args.preset)
-        if not args.analysis_only:
-            runner.run_study(study, out, progress=not args.no_progress)
-        table = runner.load_results(study, out)
-    except ValueError as err:
-        ap.error(str(err))
-    common = common_eval(study, out, preset)
-    table = table.assign(common_val_loss=table["run"].map(common))
-    runner.write_table(table, out / "results_common_eval.csv")
+        table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if (table["status"] != "complete").any():
-        print("some runs are not complete; analysis skipped")
+    if not study_cli.analysis_ready(table):
         return result
     result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           loss_increase=args.loss_increase, preset_name=args.preset))

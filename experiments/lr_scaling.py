@@ -10,10 +10,10 @@ are near-optimal; fit eta_opt(N, D) = c N^a D^b and B_opt(D) = d D^g by least sq
 log space on them (:mod:`scaling.hyperparams`), with bootstrap intervals (runs resampled
 with replacement within each cell, both laws refitted; percentile intervals).
 
-The learning-rate axis of every (cell, batch size) trains as ONE vmapped program
-(:mod:`lm.vmap_sweep`: same model, data and batch; K learning rates), written into the shared
-runner's run directories, so the runner's table, resume (a finished run is never retrained)
-and curves work as for any study. Schedule: cosine over the run with warmup
+The learning-rate axis of every (cell, batch size) is one group of the shared runner
+(``run_study(groups=...)``), trained as ONE vmapped program (:func:`lm.vmap_sweep.train_vmapped`:
+same model, data and batch; K learning rates), so the runner's table, resume (a finished
+run is never retrained), progress bar and curves work as for any study. Schedule: cosine over the run with warmup
 ``warmup_fraction``; AdamW; D is an exact multiple of every batch size's tokens per step.
 
 Outputs under ``--out`` (default ``runs/lr_scaling/<preset>``): run directories, results.csv,
@@ -23,7 +23,6 @@ runs outlined) and lr_opt.png/svg.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner
+from experiments import runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm import vmap_sweep
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -94,8 +93,8 @@ def cell_name(size: str, tokens: int) -> str:
     return f"{size}-D{tokens}"
 
 
-def build_study(preset: Preset, preset_name: str = "custom") -> tuple[runner.Study, list[tuple[RunConfig, ...]]]:
-    """The grid as a Study, and its vmapped groups (one per cell x batch size; the lr axis)."""
+def build_study(preset: Preset, preset_name: str = "custom") -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
+    """The grid as a Study, and its vmapped groups of run names (one per cell x batch size: the lr axis)."""
     runs, tags, groups = [], {}, []
     for size, tokens in preset.cells:
         model = ladder_model(*LADDER[size])
@@ -110,31 +109,15 @@ def build_study(preset: Preset, preset_name: str = "custom") -> tuple[runner.Stu
                 name=f"{cell_name(size, tokens)}-B{b}",
             )
             group = vmap_sweep.sweep_runs(base, learning_rates=preset.learning_rates)
-            groups.append(group)
+            groups.append(tuple(r.name for r in group))
             for r in group:
                 runs.append(r)
                 tags[r.name] = {"cell": cell_name(size, tokens), "size": size, "lr": r.optimizer.learning_rate,
                                 "batch_size": b}
     meta = {"preset": preset_name, "cells": [list(c) for c in preset.cells], "batch_sizes": list(preset.batch_sizes),
             "learning_rates": list(preset.learning_rates), "seq_len": preset.seq_len, "threshold": preset.threshold}
-    return runner.Study(name="lr_scaling", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), groups
-
-
-def run_grid(study: runner.Study, groups, out: str | Path, progress: bool = True) -> pd.DataFrame:
-    """Train every unfinished group as one vmapped program into the runner's run directories, then table it."""
-    out = runner.prepare_out(study, out)
-    from lm.train import enable_compilation_cache
-
-    enable_compilation_cache()
-    for i, group in enumerate(groups):
-        dirs = [runner.run_dir(out, r) for r in group]
-        if all((d / "result.json").exists() for d in dirs):
-            continue
-        if progress:
-            print(f"[{i + 1}/{len(groups)}] {group[0].name.rsplit('-lr', 1)[0]}: {len(group)} learning rates "
-                  f"x {group[0].train.steps} steps (vmapped)", flush=True)
-        vmap_sweep.train_vmapped(group, dirs)
-    return runner.run_study(study, out, progress=False)  # every run finished: writes results.csv, curves.csv
+    study = runner.Study(name="lr_scaling", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
+    return study, tuple(groups)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -174,13 +157,6 @@ def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed
     return {"estimate": est, "intervals": intervals, "n_ok": len(s), "level": level}
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-    return paths
-
-
 def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, threshold: float, bootstrap: int,
             loss: str = "final_val_loss") -> dict:
     """Near-optimal runs per cell, fitted laws with intervals, heatmaps, report.md, fits.json."""
@@ -218,7 +194,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         ax.set_ylabel("batch size")
         ax.set_title(f"{cell} (N={c['N'].iloc[0]:.3g})", fontsize=9)
     fig.tight_layout()
-    figures = _save(fig, out, "heatmaps")
+    figures = study_cli.save_figure(fig, out, "heatmaps")
 
     e = fits["estimate"]
     fig = Figure(figsize=(6.4, 4.2))
@@ -235,7 +211,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
     ax.set_xlabel("fitted eta_opt(N, D)")
     ax.set_ylabel("learning rate")
     ax.legend()
-    figures += _save(fig, out, "lr_opt")
+    figures += study_cli.save_figure(fig, out, "lr_opt")
 
     iv = fits["intervals"]
     lines = [
@@ -248,14 +224,13 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         f"(a in [{iv['a'][0]:.3f}, {iv['a'][1]:.3f}], b in [{iv['b'][0]:.3f}, {iv['b'][1]:.3f}]; "
         "Step Law: a = -0.713, b = 0.307)",
         f"- B_opt(D) = {e['d']:.3g} D^{e['g']:.3f}  (g in [{iv['g'][0]:.3f}, {iv['g'][1]:.3f}]; Step Law: g = 0.571)",
-        "", "| cell | N | D | best lr | best batch | best loss |", "|---|---:|---:|---:|---:|---:|",
+        "",
     ]
-    for _, r in best.iterrows():
-        lines.append(f"| {r['cell']} | {r['N']:.3g} | {r['D']:.3g} | {r['lr']:.3g} | {int(r['batch_size'])} | "
-                     f"{r['loss']:.4f} |")
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
+    lines += study_cli.markdown_table(
+        ["cell", "N", "D", "best lr", "best batch", "best loss"],
+        [(r["cell"], f"{r['N']:.3g}", f"{r['D']:.3g}", f"{r['lr']:.3g}", int(r["batch_size"]), f"{r['loss']:.4f}")
+         for _, r in best.iterrows()], align="lrrrrr")
+    report = study_cli.write_report(out, lines, figures)
     return {"fits": fits, "near_optimal": near, "plots": figures, "report": report}
 
 
@@ -263,23 +238,13 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.lr_scaling", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--out", default=None, help="study directory (default runs/lr_scaling/<preset>)")
-    p.add_argument("--bootstrap", type=int, default=None)
-    p.add_argument("--analysis-only", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p = study_cli.study_parser("lr_scaling", __doc__, PRESETS, bootstrap=True)
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
-    out = Path(args.out) if args.out else Path("runs") / "lr_scaling" / args.preset
-    try:
+    out = study_cli.out_dir("lr_scaling", args)
+    with study_cli.cli_errors(p):
         study, groups = build_study(preset, args.preset)
-        if not args.analysis_only:
-            run_grid(study, groups, out, progress=not args.no_progress)
-        table = runner.load_results(study, out)
-    except ValueError as err:
-        p.error(str(err))
+        table = study_cli.train_and_load(study, out, args, groups=groups)
     result = {"out": out, "table": table}
     result.update(analyze(study, table, out, threshold=preset.threshold,
                           bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap))

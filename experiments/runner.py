@@ -17,7 +17,21 @@ resumes from its last orbax checkpoint (:func:`lm.train.train` does that), so a 
 killed at any moment and rerun yields the same table (losses bitwise on CPU).
 ``shard=(i, n)`` trains only grid[i::n], so a grid spreads over hosts or job-array tasks
 with any scheduler. Every check that can fail (duplicate runs, too-short runs, an output
-directory holding another study) runs before the first step of training.
+directory holding another study, bad groups) runs before the first step of training.
+
+Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
+together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
+program vmapped over runs that differ only in learning rate, weight decay or seed; the
+learning-rate axis of a Step Law grid). Runs in no group train alone with
+:func:`lm.train.train`. Everything else is as for solo runs: the same run directories and
+table columns (``wall_s`` of a grouped run is the group's wall time divided by the runs it
+trained), a diverged run of a group is "diverged" in the table, the progress bar counts
+the group's runs. A shard holds whole groups (the grid is sharded by work unit: a group,
+placed at its first run's grid position, or a solo run). Resume: a group whose runs are
+all finished is skipped; in a partially finished group (a kill while it wrote its results)
+only the unfinished runs are trained again, as a smaller group of the same program
+(``train_vmapped`` keeps no checkpoints, so they restart from step 0), and a finished run
+is never retrained.
 
 Compilation: JAX's persistent compilation cache is enabled
 (:func:`lm.train.enable_compilation_cache`) and :data:`lm.train.STEP_CACHE` reuses the
@@ -60,6 +74,9 @@ TABLE = "results.csv"
 CURVES = "curves.csv"
 SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
 STATUSES = ("complete", "diverged", "pending")
+# Config fields added after studies had been written: left out of the grid fingerprint and of
+# the run-directory check while at their default, so those studies still resume and load.
+ADDED_FIELDS = {"data.max_train_bytes": None}
 STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host dispatch on a CPU)
 
 
@@ -109,8 +126,12 @@ class Study:
         return tuple(r.name for r in self.runs)
 
     def fingerprint(self) -> str:
-        """sha256 of the grid (every run's full config, in grid order) and loss_at_flops."""
-        blob = json.dumps([[r.to_dict() for r in self.runs], list(self.loss_at_flops)], sort_keys=True)
+        """sha256 of the grid (every run's full config, in grid order) and loss_at_flops.
+
+        Fields of :data:`ADDED_FIELDS` count only when set to another value than their default.
+        """
+        blob = json.dumps([[canonical_config(r.to_dict()) for r in self.runs], list(self.loss_at_flops)],
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def manifest(self) -> dict:
@@ -122,6 +143,20 @@ class Study:
             "meta": dict(self.meta),
             "loss_at_flops": list(self.loss_at_flops),
         }
+
+
+def canonical_config(config: Mapping) -> dict:
+    """A run's config dict (``RunConfig.to_dict`` or a config.json) without the
+    :data:`ADDED_FIELDS` that hold their default (or are absent: written before they existed)."""
+    out = json.loads(json.dumps(config))
+    for path, default in ADDED_FIELDS.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key, {})
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return out
 
 
 def check_grid(runs: Sequence[RunConfig], min_steps: int = 1) -> None:
@@ -159,8 +194,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def shard_runs(runs: Sequence[RunConfig], shard: tuple[int, int]) -> tuple[RunConfig, ...]:
-    """The i-th of n disjoint slices of the grid: runs[i::n] (interleaved, so shards get similar costs)."""
+def shard_runs(runs: Sequence, shard: tuple[int, int]) -> tuple:
+    """The i-th of n disjoint slices of the grid (or of its work units): runs[i::n]
+    (interleaved, so shards get similar costs)."""
     i, n = shard
     if not 0 <= i < n:
         raise StudyError(f"shard={shard}: expected (i, n) with 0 <= i < n")
@@ -199,7 +235,7 @@ def check_out(study: Study, out: str | Path) -> None:
                          "written by this runner; choose another --out")
     for run in study.runs:
         cfg_path = out / RUNS_DIR / run.name / "config.json"
-        if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(run.to_json()):
+        if cfg_path.exists() and canonical_config(json.loads(cfg_path.read_text())) != canonical_config(run.to_dict()):
             raise StudyError(f"run directory {cfg_path.parent} holds a different config than grid run {run.name!r}")
 
 
@@ -282,8 +318,9 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     nan = math.nan
     row.update(final_train_loss=nan, final_val_loss=nan, final_val_bpb=nan)
     if result is not None:
-        row.update(status=result.get("status", "complete"), final_train_loss=result["final_train_loss"],
-                   final_val_loss=result["final_val_loss"], final_val_bpb=result["final_val_bpb"])
+        row.update(status=result.get("status", "complete"),
+                   **{k: nan if result.get(k) is None else result[k]  # a diverged grouped run writes null
+                      for k in ("final_train_loss", "final_val_loss", "final_val_bpb")})
     elif failure is not None:
         row["status"] = "diverged"
     records = lm_train.read_metrics(rd) if (result is not None or failure is not None) else []
@@ -393,10 +430,11 @@ def load_results(study: Study, out: str | Path, extra_tables: Sequence[str | Pat
 
 
 class _Progress:
-    """One bar for the whole sweep: runs done / total, the current run's loss, ETA.
+    """One bar for the whole sweep: runs done / total, the current run's (or group's) loss, ETA.
 
     Work is counted per step as the step's FLOPs plus :data:`STEP_OVERHEAD_FLOPS` (tiny
-    models are dispatch-bound, so FLOPs alone would make the ETA far too optimistic).
+    models are dispatch-bound, so FLOPs alone would make the ETA far too optimistic); a
+    group's step costs the sum of its runs' steps.
     """
 
     def __init__(self, runs: Sequence[RunConfig], done: int, total: int, enabled: bool = True):
@@ -410,35 +448,95 @@ class _Progress:
         self.done, self.total = done, total
         self.bar = tqdm(total=work, disable=not enabled, dynamic_ncols=True,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-        self.current: str | None = None
+        self.label: str | None = None
+        self.step_cost = 0.0
         self.last_step: int | None = 0
         self._describe("")
 
     def _describe(self, run_info: str) -> None:
         self.bar.set_description_str(f"runs {self.done}/{self.total}{run_info}", refresh=False)
 
-    def start(self, run: RunConfig) -> None:
-        self.current, self.last_step = run.name, None
-        self._describe(f" | {run.name}")
+    def start(self, runs: Sequence[RunConfig]) -> None:
+        """A solo run (one run) or a group of runs trained together starts."""
+        self.label = runs[0].name if len(runs) == 1 else f"{runs[0].name} +{len(runs) - 1} grouped"
+        self.step_cost = sum(self.cost[r.name] for r in runs)
+        self.last_step = None
+        self._describe(f" | {self.label}")
         self.bar.refresh()
 
     def __call__(self, step: int, total: int, metrics: Mapping[str, float]) -> None:
-        cost = self.cost[self.current]
         if self.last_step is None:  # resumed: the skipped steps are not work done now
-            self.bar.total -= cost * (step - 1)
+            self.bar.total -= self.step_cost * (step - 1)
             self.last_step = step - 1
-        self._describe(f" | {self.current} step {step}/{total} loss {metrics.get('loss', math.nan):.3f}")
-        self.bar.update(cost * (step - self.last_step))
+        self._describe(f" | {self.label} step {step}/{total} loss {metrics.get('loss', math.nan):.3f}")
+        self.bar.update(self.step_cost * (step - self.last_step))
         self.last_step = step
 
-    def finish(self, run: RunConfig, steps_left: int = 0) -> None:
-        self.done += 1
-        self.bar.total -= self.cost[run.name] * steps_left
+    def finish(self, runs: Sequence[RunConfig], steps_left: int = 0) -> None:
+        self.done += len(runs)
+        self.bar.total -= self.step_cost * steps_left
         self._describe("")
         self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
+
+
+GroupTrainer = Callable[..., Any]
+"""``train_group(runs, run_dirs, *, progress)``: trains the runs together and writes each run's
+config.json, metrics.jsonl and result.json (``"status": "complete" | "diverged"``) into its
+directory as :func:`lm.train.train` does; ``progress(step, total, {"loss": ...})`` like
+``train``'s. :func:`lm.vmap_sweep.train_vmapped` is one."""
+
+
+def check_groups(study: Study, groups: Sequence[Sequence[str]],
+                 check: Callable[[Sequence[RunConfig]], None] | None = None) -> tuple[tuple[str, ...], ...]:
+    """Validate ``groups`` (run names of ``study``) and return them as tuples; trains nothing.
+
+    Raises:
+      StudyError: an empty group, a name not in the grid, a run in two groups (or twice in
+        one), or runs that ``check`` refuses to train together (default
+        :func:`lm.vmap_sweep.check_sweep`; its message is kept).
+    """
+    if check is None:
+        from lm.vmap_sweep import check_sweep as check
+    by_name = {r.name: r for r in study.runs}
+    seen: dict[str, int] = {}
+    out = []
+    for i, group in enumerate(groups):
+        if isinstance(group, str) or not len(group):
+            raise StudyError(f"groups[{i}]={group!r}: a group is a non-empty sequence of run names")
+        group = tuple(group)
+        unknown = [n for n in group if n not in by_name]
+        if unknown:
+            raise StudyError(f"groups[{i}] names runs that are not in the grid of study {study.name!r}: {unknown}")
+        for name in group:
+            if name in seen:
+                where = "twice in it" if seen[name] == i else f"also in groups[{seen[name]}]"
+                raise StudyError(f"groups[{i}]: run {name!r} is {where}; a run belongs to at most one group")
+            seen[name] = i
+        try:
+            check([by_name[n] for n in group])
+        except ValueError as err:
+            raise StudyError(f"groups[{i}] ({group[0]!r}, ...) cannot be trained together: {err}") from err
+        out.append(group)
+    return tuple(out)
+
+
+def work_units(study: Study, groups: Sequence[Sequence[str]] = ()) -> tuple[tuple[RunConfig, ...], ...]:
+    """The grid as units of training: each group (its runs in the group's order, placed at its
+    first run's grid position) and every run in no group alone. Shards slice this list."""
+    by_name = {r.name: r for r in study.runs}
+    group_of = {name: i for i, g in enumerate(groups) for name in g}
+    units, placed = [], set()
+    for run in study.runs:
+        i = group_of.get(run.name)
+        if i is None:
+            units.append((run,))
+        elif i not in placed:
+            placed.add(i)
+            units.append(tuple(by_name[n] for n in groups[i]))
+    return tuple(units)
 
 
 def run_study(
@@ -449,46 +547,62 @@ def run_study(
     progress: bool = True,
     compilation_cache: bool = True,
     on_run_done: Callable[[RunConfig, dict], None] | None = None,
+    groups: Sequence[Sequence[str]] = (),
+    train_group: GroupTrainer | None = None,
+    check_group: Callable[[Sequence[RunConfig]], None] | None = None,
 ) -> pd.DataFrame:
     """Train the (shard of the) grid under ``out``, skipping finished runs; write and return the table.
 
     Args:
       study: the grid.
       out: the study's output directory (created; must hold this study or nothing).
-      shard: (i, n): train only grid[i::n]; the table written is that shard's.
+      shard: (i, n): train only work_units(study, groups)[i::n] (grid[i::n] without groups);
+        the table written is that shard's.
       progress: show the sweep's progress bar.
       compilation_cache: enable JAX's persistent compilation cache first.
-      on_run_done: optional callback(run, result) after each run trained here.
+      on_run_done: optional callback(run, result) after each run trained here that wrote a
+        result.json (a solo run that diverged writes failure.json instead; a grouped one a
+        result with ``"status": "diverged"``).
+      groups: run names trained together, one tuple per group (module docstring: resume,
+        shards); runs in no group train alone.
+      train_group: the group trainer (:data:`GroupTrainer`); default
+        :func:`lm.vmap_sweep.train_vmapped`.
+      check_group: raises ValueError for runs ``train_group`` cannot train together; default
+        :func:`lm.vmap_sweep.check_sweep`.
 
     Returns:
       The shard's table (rows in grid order), also written to :func:`table_path`.
 
     Raises:
-      StudyError: before any training, for a bad grid, shard or output directory.
+      StudyError: before any training (and before ``out`` is touched), for a bad grid,
+        shard, group or output directory.
     """
-    runs = shard_runs(study.runs, shard)
+    groups = check_groups(study, groups, check_group)
+    if train_group is None:
+        from lm.vmap_sweep import train_vmapped as train_group
+    units = shard_runs(work_units(study, groups), shard)
+    mine = {r.name for unit in units for r in unit}
+    runs = tuple(r for r in study.runs if r.name in mine)
     out = prepare_out(study, out)
     if compilation_cache:
         lm_train.enable_compilation_cache()
-    todo = [r for r in runs if not _finished(out, r)]
-    bar = _Progress(todo, len(runs) - len(todo), len(runs), enabled=progress)
+    grouped = {name for g in groups for name in g}
+    todo = [[r for r in unit if not _finished(out, r)] for unit in units]
+    todo = [u for u in todo if u]
+    left = [r for u in todo for r in u]
+    bar = _Progress(left, len(runs) - len(left), len(runs), enabled=progress)
     path = table_path(out, shard)
     try:
-        for run in todo:
-            rd = run_dir(out, run)
-            bar.start(run)
-            t0 = time.perf_counter()
-            try:
-                result = lm_train.train(run, rd, progress=bar)
-            except lm_train.NonFiniteLossError as err:
-                (rd / "failure.json").write_text(json.dumps({"status": "diverged", "error": str(err)}, indent=2))
-                bar.bar.write(f"run {run.name} diverged: {err}")
-                bar.finish(run, steps_left=run.train.steps - (bar.last_step or 0))
-                continue
-            _atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
-            bar.finish(run)
+        for unit in todo:
+            if unit[0].name in grouped:
+                _train_group(unit, out, bar, train_group)
+            else:
+                _train_solo(unit[0], out, bar)
             if on_run_done is not None:
-                on_run_done(run, result)
+                for run in unit:
+                    result = _read_json(run_dir(out, run) / "result.json")
+                    if result is not None:
+                        on_run_done(run, result)
             write_table(collect_table(study, out, runs), path)
     finally:
         bar.close()
@@ -497,6 +611,37 @@ def run_study(
     curves = CURVES if shard[1] == 1 else f"curves.shard-{shard[0]}-of-{shard[1]}.csv"
     write_table(collect_curves(study, out, runs), Path(out) / curves)
     return table
+
+
+def _train_solo(run: RunConfig, out: Path, bar: _Progress) -> None:
+    """lm.train.train into the run's directory (resumes from its checkpoint); failure.json if it diverges."""
+    rd = run_dir(out, run)
+    bar.start([run])
+    t0 = time.perf_counter()
+    try:
+        lm_train.train(run, rd, progress=bar)
+    except lm_train.NonFiniteLossError as err:
+        (rd / "failure.json").write_text(json.dumps({"status": "diverged", "error": str(err)}, indent=2))
+        bar.bar.write(f"run {run.name} diverged: {err}")
+        bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0))
+        return
+    _atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
+    bar.finish([run])
+
+
+def _train_group(runs: Sequence[RunConfig], out: Path, bar: _Progress, train_group: GroupTrainer) -> None:
+    """``train_group`` over the (unfinished) runs of one group, each into its own directory."""
+    dirs = [run_dir(out, r) for r in runs]
+    bar.start(runs)
+    t0 = time.perf_counter()
+    train_group(tuple(runs), dirs, progress=bar)
+    wall = (time.perf_counter() - t0) / len(runs)
+    missing = [str(d) for d in dirs if _read_json(d / "result.json") is None]
+    if missing:
+        raise RuntimeError(f"train_group={train_group!r} returned without writing result.json in {missing}")
+    for d in dirs:
+        _atomic_write(d / "runner.json", json.dumps({"wall_s": wall, "group": [r.name for r in runs]}))
+    bar.finish(runs)
 
 
 def _finished(out: Path, run: RunConfig) -> bool:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner
+from experiments import runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -172,13 +172,6 @@ def loss_gaps(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame
     return out.sort_index()
 
 
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-    return paths
-
-
 def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str = "final_val_loss") -> dict:
     """Loss gaps, FLOPs saved, optional L(D) fits; plots and report.md under ``out``."""
     from matplotlib.figure import Figure
@@ -210,7 +203,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
     ax.set_ylabel("training loss")
     ax.set_title("stable run (black), WSD branches (blue), cosine runs (orange)")
     ax.legend()
-    figures = _save(fig, out, "loss_curves")
+    figures = study_cli.save_figure(fig, out, "loss_curves")
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
@@ -225,18 +218,17 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
     ax.set_xlabel("training tokens D")
     ax.set_ylabel(loss)
     ax.legend()
-    figures += _save(fig, out, "data_scaling")
+    figures += study_cli.save_figure(fig, out, "data_scaling")
 
     lines = [
         f"# WSD vs cosine ({study.meta.get('preset')} preset)", "",
         "Hu et al. 2024 (MiniCPM, arXiv:2404.06395) Sec. 4: decay branches from one stable run vs "
         "separately trained cosine runs of the same lengths. Loss: " + loss + ".", "",
-        "| steps | tokens D | WSD | cosine | gap (WSD - cosine) | relative gap |",
-        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for length, r in gaps.iterrows():
-        lines.append(f"| {length} | {r['D']:.3g} | {r['wsd']:.4f} | {r['cosine']:.4f} | {r['gap']:+.4f} | "
-                     f"{100 * r['relative_gap']:+.2f}% |")
+    lines += study_cli.markdown_table(
+        ["steps", "tokens D", "WSD", "cosine", "gap (WSD - cosine)", "relative gap"],
+        [(length, f"{r['D']:.3g}", f"{r['wsd']:.4f}", f"{r['cosine']:.4f}", f"{r['gap']:+.4f}",
+          f"{100 * r['relative_gap']:+.2f}%") for length, r in gaps.iterrows()], align="rrrrrr")
     lines += [
         "",
         f"FLOPs of the whole WSD curve (stable {acct['stable_flops']:.3g} + branches {acct['branch_flops']:.3g}): "
@@ -245,9 +237,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
     ]
     for kind, p in fits.items():
         lines.append(f"- {kind}: L(D) = {p['E']:.3f} + {p['A']:.3g} D^-{p['alpha']:.3f}")
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
+    report = study_cli.write_report(out, lines, figures)
     return {"gaps": gaps, "flops": acct, "fits": fits, "plots": figures, "report": report}
 
 
@@ -255,30 +245,20 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.wsd", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--out", default=None, help="study directory (default runs/wsd/<preset>)")
+    p = study_cli.study_parser("wsd", __doc__, PRESETS)
     p.add_argument("--loss", choices=("val", "train"), default="val")
-    p.add_argument("--analysis-only", action="store_true", help="analyse the existing table; train nothing")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path("runs") / "wsd" / args.preset
-    try:
+    out = study_cli.out_dir("wsd", args)
+    with study_cli.cli_errors(parser):
         study = build_study(PRESETS[args.preset], out, args.preset)
-        if not args.analysis_only:
-            runner.run_study(study, out, progress=not args.no_progress)
-        table = runner.load_results(study, out)
-    except ValueError as err:
-        parser.error(str(err))
+        table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if (table["status"] != "complete").any():
-        print("some runs are not complete; analysis skipped")
+    if not study_cli.analysis_ready(table):
         return result
     result.update(analyze(study, table, out, loss=f"final_{args.loss}_loss"))
     print(result["gaps"].to_string())

@@ -64,6 +64,12 @@ class DataConfig:
       val_fraction: fraction of files held out ("stdlib", "files"); "synthetic": number of
         validation documents as a fraction of the training documents.
       max_bytes: cap on the bytes of each split ("stdlib", "files"); None = all.
+      max_train_bytes: cap on the bytes of the TRAINING split only ("stdlib", "files";
+        None = no extra cap): the training split holds min(max_bytes, max_train_bytes)
+        bytes (the last file truncated), the validation split is untouched, so configs
+        differing only in this field evaluate on identical validation batches (unique-data
+        budgets, Muennighoff et al. 2023). ``dataset_info(cfg)["train"]["targets"]`` is the
+        exact number of unique training targets it leaves.
       add_bos, add_eos: begin / end every document with BOS_ID / EOS_ID.
       files_glob: pattern of the "files" source (``**`` allowed).
       tfds_name, tfds_split_train, tfds_split_val, tfds_text_key, tfds_data_dir: the
@@ -87,6 +93,7 @@ class DataConfig:
     split_seed: int = 0
     val_fraction: float = 0.1
     max_bytes: int | None = None
+    max_train_bytes: int | None = None
     add_bos: bool = True
     add_eos: bool = True
     files_glob: str | None = None
@@ -121,8 +128,13 @@ class DataConfig:
                 bad(name, "must be a non-negative integer")
         if not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "must be in [0, 1)")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            bad("max_bytes", "must be None or a positive integer")
+        for name in ("max_bytes", "max_train_bytes"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+                bad(name, "must be None or a positive integer")
+        if self.max_train_bytes is not None and self.source not in ("stdlib", "files"):
+            bad("max_train_bytes", f'caps only the "stdlib" and "files" sources, not source={self.source!r}; '
+                "leave it None (synthetic: set synthetic_num_tokens)")
         if self.source == "files" and not self.files_glob:
             bad("files_glob", 'must be set (a glob pattern) when source="files"')
         if self.source == "tfds" and not self.tfds_name:
@@ -161,12 +173,19 @@ def split_files(cfg: DataConfig, split: str) -> tuple[str, ...]:
     return data_sources.split_by_file(paths, cfg.val_fraction, cfg.split_seed)[split]
 
 
+def split_max_bytes(cfg: DataConfig, split: str) -> int | None:
+    """The byte cap of ``split``: ``max_bytes``, and for "train" also ``max_train_bytes`` (the smaller)."""
+    _check_split(split)
+    caps = [c for c in (cfg.max_bytes, cfg.max_train_bytes if split == "train" else None) if c is not None]
+    return min(caps) if caps else None
+
+
 @functools.lru_cache(maxsize=16)
 def make_source(cfg: DataConfig, split: str):
     """The document source (:mod:`lm.data_sources`) of ``split`` ("train" | "validation")."""
     _check_split(split)
     if cfg.source in ("stdlib", "files"):
-        return data_sources.FileSource(split_files(cfg, split), cfg.max_bytes)
+        return data_sources.FileSource(split_files(cfg, split), split_max_bytes(cfg, split))
     if cfg.source == "synthetic":
         num_train = max(1, cfg.synthetic_num_tokens // cfg.synthetic_doc_len)
         num = num_train if split == "train" else int(round(cfg.val_fraction * num_train))
@@ -227,13 +246,14 @@ def make_iterator(
     if len(source) == 0:
         raise ValueError(
             f"split {split!r} of source {cfg.source!r} has no documents "
-            f"(DataConfig.val_fraction={cfg.val_fraction}, max_bytes={cfg.max_bytes})"
+            f"(DataConfig.val_fraction={cfg.val_fraction}, max_bytes={cfg.max_bytes}, "
+            f"max_train_bytes={cfg.max_train_bytes})"
         )
     pieces = _pieces(cfg, source)
     if len(pieces) < shard_count:
         raise ValueError(
             f"split {split!r} of source {cfg.source!r} has {len(pieces)} pieces of text, fewer than "
-            f"shard_count={shard_count} (check val_fraction, max_bytes, files_glob)"
+            f"shard_count={shard_count} (check val_fraction, max_bytes, max_train_bytes, files_glob)"
         )
     ds = grain.MapDataset.source(pieces)
     if cfg.source != "synthetic":  # synthetic documents are i.i.d. already

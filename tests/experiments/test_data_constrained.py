@@ -1,4 +1,5 @@
-"""experiments.data_constrained: R_D* recovery on the law's own synthetic table, helpers, smoke end to end."""
+"""experiments.data_constrained: R_D* recovery on the law's own synthetic table, helpers, the train-only
+unique-data cap, smoke end to end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from experiments import data_constrained as dc
+from lm import data as lm_data
 from scaling import laws
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "R_D_star": 15.4, "R_N_star": 5.3}
@@ -19,7 +21,7 @@ def _table() -> pd.DataFrame:
     # models below N_opt(U) for every U, so the 1-epoch runs follow Chinchilla exactly (N' = N)
     for N, U, e in itertools.product((1e6, 2e6, 4e6), (1e8, 3e8, 1e9), (1, 2, 4, 8, 16, 32, 64)):
         rows.append({"status": "complete", "N": N, "U": U, "D": e * U, "epochs": e, "size": f"n{N:g}",
-                     "common_val_loss": laws.data_constrained(N, e * U, U, **TRUE)})
+                     "final_val_loss": laws.data_constrained(N, e * U, U, **TRUE)})
     return pd.DataFrame(rows)
 
 
@@ -46,12 +48,32 @@ def test_epoch_threshold_is_where_the_increase_crosses():
     assert ratio(e1) > 1.01 and ratio(e1 / 1.01) <= 1.01
 
 
+def test_unique_budget_caps_training_only_and_U_is_exact():
+    """U (the table's tag) is the number of training targets one epoch yields, counted from the
+    batches; every run of the study reads the same validation batches whatever its U."""
+    study = dc.build_study(dc.PRESETS["smoke"])
+    data = {study.tags[r.name]["unique_bytes"]: r.data for r in study.runs}
+    us = {ub: {study.tags[r.name]["U"] for r in study.runs if study.tags[r.name]["unique_bytes"] == ub} for ub in data}
+    val = None
+    for ub, cfg in data.items():
+        it = lm_data.make_iterator(cfg, "train", num_epochs=1)
+        targets = sum(float(b["weights"].sum()) for b in it)
+        assert us[ub] == {int(targets)}
+        it = lm_data.make_iterator(cfg, "validation")
+        batches = [next(it)["targets"] for _ in range(2)]
+        it.close()
+        if val is not None:
+            np.testing.assert_array_equal(np.stack(batches), val)
+        val = np.stack(batches)
+    assert len({u for s in us.values() for u in s}) == len(data)
+
+
 def test_smoke_end_to_end(tmp_path):
     out = tmp_path / "study"
     res = dc.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--bootstrap", "5"])
     table, preset = res["table"], dc.PRESETS["smoke"]
     assert len(table) == len(preset.sizes) * len(preset.unique_bytes) * len(preset.epochs)
-    assert (table["status"] == "complete").all() and np.isfinite(table["common_val_loss"]).all()
+    assert (table["status"] == "complete").all() and np.isfinite(table["final_val_loss"]).all()
     # D = epochs x U up to one step of rounding
     tokens_per_step = preset.seq_len * preset.batch_size
     assert (np.abs(table["D"] - table["epochs"] * table["U"]) <= tokens_per_step / 2).all()

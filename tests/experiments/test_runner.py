@@ -170,3 +170,146 @@ def test_shard_tables_merge_into_the_full_table(full_sweep, tmp_path):
         (gather / p.name).write_bytes(p.read_bytes())
     loaded = runner.load_results(study, gather)
     pd.testing.assert_frame_equal(loaded[cols], table[cols], check_dtype=False, check_exact=True)
+
+
+# ------------------------------------------------------------------------------ groups
+
+GROUPS = (("s6_lr0.01", "s6_lr0.003"), ("s12_lr0.01", "s12_lr0.003"))  # the lr axis at each length
+
+
+class Recorder:
+    """A group trainer that records what it was asked to train, then trains it (vmapped)."""
+
+    def __init__(self, kill_after_dropping: str | None = None):
+        self.calls: list[tuple[str, ...]] = []
+        self.kill_after_dropping = kill_after_dropping
+
+    def __call__(self, runs, run_dirs, *, progress=None):
+        from lm.vmap_sweep import train_vmapped
+
+        self.calls.append(tuple(r.name for r in runs))
+        train_vmapped(runs, run_dirs, progress=progress)
+        if self.kill_after_dropping is not None:  # killed before it wrote this run's result.json
+            for r, d in zip(runs, run_dirs):
+                if r.name == self.kill_after_dropping:
+                    (d / "result.json").unlink()
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def grouped_sweep(tmp_path_factory):
+    """The tiny grid trained in two groups, as two shards into one directory."""
+    out = tmp_path_factory.mktemp("grouped")
+    study = tiny_study()
+    shards = [runner.run_study(study, out, shard=(i, 2), groups=GROUPS, compilation_cache=False, progress=i == 0)
+              for i in range(2)]
+    table = runner.run_study(study, out, groups=GROUPS, progress=False, compilation_cache=False)
+    return study, out, table, shards
+
+
+def test_work_units_keep_groups_whole_across_shards():
+    study = tiny_study()
+    units = runner.work_units(study, GROUPS)
+    assert [tuple(r.name for r in u) for u in units] == list(GROUPS)  # each placed at its first run
+    solo = runner.work_units(study, GROUPS[:1])
+    assert [tuple(r.name for r in u) for u in solo] == [GROUPS[0], ("s12_lr0.01",), ("s12_lr0.003",)]
+    assert [u[0] for u in runner.work_units(study)] == list(study.runs)
+
+
+def test_grouped_table_has_the_columns_and_values_of_solo_runs(full_sweep, grouped_sweep):
+    _, _, solo = full_sweep
+    study, out, table, shards = grouped_sweep
+    assert list(table.columns) == list(solo.columns) and list(table["run"]) == list(study.run_names)
+    assert (table["status"] == "complete").all()
+    for i, part in enumerate(shards):
+        assert set(part["run"]) == set(GROUPS[i]) and (out / f"results.shard-{i}-of-2.csv").exists()
+    losses = [c for c in table.columns if "loss" in c or "bpb" in c]
+    same = [c for c in table.columns if c not in losses + TIMING + ["resumed_from"]]
+    pd.testing.assert_frame_equal(table[same], solo[same], check_exact=True)
+    # a vmapped run follows its solo twin's curve (same data, same step); XLA may reorder sums
+    np.testing.assert_allclose(table[losses].to_numpy(float), solo[losses].to_numpy(float), rtol=2e-5)
+    assert (table["wall_s"] > 0).all() and (table["train_s"] > 0).all()
+    for name in study.run_names:
+        assert json.loads((out / "runs" / name / "result.json").read_text())["vmapped_with"] == 2
+
+
+def test_killed_group_retrains_only_its_unfinished_runs(grouped_sweep, tmp_path):
+    study, _, reference, _ = grouped_sweep
+    killed = Recorder(kill_after_dropping="s6_lr0.003")
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, tmp_path, groups=GROUPS, train_group=killed, progress=False, compilation_cache=False)
+    assert killed.calls == [GROUPS[0]]
+    first = tmp_path / "runs" / "s6_lr0.01" / "result.json"
+    stamp = first.stat().st_mtime_ns
+    resumed = Recorder()
+    table = runner.run_study(study, tmp_path, groups=GROUPS, train_group=resumed, progress=False,
+                             compilation_cache=False)
+    # the finished run of the killed group is kept; its unfinished run trains alone; the next group whole
+    assert resumed.calls == [("s6_lr0.003",), GROUPS[1]]
+    assert first.stat().st_mtime_ns == stamp
+    assert (table["status"] == "complete").all()
+    losses = ["final_train_loss", "final_val_loss"]
+    np.testing.assert_allclose(table[losses].to_numpy(float), reference[losses].to_numpy(float), rtol=2e-5)
+    # a group whose runs are all finished is skipped
+    again = Recorder()
+    rerun = runner.run_study(study, tmp_path, groups=GROUPS, train_group=again, progress=False,
+                             compilation_cache=False)
+    assert again.calls == []
+    pd.testing.assert_frame_equal(rerun, table, check_exact=True)
+
+
+def test_diverged_run_of_a_group_is_diverged_in_the_table(tmp_path):
+    runs = (tiny_run(16, 6, name="ok", lr=1e-2), tiny_run(16, 6, name="boom", lr=1e30))
+    study = runner.Study(name="div", runs=runs)
+    table = runner.run_study(study, tmp_path, groups=[("ok", "boom")], progress=False, compilation_cache=False)
+    row = table.set_index("run")
+    assert row.loc["ok", "status"] == "complete" and np.isfinite(row.loc["ok", "final_val_loss"])
+    assert row.loc["boom", "status"] == "diverged" and np.isnan(row.loc["boom", "final_val_loss"])
+    assert table["final_val_loss"].dtype == float
+
+
+@pytest.mark.parametrize("groups, match", [
+    ([("s6_lr0.01", "nope")], r"not in the grid .*\['nope'\]"),
+    ([("s6_lr0.01",), ("s6_lr0.01", "s6_lr0.003")], "'s6_lr0.01' is also in groups\\[0\\]"),
+    ([("s6_lr0.01", "s6_lr0.01")], "twice"),
+    ([()], "non-empty"),
+    ([("s6_lr0.01", "s12_lr0.01")], "a vmapped sweep allows only"),  # lm.vmap_sweep.check_sweep's error
+])
+def test_bad_groups_fail_before_training_and_delete_nothing(full_sweep, tmp_path, groups, match):
+    study, out, _ = full_sweep
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    for target in (out, tmp_path / "new"):
+        trainer = Recorder()
+        with pytest.raises(runner.StudyError, match=match):
+            runner.run_study(study, target, groups=groups, train_group=trainer, progress=False)
+        assert trainer.calls == []
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_fingerprint_ignores_fields_added_later_only_at_their_default():
+    import hashlib
+
+    study = tiny_study()
+    old = [r.to_dict() for r in study.runs]
+    for d in old:
+        del d["data"]["max_train_bytes"]  # the configs as written before the field existed
+    want = hashlib.sha256(json.dumps([old, list(study.loss_at_flops)], sort_keys=True).encode()).hexdigest()[:16]
+    assert study.fingerprint() == want
+    capped = runner.Study(name="tiny", runs=tuple(
+        dataclasses.replace(r, data=dataclasses.replace(r.data, max_train_bytes=5000)) for r in study.runs))
+    assert capped.fingerprint() != runner.Study(name="tiny", runs=study.runs).fingerprint()
+
+
+def test_run_directories_written_before_an_added_field_still_belong_to_the_study(tmp_path):
+    study = tiny_study()
+    runner.prepare_out(study, tmp_path)
+    old = study.runs[0].to_dict()
+    del old["data"]["max_train_bytes"]
+    (tmp_path / "runs" / study.runs[0].name).mkdir()
+    (tmp_path / "runs" / study.runs[0].name / "config.json").write_text(json.dumps(old))
+    runner.check_out(study, tmp_path)  # no error: the field is at its default
+    old["data"]["max_train_bytes"] = 5000
+    (tmp_path / "runs" / study.runs[0].name / "config.json").write_text(json.dumps(old))
+    with pytest.raises(runner.StudyError, match="holds a different config"):
+        runner.check_out(study, tmp_path)
