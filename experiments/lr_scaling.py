@@ -81,7 +81,7 @@ PRESETS: dict[str, Preset] = {
                     learning_rates=(3e-3, 1e-2, 3e-2, 1e-1), seq_len=32, eval_batches=2, bootstrap=50),
     "default": Preset(cells=(("d16L1", 1 << 17), ("d32L2", 1 << 17), ("d64L2", 1 << 17), ("d16L1", 1 << 18),
                              ("d32L2", 1 << 18), ("d64L2", 1 << 18)),
-                      batch_sizes=(4, 8, 16, 32), learning_rates=tuple(np.geomspace(1e-3, 6.4e-2, 7).round(5)),
+                      batch_sizes=(2, 4, 8, 16), learning_rates=tuple(np.geomspace(1e-3, 6.4e-2, 7).round(5)),
                       seq_len=128, eval_batches=8, bootstrap=500),
     "full": Preset(cells=tuple((s, d) for s in ("d256L4", "d384L6", "d512L8") for d in (1 << 30, 1 << 32)),
                    batch_sizes=(32, 64, 128, 256, 512), learning_rates=tuple(np.geomspace(2.5e-4, 1.6e-2, 7).round(6)),
@@ -230,8 +230,30 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         ["cell", "N", "D", "best lr", "best batch", "best loss"],
         [(r["cell"], f"{r['N']:.3g}", f"{r['D']:.3g}", f"{r['lr']:.3g}", int(r["batch_size"]), f"{r['loss']:.4f}")
          for _, r in best.iterrows()], align="lrrrrr")
+    edges = grid_edge_optima(best, lrs, bss)
+    if edges:
+        lines += ["", "## Optima on the edge of the grid", "",
+                  "In these cells the best run sits at the smallest or largest value tried, so the true optimum "
+                  "may lie outside the grid and the fitted law is bounded by the grid there, not measured; "
+                  "extend the grid in that direction:", ""]
+        lines += [f"- {cell}: {what}" for cell, what in edges]
     report = study_cli.write_report(out, lines, figures)
-    return {"fits": fits, "near_optimal": near, "plots": figures, "report": report}
+    return {"fits": fits, "near_optimal": near, "plots": figures, "report": report, "edges": edges}
+
+
+def grid_edge_optima(best: pd.DataFrame, lrs, batch_sizes) -> list[tuple[str, str]]:
+    """(cell, description) for every cell whose best learning rate or batch size is a grid extreme."""
+    out = []
+    for _, r in best.iterrows():
+        what = []
+        for col, grid, label in (("lr", lrs, "learning rate"), ("batch_size", batch_sizes, "batch size")):
+            if r[col] == min(grid):
+                what.append(f"{label} {r[col]:.3g} is the smallest tried")
+            elif r[col] == max(grid):
+                what.append(f"{label} {r[col]:.3g} is the largest tried")
+        if what:
+            out.append((r["cell"], "; ".join(what)))
+    return out
 
 
 # ------------------------------------------------------------------------------- CLI

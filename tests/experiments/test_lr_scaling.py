@@ -68,3 +68,16 @@ def test_smoke_grid_end_to_end(tmp_path):
     # rerun: nothing is trained again and the table is identical
     again = lr_scaling.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--bootstrap", "10"])
     pd.testing.assert_frame_equal(again["table"], table)
+
+
+def test_grid_edge_optima_flags_only_extremes():
+    lrs, bss = [1e-3, 1e-2, 1e-1], [4, 8, 16]
+    best = pd.DataFrame([
+        {"cell": "inside", "lr": 1e-2, "batch_size": 8},
+        {"cell": "small-batch", "lr": 1e-2, "batch_size": 4},
+        {"cell": "both", "lr": 1e-1, "batch_size": 16},
+    ])
+    edges = dict(lr_scaling.grid_edge_optima(best, lrs, bss))
+    assert set(edges) == {"small-batch", "both"}
+    assert "batch size 4 is the smallest" in edges["small-batch"]
+    assert "learning rate 0.1 is the largest" in edges["both"] and "batch size 16 is the largest" in edges["both"]
