@@ -9,6 +9,24 @@ value-and-grad with respect to q, k, v and g, compiled ahead of time; the quadra
 runs once per length. The GFLOP/s column is 3x the forward FLOPs of
 :func:`linear_attention_flops` (forward + backward) over the chunked time.
 
+The chunked form's backward is its hand-written ``custom_vjp`` (a reverse scan over
+groups of chunks carrying the state gradient, the transposed chunk equations and the
+decay gradient dL/dG = q dq - k dk; see :mod:`pallas_kernels.linear_attention.reference`):
+it reuses the states entering each chunk saved by the forward and recomputes only the
+intra-chunk scores, about 3.25x the forward FLOPs in all (the column above counts 3x). The
+quadratic form's backward is JAX autodiff.
+
+Reading target 2: XLA:CPU allocates every call's outputs and temporaries afresh, and on
+Linux glibc serves blocks of 32 MiB and more with new ``mmap`` pages that fault in on first
+touch (kernel time, counted in the cpu column). At 16k each [1, T, 8, 64] float32 array is
+exactly 32 MiB, so o, its cotangent, the saved chunk states and the three gradients
+(192 MiB) fault in on every call, which 1k (reused from the heap) never pays; most of the
+growth beyond 16x is this system time, not the algorithm (user time per token is flat
+from 1k to 16k; compare user and system time with ``os.times``). With glibc >= 2.35,
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m experiments.bench_linear_attention``
+backs those blocks with transparent huge pages (measured: 49k -> 2k page faults per call
+at 16k, and the ratio about 2 lower).
+
 Targets (issue 6, 2 CPU cores): chunked >= 5x faster than quadratic at T = 8k, and
 chunked time growing linearly (time(16k) / time(1k) <= 20).
 

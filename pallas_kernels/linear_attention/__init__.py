@@ -2,7 +2,8 @@
 
 ``linear_attention(q, k, v, *, g, gk, scale, initial_state, output_final_state,
 chunk_size, impl)`` is the public op; the three reference forms (recurrent, parallel,
-chunked) are exported by name for tests, and :func:`linear_attention_flops` gives the
+chunked) are exported by name for tests, with the chunked form's hand-written backward
+(:func:`linear_attention_chunked_bwd`, also the kernel's backward), and :func:`linear_attention_flops` gives the
 forward FLOPs per token of the chunked algorithm for ``lm/flops.py``.
 """
 
@@ -10,6 +11,7 @@ from pallas_kernels.linear_attention.kernel import BlockSizes
 from pallas_kernels.linear_attention.ops import linear_attention, linear_attention_pallas
 from pallas_kernels.linear_attention.reference import (
     linear_attention_chunked,
+    linear_attention_chunked_bwd,
     linear_attention_flops,
     linear_attention_parallel,
     linear_attention_recurrent,
@@ -19,6 +21,7 @@ __all__ = [
     "BlockSizes",
     "linear_attention",
     "linear_attention_chunked",
+    "linear_attention_chunked_bwd",
     "linear_attention_flops",
     "linear_attention_pallas",
     "linear_attention_parallel",

@@ -1,10 +1,12 @@
 """Public chunked linear attention: the ``impl=`` switch and the kernel's ``custom_vjp``.
 
 Backward: the kernel computes only the forward. Its ``custom_vjp`` backward is the
-chunked reference (:func:`reference.linear_attention_chunked`) differentiated by JAX,
-recomputed from the saved inputs (no O(T) activations are saved beyond q, k, v and the
-decays). This is the documented reference fallback that DESIGN.md allows; a backward
-kernel is future work.
+chunked reference's hand-written backward (:func:`reference.linear_attention_chunked_bwd`,
+the same code that differentiates :func:`reference.linear_attention_chunked`: one home for
+the math): a state-only pass recomputes the state entering every chunk from the saved
+inputs (no O(T) activations are saved beyond q, k, v and the decays), then a reverse pass
+over the chunks carries the state gradient. This is the documented reference fallback
+that DESIGN.md allows; a backward kernel is future work.
 
 Axis letters: b batch, t time, h heads, k key dim, v value dim, x batch*heads.
 """
@@ -26,6 +28,7 @@ from pallas_kernels.linear_attention.reference import (
     chunk_cumsum,
     decay_mode,
     linear_attention_chunked,
+    linear_attention_chunked_bwd,
     pad_to_chunks,
 )
 
@@ -71,14 +74,9 @@ def _kernel_fwd(q, k, v, g, gk, s0, scale, block_sizes, backend, interpret):
 
 def _kernel_bwd(scale, block_sizes, backend, interpret, residuals, cotangents):
     del backend, interpret
-
-    def chunked(q, k, v, g, gk, s0):
-        return linear_attention_chunked(
-            q, k, v, g, gk, scale=scale, initial_state=s0, chunk_size=block_sizes.chunk_size
-        )
-
-    _, vjp = jax.vjp(chunked, *residuals)
-    return vjp(cotangents)
+    return linear_attention_chunked_bwd(
+        *residuals, cotangents, scale=scale, chunk_size=block_sizes.chunk_size
+    )
 
 
 _linear_attention_kernel.defvjp(_kernel_fwd, _kernel_bwd)
