@@ -58,9 +58,11 @@ def percentile_intervals(samples: pd.DataFrame, estimates: dict[str, float],
             rows[name] = dict(estimate=estimates.get(name, np.nan), lower=np.nan,
                               upper=np.nan, median=np.nan, std=np.nan)
             continue
+        with np.errstate(over="ignore"):  # degenerate resamples (A ~ 1e200 as alpha -> 0): std = inf
+            std = np.std(v)
         rows[name] = dict(estimate=estimates.get(name, np.nan),
                           lower=np.percentile(v, lo_q), upper=np.percentile(v, hi_q),
-                          median=np.median(v), std=np.std(v))
+                          median=np.median(v), std=std)
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
