@@ -10,15 +10,18 @@ Where the gain comes from: one dispatch per step instead of K, and K-times large
 that fill an accelerator that one small model leaves idle. Neither exists on a small CPU,
 and the bench prints the evidence next to the speed-up: the process CPU time per wall
 second ("cores busy") of each loop. Measured on the 2-core CPU (quiet machine, default
-flags, d_model 64, 2 layers, batch 8x64): one run's step takes 7.4 ms whether XLA may use
-1 core or 2 (``taskset -c 0``), and a profile (``jax.profiler`` trace) shows its ops' summed
-durations equal the wall time: no dispatch gaps to amortise, every op compute- or
-memory-bound on one core. The K = 8 vmapped step does 8x the arithmetic in 77 ms (114 ms
-on one core): 0.74x. Also tried: the K steps unrolled inside one jitted program (1.0x;
-XLA:CPU does not run the independent copies concurrently), two vmapped halves in one
-program (1.0x), ``--xla_cpu_enable_concurrency_optimized_scheduler`` and XNNPACK/YNNPACK
-off (no gain). The >= 3x target therefore needs the accelerator it was written for; it was
-not measured here (no GPU/TPU lent).
+flags: d_model 64, 2 layers, batch 8x64): sequential 66.0k tok/s with 1.56 cores busy,
+vmapped 48.4k tok/s with 1.70 cores busy, 0.73x; curves equal (max gap 5.5e-7). One run's
+step takes 7.4 ms whether XLA may use 1 core or 2 (``taskset -c 0``), and a profile
+(``jax.profiler`` trace) shows its ops' summed durations equal the wall time: no dispatch
+gaps to amortise, every op compute- or memory-bound, so the K = 8 vmapped step, doing 8x
+the arithmetic, takes 10x as long (79 ms vs 7.7 ms; 114 ms on one core). Also tried, per
+step of all 8 runs: the 8 steps unrolled inside one jitted program 63 ms (0.98x of 8
+sequential steps; XLA:CPU does not run the independent copies concurrently), two vmapped
+halves in one program 66 ms, with ``--xla_cpu_enable_concurrency_optimized_scheduler``
+vmapped 82 / unrolled 61 ms, with XNNPACK/YNNPACK off 75 / 61 ms (single step 7.3 ms).
+The >= 3x target therefore needs the accelerator it was written for; it was not measured
+here (no GPU/TPU lent).
 """
 
 from __future__ import annotations
