@@ -159,6 +159,45 @@ def measured_pairs(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.Data
     return pd.DataFrame(rows)
 
 
+def identification_notes(params: dict, data: pd.DataFrame, intervals: pd.DataFrame | None = None) -> list[str]:
+    """Plain-language warnings for fitted quantities the grid cannot determine.
+
+    * R_N* only acts on runs with excess parameters, N > U_N = N_opt(U) (the size for which
+      the run's unique tokens are compute-optimal, Muennighoff et al. 2023 Eq. (7)); with no
+      such run, or with a bootstrap interval of zero width, it is not identified.
+    * R_D* likewise needs repeated runs (epochs > 1).
+    * E at ~0 means the irreducible loss is not resolved at these scales.
+
+    Args:
+      params: the fitted law's parameters (E, A, B, alpha, beta, R_D_star, R_N_star).
+      data: the fitted runs with N, U, epochs columns.
+      intervals: the bootstrap interval table (rows R_D_star, R_N_star; lower/upper), or None.
+    """
+    from scaling import laws
+
+    notes = []
+    u_n = laws.n_opt_for_tokens(data["U"].to_numpy(float), params["A"], params["B"], params["alpha"],
+                                params["beta"])
+    excess = int(np.sum(data["N"].to_numpy(float) > u_n))
+    flat = lambda k: (intervals is not None and k in intervals.index
+                      and np.isclose(intervals.loc[k, "lower"], intervals.loc[k, "upper"], rtol=1e-6))
+    span = f"U_N = N_opt(U) from {min(u_n):.3g} to {max(u_n):.3g}"
+    if excess == 0:
+        notes.append(f"R_N* = {params['R_N_star']:.3g} is not identified: no run has more parameters than its "
+                     f"unique data makes compute-optimal (N > U_N, {span}), so the excess-parameter decay never "
+                     "enters the fit; add larger models or smaller U to measure it.")
+    elif flat("R_N_star") or params["R_N_star"] > 1e6:
+        notes.append(f"R_N* = {params['R_N_star']:.3g} ran off to a flat direction of the fit: {excess} of "
+                     f"{len(data)} runs have excess parameters (N > U_N, {span}), and the loss shows no decay "
+                     "in their value; read R_N* as unbounded (not measured) at these scales.")
+    if int(np.sum(data["epochs"] > 1)) == 0 or flat("R_D_star") or params["R_D_star"] > 1e6:
+        notes.append(f"R_D* = {params['R_D_star']:.3g} is not identified by the repeated runs of this grid.")
+    if params["E"] < 1e-6:
+        notes.append(f"E = {params['E']:.3g}: the irreducible loss is not resolved at these scales (the fit "
+                     "puts it at zero); read A, B, alpha, beta as an effective local fit.")
+    return notes
+
+
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_increase: float = 0.01,
             loss: str = "final_val_loss", preset_name: str = "") -> dict:
     from matplotlib.figure import Figure
@@ -214,6 +253,9 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
              *study_cli.markdown_table(["parameter", "estimate", "95% interval"], fixed + fitted, align="lrl")]
     when = (f"from {e_star:.3g} epochs on" if np.isfinite(e_star) else
             "at no epoch count up to 1000: no cost of repetition is resolved within this grid")
+    notes = identification_notes(p, data, iv)
+    if notes:
+        lines += ["", "Not identified by this grid:", ""] + [f"- {n}" for n in notes]
     lines += ["", "Paper: R_D* = 15.4, R_N* = 5.3.", "",
               f"**Repetition costs more than {100 * loss_increase:g}% loss (vs as many unique tokens) {when}** "
               f"(fitted law, N = {n_big:.3g}, U = {u_small:.3g} tokens).", ""]
@@ -225,7 +267,7 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
               f"{100 * r['relative_increase']:+.2f}%") for _, r in pairs.iterrows()], align="lrrrrr")
     report = study_cli.write_report(out, lines, figures)
     return {"params": p, "fits": res, "epochs_threshold": e_star, "pairs": pairs, "plots": figures,
-            "report": report}
+            "report": report, "notes": notes}
 
 
 # ------------------------------------------------------------------------------- CLI

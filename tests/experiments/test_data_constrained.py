@@ -81,3 +81,17 @@ def test_smoke_end_to_end(tmp_path):
     u = table.groupby("unique_bytes")["U"].first()
     assert u.is_monotonic_increasing and u.iloc[0] > 0
     assert (out / "repeated_value.png").exists() and "R_D_star" in (out / "report.md").read_text()
+
+
+def test_identification_notes_name_what_the_grid_cannot_measure():
+    p = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28, "R_D_star": 15.0, "R_N_star": 5.0}
+    u = np.array([1e9, 1e10])
+    u_n = laws.n_opt_for_tokens(u, p["A"], p["B"], p["alpha"], p["beta"])
+    runs = lambda n_factor: pd.DataFrame({"N": u_n * n_factor, "U": u, "epochs": [1, 4]})
+    assert dc.identification_notes(p, runs(2.0)) == []  # excess parameters, finite R's, E > 0
+    small = dc.identification_notes(p, runs(0.5))  # every N below U_N: R_N* never acts
+    assert len(small) == 1 and "no run has more parameters" in small[0]
+    flat = dc.identification_notes(dict(p, R_N_star=1e13, E=1e-20), runs(2.0))
+    assert len(flat) == 2 and "flat direction" in flat[0] and "2 of 2 runs" in flat[0] and "E = 1e-20" in flat[1]
+    iv = pd.DataFrame({"lower": [3.0, 7.0], "upper": [3.0, 9.0]}, index=["R_D_star", "R_N_star"])
+    assert any("R_D* = 15 is not identified" in n for n in dc.identification_notes(p, runs(2.0), iv))
