@@ -159,9 +159,9 @@ def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
         if iso is not None:
             o = iso.optima[np.isfinite(iso.optima["N_star"])]
             ax.scatter(o["C"], o[f"{key}_star"], color="C0", label="isoFLOP minima")
-            f = iso.n_opt if key == "N" else iso.d_opt
+            power_law = iso.n_opt if key == "N" else iso.d_opt
             expo = iso.a if key == "N" else iso.b
-            ax.plot(grid, f(grid), "C0-", label=f"approach 2: C^{expo:.3f}")
+            ax.plot(grid, power_law(grid), "C0-", label=f"approach 2: C^{expo:.3f}")
         if result is not None:
             p = result.params
             beta = p.get("beta", p["alpha"])

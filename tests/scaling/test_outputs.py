@@ -39,7 +39,7 @@ def test_plots_and_report(fitted, tmp_path):
     assert f"[{lo:.6g}, {hi:.6g}]" in report
 
 
-def test_plots_under_exact_flops_per_token(fitted, tmp_path):
+def test_plots_under_exact_flops_per_token(fitted, tmp_path, monkeypatch):
     # C = f(N) D instead of 6ND: the drawn frontier is the constrained optimum under f, and the
     # 20-tokens-per-parameter reference solves f(N) * 20 N = C.
     table, res, boot = fitted
@@ -48,6 +48,14 @@ def test_plots_under_exact_flops_per_token(fitted, tmp_path):
     paths += plots.plot_optimal_allocation(tmp_path, result=res, boot=boot, C_range=(1e18, 1e23), flops_per_token=f)
     paths += plots.plot_contours(res, tmp_path, flops_per_token=f)
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+    # the drawn reference line (with isoFLOP power laws on the same axes) solves f(N) 20 N = C
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figs.append(fig) or [])
+    plots.plot_optimal_allocation(tmp_path, iso=fit_isoflop(isoflop_table(noise=1e-3), n_bootstrap=0), result=res,
+                                  C_range=(1e18, 1e23), flops_per_token=f)
+    (line,) = [ln for ln in figs[0].axes[0].get_lines() if ln.get_label() == "20 tokens/param"]
+    c, n = line.get_data()
+    np.testing.assert_allclose(f(n) * 20.0 * n, c, rtol=1e-5)
     C = np.geomspace(1e18, 1e23, 7)
     n20 = plots._n_at_tokens_per_param(C, f, 20.0)
     np.testing.assert_allclose(f(n20) * 20.0 * n20, C, rtol=1e-5)
