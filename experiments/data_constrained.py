@@ -274,7 +274,7 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
 
 
 def main(argv=None) -> dict:
-    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, bootstrap=True)
+    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, shard=True, bootstrap=True)
     ap.add_argument("--loss-increase", type=float, default=0.01,
                     help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
     args = ap.parse_args(argv)

@@ -260,7 +260,7 @@ def grid_edge_optima(best: pd.DataFrame, lrs, batch_sizes) -> list[tuple[str, st
 
 
 def main(argv=None) -> dict:
-    p = study_cli.study_parser("lr_scaling", __doc__, PRESETS, bootstrap=True)
+    p = study_cli.study_parser("lr_scaling", __doc__, PRESETS, shard=True, bootstrap=True)
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     out = study_cli.out_dir("lr_scaling", args)
@@ -268,6 +268,8 @@ def main(argv=None) -> dict:
         study, groups = build_study(preset, args.preset)
         table = study_cli.train_and_load(study, out, args, groups=groups)
     result = {"out": out, "table": table}
+    if not study_cli.analysis_ready(table, allow_diverged=True):  # high learning rates may diverge
+        return result
     result.update(analyze(study, table, out, threshold=preset.threshold,
                           bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap))
     e = result["fits"]["estimate"]

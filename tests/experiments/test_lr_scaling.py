@@ -81,3 +81,10 @@ def test_grid_edge_optima_flags_only_extremes():
     assert set(edges) == {"small-batch", "both"}
     assert "batch size 4 is the smallest" in edges["small-batch"]
     assert "learning rate 0.1 is the largest" in edges["both"] and "batch size 16 is the largest" in edges["both"]
+
+
+def test_no_analysis_of_a_partial_grid(tmp_path, capsys):
+    # --analysis-only before any run (or with other shards pending) must not fit a partial grid
+    result = lr_scaling.main(["--preset", "smoke", "--out", str(tmp_path), "--analysis-only"])
+    assert "fits" not in result and (result["table"]["status"] == "pending").all()
+    assert "analysis skipped" in capsys.readouterr().out

@@ -9,11 +9,12 @@ import pytest
 from experiments import architectures, data_constrained, lr_scaling, runner, study_cli, wsd
 
 SHARED = {"--preset", "--out", "--analysis-only", "--no-progress", "-h", "--help"}
-# the command lines of the studies before they shared this module
+# the command lines of the studies (those before they shared this module, plus --shard for the
+# data-constrained and learning-rate grids, whose runs are independent like the others')
 FLAGS = {
     "architectures": SHARED | {"--shard", "--bootstrap"},
-    "data_constrained": SHARED | {"--bootstrap", "--loss-increase"},
-    "lr_scaling": SHARED | {"--bootstrap"},
+    "data_constrained": SHARED | {"--shard", "--bootstrap", "--loss-increase"},
+    "lr_scaling": SHARED | {"--shard", "--bootstrap"},
     "wsd": SHARED | {"--loss"},
 }
 
