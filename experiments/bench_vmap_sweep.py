@@ -9,19 +9,21 @@ sequential twin trained with lm.train's step (rtol 1e-5, see tests/lm/test_vmap_
 Where the gain comes from: one dispatch per step instead of K, and K-times larger matmuls
 that fill an accelerator that one small model leaves idle. Neither exists on a small CPU,
 and the bench prints the evidence next to the speed-up: the process CPU time per wall
-second ("cores busy") of each loop. Measured on the 2-core CPU (quiet machine, default
-flags: d_model 64, 2 layers, batch 8x64): sequential 66.0k tok/s with 1.56 cores busy,
-vmapped 48.4k tok/s with 1.70 cores busy, 0.73x; curves equal (max gap 5.5e-7). One run's
-step takes 7.4 ms whether XLA may use 1 core or 2 (``taskset -c 0``), and a profile
-(``jax.profiler`` trace) shows its ops' summed durations equal the wall time: no dispatch
-gaps to amortise, every op compute- or memory-bound, so the K = 8 vmapped step, doing 8x
-the arithmetic, takes 10x as long (79 ms vs 7.7 ms; 114 ms on one core). Also tried, per
-step of all 8 runs: the 8 steps unrolled inside one jitted program 63 ms (0.98x of 8
-sequential steps; XLA:CPU does not run the independent copies concurrently), two vmapped
-halves in one program 66 ms, with ``--xla_cpu_enable_concurrency_optimized_scheduler``
-vmapped 82 / unrolled 61 ms, with XNNPACK/YNNPACK off 75 / 61 ms (single step 7.3 ms).
-The >= 3x target therefore needs the accelerator it was written for; it was not measured
-here (no GPU/TPU lent).
+second ("cores busy") of each loop. ``--width W`` vmaps W runs at a time inside the step
+(:func:`lm.vmap_sweep.make_vmapped_step`; default all K on a GPU/TPU, 2 on CPU).
+
+Measured on the 2-core CPU (quiet machine, default flags: 8 runs, d_model 64, 2 layers,
+batch 8x64): sequential 63-66k tok/s with 1.55 cores busy; width 2 (the CPU default)
+63-66k tok/s, 0.96-1.01x; width 1 / 4 / 8 (full vmap): 0.90 / 0.88 / 0.78x; curves equal
+(max gap 1.7e-7 at width 2, 5.5e-7 fully vmapped); end to end (``--end-to-end``) 1.65x.
+One run's step takes 7.4 ms whether XLA may use 1 core or 2 (``taskset -c 0``), and a
+profile (``jax.profiler`` trace) shows its ops' summed durations equal the wall time: no
+dispatch gaps to amortise, every op compute- or memory-bound, so 8 runs cost 8 runs' arithmetic
+(fully vmapped, 8x larger activations also overflow the caches: 79 ms vs 8 x 7.7 ms).
+Also tried: the 8 steps unrolled inside one jitted program (0.98x; XLA:CPU does not run
+the independent copies concurrently), ``--xla_cpu_enable_concurrency_optimized_scheduler``
+and XNNPACK/YNNPACK off (no gain). The >= 3x target therefore needs the accelerator it
+was written for; it was not measured here (no GPU/TPU lent).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--width", type=int, default=None,
+                   help="runs vmapped together inside the step (0 = all; default: all on GPU/TPU, 2 on CPU)")
     p.add_argument("--end-to-end", action="store_true",
                    help="also time lm.vmap_sweep.train_vmapped against K calls of lm.train.train (data pipeline, "
                         "logging, evaluation and checkpoints included)")
@@ -86,7 +90,8 @@ def main(argv=None) -> dict:
 
     # vmapped: one program for all K runs
     state = vs.init_stacked_state(runs)
-    vfn, c_vm = vs.compiled_vmapped_step(runs, state, batches[0])
+    width = vs.default_vmap_width(a.runs) if a.width is None else a.width
+    vfn, c_vm = vs.compiled_vmapped_step(runs, state, batches[0], width)
     wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
     vm_losses_dev = []
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -104,14 +109,14 @@ def main(argv=None) -> dict:
         "sequential_tok_s": tokens / t_seq, "vmapped_tok_s": tokens / t_vm, "speedup": t_seq / t_vm,
         "compile_s_sequential": c_seq, "compile_s_vmapped": c_vm,
         "max_rel_loss_gap": err, "curves_equal": ok,
-        "cores_busy_sequential": cpu_seq / t_seq, "cores_busy_vmapped": cpu_vm / t_vm,
+        "cores_busy_sequential": cpu_seq / t_seq, "cores_busy_vmapped": cpu_vm / t_vm, "width": width,
     }
     print(f"{a.runs} runs x {a.steps} steps, d_model={a.d_model}, layers={a.layers}, batch {a.batch}x{a.seq_len}, "
           f"{out['params']} params, device={out['device']}")
     print(f"  sequential : {out['sequential_tok_s']:10.0f} tok/s  ({t_seq:.2f} s, compile {c_seq:.1f} s, "
           f"{out['cores_busy_sequential']:.2f} cores busy of {os.cpu_count()})")
     print(f"  vmapped    : {out['vmapped_tok_s']:10.0f} tok/s  ({t_vm:.2f} s, compile {c_vm:.1f} s, "
-          f"{out['cores_busy_vmapped']:.2f} cores busy)")
+          f"{out['cores_busy_vmapped']:.2f} cores busy; {width or a.runs} runs vmapped per inner step)")
     print(f"  speed-up   : {out['speedup']:.2f}x (target >= 3x)")
     print(f"  loss curves equal (rtol {a.rtol:g}): {ok}  max relative gap {err:.2e}")
     if not ok:
@@ -126,7 +131,7 @@ def main(argv=None) -> dict:
                 lm_train.train(r, Path(tmp) / "seq" / r.name)
             t_seq_e2e = time.perf_counter() - t0
             t0 = time.perf_counter()
-            vs.train_vmapped(runs, [Path(tmp) / "vm" / r.name for r in runs])
+            vs.train_vmapped(runs, [Path(tmp) / "vm" / r.name for r in runs], width=width)
             t_vm_e2e = time.perf_counter() - t0
         out.update(end_to_end_sequential_s=t_seq_e2e, end_to_end_vmapped_s=t_vm_e2e,
                    end_to_end_speedup=t_seq_e2e / t_vm_e2e)

@@ -7,7 +7,11 @@ scalars ``lr`` and ``weight_decay`` of :func:`lm.train.make_train_step` and in t
 parameters, so ``jax.vmap`` over the stacked training states trains all of them in one
 compiled step, one dispatch per step, on the SAME data batch (the batch is not vmapped).
 This is how the Step Law grids (Li et al. 2025, "Predictable Scale: Part I", arXiv
-2503.04715) are made affordable: an 8-point learning-rate sweep costs about one run.
+2503.04715) are made affordable on an accelerator, where one small model leaves the device
+idle. On a CPU a small model's step is already compute-bound; there the step vmaps 2 runs
+at a time in a loop inside the same program (``width``, :func:`default_vmap_width`),
+which matches sequential training's throughput while sharing the data stream, the
+compiled program and the evaluation (see ``experiments/bench_vmap_sweep.py``).
 
 Schedule semantics are those of :func:`lm.train.train`: the learning rate of run k at step s
 is ``peak_k * lm.schedules.lr_multiplier(schedule_k, s, steps)`` (schedules may differ
@@ -44,6 +48,7 @@ from lm import train as lm_train
 from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
 from lm.schedules import lr_multiplier
+from pallas_kernels.backend import has_accelerator
 
 VMAP_STEP_CACHE: dict[tuple, object] = {}
 
@@ -132,23 +137,53 @@ def init_stacked_state(runs: Sequence[RunConfig]) -> dict:
     return stack_states([lm_train.init_state(r) for r in runs])
 
 
-def make_vmapped_step(run: RunConfig):
+# Runs vmapped together inside the step on a CPU (the groups loop inside the same program).
+# ``python -m experiments.bench_vmap_sweep --width W`` on the 2-core CPU (8 runs, d_model 64):
+# W = 1 / 2 / 4 / 8 ran at 0.90 / 1.01 / 0.88 / 0.78x the tokens/s of 8 sequential runs; a
+# fully vmapped step's 8x larger activations overflow the caches.
+CPU_VMAP_WIDTH = 2
+
+
+def default_vmap_width(num_runs: int) -> int:
+    """Runs vmapped together per inner step: all of them on a GPU/TPU, :data:`CPU_VMAP_WIDTH` on CPU."""
+    return num_runs if has_accelerator() else min(num_runs, CPU_VMAP_WIDTH)
+
+
+def make_vmapped_step(run: RunConfig, width: int = 0):
     """``step(states [k ...], batch [b t], lr [k], wd [k]) -> (states, metrics [k ...])``.
 
-    ``jax.vmap`` of :func:`lm.train.make_train_step`'s step over the state and the two
-    scalars; the batch is shared (``in_axes=None``).
+    :func:`lm.train.make_train_step`'s step mapped over the stacked states and the two
+    scalars, the batch shared. ``width`` = 0 (or >= k): ``jax.vmap`` over all k runs;
+    otherwise ``lax.map(..., batch_size=width)``: a loop inside the one compiled program
+    over groups of ``width`` vmapped runs (the remainder vmapped separately), which keeps
+    the working set of a small model cache-sized on a CPU. Every run computes the same
+    numbers either way.
     """
-    return jax.vmap(lm_train.make_train_step(run), in_axes=(0, None, 0, 0))
+    step = lm_train.make_train_step(run)
+    if width < 0:
+        raise ValueError(f"make_vmapped_step: width={width} must be >= 0 (0 = vmap all runs)")
+    if width == 0:
+        return jax.vmap(step, in_axes=(0, None, 0, 0))
+
+    def mapped(states, batch, lr, wd):
+        if width >= lr.shape[0]:
+            return jax.vmap(step, in_axes=(0, None, 0, 0))(states, batch, lr, wd)
+        return jax.lax.map(lambda x: step(x[0], batch, x[1], x[2]), (states, lr, wd), batch_size=width)
+
+    return mapped
 
 
-def compiled_vmapped_step(runs: Sequence[RunConfig], state: dict, batch: dict) -> tuple[object, float]:
-    """The compiled vmapped step (cached by shape and K) and the seconds spent compiling (0 if reused)."""
-    key = (_shape_key(runs[0]), len(runs), tuple(batch["tokens"].shape))
+def compiled_vmapped_step(runs: Sequence[RunConfig], state: dict, batch: dict,
+                          width: int | None = None) -> tuple[object, float]:
+    """The compiled mapped step (cached by shape, K and width) and the seconds spent compiling
+    (0 if reused). ``width``: see :func:`make_vmapped_step`; None = :func:`default_vmap_width`."""
+    width = default_vmap_width(len(runs)) if width is None else width
+    key = (_shape_key(runs[0]), len(runs), width, tuple(batch["tokens"].shape))
     if key in VMAP_STEP_CACHE:
         return VMAP_STEP_CACHE[key], 0.0
     t0 = time.perf_counter()
     vec = jnp.zeros((len(runs),), jnp.float32)
-    fn = jax.jit(make_vmapped_step(runs[0]), donate_argnums=0).lower(state, batch, vec, vec).compile()
+    fn = jax.jit(make_vmapped_step(runs[0], width), donate_argnums=0).lower(state, batch, vec, vec).compile()
     VMAP_STEP_CACHE[key] = fn
     return fn, time.perf_counter() - t0
 
@@ -186,6 +221,7 @@ def train_vmapped(
     *,
     evaluate_final: bool = True,
     progress=None,
+    width: int | None = None,
 ) -> SweepResult:
     """Train K runs of one shape together (one compiled vmapped step, one shared data stream).
 
@@ -195,6 +231,8 @@ def train_vmapped(
         result.json like :func:`lm.train.train` writes them (no checkpoints).
       evaluate_final: evaluate every run on the validation split at the end.
       progress: optional callable(step, total, {"loss": mean finite loss}).
+      width: runs vmapped together inside the step (:func:`make_vmapped_step`); None =
+        :func:`default_vmap_width` (all on an accelerator, 2 on CPU).
 
     Returns:
       A :class:`SweepResult` with the per-step losses [k, s].
@@ -230,7 +268,7 @@ def train_vmapped(
         for step in range(steps):
             batch = lm_train._to_device(next(it))
             if step_fn is None:
-                step_fn, compile_s = compiled_vmapped_step(runs, state, batch)
+                step_fn, compile_s = compiled_vmapped_step(runs, state, batch, width)
             lrs = learning_rates_at(runs, step)
             t0 = time.perf_counter()
             state, m = step_fn(state, batch, jnp.asarray(lrs), wds)

@@ -44,14 +44,15 @@ def test_check_sweep_refuses_different_shapes():
         vs.check_sweep([BASE, BASE])
 
 
-def test_vmapped_curves_equal_sequential_twins(tmp_path):
+@pytest.mark.parametrize("width", [None, 0, 3])  # CPU default (2: a loop of 2 x 2), all 4 vmapped, 3 + remainder 1
+def test_vmapped_curves_equal_sequential_twins(tmp_path, width):
     runs = (
         vs.sweep_runs(BASE, learning_rates=[1e-3, 1e-2])
         + vs.sweep_runs(BASE, learning_rates=[3e-3], weight_decays=[0.5], seeds=[7])
         + (dataclasses.replace(BASE, name="cos", schedule=ScheduleConfig(kind="cosine", warmup_steps=1)),)
     )
     dirs = [tmp_path / r.name for r in runs]
-    res = vs.train_vmapped(runs, dirs, evaluate_final=False)
+    res = vs.train_vmapped(runs, dirs, evaluate_final=False, width=width)
     assert res.losses.shape == (4, 8)
     assert res.diverged_at == [None] * 4
     twins = np.stack([vs.train_sequential_losses(r) for r in runs])
