@@ -122,11 +122,17 @@ def _interval(boot, name: str) -> list[float]:
 
 
 def exact_optimum(params: dict, budgets, f) -> dict[str, np.ndarray]:
-    """N_opt, D_opt [k] of the Chinchilla law ``params`` at ``budgets`` under FLOPs = f(N) * D."""
+    """N_opt, D_opt [n, k] (or [k]) of the Chinchilla law(s) ``params`` at ``budgets`` [k]
+    under FLOPs = f(N) * D; parameter values may be arrays [n, 1] (bootstrap fits at once).
+
+    The same vectorised constrained minimum (:func:`scaling.laws.chinchilla_allocation_for_flops`)
+    that draws the frontiers in :mod:`scaling.plots`, so table and figures agree.
+    """
     from scaling import laws
 
-    n_opt, d_opt = laws.compute_optimal_allocation(
-        np.asarray(budgets, float), lambda n, d: laws.chinchilla(n, d, **params), flops_per_token=f)
+    beta = params.get("beta", params["alpha"])
+    n_opt, d_opt = laws.chinchilla_allocation_for_flops(
+        np.asarray(budgets, float), params["A"], params["B"], params["alpha"], beta, f)
     return {"N_opt": np.atleast_1d(n_opt), "D_opt": np.atleast_1d(d_opt)}
 
 
@@ -142,13 +148,13 @@ def optimum_table(fit3, boot3, budgets, table, level: float = 0.95) -> list[dict
                  for q, i in names}
     intervals = None
     if boot3 is not None and len(boot3.samples):
-        rows = []
-        for p in boot3.samples[list(fit3.params)].to_dict("records"):
-            o = exact_optimum(p, budgets, f)
-            rows.append({**{f"N_opt[{i}]": o["N_opt"][i] for i in range(len(budgets))},
-                         **{f"D_opt[{i}]": o["D_opt"][i] for i in range(len(budgets))},
-                         **{f"tokens_per_param[{i}]": o["D_opt"][i] / o["N_opt"][i] for i in range(len(budgets))}})
-        intervals = percentile_intervals(pd.DataFrame(rows), estimates, level)
+        samples = {k: v.to_numpy(float)[:, None] for k, v in boot3.samples[list(fit3.params)].items()}
+        o = exact_optimum(samples, budgets, f)  # [n, k], all resamples at once
+        cols = {}
+        for i in range(len(budgets)):
+            cols.update({f"N_opt[{i}]": o["N_opt"][:, i], f"D_opt[{i}]": o["D_opt"][:, i],
+                         f"tokens_per_param[{i}]": o["D_opt"][:, i] / o["N_opt"][:, i]})
+        intervals = percentile_intervals(pd.DataFrame(cols), estimates, level)
     out = []
     for i, c in enumerate(budgets):
         row = {"C": float(c)}

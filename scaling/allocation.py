@@ -92,9 +92,11 @@ def chinchilla_allocation_for_flops(
     with D = C / f(N)), for arrays of budgets and of law parameters at once (a bootstrap
     band: parameters [n, 1] against budgets [1, g]). Along log N, a grid of ``points``
     spanning ``decades`` either side of the C = 6ND optimum brackets the minimum of
-    A N^-alpha + B D^-beta (E does not move it), and a parabola through the best grid point
-    and its neighbours refines it. ``f`` must be elementwise and within a factor of
-    10^decades of 6N along the grid; a minimum on the grid's edge raises ValueError.
+    A N^-alpha + B D^-beta (E does not move it), a 100x finer grid between the best point's
+    neighbours and a parabola through the finest best point and its neighbours refine it. ``f`` must be elementwise. Where the minimum lies on the
+    grid's edge (f far from 6N, or a degenerate fit with alpha or beta near 0), that entry
+    is solved by :func:`compute_optimal_allocation` instead (Brent's method over a wide
+    bracket), so every entry is the constrained minimum.
 
     Args:
       C: budgets; A, B, alpha, beta: law parameters; all broadcast to a shape ``*s``.
@@ -104,23 +106,35 @@ def chinchilla_allocation_for_flops(
     """
     C, A, B, alpha, beta = np.broadcast_arrays(*(np.asarray(x, float) for x in (C, A, B, alpha, beta)))
     n0, _ = chinchilla_allocation(C, A, B, alpha, beta)
+
+    def best_on(log_n):
+        """Index of the smallest objective along the last axis of log N [*s, m], and whether it is finite."""
+        n = np.exp(log_n)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            d = C[..., None] / np.asarray(flops_per_token(n), float)
+            obj = A[..., None] * n ** -alpha[..., None] + B[..., None] * d ** -beta[..., None]
+        obj = np.where(np.isfinite(obj), obj, np.inf)
+        j = np.argmin(obj, axis=-1)
+        return j, obj, np.isfinite(np.take_along_axis(obj, j[..., None], -1)[..., 0])
+
+    # coarse grid around the 6ND optimum, then a fine grid over the coarse best's neighbours
+    # (f interpolated along a ladder has kinks; a parabola alone would be off by up to a step)
     step = 2.0 * decades * np.log(10.0) / (points - 1)
-    log_n = np.log(n0)[..., None] + step * (np.arange(points) - (points - 1) // 2)  # [*s, m]
-    n = np.exp(log_n)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        d = C[..., None] / np.asarray(flops_per_token(n), float)
-        obj = A[..., None] * n ** -alpha[..., None] + B[..., None] * d ** -beta[..., None]
-    obj = np.where(np.isfinite(obj), obj, np.inf)
-    j = np.argmin(obj, axis=-1)
-    finite = np.isfinite(np.take_along_axis(obj, j[..., None], -1)[..., 0])
-    if np.any(finite & ((j == 0) | (j == points - 1))):
-        raise ValueError(f"chinchilla_allocation_for_flops: the optimum lies beyond {decades} decades of the "
-                         "C = 6ND one; flops_per_token must stay within that factor of 6N (or raise decades)")
-    j = np.clip(j, 1, points - 2)
+    coarse = np.log(n0)[..., None] + step * (np.arange(points) - (points - 1) // 2)  # [*s, m]
+    j, _, finite = best_on(coarse)
+    at_edge = finite & ((j == 0) | (j == points - 1))
+    centre = np.take_along_axis(coarse, j[..., None], -1)  # [*s, 1]
+    fine_step = 2.0 * step / 200
+    fine = centre + fine_step * (np.arange(201) - 100)  # [*s, 201]
+    j, obj, _ = best_on(fine)
+    j = np.clip(j, 1, 199)
     y0, y1, y2 = (np.take_along_axis(obj, (j + o)[..., None], -1)[..., 0] for o in (-1, 0, 1))
     denom = y0 - 2.0 * y1 + y2
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = np.where(denom > 0, 0.5 * (y0 - y2) / denom, 0.0)
-    ln_opt = np.take_along_axis(log_n, j[..., None], -1)[..., 0] + np.clip(shift, -1.0, 1.0) * step
+    ln_opt = np.take_along_axis(fine, j[..., None], -1)[..., 0] + np.clip(shift, -1.0, 1.0) * fine_step
     n_opt = np.where(finite, np.exp(ln_opt), np.nan)
+    for i in zip(*np.nonzero(at_edge)):  # rare: outside the grid, solve this entry by itself
+        loss = lambda n, d, i=i: A[i] * n ** -alpha[i] + B[i] * d ** -beta[i]
+        n_opt[i] = compute_optimal_allocation(C[i], loss, flops_per_token, n_bounds=(1.0, 1e30))[0]
     return n_opt, C / np.asarray(flops_per_token(n_opt), float)
