@@ -15,7 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm import train
+from lm import compiled, sharding
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
@@ -43,14 +43,16 @@ def peak_matmul_flops(n: int = 4096, repeats: int = 5) -> float:
 def train_step_throughput(preset: str, seq_len: int, batch: int, repeats: int) -> dict:
     cfg = get_preset(preset)
     run = RunConfig(model=cfg, data=DataConfig(seq_len=seq_len, batch_size=batch), train=TrainConfig(steps=10))
-    state = train.init_state(run)
+    mesh = sharding.single_device_mesh()
+    state = sharding.init_sharded_state(run, mesh)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, seq_len), 0, cfg.vocab_size)
     batch_arrays = {
         "tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones((batch, seq_len)),
         "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
         "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len)),
     }
-    step, compile_s = train.compiled_train_step(run, state, batch_arrays)
+    batch_arrays = sharding.global_batch(batch_arrays, mesh, batch)
+    step, compile_s = compiled.train_step(run, mesh, state, batch_arrays)
     lr = jnp.float32(1e-3)
     state, _ = step(state, batch_arrays, lr, jnp.float32(0.1))
     times = []

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import data as lm_data
+from lm import compiled, sharding
 from lm import train as lm_train
 from lm import vmap_sweep as vs
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -70,15 +70,16 @@ def main(argv=None) -> dict:
         name="bench",
     )
     runs = vs.sweep_runs(base, learning_rates=list(np.geomspace(3e-4, 3e-2, a.runs)))
-    it = lm_data.make_iterator(base.data, "train")
-    batches = [lm_train._to_device(next(it)) for _ in range(a.steps)]
+    mesh = sharding.single_device_mesh()
+    it = sharding.make_host_iterator(base, mesh, "train")
+    batches = [sharding.global_batch(next(it), mesh, a.batch) for _ in range(a.steps)]
     it.close()
     tokens = a.steps * a.seq_len * a.batch * a.runs
 
     # sequential: one compiled step (shared by all K runs: lr and wd are traced), K loops
     seq_losses_dev = []  # kept on device: no host sync per step in either loop
-    states = [lm_train.init_state(r) for r in runs]
-    fn, c_seq = lm_train.compiled_train_step(runs[0], states[0], batches[0])
+    states = [sharding.init_sharded_state(r, mesh) for r in runs]
+    fn, c_seq = compiled.train_step(runs[0], mesh, states[0], batches[0])
     t0, cpu0 = time.perf_counter(), time.process_time()
     for i, (r, st) in enumerate(zip(runs, states)):
         wd = jnp.float32(r.optimizer.weight_decay)
@@ -89,9 +90,9 @@ def main(argv=None) -> dict:
     t_seq, cpu_seq = time.perf_counter() - t0, time.process_time() - cpu0
 
     # vmapped: one program for all K runs
-    state = vs.init_stacked_state(runs)
+    state = vs.init_stacked_state(runs, mesh)
     width = vs.default_vmap_width(a.runs) if a.width is None else a.width
-    vfn, c_vm = vs.compiled_vmapped_step(runs, state, batches[0], width)
+    vfn, c_vm = compiled.vmapped_train_step(runs[0], mesh, a.runs, width, state, batches[0])
     wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
     vm_losses_dev = []
     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -24,13 +24,16 @@ Multi-host: :func:`maybe_initialize_distributed` joins the processes of a job
 The pieces, in the order a run uses them:
   maybe_initialize_distributed()          join a multi-host job (no-op on one process)
   make_mesh(mesh_shape)                   the mesh; -1 = the remaining devices
+  single_device_mesh()                    the mesh (1, 1, 1, 1) of a run on one device
   state_shardings(run, mesh)              NamedShardings of {"step", "params", "opt_state"}
   init_sharded_state(run, mesh)           a fresh state created in its shards
   abstract_state(run, mesh)               restore target: ``Checkpointer.restore(step, it)``
   make_host_iterator(run, mesh)           this host's slice of every global batch
   global_batch(local, mesh, b)            host slices -> global [b, t] arrays
-  compiled_sharded_train_step(...)        ``lm.train.make_train_step`` with in/out shardings
+  sharded_train_step(run, mesh, b)        ``lm.step.make_train_step`` jitted with in/out shardings
   gather_data_states / local_data_state   every host's data-iterator state in a checkpoint
+
+``lm.compiled`` compiles and caches the jitted steps; ``lm.train`` drives them.
 
 Limitation: the "length" axis is never sharded (no sequence parallelism); Griffin's
 RG-LRU scan and the convolution would need a cross-device carry for that.
@@ -44,7 +47,6 @@ import contextlib
 import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,9 +60,9 @@ from jax.sharding import PartitionSpec as P
 
 from lm import data as lm_data
 from lm import model as lm_model
-from lm import train as lm_train
+from lm import step as lm_step
 from lm.checkpoint import _jsonable, decode_bytes
-from lm.config import RunConfig
+from lm.config import ModelConfig, RunConfig
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 FSDP_AXIS = "fsdp"
@@ -85,6 +87,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kv_lora", ()),
     ("q_lora", ()),
     ("conv", ()),
+    ("layers", ()),  # the stacked-block axis of ModelConfig.scan_layers
 )
 
 BATCH_KEYS = ("tokens", "targets", "weights", "segment_ids", "positions")
@@ -130,6 +133,11 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1, 1), devices: Sequence[jax.D
     devices = jax.devices() if devices is None else list(devices)
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def single_device_mesh(device: jax.Device | None = None) -> Mesh:
+    """The mesh (1, 1, 1, 1) over one device (default: this process's first): a run "without" a mesh."""
+    return make_mesh((1, 1, 1, 1), [jax.local_devices()[0] if device is None else device])
 
 
 def _live(mesh: Mesh, axes: Sequence[str]) -> tuple[str, ...]:
@@ -214,28 +222,34 @@ def param_specs(mesh: Mesh, boxed_params) -> Any:
     )
 
 
-def _boxed_shapes(run: RunConfig):
-    return jax.eval_shape(lambda: lm_model.init_boxed(run.model, jax.random.PRNGKey(0)))
+def _boxed_shapes(model_cfg: ModelConfig):
+    return jax.eval_shape(lambda: lm_model.init_boxed(model_cfg, jax.random.PRNGKey(0)))
 
 
-def state_specs(run: RunConfig, mesh: Mesh) -> dict:
-    """PartitionSpecs of the train state {"step", "params", "opt_state"} of ``lm.train``.
+def _stack_spec(spec: P) -> P:
+    """The spec of K stacked copies (a leading run axis, replicated)."""
+    return P(None, *spec)
+
+
+def state_specs(run: RunConfig, mesh: Mesh, *, stacked: bool = False) -> dict:
+    """PartitionSpecs of the train state {"step", "params", "opt_state"} of ``lm.step``.
 
     Optimiser moments mirror their parameters (``optax.tree_map_params``); the step and
-    the optimiser's scalars are replicated.
+    the optimiser's scalars are replicated. ``stacked``: the specs of K states stacked on
+    a leading axis (``lm.vmap_sweep``), which stays unsharded.
     """
-    p_specs = param_specs(mesh, _boxed_shapes(run))
-    abstract = jax.eval_shape(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))
-    tx = lm_train.make_optimizer(run.optimizer, abstract["params"])
+    p_specs = param_specs(mesh, _boxed_shapes(run.model))
+    abstract = jax.eval_shape(lambda: lm_step.init_state(run, jax.random.PRNGKey(0)))
     o_specs = optax.tree_map_params(
-        tx,
+        lm_step.make_optimizer(run.optimizer),
         lambda _, spec: spec,
         abstract["opt_state"],
         p_specs,
         transform_non_params=lambda _: P(),
         is_leaf=lambda x: isinstance(x, P),
     )
-    return {"step": P(), "params": p_specs, "opt_state": o_specs}
+    specs = {"step": P(), "params": p_specs, "opt_state": o_specs}
+    return jax.tree.map(_stack_spec, specs, is_leaf=lambda x: isinstance(x, P)) if stacked else specs
 
 
 def to_shardings(mesh: Mesh, specs) -> Any:
@@ -243,9 +257,14 @@ def to_shardings(mesh: Mesh, specs) -> Any:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def state_shardings(run: RunConfig, mesh: Mesh) -> dict:
+def state_shardings(run: RunConfig, mesh: Mesh, *, stacked: bool = False) -> dict:
     """NamedShardings of the train state (:func:`state_specs`)."""
-    return to_shardings(mesh, state_specs(run, mesh))
+    return to_shardings(mesh, state_specs(run, mesh, stacked=stacked))
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> Any:
+    """NamedShardings of the (unboxed) parameters of ``model_cfg`` on ``mesh``."""
+    return to_shardings(mesh, param_specs(mesh, _boxed_shapes(model_cfg)))
 
 
 def abstract_state(run: RunConfig, mesh: Mesh) -> dict:
@@ -254,7 +273,7 @@ def abstract_state(run: RunConfig, mesh: Mesh) -> dict:
     The target of a sharded checkpoint restore (``Checkpointer.restore(step,
     abstract_state(run, mesh))``), onto any mesh, whatever mesh saved it.
     """
-    shapes = jax.eval_shape(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: lm_step.init_state(run, jax.random.PRNGKey(0)))
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_shardings(run, mesh)
     )
@@ -286,10 +305,10 @@ def shard_state(state, shardings) -> Any:
 
 
 def init_sharded_state(run: RunConfig, mesh: Mesh, rng: jax.Array | None = None) -> dict:
-    """``lm.train.init_state`` created directly in its shards (no full copy on one device)."""
+    """``lm.step.init_state`` created directly in its shards (no full copy on one device)."""
     rng = jax.random.PRNGKey(run.train.seed) if rng is None else rng
     with mesh_context(mesh):
-        return jax.jit(lambda r: lm_train.init_state(run, r), out_shardings=state_shardings(run, mesh))(rng)
+        return jax.jit(lambda r: lm_step.init_state(run, r), out_shardings=state_shardings(run, mesh))(rng)
 
 
 # ------------------------------------------------------------------------ host data
@@ -339,74 +358,36 @@ def global_batch(local_batch: dict, mesh: Mesh, batch_size: int) -> dict:
 # ------------------------------------------------------------------------ the step
 
 
-STEP_CACHE: dict[tuple, Any] = {}
-
-
-def _mesh_key(mesh: Mesh) -> tuple:
-    return mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat)
-
-
-def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True):
-    """``lm.train.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
+def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True, stacked_runs: int = 0,
+                       width: int = 0):
+    """``lm.step.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
 
     Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
-    (float32 scalars, as ``lm.train.compiled_train_step``); trace it under
-    :func:`mesh_context` (``compiled_sharded_train_step`` does).
+    with float32 scalars; trace it under :func:`mesh_context` (``lm.compiled`` does).
+    ``stacked_runs`` > 0: the vmapped step of that many stacked states
+    (``lm.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k].
     """
-    state_sh = state_shardings(run, mesh)
+    stacked = stacked_runs > 0
+    state_sh = state_shardings(run, mesh, stacked=stacked)
     batch_sh = {k: batch_sharding(mesh, batch_size) for k in BATCH_KEYS}
     replicated = NamedSharding(mesh, P())
+    fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
     return jax.jit(
-        lm_train.make_train_step(run),
+        fn,
         in_shardings=(state_sh, batch_sh, replicated, replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,) if donate else (),
     )
 
 
-def compiled_sharded_train_step(run: RunConfig, mesh: Mesh, state, batch, *, donate: bool = True) -> tuple[Any, float]:
-    """The compiled sharded train step for these shapes, and its compile seconds (0 if cached).
-
-    Called as ``compiled(state, batch, lr, weight_decay)`` with float32 scalars, like
-    ``lm.train.compiled_train_step``. ``state`` and ``batch`` may be arrays or
-    ``jax.ShapeDtypeStruct``; the compiled step expects them on :func:`state_shardings` /
-    :func:`batch_sharding`.
-    """
-    key = ("train", *lm_train._step_key(run, batch["tokens"].shape), _mesh_key(mesh), donate)
-    if key in STEP_CACHE:
-        return STEP_CACHE[key], 0.0
-    t0 = time.perf_counter()
-    batch = {k: batch[k] for k in BATCH_KEYS}
-    with mesh_context(mesh):
-        fn = sharded_train_step(run, mesh, batch["tokens"].shape[0], donate=donate)
-        zero = jnp.float32(0.0)
-        compiled = fn.lower(state, batch, zero, zero).compile()
-    STEP_CACHE[key] = compiled
-    return compiled, time.perf_counter() - t0
-
-
-def compiled_sharded_eval_step(model_cfg, mesh: Mesh, params, batch) -> tuple[Any, float]:
-    """Compiled (params, batch) -> (summed nll, target count) on ``mesh``, and its compile seconds."""
-    b = batch["tokens"].shape[0]
-    key = ("eval", model_cfg, tuple(batch["tokens"].shape), _mesh_key(mesh))
-    if key in STEP_CACHE:
-        return STEP_CACHE[key], 0.0
-
-    def evaluate(params, batch):
-        logits = lm_model.forward(model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"])
-        nll, count, _ = lm_train.cross_entropy(logits, batch["targets"], batch["weights"])
-        return nll * count, count
-
-    p_specs = param_specs(mesh, jax.eval_shape(lambda: lm_model.init_boxed(model_cfg, jax.random.PRNGKey(0))))
-    batch_sh = {k: batch_sharding(mesh, b) for k in BATCH_KEYS}
-    t0 = time.perf_counter()
-    with mesh_context(mesh):
-        fn = jax.jit(
-            evaluate, in_shardings=(to_shardings(mesh, p_specs), batch_sh), out_shardings=NamedSharding(mesh, P())
-        )
-        compiled = fn.lower(params, {k: batch[k] for k in BATCH_KEYS}).compile()
-    STEP_CACHE[key] = compiled
-    return compiled, time.perf_counter() - t0
+def sharded_eval_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int):
+    """``lm.step.make_eval_step`` jitted on ``mesh``: (params, batch) -> (summed nll, target count)."""
+    batch_sh = {k: batch_sharding(mesh, batch_size) for k in BATCH_KEYS}
+    return jax.jit(
+        lm_step.make_eval_step(model_cfg),
+        in_shardings=(param_shardings(model_cfg, mesh), batch_sh),
+        out_shardings=NamedSharding(mesh, P()),
+    )
 
 
 # ---------------------------------------------------------------------- multi-host
@@ -500,7 +481,7 @@ def local_data_state(saved: dict) -> Any:
     """This process's data-iterator state (bytes decoded, for ``set_state``) from a checkpoint.
 
     Accepts :func:`gather_data_states` output and, in a single-process job, the plain
-    state that ``lm.train`` saves without a mesh.
+    state of checkpoints written before every run had a mesh.
 
     Raises:
       ValueError: the checkpoint was written by a different number of processes.

@@ -3,7 +3,7 @@
 Hyperparameter sweeps of small models are dominated by per-step fixed costs (host
 dispatch, small matmuls that leave the hardware idle). Runs whose compiled step is the same
 program -- same model, data, optimiser betas/clipping, batch -- differ only in the traced
-scalars ``lr`` and ``weight_decay`` of :func:`lm.train.make_train_step` and in their initial
+scalars ``lr`` and ``weight_decay`` of :func:`lm.step.make_train_step` and in their initial
 parameters, so ``jax.vmap`` over the stacked training states trains all of them in one
 compiled step, one dispatch per step, on the SAME data batch (the batch is not vmapped).
 This is how the Step Law grids (Li et al. 2025, "Predictable Scale: Part I", arXiv
@@ -16,9 +16,11 @@ compiled program and the evaluation (see ``experiments/bench_vmap_sweep.py``).
 Schedule semantics are those of :func:`lm.train.train`: the learning rate of run k at step s
 is ``peak_k * lm.schedules.lr_multiplier(schedule_k, s, steps)`` (schedules may differ
 between runs, since they are host-side numbers); weight decay is the run's
-``optimizer.weight_decay``. Each run's metrics.jsonl / result.json are written like
-``train()`` writes them (records every ``log_every`` steps with the window-mean training
-loss, a validation evaluation at the end). Not done here: checkpointing and resume (a
+``optimizer.weight_decay``. Each run's config.json, metrics.jsonl and result.json are
+written by ``lm.records``, as for ``train()`` (records every ``log_every`` steps with the
+window-mean training loss, a validation evaluation at the end). The step runs on a mesh
+like ``train()``'s (default: one device, the mesh (1, 1, 1, 1)), compiled through the same
+cache (``lm.compiled``), with the stacked run axis unsharded. Not done here: checkpointing and resume (a
 vmapped sweep of small models is cheaper to rerun than to checkpoint), periodic
 evaluation before the last step, and per-run MoE router-jitter seeds (the jitter rng uses
 the first run's seed; :func:`check_sweep` refuses such grids if seeds differ).
@@ -33,8 +35,6 @@ Axis letters: k runs of the sweep, s steps, b batch rows, t time.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,14 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import data as lm_data
-from lm import train as lm_train
+from lm import compiled, records, sharding
+from lm import step as lm_step
 from lm.config import RunConfig
-from lm.flops import param_count, train_flops_per_token
 from lm.schedules import lr_multiplier
+from lm.step import make_vmapped_step  # noqa: F401  (public here: the sweep's step)
+from lm.train import evaluate
 from pallas_kernels.backend import has_accelerator
-
-VMAP_STEP_CACHE: dict[tuple, object] = {}
 
 
 def _shape_key(run: RunConfig) -> RunConfig:
@@ -83,8 +82,7 @@ def check_sweep(runs: Sequence[RunConfig]) -> None:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError(f"runs: names {names} are not unique")
-    m = runs[0].model
-    if m.moe_every > 0 and m.moe.router_jitter > 0 and len({r.train.seed for r in runs}) > 1:
+    if lm_step.uses_step_rng(runs[0]) and len({r.train.seed for r in runs}) > 1:
         raise ValueError(
             "runs: MoE router jitter draws its noise from train.seed inside the step, so runs with "
             "different seeds cannot share a program; set moe.router_jitter=0 or use one seed"
@@ -132,9 +130,15 @@ def unstack_state(state: dict, k: int) -> dict:
     return jax.tree.map(lambda x: x[k], state)
 
 
-def init_stacked_state(runs: Sequence[RunConfig]) -> dict:
-    """The K fresh states of :func:`lm.train.init_state` (each with its own ``train.seed``), stacked."""
-    return stack_states([lm_train.init_state(r) for r in runs])
+def init_stacked_state(runs: Sequence[RunConfig], mesh=None) -> dict:
+    """The K fresh states of :func:`lm.step.init_state` (each with its own ``train.seed``), stacked.
+
+    Placed on ``mesh`` (default: one device) with the stacked state's shardings.
+    """
+    mesh = sharding.single_device_mesh() if mesh is None else mesh
+    init = jax.jit(lambda rng: lm_step.init_state(runs[0], rng))  # runs differ only in the seed here
+    stacked = stack_states([init(jax.random.PRNGKey(r.train.seed)) for r in runs])
+    return jax.device_put(stacked, sharding.state_shardings(runs[0], mesh, stacked=True))
 
 
 # Runs vmapped together inside the step on a CPU (the groups loop inside the same program).
@@ -147,45 +151,6 @@ CPU_VMAP_WIDTH = 2
 def default_vmap_width(num_runs: int) -> int:
     """Runs vmapped together per inner step: all of them on a GPU/TPU, :data:`CPU_VMAP_WIDTH` on CPU."""
     return num_runs if has_accelerator() else min(num_runs, CPU_VMAP_WIDTH)
-
-
-def make_vmapped_step(run: RunConfig, width: int = 0):
-    """``step(states [k ...], batch [b t], lr [k], wd [k]) -> (states, metrics [k ...])``.
-
-    :func:`lm.train.make_train_step`'s step mapped over the stacked states and the two
-    scalars, the batch shared. ``width`` = 0 (or >= k): ``jax.vmap`` over all k runs;
-    otherwise ``lax.map(..., batch_size=width)``: a loop inside the one compiled program
-    over groups of ``width`` vmapped runs (the remainder vmapped separately), which keeps
-    the working set of a small model cache-sized on a CPU. Every run computes the same
-    numbers either way.
-    """
-    step = lm_train.make_train_step(run)
-    if width < 0:
-        raise ValueError(f"make_vmapped_step: width={width} must be >= 0 (0 = vmap all runs)")
-    if width == 0:
-        return jax.vmap(step, in_axes=(0, None, 0, 0))
-
-    def mapped(states, batch, lr, wd):
-        if width >= lr.shape[0]:
-            return jax.vmap(step, in_axes=(0, None, 0, 0))(states, batch, lr, wd)
-        return jax.lax.map(lambda x: step(x[0], batch, x[1], x[2]), (states, lr, wd), batch_size=width)
-
-    return mapped
-
-
-def compiled_vmapped_step(runs: Sequence[RunConfig], state: dict, batch: dict,
-                          width: int | None = None) -> tuple[object, float]:
-    """The compiled mapped step (cached by shape, K and width) and the seconds spent compiling
-    (0 if reused). ``width``: see :func:`make_vmapped_step`; None = :func:`default_vmap_width`."""
-    width = default_vmap_width(len(runs)) if width is None else width
-    key = (_shape_key(runs[0]), len(runs), width, tuple(batch["tokens"].shape))
-    if key in VMAP_STEP_CACHE:
-        return VMAP_STEP_CACHE[key], 0.0
-    t0 = time.perf_counter()
-    vec = jnp.zeros((len(runs),), jnp.float32)
-    fn = jax.jit(make_vmapped_step(runs[0], width), donate_argnums=0).lower(state, batch, vec, vec).compile()
-    VMAP_STEP_CACHE[key] = fn
-    return fn, time.perf_counter() - t0
 
 
 def learning_rates_at(runs: Sequence[RunConfig], step: int) -> np.ndarray:
@@ -222,6 +187,7 @@ def train_vmapped(
     evaluate_final: bool = True,
     progress=None,
     width: int | None = None,
+    mesh=None,
 ) -> SweepResult:
     """Train K runs of one shape together (one compiled vmapped step, one shared data stream).
 
@@ -231,8 +197,9 @@ def train_vmapped(
         result.json like :func:`lm.train.train` writes them (no checkpoints).
       evaluate_final: evaluate every run on the validation split at the end.
       progress: optional callable(step, total, {"loss": mean finite loss}).
-      width: runs vmapped together inside the step (:func:`make_vmapped_step`); None =
-        :func:`default_vmap_width` (all on an accelerator, 2 on CPU).
+      width: runs vmapped together inside the step (:func:`lm.step.make_vmapped_step`);
+        None = :func:`default_vmap_width` (all on an accelerator, 2 on CPU).
+      mesh: the mesh of every run (default: one device); the run axis is not sharded.
 
     Returns:
       A :class:`SweepResult` with the per-step losses [k, s].
@@ -241,41 +208,39 @@ def train_vmapped(
     check_sweep(runs)
     if run_dirs is not None and len(run_dirs) != len(runs):
         raise ValueError(f"run_dirs: {len(run_dirs)} directories for {len(runs)} runs")
+    mesh = sharding.single_device_mesh() if mesh is None else mesh
+    width = default_vmap_width(len(runs)) if width is None else width
     base = runs[0]
-    k, steps = len(runs), base.train.steps
-    tc, seq_len, batch_size = base.train, base.data.seq_len, base.data.batch_size
-    tokens_per_step = seq_len * batch_size
-    flops_per_token = train_flops_per_token(base.model, seq_len)
-    counts = param_count(base.model)
-    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else None
+    k, steps, tc = len(runs), base.train.steps, base.train
+    tokens_per_step = base.data.seq_len * base.data.batch_size
+    primary = jax.process_index() == 0
+    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else []
     logs = []
-    if dirs is not None:
-        for r, d in zip(runs, dirs):
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "config.json").write_text(r.to_json())
-            logs.append(open(d / "metrics.jsonl", "w"))
+    for r, d in zip(runs, dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        if primary:
+            records.write_config(d, r)
+        logs.append(records.MetricsLog(records.prepare_metrics(d, None) if primary else None, enabled=primary))
 
-    state = init_stacked_state(runs)
+    state = init_stacked_state(runs, mesh)
     wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
-    it = lm_data.make_iterator(base.data, "train")
+    it = sharding.make_host_iterator(base, mesh, "train")
     losses = np.full((k, steps), np.nan, np.float32)
     diverged: list[int | None] = [None] * k
     window = np.zeros(k)
     window_n = 0
     step_fn, compile_s, train_s = None, 0.0, 0.0
-    last_grad = np.zeros(k)
     try:
         for step in range(steps):
-            batch = lm_train._to_device(next(it))
+            batch = sharding.global_batch(next(it), mesh, base.data.batch_size)
             if step_fn is None:
-                step_fn, compile_s = compiled_vmapped_step(runs, state, batch, width)
+                step_fn, compile_s = compiled.vmapped_train_step(base, mesh, k, width, state, batch)
             lrs = learning_rates_at(runs, step)
             t0 = time.perf_counter()
             state, m = step_fn(state, batch, jnp.asarray(lrs), wds)
             loss = np.asarray(m["loss"], np.float32)
             finite = np.asarray(m["finite"])
             train_s += time.perf_counter() - t0
-            last_grad = np.asarray(m["grad_norm"])
             for i in range(k):
                 if diverged[i] is None and not finite[i]:
                     diverged[i] = step
@@ -284,17 +249,13 @@ def train_vmapped(
             window += np.where(alive, loss, 0.0)
             window_n += 1
             done = step + 1
-            if dirs is not None and (done % tc.log_every == 0 or done == steps):
+            if logs and (done % tc.log_every == 0 or done == steps):
+                grad_norm = np.asarray(m["grad_norm"])
                 for i, (r, log) in enumerate(zip(runs, logs)):
-                    rec = {
-                        "step": done, "tokens": done * tokens_per_step,
-                        "flops": done * tokens_per_step * flops_per_token,
-                        "lr": float(lrs[i]),
-                        "train_loss": float(window[i] / window_n) if alive[i] else float("nan"),
-                        "grad_norm": float(last_grad[i]),
-                        "tokens_per_s": tokens_per_step * window_n / max(train_s, 1e-9) / k,
-                    }
-                    log.write(json.dumps(rec) + "\n")
+                    log.write(records.metric_record(
+                        r, done, float(lrs[i]), float(window[i] / window_n) if alive[i] else float("nan"),
+                        float(grad_norm[i]), tokens_per_step * window_n / max(train_s, 1e-9) / k,
+                    ))
                 window[:] = 0.0
                 window_n = 0
             if progress is not None:
@@ -308,50 +269,38 @@ def train_vmapped(
     for i, r in enumerate(runs):
         ev = {"val_loss": float("nan"), "val_bpb": float("nan")}
         if evaluate_final and diverged[i] is None:
-            ev, c = lm_train.evaluate(r, unstack_state(state, i)["params"])
+            ev, c = evaluate(r, unstack_state(state, i)["params"], mesh=mesh)
             compile_s += c
         tail = losses[i, max(0, steps - tc.log_every):]
-        res = {
-            "name": r.name,
-            "status": "complete" if diverged[i] is None else "diverged",
-            "diverged_at": diverged[i],
-            "steps": steps,
-            "tokens": steps * tokens_per_step,
-            "flops": steps * tokens_per_step * flops_per_token,
-            "flops_per_token": flops_per_token,
-            "params_total": counts["total"],
-            "params_non_embedding": counts["non_embedding"],
-            "final_train_loss": float(np.mean(tail)) if diverged[i] is None else float("nan"),
-            "final_val_loss": ev["val_loss"],
-            "final_val_bpb": ev["val_bpb"],
-            "compile_s": compile_s / k,
-            "train_s": train_s / k,
-            "resumed_from": None,
-            "vmapped_with": k,
-        }
-        if dirs is not None:
-            clean = {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in res.items()}
-            (dirs[i] / "result.json").write_text(json.dumps(clean, indent=2))
+        res = records.result_record(
+            r, status="complete" if diverged[i] is None else "diverged",
+            final_train_loss=float(np.mean(tail)) if diverged[i] is None else float("nan"),
+            final_val_loss=ev["val_loss"], final_val_bpb=ev["val_bpb"], compile_s=compile_s / k,
+            train_s=train_s / k, resumed_from=None, diverged_at=diverged[i], vmapped_with=k,
+        )
+        if dirs and primary:
+            records.write_result(dirs[i], res)
         results.append(res)
     return SweepResult(runs, losses, diverged, results, state, compile_s, train_s)
 
 
-def train_sequential_losses(run: RunConfig) -> np.ndarray:
-    """float32 [s]: the per-step training losses of ``run`` trained alone with lm.train's step.
+def train_sequential_losses(run: RunConfig, mesh=None) -> np.ndarray:
+    """float32 [s]: the per-step training losses of ``run`` trained alone with the solo step.
 
-    The sequential twin of one vmapped run (same data stream, same schedule); used by the
-    equality test and the benchmark.
+    The sequential twin of one vmapped run (same data stream, same schedule, same mesh);
+    used by the equality test and the benchmark.
     """
-    state = lm_train.init_state(run)
-    it = lm_data.make_iterator(run.data, "train")
+    mesh = sharding.single_device_mesh() if mesh is None else mesh
+    state = sharding.init_sharded_state(run, mesh)
+    it = sharding.make_host_iterator(run, mesh, "train")
     out = np.zeros(run.train.steps, np.float32)
     fn = None
     wd = jnp.float32(run.optimizer.weight_decay)
     try:
         for step in range(run.train.steps):
-            batch = lm_train._to_device(next(it))
+            batch = sharding.global_batch(next(it), mesh, run.data.batch_size)
             if fn is None:
-                fn, _ = lm_train.compiled_train_step(run, state, batch)
+                fn, _ = compiled.train_step(run, mesh, state, batch)
             lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, run.train.steps)
             state, m = fn(state, batch, jnp.float32(lr), wd)
             out[step] = float(m["loss"])

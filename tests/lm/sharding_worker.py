@@ -26,7 +26,8 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from lm import data as lm_data  # noqa: E402
-from lm import sharding  # noqa: E402
+from lm import compiled, sharding  # noqa: E402
+from lm import step as lm_step  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.checkpoint import Checkpointer  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
@@ -74,15 +75,15 @@ def specs(tree) -> dict[str, str]:
 
 
 def initial_state(run: RunConfig) -> dict:
-    """``lm.train.init_state`` as host arrays (jitted: eager init is slow; every path starts from it)."""
+    """``lm.step.init_state`` as host arrays (jitted: eager init is slow; every path starts from it)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.device_get(jax.jit(lambda: lm_train.init_state(run), out_shardings=device)())
+    return jax.device_get(jax.jit(lambda: lm_step.init_state(run), out_shardings=device)())
 
 
 def reference_steps(run: RunConfig, init: dict, batches: list[dict]) -> list[tuple[dict, float]]:
     """The single-device steps (plain ``jax.jit`` on device 0, no mesh): [(state, loss)]."""
     t0 = time.perf_counter()
-    step = jax.jit(lm_train.make_train_step(run))
+    step = jax.jit(lm_step.make_train_step(run))
     state = init
     out = []
     for batch, lr in zip(batches, LRS):
@@ -98,7 +99,7 @@ def sharded_step(run, mesh, state, host_slices: list[dict], lr):
     shardings = sharding.state_shardings(run, mesh)
     state = sharding.shard_state(state, shardings)
     batch = sharding.global_batch(concat(host_slices), mesh, BATCH)
-    fn, seconds = sharding.compiled_sharded_train_step(run, mesh, state, batch, donate=False)
+    fn, seconds = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
     print(f"{run.name} {dict(mesh.shape)}: compiled in {seconds:.1f}s", flush=True)
     return new_state, float(metrics["loss"]), shardings
@@ -159,7 +160,7 @@ def checkpoint_across_meshes(out: Path, runs) -> None:
             for leaf, sh in zip(jax.tree.leaves(restored), jax.tree.leaves(sharding.state_shardings(run, mesh_b)))
         )
         batch = sharding.global_batch(concat(batches[1]), mesh_b, BATCH)
-        fn, _ = sharding.compiled_sharded_train_step(run, mesh_b, restored, batch, donate=False)
+        fn, _ = compiled.train_step(run, mesh_b, restored, batch, donate=False)
         state2, metrics = fn(restored, batch, jnp.float32(LRS[1]), jnp.float32(run.optimizer.weight_decay))
         # Initialisation in shards and the sharded evaluation equal their one-device versions.
         fresh = sharding.init_sharded_state(run, mesh_b)
@@ -208,7 +209,7 @@ def multiprocess(out: Path, argv: list[str]) -> None:
     shardings = sharding.state_shardings(run, mesh)
     state = sharding.shard_state(initial_state(run), shardings)
     batch = sharding.global_batch(local, mesh, BATCH)
-    fn, _ = sharding.compiled_sharded_train_step(run, mesh, state, batch, donate=False)
+    fn, _ = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(LRS[0]), jnp.float32(run.optimizer.weight_decay))
     gathered = multihost_utils.process_allgather(new_state, tiled=True)
     info = {

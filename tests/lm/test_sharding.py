@@ -11,7 +11,7 @@ the default), so the two-process step is a real multi-host step: the batch is re
 host slices, assembled with ``jax.make_array_from_process_local_data``, and parameters
 are sharded across both processes on the mesh (2, 2, 2, 1).
 
-The reference is the plain ``jax.jit`` of ``lm.train.make_train_step`` on one device,
+The reference is the plain ``jax.jit`` of ``lm.step.make_train_step`` on one device (no mesh),
 fed the global batch (the two host slices concatenated). Adam's first update is
 g / (|g| + eps) per element, ~sign(g): an element whose gradient is near eps turns a
 float32 reduction-order difference into an O(lr) change, so the runs use eps = 1e-3 (the

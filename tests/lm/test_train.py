@@ -39,12 +39,14 @@ def test_interrupted_run_resumes_bitwise(tmp_path):
     with pytest.raises(Interrupt):
         train.train(RUN, tmp_path / "resumed", progress=crash_after_4)
     assert Checkpointer(tmp_path / "resumed").steps() == [3]
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "tokens": 6')  # a kill while appending leaves a partial last line
     resumed = train.train(RUN, tmp_path / "resumed")
     assert resumed["resumed_from"] == 3
     for a, b in zip(jax.tree.leaves(_params(tmp_path / "full")), jax.tree.leaves(_params(tmp_path / "resumed"))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert resumed["final_val_loss"] == full["final_val_loss"]
-    # the metrics log has one record per step, none duplicated by the resume
+    # the metrics log has one record per step, none duplicated by the resume, the partial line dropped
     steps = [r["step"] for r in train.read_metrics(tmp_path / "resumed")]
     assert steps == [r["step"] for r in train.read_metrics(tmp_path / "full")] == [1, 2, 3, 4, 5, 6]
 

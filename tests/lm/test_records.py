@@ -1,0 +1,63 @@
+"""lm/records.py: the one writer and reader of metrics.jsonl / result.json."""
+
+import json
+import math
+
+import pytest
+
+from lm import records
+from lm.config import ModelConfig, RunConfig
+from lm.data import DataConfig
+
+RUN = RunConfig(model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
+                data=DataConfig(source="synthetic", seq_len=16, batch_size=2), name="r")
+
+
+def _write(path, recs, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs) + tail)
+
+
+def test_partial_last_line_is_ignored_on_read_and_dropped_on_resume(tmp_path):
+    recs = [records.metric_record(RUN, s, 1e-3, 5.0 - s, 1.0, 100.0) for s in (1, 2, 3)]
+    path = tmp_path / records.METRICS
+    _write(path, recs, tail='{"step": 4, "tokens": 12')  # killed mid-write
+    assert [r["step"] for r in records.read_metrics(tmp_path)] == [1, 2, 3]
+    # resuming from the checkpoint at step 2 drops the later record and the partial line
+    records.prepare_metrics(tmp_path, 2)
+    assert path.read_text().splitlines() == [json.dumps(r) for r in recs[:2]]
+    with records.MetricsLog(path) as log:
+        log.write(records.metric_record(RUN, 3, 1e-3, 2.0, 1.0, None))
+    assert [r["step"] for r in records.read_metrics(tmp_path)] == [1, 2, 3]
+    # a fresh run starts an empty log
+    records.prepare_metrics(tmp_path, None)
+    assert records.read_metrics(tmp_path) == []
+
+
+def test_a_corrupted_middle_line_is_an_error_not_silently_dropped(tmp_path):
+    (tmp_path / records.METRICS).write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2 of 3"):
+        records.read_metrics(tmp_path)
+
+
+def test_metric_record_counts_tokens_and_flops():
+    rec = records.metric_record(RUN, 5, 1e-3, 4.0, 0.5, None)
+    assert rec["tokens"] == 5 * 16 * 2
+    per_token = records.result_record(RUN, status="complete", final_train_loss=1.0, final_val_loss=1.0,
+                                      final_val_bpb=1.0, compile_s=0.0, train_s=0.0,
+                                      resumed_from=None)["flops_per_token"]
+    assert rec["flops"] == rec["tokens"] * per_token > 0
+
+
+def test_result_is_strict_json_with_nan_as_null(tmp_path):
+    res = records.result_record(RUN, status="diverged", final_train_loss=float("nan"), final_val_loss=float("nan"),
+                                final_val_bpb=float("nan"), compile_s=1.0, train_s=2.0, resumed_from=None,
+                                diverged_at=3)
+    assert math.isnan(res["final_train_loss"])
+    records.write_result(tmp_path, res)
+    text = (tmp_path / records.RESULT).read_text()
+    assert "NaN" not in text and not (tmp_path / (records.RESULT + ".tmp")).exists()
+    back = records.read_result(tmp_path)
+    assert back["final_val_loss"] is None and back["diverged_at"] == 3 and back["steps"] == RUN.train.steps
+    assert records.read_result(tmp_path / "missing") is None
+    records.write_config(tmp_path, RUN)
+    assert records.read_config(tmp_path) == RUN
