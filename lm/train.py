@@ -320,6 +320,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    lm_data.check_model_vocab(run.model.vocab_size, run.data)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # multi-host: one writer of the run files
