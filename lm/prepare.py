@@ -188,6 +188,8 @@ def _plan(cfg: PrepareConfig, out: str) -> dict:
     """The plan of ``out``: written on the first call, checked against ``cfg`` on later ones."""
     path = os.path.join(out, PLAN)
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "tfds_data_dir"}
+    if parse_bpe_spec(cfg.tokenizer) is None:  # only a trained tokenizer depends on the sample
+        del args["tokenizer_sample_bytes"]
     if os.path.isfile(path):
         plan = _read_json(path)
         if plan.get("format") != FORMAT or plan["config"] != args:
