@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterator
 
-UNIT_BYTES = 64 << 20
+UNIT_BYTES = 16 << 20
 UNIT_EXAMPLES = 1 << 15
 
 

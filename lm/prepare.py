@@ -201,6 +201,17 @@ def _plan(cfg: PrepareConfig, out: str) -> dict:
     return plan
 
 
+def prepare_tokenizer(cfg: PrepareConfig, out: str) -> tuple[list[dict], object]:
+    """Create ``out``, write or check its plan, and train / copy / reuse its tokenizer.
+
+    Returns (the work units, the tokenizer). :func:`prepare` starts with it; a job array
+    may run it once before the ``--shard`` jobs (training is deterministic anyway).
+    """
+    os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
+    units = _plan(cfg, out)["units"]
+    return units, _ensure_tokenizer(cfg, out, units)
+
+
 def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
             progress=None) -> dict:
     """Prepare the units of ``shard`` (i, n) that are not done; with n == 1 also write the manifest.
@@ -219,10 +230,7 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
         raise ValueError(f"shard={i}/{n}: need 0 <= i < n")
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
-    os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
-    plan = _plan(cfg, out)
-    units = plan["units"]
-    tok = _ensure_tokenizer(cfg, out, units)
+    units, tok = prepare_tokenizer(cfg, out)
     mine = [k for k in range(i, len(units), n)]
     todo = [k for k in mine if not os.path.isfile(done_path(out, k))]
     done_count = len(mine) - len(todo)
