@@ -10,8 +10,9 @@ Input specs:
     no TensorFlow), field ``text_key``, from ``data_dir``.
 
 A *unit* is the slice of work one worker tokenizes into one shard: a run of text files up to
-UNIT_BYTES, one jsonl file, a run of parquet row groups up to UNIT_BYTES, or UNIT_EXAMPLES
-TFDS examples. :func:`plan_units` lists them in a deterministic order (sorted paths), so
+UNIT_BYTES, a byte range of UNIT_BYTES of a jsonl file (the lines that start in it; a whole
+file when gzipped), a run of parquet row groups up to UNIT_BYTES, or UNIT_EXAMPLES TFDS
+examples. :func:`plan_units` lists them in a deterministic order (sorted paths), so
 every machine of a job array computes the same plan.
 """
 
@@ -23,7 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 
-UNIT_BYTES = 16 << 20
+UNIT_BYTES = 4 << 20
 UNIT_EXAMPLES = 1 << 15
 
 
@@ -76,8 +77,12 @@ def plan_units(spec: str, *, tfds_data_dir: str | None = None) -> list[dict]:
                 texts, text_bytes = [], 0
             texts.append(path)
             text_bytes += size
+        elif fmt == "jsonl" and path.endswith(".gz"):
+            units.append({"kind": "jsonl", "path": path, "start": 0, "stop": None})
         elif fmt == "jsonl":
-            units.append({"kind": "jsonl", "path": path})
+            size = os.path.getsize(path)
+            units.extend({"kind": "jsonl", "path": path, "start": s, "stop": min(s + UNIT_BYTES, size)}
+                         for s in range(0, max(size, 1), UNIT_BYTES))
         else:
             units.extend(_parquet_units(path))
     if texts:
@@ -112,20 +117,37 @@ def documents(unit: dict, text_key: str = "text") -> Iterator[str]:
             if text:
                 yield text
     elif kind == "jsonl":
-        with _open(unit["path"]) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if text_key not in record:
-                    raise ValueError(f"--text-key={text_key!r}: line {lineno} of {unit['path']} has fields "
-                                     f"{sorted(record)}")
-                if record[text_key]:
-                    yield record[text_key]
+        for line in _jsonl_lines(unit):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if text_key not in record:
+                raise ValueError(f"--text-key={text_key!r}: a record of {unit['path']} has fields {sorted(record)}")
+            if record[text_key]:
+                yield record[text_key]
     elif kind == "parquet":
         yield from _parquet_documents(unit, text_key)
     else:
         yield from _tfds_documents(unit, text_key)
+
+
+def _jsonl_lines(unit: dict) -> Iterator[bytes]:
+    """The lines of a jsonl unit: those that START in its byte range [start, stop) (all of a gzipped file)."""
+    if unit["stop"] is None:
+        with gzip.open(unit["path"], "rb") if unit["path"].endswith(".gz") else open(unit["path"], "rb") as f:
+            yield from f
+        return
+    with open(unit["path"], "rb") as f:
+        pos = unit["start"]
+        if pos > 0:  # the line running through ``start`` belongs to the unit before
+            f.seek(pos - 1)
+            pos += len(f.readline()) - 1
+        while pos < unit["stop"]:
+            line = f.readline()
+            if not line:
+                return
+            pos += len(line)
+            yield line
 
 
 def _parquet_documents(unit: dict, text_key: str) -> Iterator[str]:

@@ -305,3 +305,15 @@ def test_prepare_with_a_local_tokenizer_file(corpus, tmp_path, kind):
     assert manifest["tokenizer"]["kind"] == ("hf" if kind == "tokenizer.json" else "sentencepiece")
     assert manifest["tokenizer"]["vocab_size"] == (280 if kind == "tokenizer.json" else 301)
     assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(docs)
+
+
+def test_small_units_split_jsonl_by_byte_range_without_losing_a_line(corpus, tmp_path, monkeypatch):
+    from lm import corpus as corpus_lib
+
+    root, docs = corpus
+    monkeypatch.setattr(corpus_lib, "UNIT_BYTES", 300)
+    units = corpus_lib.plan_units(str(root))
+    assert sum(u["kind"] == "jsonl" and u["stop"] is not None for u in units) > 5  # d.jsonl in many ranges
+    out = tmp_path / "out"
+    prepare.prepare(_cfg(root), str(out), workers=2)
+    assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(docs)
