@@ -37,10 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner, study_cli
+from experiments import data_budget, runner, study_cli
 from layers.moe import MoEConfig
 from lm.config import ModelConfig
-from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
 
 FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
@@ -106,14 +105,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
+def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
     """The grid (family-major); sizes giving fewer than ``min_steps`` steps at a budget are left out."""
-    data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
+    data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
     tokens_per_step = preset.seq_len * preset.batch_size
     runs, tags, dropped = [], {}, []
     for family in preset.families:
         for d, L in preset.sizes:
-            model = family_model(family, d, L)
+            model = data_budget.replace_vocab(family_model(family, d, L), data)
             fpt = train_flops_per_token(model, preset.seq_len)
             counts = param_count(model)
             for budget in preset.budgets:
@@ -128,6 +127,7 @@ def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
                               "cache_bytes_per_token": _cache_per_token(model)}
     meta = {"preset": preset_name, "families": list(preset.families), "sizes": [list(s) for s in preset.sizes],
             "budgets": list(preset.budgets), "dropped_runs": dropped}
+    tags = data_budget.with_epoch_tags(runs, tags)
     return runner.Study(name="architectures", runs=tuple(runs), tags=tags, meta=meta, min_steps=preset.min_steps)
 
 
@@ -289,13 +289,14 @@ def main(argv=None) -> dict:
     preset = PRESETS[args.preset]
     out = study_cli.out_dir("architectures", args)
     with study_cli.cli_errors(p):
-        study = build_study(preset, args.preset)
+        study = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
     if not study_cli.analysis_ready(table, allow_diverged=True):
         return result
     result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           preset_name=args.preset))
+    data_budget.append_report(result["report"], table)
     print(result["multipliers"][["multiplier", "lower", "upper", "cache_bytes_per_token"]].to_string())
     print(f"report: {result['report']}")
     return result

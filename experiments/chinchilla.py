@@ -1,6 +1,6 @@
 """The main job: an isoFLOP grid of transformers, trained and fitted with the three Chinchilla approaches.
 
-``python -m experiments.chinchilla [--preset smoke|default|full] [--data stdlib|synthetic] [--out DIR]``
+``python -m experiments.chinchilla [--preset smoke|default|full] [--data stdlib|synthetic|DIR] [--out DIR]``
 
 Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556):
 for every FLOP budget C and every model size of a size ladder, train one model for
@@ -20,7 +20,9 @@ peak, and a warmup that is a fixed fraction of the run. Then (experiments.chinch
 Presets: ``smoke`` (seconds; CI and tests), ``default`` (the README's main job, minutes on a
 2-core CPU), ``full`` (GPU/TPU sizes; not run in CI). The size ladder :data:`LADDER` names
 every model: ``d<width>L<layers>``; heads of 16 dims up to width 128, of 64 dims above;
-gated MLP of width 4d; tied byte embeddings (vocabulary 259).
+gated MLP of width 4d; tied embeddings (vocabulary 259 bytes, or the tokenizer's of a
+prepared ``--data DIR``; FLOPs and N include it). Runs over ``--max-epochs`` (default 1) epochs
+of the training split are refused before training (:mod:`experiments.data_budget`).
 
 Outputs under ``--out`` (default ``runs/chinchilla/<preset>[-<data>]``): the run
 directories, ``results.csv`` (one row per run, see experiments.runner), ``curves.csv``,
@@ -35,26 +37,26 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import runner
+from experiments import data_budget, runner
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
+from lm.data import VOCAB_SIZE, DataConfig
 from lm.flops import param_count, train_flops_per_token
 
 
 # ------------------------------------------------------------------------ size ladder
 
 
-def ladder_model(d_model: int, num_layers: int, dtype: str = "float32") -> ModelConfig:
+def ladder_model(d_model: int, num_layers: int, dtype: str = "float32", vocab_size: int = VOCAB_SIZE) -> ModelConfig:
     """The ladder's transformer of width ``d_model`` and depth ``num_layers``.
 
     Heads of 16 dimensions up to width 128 and of 64 above (so tiny models keep several
-    heads); gated (GeGLU) MLP of width 4d; RoPE; tied embeddings; vocabulary 259 bytes.
+    heads); gated (GeGLU) MLP of width 4d; RoPE; tied embeddings; ``vocab_size`` tokens (259 bytes).
     """
     head_dim = 16 if d_model <= 128 else 64
     if d_model % head_dim:
         raise ValueError(f"d_model={d_model}: must be a multiple of the ladder's head dim {head_dim}")
     return ModelConfig(d_model=d_model, num_layers=num_layers, pattern="A", num_heads=d_model // head_dim,
-                       d_ff=4 * d_model, dtype=dtype)
+                       d_ff=4 * d_model, dtype=dtype, vocab_size=vocab_size)
 
 
 # name -> (d_model, num_layers). Widths grow ~1.5x per rung, depth with width (aspect ratio
@@ -133,11 +135,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-DATA_SOURCES = ("stdlib", "synthetic")
+DATA_SOURCES = ("stdlib", "synthetic")  # named sources; --data also takes a prepared directory
 
 
 def data_config(preset: Preset, source: str) -> DataConfig:
-    """The data of every run: the embedded corpus, or the known-entropy Markov source.
+    """The data of every run: the embedded corpus, the known-entropy Markov source, or a prepared directory.
 
     The synthetic chain (order 2 over 16 symbols: 256 contexts, 4 successors each; 1.60
     bits/byte) is small enough that the default preset's best models come within 0.15 nats
@@ -145,13 +147,10 @@ def data_config(preset: Preset, source: str) -> DataConfig:
     synthetic loss curves drop through a plateau rather than along a power law, and the fit
     does not identify E; larger budgets are needed for the check to bite.)
     """
-    if source not in DATA_SOURCES:
-        raise ValueError(f"data={source!r}: allowed values are {DATA_SOURCES}")
-    base = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
-    if source == "synthetic":
-        return dataclasses.replace(base, source="synthetic", synthetic_alphabet=16, synthetic_order=2,
-                                   synthetic_branching=4, synthetic_concentration=1.0)
-    return base
+    if source != "synthetic":
+        return data_budget.base_data(source, seq_len=preset.seq_len, batch_size=preset.batch_size)
+    return DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, source="synthetic", synthetic_alphabet=16,
+                      synthetic_order=2, synthetic_branching=4, synthetic_concentration=1.0)
 
 
 def run_name(budget: float, size: str) -> str:
@@ -176,7 +175,8 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
         steps, or leaves fewer than 3 sizes at that budget (no parabola).
     """
     dcfg = data_config(preset, data)
-    models = {s: ladder_model(*LADDER[s], dtype=preset.dtype) for s in preset.sizes}
+    models = {s: ladder_model(*LADDER[s], dtype=preset.dtype, vocab_size=data_budget.vocab_size(dcfg))
+              for s in preset.sizes}
     smallest = min(preset.sizes, key=lambda s: train_flops_per_token(models[s], preset.seq_len))
     runs, tags, dropped = [], {}, []
     for budget in sorted(preset.budgets):
@@ -227,6 +227,7 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
     meta = {"preset": preset_name, "data": data, "sizes": list(preset.sizes), "budgets": list(preset.budgets),
             "seq_len": preset.seq_len, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate,
             "dropped_runs": dropped}
+    tags = data_budget.with_epoch_tags(runs, tags)
     return runner.Study(name="chinchilla", runs=tuple(runs), tags=tags, meta=meta, loss_at_flops=loss_at,
                         min_steps=preset.min_steps)
 
@@ -267,9 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="grid size: smoke (seconds, CI), default (minutes on a 2-core CPU), full (GPU/TPU)")
-    parser.add_argument("--data", choices=DATA_SOURCES, default="stdlib",
-                        help="stdlib: the embedded corpus; synthetic: a Markov source of known entropy rate "
-                             "(the report puts the fitted E next to it)")
+    data_budget.add_args(parser, extra_sources=("synthetic (a Markov source of known entropy rate; the report "
+                                                "puts the fitted E next to it)",))
     parser.add_argument("--out", default=None,
                         help="study directory (default runs/chinchilla/<preset>[-synthetic]); holds the run "
                              "directories, results.csv, curves.csv, report.md and the plots")
@@ -305,8 +305,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 
 def default_out(args: argparse.Namespace) -> Path:
-    suffix = "" if args.data == "stdlib" else f"-{args.data}"
-    return Path("runs") / "chinchilla" / f"{args.preset}{suffix}"
+    return Path("runs") / "chinchilla" / f"{args.preset}{data_budget.label(args.data)}"
 
 
 def main(argv=None) -> dict:
@@ -321,6 +320,8 @@ def main(argv=None) -> dict:
         preset = preset_from_args(args)
         study = build_study(preset, args.data, args.preset)
         shard = runner.parse_shard(args.shard)
+        if not args.analysis_only:
+            data_budget.check_epochs(study.runs, args.max_epochs)
     except ValueError as err:  # runner.StudyError included: nothing has been trained
         parser.error(str(err))
     out = Path(args.out) if args.out else default_out(args)
@@ -350,6 +351,7 @@ def main(argv=None) -> dict:
     runner.write_table(table, out / runner.TABLE)  # the merged table the report is fitted from
 
     result.update(chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss))
+    data_budget.append_report(result["report"], table)
     print(f"table:  {out / runner.TABLE}\nreport: {result['report']}\nplots:  "
           + ", ".join(str(p) for p in result["plots"] if p.suffix == ".png") + " (and .svg)")
     return result

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner, study_cli
+from experiments import data_budget, runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm import data as lm_data
 from lm.data import DataConfig
@@ -73,28 +73,37 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Repetition is what this study measures: --max-epochs defaults above the largest preset's 64 epochs.
+MAX_EPOCHS = 100.0
+
+
 def unique_tokens(data: DataConfig) -> int:
     """U: the training targets one epoch of the (capped) training split holds."""
     return int(lm_data.dataset_info(data)["train"]["targets"])
 
 
-def build_study(preset: Preset, preset_name: str = "custom") -> runner.Study:
+def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
     runs, tags = [], {}
     tokens_per_step = preset.seq_len * preset.batch_size
+    base = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
     for size in preset.sizes:
-        model = ladder_model(*LADDER[size])
+        model = data_budget.replace_vocab(ladder_model(*LADDER[size]), base)
         for ub in preset.unique_bytes:
-            data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, max_train_bytes=ub)
-            U = unique_tokens(data)
+            capped = dataclasses.replace(base, max_train_bytes=ub)
+            if lm_data.dataset_info(capped)["train"]["bytes"] < ub:
+                raise runner.StudyError(f"unique budget {ub} bytes is larger than the training split of --data={data} "
+                                        f"({lm_data.dataset_info(base)['train']['bytes']} bytes); use a larger corpus")
+            U = unique_tokens(capped)
             for e in preset.epochs:
                 steps = max(4, int(round(e * U / tokens_per_step)))
                 name = f"{size}-U{ub}-e{e}"
-                runs.append(study_cli.cosine_run(name, model, data, steps=steps, learning_rate=preset.learning_rate,
+                runs.append(study_cli.cosine_run(name, model, capped, steps=steps, learning_rate=preset.learning_rate,
                                                  eval_batches=preset.eval_batches))
                 tags[name] = {"size": size, "unique_bytes": ub, "U": U, "epochs": e,
                               "epochs_exact": steps * tokens_per_step / U}
     meta = {"preset": preset_name, "sizes": list(preset.sizes), "unique_bytes": list(preset.unique_bytes),
             "epochs": list(preset.epochs)}
+    tags = data_budget.with_epoch_tags(runs, tags)
     return runner.Study(name="data_constrained", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
 
 
@@ -274,20 +283,22 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
 
 
 def main(argv=None) -> dict:
-    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, shard=True, bootstrap=True)
+    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, shard=True, bootstrap=True,
+                                max_epochs=MAX_EPOCHS)
     ap.add_argument("--loss-increase", type=float, default=0.01,
                     help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
     out = study_cli.out_dir("data_constrained", args)
     with study_cli.cli_errors(ap):
-        study = build_study(preset, args.preset)
+        study = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
     if not study_cli.analysis_ready(table):
         return result
     result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           loss_increase=args.loss_increase, preset_name=args.preset))
+    data_budget.append_report(result["report"], table)
     p = result["params"]
     print(f"R_D* = {p['R_D_star']:.3g}, R_N* = {p['R_N_star']:.3g}; repetition costs > "
           f"{100 * args.loss_increase:g}% from {result['epochs_threshold']:.3g} epochs\nreport: {result['report']}")

@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner, study_cli
+from experiments import data_budget, runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm import vmap_sweep
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +92,17 @@ def cell_name(size: str, tokens: int) -> str:
     return f"{size}-D{tokens}"
 
 
-def build_study(preset: Preset, preset_name: str = "custom") -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
+def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib",
+                ) -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
     """The grid as a Study, and its vmapped groups of run names (one per cell x batch size: the lr axis)."""
     runs, tags, groups = [], {}, []
     for size, tokens in preset.cells:
-        model = ladder_model(*LADDER[size])
+        base_data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_sizes[0])
+        model = data_budget.replace_vocab(ladder_model(*LADDER[size]), base_data)
         for b in preset.batch_sizes:
             steps = tokens // (b * preset.seq_len)
             base = RunConfig(
-                model=model, data=DataConfig(seq_len=preset.seq_len, batch_size=b),
+                model=model, data=dataclasses.replace(base_data, batch_size=b),
                 optimizer=OptimizerConfig(),
                 schedule=ScheduleConfig(kind="cosine", warmup_fraction=preset.warmup_fraction, min_ratio=0.1),
                 train=TrainConfig(steps=steps, eval_every=steps, eval_batches=preset.eval_batches,
@@ -116,6 +117,7 @@ def build_study(preset: Preset, preset_name: str = "custom") -> tuple[runner.Stu
                                 "batch_size": b}
     meta = {"preset": preset_name, "cells": [list(c) for c in preset.cells], "batch_sizes": list(preset.batch_sizes),
             "learning_rates": list(preset.learning_rates), "seq_len": preset.seq_len, "threshold": preset.threshold}
+    tags = data_budget.with_epoch_tags(runs, tags)
     study = runner.Study(name="lr_scaling", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
     return study, tuple(groups)
 
@@ -265,13 +267,14 @@ def main(argv=None) -> dict:
     preset = PRESETS[args.preset]
     out = study_cli.out_dir("lr_scaling", args)
     with study_cli.cli_errors(p):
-        study, groups = build_study(preset, args.preset)
+        study, groups = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args, groups=groups)
     result = {"out": out, "table": table}
     if not study_cli.analysis_ready(table, allow_diverged=True):  # high learning rates may diverge
         return result
     result.update(analyze(study, table, out, threshold=preset.threshold,
                           bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap))
+    data_budget.append_report(result["report"], table)
     e = result["fits"]["estimate"]
     print(f"eta_opt = {e['c']:.3g} N^{e['a']:.3f} D^{e['b']:.3f};  B_opt = {e['d']:.3g} D^{e['g']:.3f}\n"
           f"report: {result['report']}")

@@ -25,17 +25,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import runner
+from experiments import data_budget, runner
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
 
 
 def study_parser(study: str, doc: str | None, presets: Mapping[str, object], *, shard: bool = False,
-                 bootstrap: bool = False) -> argparse.ArgumentParser:
+                 bootstrap: bool = False, max_epochs: float = data_budget.DEFAULT_MAX_EPOCHS) -> argparse.ArgumentParser:
     """``python -m experiments.<study>``'s parser with the shared flags.
 
     Always: ``--preset`` (one of ``presets``, default "default"), ``--out``,
-    ``--analysis-only``, ``--no-progress``; ``--shard I/N`` and ``--bootstrap N`` where asked.
+    ``--analysis-only``, ``--no-progress``, ``--data`` and ``--max-epochs`` (default
+    ``max_epochs``; :mod:`experiments.data_budget`); ``--shard I/N`` and ``--bootstrap N`` where asked.
     The study adds its own flags to the returned parser.
     """
     p = argparse.ArgumentParser(prog=f"python -m experiments.{study}", description=doc,
@@ -48,12 +49,13 @@ def study_parser(study: str, doc: str | None, presets: Mapping[str, object], *, 
         p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the preset's)")
     p.add_argument("--analysis-only", action="store_true", help="analyse the existing table; train nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    data_budget.add_args(p, max_epochs)
     return p
 
 
 def out_dir(study: str, args: argparse.Namespace) -> Path:
-    """``--out``, or ``runs/<study>/<preset>``."""
-    return Path(args.out) if args.out else Path("runs") / study / args.preset
+    """``--out``, or ``runs/<study>/<preset>[-<data dir name>]``."""
+    return Path(args.out) if args.out else Path("runs") / study / (args.preset + data_budget.label(args.data))
 
 
 @contextlib.contextmanager
@@ -68,9 +70,10 @@ def cli_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
 
 def train_and_load(study: runner.Study, out: str | Path, args: argparse.Namespace,
                    groups: Sequence[Sequence[str]] = ()) -> pd.DataFrame:
-    """Train the study (its ``--shard`` if the parser has one) unless ``--analysis-only``,
-    then the study's whole table (:func:`experiments.runner.load_results`)."""
+    """Train the study (its ``--shard`` if the parser has one; refused over ``--max-epochs``)
+    unless ``--analysis-only``, then the study's whole table (:func:`experiments.runner.load_results`)."""
     if not args.analysis_only:
+        data_budget.check_epochs(study.runs, args.max_epochs)
         shard = runner.parse_shard(getattr(args, "shard", None))
         runner.run_study(study, out, shard=shard, progress=not args.no_progress, groups=groups)
     return runner.load_results(study, out)

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from experiments.cli import add_config_args, apply_overrides
+from lm import data as lm_data
 from lm import decode, sharding, train
 from lm.config import RunConfig
 from lm.presets import PRESETS, get_preset
-from lm.tokenizer import ByteTokenizer
 
 
 def plot_loss_curve(run_dir: Path) -> Path:
@@ -49,7 +49,7 @@ def plot_loss_curve(run_dir: Path) -> Path:
 
 
 def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed: int = 0) -> str:
-    tok = ByteTokenizer()
+    tok = lm_data.tokenizer(run.data)
     ids = jnp.asarray(tok.encode(prompt, add_bos=run.data.add_bos if hasattr(run.data, "add_bos") else False))[None]
     out = decode.generate(run.model, params, ids, jax.random.PRNGKey(seed), max_new_tokens=n, temperature=0.8, top_p=0.95)
     return prompt + tok.decode(out[0])
@@ -80,6 +80,8 @@ def main(argv=None) -> dict:
     try:
         run = dataclasses.replace(default_run(), model=get_preset(args.preset))
         run = apply_overrides(run, args)
+        if getattr(args, "cfg:model.vocab_size") is None:  # the model's vocabulary follows the data's tokenizer
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=lm_data.vocab_size(run.data)))
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
     run_dir = Path(args.out) / run.name

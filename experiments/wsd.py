@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner, study_cli
+from experiments import data_budget, runner, study_cli
 from experiments.chinchilla import LADDER, ladder_model
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +101,14 @@ def _gcd(values) -> int:
     return out
 
 
-def build_study(preset: Preset, out: str | Path, preset_name: str = "custom") -> runner.Study:
+def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
     """The grid: the stable run, one decay branch per length, one cosine run per length.
 
     ``out`` is needed because each branch's ``train.init_from`` names the stable run's
     directory (``<out>/runs/stable``; resolved to an absolute path).
     """
-    model = ladder_model(*LADDER[preset.size])
-    data = DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size)
+    data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
+    model = data_budget.replace_vocab(ladder_model(*LADDER[preset.size]), data)
     opt = OptimizerConfig(learning_rate=preset.learning_rate)
     points = [preset.branch_point(n) for n in preset.lengths]
     s_max = max(points)
@@ -142,7 +141,7 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom") ->
         tags[name] = {"kind": "cosine", "length": length, "branch_point": 0}
     meta = {"preset": preset_name, **{k: v for k, v in dataclasses.asdict(preset).items()}}
     meta["lengths"] = list(preset.lengths)
-    return runner.Study(name="wsd", runs=tuple(runs), tags=tags, meta=meta)
+    return runner.Study(name="wsd", runs=tuple(runs), tags=data_budget.with_epoch_tags(runs, tags), meta=meta)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -255,12 +254,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     out = study_cli.out_dir("wsd", args)
     with study_cli.cli_errors(parser):
-        study = build_study(PRESETS[args.preset], out, args.preset)
+        study = build_study(PRESETS[args.preset], out, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
     if not study_cli.analysis_ready(table):
         return result
     result.update(analyze(study, table, out, loss=f"final_{args.loss}_loss"))
+    data_budget.append_report(result["report"], table)
     print(result["gaps"].to_string())
     print(f"FLOPs saved by the WSD curve: {100 * result['flops']['flops_saved']:.1f}%\nreport: {result['report']}")
     return result

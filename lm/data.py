@@ -10,8 +10,13 @@ Sources (``DataConfig.source``):
   "files"      local text files matching ``files_glob``, split by file like "stdlib".
   "tfds"       any TFDS dataset through ``tfds.data_source`` (ArrayRecord random access;
                TensorFlow is not needed), splits ``tfds_split_train`` / ``tfds_split_val``.
+  "prepared"   a directory ``path`` written by ``python -m experiments.prepare_data``
+               (:mod:`lm.prepare`): documents already tokenized (byte, BPE or SentencePiece)
+               and split, memory-mapped token shards read by random access (:mod:`lm.prepared`).
 
-Tokens are bytes (:mod:`lm.tokenizer`, VOCAB_SIZE = 259). Packing (:mod:`lm.packing`):
+Tokens are bytes (:mod:`lm.tokenizer`, VOCAB_SIZE = 259) except for "prepared", whose
+tokenizer is the one stored with the data (:func:`tokenizer`, :func:`vocab_size`; the
+model's ``vocab_size`` must be at least that). Packing (:mod:`lm.packing`):
 documents become (token, next token) pairs, cut into pieces of at most seq_len pairs,
 shuffled (deterministically in ``seed``; reshuffled every epoch), and packed into rows by
 grain's ConcatThenSplit. A batch is
@@ -36,17 +41,19 @@ import copy
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import grain
 import numpy as np
 from grain.experimental import ThreadPrefetchIterDataset
 
-from lm import data_sources, markov, packing
+from lm import data_sources, markov, packing, prepared
 from lm.data_sources import SPLITS
 from lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer  # noqa: F401  (re-exported)
 
-SOURCES = ("stdlib", "synthetic", "files", "tfds")
+SOURCES = ("stdlib", "synthetic", "files", "tfds", "prepared")
+CAPPED_SOURCES = ("stdlib", "files", "prepared")
 MAX_SYNTHETIC_CONTEXTS = 1 << 22
 
 
@@ -55,7 +62,8 @@ class DataConfig:
     """What the model reads.
 
     Attributes:
-      source: "stdlib" | "synthetic" | "files" | "tfds" (see the module docstring).
+      source: "stdlib" | "synthetic" | "files" | "tfds" | "prepared" (see the module docstring).
+      path: the prepared directory of source="prepared".
       seq_len: slots per row (t).
       batch_size: global batch size in rows (sequences), divided among hosts.
       seed: order of the pieces (shuffle seed; each epoch is reshuffled from it).
@@ -63,8 +71,9 @@ class DataConfig:
         so that changing the data order keeps the validation set.
       val_fraction: fraction of files held out ("stdlib", "files"); "synthetic": number of
         validation documents as a fraction of the training documents.
-      max_bytes: cap on the bytes of each split ("stdlib", "files"); None = all.
-      max_train_bytes: cap on the bytes of the TRAINING split only ("stdlib", "files";
+      max_bytes: cap on the bytes of each split ("stdlib", "files", "prepared": bytes of
+        text, the last document truncated; for "prepared" to the same share of its tokens); None = all.
+      max_train_bytes: cap on the bytes of the TRAINING split only ("stdlib", "files", "prepared";
         None = no extra cap): the training split holds min(max_bytes, max_train_bytes)
         bytes (the last file truncated), the validation split is untouched, so configs
         differing only in this field evaluate on identical validation batches (unique-data
@@ -87,6 +96,7 @@ class DataConfig:
     """
 
     source: str = "stdlib"
+    path: str | None = None
     seq_len: int = 256
     batch_size: int = 8
     seed: int = 0
@@ -132,9 +142,11 @@ class DataConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
                 bad(name, "must be None or a positive integer")
-        if self.max_train_bytes is not None and self.source not in ("stdlib", "files"):
-            bad("max_train_bytes", f'caps only the "stdlib" and "files" sources, not source={self.source!r}; '
+        if self.max_train_bytes is not None and self.source not in CAPPED_SOURCES:
+            bad("max_train_bytes", f"caps only the sources {CAPPED_SOURCES}, not source={self.source!r}; "
                 "leave it None (synthetic: set synthetic_num_tokens)")
+        if self.source == "prepared" and not self.path:
+            bad("path", 'must be set (a directory written by experiments.prepare_data) when source="prepared"')
         if self.source == "files" and not self.files_glob:
             bad("files_glob", 'must be set (a glob pattern) when source="files"')
         if self.source == "tfds" and not self.tfds_name:
@@ -184,6 +196,8 @@ def split_max_bytes(cfg: DataConfig, split: str) -> int | None:
 def make_source(cfg: DataConfig, split: str):
     """The document source (:mod:`lm.data_sources`) of ``split`` ("train" | "validation")."""
     _check_split(split)
+    if cfg.source == "prepared":
+        return prepared.PreparedSource(cfg.path, split, split_max_bytes(cfg, split))
     if cfg.source in ("stdlib", "files"):
         return data_sources.FileSource(split_files(cfg, split), split_max_bytes(cfg, split))
     if cfg.source == "synthetic":
@@ -260,24 +274,54 @@ def make_iterator(
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds[shard_index::shard_count].repeat(num_epochs)
 
+    tok = tokenizer(cfg)
+
     def read_piece(piece: np.ndarray) -> dict[str, np.ndarray]:
         doc, start, stop = (int(v) for v in piece)
-        tokens = packing.read_tokens(
-            source, doc, start, None if stop < 0 else stop, add_bos=cfg.add_bos, add_eos=cfg.add_eos
-        )
+        tokens = packing.read_tokens(source, doc, start, None if stop < 0 else stop, add_bos=cfg.add_bos,
+                                     add_eos=cfg.add_eos, bos_id=tok.bos_id, eos_id=tok.eos_id)
         return packing.to_pair(tokens)
 
     read_options = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=max(4 * cfg.num_threads, 1))
     pairs = ds.map(read_piece).to_iter_dataset(read_options)
     rows_per_host = cfg.batch_size // shard_count
     batches = (
-        packing.pack(pairs, cfg.seq_len)
+        packing.pack(pairs, cfg.seq_len, pad_id=tok.pad_id)
         .batch(rows_per_host, drop_remainder=False)
-        .map(functools.partial(packing.pad_batch, rows=rows_per_host))
+        .map(functools.partial(packing.pad_batch, rows=rows_per_host, pad_id=tok.pad_id))
     )
     if cfg.prefetch_batches:
         batches = ThreadPrefetchIterDataset(batches, prefetch_buffer_size=cfg.prefetch_batches)
     return packing.CheckpointableIterator(iter(batches))
+
+
+def tokenizer(cfg: DataConfig):
+    """The tokenizer of ``cfg``'s tokens: the byte tokenizer, or the one stored with prepared data."""
+    if cfg.source != "prepared":
+        return ByteTokenizer()
+    return _prepared_tokenizer(os.path.expanduser(cfg.path), prepared.read_manifest(cfg.path)["fingerprint"])
+
+
+@functools.lru_cache(maxsize=8)
+def _prepared_tokenizer(path: str, fingerprint: str):
+    from lm.prepare import out_tokenizer
+
+    return out_tokenizer(path)
+
+
+def vocab_size(cfg: DataConfig) -> int:
+    """Token ids the data can hold (the model's ``vocab_size`` must be at least this)."""
+    if cfg.source != "prepared":
+        return VOCAB_SIZE
+    return int(prepared.read_manifest(cfg.path)["tokenizer"]["vocab_size"])
+
+
+def check_model_vocab(model_vocab_size: int, cfg: DataConfig) -> None:
+    """Raise ValueError when a model of ``model_vocab_size`` tokens cannot embed the data's tokens."""
+    need = vocab_size(cfg)
+    if model_vocab_size < need:
+        raise ValueError(f"ModelConfig.vocab_size={model_vocab_size}: the data ({cfg.source}"
+                         f"{' ' + str(cfg.path) if cfg.path else ''}) has {need} token ids; set vocab_size >= {need}")
 
 
 def _require_synthetic(cfg: DataConfig) -> None:
@@ -317,8 +361,9 @@ def warmup_excess_bits(cfg: DataConfig) -> dict[str, float]:
 def bits_per_byte(loss_nats_per_token: float, targets_per_byte: float = 1.0) -> float:
     """Bits per byte of a mean cross-entropy over targets (nats/target).
 
-    bpb = loss / ln 2 * targets_per_byte; targets_per_byte (``dataset_info``) counts the
-    EOS targets that are not bytes (1.0 when the loss is averaged over byte targets only).
+    bpb = loss / ln 2 * targets_per_byte; targets_per_byte (``dataset_info``: targets over
+    UTF-8 bytes of text) counts the EOS targets that are not bytes, and for subword
+    tokenizers the bytes each token stands for, so bpb compares across tokenizers.
     """
     return float(loss_nats_per_token) / math.log(2.0) * float(targets_per_byte)
 
@@ -326,7 +371,8 @@ def bits_per_byte(loss_nats_per_token: float, targets_per_byte: float = 1.0) -> 
 def dataset_info(cfg: DataConfig) -> dict[str, Any]:
     """Sizes per split and, for "synthetic", the exact entropy rate.
 
-    Returns a JSON-friendly dict: source, vocab_size, per split {documents, bytes, targets
+    Returns a JSON-friendly dict: source, vocab_size, per split {documents, bytes (of text;
+    for "prepared" the UTF-8 bytes of the documents before tokenization), targets
     (training pairs), rows (seq_len rows one epoch fills)} (bytes/targets/rows None when
     unknown without reading the data, as for tfds), targets_per_byte (train), and for
     "synthetic" entropy_rate_bits_per_byte plus the chain's shape.
@@ -336,14 +382,18 @@ def dataset_info(cfg: DataConfig) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _dataset_info(cfg: DataConfig) -> dict[str, Any]:
-    info: dict[str, Any] = {"source": cfg.source, "vocab_size": VOCAB_SIZE, "seq_len": cfg.seq_len}
+    info: dict[str, Any] = {"source": cfg.source, "vocab_size": vocab_size(cfg), "seq_len": cfg.seq_len}
+    if cfg.source == "prepared":
+        manifest = prepared.read_manifest(cfg.path)
+        info.update(path=cfg.path, fingerprint=manifest["fingerprint"], tokenizer=manifest["tokenizer"])
     for split in SPLITS:
         source = make_source(cfg, split)
         entry: dict[str, Any] = {"documents": len(source), "bytes": None, "targets": None, "rows": None}
         if source.lengths is not None:
             pieces = _pieces(cfg, source)
             targets = int((pieces[:, 2] - pieces[:, 1] - 1).sum()) if len(pieces) else 0
-            entry.update(bytes=int(source.lengths.sum()), targets=targets, rows=-(-targets // cfg.seq_len))
+            text_bytes = int(getattr(source, "doc_bytes", source.lengths).sum())
+            entry.update(bytes=text_bytes, targets=targets, rows=-(-targets // cfg.seq_len))
         info[split] = entry
     train = info.get("train", {})
     if train.get("bytes"):

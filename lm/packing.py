@@ -1,6 +1,6 @@
 """Packing documents into fixed-length rows of (token, next-token) pairs.
 
-A document of n tokens (optional BOS, its bytes, optional EOS) has n - 1 training pairs
+A document of n tokens (optional BOS, its bytes or subword tokens, optional EOS) has n - 1 training pairs
 (tokens[i], targets[i]) = (doc[i], doc[i + 1]). Documents of known length are cut into
 *pieces* of at most L pairs (the unit that is shuffled, so that the rows of a batch come
 from different places of the corpus); pieces are packed with grain's
@@ -17,6 +17,7 @@ Axis letters: b rows (sequences), t slots of a row (seq_len L), p pieces.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
@@ -47,11 +48,17 @@ def piece_table(lengths: np.ndarray, *, seq_len: int, add_bos: bool, add_eos: bo
     return np.stack([doc, start, stop], axis=1)
 
 
-def read_tokens(source, doc: int, start: int, stop: int | None, *, add_bos: bool, add_eos: bool) -> np.ndarray:
-    """int32 tokens [start, stop) of document ``doc`` (stop=None: the whole document, start=0)."""
+def read_tokens(source, doc: int, start: int, stop: int | None, *, add_bos: bool, add_eos: bool,
+                bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> np.ndarray:
+    """int32 tokens [start, stop) of document ``doc`` (stop=None: the whole document, start=0).
+
+    ``source.read`` gives bytes (byte tokens) or an int array of token ids (prepared data);
+    ``source.lengths`` counts those units.
+    """
     bos = int(add_bos)
     data = source.read(doc, max(start - bos, 0), None if stop is None else max(stop - bos, 0))
-    n_bytes = len(data)
+    ids = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    n_bytes = len(ids)
     lead = add_bos and start == 0
     if stop is None:
         trail = add_eos
@@ -59,11 +66,11 @@ def read_tokens(source, doc: int, start: int, stop: int | None, *, add_bos: bool
         length = source.lengths[doc]
         trail = add_eos and stop == length + bos + 1
     out = np.empty(n_bytes + int(lead) + int(trail), dtype=np.int32)
-    out[int(lead) : int(lead) + n_bytes] = np.frombuffer(data, dtype=np.uint8)
+    out[int(lead) : int(lead) + n_bytes] = ids
     if lead:
-        out[0] = BOS_ID
+        out[0] = bos_id
     if trail:
-        out[-1] = EOS_ID
+        out[-1] = eos_id
     return out
 
 
@@ -72,34 +79,34 @@ def to_pair(tokens: np.ndarray) -> dict[str, np.ndarray]:
     return {"tokens": tokens[:-1], "targets": tokens[1:]}
 
 
-def pack(pairs: grain.IterDataset, seq_len: int) -> grain.IterDataset:
-    """Rows of L slots: dict(tokens, targets, segment_ids, positions, weights), each [L]."""
+def pack(pairs: grain.IterDataset, seq_len: int, pad_id: int = PAD_ID) -> grain.IterDataset:
+    """Rows of L slots: dict(tokens, targets, segment_ids, positions, weights), each [L]; ``pad_id`` on padding."""
     packed = ConcatThenSplitIterDataset(
         pairs.filter(lambda e: len(e["tokens"]) > 0),
         length_struct={"tokens": seq_len, "targets": seq_len},
         split_full_length_features=False,
     )
-    return packed.map(_finish_row)
+    return packed.map(functools.partial(_finish_row, pad_id=pad_id))
 
 
-def _finish_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _finish_row(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
     seg = row["tokens_segment_ids"].astype(np.int32)
     on = seg > 0
     return {
-        "tokens": np.where(on, row["tokens"], PAD_ID).astype(np.int32),
-        "targets": np.where(on, row["targets"], PAD_ID).astype(np.int32),
+        "tokens": np.where(on, row["tokens"], pad_id).astype(np.int32),
+        "targets": np.where(on, row["targets"], pad_id).astype(np.int32),
         "segment_ids": seg,
         "positions": row["tokens_positions"].astype(np.int32),
         "weights": on.astype(np.float32),
     }
 
 
-def pad_batch(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """Append empty rows (PAD, segment 0, weight 0) up to ``rows`` (the last batch of an epoch)."""
+def pad_batch(batch: dict[str, np.ndarray], rows: int, pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
+    """Append empty rows (``pad_id``, segment 0, weight 0) up to ``rows`` (the last batch of an epoch)."""
     have = batch["tokens"].shape[0]
     if have == rows:
         return batch
-    fill = {"tokens": PAD_ID, "targets": PAD_ID, "segment_ids": 0, "positions": 0, "weights": 0.0}
+    fill = {"tokens": pad_id, "targets": pad_id, "segment_ids": 0, "positions": 0, "weights": 0.0}
     return {
         k: np.concatenate([v, np.full((rows - have, *v.shape[1:]), fill[k], dtype=v.dtype)]) for k, v in batch.items()
     }

@@ -1,6 +1,6 @@
-"""Byte-level tokenizer: the 256 byte values plus three special tokens.
+"""Tokenizers: byte-level (the default), trained byte-level BPE, and loaded subword models.
 
-Token ids:
+Byte-level token ids:
   0..255  the bytes of the UTF-8 encoding of the text (a token is a byte, so bits per
           token over byte targets are bits per byte);
   256     PAD_ID, fills the empty slots of a packed row (segment id 0, loss weight 0);
@@ -8,10 +8,18 @@ Token ids:
   258     EOS_ID, ends each document when ``add_eos``.
 VOCAB_SIZE = 259.
 
+Subword tokenizers (:mod:`lm.subword`) share the interface: ``vocab_size``, ``pad_id``,
+``bos_id``, ``eos_id``, ``encode``, ``encode_batch``, ``decode``, ``save`` and ``describe``.
+:func:`load_tokenizer` builds any of them from a spec: "byte", a ``tokenizer.json`` (Hugging
+Face ``tokenizers``), a SentencePiece ``.model``, or a directory holding one of those.
+
 Axis letters: n tokens of one document.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,11 +28,13 @@ PAD_ID = 256
 BOS_ID = 257
 EOS_ID = 258
 VOCAB_SIZE = 259
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 class ByteTokenizer:
     """Text <-> byte tokens. ``decode`` drops special tokens and replaces invalid UTF-8."""
 
+    kind = "byte"
     vocab_size = VOCAB_SIZE
     pad_id = PAD_ID
     bos_id = BOS_ID
@@ -35,11 +45,29 @@ class ByteTokenizer:
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         return bytes_to_tokens(data, add_bos=add_bos, add_eos=add_eos)
 
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Tokens int32 [n_i] of every text (no BOS/EOS)."""
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids) -> str:
         """Text of tokens ``ids`` [n] (any int sequence); specials are dropped."""
         ids = np.asarray(ids).reshape(-1)
         byte_ids = ids[(ids >= 0) & (ids < NUM_BYTES)].astype(np.uint8)
         return byte_ids.tobytes().decode("utf-8", errors="replace")
+
+    def save(self, directory: str) -> str | None:
+        """Nothing to write: the byte tokenizer has no file. Returns None."""
+        return None
+
+    def describe(self) -> dict:
+        """JSON-able summary (kind, vocab_size, special ids) for manifests."""
+        return describe(self)
+
+
+def describe(tok) -> dict:
+    """JSON-able summary of any tokenizer of this module's interface."""
+    return {"kind": tok.kind, "vocab_size": int(tok.vocab_size), "pad_id": int(tok.pad_id),
+            "bos_id": int(tok.bos_id), "eos_id": int(tok.eos_id)}
 
 
 def bytes_to_tokens(data: bytes, *, add_bos: bool, add_eos: bool) -> np.ndarray:
@@ -52,3 +80,51 @@ def bytes_to_tokens(data: bytes, *, add_bos: bool, add_eos: bool) -> np.ndarray:
     if add_eos:
         out[-1] = EOS_ID
     return out
+
+
+def parse_bpe_spec(spec: str) -> int | None:
+    """The vocabulary size of a "bpe:VOCAB" spec, or None when ``spec`` is not one."""
+    if not spec.startswith("bpe:"):
+        return None
+    try:
+        vocab = int(spec[4:])
+    except ValueError:
+        vocab = -1
+    if vocab < VOCAB_SIZE:
+        raise ValueError(f"tokenizer={spec!r}: bpe:VOCAB needs an integer VOCAB >= {VOCAB_SIZE} "
+                         "(256 byte symbols and 3 special tokens)")
+    return vocab
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer named by ``spec``.
+
+    Args:
+      spec: "byte"; a path to a Hugging Face ``tokenizer.json`` (any ``*.json``); a path to a
+        SentencePiece model (``*.model``); or a directory holding ``tokenizer.json`` or
+        ``tokenizer.model`` (as a prepared data directory does).
+
+    Raises:
+      ValueError: a spec that is none of these (a "bpe:VOCAB" spec must be trained first,
+        :func:`lm.subword.train_bpe`).
+    """
+    from lm import subword  # imports tokenizers / sentencepiece only when a subword model is used
+
+    if spec == "byte":
+        return ByteTokenizer()
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name))
+        return ByteTokenizer() if os.path.isfile(os.path.join(path, "manifest.json")) else _bad(spec)
+    if path.endswith(".json") and os.path.isfile(path):
+        return subword.HFTokenizer.from_file(path)
+    if path.endswith(".model") and os.path.isfile(path):
+        return subword.SentencePieceTokenizer(path)
+    return _bad(spec)
+
+
+def _bad(spec: str):
+    raise ValueError(f"tokenizer={spec!r}: allowed values are 'byte', 'bpe:VOCAB' (trained on the corpus), "
+                     "or an existing path to a tokenizer.json, a SentencePiece .model, or a directory holding one")

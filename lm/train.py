@@ -87,6 +87,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
     """
     mesh = sharding.single_device_mesh() if mesh is None else mesh
+    lm_data.check_model_vocab(run.model.vocab_size, run.data)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # multi-host: one writer of the run files

@@ -8,7 +8,7 @@ import pytest
 
 from experiments import architectures, data_constrained, lr_scaling, runner, study_cli, wsd
 
-SHARED = {"--preset", "--out", "--analysis-only", "--no-progress", "-h", "--help"}
+SHARED = {"--preset", "--out", "--analysis-only", "--no-progress", "--data", "--max-epochs", "-h", "--help"}
 # the command lines of the studies (those before they shared this module, plus --shard for the
 # data-constrained and learning-rate grids, whose runs are independent like the others')
 FLAGS = {
@@ -49,6 +49,7 @@ def test_each_study_keeps_its_flags_and_default_out(module, monkeypatch):
     assert parser.prog == f"python -m experiments.{name}"
     assert sorted(parser._option_string_actions["--preset"].choices) == sorted(module.PRESETS)
     assert study_cli.out_dir(name, args) == Path("runs") / name / "smoke"
+    assert args.data == "stdlib" and args.max_epochs == (100.0 if name == "data_constrained" else 1.0)
 
 
 def test_out_flag_wins_and_bad_values_are_usage_errors(tmp_path, capsys):
