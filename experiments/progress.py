@@ -72,7 +72,7 @@ class SweepProgress:
 
             self.bar = tqdm(total=self.work_total, file=self.stream, dynamic_ncols=True,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-        self._show(force=False)
+            self._show(force=False)
 
     # ------------------------------------------------------------------ display
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from experiments import outdir
 from experiments.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
+from experiments.progress import SweepProgress
 from lm import decode, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
@@ -153,12 +154,18 @@ def main(argv=None) -> dict:
         if gone:
             print(f"--overwrite: removed {', '.join(gone)} from {run_dir}; training afresh")
     train.enable_compilation_cache()
+    bar = SweepProgress([run], 0, 1, enabled=run.train.progress and jax.process_index() == 0)
+    bar.start([run])
     try:
-        result = train.train(run, run_dir, mesh=mesh)
+        result = train.train(run, run_dir, mesh=mesh, progress=bar)
     except train.NonFiniteLossError as err:
+        bar.close()
         fail(parser.prog, f"the run diverged: {err}", RUN_FAILED)
     except CheckpointError as err:
+        bar.close()
         fail(parser.prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
+    bar.finish([run])
+    bar.close()
     if jax.process_index() != 0:
         return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))
