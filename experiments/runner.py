@@ -6,7 +6,9 @@ one shard of it) under ``out``:
 
   out/study.json                    manifest: study name, grid fingerprint, run names, meta
   out/runs/<run name>/              one directory per run (lm.train: config.json,
-                                    metrics.jsonl, checkpoints/, result.json)
+                                    metrics.jsonl, checkpoints/, result.json; and a
+                                    TensorBoard event file, lm.tensorboard: run
+                                    ``tensorboard --logdir out/runs``)
   out/results.csv                   the tidy table (one row per run), or, for a shard,
   out/results.shard-<i>-of-<n>.csv  that shard's rows (merge with :func:`merge_tables`)
   out/curves.csv                    long table of every run's loss curve (run, step,
@@ -71,6 +73,7 @@ from experiments.progress import SweepProgress
 from lm import train as lm_train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
+from lm.tensorboard import LiveEvents
 
 MANIFEST = "study.json"
 RUNS_DIR = "runs"
@@ -621,14 +624,17 @@ def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     rd = run_dir(out, run)
     bar.start([run])
     t0 = time.perf_counter()
+    events = LiveEvents([rd], bar)
     try:
-        lm_train.train(run, rd, progress=bar)
+        lm_train.train(run, rd, progress=events)
     except (lm_train.NonFiniteLossError, CheckpointError) as err:
+        events.close()
         status = "failed" if isinstance(err, CheckpointError) else "diverged"
         _atomic_write(rd / "failure.json", json.dumps({"status": status, "error": str(err)}, indent=2))
         bar.write(f"run {run.name} {status}: {err}")
         bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0), status=status)
         return
+    events.close()
     _atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
     bar.finish([run])
 
@@ -638,7 +644,11 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train
     dirs = [run_dir(out, r) for r in runs]
     bar.start(runs)
     t0 = time.perf_counter()
-    train_group(tuple(runs), dirs, progress=bar)
+    events = LiveEvents(dirs, bar)
+    try:
+        train_group(tuple(runs), dirs, progress=events)
+    finally:
+        events.close()
     wall = (time.perf_counter() - t0) / len(runs)
     missing = [str(d) for d in dirs if _read_result(d) is None]
     if missing:

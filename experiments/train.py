@@ -1,7 +1,7 @@
 """One training run from the command line: ``python -m experiments.train [--preset NAME] [--a.b VALUE ...]``.
 
-Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json and
-loss_curve.png) and prints a short sample of generated text at the end. Rerunning the
+Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json,
+loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a short sample of generated text at the end. Rerunning the
 same command resumes from the latest checkpoint; a run directory holding another config
 is refused (the message names the fields that differ) unless ``--overwrite`` starts the
 run afresh. Every config field can be overridden: ``--help`` says what each one means and
@@ -25,6 +25,7 @@ from experiments.cli import RUN_FAILED, OneLineParser, add_config_args, apply_ov
 from experiments.progress import SweepProgress
 from lm import decode, sharding, train
 from lm.checkpoint import CheckpointError
+from lm.tensorboard import EVENT_PREFIX, LiveEvents
 from lm.config import RunConfig
 from lm.presets import PRESETS, get_preset
 from lm.tokenizer import ByteTokenizer
@@ -120,7 +121,7 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
 
 def start_afresh(run_dir: Path) -> list[str]:
     """``--overwrite``: remove the run's records (:data:`RUN_RECORDS` and TensorBoard event files)."""
-    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob("events.out.tfevents.*")))
+    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")))
     return outdir.remove_entries(run_dir, names) if run_dir.is_dir() else []
 
 
@@ -156,16 +157,17 @@ def main(argv=None) -> dict:
     train.enable_compilation_cache()
     bar = SweepProgress([run], 0, 1, enabled=run.train.progress and jax.process_index() == 0)
     bar.start([run])
+    events = LiveEvents([run_dir] if jax.process_index() == 0 else [], bar)  # TensorBoard files
     try:
-        result = train.train(run, run_dir, mesh=mesh, progress=bar)
+        result = train.train(run, run_dir, mesh=mesh, progress=events)
+        bar.finish([run])
     except train.NonFiniteLossError as err:
-        bar.close()
         fail(parser.prog, f"the run diverged: {err}", RUN_FAILED)
     except CheckpointError as err:
-        bar.close()
         fail(parser.prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
-    bar.finish([run])
-    bar.close()
+    finally:
+        events.close()
+        bar.close()
     if jax.process_index() != 0:
         return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))

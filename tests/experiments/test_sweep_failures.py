@@ -8,6 +8,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,6 +16,7 @@ from experiments import runner, study_cli
 from experiments.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
+from lm.tensorboard import read_events
 
 
 def tiny_run(name: str, lr: float = 1e-2) -> RunConfig:
@@ -30,6 +32,11 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
     study = runner.Study(name="broken", runs=(tiny_run("a"), tiny_run("b", lr=3e-3), tiny_run("boom", lr=1e30)))
     first = runner.run_study(study, tmp_path, progress=False, compilation_cache=False)
     assert first.set_index("run")["status"].to_dict() == {"a": "complete", "b": "complete", "boom": "diverged"}
+    for name, row in first.set_index("run").iterrows():  # every run has its TensorBoard event file
+        (events,) = (tmp_path / "runs" / name).glob("events.out.tfevents.*")
+        logged = [e for e in read_events(events) if e["scalars"]]
+        if row["status"] == "complete":
+            assert logged[-1]["step"] == 4 and logged[-1]["scalars"]["val/loss"] == np.float32(row["final_val_loss"])
     for name in ("a", "b"):  # killed after the last checkpoint, before result.json
         (tmp_path / "runs" / name / "result.json").unlink()
     for f in (tmp_path / "runs" / "a" / "checkpoints").rglob("*"):
