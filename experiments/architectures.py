@@ -292,11 +292,13 @@ def main(argv=None) -> dict:
         study = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if not study_cli.analysis_ready(table, allow_diverged=True):
+    ready = study_cli.analysis_table(table, keep_diverged=True)
+    if ready is None:
         return result
-    result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
+    result.update(analyze(ready, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           preset_name=args.preset))
     data_budget.append_report(result["report"], table)
+    study_cli.note_left_out(result["report"], table)
     print(result["multipliers"][["multiplier", "lower", "upper", "cache_bytes_per_token"]].to_string())
     print(f"report: {result['report']}")
     return result

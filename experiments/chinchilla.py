@@ -37,7 +37,8 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import data_budget, runner
+from experiments import data_budget, runner, study_cli
+from experiments.cli import OneLineParser
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import VOCAB_SIZE, DataConfig
 from lm.flops import param_count, train_flops_per_token
@@ -264,8 +265,8 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.chinchilla", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
+    parser = OneLineParser(prog="python -m experiments.chinchilla", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="grid size: smoke (seconds, CI), default (minutes on a 2-core CPU), full (GPU/TPU)")
     data_budget.add_args(parser, extra_sources=("synthetic (a Markov source of known entropy rate; the report "
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default=None, help=f"comma-separated ladder sizes (override), from {list(LADDER)}")
     parser.add_argument("--budgets", type=_floats, default=None, help="comma-separated FLOP budgets (override)")
     parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (override)")
-    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the preset's)")
+    parser.add_argument("--bootstrap", type=study_cli.bootstrap_count, default=None,
+                        help="bootstrap resamples, an integer >= 2 (default: the preset's)")
     parser.add_argument("--loss", choices=("val", "train"), default="val",
                         help="fit the final validation loss (default) or the final training loss")
     parser.add_argument("--skip-analysis", action="store_true", help="train only")
@@ -316,42 +318,34 @@ def main(argv=None) -> dict:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    out = Path(args.out) if args.out else default_out(args)
+    with study_cli.cli_errors(parser):  # nothing has been trained: one line, exit 2
         preset = preset_from_args(args)
         study = build_study(preset, args.data, args.preset)
         shard = runner.parse_shard(args.shard)
         if not args.analysis_only:
             data_budget.check_epochs(study.runs, args.max_epochs)
-    except ValueError as err:  # runner.StudyError included: nothing has been trained
-        parser.error(str(err))
-    out = Path(args.out) if args.out else default_out(args)
-    if not args.analysis_only:
-        try:
             runner.run_study(study, out, shard=shard, progress=not args.no_progress)
-        except runner.StudyError as err:
-            parser.error(str(err))
-    try:
         table = runner.load_results(study, out, args.tables)
-    except runner.StudyError as err:
-        parser.error(str(err))
     done = int((table["status"] == "complete").sum()) if len(table) else 0
     result = {"out": out, "table": table, "report": None}
     if args.skip_analysis:
         print(f"{done}/{len(study.runs)} runs complete; table: {runner.table_path(out, shard)}")
         return result
-    if done < len(study.runs) and not args.analysis_only:
-        print(f"{done}/{len(study.runs)} runs of the grid are complete (shard {shard[0]}/{shard[1]} done); "
-              f"run with --analysis-only (and --tables for shard tables from other hosts) once all shards finish")
+    ready = study_cli.analysis_table(table)  # says which runs are pending, failed or diverged
+    if ready is None:
+        if not args.analysis_only and (table["status"] == "pending").any():
+            print(f"shard {shard[0]}/{shard[1]} done; run with --analysis-only (and --tables for shard tables from "
+                  "other hosts) once all shards finish")
         return result
-    if done == 0:
-        parser.error(f"{out} holds no finished run of this grid to analyse (train it first, or pass --tables)")
     from experiments import chinchilla_analysis
 
     Path(out).mkdir(parents=True, exist_ok=True)
     runner.write_table(table, out / runner.TABLE)  # the merged table the report is fitted from
 
-    result.update(chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss))
+    result.update(chinchilla_analysis.analyze(study, ready, out, bootstrap=preset.bootstrap, loss=args.loss))
     data_budget.append_report(result["report"], table)
+    study_cli.note_left_out(result["report"], table)
     print(f"table:  {out / runner.TABLE}\nreport: {result['report']}\nplots:  "
           + ", ".join(str(p) for p in result["plots"] if p.suffix == ".png") + " (and .svg)")
     return result

@@ -1,17 +1,91 @@
-"""Command-line overrides of any (nested) config dataclass field.
+"""Command-line overrides of any (nested) config dataclass field, and one-line usage errors.
 
 ``--model.d_model 512 --optimizer.learning_rate 1e-3 --schedule.kind wsd`` : one flag per
 leaf field, named by its dotted path, typed from the field's current value. ``none``
-sets an optional field to None; tuples are written as JSON lists.
+sets an optional field to None; tuples are written as JSON lists. Each flag's help says
+what the field means (:data:`FIELD_HELP`, else the "name: text" entry of its dataclass's
+docstring) and its default.
+
+:class:`OneLineParser` reports a usage error as one line (``prog: error: ...``, exit 2)
+instead of the whole usage block, which for ``experiments.train`` is a hundred flags long.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
+import sys
+from typing import Any, NoReturn
 
-from typing import Any
+USAGE_ERROR = 2  # refused before anything ran: a bad flag, value, output directory or record
+RUN_FAILED = 1  # the command ran and failed (a diverged run)
+
+# What each field means, where its dataclass docstring has no "name: text" entry of its own.
+FIELD_HELP = {
+    "name": "run name: the run directory is <--out>/<name> (no '/', '\\' or '..')",
+    "model.attn_softcap": "tanh soft-cap of the attention scores (none: off)",
+    "model.logit_softcap": "tanh soft-cap of the output logits (none: off)",
+    "model.rope_fraction": "share of each head's dims that get RoPE (0..1)",
+    "model.rope_max_wavelength": "RoPE's largest wavelength (base)",
+    "model.rnn_width": '"R" blocks: RG-LRU width (none: d_model)',
+    "model.rnn_heads": '"R" blocks: blocks of the RG-LRU gates (none: num_heads)',
+    "model.conv_width": '"R" blocks: taps of the temporal convolution',
+    "model.scan_impl": '"R" blocks: impl switch of pallas_kernels.linear_scan',
+    "model.la_variant": '"L" blocks: "plain" | "retnet" | "gla" (decay of linear attention)',
+    "model.la_feature_map": '"L" blocks: "identity" | "elu_plus_one" feature map of queries and keys',
+    "model.la_output_norm": '"L" blocks: "rms" | "group" normalisation of the output',
+    "model.la_chunk_size": '"L" blocks: chunk length of the chunked linear-attention form',
+    "model.la_impl": '"L" blocks: impl switch of pallas_kernels.linear_attention',
+    "model.mla_q_lora_rank": '"M" blocks: rank of the query projection (0: a direct projection)',
+    "model.mla_kv_lora_rank": '"M" blocks: rank of the compressed KV latent',
+    "model.mla_qk_nope_dim": '"M" blocks: per-head query/key dims without RoPE',
+    "model.mla_qk_rope_dim": '"M" blocks: per-head dims of the decoupled RoPE key',
+    "model.mla_v_head_dim": '"M" blocks: per-head value dims',
+    "model.mla_decode_path": '"M" blocks: "naive" | "absorbed" (absorbed-weight) decode',
+    "model.moe_load_balance_weight": "weight of the Switch load-balance loss (MoE blocks)",
+    "model.moe_router_z_weight": "weight of the router z-loss (MoE blocks)",
+    "optimizer.learning_rate": "peak learning rate (the schedule multiplies it); a finite number > 0",
+    "optimizer.b1": "Adam beta1, in [0, 1)",
+    "optimizer.b2": "Adam beta2, in [0, 1)",
+    "optimizer.eps": "Adam epsilon, > 0",
+    "optimizer.weight_decay": "decoupled (AdamW) weight decay, >= 0; on matrices only by default",
+    "optimizer.clip_norm": "clip gradients to this global norm (none: no clipping)",
+    "optimizer.decay_embeddings": "also decay the embedding matrix",
+    "optimizer.decay_all": "decay every parameter (norms and biases too)",
+    "schedule.kind": '"cosine" | "constant" | "wsd" (warmup-stable-decay) learning-rate schedule',
+    "schedule.warmup_steps": "linear warmup length in steps (none: warmup_fraction of the run)",
+    "schedule.warmup_fraction": "warmup length as a fraction of the run, when warmup_steps is none",
+    "schedule.min_ratio": "final learning rate as a fraction of the peak (cosine and wsd)",
+    "schedule.decay_fraction": "wsd: the decay covers this last fraction of the run",
+    "schedule.decay_start": "wsd: step the decay starts at (none: from decay_fraction)",
+    "schedule.decay_shape": 'wsd: "linear" | "cosine" | "sqrt" | "exponential" decay',
+    "train.steps": "optimiser steps of the run",
+    "train.seed": "seed of the parameter initialisation",
+    "train.z_loss": "weight of the PaLM output z-loss mean(logsumexp^2)",
+    "train.eval_every": "validate every this many steps (and at the end)",
+    "train.eval_batches": "validation batches per evaluation",
+    "train.log_every": "write a metrics record every this many steps",
+    "train.checkpoint_every": "save a checkpoint every this many steps (and at the end)",
+    "train.keep_checkpoints": "checkpoints to keep (none: all)",
+    "train.init_from": 'start from another run\'s checkpoint: a JSON list ["RUN_DIR", STEP] (none: from scratch)',
+    "train.progress": "show a progress bar (true/false)",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``prog: error: message``, with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (--help lists the options)", USAGE_ERROR)
+
+
+def fail(prog: str, message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print ``prog: error: message`` (one line) to stderr and exit with ``code``."""
+    sys.stderr.write(f"{prog}: error: {' '.join(str(message).split())}\n")
+    raise SystemExit(code)
 
 
 def _leaf_fields(cfg, prefix=""):
@@ -22,6 +96,52 @@ def _leaf_fields(cfg, prefix=""):
             yield from _leaf_fields(value, path + ".")
         else:
             yield path, f, value
+
+
+def docstring_fields(cls) -> dict[str, str]:
+    """Field name -> text of the "name: text" (or "a, b: text") entries of ``cls``'s docstring."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    names = {f.name for f in dataclasses.fields(cls)}
+    ident = r"[a-z_][a-z0-9_]*"
+    sep = r"\s*(?:,|/)\s*"
+    entry = re.compile(rf"(?:^|(?<=\n)|(?<=; ))[ \t]*(?P<names>{ident}(?:{sep}{ident})*):\s+")
+    hits = [m for m in entry.finditer(doc) if set(re.split(sep, m.group("names"))) <= names]
+    out: dict[str, str] = {}
+    for i, m in enumerate(hits):
+        end = hits[i + 1].start() if i + 1 < len(hits) else len(doc)
+        text = " ".join(re.split(r"\n\s*\n", doc[m.end():end])[0].split()).rstrip(" ;")
+        for name in re.split(sep, m.group("names")):
+            out.setdefault(name, text)
+    return out
+
+
+def field_help(cfg) -> dict[str, str]:
+    """Dotted path -> what the field means, for every leaf field of dataclass ``cfg``."""
+    out: dict[str, str] = {}
+
+    def walk(obj, prefix):
+        docs = docstring_fields(type(obj))
+        for f in dataclasses.fields(obj):
+            value, path = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, path + ".")
+            else:
+                out[path] = FIELD_HELP.get(path) or docs.get(f.name, "")
+
+    walk(cfg, "")
+    return out
+
+
+def _kind(value, field_type: str) -> str:
+    """The metavar of a field: its value's type, or for None the annotation's (never NONETYPE)."""
+    if value is not None and not isinstance(value, tuple):
+        return type(value).__name__.upper()
+    if "tuple" in field_type or isinstance(value, tuple):
+        return "JSON"
+    for name in ("bool", "int", "float", "str"):
+        if name in field_type:
+            return name.upper()
+    return "VALUE"
 
 
 def _parse_value(text: str, current: Any, field_type: str) -> Any:
@@ -39,7 +159,12 @@ def _parse_value(text: str, current: Any, field_type: str) -> Any:
         if "tuple" in field_type:
             kind = tuple
     if kind is tuple:
-        parsed = json.loads(text)
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}") from err
+        if not isinstance(parsed, list):
+            raise argparse.ArgumentTypeError(f"expected a JSON list, got {text!r}")
         return tuple(tuple(x) if isinstance(x, list) else x for x in parsed)
     if kind in (int, float):
         try:
@@ -52,18 +177,29 @@ def _parse_value(text: str, current: Any, field_type: str) -> Any:
 def add_config_args(parser: argparse.ArgumentParser, cfg) -> None:
     """Add one ``--a.b.c`` flag per leaf field of dataclass ``cfg`` (defaults: its values)."""
     group = parser.add_argument_group("config overrides (any field; 'none' for None)")
+    docs = field_help(cfg)
     for path, f, value in _leaf_fields(cfg):
-        group.add_argument(f"--{path}", dest=f"cfg:{path}", default=None, metavar=type(value).__name__.upper(),
-                           help=f"default: {value!r}")
+        meaning = docs[path].replace("%", "%%")
+        default = json.dumps(list(value)) if isinstance(value, tuple) else repr(value)
+        group.add_argument(f"--{path}", dest=f"cfg:{path}", default=None, metavar=_kind(value, str(f.type)),
+                           help=f"{meaning} (default: {default.replace('%', '%%')})" if meaning
+                           else f"default: {default.replace('%', '%%')}")
 
 
 def apply_overrides(cfg, args: argparse.Namespace):
-    """A copy of ``cfg`` with every flag given on the command line applied (validated)."""
+    """A copy of ``cfg`` with every flag given on the command line applied (validated).
+
+    Raises:
+      ValueError: a value that does not parse (naming the flag) or that the config refuses.
+    """
     updates: dict[str, Any] = {}
     for path, f, value in _leaf_fields(cfg):
         text = getattr(args, f"cfg:{path}", None)
         if text is not None:
-            updates[path] = _parse_value(text, value, str(f.type))
+            try:
+                updates[path] = _parse_value(text, value, str(f.type))
+            except argparse.ArgumentTypeError as err:
+                raise ValueError(f"--{path}: {err}") from err
     return replace_path(cfg, updates)
 
 
@@ -80,5 +216,3 @@ def replace_path(cfg, updates: dict[str, Any]):
     for head, sub in nested.items():
         direct[head] = replace_path(getattr(cfg, head), sub)
     return dataclasses.replace(cfg, **direct) if direct else cfg
-
-

@@ -294,11 +294,13 @@ def main(argv=None) -> dict:
         study = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if not study_cli.analysis_ready(table):
+    ready = study_cli.analysis_table(table)
+    if ready is None:
         return result
-    result.update(analyze(table, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
+    result.update(analyze(ready, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
                           loss_increase=args.loss_increase, preset_name=args.preset))
     data_budget.append_report(result["report"], table)
+    study_cli.note_left_out(result["report"], table)
     p = result["params"]
     print(f"R_D* = {p['R_D_star']:.3g}, R_N* = {p['R_N_star']:.3g}; repetition costs > "
           f"{100 * args.loss_increase:g}% from {result['epochs_threshold']:.3g} epochs\nreport: {result['report']}")

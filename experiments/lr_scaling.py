@@ -270,11 +270,13 @@ def main(argv=None) -> dict:
         study, groups = build_study(preset, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args, groups=groups)
     result = {"out": out, "table": table}
-    if not study_cli.analysis_ready(table, allow_diverged=True):  # high learning rates may diverge
+    ready = study_cli.analysis_table(table, keep_diverged=True)  # high learning rates may diverge
+    if ready is None:
         return result
-    result.update(analyze(study, table, out, threshold=preset.threshold,
+    result.update(analyze(study, ready, out, threshold=preset.threshold,
                           bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap))
     data_budget.append_report(result["report"], table)
+    study_cli.note_left_out(result["report"], table)
     e = result["fits"]["estimate"]
     print(f"eta_opt = {e['c']:.3g} N^{e['a']:.3f} D^{e['b']:.3f};  B_opt = {e['d']:.3g} D^{e['g']:.3f}\n"
           f"report: {result['report']}")

@@ -6,7 +6,9 @@ one shard of it) under ``out``:
 
   out/study.json                    manifest: study name, grid fingerprint, run names, meta
   out/runs/<run name>/              one directory per run (lm.train: config.json,
-                                    metrics.jsonl, checkpoints/, result.json)
+                                    metrics.jsonl, checkpoints/, result.json; and a
+                                    TensorBoard event file, lm.tensorboard: run
+                                    ``tensorboard --logdir out/runs``)
   out/results.csv                   the tidy table (one row per run), or, for a shard,
   out/results.shard-<i>-of-<n>.csv  that shard's rows (merge with :func:`merge_tables`)
   out/curves.csv                    long table of every run's loss curve (run, step,
@@ -38,7 +40,8 @@ Compilation: JAX's persistent compilation cache is enabled
 compiled step across runs of identical shapes in one process; the table reports
 ``compile_s`` separately from ``train_s``.
 
-Table columns: ``run``, ``status`` ("complete" | "diverged" | "pending"), ``study`` (the
+Table columns: ``run``, ``status`` ("complete" | "diverged" | "failed" | "pending"; "failed":
+the run's checkpoints could not be read, it is retried on the next call), ``study`` (the
 grid fingerprint, so tables of other studies are refused when merging), every config
 field by dotted path (``model.d_model``, ``train.steps``, ...), ``N`` (total parameters),
 ``N_non_embedding``, ``D`` (training tokens), ``C`` (training FLOPs), ``flops_per_token``,
@@ -65,19 +68,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiments import outdir
+from experiments.progress import SweepProgress
 from lm import train as lm_train
+from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
+from lm.tensorboard import LiveEvents
 
 MANIFEST = "study.json"
 RUNS_DIR = "runs"
 TABLE = "results.csv"
 CURVES = "curves.csv"
 SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
-STATUSES = ("complete", "diverged", "pending")
+STATUSES = ("complete", "diverged", "failed", "pending")
 # Config fields added after studies had been written: left out of the grid fingerprint and of
 # the run-directory check while at their default, so those studies still resume and load.
 ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None}
-STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host dispatch on a CPU)
 
 
 class StudyError(ValueError):
@@ -213,16 +219,23 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def check_out(study: Study, out: str | Path) -> None:
-    """Raise :class:`StudyError` if ``out`` holds anything but this study (creates nothing).
+    """Raise :class:`StudyError` if ``out`` cannot hold this study (creates nothing).
 
-    A different study is a manifest with another name or grid fingerprint, run directories
-    without a manifest, or a run directory whose config differs from the grid's.
+    Refused: an ``out`` that is a file or cannot be written; a different study (a manifest
+    with another name or grid fingerprint, run directories without a manifest, or a run
+    directory whose config differs from the grid's); a damaged record (study.json, a run's
+    config.json, a results table) that the study would have to trust.
     """
     out = Path(out)
-    manifest_path = out / MANIFEST
+    try:
+        outdir.check_writable_dir(out)
+        theirs = outdir.read_json_record(out / MANIFEST, "the study manifest")
+        configs = {run.name: outdir.read_json_record(out / RUNS_DIR / run.name / "config.json", "the run's config")
+                   for run in study.runs}
+    except outdir.OutputError as err:
+        raise StudyError(str(err)) from err
     mine = study.manifest()
-    if manifest_path.exists():
-        theirs = json.loads(manifest_path.read_text())
+    if theirs is not None:
         if theirs.get("study") != mine["study"] or theirs.get("fingerprint") != mine["fingerprint"]:
             raise StudyError(
                 f"output directory {out} holds a different study: {theirs.get('study')!r} "
@@ -230,13 +243,17 @@ def check_out(study: Study, out: str | Path) -> None:
                 f"but this command's grid is {mine['study']!r} ({mine['num_runs']} runs, meta {mine['meta']}, "
                 f"fingerprint {mine['fingerprint']}); choose another --out or remove {out}"
             )
-    elif (out / RUNS_DIR).exists() and any((out / RUNS_DIR).iterdir()):
+    elif (out / RUNS_DIR).is_dir() and any((out / RUNS_DIR).iterdir()):
         raise StudyError(f"output directory {out} holds run directories but no {MANIFEST}: it is not a study "
                          "written by this runner; choose another --out")
     for run in study.runs:
-        cfg_path = out / RUNS_DIR / run.name / "config.json"
-        if cfg_path.exists() and canonical_config(json.loads(cfg_path.read_text())) != canonical_config(run.to_dict()):
-            raise StudyError(f"run directory {cfg_path.parent} holds a different config than grid run {run.name!r}")
+        cfg = configs[run.name]
+        if cfg is not None and canonical_config(cfg) != canonical_config(run.to_dict()):
+            diff = outdir.config_differences(canonical_config(cfg), canonical_config(run.to_dict()))
+            raise StudyError(f"run directory {out / RUNS_DIR / run.name} holds a different config than grid run "
+                             f"{run.name!r} ({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''})")
+    for path in study_tables(out):
+        read_study_table(path, study)
 
 
 def prepare_out(study: Study, out: str | Path) -> Path:
@@ -312,7 +329,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     tokens = run.train.steps * run.data.batch_size * run.data.seq_len
     row.update(N=counts["total"], N_non_embedding=counts["non_embedding"], D=tokens, C=tokens * fpt,
                flops_per_token=fpt)
-    result = _read_json(rd / "result.json")
+    result = _read_result(rd)
     failure = _read_json(rd / "failure.json")
     runner_info = _read_json(rd / "runner.json") or {}
     nan = math.nan
@@ -322,7 +339,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
                    **{k: nan if result.get(k) is None else result[k]  # a diverged grouped run writes null
                       for k in ("final_train_loss", "final_val_loss", "final_val_bpb")})
     elif failure is not None:
-        row["status"] = "diverged"
+        row["status"] = "failed" if failure.get("status") == "failed" else "diverged"
     records = lm_train.read_metrics(rd) if (result is not None or failure is not None) else []
     for c, loss in zip(study.loss_at_flops, interpolate_loss(records, study.loss_at_flops)):
         row[loss_column(c)] = loss
@@ -332,11 +349,20 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON file's content; None if it is missing or was cut short (a kill while writing)."""
+    """The JSON object in the file; None if it is missing, was cut short (a kill while
+    writing) or holds something else than an object."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_result(rd: Path) -> dict | None:
+    """The run's result.json if it records a finished run (:func:`experiments.outdir.is_finished_result`):
+    ``{}``, ``[]`` or a cut-short file is not one."""
+    result = _read_json(rd / "result.json")
+    return result if outdir.is_finished_result(result) else None
 
 
 def collect_table(study: Study, out: str | Path, runs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
@@ -352,7 +378,7 @@ def collect_curves(study: Study, out: str | Path, runs: Iterable[RunConfig] | No
     rows = []
     for run in study.runs if runs is None else runs:
         rd = run_dir(out, run)
-        if _read_json(rd / "result.json") is None:
+        if _read_result(rd) is None:
             continue
         n = param_count(run.model)["total"]
         for r in lm_train.read_metrics(rd):
@@ -366,6 +392,35 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if int(pd.__version__.split(".")[0]) >= 3:  # round-trip parsing is the default (the option is deprecated)
         return pd.read_csv(path)
     return pd.read_csv(path, float_precision="round_trip")
+
+
+def study_tables(out: str | Path) -> list[Path]:
+    """The results tables under ``out``: results.csv and every shard table."""
+    return [p for p in sorted(Path(out).glob("results*.csv")) if p.name == TABLE or SHARD_TABLE.search(p.name)]
+
+
+def read_study_table(path: str | Path, study: Study) -> pd.DataFrame:
+    """A results table of ``study`` (:func:`read_table`), checked.
+
+    Raises:
+      StudyError: the file cannot be parsed, lacks the runner's columns, or belongs to
+        another study (grid fingerprint). Tables under ``out`` are rebuilt from the run
+        directories, so the message says to remove a damaged one.
+    """
+    try:
+        table = read_table(path)
+    except (ValueError, OSError) as err:  # pandas' parser and empty-data errors, bad bytes
+        raise StudyError(f"results table {path} cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); it is damaged: remove it (the tables under --out "
+                         "are rebuilt from the run directories) and rerun") from err
+    missing = [c for c in ("run", "status", "study") if c not in table.columns]
+    if len(table) and missing:
+        raise StudyError(f"results table {path} lacks the columns {missing}: it is not a table written by this "
+                         "runner (or it is damaged); remove it and rerun")
+    if len(table) and (table["study"].astype(str) != study.fingerprint()).any():
+        raise StudyError(f"table {path} belongs to another study (fingerprint {table['study'].iloc[0]}, "
+                         f"this grid's is {study.fingerprint()})")
+    return table
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -415,71 +470,12 @@ def load_results(study: Study, out: str | Path, extra_tables: Sequence[str | Pat
     """
     out = Path(out)
     check_out(study, out)
-    paths = [p for p in sorted(out.glob("results*.csv")) if p.name == TABLE or SHARD_TABLE.search(p.name)]
     frames = [collect_table(study, out)]
-    for p in [*paths, *extra_tables]:
-        t = read_table(p)
-        if len(t) and "study" in t and (t["study"] != study.fingerprint()).any():
-            raise StudyError(f"table {p} belongs to another study (fingerprint {t['study'].iloc[0]}, "
-                             f"this grid's is {study.fingerprint()})")
-        frames.append(t)
+    frames += [read_study_table(p, study) for p in [*study_tables(out), *extra_tables]]
     return merge_tables(frames, order=study.run_names)
 
 
 # ----------------------------------------------------------------------------- run
-
-
-class _Progress:
-    """One bar for the whole sweep: runs done / total, the current run's (or group's) loss, ETA.
-
-    Work is counted per step as the step's FLOPs plus :data:`STEP_OVERHEAD_FLOPS` (tiny
-    models are dispatch-bound, so FLOPs alone would make the ETA far too optimistic); a
-    group's step costs the sum of its runs' steps.
-    """
-
-    def __init__(self, runs: Sequence[RunConfig], done: int, total: int, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        from lm.flops import train_flops_per_token
-
-        self.cost = {r.name: STEP_OVERHEAD_FLOPS + train_flops_per_token(r.model, r.data.seq_len)
-                     * r.data.batch_size * r.data.seq_len for r in runs}
-        work = sum(self.cost[r.name] * r.train.steps for r in runs)
-        self.done, self.total = done, total
-        self.bar = tqdm(total=work, disable=not enabled, dynamic_ncols=True,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
-        self.label: str | None = None
-        self.step_cost = 0.0
-        self.last_step: int | None = 0
-        self._describe("")
-
-    def _describe(self, run_info: str) -> None:
-        self.bar.set_description_str(f"runs {self.done}/{self.total}{run_info}", refresh=False)
-
-    def start(self, runs: Sequence[RunConfig]) -> None:
-        """A solo run (one run) or a group of runs trained together starts."""
-        self.label = runs[0].name if len(runs) == 1 else f"{runs[0].name} +{len(runs) - 1} grouped"
-        self.step_cost = sum(self.cost[r.name] for r in runs)
-        self.last_step = None
-        self._describe(f" | {self.label}")
-        self.bar.refresh()
-
-    def __call__(self, step: int, total: int, metrics: Mapping[str, float]) -> None:
-        if self.last_step is None:  # resumed: the skipped steps are not work done now
-            self.bar.total -= self.step_cost * (step - 1)
-            self.last_step = step - 1
-        self._describe(f" | {self.label} step {step}/{total} loss {metrics.get('loss', math.nan):.3f}")
-        self.bar.update(self.step_cost * (step - self.last_step))
-        self.last_step = step
-
-    def finish(self, runs: Sequence[RunConfig], steps_left: int = 0) -> None:
-        self.done += len(runs)
-        self.bar.total -= self.step_cost * steps_left
-        self._describe("")
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 GroupTrainer = Callable[..., Any]
@@ -590,7 +586,7 @@ def run_study(
     todo = [[r for r in unit if not _finished(out, r)] for unit in units]
     todo = [u for u in todo if u]
     left = [r for u in todo for r in u]
-    bar = _Progress(left, len(runs) - len(left), len(runs), enabled=progress)
+    bar = SweepProgress(left, len(runs) - len(left), len(runs), enabled=progress)
     path = table_path(out, shard)
     try:
         for unit in todo:
@@ -600,7 +596,7 @@ def run_study(
                 _train_solo(unit[0], out, bar)
             if on_run_done is not None:
                 for run in unit:
-                    result = _read_json(run_dir(out, run) / "result.json")
+                    result = _read_result(run_dir(out, run))
                     if result is not None:
                         on_run_done(run, result)
             write_table(collect_table(study, out, runs), path)
@@ -608,35 +604,53 @@ def run_study(
         bar.close()
     table = collect_table(study, out, runs)
     write_table(table, path)
+    failed = table.loc[table["status"] == "failed", "run"].tolist()
+    if failed:
+        print(f"{len(failed)} run(s) failed (unreadable checkpoints; see their failure.json): {failed}; "
+              "the other runs went on. Rerun to retry them once their checkpoints are fixed or removed.")
     curves = CURVES if shard[1] == 1 else f"curves.shard-{shard[0]}-of-{shard[1]}.csv"
     write_table(collect_curves(study, out, runs), Path(out) / curves)
     return table
 
 
-def _train_solo(run: RunConfig, out: Path, bar: _Progress) -> None:
-    """lm.train.train into the run's directory (resumes from its checkpoint); failure.json if it diverges."""
+def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
+    """lm.train.train into the run's directory (resumes from its checkpoint).
+
+    A run that diverges writes failure.json ``{"status": "diverged"}`` (never retrained); one
+    whose checkpoints cannot be read (:class:`lm.checkpoint.CheckpointError`, after falling
+    back to every older checkpoint) writes ``{"status": "failed"}`` and the sweep goes on
+    (retried on the next call, once the checkpoints are fixed or removed).
+    """
     rd = run_dir(out, run)
     bar.start([run])
     t0 = time.perf_counter()
+    events = LiveEvents([rd], bar)
     try:
-        lm_train.train(run, rd, progress=bar)
-    except lm_train.NonFiniteLossError as err:
-        (rd / "failure.json").write_text(json.dumps({"status": "diverged", "error": str(err)}, indent=2))
-        bar.bar.write(f"run {run.name} diverged: {err}")
-        bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0))
+        lm_train.train(run, rd, progress=events)
+    except (lm_train.NonFiniteLossError, CheckpointError) as err:
+        events.close()
+        status = "failed" if isinstance(err, CheckpointError) else "diverged"
+        _atomic_write(rd / "failure.json", json.dumps({"status": status, "error": str(err)}, indent=2))
+        bar.write(f"run {run.name} {status}: {err}")
+        bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0), status=status)
         return
+    events.close()
     _atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
     bar.finish([run])
 
 
-def _train_group(runs: Sequence[RunConfig], out: Path, bar: _Progress, train_group: GroupTrainer) -> None:
+def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train_group: GroupTrainer) -> None:
     """``train_group`` over the (unfinished) runs of one group, each into its own directory."""
     dirs = [run_dir(out, r) for r in runs]
     bar.start(runs)
     t0 = time.perf_counter()
-    train_group(tuple(runs), dirs, progress=bar)
+    events = LiveEvents(dirs, bar)
+    try:
+        train_group(tuple(runs), dirs, progress=events)
+    finally:
+        events.close()
     wall = (time.perf_counter() - t0) / len(runs)
-    missing = [str(d) for d in dirs if _read_json(d / "result.json") is None]
+    missing = [str(d) for d in dirs if _read_result(d) is None]
     if missing:
         raise RuntimeError(f"train_group={train_group!r} returned without writing result.json in {missing}")
     for d in dirs:
@@ -645,6 +659,10 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: _Progress, train_gro
 
 
 def _finished(out: Path, run: RunConfig) -> bool:
-    """A readable result.json (or failure.json): the run is never trained again."""
+    """A finished result.json, or a failure.json of a diverged run: never trained again.
+
+    A "failed" run (unreadable checkpoints) is tried again.
+    """
     rd = run_dir(out, run)
-    return _read_json(rd / "result.json") is not None or _read_json(rd / "failure.json") is not None
+    failure = _read_json(rd / "failure.json")
+    return _read_result(rd) is not None or (failure is not None and failure.get("status") != "failed")

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import data_budget, runner
+from experiments.cli import OneLineParser, fail
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
 
@@ -39,14 +40,15 @@ def study_parser(study: str, doc: str | None, presets: Mapping[str, object], *, 
     ``max_epochs``; :mod:`experiments.data_budget`); ``--shard I/N`` and ``--bootstrap N`` where asked.
     The study adds its own flags to the returned parser.
     """
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{study}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=f"python -m experiments.{study}", description=doc,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(presets), default="default")
     p.add_argument("--out", default=None, help=f"study directory (default runs/{study}/<preset>)")
     if shard:
         p.add_argument("--shard", default=None, metavar="I/N", help="train only grid[I::N]")
     if bootstrap:
-        p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: the preset's)")
+        p.add_argument("--bootstrap", type=bootstrap_count, default=None,
+                       help="bootstrap resamples, an integer >= 2 (default: the preset's)")
     p.add_argument("--analysis-only", action="store_true", help="analyse the existing table; train nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     data_budget.add_args(p, max_epochs)
@@ -58,14 +60,26 @@ def out_dir(study: str, args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / study / (args.preset + data_budget.label(args.data))
 
 
+def bootstrap_count(text: str) -> int:
+    """``--bootstrap``'s type: an integer >= 2 (percentile intervals need two resamples)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or n < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of bootstrap resamples must be an integer >= 2")
+    return n
+
+
 @contextlib.contextmanager
 def cli_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
-    """Turn a ValueError (a bad preset, grid, group or output directory: raised before any
-    training, :class:`experiments.runner.StudyError` included) into a usage error."""
+    """Turn a ValueError (a bad preset, grid, group, output directory or damaged record, raised
+    before any training, :class:`experiments.runner.StudyError` included) into one line on
+    stderr and exit code 2."""
     try:
         yield
     except ValueError as err:
-        parser.error(str(err))
+        fail(parser.prog, str(err))
 
 
 def train_and_load(study: runner.Study, out: str | Path, args: argparse.Namespace,
@@ -92,17 +106,64 @@ def cosine_run(name: str, model: ModelConfig, data: DataConfig, *, steps: int, l
         name=name)
 
 
-def analysis_ready(table: pd.DataFrame, *, allow_diverged: bool = False) -> bool:
-    """True when every run is finished ("complete", or also "diverged" if allowed); else say
-    why the analysis is skipped."""
-    if allow_diverged:
-        if (table["status"] == "pending").any():
-            print("some runs are pending (other shards?); analysis skipped")
-            return False
-    elif (table["status"] != "complete").any():
-        print("some runs are not complete; analysis skipped")
-        return False
-    return True
+def _names(names: Sequence[str], limit: int = 10) -> str:
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def analysis_table(table: pd.DataFrame, *, keep_diverged: bool = False,
+                   require_all: bool = False) -> pd.DataFrame | None:
+    """The rows the analysis reads, or None (analysis skipped); prints which runs are missing and why.
+
+    Skipped while runs are "pending" (not trained yet: other shards, or an interrupted sweep)
+    or "failed" (unreadable checkpoints: retried by the next call), when no run finished,
+    and, with ``require_all``, when any run diverged. Otherwise the finished runs are
+    analysed: "diverged" rows are left out (kept with ``keep_diverged``, for analyses that
+    read divergence, e.g. the learning-rate landscape) and named.
+    """
+    status = table["status"] if len(table) else pd.Series([], dtype=str)
+    by = {s: table.loc[status == s, "run"].tolist() for s in ("pending", "failed", "diverged", "complete")}
+    n = len(table)
+    if by["pending"] or by["failed"]:
+        parts = []
+        if by["pending"]:
+            parts.append(f"{len(by['pending'])} of {n} runs pending (not trained yet; other shards or an interrupted "
+                         f"sweep: rerun): {_names(by['pending'])}")
+        if by["failed"]:
+            parts.append(f"{len(by['failed'])} failed (unreadable checkpoints; rerun to retry): {_names(by['failed'])}")
+        if by["diverged"]:
+            parts.append(f"{len(by['diverged'])} diverged: {_names(by['diverged'])}")
+        print("analysis skipped: " + "; ".join(parts))
+        return None
+    if not by["complete"]:
+        print(f"analysis skipped: no run of the {n} finished without diverging")
+        return None
+    if by["diverged"] and require_all:
+        print(f"analysis skipped: {len(by['diverged'])} of {n} runs diverged ({_names(by['diverged'])}) and this "
+              "study's analysis needs every run; change the grid (e.g. a lower learning rate)")
+        return None
+    if by["diverged"]:
+        how = "kept in the analysis" if keep_diverged else "left out of the analysis"
+        print(f"analysing {len(by['complete'])} of {n} runs; {len(by['diverged'])} diverged ({how}): "
+              f"{_names(by['diverged'])}")
+        if not keep_diverged:
+            return table[status == "complete"].reset_index(drop=True)
+    return table
+
+
+def note_left_out(report: str | Path | None, table: pd.DataFrame) -> None:
+    """Append to ``report`` (report.md) a section naming the runs that diverged, if any."""
+    if report is None or not len(table):
+        return
+    diverged = table.loc[table["status"] == "diverged", "run"].tolist()
+    if not diverged:
+        return
+    lines = ["", "## Diverged runs", "",
+             f"{len(diverged)} of {len(table)} runs diverged (non-finite loss) and have no final loss: "
+             + ", ".join(f"`{r}`" for r in diverged) + ".", ""]
+    with open(report, "a") as f:
+        f.write("\n".join(lines))
 
 
 def save_figure(fig, out: str | Path, name: str) -> list[Path]:

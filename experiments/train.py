@@ -1,9 +1,12 @@
 """One training run from the command line: ``python -m experiments.train [--preset NAME] [--a.b VALUE ...]``.
 
-Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json and
-loss_curve.png) and prints a short sample of generated text at the end. Rerunning the
-same command resumes from the latest checkpoint. Every config field can be overridden:
-``--help`` lists them with their defaults.
+Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json,
+loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a short sample of generated text at the end. Rerunning the
+same command resumes from the latest checkpoint; a run directory holding another config
+is refused (the message names the fields that differ) unless ``--overwrite`` starts the
+run afresh. Every config field can be overridden: ``--help`` says what each one means and
+its default. Errors are one line on stderr: exit 2 for refused input (nothing written),
+1 for a run that diverged or whose checkpoints cannot be read.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from experiments.cli import add_config_args, apply_overrides
+from experiments import outdir
+from experiments.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
+from experiments.progress import SweepProgress
 from lm import data as lm_data
 from lm import decode, sharding, train
+from lm.checkpoint import CheckpointError
+from lm.tensorboard import EVENT_PREFIX, LiveEvents
 from lm.config import RunConfig
 from lm.presets import PRESETS, get_preset
 
@@ -56,10 +63,14 @@ def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m experiments.train", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="transformer", help=f"model preset, one of {sorted(PRESETS)}")
-    parser.add_argument("--out", default="runs/train", help="parent directory of the run directory")
+    parser.add_argument("--out", default="runs/train", help="parent directory of the run directory <out>/<name>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the run afresh: delete the run directory's records (config.json, metrics, "
+                             "checkpoints, result, plots, TensorBoard events) first; without it a run directory "
+                             "holding another config is refused")
     parser.add_argument("--sample-tokens", type=int, default=120, help="tokens of text to sample at the end")
     parser.add_argument("--mesh-shape", default=None, metavar="D,F,T,E",
                         help="shard the run over a device mesh (data,fsdp,tensor,expert), -1 = the remaining "
@@ -74,7 +85,54 @@ def default_run() -> RunConfig:
     return dataclasses.replace(run, data=dataclasses.replace(run.data, seq_len=128, batch_size=16))
 
 
+# Fields that do not change what is trained: a rerun may change them freely.
+RESUME_FREE_FIELDS = ("train.progress",)
+# What lm.train.train and this command write into a run directory (--overwrite removes these only).
+RUN_RECORDS = ("config.json", "metrics.jsonl", "result.json", "result.json.tmp", "failure.json", "runner.json",
+               "checkpoints", "loss_curve.png")
+
+
+def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
+    """Refuse (ValueError) a run directory holding another run, unless ``overwrite``; writes nothing.
+
+    Another run is a config.json that differs from ``run`` in any field but
+    :data:`RESUME_FREE_FIELDS` (the message names the fields), a config.json that cannot be
+    read, or checkpoints without a config.json.
+    """
+    if not run.name:
+        raise outdir.OutputError("--name='': a run needs a name (its directory under --out)")
+    outdir.check_writable_dir(run_dir, "--out/--name")
+    if overwrite:
+        return
+    hint = "rerun with --overwrite to start this run afresh, or choose another --name"
+    try:
+        old = outdir.read_json_record(run_dir / "config.json", "the run's config")
+    except outdir.OutputError as err:
+        raise outdir.OutputError(f"{err}; {hint}") from err
+    if old is None:
+        if (run_dir / "checkpoints").exists():
+            raise outdir.OutputError(f"run directory {run_dir} holds checkpoints but no config.json; {hint}")
+        return
+    diff = outdir.config_differences(old, run.to_dict(), ignore=RESUME_FREE_FIELDS)
+    if diff:
+        raise outdir.OutputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diff)}); "
+                                 f"{hint}")
+
+
+def start_afresh(run_dir: Path) -> list[str]:
+    """``--overwrite``: remove the run's records (:data:`RUN_RECORDS` and TensorBoard event files)."""
+    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")))
+    return outdir.remove_entries(run_dir, names) if run_dir.is_dir() else []
+
+
 def main(argv=None) -> dict:
+    """Train one run; a refused input or a failed run is one line on stderr and a nonzero exit.
+
+    Exit codes: 2 (:data:`experiments.cli.USAGE_ERROR`) for anything refused before training
+    (bad flag or value, unusable ``--out``, a run directory holding another config, a damaged
+    record); 1 (:data:`experiments.cli.RUN_FAILED`) for a run that diverged or whose
+    checkpoints cannot be read. Nothing is written in the first case.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -82,16 +140,36 @@ def main(argv=None) -> dict:
         run = apply_overrides(run, args)
         if getattr(args, "cfg:model.vocab_size") is None:  # the model's vocabulary follows the data's tokenizer
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=lm_data.vocab_size(run.data)))
+        if args.sample_tokens < 0:
+            raise ValueError(f"--sample-tokens={args.sample_tokens}: must be >= 0")
+        run_dir = Path(args.out) / run.name
+        outdir.check_writable_dir(args.out)
+        check_run_dir(run, run_dir, args.overwrite)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
-        parser.error(str(err))
-    run_dir = Path(args.out) / run.name
+        fail(parser.prog, str(err))
     sharding.maybe_initialize_distributed()  # before anything touches a device
     try:
         mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
     except ValueError as err:
-        parser.error(f"--mesh-shape: {err}")
+        fail(parser.prog, f"--mesh-shape={args.mesh_shape}: {err}")
+    if args.overwrite and jax.process_index() == 0:
+        gone = start_afresh(run_dir)
+        if gone:
+            print(f"--overwrite: removed {', '.join(gone)} from {run_dir}; training afresh")
     train.enable_compilation_cache()
-    result = train.train(run, run_dir, mesh=mesh)
+    bar = SweepProgress([run], 0, 1, enabled=run.train.progress and jax.process_index() == 0)
+    bar.start([run])
+    events = LiveEvents([run_dir] if jax.process_index() == 0 else [], bar)  # TensorBoard files
+    try:
+        result = train.train(run, run_dir, mesh=mesh, progress=events)
+        bar.finish([run])
+    except train.NonFiniteLossError as err:
+        fail(parser.prog, f"the run diverged: {err}", RUN_FAILED)
+    except CheckpointError as err:
+        fail(parser.prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
+    finally:
+        events.close()
+        bar.close()
     if jax.process_index() != 0:
         return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))

@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
         study = build_study(PRESETS[args.preset], out, args.preset, data=args.data)
         table = study_cli.train_and_load(study, out, args)
     result = {"out": out, "table": table}
-    if not study_cli.analysis_ready(table):
+    if study_cli.analysis_table(table, require_all=True) is None:  # the gaps need every branch
         return result
     result.update(analyze(study, table, out, loss=f"final_{args.loss}_loss"))
     data_budget.append_report(result["report"], table)

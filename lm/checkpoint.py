@@ -8,12 +8,18 @@ writes to a temporary directory and renames it, so an interrupted save never loo
 a finished one.
 
 Errors never delete anything: a missing, partial or corrupted checkpoint raises
-:class:`CheckpointError` naming the directory and what is wrong.
+:class:`CheckpointError` naming the directory and what is wrong. Resuming (``restore(None,
+...)``) falls back to the newest intact checkpoint: each unreadable newer one is reported
+with a :class:`CheckpointFallbackWarning` and, when the directory is writable, moved aside
+to ``checkpoints/unreadable-<step>`` (kept for inspection, out of orbax's way, so the
+step can be saved again); only when no checkpoint can be read does it raise.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,15 @@ ITEMS = ("state", "data", "meta")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, incomplete or unreadable."""
+    """A checkpoint directory is missing, incomplete or unreadable (``step``: which one, if known)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The latest checkpoint could not be read; an older intact one was restored instead."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -42,6 +56,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str | Path, max_to_keep: int | None = 2, read_only: bool = False):
         self.directory = checkpoint_dir(run_dir)
+        self.read_only = read_only
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory at {self.directory}")
         options = ocp.CheckpointManagerOptions(
@@ -75,23 +90,48 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """Restore (state, data_state, meta) at ``step`` (None = latest).
+        """Restore (state, data_state, meta) at ``step``; None = the newest checkpoint that reads.
 
         Args:
+          step: the step to restore (an unreadable one raises), or None to resume: newest
+            first, an unreadable checkpoint is reported (:class:`CheckpointFallbackWarning`),
+            set aside (module docstring) and the next older one tried.
           abstract_state: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with shardings
             to restore onto another mesh) giving the structure of "state".
+
+        Raises:
+          CheckpointError: no finished checkpoint, or none (or not ``step``) can be read.
         """
         available = self.steps()
-        if step is None:
-            if not available:
-                raise CheckpointError(f"no finished checkpoint in {self.directory}")
-            step = available[-1]
-        if step not in available:
-            raise CheckpointError(f"no finished checkpoint for step {step} in {self.directory}; found steps {available}")
+        if step is not None:
+            if step not in available:
+                raise CheckpointError(
+                    f"no finished checkpoint for step {step} in {self.directory}; found steps {available}")
+            return self._restore_step(step, abstract_state)
+        if not available:
+            raise CheckpointError(f"no finished checkpoint in {self.directory}")
+        errors = []
+        for candidate in reversed(available):
+            try:
+                restored = self._restore_step(candidate, abstract_state)
+            except CheckpointError as err:
+                errors.append(err)
+                continue
+            if errors:
+                warnings.warn(CheckpointFallbackWarning(
+                    f"resuming from step {candidate}, the newest intact checkpoint in {self.directory}: "
+                    + "; ".join(str(e) for e in errors)), stacklevel=2)
+                self._set_aside([e.step for e in errors])
+            return restored
+        raise CheckpointError(f"none of the checkpoints in {self.directory} (steps {available}) can be read: "
+                              + "; ".join(str(e) for e in errors))
+
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         step_dir = self.directory / str(step)
         missing = [item for item in ITEMS if not (step_dir / item).is_dir()]
         if missing:
-            raise CheckpointError(f"checkpoint {step_dir} is partial: items {missing} are missing (nothing was deleted)")
+            raise CheckpointError(f"checkpoint {step_dir} is partial: items {missing} are missing (nothing was deleted)",
+                                  step=step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
             restored = self.manager.restore(
@@ -104,10 +144,20 @@ class Checkpointer:
             )
         except Exception as err:  # orbax raises many types for unreadable files
             raise CheckpointError(
-                f"checkpoint {step_dir} could not be read ({type(err).__name__}: {err}); it may be corrupted. "
-                "Nothing was deleted."
+                f"checkpoint {step_dir} could not be read ({type(err).__name__}: {_first_line(err)}); "
+                "it may be corrupted. Nothing was deleted.", step=step,
             ) from err
         return restored["state"], restored["data"], restored["meta"]
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unreadable step directories to ``unreadable-<step>`` (writable managers only)."""
+        if self.read_only:
+            return
+        for step in steps:
+            src, dst = self.directory / str(step), self.directory / f"unreadable-{step}"
+            if src.is_dir() and not dst.exists():
+                os.replace(src, dst)
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()
@@ -135,3 +185,9 @@ def decode_bytes(obj: Any) -> Any:
     if isinstance(obj, list):
         return [decode_bytes(v) for v in obj]
     return obj
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, cut to ``limit`` characters (tensorstore's run long)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 from layers.moe import MoEConfig
 from lm.data import DataConfig
@@ -23,8 +24,15 @@ DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
 def _positive(obj, *names):
     for name in names:
         value = getattr(obj, name)
-        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{type(obj).__name__}.{name}={value!r}: must be a positive number")
+        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{type(obj).__name__}.{name}={value!r}: must be a finite positive number")
+
+
+def _non_negative(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{type(obj).__name__}.{name}={value!r}: must be a finite number >= 0")
 
 
 def _choice(obj, name, allowed):
@@ -141,8 +149,7 @@ class ModelConfig:
         _choice(self, "la_impl", impls)
         if self.moe_every < 0:
             raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
-        if self.moe_load_balance_weight < 0 or self.moe_router_z_weight < 0:
-            raise ValueError("ModelConfig.moe_load_balance_weight / moe_router_z_weight: must be >= 0")
+        _non_negative(self, "moe_load_balance_weight", "moe_router_z_weight")
         for letter in set(self.pattern):
             MIXERS[letter].validate(self)
 
@@ -188,8 +195,7 @@ class OptimizerConfig:
 
     def __post_init__(self):
         _positive(self, "learning_rate", "eps", "clip_norm")
-        if self.weight_decay < 0:
-            raise ValueError(f"OptimizerConfig.weight_decay={self.weight_decay}: must be >= 0")
+        _non_negative(self, "weight_decay")
         for name in ("b1", "b2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"OptimizerConfig.{name}={getattr(self, name)}: must be in [0, 1)")
@@ -249,8 +255,13 @@ class TrainConfig:
 
     def __post_init__(self):
         _positive(self, "steps", "eval_every", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints")
-        if self.z_loss < 0:
-            raise ValueError(f"TrainConfig.z_loss={self.z_loss}: must be >= 0")
+        _non_negative(self, "z_loss")
+        if self.init_from is not None and not (
+                isinstance(self.init_from, (tuple, list)) and len(self.init_from) == 2
+                and isinstance(self.init_from[0], str) and isinstance(self.init_from[1], int)
+                and not isinstance(self.init_from[1], bool) and self.init_from[1] >= 0):
+            raise ValueError(f"TrainConfig.init_from={self.init_from!r}: must be None or (run_dir, step) with a "
+                             "string run_dir and an integer step >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +274,13 @@ class RunConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     name: str = "run"
+
+    def __post_init__(self):
+        # "" is allowed here (configs compared without their names); a run directory needs a name
+        if (not isinstance(self.name, str) or self.name == "." or ".." in self.name
+                or any(c in self.name for c in "/\\\0")):
+            raise ValueError(f"RunConfig.name={self.name!r}: must be usable as a directory name: no path separator "
+                             "('/' or '\\\\'), no '..', not '.'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
