@@ -76,7 +76,7 @@ SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
 STATUSES = ("complete", "diverged", "pending")
 # Config fields added after studies had been written: left out of the grid fingerprint and of
 # the run-directory check while at their default, so those studies still resume and load.
-ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None}
+ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None, "data.num_workers": 0}
 STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host dispatch on a CPU)
 
 

@@ -317,3 +317,23 @@ def test_small_units_split_jsonl_by_byte_range_without_losing_a_line(corpus, tmp
     out = tmp_path / "out"
     prepare.prepare(_cfg(root), str(out), workers=2)
     assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(docs)
+
+
+def test_worker_processes_keep_state_and_cover_the_epoch(prepared_bpe):
+    cfg = lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=32, batch_size=4, num_workers=2)
+    it = lm_data.make_iterator(cfg)
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    want = [next(it) for _ in range(2)]
+    it.close()
+    fresh = lm_data.make_iterator(cfg)
+    fresh.set_state(state)
+    got = [next(fresh) for _ in range(2)]
+    fresh.close()
+    for a, b in zip(want, got):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    epoch = lm_data.make_iterator(cfg, num_epochs=1)
+    assert sum(float(b["weights"].sum()) for b in epoch) == lm_data.dataset_info(cfg)["train"]["targets"]
+    epoch.close()
