@@ -4,7 +4,8 @@
    with ``--tokenizer`` (default ``bpe:32000``, trained on the corpus first; its training
    time is printed apart) by ``--workers`` processes: MB of text per second.
 2. The grain pipeline reading those prepared shards (memory-mapped, random access by
-   piece), packing on, batch 128 x 1024, ``--threads`` read threads: tokens per second.
+   piece), packing on, batch 128 x 1024, ``--loader-workers`` worker processes
+   (``DataConfig.num_workers``, grain ``mp_prefetch``): tokens per second.
 3. The ``transformer_512`` train step here (``experiments.bench_train``, batch
    ``--step-batch`` x 1024): the tokens per second it consumes, and the ratio
    pipeline / step (goal: >= 20x). Compare the pipeline's tokens/s with a GPU step's too.
@@ -42,12 +43,12 @@ def prepare_throughput(out: str, tokenizer: str, workers: int) -> dict:
     return {"mb": mb, "tokens": tokens, "tokenizer_train_s": train_s, "tokenize_s": tok_s, "mb_per_s": mb / tok_s}
 
 
-def pipeline_throughput(path: str, *, batch: int, seq_len: int, threads: int, batches: int) -> dict:
-    """Tokens/s of packed batches from the prepared shards (after one warm-up batch)."""
-    cfg = lm_data.DataConfig(source="prepared", path=path, seq_len=seq_len, batch_size=batch, num_threads=threads,
-                             prefetch_batches=2)
+def pipeline_throughput(path: str, *, batch: int, seq_len: int, workers: int, batches: int) -> dict:
+    """Tokens/s of packed batches from the prepared shards (after warm-up batches from every worker)."""
+    cfg = lm_data.DataConfig(source="prepared", path=path, seq_len=seq_len, batch_size=batch, num_workers=workers)
     it = lm_data.make_iterator(cfg, "train")
-    next(it)
+    for _ in range(max(workers, 1)):
+        next(it)
     t0 = time.perf_counter()
     filled = 0.0
     for _ in range(batches):
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default="bpe:32000")
     p.add_argument("--workers", type=int, default=2, help="prepare_data processes")
-    p.add_argument("--threads", type=int, default=2, help="grain read threads of the pipeline")
+    p.add_argument("--loader-workers", type=int, default=2, help="worker processes of the grain pipeline")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batches", type=int, default=20)
@@ -75,9 +76,10 @@ def main(argv=None) -> dict:
         print(f"prepare_data {args.tokenizer}: {prep['mb']:.1f} MB -> {prep['tokens'] / 1e6:.2f}M tokens; "
               f"tokenizer trained in {prep['tokenizer_train_s']:.1f} s; tokenized in {prep['tokenize_s']:.1f} s "
               f"with {args.workers} workers = {prep['mb_per_s']:.2f} MB/s")
-        pipe = pipeline_throughput(out, batch=args.batch, seq_len=args.seq_len, threads=args.threads,
+        pipe = pipeline_throughput(out, batch=args.batch, seq_len=args.seq_len, workers=args.loader_workers,
                                    batches=args.batches)
-        print(f"grain pipeline (prepared shards, packing, batch {args.batch}x{args.seq_len}, {args.threads} threads): "
+        print(f"grain pipeline (prepared shards, packing, batch {args.batch}x{args.seq_len}, "
+              f"{args.loader_workers} workers): "
               f"{pipe['tokens_per_s']:,.0f} tokens/s (rows {100 * pipe['fill']:.1f}% filled)")
     from experiments.bench_train import train_step_throughput
 

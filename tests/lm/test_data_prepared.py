@@ -219,19 +219,26 @@ def test_pipeline_batches_hold_the_prepared_tokens(prepared_bpe):
     assert np.all(np.concatenate([b["tokens"][b["weights"] == 0] for b in batches]) == tok.pad_id)
 
 
-def test_prepared_state_restores_and_hosts_are_disjoint(prepared_bpe):
-    cfg = lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=8, batch_size=4, prefetch_batches=0)
+def _assert_state_restores(cfg):
+    """Batches 4 and 5 of a fresh iterator given the JSON state after batch 3 equal the original's."""
     it = lm_data.make_iterator(cfg)
     for _ in range(3):
         next(it)
     state = json.loads(json.dumps(it.get_state()))
     want = [next(it) for _ in range(2)]
+    it.close()
     fresh = lm_data.make_iterator(cfg)
     fresh.set_state(state)
-    for a in want:
-        b = next(fresh)
+    got = [next(fresh) for _ in range(2)]
+    fresh.close()
+    for a, b in zip(want, got):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_prepared_state_restores_and_hosts_are_disjoint(prepared_bpe):
+    cfg = lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=8, batch_size=4, prefetch_batches=0)
+    _assert_state_restores(cfg)
     seen = []
     for h in range(2):
         rows = list(lm_data.make_iterator(cfg, shard_index=h, shard_count=2, num_epochs=1))
@@ -317,3 +324,11 @@ def test_small_units_split_jsonl_by_byte_range_without_losing_a_line(corpus, tmp
     out = tmp_path / "out"
     prepare.prepare(_cfg(root), str(out), workers=2)
     assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(docs)
+
+
+def test_worker_processes_keep_state_and_cover_the_epoch(prepared_bpe):
+    cfg = lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=32, batch_size=4, num_workers=2)
+    _assert_state_restores(cfg)
+    epoch = lm_data.make_iterator(cfg, num_epochs=1)
+    assert sum(float(b["weights"].sum()) for b in epoch) == lm_data.dataset_info(cfg)["train"]["targets"]
+    epoch.close()
