@@ -144,15 +144,18 @@ def fit_hyper_law(table, law: str = "lr_opt", columns: Mapping[str, str] | None 
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(kept), size=(n_bootstrap, len(kept)))
         rows = []
-        for i in idx:
-            rows.append(_ols_log(y[i], [x[i] for x in xs]))
-        coefs = np.array(rows)
+        logx = np.column_stack([np.ones(len(y))] + [np.log(x) for x in xs])
+        for i in idx:  # a resample whose design is rank-deficient cannot identify the law: failed
+            if np.linalg.matrix_rank(logx[i]) == logx.shape[1]:
+                rows.append(_ols_log(y[i], [x[i] for x in xs]))
+        coefs = np.array(rows).reshape(-1, len(names))
         samples = pd.DataFrame({names[0]: np.exp(coefs[:, 0]),
                                 **{k: coefs[:, j + 1] for j, k in enumerate(names[1:])}})
         n_distinct = np.array([np.unique(np.column_stack([x[i] for x in xs]), axis=0).shape[0]
                                for i in idx])
         boot = BootstrapResult(samples=samples, intervals=percentile_intervals(samples, params, level),
-                               level=level, n=n_bootstrap, n_failed=0, distinct=n_distinct)
+                               level=level, n=n_bootstrap, n_failed=n_bootstrap - len(rows),
+                               distinct=n_distinct)
         warnings += bootstrap_warnings(boot, len(names) - 1)
     return HyperFit(law=law, params=params, kept=kept, n_cells=int(df.groupby(cell).ngroups),
                     boot=boot, warnings=tuple(warnings))
