@@ -197,6 +197,7 @@ def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss",
     ``init_grid``: starts of the multistart fit (``scaling.fit_law``; "hoffmann" = the published grid).
     """
     from scaling import fit_law
+    from scaling.diagnostics import fit_warnings
 
     out = {}
     t = table[table["status"] == "complete"]
@@ -205,7 +206,9 @@ def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss",
             continue
         data = pd.DataFrame({"N": df["N_active"], "D": df["D"], "loss": df[loss]})
         fit = fit_law(data, law="chinchilla", init_grid=init_grid)
-        out[family] = fit.bootstrap(n=n_bootstrap).intervals
+        boot = fit.bootstrap(n=n_bootstrap)
+        out[family] = boot.intervals
+        out[family].attrs["warnings"] = fit_warnings(fit, boot)
     return out
 
 
@@ -269,12 +272,17 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
         [(f, f"{r['E']:.3f}", f"{r['A']:.3g}", f"{r['alpha']:.3f}", f"{r['multiplier']:.3g}",
           f"[{r['lower']:.3g}, {r['upper']:.3g}]", f"{r['cache_bytes_per_token']:.4g}") for f, r in mult.iterrows()],
         align="lrrrrlr")
+    from scaling.diagnostics import fit_warnings, markdown
+
+    for f, (fit, boot) in fits.items():
+        lines += ["", *markdown(fit_warnings(fit, boot), f"Warnings, L(C) fit of {f}")]
     for f, iv in chin.items():
         lines += ["", f"Chinchilla fit, {f} (N = active parameters):", ""]
         lines += study_cli.markdown_table(
             ["quantity", "estimate", "lower", "upper"],
             [(q, f"{iv.loc[q, 'estimate']:.4g}", f"{iv.loc[q, 'lower']:.4g}", f"{iv.loc[q, 'upper']:.4g}")
              for q in ("E", "A", "B", "alpha", "beta") if q in iv.index], align="lrrr")
+        lines += ["", *markdown(iv.attrs.get("warnings", []), f"Warnings, Chinchilla fit of {f}")]
     study_cli.write_report(out, lines, figures)
     return {"frontier": front, "fits": fits, "multipliers": mult, "chinchilla": chin, "plots": figures,
             "report": out / "report.md"}

@@ -207,6 +207,9 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, bootst
         "bootstrap_failed": None if boot3 is None else boot3.n_failed,
         "optimum": optimum_table(fit3, boot3, budgets, table),
     }
+    from scaling.diagnostics import fit_warnings
+
+    n["warnings"] += [f"approach 3: {w}" for w in fit_warnings(fit3, boot3)]
 
     # approach 2: isoFLOP parabolas
     with warnings.catch_warnings(record=True) as caught:
@@ -258,6 +261,7 @@ def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any
     run of the largest budget (mean and max relative error).
     """
     from scaling import fit_law
+    from scaling.diagnostics import fit_warnings
 
     res: dict[str, Any] = {"C": budgets[-1]}
     try:
@@ -271,7 +275,8 @@ def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any
         rel = pred / ft.loc[held, "loss"].to_numpy() - 1.0
         res["approach3"] = {"params": dict(fit.params), "mean_abs_rel_error": float(np.mean(np.abs(rel))),
                             "max_abs_rel_error": float(np.max(np.abs(rel))),
-                            "runs": ft.loc[held, "run"].tolist(), "rel_errors": rel.tolist()}
+                            "runs": ft.loc[held, "run"].tolist(), "rel_errors": rel.tolist(),
+                            "warnings": fit_warnings(fit)}
     else:
         res["approach3"] = {"skipped": "needs another budget and at least 5 runs besides the largest budget"}
     return res
@@ -312,7 +317,7 @@ def write_report(out: Path, n: dict, fit3=None, boot3=None) -> Path:
          f"{level} percentile intervals).", ""]
     a3 = n["approach3"]
     L += ["## Approach 3: parametric fit L(N, D) = E + A/N^alpha + B/D^beta", "",
-          "Hoffmann et al. 2022, Sec. 3.3: sum of Huber losses (delta 1e-3) of log residuals, L-BFGS from "
+          "Hoffmann et al. 2022, Sec. 3.3: sum of Huber losses (delta 1e-3) of log residuals, BFGS from "
           f"the published grid; {a3['n_at_best']} of {a3['n_starts']} starts reached the best optimum "
           f"(objective {_fmt(a3['objective'])}).", "",
           f"| parameter | fit | {level} interval |", "| --- | --- | --- |"]
@@ -360,6 +365,7 @@ def write_report(out: Path, n: dict, fit3=None, boot3=None) -> Path:
     else:
         L.append(f"- approach 3: the loss of the {len(e3['runs'])} runs at that budget predicted with mean "
                  f"relative error {e3['mean_abs_rel_error']:.2%} (max {e3['max_abs_rel_error']:.2%})")
+        L += [f"  - warning: {w}" for w in e3.get("warnings", [])]
     if "synthetic" in n:
         s = n["synthetic"]
         L += ["", "## Known entropy rate (synthetic source)", "",

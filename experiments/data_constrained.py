@@ -265,6 +265,10 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
     notes = identification_notes(p, data, iv)
     if notes:
         lines += ["", "Not identified by this grid:", ""] + [f"- {n}" for n in notes]
+    from scaling.diagnostics import fit_warnings, markdown
+
+    lines += ["", *markdown(fit_warnings(res["chinchilla"]), "Warnings, Chinchilla fit (1 epoch)")]
+    lines += markdown(fit_warnings(res["dc"], res["boot"]), "Warnings, data-constrained fit")
     lines += ["", "Paper: R_D* = 15.4, R_N* = 5.3.", "",
               f"**Repetition costs more than {100 * loss_increase:g}% loss (vs as many unique tokens) {when}** "
               f"(fitted law, N = {n_big:.3g}, U = {u_small:.3g} tokens).", ""]

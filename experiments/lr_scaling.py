@@ -7,8 +7,9 @@ Language Model Pretraining" (Step Law, arXiv:2503.04715), and DeepSeek LLM (arXi
 Sec. 3.1): in each cell (model size N, training tokens D) train a grid of peak learning
 rates x batch sizes; the runs within ``threshold`` (relative) of the cell's best final loss
 are near-optimal; fit eta_opt(N, D) = c N^a D^b and B_opt(D) = d D^g by least squares in
-log space on them (:mod:`scaling.hyperparams`), with bootstrap intervals (runs resampled
-with replacement within each cell, both laws refitted; percentile intervals).
+log space on them (:mod:`scaling.hyperparams`, batch sizes in tokens), with the authors'
+bootstrap (the near-optimal runs, filtered once, resampled with replacement; percentile
+intervals and SDs).
 
 The learning-rate axis of every (cell, batch size) is one group of the shared runner
 (``run_study(groups=...)``), trained as ONE vmapped program (:func:`lm.vmap_sweep.train_vmapped`:
@@ -125,38 +126,34 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
 # --------------------------------------------------------------------------- analysis
 
 
-def _fit_both(df: pd.DataFrame, threshold: float) -> dict[str, float]:
-    from scaling.hyperparams import fit_bs_law, fit_lr_law
-
-    lr = fit_lr_law(df, {"lr": "lr", "loss": "loss"}, threshold=threshold)
-    bs = fit_bs_law(df, {"batch_size": "batch_size", "loss": "loss"}, threshold=threshold)
-    return {"c": lr["c"], "a": lr["a"], "b": lr["b"], "d": bs["d"], "g": bs["g"], "n_near_optimal": lr["n_runs"]}
-
-
 def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed: int = 0,
-             level: float = 0.95) -> dict:
-    """eta_opt(N, D) = c N^a D^b and B_opt(D) = d D^g with bootstrap percentile intervals.
+             level: float = 0.95, batch: str = "batch_size") -> dict:
+    """eta_opt(N, D) = c N^a D^b and B_opt(D) = d D^g by :func:`scaling.hyperparams.fit_hyper_law`.
+
+    The Step Law recipe and the authors' bootstrap: near-optimal runs filtered once, then
+    resampled with replacement (percentile intervals, SDs).
 
     Args:
-      table: rows with N, D, lr, batch_size, loss (diverged runs dropped before).
+      table: rows with N, D, lr, ``batch`` (batch size in tokens), loss (diverged runs dropped).
     Returns:
-      {"estimate": {c, a, b, d, g, n_near_optimal}, "intervals": {name: (lo, hi)}, "n_ok": resamples fitted}.
+      {"estimate": {c, a, b, d, g, n_near_optimal}, "intervals": {name: (lo, hi)},
+       "sd": {name: SD}, "n_ok": resamples fitted, "level", "warnings": [str]}.
     """
-    est = _fit_both(table, threshold)
-    rng = np.random.default_rng(seed)
-    cells = [g.index.to_numpy() for _, g in table.groupby(["N", "D"])]
-    samples = []
-    for _ in range(n_bootstrap):
-        idx = np.concatenate([rng.choice(c, size=c.size, replace=True) for c in cells])
-        try:
-            samples.append(_fit_both(table.loc[idx].reset_index(drop=True), threshold))
-        except (ValueError, np.linalg.LinAlgError):
-            continue
-    s = pd.DataFrame(samples)
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    intervals = {k: (float(np.percentile(s[k], lo)), float(np.percentile(s[k], hi))) if len(s) else (np.nan, np.nan)
-                 for k in ("c", "a", "b", "d", "g")}
-    return {"estimate": est, "intervals": intervals, "n_ok": len(s), "level": level}
+    from scaling.hyperparams import fit_hyper_law
+
+    lr = fit_hyper_law(table, "lr_opt", threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
+    bs = fit_hyper_law(table, "bs_opt", {"batch_size": batch}, threshold=threshold, n_bootstrap=n_bootstrap,
+                       seed=seed, level=level)
+    est = {**lr.params, **bs.params, "n_near_optimal": int(len(lr.kept))}
+    intervals, sd = {}, {}
+    for fit in (lr, bs):
+        for k in fit.params:
+            row = fit.boot.intervals.loc[k] if fit.boot is not None else None
+            intervals[k] = (float(row["lower"]), float(row["upper"])) if row is not None else (np.nan, np.nan)
+            sd[k] = float(row["std"]) if row is not None else np.nan
+    n_ok = min(len(lr.boot.samples), len(bs.boot.samples)) if n_bootstrap else 0
+    warnings = [f"eta_opt: {w}" for w in lr.warnings] + [f"B_opt: {w}" for w in bs.warnings]
+    return {"estimate": est, "intervals": intervals, "sd": sd, "n_ok": n_ok, "level": level, "warnings": warnings}
 
 
 def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, threshold: float, bootstrap: int,
@@ -171,7 +168,8 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
     out = Path(out)
     df = table.assign(loss=pd.to_numeric(table[loss], errors="coerce"))
     ok = df[(df["status"] == "complete") & np.isfinite(df["loss"])].reset_index(drop=True)
-    fits = fit_laws(ok, threshold, n_bootstrap=bootstrap)
+    ok["batch_tokens"] = ok["batch_size"] * int(study.meta["seq_len"])  # batch sizes in tokens
+    fits = fit_laws(ok, threshold, n_bootstrap=bootstrap, batch="batch_tokens")
     near = near_optimal(ok, ["N", "D"], "loss", threshold)
     (out / "fits.json").write_text(json.dumps({k: v for k, v in fits.items()}, indent=2))
 
@@ -193,7 +191,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         ax.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs], rotation=45)
         ax.set_yticks(range(len(bss)), [str(v) for v in bss])
         ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("batch size")
+        ax.set_ylabel("batch size (sequences)")
         ax.set_title(f"{cell} (N={c['N'].iloc[0]:.3g})", fontsize=9)
     fig.tight_layout()
     figures = study_cli.save_figure(fig, out, "heatmaps")
@@ -221,13 +219,18 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         "Step Law (Li et al. 2025, arXiv:2503.04715): near-optimal runs (loss within "
         f"{100 * threshold:g}% of the cell's best; {e['n_near_optimal']} of {len(ok)} finished runs; "
         f"{int((df['status'] != 'complete').sum() + (~np.isfinite(df['loss'])).sum())} diverged/missing), "
-        f"least squares in log space, {fits['n_ok']} bootstrap resamples, {100 * fits['level']:.0f}% intervals.", "",
+        f"least squares in log space; bootstrap: the near-optimal runs resampled ({fits['n_ok']} resamples fitted), "
+        f"{100 * fits['level']:.0f}% intervals.", "",
         f"- eta_opt(N, D) = {e['c']:.3g} N^{e['a']:.3f} D^{e['b']:.3f}  "
         f"(a in [{iv['a'][0]:.3f}, {iv['a'][1]:.3f}], b in [{iv['b'][0]:.3f}, {iv['b'][1]:.3f}]; "
         "Step Law: a = -0.713, b = 0.307)",
-        f"- B_opt(D) = {e['d']:.3g} D^{e['g']:.3f}  (g in [{iv['g'][0]:.3f}, {iv['g'][1]:.3f}]; Step Law: g = 0.571)",
+        f"- B_opt(D) = {e['d']:.3g} D^{e['g']:.3f} tokens  (g in [{iv['g'][0]:.3f}, {iv['g'][1]:.3f}]; "
+        "Step Law: g = 0.571)",
         "",
     ]
+    from scaling.diagnostics import markdown
+
+    lines += markdown(fits["warnings"])
     lines += study_cli.markdown_table(
         ["cell", "N", "D", "best lr", "best batch", "best loss"],
         [(r["cell"], f"{r['N']:.3g}", f"{r['D']:.3g}", f"{r['lr']:.3g}", int(r["batch_size"]), f"{r['loss']:.4f}")

@@ -183,9 +183,13 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
     if len(gaps) >= 4:
         from scaling import fit_law
 
+        from scaling.diagnostics import fit_warnings
+
+        warned = {}
         for kind in ("wsd", "cosine"):
-            df = pd.DataFrame({"C": gaps["D"].to_numpy(float), "loss": gaps[kind].to_numpy(float)})
-            fits[kind] = fit_law(df, law="saturating").params  # L(D) = E + A D^-alpha (C column = tokens)
+            df = pd.DataFrame({"D": gaps["D"].to_numpy(float), "loss": gaps[kind].to_numpy(float)})
+            fit = fit_law(df, law="offset_d")  # L(D) = E + A D^-alpha
+            fits[kind], warned[kind] = fit.params, fit_warnings(fit)
     curves = pd.read_csv(out / runner.CURVES) if (out / runner.CURVES).exists() else pd.DataFrame()
 
     fig = Figure(figsize=(6.4, 4.2))
@@ -236,6 +240,11 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
     ]
     for kind, p in fits.items():
         lines.append(f"- {kind}: L(D) = {p['E']:.3f} + {p['A']:.3g} D^-{p['alpha']:.3f}")
+    if fits:
+        from scaling.diagnostics import markdown
+
+        for kind in fits:
+            lines += ["", *markdown(warned[kind], f"Warnings, L(D) fit of {kind}")]
     report = study_cli.write_report(out, lines, figures)
     return {"gaps": gaps, "flops": acct, "fits": fits, "plots": figures, "report": report}
 

@@ -15,7 +15,7 @@ from importlib import import_module
 from scaling import laws
 
 _LAZY = {
-    "fit_law": "scaling.fit", "FitResult": "scaling.fit",
+    "fit_law": "scaling.fitting", "FitResult": "scaling.fitting",
     "fit_isoflop": "scaling.isoflop", "IsoflopResult": "scaling.isoflop",
     "LAWS": "scaling.law_specs", "FitConvergenceError": "scaling.table",
 }

@@ -147,7 +147,7 @@ class IsoflopResult:
         L*(C) follows the saturating law E + A C^-alpha fitted by :func:`scaling.fit_law`
         on the remaining L* (Porian et al. 2024's grid); N* the refitted power law.
         """
-        from scaling.fit import fit_law
+        from scaling.fitting import fit_law
 
         o = self.optima[np.isfinite(self.optima["N_star"])].sort_values("C")
         if len(o) < 4:

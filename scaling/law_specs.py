@@ -255,22 +255,39 @@ KAPLAN_ND = LawSpec(
 )
 
 
-# --- Saturating power law in compute ---------------------------------------------------------
-SATURATING = LawSpec(
-    name="saturating",
-    citation="L(C) = E + A C^-alpha; fit recipe of Porian et al. 2024, arXiv:2406.19146, Sec. 3",
-    variables=("C",),
-    theta_names=("a", "e", "alpha"),
-    param_names=("E", "A", "alpha"),
-    log_form=lambda t, x: _lse(t[0] - t[2] * x["C"], jnp.broadcast_to(t[1], x["C"].shape)),
-    to_params=lambda t: {"E": np.exp(np.asarray(t)[..., 1]), "A": np.exp(np.asarray(t)[..., 0]),
-                         "alpha": np.asarray(t)[..., 2]},
-    from_params=lambda p: np.array([np.log(p["A"]), np.log(p["E"]), p["alpha"]]),
-    predict=lambda p, x: laws.saturating_power_law(x["C"], **p),
-    grids={"porian": {"alpha": (0.0, 0.1, 0.2, 0.3), "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
-                      "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)}},
-    theta_of={"E": "e", "A": "a", "alpha": "alpha"},
-)
+# --- Power laws with an offset: L(x) = E + A x^-alpha for x in C, N or D ---------------------
+def _offset_law(var: str, name: str, citation: str, grids) -> LawSpec:
+    fn = {"C": laws.saturating_power_law, "N": laws.offset_n, "D": laws.offset_d}[var]
+    return LawSpec(
+        name=name,
+        citation=citation,
+        variables=(var,),
+        theta_names=("a", "e", "alpha"),
+        param_names=("E", "A", "alpha"),
+        log_form=lambda t, x: _lse(t[0] - t[2] * x[var], jnp.broadcast_to(t[1], x[var].shape)),
+        to_params=lambda t: {"E": np.exp(np.asarray(t)[..., 1]), "A": np.exp(np.asarray(t)[..., 0]),
+                             "alpha": np.asarray(t)[..., 2]},
+        from_params=lambda p: np.array([np.log(p["A"]), np.log(p["E"]), p["alpha"]]),
+        predict=lambda p, x: fn(x[var], **p),
+        grids=grids,
+        theta_of={"E": "e", "A": "a", "alpha": "alpha"},
+    )
+
+
+_OFFSET_GRID = {"default": {"a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0), "e": (-1.0, 0.0, 1.0),
+                            "alpha": (0.1, 0.3, 0.6, 1.0)}}
+SATURATING = _offset_law(
+    "C", "saturating",
+    "L(C) = E + A C^-alpha; fit recipe of Porian et al. 2024, arXiv:2406.19146, Sec. 3",
+    {"porian": {"alpha": (0.0, 0.1, 0.2, 0.3), "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+                "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)}})
+OFFSET_N = _offset_law(
+    "N", "offset_n", "L(N) = E + A N^-alpha: Kaplan et al. 2020 Eq. (1.1) with the irreducible "
+    "loss of Hoffmann et al. 2022 Eq. (2) (the D -> infinity limit)", _OFFSET_GRID)
+OFFSET_D = _offset_law(
+    "D", "offset_d", "L(D) = E + B D^-beta written E + A D^-alpha: Kaplan et al. 2020 Eq. (1.2) "
+    "with the irreducible loss of Hoffmann et al. 2022 Eq. (2) (the N -> infinity limit)",
+    _OFFSET_GRID)
 
 
 LAWS: dict[str, LawSpec] = {
@@ -284,6 +301,8 @@ LAWS: dict[str, LawSpec] = {
         _kaplan_single("C", "C_c", "alpha_C", "Eq. (1.3)"),
         KAPLAN_ND,
         SATURATING,
+        OFFSET_N,
+        OFFSET_D,
     )
 }
 

@@ -29,6 +29,8 @@ __all__ = [
     "effective_params",
     "data_constrained",
     "saturating_power_law",
+    "offset_n",
+    "offset_d",
     "lr_opt",
     "bs_opt",
     "deepseek_lr_opt",
@@ -113,6 +115,16 @@ def data_constrained(N, D, U, E, A, B, alpha, beta, R_D_star, R_N_star):
 def saturating_power_law(C, E, A, alpha):
     """L(C) = E + A C^-alpha: loss of the compute-optimal model vs compute."""
     return E + A * np.asarray(C, dtype=float) ** (-alpha)
+
+
+def offset_n(N, E, A, alpha):
+    """L(N) = E + A N^-alpha: loss vs parameters with an irreducible term (Hoffmann Eq. (2), D -> inf)."""
+    return E + A * np.asarray(N, dtype=float) ** (-alpha)
+
+
+def offset_d(D, E, A, alpha):
+    """L(D) = E + A D^-alpha: loss vs tokens with an irreducible term (Hoffmann Eq. (2), N -> inf)."""
+    return E + A * np.asarray(D, dtype=float) ** (-alpha)
 
 
 # --- Hyperparameter laws ----------------------------------------------------------------------

@@ -37,39 +37,34 @@ def huber(r, delta):
     return jnp.where(abs_r <= delta, 0.5 * r * r, delta * (abs_r - 0.5 * delta))
 
 
-def _direction(g, s_hist, y_hist, rho, newest, memory):
-    """-H g by the L-BFGS two-loop recursion (Nocedal & Wright 2006, Alg. 7.4), per row.
+def _bfgs_update(h, s, y, keep):
+    """BFGS update of the inverse Hessians h [b,p,p] by the pairs s, y [b,p] where ``keep`` [b].
 
-    g [b,p]; s_hist, y_hist [b,h,p]; rho [b,h] (0 marks an empty pair); newest [b]: ring
-    index of each row's latest pair. The loops are ``lax.scan``s (small compiled program).
+    Nocedal & Wright 2006, Eq. (6.17): H+ = (I - rho s y^T) H (I - rho y s^T) + rho s s^T,
+    rho = 1 / y^T s. Before a row's first update H is rescaled to (s^T y / y^T y) I
+    (Eq. (6.20)); ``keep`` must imply s^T y > 0 (curvature condition).
     """
-    # Reorder each row's ring buffer newest-first: order [b,h].
-    order = (newest[:, None] - jnp.arange(memory)[None, :]) % memory
-    s_o = jnp.take_along_axis(s_hist, order[:, :, None], axis=1).swapaxes(0, 1)  # [h,b,p]
-    y_o = jnp.take_along_axis(y_hist, order[:, :, None], axis=1).swapaxes(0, 1)
-    r_o = jnp.take_along_axis(rho, order, axis=1).swapaxes(0, 1)  # [h,b]
-
-    def first(q, sy):
-        s_i, y_i, r_i = sy
-        a_i = r_i * jnp.sum(s_i * q, axis=-1)
-        return q - a_i[:, None] * y_i, a_i
-
-    q, alphas = jax.lax.scan(first, g, (s_o, y_o, r_o))
-    yy = jnp.sum(y_o[0] * y_o[0], axis=-1)
-    gamma = jnp.where((r_o[0] > 0) & (yy > 0),
-                      jnp.sum(s_o[0] * y_o[0], axis=-1) / jnp.where(yy > 0, yy, 1.0), 1.0)
-
-    def second(r, sya):
-        s_i, y_i, r_i, a_i = sya
-        return r + (a_i - r_i * jnp.sum(y_i * r, axis=-1))[:, None] * s_i, None
-
-    r, _ = jax.lax.scan(second, gamma[:, None] * q, (s_o, y_o, r_o, alphas), reverse=True)
-    return -r
+    sy = jnp.sum(s * y, axis=-1)
+    rho = 1.0 / jnp.where(keep, sy, 1.0)
+    hy = jnp.einsum("bij,bj->bi", h, y)
+    yhy = jnp.sum(y * hy, axis=-1)
+    # (I - r s y^T) H (I - r y s^T) = H - r (s hy^T + hy s^T) + r^2 (y^T H y) s s^T
+    ss = s[:, :, None] * s[:, None, :]
+    upd = (h - rho[:, None, None] * (s[:, :, None] * hy[:, None, :] + hy[:, :, None] * s[:, None, :])
+           + (rho * rho * yhy + rho)[:, None, None] * ss)
+    return jnp.where(keep[:, None, None], upd, h)
 
 
 @functools.lru_cache(maxsize=64)
-def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slots: int,
-            window: int):
+def huber_log_normaliser(delta: float) -> float:
+    """log Z of the density exp(-Huber_delta(x)) / Z: Z = sqrt(2 pi) erf(delta/sqrt 2) + 2 e^(-delta^2/2) / delta."""
+    from math import erf, exp, log, pi, sqrt
+
+    return log(sqrt(2.0 * pi) * erf(delta / sqrt(2.0)) + 2.0 * exp(-0.5 * delta * delta) / delta)
+
+
+def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
+            objective_kind: str = "huber"):
     """A jitted (theta0 [s,p], w [s,m], base [q], logx, logy [m], delta, gtol, ftol, max_iter,
     n_real) solver; only the first ``n_real`` starts are run (the rest is padding).
 
@@ -85,8 +80,14 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
 
     def objective(theta_free, w, base, logx, logy, delta):
         theta = base.at[free_idx].set(theta_free)
-        r = log_form(theta, logx) - logy
-        return jnp.sum(w * huber(r, delta))
+        if objective_kind == "huber":
+            r = log_form(theta, logx) - logy
+            return jnp.sum(w * huber(r, delta))
+        # Negative log-likelihood of r ~ exp(-Huber_delta(r / sigma)) / (sigma Z(delta)),
+        # sigma = exp(theta[-1]) free (Besiroglu et al. 2024); Z is a constant (added outside).
+        log_sigma = theta[-1]
+        r = (log_form(theta[:-1], logx) - logy) * jnp.exp(-log_sigma)
+        return jnp.sum(w * (huber(r, delta) + log_sigma))
 
     value_and_grad = jax.vmap(jax.value_and_grad(objective), in_axes=(0, 0, None, None, None, None))
 
@@ -94,6 +95,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
         n_starts, p = theta0.shape
         b = slots
         dtype = theta0.dtype
+        eye = jnp.eye(p, dtype=dtype)
 
         def assign(c, free_rows):
             """Give each free row (bool [b]) the next pending start (or none: idx = -1)."""
@@ -110,7 +112,8 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
             for key in ("k", "stall", "fails", "trials"):
                 c[key] = jnp.where(free_rows, 0, c[key])
             c["in_ls"] = jnp.where(free_rows, False, c["in_ls"])
-            c["rho"] = jnp.where(free_rows[:, None], 0.0, c["rho"])
+            c["h"] = jnp.where(free_rows[:, None, None], eye, c["h"])
+            c["scaled"] = jnp.where(free_rows, False, c["scaled"])
             c["next"] = c["next"] + jnp.sum(free_rows, dtype=jnp.int32)
             return c
 
@@ -118,7 +121,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
             active = c["idx"] >= 0
             x, f, g, fresh, k = c["x"], c["f"], c["g"], c["fresh"], c["k"]
             # Rows not inside a line search start one along a new L-BFGS direction.
-            d_new = _direction(g, c["s"], c["y"], c["rho"], (k - 1) % memory, memory)
+            d_new = -jnp.einsum("bij,bj->bi", c["h"], g)
             slope_new = jnp.sum(g * d_new, axis=-1)
             bad = ~(slope_new < 0) | ~jnp.all(jnp.isfinite(d_new), axis=-1)
             gnorm = jnp.sqrt(jnp.sum(g * g, axis=-1))
@@ -150,13 +153,19 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
             s_new, y_new = x_new - x, g_new - g
             sy = jnp.sum(s_new * y_new, axis=-1)
             keep = moved & (sy > 1e-12 * jnp.sum(y_new * y_new, axis=-1)) & (sy > 0)
-            onehot = (jnp.arange(memory)[None, :] == (k % memory)[:, None]) & keep[:, None]
-            s_hist = jnp.where(onehot[:, :, None], s_new[:, None, :], c["s"])
-            y_hist = jnp.where(onehot[:, :, None], y_new[:, None, :], c["y"])
-            rho = jnp.where(onehot, (1.0 / jnp.where(keep, sy, 1.0))[:, None], c["rho"])
-            # A failed line search drops the curvature pairs (the next step is steepest
-            # descent); a second failure in a row ends the start.
-            rho = jnp.where(ls_failed[:, None], 0.0, rho)
+            # First pair of a row: H0 = (s^T y / y^T y) I (Nocedal & Wright Eq. (6.20)).
+            yy = jnp.sum(y_new * y_new, axis=-1)
+            first = keep & ~c["scaled"]
+            h = jnp.where(first[:, None, None],
+                          (sy / jnp.where(first, yy, 1.0))[:, None, None] * eye, c["h"])
+            h = _bfgs_update(h, s_new, y_new, keep)
+            # A full step without positive curvature (a plateau or a saddle, where BFGS keeps
+            # its old scale and would crawl): lengthen the next trial steps.
+            h = jnp.where((moved & ~keep & (t == 1.0))[:, None, None], 4.0 * h, h)
+            # A failed line search resets H (the next step is steepest descent); a second
+            # failure in a row ends the start.
+            h = jnp.where(ls_failed[:, None, None], eye, h)
+            scaled = (c["scaled"] | keep) & ~ls_failed
             fails = jnp.where(ls_failed, c["fails"] + 1, jnp.where(moved, 0, c["fails"]))
             # Three accepted steps in a row lowering f by under 1e-15 relative: at a minimum.
             tiny = moved & (f - f_new <= 1e-15 * jnp.abs(f_new))
@@ -175,7 +184,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
                 ~finite | (acc & (gmax <= gtol)) | (fails >= 2) | (stall >= 3) | slow
                 | (k_new >= max_iter))
             out_i = jnp.where(done, c["idx"], n_starts)  # index n_starts: dropped
-            c = {**c, "x": x_new, "f": f_new, "g": g_new, "s": s_hist, "y": y_hist, "rho": rho,
+            c = {**c, "x": x_new, "f": f_new, "g": g_new, "h": h, "scaled": scaled,
                  "k": k_new, "stall": stall, "fails": fails, "f_hist": f_hist,
                  "trials": jnp.where(ls_failed, 0, trials),
                  "in_ls": active & ~acc & ~ls_failed, "d": d, "t": t_next,
@@ -196,8 +205,8 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, memory: int, slot
             "fresh": jnp.zeros((b,), bool), "in_ls": jnp.zeros((b,), bool),
             "k": zeros_i, "stall": zeros_i, "fails": zeros_i, "trials": zeros_i,
             "f_hist": jnp.zeros((b, window), dtype),
-            "s": jnp.zeros((b, memory, p), dtype), "y": jnp.zeros((b, memory, p), dtype),
-            "rho": jnp.zeros((b, memory), dtype), "evals": jnp.asarray(0, jnp.int32),
+            "h": jnp.broadcast_to(eye, (b, p, p)), "scaled": jnp.zeros((b,), bool),
+            "evals": jnp.asarray(0, jnp.int32),
             "out_x": theta0, "out_f": jnp.full((n_starts,), jnp.nan, dtype),
             "out_g": jnp.full((n_starts,), jnp.nan, dtype),
             "out_k": jnp.zeros((n_starts,), jnp.int32),
@@ -223,10 +232,10 @@ def minimize_multistart(
     ftol: float = 1e-10,
     window: int = 10,
     max_iter: int = 500,
-    memory: int = 10,
     slots: int = 256,
+    objective: str = "huber",
 ):
-    """Minimise the summed Huber objective from every start at once.
+    """Minimise the summed Huber objective (or the Huber likelihood) from every start at once.
 
     Args:
       log_form: (theta [q], logx {var: [m]}) -> log predicted loss [m] (JAX, traceable).
@@ -243,10 +252,15 @@ def minimize_multistart(
         iterations (scale-free: the same stopping point for a summed or averaged objective).
       max_iter: L-BFGS iteration cap per start.
       slots: rows iterated at once (the work-queue width).
+      objective: "huber" (sum of w Huber_delta(r)) or "huber_ml" (negative log-likelihood
+        of r ~ exp(-Huber_delta(r / sigma)) / (sigma Z), with log sigma the LAST coordinate
+        of ``base``; ``log_form`` reads the others).
     Returns:
       dict with ``theta`` [s, p], ``value`` [s] (objective), ``grad_max`` [s] (max |grad| at
       the end), ``iters`` [s] (accepted steps), all NumPy; ``evals`` (total evaluations).
     """
+    if objective not in ("huber", "huber_ml"):
+        raise ValueError(f"objective={objective!r}: must be 'huber' or 'huber_ml'")
     theta0 = np.atleast_2d(np.asarray(theta0, dtype=np.float64))
     s, p = theta0.shape
     if free is None:
@@ -265,12 +279,12 @@ def minimize_multistart(
     # to a power of two (padded points have weight 0); starts to 256 or a multiple of 1024,
     # in chunks of at most 8192 (padded starts are never assigned to a row: they cost
     # nothing). One chunk for the published grid: its slowest starts then overlap.
-    m_pad = max(_bucket(m), 128)
+    m_pad = max(_bucket(m), 8)
     chunk = 256 if s <= 256 else min(-(-s // 1024) * 1024, 8192)
     width = min(slots, chunk)
     pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64), np.zeros(m_pad - m)])
-    solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(memory),
-                    int(width), int(window))
+    solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(width),
+                    int(window), objective)
     results = []
     with jax.enable_x64(True):
         logx_j = {k: jnp.asarray(pad(v)) for k, v in logx.items()}
@@ -289,6 +303,8 @@ def minimize_multistart(
     theta, value, grad_max, iters = (np.concatenate([r[i][:min(chunk, s - lo)] for r, lo in
                                                      zip(results, range(0, s, chunk))])
                                      for i in range(4))
+    if objective == "huber_ml":
+        value = value + huber_log_normaliser(huber_delta) * weights.sum(axis=1)
     return {"theta": theta, "value": value, "grad_max": grad_max, "iters": iters,
             "evals": int(sum(int(r[4]) for r in results))}
 

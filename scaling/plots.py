@@ -153,20 +153,24 @@ def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
         C_range = ((iso.optima["C"].min() / 2, iso.optima["C"].max() * 4) if iso is not None
                    else (1e17, 1e24))
     grid = np.geomspace(C_range[0], C_range[1], 100)
-    fig = Figure(figsize=(10, 4.2))
+    fitted = fitted_compute_range(iso=iso, result=result, flops_per_token=flops_per_token)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "N", "N_opt (parameters)"), (axes[1], "D", "D_opt (tokens)")):
+        if fitted is not None:
+            ax.axvspan(*fitted, color="0.5", alpha=0.12, lw=0,
+                       label="compute of the fitted runs (dashed: extrapolated)")
         if iso is not None:
             o = iso.optima[np.isfinite(iso.optima["N_star"])]
             ax.scatter(o["C"], o[f"{key}_star"], color="C0", label="isoFLOP minima")
             power_law = iso.n_opt if key == "N" else iso.d_opt
             expo = iso.a if key == "N" else iso.b
-            ax.plot(grid, power_law(grid), "C0-", label=f"approach 2: C^{expo:.3f}")
+            _solid_inside(ax, grid, power_law(grid), fitted, "C0", f"approach 2: C^{expo:.3f}")
         if result is not None:
             p = result.params
             beta = p.get("beta", p["alpha"])
             n, d = _allocation(grid, p["A"], p["B"], p["alpha"], beta, flops_per_token)
-            ax.plot(grid, n if key == "N" else d, "C1-", label=f"{result.law.name} fit")
+            _solid_inside(ax, grid, n if key == "N" else d, fitted, "C1", f"{result.law.name} fit")
             if boot is not None and len(boot.samples):
                 s = boot.samples
                 bb = s["beta"] if "beta" in s else s["alpha"]
@@ -176,25 +180,106 @@ def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
                 lo, hi = np.nanpercentile(vals, [50 * (1 - level), 50 * (1 + level)], axis=0)
                 ax.fill_between(grid, lo, hi, color="C1", alpha=0.25)
         n20 = _n_at_tokens_per_param(grid, f, CHINCHILLA_TOKENS_PER_PARAM)
-        ax.plot(grid, n20 if key == "N" else CHINCHILLA_TOKENS_PER_PARAM * n20, "k--", lw=1,
+        ax.plot(grid, n20 if key == "N" else CHINCHILLA_TOKENS_PER_PARAM * n20, "k:", lw=1,
                 label="20 tokens/param")
         ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
         ax.legend(fontsize=7)
     return _save(fig, out_dir, name)
 
 
+def fitted_compute_range(*, iso=None, result=None, flops_per_token: Callable | None = None):
+    """(C_min, C_max) spanned by the runs the fit (or the isoFLOP optima) used, or None."""
+    lows, highs = [], []
+    if result is not None and {"N", "D"} <= set(result.logx):
+        n, d = np.exp(result.logx["N"]), np.exp(result.logx["D"])
+        c = np.asarray(_flops_per_token(flops_per_token)(n), float) * d
+        lows.append(c.min())
+        highs.append(c.max())
+    if iso is not None:
+        c = iso.optima.loc[np.isfinite(iso.optima["N_star"]), "C"]
+        if len(c):
+            lows.append(c.min())
+            highs.append(c.max())
+    return (min(lows), max(highs)) if lows else None
+
+
+def _solid_inside(ax, grid, y, fitted, color, label):
+    """A curve solid over the fitted range and dashed where it extrapolates."""
+    if fitted is None:
+        ax.plot(grid, y, "-", color=color, label=label)
+        return
+    inside = (grid >= fitted[0]) & (grid <= fitted[1])
+    ax.plot(grid, np.where(inside, y, np.nan), "-", color=color, label=label)
+    for part in (grid <= fitted[0], grid >= fitted[1]):
+        if part.sum() > 1:
+            ax.plot(grid[part], np.asarray(y)[part], "--", color=color)
+
+
 def plot_residuals(result, out_dir, *, name: str = "residuals") -> list[Path]:
-    """Residuals log Lhat - log L of the fit against each variable of the law."""
+    """Residuals log Lhat - log L of the fit against each variable of the law.
+
+    One panel per variable, each with its own labels (the y label only on the first), laid
+    out with ``constrained_layout`` so no tick label or title overlaps another.
+    """
     r = result.residuals()
     vars_ = list(result.logx)
-    fig = Figure(figsize=(4.2 * len(vars_), 3.6))
-    axes = np.atleast_1d(fig.subplots(1, len(vars_)))
-    for ax, v in zip(axes, vars_):
+    fig = Figure(figsize=(4.4 * len(vars_), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(vars_), sharey=True))
+    for i, (ax, v) in enumerate(zip(axes, vars_)):
         ax.scatter(np.exp(result.logx[v]), r, s=10)
         ax.axhline(0.0, color="k", lw=1)
-        ax.set(xscale="log", xlabel=v, ylabel="log Lhat - log L")
-    fig.suptitle(f"{result.law.name}: residuals (Huber objective {result.objective:.4g})")
+        ax.set(xscale="log", xlabel=_AXIS_LABELS.get(v, v))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        if i == 0:
+            ax.set_ylabel("log Lhat - log L")
+    fig.suptitle(f"{result.law.name}: residuals (objective {result.objective:.4g})", fontsize=10)
     return _save(fig, out_dir, name)
+
+
+def plot_law_1d(result, out_dir, *, boot=None, level: float = 0.95, name: str = "law") -> list[Path]:
+    """Loss against the law's single variable (N, D or C): the runs, the fit and its band."""
+    (var,) = result.law.variables
+    x = np.exp(result.logx[var])
+    grid = np.geomspace(x.min() / 2, x.max() * 4, 200)
+    table = pd.DataFrame({result.columns[var]: grid})
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(x, np.exp(result.logy), s=14, label="runs")
+    ax.plot(grid, result.predict(table), "k-", label=f"{result.law.name} fit")
+    if boot is not None and boot.theta is not None and len(boot.theta):
+        from scaling.predict import bootstrap_predictions
+
+        preds = bootstrap_predictions(result, boot, {var: np.log(grid)})
+        lo, hi = np.nanpercentile(preds, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        ax.fill_between(grid, lo, hi, color="k", alpha=0.2, label=f"{level:.0%} bootstrap")
+    ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABELS.get(var, var), ylabel="loss",
+           title=f"{result.law.name}: loss vs {_AXIS_LABELS.get(var, var)}")
+    ax.legend()
+    return _save(fig, out_dir, name)
+
+
+def plot_predictions(result, pred: pd.DataFrame, out_dir, *, name: str = "predicted_vs_observed") -> list[Path]:
+    """Predicted against observed loss for predicted rows, with their bootstrap intervals."""
+    obs = pred[result.columns["loss"]].to_numpy(float)
+    p = pred["predicted_loss"].to_numpy(float)
+    fig = Figure(figsize=(5.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    lo, hi = pred["lower"].to_numpy(float), pred["upper"].to_numpy(float)
+    has = np.isfinite(lo) & np.isfinite(hi)
+    ax.errorbar(obs[has], p[has], yerr=[p[has] - lo[has], hi[has] - p[has]], fmt="none",
+                ecolor="C0", alpha=0.6)
+    ax.scatter(obs, p, s=18, zorder=3, label="predicted rows")
+    both = np.concatenate([obs, p])
+    lim = [np.nanmin(both) * 0.98, np.nanmax(both) * 1.02]
+    ax.plot(lim, lim, "k--", lw=0.8, label="predicted = observed")
+    ax.set(xlim=lim, ylim=lim, xlabel="observed loss", ylabel="predicted loss",
+           title=f"{result.law.name}: held-out predictions")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, name)
+
+
+_AXIS_LABELS = {"N": "parameters N", "D": "tokens D", "U": "unique tokens U",
+                "C": "compute C (FLOPs)"}
 
 
 def _n_at_tokens_per_param(C: np.ndarray, f: Callable, ratio: float) -> np.ndarray:

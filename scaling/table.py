@@ -29,7 +29,15 @@ def load_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     if isinstance(table, (str, os.PathLike)):
         if not os.path.exists(table):
             raise ValueError(f"table={str(table)!r}: no such CSV file")
-        return pd.read_csv(table)
+        if os.path.isdir(table):
+            raise ValueError(f"table={str(table)!r}: is a directory, not a CSV file")
+        try:
+            return pd.read_csv(table)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"table={str(table)!r}: empty file (no header, no rows)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"table={str(table)!r}: not a readable CSV ({first})") from None
     raise ValueError(f"table of type {type(table).__name__}: must be a pandas DataFrame or a "
                      "CSV path")
 
@@ -58,10 +66,12 @@ def extract(df: pd.DataFrame, variables: Sequence[str], columns: Mapping[str, st
         if col not in df.columns:
             raise ValueError(f"missing column {col!r} for variable {var!r}; the table has "
                              f"columns {list(df.columns)} (map it with columns={{{var!r}: ...}})")
-        try:
-            values = pd.to_numeric(df[col], errors="raise").to_numpy(dtype=np.float64)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"column {col!r} ({var}) is not numeric: {exc}") from None
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        text = np.isnan(values) & df[col].notna().to_numpy()
+        if text.any():
+            rows = list(df.index[text][:20])
+            raise ValueError(f"column {col!r} ({var}) is not numeric: {df[col][text].iloc[0]!r} "
+                             f"in rows {rows}{' ...' if text.sum() > 20 else ''}")
         bad = ~np.isfinite(values)
         if bad.any():
             rows = list(df.index[bad][:20])

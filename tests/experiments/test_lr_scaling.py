@@ -30,7 +30,7 @@ def test_fit_laws_recovers_known_exponents():
     fits = lr_scaling.fit_laws(synthetic(), threshold=0.0, n_bootstrap=20)
     for k, v in TRUE.items():
         assert fits["estimate"][k] == pytest.approx(v, rel=1e-9, abs=1e-9)
-    # resampling within cells keeps the noiseless minimum whenever it is drawn: intervals contain the truth
+    # the near-optimal runs, filtered once and resampled, lie on the law: every identified resample recovers it
     for k in ("a", "b", "g"):
         lo, hi = fits["intervals"][k]
         assert lo - 1e-9 <= TRUE[k] <= hi + 1e-9

@@ -1,0 +1,294 @@
+"""Robust multistart fitting of a scaling law to a table of runs.
+
+The recipe of Hoffmann et al. 2022 (arXiv:2203.15556), Sec. 3.3 and Appendix D.2:
+minimise the SUM over runs of Huber_delta(log Lhat - log L) (delta = 1e-3) with the model
+in log-sum-exp form (Chinchilla: log Lhat = LSE(a - alpha log N, b - beta log D, e)), by
+L-BFGS from every point of a grid of initialisations, in float64; keep the best optimum and
+count the starts that reached it. Besiroglu et al. 2024 (arXiv:2404.10102) showed that a
+loose stopping rule ends the optimiser near its start; the stopping tests here are
+scale-free and tight (:mod:`scaling.multistart`).
+
+Objectives: ``"huber"`` (the summed Huber loss above) or ``"huber_ml"``: maximum likelihood
+with residuals r ~ exp(-Huber_delta(r / sigma)) / (sigma Z(delta)) and the scale sigma a free
+parameter (Besiroglu et al. 2024, arXiv:2404.10102, Sec. 4). Optional per-point weights w
+multiply each run's term.
+
+Command line: ``python -m scaling.fit TABLE.csv --law chinchilla --bootstrap 1000 --out DIR``
+(see :mod:`scaling.cli`).
+
+Axis letters: m runs, p free optimiser coordinates, s starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from scaling.law_specs import LawSpec, default_grid, get_law
+from scaling.multistart import minimize_multistart
+from scaling.table import FitConvergenceError, column_names, extract, load_table
+
+OBJECTIVES = ("huber", "huber_ml")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted law.
+
+    Attributes:
+      law: the :class:`scaling.law_specs.LawSpec` fitted.
+      params: {parameter name: value} in the law's published parametrisation.
+      objective: SUM of Huber losses over the runs at the optimum.
+      n_starts: number of starts run; n_at_best: starts whose objective came within
+        ``best_rtol`` (relative) of the best.
+      theta: full optimiser vector [q] at the optimum; free: indices of the fitted
+        coordinates; fixed: parameters held fixed.
+      logx: {variable: log values [m]}; logy: log losses [m] (the data fitted).
+      huber_delta: Huber delta; columns: variable -> column name.
+      starts: per-start results (DataFrame [s, ...]: theta, objective, iterations).
+      weights: per-run weights [m] (ones when none were given).
+      objective_kind: "huber" or "huber_ml" (then ``theta``'s last coordinate is log sigma).
+      table: the fitted rows (the DataFrame the fit read).
+    """
+
+    law: LawSpec
+    params: dict[str, float]
+    objective: float
+    n_starts: int
+    n_at_best: int
+    theta: np.ndarray
+    free: tuple[int, ...]
+    fixed: dict[str, float]
+    logx: dict[str, np.ndarray]
+    logy: np.ndarray
+    huber_delta: float
+    columns: dict[str, str]
+    starts: pd.DataFrame = field(repr=False)
+    weights: np.ndarray = field(default=None, repr=False)
+    objective_kind: str = "huber"
+    table: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def law_theta(self) -> np.ndarray:
+        """The law's coordinates [q] (``theta`` without the likelihood's log sigma)."""
+        return self.theta[:len(self.law.theta_names)]
+
+    def predict(self, table: pd.DataFrame | str | None = None) -> np.ndarray:
+        """Predicted loss [m'] for the runs of ``table`` (default: the fitted runs).
+
+        Evaluated through the law's log-space form at the fitted coordinates (float64), which
+        stays finite where a degenerate fit has an overflowing natural parameter (A = e^a).
+        """
+        if table is None:
+            logx = self.logx
+        else:
+            x = extract(load_table(table), self.law.variables, self.columns)
+            logx = {k: np.log(v) for k, v in x.items()}
+        with jax.enable_x64(True):
+            out = self.law.log_form(jnp.asarray(self.law_theta, jnp.float64),
+                                    {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()})
+            return np.exp(np.asarray(out, dtype=np.float64))
+
+    def residuals(self) -> np.ndarray:
+        """log Lhat - log L [m] on the fitted runs."""
+        return np.log(self.predict()) - self.logy
+
+    def bootstrap(self, n: int = 1000, seed: int = 0, level: float = 0.95,
+                  budgets: Sequence[float] = ()):
+        """Percentile intervals over ``n`` resamples of the runs (:mod:`scaling.bootstrap`).
+
+        ``budgets``: FLOP budgets C at which N_opt(C), D_opt(C) are reported (Chinchilla
+        forms), besides the parameters and the exponent ratio beta/(alpha+beta).
+        """
+        from scaling.bootstrap import bootstrap_fit
+
+        return bootstrap_fit(self, n=n, seed=seed, level=level, budgets=budgets)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per parameter: value (and whether it was held fixed)."""
+        return pd.DataFrame({"value": self.params,
+                             "fixed": {k: k in self.fixed for k in self.params}})
+
+
+def _start_grid(spec: LawSpec, init_grid, free_names: list[str],
+                grid_values: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
+    """Starting points [s, p] of the free coordinates of the law.
+
+    ``grid_values`` ({theta name: values}) replaces those axes of a named grid.
+    """
+    grid_values = dict(grid_values or {})
+    unknown = set(grid_values) - set(spec.theta_names)
+    if unknown:
+        raise ValueError(f"grid: {sorted(unknown)} are not coordinates of {spec.name!r}; "
+                         f"allowed: {list(spec.theta_names)}")
+    for k, v in grid_values.items():
+        v = np.atleast_1d(np.asarray(v, dtype=np.float64))
+        if v.size == 0 or not np.all(np.isfinite(v)):
+            raise ValueError(f"grid {k}={list(v)}: need one or more finite values")
+    if isinstance(init_grid, str):
+        name = init_grid if init_grid in spec.grids else (
+            default_grid(spec) if init_grid == "hoffmann" else init_grid)
+        spec.grid(name)  # validates the name
+        axes = {**spec.grids[name], **{k: tuple(np.atleast_1d(v)) for k, v in grid_values.items()}}
+        return np.array(list(itertools.product(*(axes[t] for t in free_names))), dtype=np.float64)
+    if grid_values:
+        raise ValueError("grid values replace axes of a named init_grid; pass init_grid by name")
+    if isinstance(init_grid, Mapping):
+        missing = set(free_names) - set(init_grid)
+        if missing:
+            raise ValueError(f"init_grid is missing coordinates {sorted(missing)}; "
+                             f"the free coordinates are {free_names}")
+        axes = [np.atleast_1d(np.asarray(init_grid[t], dtype=np.float64)) for t in free_names]
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+    grid = np.atleast_2d(np.asarray(init_grid, dtype=np.float64))
+    if grid.shape[1] != len(free_names):
+        raise ValueError(f"init_grid of shape {grid.shape}: need [starts, {len(free_names)}] "
+                         f"columns {free_names}")
+    return grid
+
+
+def fit_law(
+    table: pd.DataFrame | str,
+    law: str | LawSpec = "chinchilla",
+    huber_delta: float = 1e-3,
+    init_grid="hoffmann",
+    columns: Mapping[str, str] | None = None,
+    *,
+    fixed: Mapping[str, float] | None = None,
+    weights: str | Sequence[float] | np.ndarray | None = None,
+    objective: str = "huber",
+    grid_values: Mapping[str, Sequence[float]] | None = None,
+    max_iter: int = 500,
+    best_rtol: float = 1e-8,
+) -> FitResult:
+    """Fit ``law`` to ``table`` by multistart BFGS on the summed Huber loss of log residuals.
+
+    Args:
+      table: DataFrame or CSV path, one row per run, with the law's variables and ``loss``.
+      law: a name from :data:`scaling.law_specs.LAWS` (e.g. "chinchilla", "chinchilla_tied",
+        "data_constrained", "kaplan_n", "offset_n", "saturating") or a :class:`LawSpec`.
+      huber_delta: Huber delta (Hoffmann et al. 2022: 1e-3); for "huber_ml" it applies to
+        r / sigma.
+      init_grid: a grid name of the law ("hoffmann" = the published 4,500-point grid for
+        Chinchilla; a law without it uses its default grid), a {theta name: values} dict
+        (product grid), or an array [s, p] of starting points of the free coordinates.
+      columns: variable -> column name (defaults: "N", "D", "U", "C", "loss").
+      fixed: parameters held fixed, in the published parametrisation (e.g. Muennighoff et
+        al. 2023 fit R_D*, R_N* with E, A, B, alpha, beta fixed).
+      weights: per-run weights [m] (>= 0, not all 0), or the name of a column holding them.
+      objective: "huber" (sum of weighted Huber losses) or "huber_ml" (Huber likelihood with
+        a free scale sigma, reported as the parameter ``sigma``).
+      grid_values: {theta name: values} replacing those axes of the named ``init_grid``.
+      max_iter: BFGS iteration cap per start (a start reaching it is not converged).
+      best_rtol: relative objective tolerance for counting a start as reaching the best.
+    Returns:
+      :class:`FitResult`.
+    Raises:
+      ValueError: bad table (missing column, NaN/inf or non-positive values, fewer runs than
+        free parameters) or bad arguments.
+      FitConvergenceError: no start converged.
+    """
+    spec = get_law(law)
+    if not (isinstance(huber_delta, (int, float)) and np.isfinite(huber_delta) and huber_delta > 0):
+        raise ValueError(f"huber_delta={huber_delta!r}: must be a finite number > 0")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}: must be one of {OBJECTIVES}")
+    if not (isinstance(max_iter, int) and max_iter > 0):
+        raise ValueError(f"max_iter={max_iter!r}: must be a positive integer")
+    df = load_table(table)
+    if len(df) == 0:
+        raise ValueError("table has no rows")
+    data = extract(df, (*spec.variables, "loss"), columns)
+    w = _point_weights(df, weights)
+    fixed = dict(fixed or {})
+    unknown = set(fixed) - set(spec.param_names)
+    if unknown:
+        raise ValueError(f"fixed={fixed!r}: {sorted(unknown)} are not parameters of "
+                         f"{spec.name!r} ({spec.param_names})")
+    for k, v in fixed.items():
+        if not np.isfinite(v):
+            raise ValueError(f"fixed {k}={v!r}: must be a finite number")
+    fixed_theta = {spec.theta_of[k] for k in fixed}
+    free_names = [t for t in spec.theta_names if t not in fixed_theta]
+    m = int((w > 0).sum())
+    if m < len(free_names):
+        raise ValueError(f"table has {m} runs: fewer than the {len(free_names)} free parameters of "
+                         f"{spec.name!r} ({free_names})")
+    base = np.zeros(len(spec.theta_names))
+    if fixed:
+        filler = {k: fixed.get(k, 1.0) for k in spec.param_names}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            full = np.asarray(spec.from_params(filler), dtype=np.float64)
+        for k in fixed:
+            i = spec.theta_names.index(spec.theta_of[k])
+            if not np.isfinite(full[i]):
+                raise ValueError(f"fixed {k}={fixed[k]!r}: outside the law's domain (must be > 0)")
+            base[i] = full[i]
+    theta0 = _start_grid(spec, init_grid, free_names, grid_values)
+    logx = {v: np.log(data[v]) for v in spec.variables}
+    logy = np.log(data["loss"])
+    free = tuple(spec.theta_names.index(t) for t in free_names)
+    if objective == "huber_ml":
+        # log sigma starts at the log-loss spread (a scale-free guess), as one more coordinate
+        log_sigma0 = np.log(max(float(np.std(logy)), 1e-4))
+        base = np.append(base, log_sigma0)
+        theta0 = np.column_stack([theta0, np.full(len(theta0), log_sigma0)])
+        free = (*free, len(spec.theta_names))
+        free_names = [*free_names, "log_sigma"]
+    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=np.tile(w, (len(theta0), 1)),
+                              base=base, free=free, huber_delta=float(huber_delta),
+                              max_iter=max_iter, objective=objective)
+    value = out["value"]
+    converged = np.isfinite(value) & (out["iters"] < max_iter)
+    if not converged.any():
+        raise FitConvergenceError(
+            f"law {spec.name!r}: none of the {len(theta0)} starts converged within "
+            f"max_iter={max_iter} (finite objective at {int(np.isfinite(value).sum())} starts)")
+    best = int(np.argmin(np.where(converged, value, np.inf)))
+    theta = base.copy()
+    theta[list(free)] = out["theta"][best]
+    objective_value = float(value[best])
+    at_best = converged & (value <= objective_value + best_rtol * abs(objective_value) + 1e-300)
+    with np.errstate(over="ignore"):  # a degenerate optimum may have e.g. A = e^800 = inf
+        params = {k: float(v) for k, v in spec.to_params(theta[:len(spec.theta_names)]).items()}
+    for k, v in fixed.items():
+        params[k] = float(v)
+    if objective == "huber_ml":
+        params["sigma"] = float(np.exp(theta[-1]))
+    starts = pd.DataFrame(out["theta"], columns=free_names)
+    starts["objective"] = value
+    starts["iterations"] = out["iters"]
+    starts["converged"] = converged
+    return FitResult(law=spec, params=params, objective=objective_value, n_starts=len(theta0),
+                     n_at_best=int(at_best.sum()), theta=theta, free=free, fixed=fixed,
+                     logx=logx, logy=logy, huber_delta=float(huber_delta),
+                     columns=column_names(columns), starts=starts, weights=w,
+                     objective_kind=objective, table=df)
+
+
+def _point_weights(df: pd.DataFrame, weights) -> np.ndarray:
+    """Per-run weights [m] from None (ones), a column name, or an array."""
+    if weights is None:
+        return np.ones(len(df))
+    if isinstance(weights, str):
+        if weights not in df.columns:
+            raise ValueError(f"weights={weights!r}: no such column; the table has {list(df.columns)}")
+        values = pd.to_numeric(df[weights], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        values = np.asarray(weights, dtype=np.float64).ravel()
+        if values.shape != (len(df),):
+            raise ValueError(f"weights of shape {values.shape}: need one per row ({len(df)})")
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        raise ValueError(f"weights must be finite and >= 0; bad in rows {list(df.index[bad][:20])}")
+    if not values.any():
+        raise ValueError("weights are all 0")
+    return values
+
+
