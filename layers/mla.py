@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from layers.attention import sharded_flash_attention
 from layers.mlp import dense_init
 from layers.partitioning import constrain, param
 from layers.rmsnorm import RMSNorm
 from layers.rope import apply_rope
-from pallas_kernels.flash_attention import flash_attention
 
 Cache = dict[str, Array]
 DECODE_PATHS = ("naive", "absorbed")
@@ -243,7 +243,7 @@ class MLA(nn.Module):
         k_rope_h = jnp.broadcast_to(k_rope[:, :, None, :], (*k_nope.shape[:3], self.qk_rope_dim))
         q = constrain(jnp.concatenate([q_nope, q_rope], axis=-1), ("batch", "length", "heads", "head_dim"))
         k = jnp.concatenate([k_nope, k_rope_h], axis=-1)
-        return flash_attention(q, k, v, causal=True, scale=self.scale, impl=self.impl, **mask_kw)
+        return sharded_flash_attention(q, k, v, causal=True, scale=self.scale, impl=self.impl, **mask_kw)
 
     def _attend_absorbed(self, q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, **mask_kw):
         """Attend over the latent with W_uk folded into the query and W_uv into the output: o [b, t, h, e].
@@ -255,5 +255,7 @@ class MLA(nn.Module):
         q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dt))
         q = jnp.concatenate([q_lat, q_rope], axis=-1)
         k = jnp.concatenate([c_kv, k_rope], axis=-1)[:, :, None, :]
-        o_lat = flash_attention(q, k, c_kv[:, :, None, :], causal=True, scale=self.scale, impl=self.impl, **mask_kw)
+        o_lat = sharded_flash_attention(
+            q, k, c_kv[:, :, None, :], causal=True, scale=self.scale, impl=self.impl, **mask_kw
+        )
         return jnp.einsum("bthc,che->bthe", o_lat, w_uv.astype(dt))

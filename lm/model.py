@@ -13,14 +13,17 @@ Public functions are pure: ``init_params(cfg, rng)``, ``forward(cfg, params, tok
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from layers.mlp import GatedMLP
-from layers.moe import MoEFeedForward
-from layers.partitioning import constrain, param
+from layers.moe import MoEConfig, MoEFeedForward
+from layers.moe_expert_parallel import expert_parallel_moe
+from layers.partitioning import constrain, current_mesh, mesh_axes, param
 from layers.rmsnorm import RMSNorm
 from lm.config import ModelConfig
 from lm.mixers import MIXERS, compute_dtype
@@ -46,11 +49,39 @@ class Block(nn.Module):
         aux = {}
         if self.moe:
             ff = MoEFeedForward(cfg.moe, dtype=compute_dtype(cfg), name="moe")
-            h, aux = ff(normed, deterministic=deterministic, decode=cache is not None)
+            mesh = current_mesh()
+            if self.is_initializing() or not uses_expert_parallelism(cfg.moe, mesh):
+                h, aux = ff(normed, deterministic=deterministic, decode=cache is not None)
+            else:
+                h, aux = _expert_parallel(cfg, ff.variables["params"], normed, mesh, deterministic)
         else:
             h = GatedMLP(cfg.ff_dim, cfg.mlp_activation, dtype=compute_dtype(cfg), name="mlp")(normed)
         x = x + h.astype(x.dtype)
         return constrain(x, ("batch", "length", "embed")), new_cache, aux
+
+
+def uses_expert_parallelism(moe: MoEConfig, mesh) -> bool:
+    """True when the MoE layers run expert-parallel: an "expert" mesh axis of size > 1 in
+    scope (not yet manual) and a token-choice router (expert choice has no EP form)."""
+    return mesh is not None and "expert" in mesh_axes("experts", mesh) and moe.router != "expert_choice"
+
+
+def _expert_parallel(cfg: ModelConfig, params, x, mesh, deterministic: bool):
+    """The MoE layer by explicit all-to-all dispatch (``layers/moe_expert_parallel.py``).
+
+    The step is defined on the global batch (what one device computes), so the
+    load-balance statistics are averaged over all shards before the product: for a
+    global-batch view, "micro_batch" and "global_batch" scopes coincide.
+    """
+    if cfg.moe.router_jitter > 0 and not deterministic:
+        raise ValueError(
+            f"MoEConfig.router_jitter={cfg.moe.router_jitter}: router jitter is not supported with "
+            "expert parallelism (an 'expert' mesh axis > 1); use router_jitter=0.0 or expert=1"
+        )
+    moe = dataclasses.replace(cfg.moe, load_balance_scope="global_batch")
+    data_axes = tuple(a for a in mesh_axes("batch", mesh) if a != "expert")
+    return expert_parallel_moe(moe, params, x, mesh=mesh, expert_axis="expert", data_axes=data_axes,
+                               capacity_factor=None, dtype=compute_dtype(cfg))
 
 
 class LanguageModel(nn.Module):
