@@ -28,6 +28,7 @@ import numpy as np
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+from lm import compiled  # noqa: E402
 from lm import data as lm_data  # noqa: E402
 from lm import model as lm_model  # noqa: E402
 from lm import sharding  # noqa: E402
@@ -134,7 +135,7 @@ def interpret(out: str, presets: list[str]) -> None:
             mesh = sharding.make_mesh((2, 2, 2, 1))
             state = sharding.shard_state(init, sharding.state_shardings(run, mesh))
             gbatch = {k: jax.device_put(v, sharding.batch_sharding(mesh, BATCH)) for k, v in batch.items()}
-            fn, _ = sharding.compiled_sharded_train_step(run, mesh, state, gbatch, donate=False)
+            fn, _ = compiled.train_step(run, mesh, state, gbatch, donate=False)
             got, got_metrics = fn(state, gbatch, lr, wd)
             got, want = flat(got), flat(want)
             assert sorted(got) == sorted(want)
