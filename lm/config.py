@@ -16,6 +16,7 @@ from layers.moe import MoEConfig
 from lm.data import DataConfig
 
 DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 MLP_ACTIVATIONS = ("geglu", "swiglu")
 SCHEDULES = ("cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
@@ -59,7 +60,14 @@ class ModelConfig:
       rope_fraction, rope_max_wavelength: RoPE on a share of each head's dims.
       attn_softcap: tanh soft-cap of attention scores; logit_softcap: of the output logits.
       tie_embeddings: output head shares the embedding matrix.
-      dtype: activation/compute dtype; parameters are always float32.
+      dtype: activation/compute dtype; parameters (and so the optimiser state) are always
+        float32; recurrent states, softmax statistics and the logits stay float32.
+      scan_layers: run the blocks as ``nn.scan`` over repetitions of the block pattern
+        (compile time independent of depth); parameters of the repeated blocks are stacked
+        on a leading "layers" axis (``lm.model.stack_layers`` / ``unstack_layers`` convert).
+      remat: rematerialisation of each block in training (``jax.checkpoint``): "none",
+        "full" (save only block inputs), or the ``jax.checkpoint_policies`` of that name
+        ("dots_saveable", "dots_with_no_batch_dims_saveable": matmul outputs are kept).
       attention_impl: ``flash_attention`` impl switch for every attention layer.
 
     "R" (Griffin/Hawk recurrent block, De et al. 2024):
@@ -93,6 +101,8 @@ class ModelConfig:
     logit_softcap: float | None = None
     tie_embeddings: bool = True
     dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
     attention_impl: str = "auto"
     rnn_width: int | None = None
     rnn_heads: int | None = None
@@ -143,6 +153,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_fraction={self.rope_fraction}: must be in [0, 1]")
         _choice(self, "mlp_activation", MLP_ACTIVATIONS)
         _choice(self, "dtype", DTYPES)
+        _choice(self, "remat", REMAT)
+        _choice(self, "scan_layers", (False, True))
         impls = ("auto", "reference", "pallas", "interpret")
         _choice(self, "attention_impl", (*impls, "blocked"))
         _choice(self, "scan_impl", (*impls, "sequential", "associative"))
