@@ -35,7 +35,7 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import runner, study_cli
+from experiments import outdir, runner, study_cli
 from experiments.cli import OneLineParser
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -324,6 +324,7 @@ def main(argv=None) -> dict:
         preset = preset_from_args(args)
         study = build_study(preset, args.data, args.preset)
         shard = runner.parse_shard(args.shard)
+        outdir.check_writable_dir(out)  # the analysis writes its report there too
         if not args.analysis_only:
             runner.run_study(study, out, shard=shard, progress=not args.no_progress)
         table = runner.load_results(study, out, args.tables)

@@ -140,6 +140,7 @@ def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed
     Returns:
       {"estimate": {c, a, b, d, g, n_near_optimal}, "intervals": {name: (lo, hi)}, "n_ok": resamples fitted}.
     """
+    study_cli.check_level(level)
     est = _fit_both(table, threshold)
     rng = np.random.default_rng(seed)
     cells = [g.index.to_numpy() for _, g in table.groupby(["N", "D"])]

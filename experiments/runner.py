@@ -221,14 +221,13 @@ def _atomic_write(path: Path, text: str) -> None:
 def check_out(study: Study, out: str | Path) -> None:
     """Raise :class:`StudyError` if ``out`` cannot hold this study (creates nothing).
 
-    Refused: an ``out`` that is a file or cannot be written; a different study (a manifest
+    Refused: a different study (a manifest
     with another name or grid fingerprint, run directories without a manifest, or a run
     directory whose config differs from the grid's); a damaged record (study.json, a run's
     config.json, a results table) that the study would have to trust.
     """
     out = Path(out)
     try:
-        outdir.check_writable_dir(out)
         theirs = outdir.read_json_record(out / MANIFEST, "the study manifest")
         configs = {run.name: outdir.read_json_record(out / RUNS_DIR / run.name / "config.json", "the run's config")
                    for run in study.runs}
@@ -257,8 +256,12 @@ def check_out(study: Study, out: str | Path) -> None:
 
 
 def prepare_out(study: Study, out: str | Path) -> Path:
-    """Check ``out`` (:func:`check_out`), create it and write the manifest."""
+    """Check ``out`` (writable, :func:`check_out`), create it and write the manifest."""
     out = Path(out)
+    try:
+        outdir.check_writable_dir(out)
+    except outdir.OutputError as err:
+        raise StudyError(str(err)) from err
     check_out(study, out)
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     if not (out / MANIFEST).exists():
