@@ -14,12 +14,16 @@ one shard of it) under ``out``:
   out/curves.csv                    long table of every run's loss curve (run, step,
                                     tokens, flops, train_loss, val_loss, N) for approach 1
 
-Resumable: a run whose ``result.json`` exists is never trained again; an interrupted run
-resumes from its last orbax checkpoint (:func:`lm.train.train` does that), so a sweep
-killed at any moment and rerun yields the same table (losses bitwise on CPU).
-``shard=(i, n)`` trains only grid[i::n], so a grid spreads over hosts or job-array tasks
-with any scheduler. Every check that can fail (duplicate runs, too-short runs, an output
-directory holding another study, bad groups) runs before the first step of training.
+Resumable: a run whose ``result.json`` records a finished run is never trained again
+(``{}``, ``[]`` or a cut-short file is not one); an interrupted run resumes from its newest
+intact orbax checkpoint (:func:`lm.train.train` does that; :mod:`lm.checkpoint` falls back
+past unreadable ones), so a sweep killed at any moment and rerun yields the same table
+(losses bitwise on CPU). A run none of whose checkpoints can be read is marked "failed"
+(failure.json) and the sweep goes on; the next call retries it. ``shard=(i, n)`` trains
+only grid[i::n], so a grid spreads over hosts or job-array tasks with any scheduler. Every
+check that can fail (duplicate runs, too-short runs, an output directory that is a file,
+cannot be written or holds another study, a damaged study.json, config.json or results
+table, bad groups) runs before the first step of training.
 
 Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
 together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
