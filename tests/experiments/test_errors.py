@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from experiments import architectures, chinchilla, data_constrained, lr_scaling, runner, wsd
@@ -246,3 +247,11 @@ def test_diverged_train_run_is_one_line_and_exit_1(tmp_path, capsys):
     assert exc.value.code == 1 and len(err.splitlines()) == 1
     assert err.startswith("python -m experiments.train: error: the run diverged: run 'boom': loss or gradient "
                           "became non-finite at step")
+
+
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, float("nan")])
+def test_interval_level_outside_0_1_is_refused(level):
+    with pytest.raises(ValueError, match=r"level=.*: an interval coverage must be in \(0, 1\)"):
+        lr_scaling.fit_laws(pd.DataFrame(), threshold=0.01, level=level)
+    with pytest.raises(ValueError, match=r"level=.*: an interval coverage must be in \(0, 1\)"):
+        architectures.compute_multipliers({}, 1e12, level=level)
