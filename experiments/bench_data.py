@@ -28,7 +28,7 @@ def prepare_throughput(out: str, tokenizer: str, workers: int) -> dict:
     links = os.path.join(out + "-input")
     os.makedirs(links, exist_ok=True)
     for i, path in enumerate(data_sources.stdlib_files()):  # the corpus's files, test folders excluded
-        link = os.path.join(links, f"{i:05d}.py")
+        link = os.path.join(links, f"{i:05d}.txt")
         if not os.path.exists(link):
             os.symlink(path, link)
     cfg = prepare.PrepareConfig(input=links, tokenizer=tokenizer, validation_fraction=0.01,
