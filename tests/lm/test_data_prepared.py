@@ -161,29 +161,14 @@ def test_bad_inputs_name_the_flag(tmp_path):
 
 
 def test_tfds_input_through_a_tiny_local_builder(tmp_path):
-    import tensorflow_datasets as tfds
-
-    class TinyCorpus(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-        code_path = None  # defined in a test: no source folder to look up checksums in
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "n": np.int32}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(30)}
-
-        def _generate_examples(self, n):
-            for i in range(n):
-                yield i, {"text": f"document {i}: " + "tokens " * (i % 5 + 1), "n": i}
+    from tests.lm import tfds_tiny
 
     data_dir = str(tmp_path / "tfds")
-    TinyCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    tfds_tiny.build(data_dir)
     out = tmp_path / "out"
     manifest = prepare.prepare(prepare.PrepareConfig(input="tfds:tiny_corpus:1.0.0/train", tfds_data_dir=data_dir,
                                                      validation_fraction=0.2), str(out))["manifest"]
-    texts = [f"document {i}: " + "tokens " * (i % 5 + 1) for i in range(30)]
+    texts = [tfds_tiny.tiny_text(i) for i in range(30)]
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == 30
     assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(texts)
 
