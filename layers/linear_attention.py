@@ -91,6 +91,7 @@ class LinearAttention(nn.Module):
       chunk_size: chunk of the chunked op.
       impl: the op's implementation switch ("auto" | "reference" | "pallas" | "interpret").
       norm_eps: epsilon of the output normalisation.
+      scale: the op's scale of q S; None = key_dim^-1/2 (μP passes its 1/key_dim form).
     """
 
     num_heads: int
@@ -107,6 +108,7 @@ class LinearAttention(nn.Module):
     norm_eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scale: float | None = None
 
     def __post_init__(self):
         for name in ("num_heads", "key_dim", "value_dim", "gate_rank", "chunk_size"):
@@ -187,6 +189,7 @@ class LinearAttention(nn.Module):
             v,
             g=g,
             gk=gk,
+            scale=self.scale,
             initial_state=None if cache is None else cache["state"],
             output_final_state=cache is not None,
             chunk_size=t if short else self.chunk_size,

@@ -26,6 +26,7 @@ from jaxtyping import Array, Float
 
 from lm import data as lm_data
 from lm import model as lm_model
+from lm import parametrization
 from lm.checkpoint import Checkpointer, CheckpointError, decode_bytes
 from lm.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.flops import param_count, train_flops_per_token
@@ -104,20 +105,25 @@ def weight_decay_mask(params, opt: OptimizerConfig):
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: OptimizerConfig, params) -> optax.GradientTransformation:
+def make_optimizer(opt: OptimizerConfig, params, model: ModelConfig | None = None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping; learning rate and decay are applied by the step.
 
     The step computes p - lr * (adam_update + wd * p * mask), which is ``optax.adamw``
     with ``learning_rate=lr`` and ``weight_decay=wd`` (decoupled decay, Loshchilov &
     Hutter 2019). Keeping lr and wd out of the transformation makes them arguments of the
     compiled step, so runs that differ only in them share one program (and can be vmapped).
+    A μP ``model`` multiplies each parameter's Adam update by its lr multiplier
+    (``lm/parametrization.py``; the state is unchanged; weight decay stays lr * wd * p).
     """
     del params  # the state of clip + adam depends only on the parameter shapes, given at init
     parts = []
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if model is not None and model.parametrization == "mup":  # μP hook (issue 19)
+        tx = parametrization.scale_learning_rates(tx, lm_model.param_rules(model))
+    return tx
 
 
 def apply_update(params, updates, lr, weight_decay, mask):
@@ -149,7 +155,7 @@ def make_train_step(run: RunConfig):
     def step(state, batch, lr, weight_decay=None):
         params = state["params"]
         wd = opt.weight_decay if weight_decay is None else weight_decay
-        tx = make_optimizer(opt, params)
+        tx = make_optimizer(opt, params, model_cfg)
         rng = jax.random.fold_in(jax.random.PRNGKey(run.train.seed), state["step"]) if jitter else None
         (_, metrics), grads = jax.value_and_grad(
             lambda p: loss_fn(model_cfg, z_loss, p, batch, rng), has_aux=True
