@@ -9,7 +9,7 @@ import pytest
 
 from layers.moe import MoEConfig
 from lm import model, parametrization, train
-from lm.config import ModelConfig, OptimizerConfig, RunConfig
+from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.mixers import MIXERS
 
 BASE = 16
@@ -44,10 +44,6 @@ def _find(rows, suffix):
     hits = [r for p, r in rows.items() if p == suffix or p.endswith("/" + suffix)]
     assert hits, suffix
     return hits[0]
-
-
-def _init(cfg, rng):
-    return jax.jit(model.init_params, static_argnums=0)(cfg, rng)  # eager init dispatches op by op: slow
 
 
 def _batch(vocab, b=2, t=8):
@@ -86,15 +82,17 @@ def test_forward_multipliers():
     assert MIXERS["M"].build(dataclasses.replace(mla, parametrization="sp")).scale == pytest.approx((32 + 4) ** -0.5)
 
 
+def _flat(params) -> dict:
+    return {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_sp_init_is_fan_in_scaled(family):
     """The premise of the init column: SP's init std falls as fan_in^-1/2 exactly where μP's class says."""
     wide_cfg = parametrization.at_width(FAMILIES[family], 2 * BASE)
     rows = _rows(wide_cfg)
-    sp = lambda c: _init(dataclasses.replace(c, parametrization="sp"), jax.random.PRNGKey(0))  # noqa: E731
-    flat = lambda p: {"/".join(str(k.key) for k in path): np.asarray(v)  # noqa: E731
-                      for path, v in jax.tree_util.tree_flatten_with_path(p)[0]}
-    base, wide = flat(sp(FAMILIES[family])), flat(sp(wide_cfg))
+    sp = [dataclasses.replace(c, parametrization="sp") for c in (FAMILIES[family], wide_cfg)]
+    base, wide = map(_flat, jax.jit(lambda r: [model.init_params(c, r) for c in sp])(jax.random.PRNGKey(0)))
     for path, row in rows.items():
         if row["kind"] in ("vector", "readout", "embedding") or base[path].size < 64:
             continue
@@ -105,18 +103,32 @@ def test_sp_init_is_fan_in_scaled(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_mup_equals_sp_at_base_width(family):
-    """Bitwise: init, logits and one AdamW step (weight decay on)."""
-    cfg = FAMILIES[family]
-    runs = [RunConfig(model=dataclasses.replace(cfg, parametrization=p), optimizer=OptimizerConfig(weight_decay=0.1))
-            for p in ("sp", "mup")]
-    batch = _batch(cfg.vocab_size)
-    outs = []
-    for run in runs:
+    """Bitwise: init and logits of every family at the base width (one program per family)."""
+    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p) for p in ("sp", "mup")]
+    tokens = _batch(cfgs[0].vocab_size)["tokens"]
+
+    def both(rng):
+        out = []
+        for c in cfgs:
+            params = model.init_params(c, rng)
+            out.append((params, model.forward(c, params, tokens)))
+        return out
+
+    sp, mup = jax.jit(both)(jax.random.PRNGKey(0))
+    for a, b in zip(jax.tree.leaves(sp), jax.tree.leaves(mup), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mup_step_equals_sp_at_base_width():
+    """Bitwise: one AdamW step (weight decay on) of the transformer at the base width."""
+    batch = _batch(BASE)
+    news = []
+    for p in ("sp", "mup"):
+        run = RunConfig(model=dataclasses.replace(FAMILIES["transformer"], parametrization=p, vocab_size=BASE),
+                        optimizer=OptimizerConfig(weight_decay=0.1))
         state = jax.jit(train.init_state, static_argnums=0)(run)
-        logits = model.forward(run.model, state["params"], batch["tokens"])
-        new, _ = jax.jit(train.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))
-        outs.append((state["params"], logits, new["params"]))
-    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        news.append(jax.jit(train.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))[0])
+    for a, b in zip(jax.tree.leaves(news[0]), jax.tree.leaves(news[1]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -124,21 +136,27 @@ def test_mup_init_and_updates_are_sp_times_multipliers():
     cfg = parametrization.at_width(FAMILIES["moe"], 4 * BASE)
     sp_cfg = dataclasses.replace(cfg, parametrization="sp")
     rules = model.param_rules(cfg)
-    rng = jax.random.PRNGKey(3)
-    mup_params, sp_params = _init(cfg, rng), _init(sp_cfg, rng)
-    is_rule = lambda x: isinstance(x, parametrization.ParamRule)  # noqa: E731
-    for p, s, r in zip(jax.tree.leaves(mup_params), jax.tree.leaves(sp_params), jax.tree.leaves(rules, is_leaf=is_rule)):
-        np.testing.assert_allclose(np.asarray(p), np.asarray(s) * r.init_mult, rtol=1e-6)
     opt = OptimizerConfig()
-    tx_mup, tx_sp = train.make_optimizer(opt, sp_params, cfg), train.make_optimizer(opt, sp_params, sp_cfg)
-    state_mup, state_sp = tx_mup.init(sp_params), tx_sp.init(sp_params)
-    assert jax.tree.structure(state_mup) == jax.tree.structure(state_sp)  # checkpoints / shardings unchanged
-    grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), sp_params)
-    u_mup, _ = jax.jit(tx_mup.update)(grads, state_mup, sp_params)
-    u_sp, _ = jax.jit(tx_sp.update)(grads, state_sp, sp_params)
-    lr_mults = {r.lr_mult for r in jax.tree.leaves(rules, is_leaf=is_rule)}
-    assert lr_mults == {1.0, 0.5, 0.25}
-    for a, b, r in zip(jax.tree.leaves(u_mup), jax.tree.leaves(u_sp), jax.tree.leaves(rules, is_leaf=is_rule)):
+
+    def both(rng):
+        mup_params, sp_params = model.init_params(cfg, rng), model.init_params(sp_cfg, rng)
+        grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), sp_params)
+        updates, states = [], []
+        for c in (cfg, sp_cfg):
+            tx = train.make_optimizer(opt, sp_params, c)
+            state = tx.init(sp_params)
+            updates.append(tx.update(grads, state, sp_params)[0])
+            states.append(state)
+        return mup_params, sp_params, updates, states
+
+    mup_params, sp_params, (u_mup, u_sp), (s_mup, s_sp) = jax.jit(both)(jax.random.PRNGKey(3))
+    assert jax.tree.structure(s_mup) == jax.tree.structure(s_sp)  # checkpoints / shardings unchanged
+    is_rule = lambda x: isinstance(x, parametrization.ParamRule)  # noqa: E731
+    leaves = jax.tree.leaves(rules, is_leaf=is_rule)
+    assert {r.lr_mult for r in leaves} == {1.0, 0.5, 0.25}
+    assert {r.init_mult for r in leaves} == {1.0, 0.5}
+    for p, s, a, b, r in zip(*map(jax.tree.leaves, (mup_params, sp_params, u_mup, u_sp)), leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(s) * r.init_mult, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b) * r.lr_mult, rtol=1e-6)
 
 
@@ -154,3 +172,32 @@ def test_config_validation():
     assert ModelConfig(base_width=64).parametrization == "sp"  # base_width alone changes nothing
     wide = parametrization.at_width(FAMILIES["mla"], 3 * BASE)
     assert (wide.d_model, wide.mla_kv_lora_rank, wide.mla_qk_rope_dim) == (48, 48, 4)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_mup_run_on_a_mesh_resumes_from_its_checkpoint(tmp_path):
+    """μP through lm.train.train: a sharded (one-device mesh) run killed after its checkpoint resumes to the
+    parameters of an uninterrupted single-device run."""
+    from lm.data import DataConfig
+    from lm.sharding import make_mesh
+
+    cfg = parametrization.at_width(dataclasses.replace(FAMILIES["moe"], vocab_size=259), 2 * BASE)
+    run = RunConfig(model=cfg, data=DataConfig(source="synthetic", seq_len=16, batch_size=2, synthetic_doc_len=50),
+                    train=TrainConfig(steps=4, eval_every=4, eval_batches=1, log_every=1, checkpoint_every=2,
+                                      progress=False), name="mup")
+    train.train(run, tmp_path / "full")
+
+    def crash_after_3(done, total, metrics):
+        if done == 3:
+            raise _Interrupt
+
+    mesh = make_mesh()
+    with pytest.raises(_Interrupt):
+        train.train(run, tmp_path / "resumed", progress=crash_after_3, mesh=mesh)
+    assert train.train(run, tmp_path / "resumed", mesh=mesh)["resumed_from"] == 2
+    full, resumed = train.load_params(tmp_path / "full")[1], train.load_params(tmp_path / "resumed")[1]
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
