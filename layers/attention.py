@@ -85,6 +85,7 @@ class Attention(nn.Module):
       rope_max_wavelength: RoPE base.
       softcap: optional tanh soft-cap of the attention scores.
       impl: ``flash_attention`` implementation switch.
+      scale: score scale; None = head_dim^-1/2 (μP passes its 1/head_dim form).
     """
 
     num_heads: int
@@ -97,6 +98,7 @@ class Attention(nn.Module):
     impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scale: float | None = None
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
         """Empty cache for ``batch`` sequences of up to ``max_len`` positions."""
@@ -148,7 +150,7 @@ class Attention(nn.Module):
         key = apply_rope(key, positions, **rope)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
 
-        common = dict(causal=True, window=self.window, scale=k**-0.5, softcap=self.softcap, impl=self.impl)
+        common = dict(causal=True, window=self.window, scale=k**-0.5 if self.scale is None else self.scale, softcap=self.softcap, impl=self.impl)
         if cache is None:
             o = sharded_flash_attention(q, key, val, segment_ids=segment_ids, **common)
             new_cache = None

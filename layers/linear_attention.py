@@ -91,6 +91,7 @@ class LinearAttention(nn.Module):
       chunk_size: chunk of the chunked op.
       impl: the op's implementation switch ("auto" | "reference" | "pallas" | "interpret").
       norm_eps: epsilon of the output normalisation.
+      scale: the op's scale of q S; None = key_dim^-1/2 (μP passes its 1/key_dim form).
     """
 
     num_heads: int
@@ -107,6 +108,7 @@ class LinearAttention(nn.Module):
     norm_eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scale: float | None = None
 
     def __post_init__(self):
         for name in ("num_heads", "key_dim", "value_dim", "gate_rank", "chunk_size"):
@@ -182,7 +184,7 @@ class LinearAttention(nn.Module):
         # A call shorter than one chunk (decode) gains nothing from the kernel.
         short = t < self.chunk_size
         op = lambda q, k, v, g, gk, s0: linear_attention(  # noqa: E731
-            q, k, v, g=g, gk=gk, initial_state=s0, output_final_state=cache is not None,
+            q, k, v, g=g, gk=gk, scale=self.scale, initial_state=s0, output_final_state=cache is not None,
             chunk_size=t if short else self.chunk_size, impl="reference" if short else self.impl,
         )
         qkv = ("batch", "length", "heads", None)

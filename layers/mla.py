@@ -119,6 +119,7 @@ class MLA(nn.Module):
     eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    score_scale: float | None = None
 
     def __post_init__(self):
         for name in ("num_heads", "kv_lora_rank", "qk_rope_dim", "v_head_dim"):
@@ -136,8 +137,8 @@ class MLA(nn.Module):
 
     @property
     def scale(self) -> float:
-        """Score scale (n + p) ** -0.5 (eq. 17), also used by the absorbed path."""
-        return (self.qk_nope_dim + self.qk_rope_dim) ** -0.5
+        """Score scale (n + p) ** -0.5 (eq. 17) unless ``score_scale`` is set (μP); also the absorbed path's."""
+        return (self.qk_nope_dim + self.qk_rope_dim) ** -0.5 if self.score_scale is None else self.score_scale
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
         """Empty cache of ``max_len`` slots: latents, RoPE keys, slot positions (-1 empty), ids."""

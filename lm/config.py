@@ -20,6 +20,7 @@ REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 MLP_ACTIVATIONS = ("geglu", "swiglu")
 SCHEDULES = ("cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 def _positive(obj, *names):
@@ -69,6 +70,9 @@ class ModelConfig:
         "full" (save only block inputs), or the ``jax.checkpoint_policies`` of that name
         ("dots_saveable", "dots_with_no_batch_dims_saveable": matmul outputs are kept).
       attention_impl: ``flash_attention`` impl switch for every attention layer.
+      parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
+        ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
+        (required for "mup").
 
     "R" (Griffin/Hawk recurrent block, De et al. 2024):
       rnn_width: RG-LRU width (default d_model); rnn_heads: gate blocks (default num_heads);
@@ -123,6 +127,8 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     moe_load_balance_weight: float = 0.01
     moe_router_z_weight: float = 0.001
+    parametrization: str = "sp"
+    base_width: int | None = None
 
     def __post_init__(self):
         from lm.mixers import MIXERS  # the registry imports config-free layer code only
@@ -164,6 +170,12 @@ class ModelConfig:
         _non_negative(self, "moe_load_balance_weight", "moe_router_z_weight")
         for letter in set(self.pattern):
             MIXERS[letter].validate(self)
+        _choice(self, "parametrization", PARAMETRIZATIONS)  # μP (issue 19): lm/parametrization.py
+        _positive(self, "base_width")
+        if self.parametrization == "mup":
+            from lm.parametrization import base_config
+
+            base_config(self)  # raises ValueError without base_width or for non-integer base dims
 
     @property
     def kv_heads(self) -> int:

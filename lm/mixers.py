@@ -25,6 +25,7 @@ from layers import linear_attention as la
 from layers.attention import Attention
 from layers.mla import MLA
 from layers.recurrent_block import RecurrentBlock
+from lm import parametrization
 
 if TYPE_CHECKING:
     from lm.config import ModelConfig
@@ -62,6 +63,7 @@ def _attention(cfg: "ModelConfig", window: int | None) -> Attention:
         softcap=cfg.attn_softcap,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
+        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
     )
 
 
@@ -106,6 +108,7 @@ def _linear_attention(cfg: "ModelConfig") -> la.LinearAttention:
         chunk_size=cfg.la_chunk_size,
         impl=cfg.la_impl,
         dtype=compute_dtype(cfg),
+        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
     )
 
 
@@ -130,6 +133,7 @@ def _mla(cfg: "ModelConfig") -> MLA:
         rope_max_wavelength=cfg.rope_max_wavelength,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
+        score_scale=parametrization.score_scale(cfg, lambda c: c.mla_qk_nope_dim + c.mla_qk_rope_dim),  # μP
     )
 
 

@@ -32,6 +32,7 @@ from layers.moe import MoEConfig, MoEFeedForward
 from layers.moe_expert_parallel import expert_parallel_moe
 from layers.partitioning import constrain, current_mesh, mesh_axes, param
 from layers.rmsnorm import RMSNorm
+from lm import parametrization
 from lm.config import ModelConfig
 from lm.mixers import MIXERS, compute_dtype
 
@@ -199,6 +200,8 @@ class LanguageModel(nn.Module):
             head = param(self, "head", nn.initializers.normal(cfg.d_model**-0.5), (cfg.d_model, cfg.vocab_size),
                          ("embed", "vocab"))
         logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype)).astype(jnp.float32)
+        if cfg.parametrization == "mup":  # μP output multiplier (lm/parametrization.py)
+            logits = logits * parametrization.output_multiplier(cfg)
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
         logits = constrain(logits, ("batch", "length", "vocab"))
@@ -258,8 +261,21 @@ def _is_scanned_block(key: str, scanned: int) -> bool:
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
-    """Parameters (unboxed float32 pytree) of a model built from ``cfg``."""
-    return nn.unbox(init_boxed(cfg, rng, seq_len))
+    """Parameters (unboxed float32 pytree) of a model built from ``cfg`` (μP: rescaled, see below)."""
+    params = nn.unbox(init_boxed(cfg, rng, seq_len))
+    if cfg.parametrization == "mup":  # μP init multipliers (lm/parametrization.py)
+        params = parametrization.scale_init(params, param_rules(cfg))
+    return params
+
+
+def boxed_shapes(cfg: ModelConfig) -> dict:
+    """Abstract parameters (shapes and logical axis names) of a model built from ``cfg``."""
+    return jax.eval_shape(lambda: init_boxed(cfg, jax.random.PRNGKey(0)))
+
+
+def param_rules(cfg: ModelConfig):
+    """Each parameter's :class:`lm.parametrization.ParamRule` (class and μP multipliers)."""
+    return parametrization.param_rules(cfg, boxed_shapes)
 
 
 def init_boxed(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
