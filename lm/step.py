@@ -25,7 +25,9 @@ from lm import model as lm_model
 from lm import parametrization
 from lm.config import ModelConfig, OptimizerConfig, RunConfig
 
+
 # ----------------------------------------------------------------------------- loss
+
 
 def cross_entropy(
     logits: Float[Array, "b t v"], targets, weights
@@ -42,6 +44,7 @@ def cross_entropy(
     nll = ((lse - target_logit) * weights).sum() / denom
     z = (jnp.square(lse) * weights).sum() / denom
     return nll, weights.sum(), z
+
 
 def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None) -> tuple[Array, dict]:
     """Training objective and metrics.
@@ -68,7 +71,9 @@ def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None) -> t
         }
     return total, metrics
 
+
 # ------------------------------------------------------------------------ optimiser
+
 
 def weight_decay_mask(params, opt: OptimizerConfig):
     """True for parameters that get weight decay: matrices, not norms/biases/embeddings.
@@ -85,6 +90,7 @@ def weight_decay_mask(params, opt: OptimizerConfig):
         return leaf.ndim - ("blocks" in names) >= 2
 
     return jax.tree_util.tree_map_with_path(decide, params)
+
 
 def make_optimizer(opt: OptimizerConfig, params=None, model: ModelConfig | None = None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping (its state is the checkpoint's "opt_state").
@@ -106,6 +112,7 @@ def make_optimizer(opt: OptimizerConfig, params=None, model: ModelConfig | None 
         tx = parametrization.scale_learning_rates(tx, lm_model.param_rules(model))
     return tx
 
+
 def apply_update(params, updates, lr, weight_decay, mask):
     """AdamW's parameter update p - lr * (u + wd * p), decay only where ``mask`` is True."""
     def one(p, u, m):
@@ -113,6 +120,7 @@ def apply_update(params, updates, lr, weight_decay, mask):
         return p - lr * (u + weight_decay * p if m else u)
 
     return jax.tree.map(one, params, updates, mask)
+
 
 def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_decay,
                      model: ModelConfig | None = None):
@@ -128,7 +136,9 @@ def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_
     new_params = apply_update(params, updates, lr, weight_decay, weight_decay_mask(params, opt))
     return new_params, opt_state
 
+
 # ---------------------------------------------------------------------------- steps
+
 
 def init_state(run: RunConfig, rng: jax.Array | None = None) -> dict:
     """Fresh training state {"step", "params", "opt_state"} (float32 parameters and moments)."""
@@ -136,9 +146,11 @@ def init_state(run: RunConfig, rng: jax.Array | None = None) -> dict:
     params = lm_model.init_params(run.model, rng)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": make_optimizer(run.optimizer).init(params)}
 
+
 def uses_step_rng(run: RunConfig) -> bool:
     """Whether the step draws randomness from ``train.seed`` (MoE router jitter)."""
     return run.model.moe_every > 0 and run.model.moe.router_jitter > 0
+
 
 def make_train_step(run: RunConfig):
     """The (uncompiled) train step: (state, batch, lr, weight_decay=None) -> (state, metrics).
@@ -170,6 +182,7 @@ def make_train_step(run: RunConfig):
 
     return step
 
+
 def make_vmapped_step(run: RunConfig, width: int = 0):
     """``step(states [k ...], batch [b t], lr [k], wd [k]) -> (states, metrics [k ...])``.
 
@@ -195,6 +208,7 @@ def make_vmapped_step(run: RunConfig, width: int = 0):
         return jax.lax.map(lambda x: step(x[0], batch, x[1], x[2]), (states, lr, wd), batch_size=width)
 
     return mapped
+
 
 def make_eval_step(model_cfg: ModelConfig):
     """``(params, batch) -> (summed nll, target count)``: float32 scalars of one validation batch."""
