@@ -159,6 +159,8 @@ def test_bad_inputs_name_the_flag(tmp_path):
         prepare.prepare(prepare.PrepareConfig(input=str(tmp_path / "x.jsonl")), str(tmp_path / "o2"))
     with pytest.raises(SystemExit):
         prepare_data.main(["--input", "x", "--out", str(tmp_path / "o3"), "--shard", "2/2"])
+    with pytest.raises(ValueError, match="--merge"):
+        prepare.merge(str(tmp_path / "o4"))
 
 
 def test_tfds_input_through_a_tiny_local_builder(tmp_path):
