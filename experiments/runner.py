@@ -416,12 +416,14 @@ def read_study_table(path: str | Path, study: Study) -> pd.DataFrame:
     """
     try:
         table = read_table(path)
+    except FileNotFoundError as err:
+        raise StudyError(f"results table {path} does not exist") from err
     except (ValueError, OSError) as err:  # pandas' parser and empty-data errors, bad bytes
         raise StudyError(f"results table {path} cannot be read ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}); it is damaged: remove it (the tables under --out "
                          "are rebuilt from the run directories) and rerun") from err
     missing = [c for c in ("run", "status", "study") if c not in table.columns]
-    if len(table) and missing:
+    if missing:
         raise StudyError(f"results table {path} lacks the columns {missing}: it is not a table written by this "
                          "runner (or it is damaged); remove it and rerun")
     if len(table) and (table["study"].astype(str) != study.fingerprint()).any():

@@ -183,6 +183,14 @@ def test_studies_refuse_bad_input_in_one_line(case, name, analysis_only, place, 
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize("table, message", [("nope.csv", r"results table nope\.csv does not exist"),
+                                            ("{file}", r"a_file lacks the columns")])
+def test_bad_shard_table_from_another_host_is_one_line(table, message, place, capsys):
+    argv = ["--preset", "smoke", "--out", "out", "--analysis-only", "--tables", table]
+    rc, err = run_refused(chinchilla.main, argv, place, capsys)
+    assert rc == 2 and re.search(message, err), err
+
+
 @pytest.mark.parametrize("analysis_only", [False, True], ids=["train", "analysis-only"])
 @pytest.mark.parametrize("content, message", [('{"model": ', r"config .*config\.json is not valid JSON"),
                                               ("[1]", r"holds a JSON list")])
