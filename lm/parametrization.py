@@ -126,15 +126,19 @@ def _scaled(obj, fields: tuple[str, ...], ratio: Fraction, owner: str) -> dict:
 def at_width(cfg: "ModelConfig", width: int) -> "ModelConfig":
     """``cfg`` with d_model = ``width`` and every width field (:data:`WIDTH_FIELDS`) scaled alike.
 
+    The MLA fields scale only with an "M" in the pattern, the MoE widths only with MoE blocks.
+
     Raises:
       ValueError: a width field would not be an integer.
     """
     if width == cfg.d_model:
         return cfg
     ratio = Fraction(width, cfg.d_model)
-    changes = _scaled(cfg, WIDTH_FIELDS, ratio, "ModelConfig")
-    moe = dataclasses.replace(cfg.moe, **_scaled(cfg.moe, MOE_WIDTH_FIELDS, ratio, "MoEConfig"))
-    return dataclasses.replace(cfg, moe=moe, **changes)
+    fields = WIDTH_FIELDS if "M" in cfg.pattern else tuple(f for f in WIDTH_FIELDS if not f.startswith("mla_"))
+    changes = _scaled(cfg, fields, ratio, "ModelConfig")
+    if cfg.moe_every > 0:  # fields of an unused family stay as they are
+        changes["moe"] = dataclasses.replace(cfg.moe, **_scaled(cfg.moe, MOE_WIDTH_FIELDS, ratio, "MoEConfig"))
+    return dataclasses.replace(cfg, **changes)
 
 
 def base_config(cfg: "ModelConfig") -> "ModelConfig":
