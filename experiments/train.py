@@ -28,6 +28,7 @@ from lm import decode, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.tensorboard import EVENT_PREFIX, LiveEvents
 from lm.config import RunConfig
+from lm.config_legacy import upgrade_run_dict
 from lm.presets import PRESETS, get_preset
 
 
@@ -113,7 +114,7 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
         if (run_dir / "checkpoints").exists():
             raise outdir.OutputError(f"run directory {run_dir} holds checkpoints but no config.json; {hint}")
         return
-    diff = outdir.config_differences(old, run.to_dict(), ignore=RESUME_FREE_FIELDS)
+    diff = outdir.config_differences(upgrade_run_dict(old), run.to_dict(), ignore=RESUME_FREE_FIELDS)
     if diff:
         raise outdir.OutputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diff)}); "
                                  f"{hint}")
