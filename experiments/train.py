@@ -114,7 +114,11 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
         if (run_dir / "checkpoints").exists():
             raise outdir.OutputError(f"run directory {run_dir} holds checkpoints but no config.json; {hint}")
         return
-    diff = outdir.config_differences(upgrade_run_dict(old), run.to_dict(), ignore=RESUME_FREE_FIELDS)
+    try:  # fields added since (defaults) and former flat family keys (lm/config_legacy.py) read as today
+        old = RunConfig.from_dict(old).to_dict()
+    except (ValueError, TypeError):
+        old = upgrade_run_dict(old)  # the differences below say what no longer loads
+    diff = outdir.config_differences(old, run.to_dict(), ignore=RESUME_FREE_FIELDS)
     if diff:
         raise outdir.OutputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diff)}); "
                                  f"{hint}")
