@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 
 from experiments import data_budget, runner, study_cli
+from layers.linear_attention import LinearAttentionConfig
+from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm.config import ModelConfig
 from lm.flops import param_count, train_flops_per_token
@@ -61,10 +63,10 @@ def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
         return dataclasses.replace(base, pattern="RRW" if family == "griffin" else "R", num_kv_heads=1, window=256,
                                    rope_fraction=0.5, d_ff=3 * d_model, logit_softcap=30.0)
     if family == "gla":
-        return dataclasses.replace(base, pattern="L", la_variant="gla", la_output_norm="rms")
+        return dataclasses.replace(base, pattern="L", la=LinearAttentionConfig(variant="gla", output_norm="rms"))
     if family == "mla":
-        return dataclasses.replace(base, pattern="M", mla_kv_lora_rank=max(8, d_model // 4), mla_qk_nope_dim=16,
-                                   mla_qk_rope_dim=8, mla_v_head_dim=16)
+        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
+            kv_lora_rank=max(8, d_model // 4), qk_nope_dim=16, qk_rope_dim=8, v_head_dim=16))
     if family == "moe":
         return dataclasses.replace(base, moe_every=1,
                                    moe=MoEConfig(num_experts=8, top_k=2, d_ff=2 * d_model, activation="geglu"))

@@ -88,7 +88,7 @@ def mla_section(contexts: list[int], repeats: int) -> list[dict]:
     rows = []
     print(f"{'path':<10}{'context':>9}{'ms/token':>11}")
     for path in ("absorbed", "naive"):
-        cfg = dataclasses.replace(mla, mla_decode_path=path)
+        cfg = dataclasses.replace(mla, mla=dataclasses.replace(mla.mla, decode_path=path))
         for ctx in contexts:
             r = decode_latency(f"mla_{path}", ctx, repeats=repeats, cfg=cfg)
             rows.append(r)

@@ -45,11 +45,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.linear_attention import (
-    linear_attention_chunked,
-    linear_attention_flops,
-    linear_attention_parallel,
-)
+from lm.flops import linear_attention_flops
+from pallas_kernels.linear_attention import linear_attention_chunked, linear_attention_parallel
 
 HEADS, DIM = 8, 64
 # float32 [h, T, T] tensors alive at once in the quadratic form's forward + backward

@@ -1,7 +1,9 @@
 """Command-line overrides of any (nested) config dataclass field, and one-line usage errors.
 
 ``--model.d_model 512 --optimizer.learning_rate 1e-3 --schedule.kind wsd`` : one flag per
-leaf field, named by its dotted path, typed from the field's current value. ``none``
+leaf field, named by its dotted path (nested family configs too: ``--model.rnn.width 384``),
+typed from the field's current value; the former flat family flags (``--model.rnn_width``,
+``lm/config_legacy.py``) still work, unlisted. ``none``
 sets an optional field to None; tuples are written as JSON lists. Each flag's help says
 what the field means (:data:`FIELD_HELP`, else the "name: text" entry of its dataclass's
 docstring) and its default.
@@ -20,6 +22,8 @@ import re
 import sys
 from typing import Any, NoReturn
 
+from lm.config_legacy import LEGACY_MODEL_KEYS
+
 USAGE_ERROR = 2  # refused before anything ran: a bad flag, value, output directory or record
 RUN_FAILED = 1  # the command ran and failed (a diverged run)
 
@@ -33,21 +37,6 @@ FIELD_HELP = {
     "model.logit_softcap": "tanh soft-cap of the output logits (none: off)",
     "model.rope_fraction": "share of each head's dims that get RoPE (0..1)",
     "model.rope_max_wavelength": "RoPE's largest wavelength (base)",
-    "model.rnn_width": '"R" blocks: RG-LRU width (none: d_model)',
-    "model.rnn_heads": '"R" blocks: blocks of the RG-LRU gates (none: num_heads)',
-    "model.conv_width": '"R" blocks: taps of the temporal convolution',
-    "model.scan_impl": '"R" blocks: impl switch of pallas_kernels.linear_scan',
-    "model.la_variant": '"L" blocks: "plain" | "retnet" | "gla" (decay of linear attention)',
-    "model.la_feature_map": '"L" blocks: "identity" | "elu_plus_one" feature map of queries and keys',
-    "model.la_output_norm": '"L" blocks: "rms" | "group" normalisation of the output',
-    "model.la_chunk_size": '"L" blocks: chunk length of the chunked linear-attention form',
-    "model.la_impl": '"L" blocks: impl switch of pallas_kernels.linear_attention',
-    "model.mla_q_lora_rank": '"M" blocks: rank of the query projection (0: a direct projection)',
-    "model.mla_kv_lora_rank": '"M" blocks: rank of the compressed KV latent',
-    "model.mla_qk_nope_dim": '"M" blocks: per-head query/key dims without RoPE',
-    "model.mla_qk_rope_dim": '"M" blocks: per-head dims of the decoupled RoPE key',
-    "model.mla_v_head_dim": '"M" blocks: per-head value dims',
-    "model.mla_decode_path": '"M" blocks: "naive" | "absorbed" (absorbed-weight) decode',
     "model.moe_load_balance_weight": "weight of the Switch load-balance loss (MoE blocks)",
     "model.moe_router_z_weight": "weight of the router z-loss (MoE blocks)",
     "optimizer.learning_rate": "peak learning rate (the schedule multiplies it); a finite number > 0",
@@ -187,6 +176,11 @@ def add_config_args(parser: argparse.ArgumentParser, cfg) -> None:
         group.add_argument(f"--{path}", dest=f"cfg:{path}", default=None, metavar=_kind(value, str(f.type)),
                            help=f"{meaning} (default: {default.replace('%', '%%')})" if meaning
                            else f"default: {default.replace('%', '%%')}")
+    leaves = set(docs)
+    for old, (family, name) in LEGACY_MODEL_KEYS.items():  # former flat flags, kept working, not listed
+        if f"model.{family}.{name}" in leaves:
+            group.add_argument(f"--model.{old}", dest=f"cfg:model.{family}.{name}", default=None,
+                               help=argparse.SUPPRESS)
 
 
 def apply_overrides(cfg, args: argparse.Namespace):

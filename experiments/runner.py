@@ -77,6 +77,7 @@ from experiments.progress import SweepProgress
 from lm import train as lm_train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
+from lm.config_legacy import legacy_run_dict
 from lm.tensorboard import LiveEvents
 
 MANIFEST = "study.json"
@@ -157,8 +158,10 @@ class Study:
 
 def canonical_config(config: Mapping) -> dict:
     """A run's config dict (``RunConfig.to_dict`` or a config.json) without the
-    :data:`ADDED_FIELDS` that hold their default (or are absent: written before they existed)."""
-    out = json.loads(json.dumps(config))
+    :data:`ADDED_FIELDS` that hold their default (or are absent: written before they existed),
+    with the model's family settings under their former flat keys (``lm/config_legacy.py``), so
+    grids and run directories written before the families were nested keep their fingerprints."""
+    out = legacy_run_dict(json.loads(json.dumps(config)))
     for path, default in ADDED_FIELDS.items():
         *parents, leaf = path.split(".")
         node = out

@@ -34,6 +34,8 @@ per head, r rank of the GLA gate projection.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,12 +43,40 @@ from jaxtyping import Array, Float, Int
 
 from layers.partitioning import constrain, param, shard_kernel
 from layers.rmsnorm import rms_normalize
+from pallas_kernels.backend import IMPLS
 from pallas_kernels.linear_attention import linear_attention
 
 VARIANTS = ("plain", "retnet", "gla")
 FEATURE_MAPS = {"identity": lambda x: x, "elu1": lambda x: jax.nn.elu(x) + 1.0}
 OUTPUT_NORMS = ("rms", "group", "none")
 RESET_LOG_DECAY = -100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAttentionConfig:
+    """Settings of the "L" mixer (a model's ``ModelConfig.la``); heads and head dims follow the model.
+
+    Attributes:
+      variant: "plain" | "retnet" | "gla": the decay of linear attention (module docstring).
+      feature_map: "identity" | "elu1" feature map of queries and keys.
+      output_norm: "rms" | "group" | "none" normalisation of the output.
+      chunk_size: chunk length of the chunked linear-attention form.
+      impl: impl switch of pallas_kernels.linear_attention: "auto" | "reference" | "pallas" | "interpret".
+    """
+
+    variant: str = "gla"
+    feature_map: str = "identity"
+    output_norm: str = "rms"
+    chunk_size: int = 64
+    impl: str = "auto"
+
+    def __post_init__(self):
+        for name, allowed in (("variant", VARIANTS), ("feature_map", tuple(FEATURE_MAPS)),
+                              ("output_norm", OUTPUT_NORMS), ("impl", IMPLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LinearAttentionConfig.{name}={getattr(self, name)!r}: allowed values are {allowed}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"LinearAttentionConfig.chunk_size={self.chunk_size!r}: must be an int >= 1")
 
 
 def retnet_log_gamma(num_heads: int) -> Float[Array, "h"]:

@@ -26,6 +26,7 @@ q q_lora_rank, c kv_lora_rank, n qk_nope_dim, p qk_rope_dim, e v_head_dim.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -43,47 +44,36 @@ Cache = dict[str, Array]
 DECODE_PATHS = ("naive", "absorbed")
 
 
-def mla_param_count(
-    d_model: int, num_heads: int, *, q_lora_rank: int, kv_lora_rank: int, qk_nope_dim: int,
-    qk_rope_dim: int, v_head_dim: int,
-) -> int:
-    """Exact parameter count of one :class:`MLA` layer (projections plus the two RMSNorm gains)."""
-    h, qk = num_heads, qk_nope_dim + qk_rope_dim
-    if q_lora_rank > 0:
-        query = d_model * q_lora_rank + q_lora_rank + q_lora_rank * h * qk
-    else:
-        query = d_model * h * qk
-    latent = d_model * kv_lora_rank + kv_lora_rank + d_model * qk_rope_dim
-    up = kv_lora_rank * h * (qk_nope_dim + v_head_dim)
-    return query + latent + up + h * v_head_dim * d_model
+@dataclasses.dataclass(frozen=True)
+class MLAConfig:
+    """Settings of the "M" mixer (a model's ``ModelConfig.mla``); heads follow the model.
 
-
-def mla_flops_per_token(
-    d_model: int, num_heads: int, *, q_lora_rank: int, kv_lora_rank: int, qk_nope_dim: int,
-    qk_rope_dim: int, v_head_dim: int, keys: float, mode: str = "forward",
-) -> float:
-    """Matmul FLOPs (2 m n p per [m, n] x [n, p]) of one MLA layer for one query token.
-
-    Elementwise work (norms, RoPE, softmax) is not counted, as in ``lm/flops.py``.
-
-    Args:
-      keys: keys the token attends to (e.g. the mean number of visible keys in training,
-        or the cache length in decode).
-      mode: "forward": training/prefill forward (keys and values expanded per token);
-        "absorbed": one decode step of the absorbed path (attention over the latent);
-        "naive": one decode step of the naive path (re-expands ``keys`` cached latents).
+    Attributes:
+      q_lora_rank: rank of the query projection (0: a direct projection).
+      kv_lora_rank: rank of the compressed KV latent (cached).
+      qk_nope_dim: per-head query/key dims without RoPE.
+      qk_rope_dim: per-head dims of the decoupled RoPE key (even).
+      v_head_dim: per-head value dims.
+      decode_path: "naive" | "absorbed" (absorbed-weight) decode.
     """
-    h, n, p, e, c = num_heads, qk_nope_dim, qk_rope_dim, v_head_dim, kv_lora_rank
-    if mode not in ("forward", "absorbed", "naive"):
-        raise ValueError(f"mode={mode!r}: allowed values are 'forward', 'absorbed', 'naive'")
-    query = 2 * (d_model * q_lora_rank + q_lora_rank * h * (n + p)) if q_lora_rank > 0 else 2 * d_model * h * (n + p)
-    latent = 2 * d_model * (c + p)
-    out = 2 * h * e * d_model
-    if mode == "absorbed":
-        fold = 2 * h * n * c + 2 * h * c * e  # W_uk into the query, W_uv after attention
-        return query + latent + fold + out + 2 * h * (c + p) * keys + 2 * h * c * keys
-    expand = 2 * c * h * (n + e) * (keys if mode == "naive" else 1)
-    return query + latent + expand + out + 2 * h * (n + p) * keys + 2 * h * e * keys
+
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 64
+    qk_nope_dim: int = 32
+    qk_rope_dim: int = 16
+    v_head_dim: int = 32
+    decode_path: str = "absorbed"
+
+    def __post_init__(self):
+        for name, low in (("q_lora_rank", 0), ("kv_lora_rank", 1), ("qk_nope_dim", 0), ("qk_rope_dim", 2),
+                          ("v_head_dim", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"MLAConfig.{name}={value!r}: must be an int >= {low}")
+        if self.qk_rope_dim % 2:
+            raise ValueError(f"MLAConfig.qk_rope_dim={self.qk_rope_dim}: must be even (RoPE rotates pairs)")
+        if self.decode_path not in DECODE_PATHS:
+            raise ValueError(f"MLAConfig.decode_path={self.decode_path!r}: allowed values are {DECODE_PATHS}")
 
 
 def mla_cache_bytes_per_token(kv_lora_rank: int, qk_rope_dim: int, dtype=jnp.bfloat16) -> int:

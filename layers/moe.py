@@ -10,7 +10,8 @@ optional shared experts are always active (DeepSeekMoE Sec. 3.2) and are compute
 
 Routers (``layers/moe_routers.py``), losses (``layers/moe_losses.py``), dispatch
 (``layers/moe_dispatch.py``) and expert parallelism (``layers/moe_expert_parallel.py``)
-live in their own files; this file assembles them and counts parameters and FLOPs.
+live in their own files; this file assembles them. Parameters and FLOPs are counted in
+``lm/flops.py``.
 
 Auxiliary outputs are returned explicitly, ``y, aux = layer.apply(params, x)``, so the
 training loss adds ``w_lb * aux["load_balance_loss"] + w_z * aux["router_z_loss"]`` with
@@ -256,47 +257,3 @@ class MoEFeedForward(nn.Module):
             shared = GatedMLP(cfg.shared_width, cfg.activation, self.dtype, self.param_dtype, name="shared")
             y = y + shared(x)
         return constrain(y, ("batch", "length", "embed")), aux
-
-
-def moe_param_count(config: MoEConfig, d_model: int) -> dict[str, float]:
-    """Exact parameter counts of one MoE layer.
-
-    Returns a dict with "router" (d e), "routed_experts" (e * 3 d f), "shared_experts"
-    (3 d * shared width), "total" (their sum) and "active" (parameters used per token:
-    router + k routed experts + shared experts; for expert choice the average
-    k * capacity_factor experts per token, not necessarily an integer).
-    """
-    router = d_model * config.num_experts
-    per_expert = 3 * d_model * config.d_ff
-    shared = 3 * d_model * config.shared_width
-    total = router + config.num_experts * per_expert + shared
-    experts_per_token = config.top_k * (config.capacity_factor if config.router == "expert_choice" else 1)
-    return {
-        "router": router,
-        "routed_experts": config.num_experts * per_expert,
-        "shared_experts": shared,
-        "total": total,
-        "active": router + experts_per_token * per_expert + shared,
-    }
-
-
-def moe_flops_per_token(config: MoEConfig, d_model: int, *, executed: bool = False) -> float:
-    """Forward matmul FLOPs per token of one MoE layer (2 per multiply-accumulate).
-
-    Counts the router (2 d e), the experts each token uses (k * 2 * 3 d f) and the shared
-    experts (2 * 3 d * shared width); elementwise work (softmax, top-k, activation, gating
-    product, combine) is not counted. Training FLOPs are 3x this (forward + backward).
-
-    Args:
-      executed: count what the dispatch computes instead of what routing needs:
-        "dense" runs all e experts on every token, "capacity" fills e * c slots for n
-        tokens (c / n * e = k * capacity_factor up to rounding, taken as
-        k * capacity_factor), "dropless" k. Default False (the model FLOPs for scaling laws).
-    """
-    experts_per_token = float(config.top_k)
-    if config.router == "expert_choice" or (executed and config.dispatch == "capacity"):
-        experts_per_token = config.top_k * config.capacity_factor
-    if executed and config.dispatch == "dense":
-        experts_per_token = float(config.num_experts)
-    router = 2 * d_model * config.num_experts
-    return router + experts_per_token * 6 * d_model * config.d_ff + 6 * d_model * config.shared_width

@@ -19,6 +19,8 @@ Axis letters: b batch, t time, d model width, r recurrence (lru) width, k conv t
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,43 @@ from layers.partitioning import constrain, param
 from layers.rg_lru import RGLRU
 
 RecurrentCache = dict[str, jax.Array]
+SCAN_IMPLS = ("auto", "reference", "pallas", "interpret", "sequential", "associative")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentConfig:
+    """Settings of the "R" mixer (a model's ``ModelConfig.rnn``); Griffin/Hawk, De et al. 2024.
+
+    Attributes:
+      width: RG-LRU width r (None: the model width d).
+      heads: blocks of the block-diagonal RG-LRU gates (None: the model's num_heads).
+      conv_width: taps of the temporal convolution.
+      impl: impl switch of pallas_kernels.linear_scan: "auto" | "reference" | "pallas" | "interpret" |
+        "sequential" | "associative".
+    """
+
+    width: int | None = None
+    heads: int | None = None
+    conv_width: int = 4
+    impl: str = "auto"
+
+    def __post_init__(self):
+        for name in ("width", "heads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"RecurrentConfig.{name}={value!r}: must be None or an int >= 1")
+        if not isinstance(self.conv_width, int) or self.conv_width < 1:
+            raise ValueError(f"RecurrentConfig.conv_width={self.conv_width!r}: must be an int >= 1")
+        if self.impl not in SCAN_IMPLS:
+            raise ValueError(f"RecurrentConfig.impl={self.impl!r}: allowed values are {SCAN_IMPLS}")
+
+    def lru_width(self, d_model: int) -> int:
+        """The recurrence width r of a model of width ``d_model``."""
+        return d_model if self.width is None else self.width
+
+    def gate_heads(self, num_heads: int) -> int:
+        """The gate blocks of a model with ``num_heads`` attention heads."""
+        return num_heads if self.heads is None else self.heads
 
 
 class Dense(nn.Module):

@@ -2,7 +2,8 @@
 
 A model is a block pattern over mixer letters, repeated to ``num_layers`` blocks
 ("A" full attention, "W" local/sliding-window attention; further letters register
-themselves in :mod:`lm.mixers`). Sweeps build configs with ``dataclasses.replace``.
+themselves in :mod:`lm.mixers`; a family's settings are nested here, e.g. ``model.rnn``).
+Sweeps build configs with ``dataclasses.replace``.
 Every ``__post_init__`` raises ``ValueError`` naming the field, its value and what is allowed.
 """
 
@@ -12,8 +13,14 @@ import dataclasses
 import json
 import math
 
+from layers.linear_attention import LinearAttentionConfig
+from layers.mla import MLAConfig
 from layers.moe import MoEConfig
+from layers.recurrent_block import RecurrentConfig
+from lm.config_legacy import upgrade_model_dict
 from lm.data import DataConfig
+from lm.mixers import MIXERS, MixerSpec
+from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
@@ -74,15 +81,13 @@ class ModelConfig:
         ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
         (required for "mup").
 
-    "R" (Griffin/Hawk recurrent block, De et al. 2024):
-      rnn_width: RG-LRU width (default d_model); rnn_heads: gate blocks (default num_heads);
-      conv_width: temporal conv taps; scan_impl: ``linear_scan`` impl switch.
-    "L" (causal linear attention; Katharopoulos 2020, RetNet 2023, GLA 2024):
-      la_variant: "plain" | "retnet" | "gla"; la_feature_map: "identity" | "elu_plus_one";
-      la_output_norm: "rms" | "group"; la_chunk_size; la_impl.
-    "M" (Multi-head Latent Attention, DeepSeek-V2):
-      mla_q_lora_rank (0 = direct query projection), mla_kv_lora_rank, mla_qk_nope_dim,
-      mla_qk_rope_dim, mla_v_head_dim, mla_decode_path: "naive" | "absorbed".
+    Mixer families keep their settings in one nested config each, beside their layer:
+      rnn: "R" blocks (Griffin/Hawk, De et al. 2024), ``layers.recurrent_block.RecurrentConfig``;
+      la: "L" blocks (causal linear attention; Katharopoulos 2020, RetNet 2023, GLA 2024),
+        ``layers.linear_attention.LinearAttentionConfig``;
+      mla: "M" blocks (Multi-head Latent Attention, DeepSeek-V2), ``layers.mla.MLAConfig``.
+    Saved configs with the former flat keys (``rnn_width``, ``la_variant``, ``mla_kv_lora_rank``,
+    ...) still load: see ``lm/config_legacy.py``.
     MoE feed-forward (``layers/moe.py``):
       moe_every: 0 = dense MLPs; n = blocks n-1, 2n-1, ... (every n-th) use ``moe``;
       moe_load_balance_weight, moe_router_z_weight: weights of the auxiliary losses.
@@ -108,21 +113,9 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = "none"
     attention_impl: str = "auto"
-    rnn_width: int | None = None
-    rnn_heads: int | None = None
-    conv_width: int = 4
-    scan_impl: str = "auto"
-    la_variant: str = "gla"
-    la_feature_map: str = "identity"
-    la_output_norm: str = "rms"
-    la_chunk_size: int = 64
-    la_impl: str = "auto"
-    mla_q_lora_rank: int = 0
-    mla_kv_lora_rank: int = 64
-    mla_qk_nope_dim: int = 32
-    mla_qk_rope_dim: int = 16
-    mla_v_head_dim: int = 32
-    mla_decode_path: str = "absorbed"
+    rnn: RecurrentConfig = RecurrentConfig()
+    la: LinearAttentionConfig = LinearAttentionConfig()
+    mla: MLAConfig = MLAConfig()
     moe_every: int = 0
     moe: MoEConfig = MoEConfig()
     moe_load_balance_weight: float = 0.01
@@ -131,8 +124,6 @@ class ModelConfig:
     base_width: int | None = None
 
     def __post_init__(self):
-        from lm.mixers import MIXERS  # the registry imports config-free layer code only
-
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
                   "head_dim", "d_ff", "window", "attn_softcap", "logit_softcap", "rope_max_wavelength")
         if self.attention_window is not None and self.attention_window < 0:
@@ -161,10 +152,11 @@ class ModelConfig:
         _choice(self, "dtype", DTYPES)
         _choice(self, "remat", REMAT)
         _choice(self, "scan_layers", (False, True))
-        impls = ("auto", "reference", "pallas", "interpret")
-        _choice(self, "attention_impl", (*impls, "blocked"))
-        _choice(self, "scan_impl", (*impls, "sequential", "associative"))
-        _choice(self, "la_impl", impls)
+        _choice(self, "attention_impl", (*IMPLS, "blocked"))
+        for name, kind in (("rnn", RecurrentConfig), ("la", LinearAttentionConfig), ("mla", MLAConfig),
+                           ("moe", MoEConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: must be a {kind.__name__}")
         if self.moe_every < 0:
             raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
         _non_negative(self, "moe_load_balance_weight", "moe_router_z_weight")
@@ -194,6 +186,11 @@ class ModelConfig:
         """The mixer letter of every block: the pattern repeated to ``num_layers``."""
         reps = -(-self.num_layers // len(self.pattern))
         return (self.pattern * reps)[: self.num_layers]
+
+    @property
+    def block_mixers(self) -> tuple[MixerSpec, ...]:
+        """The :class:`lm.mixers.MixerSpec` of every block, in block order."""
+        return tuple(MIXERS[letter] for letter in self.block_letters)
 
     def is_moe_block(self, index: int) -> bool:
         """Whether block ``index`` uses the MoE feed-forward."""
@@ -318,7 +315,12 @@ class RunConfig:
 
 
 def from_dict(cls, d: dict):
-    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output."""
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output.
+
+    A ModelConfig dict may use the former flat family keys (``lm/config_legacy.py``).
+    """
+    if cls is ModelConfig:
+        d = upgrade_model_dict(d)
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in d.items():

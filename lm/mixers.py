@@ -1,4 +1,4 @@
-"""The vocabulary of token mixers: one registry entry per pattern letter.
+"""The vocabulary of token mixers: one :class:`MixerSpec` per pattern letter.
 
   A  full causal attention (MHA / GQA / MQA), ``layers/attention.py``
   W  local (sliding-window) attention, Griffin's local MQA block, ``layers/attention.py``
@@ -7,16 +7,19 @@
   M  Multi-head Latent Attention (DeepSeek-V2), ``layers/mla.py``
 
 A mixer is a Flax module called as ``mixer(x, segment_ids=..., positions=..., cache=...)``
-returning ``(y, new_cache)``, with ``init_cache(batch, max_len, dtype)``. A new family
-registers its letter here with a builder (ModelConfig -> module), a validator and its
-decode-cache size; its FLOP and parameter counts go in ``lm/flops.py``.
+returning ``(y, new_cache)``, with ``init_cache(batch, max_len, dtype)``. A family's
+settings are one frozen config beside its layer, nested in ``ModelConfig`` (``cfg.rnn``,
+``cfg.la``, ``cfg.mla``); its spec says how to build the module from a ``ModelConfig``, check
+the config, size the decode cache, and count parameters and FLOPs (the counting functions
+live in ``lm/flops.py``). Adding a family is one spec and one :func:`register_mixer` call,
+which may live outside ``lm/`` (``tests/lm/toy_mixer.py`` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,34 +28,48 @@ from layers import linear_attention as la
 from layers.attention import Attention
 from layers.mla import MLA
 from layers.recurrent_block import RecurrentBlock
-from lm import parametrization
+from lm import flops, parametrization
 
 if TYPE_CHECKING:
     from lm.config import ModelConfig
 
 
-def _no_checks(cfg: "ModelConfig") -> None:
+def _no_checks(cfg: ModelConfig) -> None:
     return None
 
 
 @dataclasses.dataclass(frozen=True)
 class MixerSpec:
-    """How to build and validate the mixer of one pattern letter, and size its cache.
+    """Everything the model, the decoder and the FLOP counter need from one mixer family.
 
-    cache_bytes(cfg, context_len, dtype) -> bytes of one sequence's decode cache.
+    Attributes:
+      name: the family's name ("attention", "recurrent", ...).
+      build: ModelConfig -> the Flax mixer module of one block.
+      params: ModelConfig -> exact parameters of one mixer (``lm.flops.param_count`` adds them up).
+      flops: (ModelConfig, seq_len, attention) -> forward matmul FLOPs per token of one mixer;
+        ``attention`` is "causal" or "dense" (see ``lm/flops.py``).
+      cache_bytes: (ModelConfig, context_len, dtype) -> bytes of one sequence's decode cache.
+      validate: ModelConfig -> None, raising ValueError for settings the family cannot use
+        (checks across the model's fields; a family config checks its own fields itself).
     """
 
     name: str
-    build: Callable[["ModelConfig"], nn.Module]
-    cache_bytes: Callable[["ModelConfig", int, object], int]
-    validate: Callable[["ModelConfig"], None] = _no_checks
+    build: Callable[[ModelConfig], nn.Module]
+    params: Callable[[ModelConfig], int]
+    flops: Callable[[ModelConfig, int, str], float]
+    cache_bytes: Callable[[ModelConfig, int, Any], int]
+    validate: Callable[[ModelConfig], None] = _no_checks
+
+    def init_cache(self, cfg: ModelConfig, batch: int, max_len: int, dtype) -> Any:
+        """The empty decode cache of one block (the module's ``init_cache``)."""
+        return self.build(cfg).init_cache(batch, max_len, dtype)
 
 
-def compute_dtype(cfg: "ModelConfig"):
+def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
-def _attention(cfg: "ModelConfig", window: int | None) -> Attention:
+def _attention(cfg: ModelConfig, window: int | None) -> Attention:
     return Attention(
         num_heads=cfg.num_heads,
         num_kv_heads=cfg.kv_heads,
@@ -67,121 +84,103 @@ def _attention(cfg: "ModelConfig", window: int | None) -> Attention:
     )
 
 
-def rnn_heads(cfg: "ModelConfig") -> int:
-    return cfg.num_heads if cfg.rnn_heads is None else cfg.rnn_heads
-
-
-def rnn_width(cfg: "ModelConfig") -> int:
-    return cfg.d_model if cfg.rnn_width is None else cfg.rnn_width
-
-
-def _recurrent(cfg: "ModelConfig") -> RecurrentBlock:
+def _recurrent(cfg: ModelConfig) -> RecurrentBlock:
     return RecurrentBlock(
         width=cfg.d_model,
-        num_heads=rnn_heads(cfg),
-        lru_width=rnn_width(cfg),
-        conv1d_temporal_width=cfg.conv_width,
+        num_heads=cfg.rnn.gate_heads(cfg.num_heads),
+        lru_width=cfg.rnn.lru_width(cfg.d_model),
+        conv1d_temporal_width=cfg.rnn.conv_width,
         final_w_init_variance_scale=2.0 / cfg.num_layers,
-        impl=cfg.scan_impl,
+        impl=cfg.rnn.impl,
         dtype=compute_dtype(cfg),
     )
 
 
-def _check_recurrent(cfg: "ModelConfig") -> None:
-    if rnn_width(cfg) % rnn_heads(cfg):
+def _check_recurrent(cfg: ModelConfig) -> None:
+    width, heads = cfg.rnn.lru_width(cfg.d_model), cfg.rnn.gate_heads(cfg.num_heads)
+    if width % heads:
         raise ValueError(
-            f"ModelConfig.rnn_width={rnn_width(cfg)} is not divisible by rnn_heads={rnn_heads(cfg)} "
+            f"ModelConfig.rnn.width={width} is not divisible by rnn.heads={heads} "
             "(the RG-LRU gates are block-diagonal with one block per head)"
         )
-    if cfg.conv_width < 1:
-        raise ValueError(f"ModelConfig.conv_width={cfg.conv_width}: must be >= 1")
 
 
-def _linear_attention(cfg: "ModelConfig") -> la.LinearAttention:
+def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
     return la.LinearAttention(
         num_heads=cfg.num_heads,
         key_dim=cfg.dim_per_head,
         value_dim=cfg.dim_per_head,
-        variant=cfg.la_variant,
-        feature_map=cfg.la_feature_map,
-        output_norm=cfg.la_output_norm,
-        chunk_size=cfg.la_chunk_size,
-        impl=cfg.la_impl,
+        variant=cfg.la.variant,
+        feature_map=cfg.la.feature_map,
+        output_norm=cfg.la.output_norm,
+        chunk_size=cfg.la.chunk_size,
+        impl=cfg.la.impl,
         dtype=compute_dtype(cfg),
         scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
     )
 
 
-def _check_linear_attention(cfg: "ModelConfig") -> None:
-    for name, allowed in (("la_variant", la.VARIANTS), ("la_feature_map", tuple(la.FEATURE_MAPS)),
-                          ("la_output_norm", la.OUTPUT_NORMS)):
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"ModelConfig.{name}={getattr(cfg, name)!r}: allowed values are {allowed}")
-    if cfg.la_chunk_size < 1:
-        raise ValueError(f"ModelConfig.la_chunk_size={cfg.la_chunk_size}: must be >= 1")
-
-
-def _mla(cfg: "ModelConfig") -> MLA:
+def _mla(cfg: ModelConfig) -> MLA:
+    m = cfg.mla
     return MLA(
         num_heads=cfg.num_heads,
-        kv_lora_rank=cfg.mla_kv_lora_rank,
-        qk_nope_dim=cfg.mla_qk_nope_dim,
-        qk_rope_dim=cfg.mla_qk_rope_dim,
-        v_head_dim=cfg.mla_v_head_dim,
-        q_lora_rank=cfg.mla_q_lora_rank,
-        decode_path=cfg.mla_decode_path,
+        kv_lora_rank=m.kv_lora_rank,
+        qk_nope_dim=m.qk_nope_dim,
+        qk_rope_dim=m.qk_rope_dim,
+        v_head_dim=m.v_head_dim,
+        q_lora_rank=m.q_lora_rank,
+        decode_path=m.decode_path,
         rope_max_wavelength=cfg.rope_max_wavelength,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
-        score_scale=parametrization.score_scale(cfg, lambda c: c.mla_qk_nope_dim + c.mla_qk_rope_dim),  # μP
+        score_scale=parametrization.score_scale(cfg, lambda c: c.mla.qk_nope_dim + c.mla.qk_rope_dim),  # μP
     )
-
-
-def _check_mla(cfg: "ModelConfig") -> None:
-    for name in ("mla_kv_lora_rank", "mla_qk_rope_dim", "mla_v_head_dim"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"ModelConfig.{name}={getattr(cfg, name)}: must be positive")
-    for name in ("mla_q_lora_rank", "mla_qk_nope_dim"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"ModelConfig.{name}={getattr(cfg, name)}: must be >= 0")
-    if cfg.mla_decode_path not in ("naive", "absorbed"):
-        raise ValueError(f"ModelConfig.mla_decode_path={cfg.mla_decode_path!r}: allowed values are ('naive', 'absorbed')")
 
 
 MIXERS: dict[str, MixerSpec] = {
     "A": MixerSpec(
         "attention",
-        lambda cfg: _attention(cfg, cfg.attention_window),
-        lambda cfg, n, dtype: _attention(cfg, cfg.attention_window).cache_bytes(n, dtype),
+        build=lambda cfg: _attention(cfg, cfg.attention_window),
+        params=flops.attention_params,
+        flops=lambda cfg, t, a: flops.attention_flops(cfg, t, a, cfg.attention_window),
+        cache_bytes=lambda cfg, n, dtype: _attention(cfg, cfg.attention_window).cache_bytes(n, dtype),
     ),
     "W": MixerSpec(
         "local_attention",
-        lambda cfg: _attention(cfg, cfg.window),
-        lambda cfg, n, dtype: _attention(cfg, cfg.window).cache_bytes(n, dtype),
+        build=lambda cfg: _attention(cfg, cfg.window),
+        params=flops.attention_params,
+        flops=lambda cfg, t, a: flops.attention_flops(cfg, t, a, cfg.window),
+        cache_bytes=lambda cfg, n, dtype: _attention(cfg, cfg.window).cache_bytes(n, dtype),
     ),
     "R": MixerSpec(
         "recurrent",
-        _recurrent,
-        lambda cfg, n, dtype: _recurrent(cfg).cache_bytes(1, dtype),
-        _check_recurrent,
+        build=_recurrent,
+        params=flops.recurrent_params,
+        flops=flops.recurrent_flops,
+        cache_bytes=lambda cfg, n, dtype: _recurrent(cfg).cache_bytes(1, dtype),
+        validate=_check_recurrent,
     ),
     "L": MixerSpec(
         "linear_attention",
-        _linear_attention,
-        lambda cfg, n, dtype: _linear_attention(cfg).cache_bytes(1),
-        _check_linear_attention,
+        build=_linear_attention,
+        params=flops.linear_attention_params,
+        flops=flops.linear_attention_mixer_flops,
+        cache_bytes=lambda cfg, n, dtype: _linear_attention(cfg).cache_bytes(1),
     ),
     "M": MixerSpec(
         "mla",
-        _mla,
-        lambda cfg, n, dtype: _mla(cfg).cache_bytes(n, dtype),
-        _check_mla,
+        build=_mla,
+        params=flops.mla_params,
+        flops=flops.mla_flops,
+        cache_bytes=lambda cfg, n, dtype: _mla(cfg).cache_bytes(n, dtype),
     ),
 }
 
 
 def register_mixer(letter: str, spec: MixerSpec) -> None:
-    """Add a mixer letter (one character, not already taken)."""
-    if len(letter) != 1 or letter in MIXERS:
-        raise ValueError(f"mixer letter {letter!r} must be one new character; taken: {sorted(MIXERS)}")
+    """Add a mixer family under a pattern letter (one character, not already taken)."""
+    if not isinstance(letter, str) or len(letter) != 1 or letter in MIXERS:
+        raise ValueError(f"register_mixer: letter={letter!r} must be one new character; taken: {sorted(MIXERS)}")
+    if not isinstance(spec, MixerSpec):
+        raise ValueError(f"register_mixer: spec={spec!r} must be a MixerSpec")
     MIXERS[letter] = spec

@@ -246,11 +246,16 @@ def convert_layers(tree: dict, from_cfg: ModelConfig, to_cfg: ModelConfig) -> di
       ValueError: the configs differ in more than the layout and compute settings
         (scan_layers, remat, dtype, the kernels' impl switches).
     """
-    free = dict(scan_layers=False, remat="none", dtype="float32", attention_impl="auto", scan_impl="auto",
-                la_impl="auto")
-    if dataclasses.replace(from_cfg, **free) != dataclasses.replace(to_cfg, **free):
+    free = dict(scan_layers=False, remat="none", dtype="float32", attention_impl="auto")
+
+    def layout_free(c: ModelConfig) -> ModelConfig:  # the kernels' impl switches may differ too
+        return dataclasses.replace(c, **free, rnn=dataclasses.replace(c.rnn, impl="auto"),
+                                   la=dataclasses.replace(c.la, impl="auto"))
+
+    if layout_free(from_cfg) != layout_free(to_cfg):
         diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(from_cfg, f.name) != getattr(to_cfg, f.name)]
-        raise ValueError(f"convert_layers: the models differ in {diff}; only {sorted(free)} may differ")
+        raise ValueError(f"convert_layers: the models differ in {diff}; only {sorted(free)} and the "
+                         "rnn/la impl switches may differ")
     if from_cfg.scan_layers == to_cfg.scan_layers:
         return tree
     return stack_layers(to_cfg, tree) if to_cfg.scan_layers else unstack_layers(from_cfg, tree)

@@ -91,8 +91,9 @@ import optax
 if TYPE_CHECKING:
     from lm.config import ModelConfig
 
-WIDTH_FIELDS = ("d_model", "head_dim", "d_ff", "rnn_width", "mla_q_lora_rank", "mla_kv_lora_rank",
-                "mla_qk_nope_dim", "mla_v_head_dim")
+WIDTH_FIELDS = ("d_model", "head_dim", "d_ff")
+RNN_WIDTH_FIELDS = ("width",)  # RecurrentConfig (model.rnn)
+MLA_WIDTH_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_dim", "v_head_dim")  # MLAConfig (model.mla)
 MOE_WIDTH_FIELDS = ("d_ff", "shared_d_ff")
 KINDS = ("vector", "input", "embedding", "hidden", "output", "readout")
 
@@ -126,7 +127,8 @@ def _scaled(obj, fields: tuple[str, ...], ratio: Fraction, owner: str) -> dict:
 def at_width(cfg: "ModelConfig", width: int) -> "ModelConfig":
     """``cfg`` with d_model = ``width`` and every width field (:data:`WIDTH_FIELDS`) scaled alike.
 
-    The MLA fields scale only with an "M" in the pattern, the MoE widths only with MoE blocks.
+    The recurrence width (``model.rnn.width``, when set) scales with "R" blocks, the MLA
+    widths (:data:`MLA_WIDTH_FIELDS`) with "M" blocks, the MoE widths only with MoE blocks.
 
     Raises:
       ValueError: a width field would not be an integer.
@@ -134,9 +136,13 @@ def at_width(cfg: "ModelConfig", width: int) -> "ModelConfig":
     if width == cfg.d_model:
         return cfg
     ratio = Fraction(width, cfg.d_model)
-    fields = WIDTH_FIELDS if "M" in cfg.pattern else tuple(f for f in WIDTH_FIELDS if not f.startswith("mla_"))
-    changes = _scaled(cfg, fields, ratio, "ModelConfig")
-    if cfg.moe_every > 0:  # fields of an unused family stay as they are
+    changes = _scaled(cfg, WIDTH_FIELDS, ratio, "ModelConfig")
+    # fields of an unused family stay as they are
+    if "R" in cfg.pattern:
+        changes["rnn"] = dataclasses.replace(cfg.rnn, **_scaled(cfg.rnn, RNN_WIDTH_FIELDS, ratio, "ModelConfig.rnn"))
+    if "M" in cfg.pattern:
+        changes["mla"] = dataclasses.replace(cfg.mla, **_scaled(cfg.mla, MLA_WIDTH_FIELDS, ratio, "ModelConfig.mla"))
+    if cfg.moe_every > 0:
         changes["moe"] = dataclasses.replace(cfg.moe, **_scaled(cfg.moe, MOE_WIDTH_FIELDS, ratio, "MoEConfig"))
     return dataclasses.replace(cfg, **changes)
 

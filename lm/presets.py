@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from layers.linear_attention import LinearAttentionConfig
+from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm.config import ModelConfig
 
@@ -33,11 +35,12 @@ PRESETS: dict[str, ModelConfig] = {
     "transformer_512": ModelConfig(d_model=512, num_layers=8, pattern="A", num_heads=8, d_ff=2048),
     "griffin": _GRIFFIN,
     "hawk": dataclasses.replace(_GRIFFIN, pattern="R"),
-    "gla": dataclasses.replace(_TRANSFORMER, pattern="L", la_variant="gla", la_output_norm="rms"),
-    "retnet": dataclasses.replace(_TRANSFORMER, pattern="L", la_variant="retnet", la_output_norm="group"),
+    "gla": dataclasses.replace(_TRANSFORMER, pattern="L", la=LinearAttentionConfig(variant="gla", output_norm="rms")),
+    "retnet": dataclasses.replace(_TRANSFORMER, pattern="L",
+                                  la=LinearAttentionConfig(variant="retnet", output_norm="group")),
     "mla": dataclasses.replace(
-        _TRANSFORMER, pattern="M", num_heads=8, mla_kv_lora_rank=48, mla_qk_nope_dim=32, mla_qk_rope_dim=16,
-        mla_v_head_dim=32,
+        _TRANSFORMER, pattern="M", num_heads=8,
+        mla=MLAConfig(kv_lora_rank=48, qk_nope_dim=32, qk_rope_dim=16, v_head_dim=32),
     ),
     "moe": dataclasses.replace(
         _TRANSFORMER, moe_every=1, moe=MoEConfig(num_experts=8, top_k=2, d_ff=256, activation="geglu"),

@@ -3,8 +3,8 @@
 ``linear_attention(q, k, v, *, g, gk, scale, initial_state, output_final_state,
 chunk_size, impl)`` is the public op; the three reference forms (recurrent, parallel,
 chunked) are exported by name for tests, with the chunked form's hand-written backward
-(:func:`linear_attention_chunked_bwd`, also the kernel's backward), and :func:`linear_attention_flops` gives the
-forward FLOPs per token of the chunked algorithm for ``lm/flops.py``.
+(:func:`linear_attention_chunked_bwd`, also the kernel's backward). Its FLOPs are counted
+in ``lm/flops.py`` (``linear_attention_flops``).
 """
 
 from pallas_kernels.linear_attention.kernel import BlockSizes
@@ -12,7 +12,6 @@ from pallas_kernels.linear_attention.ops import linear_attention, linear_attenti
 from pallas_kernels.linear_attention.reference import (
     linear_attention_chunked,
     linear_attention_chunked_bwd,
-    linear_attention_flops,
     linear_attention_parallel,
     linear_attention_recurrent,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "linear_attention",
     "linear_attention_chunked",
     "linear_attention_chunked_bwd",
-    "linear_attention_flops",
     "linear_attention_pallas",
     "linear_attention_parallel",
     "linear_attention_recurrent",

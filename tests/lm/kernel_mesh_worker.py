@@ -59,8 +59,9 @@ def tiny_run(preset: str, impl: str = "auto") -> RunConfig:
     pattern = "".join(dict.fromkeys(base.pattern))
     model = dataclasses.replace(
         base, d_model=32, num_heads=4, num_kv_heads=kv, head_dim=None, d_ff=64, pattern=pattern,
-        num_layers=len(pattern), rnn_width=None, rnn_heads=None, la_chunk_size=16, window=8,
-        attention_impl=impl, scan_impl=impl, la_impl=impl,
+        num_layers=len(pattern), window=8, attention_impl=impl,
+        rnn=dataclasses.replace(base.rnn, width=None, heads=None, impl=impl),
+        la=dataclasses.replace(base.la, chunk_size=16, impl=impl),
         moe=dataclasses.replace(base.moe, d_ff=32, gmm_impl=impl),
     )
     data = lm_data.DataConfig(source="synthetic", seq_len=SEQ, batch_size=BATCH, synthetic_doc_len=40)

@@ -4,7 +4,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from layers.linear_attention import LinearAttentionConfig
+from layers.mla import MLAConfig
 from layers.moe import MoEConfig
+from layers.recurrent_block import RecurrentConfig
 from lm import model
 from lm.config import ModelConfig
 from lm.flops import train_flops_per_token, visible_keys_per_query
@@ -17,10 +20,11 @@ CONFIGS = [
     ModelConfig(d_model=128, num_layers=2, pattern="AW", num_heads=2, num_kv_heads=1, window=16, d_ff=384,
                 mlp_activation="swiglu", attention_impl="reference"),
     ModelConfig(d_model=128, num_layers=3, pattern="RRW", num_heads=2, num_kv_heads=1, window=16, d_ff=384,
-                attention_impl="reference", scan_impl="reference"),
-    ModelConfig(d_model=128, num_layers=2, pattern="L", num_heads=2, d_ff=384, la_chunk_size=32, la_impl="reference"),
-    ModelConfig(d_model=128, num_layers=2, pattern="M", num_heads=4, d_ff=384, mla_q_lora_rank=64,
-                mla_kv_lora_rank=64, mla_qk_nope_dim=32, mla_qk_rope_dim=16, mla_v_head_dim=32,
+                attention_impl="reference", rnn=RecurrentConfig(impl="reference")),
+    ModelConfig(d_model=128, num_layers=2, pattern="L", num_heads=2, d_ff=384,
+                la=LinearAttentionConfig(chunk_size=32, impl="reference")),
+    ModelConfig(d_model=128, num_layers=2, pattern="M", num_heads=4, d_ff=384,
+                mla=MLAConfig(q_lora_rank=64, kv_lora_rank=64, qk_nope_dim=32, qk_rope_dim=16, v_head_dim=32),
                 attention_impl="reference"),
     ModelConfig(d_model=128, num_layers=2, pattern="A", num_heads=4, d_ff=384, moe_every=1,
                 moe=MoEConfig(num_experts=4, top_k=2, d_ff=128, dispatch="dense"), attention_impl="reference"),

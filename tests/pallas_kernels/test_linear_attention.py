@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm.flops import linear_attention_flops
 from pallas_kernels.backend import platform
 from pallas_kernels.linear_attention.kernel import linear_attention_fwd_kernel
 from pallas_kernels.linear_attention import (
     BlockSizes,
     linear_attention,
     linear_attention_chunked,
-    linear_attention_flops,
     linear_attention_pallas,
     linear_attention_parallel,
     linear_attention_recurrent,

@@ -1,0 +1,77 @@
+"""Configs saved before the mixer families were nested still load, resume and keep their fingerprints."""
+
+import hashlib
+import json
+
+import pytest
+
+from experiments import runner
+from experiments import train as train_cli
+from layers.linear_attention import LinearAttentionConfig
+from layers.mla import MLAConfig
+from layers.recurrent_block import RecurrentConfig
+from lm.config import ModelConfig, RunConfig
+from lm.config_legacy import legacy_run_dict, upgrade_model_dict
+
+RUN = RunConfig(
+    model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48,
+                      rnn=RecurrentConfig(width=48, heads=4, conv_width=3, impl="reference"),
+                      la=LinearAttentionConfig(variant="retnet", output_norm="group", chunk_size=8),
+                      mla=MLAConfig(kv_lora_rank=16, decode_path="naive")),
+    name="old",
+)
+# the same model as the flat keys that configs held before, written out by hand
+FLAT = {"rnn_width": 48, "rnn_heads": 4, "conv_width": 3, "scan_impl": "reference",
+        "la_variant": "retnet", "la_feature_map": "identity", "la_output_norm": "group", "la_chunk_size": 8,
+        "la_impl": "auto", "mla_q_lora_rank": 0, "mla_kv_lora_rank": 16, "mla_qk_nope_dim": 32,
+        "mla_qk_rope_dim": 16, "mla_v_head_dim": 32, "mla_decode_path": "naive"}
+
+
+def old_config_dict() -> dict:
+    """RUN as a config.json from before: flat family keys, none of the runner's ADDED_FIELDS."""
+    d = RUN.to_dict()
+    model = {k: v for k, v in d["model"].items() if k not in ("rnn", "la", "mla")}
+    d["model"] = {**model, **FLAT}
+    for path in runner.ADDED_FIELDS:
+        section, leaf = path.split(".")
+        d[section].pop(leaf, None)
+    return d
+
+
+def test_old_flat_keys_load_into_the_nested_configs():
+    old = json.loads(json.dumps(old_config_dict()))
+    model = {**old["model"]}
+    assert RunConfig.from_dict(old) == RUN
+    assert upgrade_model_dict(model)["rnn"] == {"width": 48, "heads": 4, "conv_width": 3, "impl": "reference"}
+    with pytest.raises(ValueError, match=r"former key la_chunk_size=8 contradicts la.chunk_size=4"):
+        upgrade_model_dict({**model, "la": {"chunk_size": 4}})
+
+
+def test_the_grid_fingerprint_is_the_one_written_before():
+    old = old_config_dict()
+    before = hashlib.sha256(json.dumps([[old], []], sort_keys=True).encode()).hexdigest()[:16]
+    assert runner.Study("s", (RUN,)).fingerprint() == before
+    assert legacy_run_dict(legacy_run_dict(RUN.to_dict())) == legacy_run_dict(RUN.to_dict())
+
+
+def test_an_old_study_directory_and_run_directory_are_accepted(tmp_path):
+    study = runner.Study("s", (RUN,))
+    old = old_config_dict()
+    before = hashlib.sha256(json.dumps([[old], []], sort_keys=True).encode()).hexdigest()[:16]
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "config.json").write_text(json.dumps(old))
+    (tmp_path / "study.json").write_text(json.dumps({"study": "s", "fingerprint": before, "num_runs": 1,
+                                                     "runs": ["old"], "meta": {}, "loss_at_flops": []}))
+    runner.check_out(study, tmp_path)  # raises StudyError if the old records are refused
+    train_cli.check_run_dir(RUN, tmp_path / "runs" / "old", overwrite=False)
+    other = RunConfig(model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48), name="old")
+    with pytest.raises(Exception, match="another config"):
+        train_cli.check_run_dir(other, tmp_path / "runs" / "old", overwrite=False)
+
+
+def test_old_and_nested_command_line_flags_set_the_same_field():
+    parser = train_cli.build_parser()
+    for flags in (["--model.rnn.width", "64", "--model.la.variant", "plain"],
+                  ["--model.rnn_width", "64", "--model.la_variant", "plain"]):
+        run = train_cli.apply_overrides(RUN, parser.parse_args(["--out", "x", *flags]))
+        assert run.model.rnn.width == 64 and run.model.la.variant == "plain"

@@ -1,0 +1,85 @@
+"""Mixer families are specs: one registered outside ``lm/`` builds, counts, decodes and trains."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train as train_cli
+from lm import model, records
+from lm.config import ModelConfig
+from lm.flops import param_count, train_flops_per_token
+from lm.mixers import MIXERS, register_mixer
+from tests.lm import toy_mixer
+
+TINY = ["--model.d_model", "16", "--model.num_layers", "2", "--model.d_ff", "32", "--model.num_heads", "2",
+        "--data.source", "synthetic", "--data.seq_len", "16", "--data.batch_size", "2",
+        "--data.synthetic_doc_len", "24", "--train.steps", "2", "--train.eval_every", "2",
+        "--train.eval_batches", "1", "--train.progress", "false", "--sample-tokens", "0"]
+
+
+def test_every_family_is_one_spec_with_its_counts():
+    for letter, spec in MIXERS.items():
+        cfg = ModelConfig(d_model=32, num_layers=1, pattern=letter, num_heads=2, d_ff=48)
+        leaves = jax.tree.leaves(model.init_params(cfg, jax.random.PRNGKey(0)))
+        assert sum(x.size for x in leaves) == param_count(cfg)["total"], letter
+        assert spec.flops(cfg, 16, "causal") > 0 and spec.cache_bytes(cfg, 16, np.float32) > 0
+
+
+def test_a_family_from_a_test_module_trains_through_experiments_train(tmp_path):
+    result = train_cli.main(["--out", str(tmp_path), "--name", "toy", "--model.pattern", "TA", *TINY])
+    assert result["steps"] == 2 and np.isfinite(result["final_val_loss"])
+    run = records.read_config(tmp_path / "toy")
+    assert run.model.pattern == "TA"
+    attention = dataclasses.replace(run.model, pattern="A")
+    # the toy spec's count stands in for one block: T + A = 2 A - A's mixer + T's mixer
+    toy = 3 * (toy_mixer.SPEC.flops(run.model, 16, "causal") - MIXERS["A"].flops(run.model, 16, "causal"))
+    assert result["flops"] == pytest.approx(result["tokens"] * (train_flops_per_token(attention, 16) + toy))
+
+
+def test_the_new_family_decodes_like_its_forward():
+    cfg = ModelConfig(d_model=16, num_layers=2, pattern="TA", num_heads=2, d_ff=32, vocab_size=40)
+    params = model.init_params(cfg, jax.random.PRNGKey(1))
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (1, 7), 0, 40)
+    seg, pos = np.ones((1, 7), np.int32), np.arange(7, dtype=np.int32)[None]
+    full = model.forward(cfg, params, tokens, seg, pos)
+    cache = model.init_cache(cfg, 1, 8)
+    logits, cache = model.decode_step(cfg, params, cache, tokens[:, :4], seg[:, :4], pos[:, :4])
+    steps = [logits]
+    for i in range(4, 7):
+        logits, cache = model.decode_step(cfg, params, cache, tokens[:, i:i + 1], seg[:, i:i + 1], pos[:, i:i + 1])
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+    assert model.cache_bytes(cfg, 8) == 16 * 4 + MIXERS["A"].cache_bytes(cfg, 8, np.float32)
+
+
+def test_register_mixer_refuses_a_taken_or_long_letter():
+    with pytest.raises(ValueError, match="must be one new character"):
+        register_mixer("A", toy_mixer.SPEC)
+    with pytest.raises(ValueError, match="must be one new character"):
+        register_mixer("TT", toy_mixer.SPEC)
+    with pytest.raises(ValueError, match="must be a MixerSpec"):
+        register_mixer("Q", object())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rnn", dict(width=0), r"RecurrentConfig.width=0: must be None or an int >= 1"),
+    ("rnn", dict(impl="fast"), r"RecurrentConfig.impl='fast': allowed values are"),
+    ("la", dict(variant="mamba"), r"LinearAttentionConfig.variant='mamba': allowed values are \('plain', 'retnet'"),
+    ("la", dict(chunk_size=0), r"LinearAttentionConfig.chunk_size=0: must be an int >= 1"),
+    ("mla", dict(decode_path="fast"), r"MLAConfig.decode_path='fast': allowed values are \('naive', 'absorbed'\)"),
+    ("mla", dict(qk_rope_dim=3), r"MLAConfig.qk_rope_dim=3: must be even"),
+])
+def test_family_configs_name_the_bad_field(field, value, message):
+    kind = type(getattr(ModelConfig(), field))
+    with pytest.raises(ValueError, match=message):
+        kind(**value)
+
+
+def test_recurrent_width_must_split_into_heads():
+    from layers.recurrent_block import RecurrentConfig
+
+    with pytest.raises(ValueError, match=r"ModelConfig.rnn.width=30 is not divisible by rnn.heads=4"):
+        ModelConfig(d_model=32, num_heads=4, pattern="R", rnn=RecurrentConfig(width=30))
+    ModelConfig(d_model=32, num_heads=4, pattern="A", rnn=RecurrentConfig(width=30))  # no "R" block: not checked
