@@ -214,8 +214,8 @@ def convert_layers(tree: dict, from_cfg: ModelConfig, to_cfg: ModelConfig) -> di
       ValueError: the configs differ in more than the layout and compute settings
         (scan_layers, remat, dtype, the kernels' impl switches).
     """
-    free = dict(scan_layers=False, remat="none", dtype="float32", attention_impl="auto", scan_impl="auto",
-                la_impl="auto")
+    free = {"scan_layers": False, "remat": "none", "dtype": "float32", "attention_impl": "auto",
+            "scan_impl": "auto", "la_impl": "auto"}
     if dataclasses.replace(from_cfg, **free) != dataclasses.replace(to_cfg, **free):
         diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(from_cfg, f.name) != getattr(to_cfg, f.name)]
         raise ValueError(f"convert_layers: the models differ in {diff}; only {sorted(free)} may differ")
