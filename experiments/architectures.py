@@ -86,6 +86,7 @@ class Preset:
     min_steps: int = 8
     eval_batches: int = 4
     bootstrap: int = 200
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def __post_init__(self):
         bad = [f for f in self.families if f not in FAMILIES]
@@ -103,7 +104,8 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(sizes=((32, 3), (48, 3), (64, 3)), budgets=(1e10, 2e10, 4e10, 8e10), seq_len=128,
                       batch_size=8, eval_batches=8, bootstrap=200),
     "full": Preset(sizes=((256, 6), (384, 6), (512, 9), (768, 12)), budgets=(1e17, 3e17, 1e18, 3e18),
-                   seq_len=1024, batch_size=128, learning_rate=2e-3, min_steps=200, eval_batches=32, bootstrap=1000),
+                   seq_len=1024, batch_size=128, learning_rate=2e-3, min_steps=200, eval_batches=32, bootstrap=1000,
+                   dtype="bfloat16"),
 }
 
 
@@ -114,7 +116,7 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
     runs, tags, dropped = [], {}, []
     for family in preset.families:
         for d, L in preset.sizes:
-            model = data_budget.replace_vocab(family_model(family, d, L), data)
+            model = data_budget.replace_vocab(dataclasses.replace(family_model(family, d, L), dtype=preset.dtype), data)
             fpt = train_flops_per_token(model, preset.seq_len)
             counts = param_count(model)
             for budget in preset.budgets:

@@ -54,6 +54,7 @@ class Preset:
     learning_rate: float = 1e-2
     eval_batches: int = 4
     bootstrap: int = 200
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def __post_init__(self):
         if any(s not in LADDER for s in self.sizes) or len(self.sizes) < 2:
@@ -69,7 +70,7 @@ PRESETS: dict[str, Preset] = {
                       epochs=(1, 2, 4, 8, 16), seq_len=128, batch_size=8, eval_batches=8, bootstrap=200),
     "full": Preset(sizes=("d256L4", "d512L8", "d768L12"), unique_bytes=(1 << 26, 1 << 28, 1 << 30),
                    epochs=(1, 2, 4, 8, 16, 32, 64), seq_len=1024, batch_size=64, learning_rate=3e-3,
-                   eval_batches=32, bootstrap=1000),
+                   eval_batches=32, bootstrap=1000, dtype="bfloat16"),
 }
 
 
@@ -87,7 +88,7 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
     tokens_per_step = preset.seq_len * preset.batch_size
     base = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
     for size in preset.sizes:
-        model = data_budget.replace_vocab(ladder_model(*LADDER[size]), base)
+        model = data_budget.replace_vocab(ladder_model(*LADDER[size], dtype=preset.dtype), base)
         for ub in preset.unique_bytes:
             capped = dataclasses.replace(base, max_train_bytes=ub)
             if lm_data.dataset_info(capped)["train"]["bytes"] < ub:

@@ -60,6 +60,7 @@ class Preset:
     eval_batches: int = 4
     threshold: float = 0.01
     bootstrap: int = 200
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def __post_init__(self):
         for size, tokens in self.cells:
@@ -85,7 +86,7 @@ PRESETS: dict[str, Preset] = {
                       seq_len=128, eval_batches=8, bootstrap=500),
     "full": Preset(cells=tuple((s, d) for s in ("d256L4", "d384L6", "d512L8") for d in (1 << 30, 1 << 32)),
                    batch_sizes=(32, 64, 128, 256, 512), learning_rates=tuple(np.geomspace(2.5e-4, 1.6e-2, 7).round(6)),
-                   seq_len=1024, eval_batches=32, bootstrap=1000),
+                   seq_len=1024, eval_batches=32, bootstrap=1000, dtype="bfloat16"),
 }
 
 
@@ -99,7 +100,7 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
     runs, tags, groups = [], {}, []
     for size, tokens in preset.cells:
         base_data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_sizes[0])
-        model = data_budget.replace_vocab(ladder_model(*LADDER[size]), base_data)
+        model = data_budget.replace_vocab(ladder_model(*LADDER[size], dtype=preset.dtype), base_data)
         for b in preset.batch_sizes:
             steps = tokens // (b * preset.seq_len)
             base = RunConfig(

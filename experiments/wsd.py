@@ -63,6 +63,7 @@ class Preset:
     learning_rate: float = 1e-2
     min_ratio: float = 0.1
     eval_batches: int = 4
+    dtype: str = "float32"  # compute dtype (parameters stay float32)
 
     def __post_init__(self):
         if self.size not in LADDER:
@@ -90,7 +91,8 @@ PRESETS: dict[str, Preset] = {
                       decay_fraction=0.2, warmup_steps=10, learning_rate=1e-2, eval_batches=8),
     # GPU/TPU: a 4M-parameter model from 2k to 32k steps
     "full": Preset(size="d256L4", lengths=(2000, 4000, 8000, 16000, 32000), seq_len=1024, batch_size=64,
-                   decay_fraction=0.1, warmup_steps=500, learning_rate=3e-3, eval_batches=32),
+                   decay_fraction=0.1, warmup_steps=500, learning_rate=3e-3, eval_batches=32,
+                   dtype="bfloat16"),
 }
 
 
@@ -108,7 +110,7 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *,
     directory (``<out>/runs/stable``; resolved to an absolute path).
     """
     data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
-    model = data_budget.replace_vocab(ladder_model(*LADDER[preset.size]), data)
+    model = data_budget.replace_vocab(ladder_model(*LADDER[preset.size], dtype=preset.dtype), data)
     opt = OptimizerConfig(learning_rate=preset.learning_rate)
     points = [preset.branch_point(n) for n in preset.lengths]
     s_max = max(points)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Self
 
 from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
@@ -81,7 +82,7 @@ class MetricsLog:
     """
 
     def __init__(self, path: str | Path, enabled: bool = True):
-        self._file = open(path if enabled else os.devnull, "a")
+        self._file = open(path if enabled else os.devnull, "a")  # noqa: SIM115  (closed by close / __exit__)
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -90,7 +91,7 @@ class MetricsLog:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "MetricsLog":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

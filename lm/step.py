@@ -172,7 +172,7 @@ def make_train_step(run: RunConfig):
         new_params, opt_state = optimizer_update(opt, grads, state["opt_state"], params, lr, wd, model_cfg)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = {
             "step": state["step"] + 1,
             "params": keep(new_params, params),
