@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.backend import platform
-from pallas_kernels.linear_attention.kernel import linear_attention_fwd_kernel
+from pallas_kernels.linear_attention.ops import linear_attention_fwd_kernel
 from pallas_kernels.linear_attention import (
     BlockSizes,
     linear_attention,
