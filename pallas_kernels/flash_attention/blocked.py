@@ -113,9 +113,10 @@ def attention_blocked(
 
 def causal_blocked_pays(t: int, s: int, causal: bool, block_q: int = 128) -> bool:
     """True when :func:`attention_causal_blocked` applies and wins on CPU: causal
-    self-attention (t == s) of at least two query blocks. Measured on 2 CPU cores, b=1,
-    h=4, d=64 (``python -m experiments.bench_attention --causal``): faster than the dense
-    softmax from t = 256 (two blocks of 128) on, about 2x at t = 2048."""
+    self-attention (t == s) of at least two query blocks. Measured on 2 shared CPU cores,
+    b=1, h=4, d=64 (``python -m experiments.bench_attention --only causal``): ~1.6x the
+    dense softmax at t = 256 (two blocks of 128); at t = 2048 1.6-2.3x forward and
+    1.0-2.2x forward+backward across runs on a loaded machine (median ~2x / ~1.8x)."""
     return causal and t == s and t >= 2 * block_q
 
 

@@ -27,11 +27,11 @@ from pallas_kernels.linear_scan import kernel_gpu, kernel_tpu
 from pallas_kernels.linear_scan.reference import REFERENCE_FORMS, carry_dtype, check_shapes
 
 # The CPU form that impl="reference" and impl="auto" on CPU run, chosen by measurement
-# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): the
-# sequential lax.scan at unroll 1 (reference.SEQUENTIAL_UNROLL) matches a plain
-# unroll-1 lax.scan forward and forward+backward at [4, 1024, 256], [4, 4096, 1024] and
-# [8, 4096, 1024], and beats the associative form there (its log-depth tree does ~2x the
-# work and memory traffic); the README's "Benchmarks" table quotes the figures.
+# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): at
+# [4, 1024, 256] the sequential lax.scan at unroll 1 (reference.SEQUENTIAL_UNROLL) was
+# at or below a plain unroll-1 lax.scan forward and forward+backward, and 1.5x / 3.5x
+# faster than the associative form (whose log-depth tree does ~2x the work and memory
+# traffic).
 CPU_REFERENCE = "sequential"
 
 # impl values beyond pallas_kernels.backend.IMPLS: pick one reference form explicitly.

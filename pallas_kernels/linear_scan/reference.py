@@ -30,11 +30,11 @@ def carry_dtype(dtype) -> jnp.dtype:
     """The accumulation dtype: float32, or float64 for float64 inputs (x64 tests)."""
     return jnp.promote_types(dtype, jnp.float32)
 
-# Steps per iteration of the sequential scan's loop. Measured with
-# ``python -m experiments.bench_linear_scan`` (float32, 2 shared CPU cores): unrolling
-# does not pay on XLA:CPU; unroll 1 is the fastest forward and forward+backward at
-# [4, 1024, 256], [4, 4096, 1024] and [8, 4096, 1024] (unroll 8 was 1.3-3x slower), and
-# it compiles fastest.
+# Steps per iteration of the sequential scan's loop, chosen by measurement
+# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): unrolling
+# does not pay on XLA:CPU. At [4, 1024, 256] unroll 4 / 8 were 2.3x / 3.2x slower forward
+# and 1.7x / 4.2x slower forward+backward than unroll 1 (and unroll 8 compiled for
+# minutes); at [4|8, 4096, 1024] unroll 8 was measured 1.26-1.49x slower than unroll 1.
 SEQUENTIAL_UNROLL = 1
 
 
