@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 
 import jax
 
@@ -93,3 +94,32 @@ def resolve_impl(impl: str, *, op: str) -> str:
             "pallas_kernels.backend.target_platform('tpu' | 'gpu')"
         )
     return impl
+
+
+# Custom-call targets of lowered Pallas kernels: Mosaic TPU, Triton, Mosaic GPU.
+_KERNEL_CALL = re.compile(r"custom_call @(tpu_custom_call|__gpu\$xla\.gpu\.triton|mosaic_gpu\w*)\(")
+_FUNC = re.compile(r"func\.func (?:public |private )?@([\w$.]+)\(")
+_CALL = re.compile(r"(?<![\w.])(?:func\.)?call @([\w$.]+)\(")
+
+
+def count_kernel_calls(lowered_text: str) -> int:
+    """Pallas kernel calls a lowered program executes (``jax.stages.Lowered.as_text()``).
+
+    The custom calls in ``main`` plus, through every (nested) function call, those of the
+    functions it calls: jax outlines jitted helpers (such as the gmm kernels) once and
+    calls them from several places, so counting the text alone undercounts.
+    """
+    bodies: dict[str, str] = {}
+    starts = [(m.start(), m.group(1)) for m in _FUNC.finditer(lowered_text)]
+    for (start, name), (end, _) in zip(starts, starts[1:] + [(len(lowered_text), "")]):
+        bodies[name] = lowered_text[start:end]
+    memo: dict[str, int] = {}
+
+    def count(name: str) -> int:
+        if name not in memo:
+            memo[name] = 0  # a recursive call (none in jax programs) counts nothing more
+            body = bodies.get(name, "")
+            memo[name] = len(_KERNEL_CALL.findall(body)) + sum(count(c) for c in _CALL.findall(body))
+        return memo[name]
+
+    return count("main")

@@ -5,14 +5,17 @@ Same masking and numerics as :func:`pallas_kernels.flash_attention.reference.att
 
 impl:
   "reference"  :func:`attention_reference` (dense masked softmax, O(t s) memory);
-  "blocked"    :func:`attention_blocked`, the pure-JAX form that only computes the key
-               blocks inside the window (time and memory linear in t for a fixed window;
-               without a window or with explicit positions it is the reference);
+  "blocked"    the pure-JAX forms that skip invisible key blocks: :func:`attention_blocked`
+               with a window (only the key blocks inside it: time and memory linear in t),
+               else :func:`attention_causal_blocked` for causal self-attention (the lower
+               triangle of blocks, ~t^2/2 scores); otherwise (explicit positions,
+               non-causal without a window) the reference;
   "pallas"     the FlashAttention-2 kernel compiled for the accelerator (TPU: the grid
                form in ``kernel_tpu.py``; GPU: the Triton loop form in ``kernel_gpu.py``);
   "interpret"  the same kernel run by the Pallas interpreter (CPU tests);
-  "auto"       "pallas" on an accelerator; on CPU "blocked" when a window makes most key
-               blocks invisible, else "reference".
+  "auto"       "pallas" on an accelerator; on CPU "blocked" when it skips enough blocks
+               to win (a window making most key blocks invisible, or causal
+               self-attention of two blocks or more), else "reference".
 
 The kernels assume default positions (queries are the last t of s consecutive keys, so
 t <= s). Calls with explicit ``q_positions``/``kv_positions`` (decode with a cache), or
@@ -39,7 +42,12 @@ from jaxtyping import Array, Float, Int
 from pallas_kernels.backend import IMPLS as BASE_IMPLS
 from pallas_kernels.backend import kernel_variant, resolve_impl
 from pallas_kernels.flash_attention import kernel_gpu, kernel_tpu
-from pallas_kernels.flash_attention.blocked import attention_blocked, blocked_pays
+from pallas_kernels.flash_attention.blocked import (
+    attention_blocked,
+    attention_causal_blocked,
+    blocked_pays,
+    causal_blocked_pays,
+)
 from pallas_kernels.flash_attention.blocks import BlockSizes
 from pallas_kernels.flash_attention.reference import attention_reference
 
@@ -101,10 +109,12 @@ def flash_attention(
     default_pos = q_positions is None and kv_positions is None and t <= s
     if impl == "blocked" or (impl == "auto" and resolve_impl("auto", op="flash_attention") == "reference"):
         block_q = (block_sizes or BlockSizes()).block_q
+        blocked_kwargs = dict(segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, scale=scale, softcap=softcap,
+                          block_q=block_q)
         if default_pos and window is not None and (impl == "blocked" or blocked_pays(t, s, window, causal, block_q)):
-            return attention_blocked(q, k, v, causal=causal, window=window, segment_ids=segment_ids,
-                                     kv_segment_ids=kv_segment_ids, scale=scale, softcap=softcap,
-                                     block_q=block_q)
+            return attention_blocked(q, k, v, causal=causal, window=window, **blocked_kwargs)
+        if default_pos and (causal and t == s if impl == "blocked" else causal_blocked_pays(t, s, causal, block_q)):
+            return attention_causal_blocked(q, k, v, window=window, **blocked_kwargs)
         return attention_reference(q, k, v, **ref_kwargs)
     resolved = resolve_impl(impl, op="flash_attention")
     if resolved == "reference" or not default_pos:

@@ -39,7 +39,7 @@ def attention_mask(
     """Boolean mask of which keys each query may attend to (True = visible)."""
     qp = q_positions[:, :, None]
     kp = kv_positions[:, None, :]
-    mask = kp >= 0
+    mask = jnp.broadcast_to(kp >= 0, (qp.shape[0], qp.shape[1], kp.shape[2]))  # [b, t, s] whatever applies
     if causal:
         mask &= kp <= qp
     if window is not None:

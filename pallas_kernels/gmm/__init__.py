@@ -5,10 +5,12 @@
 """
 
 from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
-from pallas_kernels.gmm.ops import gmm, tgmm
-from pallas_kernels.gmm.reference import gmm_loop_reference, gmm_reference, gmm_tiled, tgmm_reference
+from pallas_kernels.gmm.ops import IMPLS, gmm, tgmm
+from pallas_kernels.gmm.reference import gmm_loop_reference, gmm_reference, tgmm_reference
+from pallas_kernels.gmm.tiled import gmm_tiled
 
 __all__ = [
+    "IMPLS",
     "GmmBlockSizes",
     "gmm",
     "gmm_loop_reference",

@@ -28,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float, Int
 
-from pallas_kernels.gmm.reference import visit_schedule
+from pallas_kernels.gmm.tiled import visit_schedule
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,11 @@ from jaxtyping import Array, Float, Int
 from pallas_kernels.backend import IMPLS, kernel_variant, resolve_impl
 from pallas_kernels.gmm import kernel_gpu, kernel_tpu
 from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
-from pallas_kernels.gmm.reference import gmm_reference, gmm_tiled, tgmm_reference
+from pallas_kernels.gmm.reference import gmm_reference, tgmm_reference
+from pallas_kernels.gmm.tiled import gmm_tiled
+
+# impl values: the shared ones (pallas_kernels.backend); "auto" on CPU runs gmm_tiled.
+__all__ = ["IMPLS", "gmm", "tgmm"]
 
 
 def _round_up(x: int, multiple: int) -> int:

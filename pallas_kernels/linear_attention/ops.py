@@ -22,15 +22,60 @@ from einops import rearrange
 from jaxtyping import Array, Float
 
 from pallas_kernels.backend import IMPLS, kernel_variant, resolve_impl
-from pallas_kernels.linear_attention.kernel import BlockSizes, linear_attention_fwd_kernel
-from pallas_kernels.linear_attention.reference import (
-    _check_shapes,
+from pallas_kernels.linear_attention import kernel_gpu, kernel_tpu
+from pallas_kernels.linear_attention.blocks import BlockSizes
+from pallas_kernels.linear_attention.chunked import (
     chunk_cumsum,
-    decay_mode,
     linear_attention_chunked,
     linear_attention_chunked_bwd,
     pad_to_chunks,
 )
+from pallas_kernels.linear_attention.reference import _check_shapes, decay_mode
+
+
+__all__ = ["IMPLS", "linear_attention", "linear_attention_fwd_kernel", "linear_attention_pallas"]
+KERNELS = {"tpu": kernel_tpu, "gpu": kernel_gpu}
+
+
+def linear_attention_fwd_kernel(
+    q: Float[Array, "x t k"],
+    k: Float[Array, "x t k"],
+    v: Float[Array, "x t v"],
+    decay: Array | None,
+    state0_t: Float[Array, "x v k"],
+    *,
+    mode: str,
+    scale: float,
+    block_sizes: BlockSizes,
+    kernel: str,
+    interpret: bool,
+) -> tuple[Float[Array, "x t v"], Float[Array, "x v k"]]:
+    """Run the forward kernel on prepared, head-major, chunk-padded inputs.
+
+    Args:
+      q, k: [x, t, k] with t a multiple of ``block_sizes.chunk_size``; v: [x, t, v].
+      decay: None ("none"), [x, t] ("scalar") or [x, t, k] ("per_key"): the inclusive
+        cumulative log-decay restarted at every chunk (``chunked.chunk_cumsum``).
+      state0_t: initial state transposed, [x, v, k], float32.
+      mode: "none", "scalar" or "per_key".
+      scale: multiplies q.
+      kernel: "tpu" (``kernel_tpu``: grid over chunks, VMEM scratch state) or "gpu"
+        (``kernel_gpu``: Triton, loop over chunks inside the program).
+      interpret: run with the Pallas interpreter (CPU).
+
+    Returns:
+      (o [x, t, v] in q's dtype, final state transposed [x, v, k] float32).
+    """
+    t, dv = q.shape[1], v.shape[-1]
+    chunk = block_sizes.chunk_size
+    if t % chunk:
+        raise ValueError(f"linear_attention kernel: t={t} must be a multiple of chunk_size={chunk}")
+    bv = block_sizes.block_v or dv
+    if dv % bv:
+        raise ValueError(f"linear_attention kernel: block_v={bv} must divide value_dim={dv}")
+    driver = KERNELS[kernel_variant(kernel, op="linear_attention")]
+    return driver.forward(q, k, v, decay, state0_t, mode=mode, scale=scale, block_sizes=block_sizes,
+                          interpret=interpret)
 
 
 def _kernel_forward(q, k, v, g, gk, s0, *, scale, block_sizes, kernel, interpret):

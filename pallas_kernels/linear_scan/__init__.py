@@ -5,6 +5,6 @@
 in ``kernel_tpu.py`` (time-blocked, VMEM carry) and ``kernel_gpu.py`` (Triton).
 """
 
-from pallas_kernels.linear_scan.ops import linear_scan
+from pallas_kernels.linear_scan.ops import IMPLS, linear_scan
 
-__all__ = ["linear_scan"]
+__all__ = ["IMPLS", "linear_scan"]

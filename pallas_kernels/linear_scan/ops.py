@@ -26,11 +26,12 @@ from pallas_kernels.backend import kernel_variant, resolve_impl
 from pallas_kernels.linear_scan import kernel_gpu, kernel_tpu
 from pallas_kernels.linear_scan.reference import REFERENCE_FORMS, carry_dtype, check_shapes
 
-# Fastest reference form on CPU, measured with `python -m experiments.bench_linear_scan`
-# (float32, 2 shared CPU cores, forward / forward+backward): at [8, 4096, 1024]
-# "sequential" 0.77 s / 1.9 s vs "associative" 1.6 s / 3.5 s; at [8, 1024, 512] 92 ms /
-# 258 ms vs 239 ms / 592 ms; only below ~[8, 256, 128] (a few ms either way) does the
-# associative form win. What impl="reference" and impl="auto" on CPU run.
+# The CPU form that impl="reference" and impl="auto" on CPU run, chosen by measurement
+# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): at
+# [4, 1024, 256] the sequential lax.scan at unroll 1 (reference.SEQUENTIAL_UNROLL) was
+# at or below a plain unroll-1 lax.scan forward and forward+backward, and 1.5x / 3.5x
+# faster than the associative form (whose log-depth tree does ~2x the work and memory
+# traffic).
 CPU_REFERENCE = "sequential"
 
 # impl values beyond pallas_kernels.backend.IMPLS: pick one reference form explicitly.

@@ -30,10 +30,12 @@ def carry_dtype(dtype) -> jnp.dtype:
     """The accumulation dtype: float32, or float64 for float64 inputs (x64 tests)."""
     return jnp.promote_types(dtype, jnp.float32)
 
-# Unrolling the sequential scan amortises XLA's per-step loop overhead on long
-# sequences; short ones (tests, decode) skip it, since it triples compile time.
-SEQUENTIAL_UNROLL = 8
-UNROLL_MIN_LENGTH = 256
+# Steps per iteration of the sequential scan's loop, chosen by measurement
+# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): unrolling
+# does not pay on XLA:CPU. At [4, 1024, 256] unroll 4 / 8 were 2.3x / 3.2x slower forward
+# and 1.7x / 4.2x slower forward+backward than unroll 1 (and unroll 8 compiled for
+# minutes); at [4|8, 4096, 1024] unroll 8 was measured 1.26-1.49x slower than unroll 1.
+SEQUENTIAL_UNROLL = 1
 
 
 def _initial_state(x: Float[Array, "b t w"], h0: Float[Array, "b w"] | None) -> Float[Array, "b w"]:
@@ -50,13 +52,14 @@ def check_shapes(x, a) -> None:
         raise ValueError(f"linear_scan: x {x.shape} and a {a.shape} must both be [b, t, w] with equal shapes")
 
 
-@functools.partial(jax.jit, static_argnames=("reverse",))
+@functools.partial(jax.jit, static_argnames=("reverse", "unroll"))
 def linear_scan_sequential(
     x: Float[Array, "b t w"],
     a: Float[Array, "b t w"],
     h0: Float[Array, "b w"] | None = None,
     *,
     reverse: bool = False,
+    unroll: int = SEQUENTIAL_UNROLL,
 ) -> tuple[Float[Array, "b t w"], Float[Array, "b w"]]:
     """h_t = a_t * h_{t-1} + x_t by ``lax.scan`` (float32 carry).
 
@@ -65,6 +68,7 @@ def linear_scan_sequential(
       a: decays [b, t, w] (same shape as x).
       h0: initial state [b, w] (zeros if None); h_{-1} = h0, or h_T = h0 if reverse.
       reverse: run from the end: h_t = a_t * h_{t+1} + x_t.
+      unroll: time steps per loop iteration (``lax.scan``'s unroll).
 
     Returns:
       y [b, t, w] (all h_t, in x's dtype) and h_last [b, w] float32 (h_{T-1}, or h_0 if
@@ -80,8 +84,7 @@ def linear_scan_sequential(
 
     # Converting once outside the loop: per-step bfloat16 converts are ~10x slower on CPU.
     xs = (rearrange(x, "b t w -> t b w").astype(h.dtype), rearrange(a, "b t w -> t b w").astype(h.dtype))
-    unroll = SEQUENTIAL_UNROLL if x.shape[1] >= UNROLL_MIN_LENGTH else 1
-    h_last, y = jax.lax.scan(step, h, xs, reverse=reverse, unroll=unroll)
+    h_last, y = jax.lax.scan(step, h, xs, reverse=reverse, unroll=max(1, min(unroll, x.shape[1])))
     return rearrange(y, "t b w -> b t w").astype(x.dtype), h_last
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 import traceback
 
@@ -35,7 +34,7 @@ from lm import sharding  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
 from lm.presets import get_preset  # noqa: E402
-from pallas_kernels.backend import target_platform  # noqa: E402
+from pallas_kernels.backend import count_kernel_calls, target_platform  # noqa: E402
 from tests.lm.sharding_worker import flat, initial_state  # noqa: E402
 
 BATCH, SEQ = 8, 32
@@ -44,12 +43,6 @@ BATCH, SEQ = 8, 32
 # relative (GLA's Adam second moment of the embedding); the bound leaves 2x room.
 RTOL, ATOL = 1e-4, 1e-5
 PROMPT, MAX_LEN = 16, 24
-
-# Custom-call targets of the Pallas kernels: Mosaic TPU, Triton, Mosaic GPU.
-KERNEL_CALL = re.compile(r"custom_call @(tpu_custom_call|__gpu\$xla\.gpu\.triton|mosaic_gpu\w*)\(")
-FUNC = re.compile(r"func\.func (?:public |private )?@([\w$.]+)\(")
-CALL = re.compile(r"(?<![\w.])(?:func\.)?call @([\w$.]+)\(")
-
 
 def tiny_run(preset: str, impl: str = "auto") -> RunConfig:
     """The preset at test size: each mixer of its pattern once, d_model 32, 4 heads, t=32,
@@ -66,25 +59,6 @@ def tiny_run(preset: str, impl: str = "auto") -> RunConfig:
     )
     data = lm_data.DataConfig(source="synthetic", seq_len=SEQ, batch_size=BATCH, synthetic_doc_len=40)
     return RunConfig(model=model, data=data, optimizer=OptimizerConfig(eps=1e-3), name=preset)
-
-
-def kernel_calls(text: str) -> int:
-    """Kernel custom calls the lowered module executes: those in ``main`` plus, through
-    every (nested) function call, those of the functions it calls (jax outlines jitted
-    helpers such as the gmm kernels once and calls them from several places)."""
-    bodies: dict[str, str] = {}
-    starts = [(m.start(), m.group(1)) for m in FUNC.finditer(text)]
-    for (start, name), (end, _) in zip(starts, starts[1:] + [(len(text), "")]):
-        bodies[name] = text[start:end]
-    memo: dict[str, int] = {}
-
-    def count(name: str) -> int:
-        if name not in memo:
-            body = bodies.get(name, "")
-            memo[name] = len(KERNEL_CALL.findall(body)) + sum(count(c) for c in CALL.findall(body))
-        return memo[name]
-
-    return count("main")
 
 
 def lower_decode(run: RunConfig, mesh, platform: str, kind: str) -> str:
@@ -114,7 +88,7 @@ def lower(out: str, cases: list) -> None:
                 text = sharding.lower_train_step(run, mesh, platform=platform).as_text()
             else:
                 text = lower_decode(run, mesh, platform, kind)
-            results[key] = kernel_calls(text)
+            results[key] = count_kernel_calls(text)
         except Exception:
             results[key] = "error: " + traceback.format_exc()[-3000:]
         print(key, results[key] if isinstance(results[key], int) else "error", flush=True)

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from pallas_kernels.backend import platform
-from pallas_kernels.flash_attention import BlockSizes, attention_blocked, attention_reference, flash_attention
+from pallas_kernels.backend import target_platform
+from pallas_kernels.flash_attention import (
+    BlockSizes,
+    attention_blocked,
+    attention_causal_blocked,
+    attention_reference,
+    flash_attention,
+)
 from pallas_kernels.flash_attention import ops
 from pallas_kernels.flash_attention.blocks import kv_block_range, q_block_range
 
@@ -166,15 +173,43 @@ def test_blocked_path_matches_reference(shape, kw):
         np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
 
 
-def test_auto_uses_blocked_path_only_when_window_is_short(monkeypatch):
-    calls = []
-    monkeypatch.setattr(ops, "attention_blocked", lambda *a, **kw: calls.append(kw["window"]) or attention_blocked(*a, **kw))
+@pytest.mark.parametrize(
+    "shape,kw",
+    [(dict(t=29, h=4, g=2), dict()),
+     (dict(t=37, h=2, g=1), dict(segment_ids=segments(2, 37, [5, 20]), softcap=1.5)),
+     (dict(t=33, h=2, g=2), dict(window=9)),
+     (dict(t=3, h=2, g=1), dict())],
+)
+def test_causal_blocked_path_matches_reference(shape, kw):
+    """Lengths that fill no power of two of blocks; documents, GQA, soft-cap, a window."""
+    q, k, v = make_qkv(3, **shape)
+    fn = lambda q, k, v: attention_causal_blocked(q, k, v, block_q=4, **kw)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fn)(q, k, v), reference(q, k, v, **kw), atol=ATOL, rtol=ATOL)
+    g_ref = _grads(lambda q, k, v: attention_reference(q, k, v, **kw), q, k, v)
+    for a, b in zip(_grads(fn, q, k, v), g_ref):
+        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
+
+
+def test_auto_uses_blocked_paths_where_they_skip_blocks(monkeypatch):
+    windowed, causal = [], []
+    monkeypatch.setattr(ops, "attention_blocked",
+                        lambda *a, **kw: windowed.append(kw["window"]) or attention_blocked(*a, **kw))
+    monkeypatch.setattr(ops, "attention_causal_blocked",
+                        lambda *a, **kw: causal.append(kw["window"]) or attention_causal_blocked(*a, **kw))
     q, k, v = make_qkv(4, t=64, h=2, g=1)
     for window in (4, None, 60):
         out = jax.jit(lambda q, k, v: flash_attention(q, k, v, window=window, block_sizes=BlockSizes(8, 8)))(q, k, v)
         np.testing.assert_allclose(out, reference(q, k, v, window=window), atol=ATOL, rtol=ATOL)
-    # On CPU only the short window takes the blocked path; on an accelerator auto is the kernel.
-    assert calls == ([4] if platform() == "cpu" else [])
+    # Non-causal, one block, or fewer queries than keys: the dense reference.
+    for kw in (dict(causal=False), dict(block_sizes=BlockSizes(64, 64))):
+        np.testing.assert_allclose(flash_attention(q, k, v, **kw), reference(q, k, v, causal=kw.get("causal", True)),
+                                   atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(flash_attention(q[:, :9], k, v), reference(q[:, :9], k, v), atol=ATOL, rtol=ATOL)
+    # On CPU the short window takes the windowed path and the rest the causal one; on an
+    # accelerator auto is the kernel.
+    on_cpu = platform() == "cpu"
+    assert windowed == ([4] if on_cpu else [])
+    assert causal == ([None, 60] if on_cpu else [])
 
 
 def test_explicit_positions_fall_back_to_reference(kernel_impl):
@@ -203,20 +238,20 @@ def test_block_sizes_validation():
 
 
 @pytest.mark.parametrize("form,target,marker", [("tpu", "tpu", "tpu_custom_call"), ("gpu", "cuda", "__gpu$xla.gpu.triton")])
-def test_kernels_lower_for_their_device(monkeypatch, form, target, marker):
+def test_kernels_lower_for_their_device(form, target, marker):
     """Forward and backward kernels with interpret=False lower to Mosaic TPU / Triton calls.
 
     Cross-platform lowering runs JAX's Pallas lowering (block specs, index maps, kernel
     ops) on any host; the device compilers' own passes run only on the device.
     """
-    monkeypatch.setattr(ops, "resolve_impl", lambda impl, op: impl)  # allow "pallas" without a device
     q, k, v = make_qkv(8, t=256, h=4, g=2, d=128, e=128)
     seg = jnp.zeros((2, 256), jnp.int32)
 
     def loss(q, k, v):
-        o = flash_attention(q, k, v, window=64, segment_ids=seg, softcap=30.0, impl="pallas", kernel=form)
+        o = flash_attention(q, k, v, window=64, segment_ids=seg, softcap=30.0, impl="auto")
         return jnp.sum(o)
 
-    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
-        lowering_platforms=(target,)).as_text()
+    with target_platform(form):  # "auto" resolves to this platform's kernel, no device needed
+        text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(q, k, v).lower(
+            lowering_platforms=(target,)).as_text()
     assert text.count(marker) >= 3, text.count(marker)  # the forward, dq and dkv kernels

@@ -11,7 +11,7 @@ import pytest
 
 from lm.flops import linear_attention_flops
 from pallas_kernels.backend import platform
-from pallas_kernels.linear_attention.kernel import linear_attention_fwd_kernel
+from pallas_kernels.linear_attention.ops import linear_attention_fwd_kernel
 from pallas_kernels.linear_attention import (
     BlockSizes,
     linear_attention,

@@ -1,0 +1,80 @@
+"""GPU (Triton) driver of the chunked linear-attention forward kernel (chunk math in ``blocks.py``).
+
+Grid (batch*heads, value tiles); GPU grid programs run in parallel, so each program
+loops over the chunks with ``fori_loop`` and carries the float32 state as a loop value.
+Triton needs power-of-two tile sizes (chunk, key dim, value tile); Ampere and newer.
+
+Axis letters: x batch*heads, t (padded) time, n chunks, k key dim, v value dim.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.linear_attention.blocks import F32, BlockSizes, chunk_step
+
+
+def _gpu_kernel(*refs, mode, scale, chunk, sub_chunk, n_chunks):
+    q_ref, k_ref, v_ref, *decay_refs, s0_ref, o_ref, final_ref = refs
+    by_kind = {"q": q_ref, "k": k_ref, "v": v_ref, "b": decay_refs[0] if decay_refs else None}
+
+    def body(n, state_t):
+        base = pl.multiple_of(n * chunk, chunk)
+
+        def load(kind, start, size):
+            rows = pl.ds(base + start, size)
+            if kind in ("b_col", "b_row"):
+                b = decay_refs[0][rows].astype(F32)  # [size], from the 1-D scalar decay
+                return b[:, None] if kind == "b_col" else b[None, :]
+            return by_kind[kind][rows, :].astype(F32)
+
+        def store_o(start, size, o):
+            o_ref[pl.ds(base + start, size), :] = o.astype(o_ref.dtype)
+
+        return chunk_step(load, store_o, state_t, mode=mode, scale=scale, chunk=chunk, sub_chunk=sub_chunk)
+
+    final_ref[...] = lax.fori_loop(0, n_chunks, body, s0_ref[...].astype(F32))
+
+
+def forward(q, k, v, decay, state0_t, *, mode: str, scale: float, block_sizes: BlockSizes, interpret: bool):
+    """The GPU (Triton) forward; arguments and returns as ``ops.linear_attention_fwd_kernel``."""
+    x, t, dk = q.shape
+    dv = v.shape[-1]
+    chunk = block_sizes.chunk_size
+    bv = block_sizes.block_v or dv
+    sub = min(block_sizes.sub_chunk, chunk)
+    n_chunks, n_v = t // chunk, dv // bv
+    out_shape = (jax.ShapeDtypeStruct((x, t, dv), q.dtype), jax.ShapeDtypeStruct((x, dv, dk), F32))
+
+    def spec(shape, index_map):
+        return pl.BlockSpec((pl.squeezed, *shape), index_map)
+
+    decay_args, decay_specs = [], []
+    if mode == "scalar":
+        decay_args, decay_specs = [decay], [spec((t,), lambda i, j: (i, 0))]
+    elif mode == "per_key":
+        decay_args, decay_specs = [decay], [spec((t, dk), lambda i, j: (i, 0, 0))]
+    kernel = functools.partial(
+        _gpu_kernel, mode=mode, scale=scale, sub_chunk=sub, chunk=chunk, n_chunks=n_chunks
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(x, n_v),
+        in_specs=[
+            spec((t, dk), lambda i, j: (i, 0, 0)),
+            spec((t, dk), lambda i, j: (i, 0, 0)),
+            spec((t, bv), lambda i, j: (i, 0, j)),
+            *decay_specs,
+            spec((bv, dk), lambda i, j: (i, j, 0)),
+        ],
+        out_specs=[spec((t, bv), lambda i, j: (i, 0, j)), spec((bv, dk), lambda i, j: (i, j, 0))],
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="linear_attention_fwd_gpu",
+    )(q, k, v, *decay_args, state0_t)
