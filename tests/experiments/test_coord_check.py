@@ -19,8 +19,8 @@ def test_smoke_coord_check(tmp_path):
     mup = sl.loc["mup"]
     hidden = [m for m in mup.index if m != "logits"]
     assert len(hidden) == 1 + 3 * preset.num_layers  # embedding + (mixer, ff, residual) per block
-    for module in hidden:
-        assert abs(mup.loc[module, "rms_slope"]) <= 0.1, (module, mup.loc[module].to_dict())
+    off = {m: round(float(mup.loc[m, "rms_slope"]), 3) for m in hidden if abs(mup.loc[m, "rms_slope"]) > 0.1}
+    assert not off, (off, mup["rms_slope"].round(3).to_dict())
     assert mup.loc["logits", "rms_slope"] <= 0.1  # the logits do not blow up
     assert sl.loc[("sp", "logits"), "rms_slope"] > 0.15  # under SP they grow with width
 
