@@ -124,7 +124,7 @@ def _scaled(obj, fields: tuple[str, ...], ratio: Fraction, owner: str) -> dict:
     return out
 
 
-def at_width(cfg: "ModelConfig", width: int) -> "ModelConfig":
+def at_width(cfg: ModelConfig, width: int) -> ModelConfig:
     """``cfg`` with d_model = ``width`` and every width field (:data:`WIDTH_FIELDS`) scaled alike.
 
     The recurrence width (``model.rnn.width``, when set) scales with "R" blocks, the MLA
@@ -147,14 +147,14 @@ def at_width(cfg: "ModelConfig", width: int) -> "ModelConfig":
     return dataclasses.replace(cfg, **changes)
 
 
-def base_config(cfg: "ModelConfig") -> "ModelConfig":
+def base_config(cfg: ModelConfig) -> ModelConfig:
     """The model at ``base_width`` (where μP equals SP)."""
     if cfg.base_width is None:
         raise ValueError("ModelConfig.base_width=None: required when parametrization='mup'")
     return at_width(cfg, cfg.base_width)
 
 
-def width_mult(cfg: "ModelConfig") -> float:
+def width_mult(cfg: ModelConfig) -> float:
     """m = d_model / base_width (1.0 under SP)."""
     return 1.0 if cfg.parametrization == "sp" else cfg.d_model / cfg.base_width
 
@@ -162,7 +162,7 @@ def width_mult(cfg: "ModelConfig") -> float:
 # ------------------------------------------------------------------ forward multipliers
 
 
-def output_multiplier(cfg: "ModelConfig") -> float | None:
+def output_multiplier(cfg: ModelConfig) -> float | None:
     """Multiplier of the output logits: None under SP; 1/m (untied head) or m^-1/2 (tied)."""
     if cfg.parametrization == "sp":
         return None
@@ -170,7 +170,7 @@ def output_multiplier(cfg: "ModelConfig") -> float | None:
     return m**-0.5 if cfg.tie_embeddings else 1.0 / m
 
 
-def score_scale(cfg: "ModelConfig", head_dim: Callable[["ModelConfig"], int]) -> float | None:
+def score_scale(cfg: ModelConfig, head_dim: Callable[[ModelConfig], int]) -> float | None:
     """Attention score scale: None under SP (the layer's d_head^-1/2); μP: d0^-1/2 · d0 / d_head.
 
     ``head_dim(cfg)`` is the query/key dimension contracted in q·k (d0 at the base width).
@@ -207,7 +207,7 @@ def _leaves(boxed) -> list:
 
 
 @functools.lru_cache(maxsize=64)
-def param_rules(cfg: "ModelConfig", boxed_shapes: Callable[["ModelConfig"], Any]) -> Any:
+def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) -> Any:
     """The :class:`ParamRule` of every parameter, as a tree shaped like the (unboxed) params.
 
     ``boxed_shapes(cfg)`` returns the abstract boxed parameters of a model

@@ -152,7 +152,7 @@ def test_mup_init_and_updates_are_sp_times_multipliers():
 
     mup_params, sp_params, (u_mup, u_sp), (s_mup, s_sp) = jax.jit(both)(jax.random.PRNGKey(3))
     assert jax.tree.structure(s_mup) == jax.tree.structure(s_sp)  # checkpoints / shardings unchanged
-    is_rule = lambda x: isinstance(x, parametrization.ParamRule)  # noqa: E731
+    is_rule = lambda x: isinstance(x, parametrization.ParamRule)
     leaves = jax.tree.leaves(rules, is_leaf=is_rule)
     assert {r.lr_mult for r in leaves} == {1.0, 0.5, 0.25}
     assert {r.init_mult for r in leaves} == {1.0, 0.5}

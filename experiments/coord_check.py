@@ -1,0 +1,224 @@
+"""Coordinate check: activation sizes against width after a few Adam steps, under SP and μP.
+
+``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--out DIR]``
+
+Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train models of
+widths base x {1, 2, 4, 8} for a few steps at one (large) learning rate and record, on a
+fixed batch, the RMS of every module's output after each step and the RMS of its change
+since step 0. Under μP (``lm/parametrization.py``) every curve is flat in width; under SP
+the logits (and the hidden updates) grow with width.
+
+Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block_i/ff``
+(MLP or MoE output) and ``block_i`` (the residual stream after the block), and ``logits``.
+Each (parametrization, family, width) is averaged over ``seeds`` (init and data order).
+
+Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
+parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
+of the last step's rms and update_rms against width per module), report.md and
+coord_check_<family>.png/svg (rows: SP, μP; columns: activation RMS at steps 0..n, then
+the update RMS at the last step; one line per module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from experiments import study_cli
+from layers.moe import MoEConfig
+from lm import data as lm_data
+from lm import model as lm_model
+from lm import parametrization, train
+from lm.config import ModelConfig, OptimizerConfig, RunConfig
+from lm.data import DataConfig
+
+FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
+PARAMETRIZATIONS = ("sp", "mup")
+
+
+def family_model(family: str, base_width: int, num_layers: int, parametrization_: str = "mup") -> ModelConfig:
+    """The ``family``'s model at its base width (μP equals SP there); widen with ``parametrization.at_width``.
+
+    Four heads (their width grows with d), MLP 4d; Griffin = (recurrent, local attention),
+    Hawk = recurrent only; GLA; MLA with latent ranks d/2 and RoPE key 8 (fixed); MoE with 4
+    experts of width 2d, top-2. Untied head for the transformer (the readout class), tied
+    elsewhere (the tied-embedding multiplier).
+    """
+    base = ModelConfig(d_model=base_width, num_layers=num_layers, pattern="A", num_heads=4,
+                       parametrization=parametrization_, base_width=base_width)
+    if family == "transformer":
+        return dataclasses.replace(base, tie_embeddings=False)
+    if family in ("griffin", "hawk"):
+        return dataclasses.replace(base, pattern="RW" if family == "griffin" else "R", num_kv_heads=1, window=64)
+    if family == "gla":
+        return dataclasses.replace(base, pattern="L")
+    if family == "mla":
+        return dataclasses.replace(base, pattern="M", mla_q_lora_rank=base_width // 2, mla_kv_lora_rank=base_width // 2,
+                                   mla_qk_nope_dim=base_width // 4, mla_qk_rope_dim=8, mla_v_head_dim=base_width // 4)
+    if family == "moe":
+        return dataclasses.replace(base, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=2 * base_width))
+    raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Widths base x multipliers, depth, steps, learning rate, batch shape, seeds."""
+
+    base_width: int
+    multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    num_layers: int = 2
+    steps: int = 4
+    learning_rate: float = 1e-2
+    seq_len: int = 64
+    batch_size: int = 8
+    seeds: int = 2
+
+
+PRESETS = {
+    "smoke": Preset(base_width=32, num_layers=2, steps=4, seq_len=32, batch_size=8, seeds=8),
+    "default": Preset(base_width=64, num_layers=3, steps=5, seq_len=128, batch_size=16, seeds=3),
+}
+
+
+def _rms(x) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
+def activations(cfg: ModelConfig, params, tokens) -> dict[str, jax.Array]:
+    """{module: activation} of one forward pass (Flax ``capture_intermediates``)."""
+    (logits, _, _), state = lm_model.LanguageModel(cfg).apply(
+        {"params": params}, tokens, capture_intermediates=True, mutable=["intermediates"])
+    inter = state["intermediates"]
+    out = {"embedding": jnp.take(params["embed"], tokens, axis=0) * jnp.sqrt(cfg.d_model)}
+    for i in range(cfg.num_layers):
+        block = inter[f"block_{i}"]
+        for name, sub in block.items():
+            if name == "__call__" or name.startswith("norm"):
+                continue
+            value = sub["__call__"][0]
+            out[f"block_{i}/{'ff' if name in ('mlp', 'moe') else 'mixer'}"] = value[0] if isinstance(value, tuple) else value
+        out[f"block_{i}"] = block["__call__"][0][0]
+    out["logits"] = logits
+    return out
+
+
+def measure(cfg: ModelConfig, preset: Preset) -> list[dict]:
+    """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
+
+    The init, step and activation programs are compiled once per width and reused by the seeds.
+    """
+    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
+    init = jax.jit(lambda rng: train.init_state(run, rng))
+    step = jax.jit(train.make_train_step(run))
+    acts = jax.jit(lambda p, tokens: activations(cfg, p, tokens))
+    lr, wd = jnp.float32(preset.learning_rate), jnp.float32(0.0)
+    rows = []
+    for seed in range(preset.seeds):
+        state = init(jax.random.PRNGKey(seed))
+        it = lm_data.make_iterator(dataclasses.replace(run.data, seed=seed), "train")
+        batches = [train._to_device(next(it)) for _ in range(preset.steps)]
+        it.close()
+        first = acts(state["params"], batches[0]["tokens"])
+        for t in range(preset.steps + 1):
+            now = first if t == 0 else acts(state["params"], batches[0]["tokens"])
+            for module, a in now.items():
+                rows.append({"seed": seed, "step": t, "module": module, "rms": float(_rms(a)),
+                             "update_rms": float(_rms(a - first[module]))})
+            if t < preset.steps:
+                state, _ = step(state, batches[t], lr, wd)
+    return rows
+
+
+def coord_check(preset: Preset, families=("transformer",), progress: bool = True) -> pd.DataFrame:
+    """The table of every (parametrization, family, width, step, module), averaged over seeds."""
+    rows = []
+    for family in families:
+        for par in PARAMETRIZATIONS:
+            base = family_model(family, preset.base_width, preset.num_layers, par)
+            for mult in preset.multipliers:
+                cfg = parametrization.at_width(base, mult * preset.base_width)
+                if progress:
+                    print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
+                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r}
+                         for r in measure(cfg, preset)]
+    df = pd.DataFrame(rows)
+    keys = ["parametrization", "family", "width", "step", "module"]
+    return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()
+
+
+def slopes(table: pd.DataFrame) -> pd.DataFrame:
+    """Least-squares slope of log rms (and log update_rms) against log width at the last step."""
+    last = table[table["step"] == table["step"].max()]
+    rows = []
+    for (par, fam, module), g in last.groupby(["parametrization", "family", "module"], sort=False):
+        lw = np.log(g["width"].to_numpy(float))
+        rows.append({"parametrization": par, "family": fam, "module": module,
+                     **{f"{col}_slope": float(np.polyfit(lw, np.log(np.maximum(g[col].to_numpy(), 1e-30)), 1)[0])
+                        for col in ("rms", "update_rms")}})
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, family: str, out: Path) -> list[Path]:
+    """Rows SP / μP; columns: rms at each step, then update_rms at the last step (log-log, one line per module)."""
+    from matplotlib.figure import Figure
+
+    df = table[table["family"] == family]
+    steps = sorted(df["step"].unique())
+    fig = Figure(figsize=(2.8 * (len(steps) + 1), 5.6))
+    for i, par in enumerate(PARAMETRIZATIONS):
+        d = df[df["parametrization"] == par]
+        panels = [(s, "rms") for s in steps] + [(steps[-1], "update_rms")]
+        for j, (s, col) in enumerate(panels):
+            ax = fig.add_subplot(2, len(panels), i * len(panels) + j + 1)
+            for k, (module, g) in enumerate(d[d["step"] == s].groupby("module", sort=False)):
+                ax.plot(g["width"], g[col], marker="o", ms=3, color=f"C{k % 10}", label=module)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{'μP' if par == 'mup' else 'SP'}: {col} step {s}", fontsize=8)
+            ax.set_xlabel("width", fontsize=8)
+    fig.axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    return study_cli.save_figure(fig, out, f"coord_check_{family}")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m experiments.coord_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--family", default="transformer", help=f"one of {FAMILIES} or 'all'")
+    p.add_argument("--out", default=None, help="output directory (default runs/coord_check/<preset>)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.family != "all" and args.family not in FAMILIES:
+        p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
+    families = FAMILIES if args.family == "all" else (args.family,)
+    out = study_cli.out_dir("coord_check", args)
+    out.mkdir(parents=True, exist_ok=True)
+    table = coord_check(PRESETS[args.preset], families, progress=not args.no_progress)
+    table.to_csv(out / "coord_check.csv", index=False)
+    sl = slopes(table)
+    sl.to_csv(out / "slopes.csv", index=False)
+    figures = [f for fam in families for f in plot(table, fam, out)]
+    lines = [f"# Coordinate check ({args.preset} preset)", "",
+             "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
+             "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]
+    lines += study_cli.markdown_table(
+        ["parametrization", "family", "module", "rms slope", "update slope"],
+        [(r.parametrization, r.family, r.module, f"{r.rms_slope:+.3f}", f"{r.update_rms_slope:+.3f}")
+         for r in sl.itertuples()], align="lllrr")
+    report = study_cli.write_report(out, lines, figures)
+    print(sl.to_string(index=False))
+    print(f"report: {report}")
+    return {"out": out, "table": table, "slopes": sl, "report": report}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,272 @@
+"""μP transfer and loss prediction: learning-rate sweeps at 4 widths under SP and μP.
+
+``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--out DIR]``
+
+Tensor Programs V (Yang et al. 2022, arXiv 2203.03466, Fig. 1): under μP the optimal
+learning rate stays put as the model widens, under SP it drifts (down). "Research without
+Re-search" (Su et al. 2024, arXiv 2304.06875) and MiniCPM's model wind tunnel (Hu et al.
+2024, arXiv 2404.06395, Sec. 3): with μP the loss of the wide model is predictable from the
+narrow ones.
+
+Grid: widths base x {1, 2, 4, 8} (``lm.parametrization.at_width``; μP's base width = the
+smallest) x {SP, μP} x peak learning rates; each (parametrization, width) is one group of
+the shared runner (``run_study(groups=...)``) trained as one vmapped program over its
+learning rates (:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
+Schedule: cosine with warmup; AdamW (independent weight decay under μP).
+
+Analysis (reads only the table):
+  optimum     per (parametrization, width): the best grid lr, the vertex of a parabola in
+              log2 lr through it and its two neighbours (the grid edge if it is one), and the
+              near-optimal interval: the lrs whose loss is within ``threshold`` of the best;
+  drift       log(lr_opt(widest) / lr_opt(narrowest)) in grid steps (log of the grid
+              ratio); μP should stay within one step over 8x width, SP drifts;
+  prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="saturating")``, N = non-embedding
+              parameters) fitted to each width's best loss except the widest; predicted
+              against the widest's; relative error reported for μP (and SP, for contrast).
+
+Outputs under ``--out`` (default ``runs/mup_transfer/<preset>``): run directories,
+results.csv, optima.csv, report.md, transfer.png/svg (loss vs lr, one curve per width, SP and
+μP side by side) and prediction.png/svg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments import runner, study_cli
+from experiments.coord_check import FAMILIES, PARAMETRIZATIONS, family_model
+from lm import parametrization, vmap_sweep
+from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Widths base x multipliers, learning-rate grid (geometric), run length and batch shape."""
+
+    base_width: int
+    learning_rates: tuple[float, ...]
+    steps: int
+    multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    num_layers: int = 2
+    seq_len: int = 64
+    batch_size: int = 8
+    warmup_fraction: float = 0.1
+    eval_batches: int = 4
+    threshold: float = 0.01
+
+    def __post_init__(self):
+        if len(self.learning_rates) < 3 or list(self.learning_rates) != sorted(self.learning_rates):
+            raise ValueError(f"Preset.learning_rates={self.learning_rates}: need >= 3, increasing")
+        if len(self.multipliers) < 3 or self.multipliers[0] != 1:
+            raise ValueError(f"Preset.multipliers={self.multipliers}: need >= 3 widths starting at the base (1)")
+
+
+def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
+    return tuple(float(f"{lo * ratio**i:.4g}") for i in range(n))
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(base_width=16, learning_rates=_grid(2e-3, 6), steps=40, num_layers=2, seq_len=32, batch_size=8,
+                    eval_batches=2),
+    "default": Preset(base_width=32, learning_rates=_grid(1e-3, 8), steps=300, num_layers=2, seq_len=64,
+                      batch_size=16, eval_batches=8),
+    "full": Preset(base_width=128, learning_rates=_grid(2.5e-4, 9), steps=4000, num_layers=8, seq_len=512,
+                   batch_size=32, eval_batches=32),
+}
+
+
+def build_study(preset: Preset, family: str = "transformer",
+                preset_name: str = "custom") -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
+    """The grid as a Study and its vmapped groups (one per parametrization x width: the lr axis)."""
+    runs, tags, groups = [], {}, []
+    for par in PARAMETRIZATIONS:
+        base = family_model(family, preset.base_width, preset.num_layers, par)
+        for mult in preset.multipliers:
+            model = parametrization.at_width(base, mult * preset.base_width)
+            run = RunConfig(
+                model=model, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                optimizer=OptimizerConfig(),
+                schedule=ScheduleConfig(kind="cosine", warmup_fraction=preset.warmup_fraction, min_ratio=0.1),
+                train=TrainConfig(steps=preset.steps, eval_every=preset.steps, eval_batches=preset.eval_batches,
+                                  log_every=max(1, preset.steps // 8), checkpoint_every=preset.steps, progress=False),
+                name=f"{family}-{par}-d{model.d_model}",
+            )
+            group = vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates)
+            groups.append(tuple(r.name for r in group))
+            for r in group:
+                runs.append(r)
+                tags[r.name] = {"parametrization": par, "family": family, "width": model.d_model,
+                                "lr": r.optimizer.learning_rate}
+    meta = {"preset": preset_name, "family": family, "base_width": preset.base_width,
+            "learning_rates": list(preset.learning_rates), "threshold": preset.threshold}
+    return runner.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def optimum(lrs: np.ndarray, losses: np.ndarray, threshold: float) -> dict:
+    """Best grid lr, parabola-vertex lr (log2 space) and the near-optimal interval of one sweep.
+
+    ``losses`` may hold inf/NaN (diverged runs). The vertex is clamped to the two neighbours.
+    """
+    order = np.argsort(lrs)
+    lrs, losses = np.asarray(lrs, float)[order], np.where(np.isfinite(losses), losses, np.inf)[order]
+    i = int(np.argmin(losses))
+    best, lr_opt = losses[i], lrs[i]
+    edge = i in (0, len(lrs) - 1)
+    if not edge and np.all(np.isfinite(losses[i - 1:i + 2])):
+        x, y = np.log2(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
+        a, b, _ = np.polyfit(x, y, 2)
+        if a > 0:
+            lr_opt = float(2 ** np.clip(-b / (2 * a), x[0], x[2]))
+    near = lrs[losses <= best * (1 + threshold)]
+    return {"best_lr": float(lrs[i]), "lr_opt": float(lr_opt), "lr_lo": float(near.min()), "lr_hi": float(near.max()),
+            "best_loss": float(best), "on_edge": edge}
+
+
+def optima(table: pd.DataFrame, threshold: float, loss: str = "final_val_loss") -> pd.DataFrame:
+    """One row per (parametrization, width): :func:`optimum` and N (non-embedding parameters)."""
+    rows = []
+    for (par, width), g in table.groupby(["parametrization", "width"], sort=True):
+        ok = g["status"] == "complete"
+        vals = np.where(ok, pd.to_numeric(g[loss], errors="coerce"), np.inf)
+        rows.append({"parametrization": par, "width": int(width), "N": int(g["N_non_embedding"].iloc[0]),
+                     **optimum(g["lr"].to_numpy(float), vals, threshold)})
+    return pd.DataFrame(rows)
+
+
+def drift_steps(opt: pd.DataFrame, lrs) -> dict[str, float]:
+    """Per parametrization: log(lr_opt(widest) / lr_opt(narrowest)) in steps of the lr grid."""
+    step = math.log(lrs[-1] / lrs[0]) / (len(lrs) - 1)
+    out = {}
+    for par, g in opt.groupby("parametrization"):
+        g = g.sort_values("width")
+        out[par] = math.log(g["lr_opt"].iloc[-1] / g["lr_opt"].iloc[0]) / step
+    return out
+
+
+def predict_widest(opt: pd.DataFrame, par: str) -> dict:
+    """Fit L(N) = E + A N^-alpha to the best losses of all widths but the widest; predict the widest."""
+    from scaling.fit import fit_law
+
+    g = opt[opt["parametrization"] == par].sort_values("N")
+    train, held = g.iloc[:-1], g.iloc[-1:]
+    fit = fit_law(train.assign(C=train["N"].astype(float), loss=train["best_loss"]), law="saturating")
+    pred = float(fit.predict(held.assign(C=held["N"].astype(float), loss=held["best_loss"]))[0])
+    actual = float(held["best_loss"].iloc[0])
+    return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]), "predicted": pred,
+            "actual": actual, "rel_error": (pred - actual) / actual, "fit": fit}
+
+
+def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, threshold: float) -> dict:
+    """optima.csv, transfer and prediction plots, report.md."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    out = Path(out)
+    lrs = sorted(study.meta["learning_rates"])
+    opt = optima(table, threshold)
+    opt.to_csv(out / "optima.csv", index=False)
+    drift = drift_steps(opt, lrs)
+    preds = {par: predict_widest(opt, par) for par in PARAMETRIZATIONS}
+
+    fig = Figure(figsize=(10, 4))
+    for j, par in enumerate(PARAMETRIZATIONS):
+        ax = fig.add_subplot(1, 2, j + 1)
+        d = table[table["parametrization"] == par]
+        for k, (width, g) in enumerate(d.groupby("width")):
+            g = g.sort_values("lr")
+            y = np.where(g["status"] == "complete", pd.to_numeric(g["final_val_loss"], errors="coerce"), np.nan)
+            ax.plot(g["lr"], y, marker="o", ms=3, color=f"C{k}", label=f"d={width}")
+            o = opt[(opt["parametrization"] == par) & (opt["width"] == width)].iloc[0]
+            ax.axvline(o["lr_opt"], color=f"C{k}", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"{'μP' if par == 'mup' else 'SP'}: drift {drift[par]:+.2f} grid steps", fontsize=9)
+        best = opt.loc[opt["parametrization"] == par, "best_loss"]
+        best = best[np.isfinite(best)]
+        if len(best):  # every width's optimum in view; diverging tails cut
+            ax.set_ylim(best.min() - 0.05, best.max() + 0.5)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures = study_cli.save_figure(fig, out, "transfer")
+
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.add_subplot()
+    for k, par in enumerate(PARAMETRIZATIONS):
+        g = opt[opt["parametrization"] == par].sort_values("N")
+        p = preds[par]
+        ax.scatter(g["N"].iloc[:-1], g["best_loss"].iloc[:-1], color=f"C{k}", label=f"{par} (fitted)")
+        ax.scatter([p["N"]], [p["actual"]], marker="*", s=90, color=f"C{k}", label=f"{par} widest (held out)")
+        n = np.geomspace(g["N"].min() / 1.2, p["N"] * 1.5, 50)
+        fitted = p["fit"].predict(pd.DataFrame({"C": n, "loss": np.ones_like(n)}))
+        ax.plot(n, fitted, color=f"C{k}", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("best validation loss")
+    ax.legend(fontsize=7)
+    figures += study_cli.save_figure(fig, out, "prediction")
+
+    rows = [(r.parametrization, r.width, r.N, f"{r.lr_opt:.3g}", f"[{r.lr_lo:.3g}, {r.lr_hi:.3g}]",
+             f"{r.best_loss:.4f}", "yes" if r.on_edge else "") for r in opt.itertuples()]
+    lines = [f"# μP transfer ({study.meta.get('preset')} preset, {study.meta.get('family')})", "",
+             f"Optimal learning rate per width (parabola vertex in log lr; interval: runs within "
+             f"{100 * threshold:g}% of the best loss), drift of the optimum from the narrowest to the widest width "
+             f"in grid steps (grid ratio {lrs[1] / lrs[0]:.3g}).", ""]
+    lines += study_cli.markdown_table(["parametrization", "width", "N", "lr_opt", "near-optimal", "best loss",
+                                       "on grid edge"], rows, align="lrrrrrl")
+    lines += ["", *[f"- {par}: drift {drift[par]:+.2f} grid steps over "
+                    f"{opt['width'].max() // opt['width'].min()}x width" for par in PARAMETRIZATIONS], "",
+              "## Loss prediction", "",
+              "L(N) = E + A N^-alpha fitted to every width but the widest (best loss over the lr grid), "
+              "predicted at the widest:", ""]
+    for par in PARAMETRIZATIONS:
+        p = preds[par]
+        q = p["params"]
+        lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g}; predicted {p['predicted']:.4f} "
+                     f"vs actual {p['actual']:.4f} at N={p['N']}: error {100 * p['rel_error']:+.2f}%")
+    report = study_cli.write_report(out, lines, figures)
+    summary = {"drift_steps": drift, "prediction": {k: {kk: v for kk, v in p.items() if kk != "fit"}
+                                                    for k, p in preds.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"optima": opt, "drift": drift, "prediction": preds, "plots": figures, "report": report}
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> dict:
+    p = study_cli.study_parser("mup_transfer", __doc__, PRESETS, shard=True)
+    p.add_argument("--family", default="transformer", choices=FAMILIES)
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = study_cli.out_dir("mup_transfer", args)
+    with study_cli.cli_errors(p):
+        study, groups = build_study(preset, args.family, args.preset)
+        table = study_cli.train_and_load(study, out, args, groups=groups)
+    result = {"out": out, "table": table}
+    if not study_cli.analysis_ready(table, allow_diverged=True):  # high learning rates may diverge
+        return result
+    result.update(analyze(study, table, out, threshold=preset.threshold))
+    for par in PARAMETRIZATIONS:
+        pr = result["prediction"][par]
+        print(f"{par}: lr drift {result['drift'][par]:+.2f} grid steps; widest loss predicted "
+              f"{pr['predicted']:.4f} vs {pr['actual']:.4f} ({100 * pr['rel_error']:+.2f}%)")
+    print(result["optima"].to_string(index=False))
+    print(f"report: {result['report']}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

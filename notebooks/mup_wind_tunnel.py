@@ -1,0 +1,152 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # μP wind tunnel
+#
+# MiniCPM's "model wind tunnel" (Hu et al. 2024, arXiv 2404.06395, Sec. 3): tune the
+# hyperparameters on small models under the Maximal Update Parametrization (μP, Yang et al.
+# 2022, Tensor Programs V), carry them to the large model unchanged, and predict its loss
+# before training it ("Research without Re-search", Su et al. 2024).
+#
+# Three steps, each a scalelab module:
+# 1. **Coordinate check** (`experiments.coord_check`): under μP every activation's size after
+#    a few Adam steps is flat in width; under SP the logits grow.
+# 2. **Learning-rate transfer** (`experiments.mup_transfer`): the optimal learning rate of
+#    every width, SP vs μP.
+# 3. **Loss prediction**: L(N) = E + A N^-alpha fitted to the narrow μP models predicts the
+#    widest one.
+#
+# At smoke size (`SCALELAB_SMOKE=1`, used by the tests) the coordinate check is tiny and the
+# transfer table synthetic (stated where it is used). Without it the notebook reads
+# `runs/mup_transfer/default/results.csv` if that study has been run, and otherwise trains the
+# `smoke` preset here (minutes on a CPU).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+IN_COLAB = "google.colab" in sys.modules
+REPO = os.environ.get("SCALELAB_REPO", "https://github.com/scalelab/scalelab")  # set to your fork
+if IN_COLAB and importlib.util.find_spec("lm") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"scalelab[notebooks] @ git+{REPO}"], check=True)
+elif importlib.util.find_spec("experiments") is None:
+    sys.path.insert(0, str(Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
+
+SMOKE = os.environ.get("SCALELAB_SMOKE", "0") == "1"
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+
+# %% [markdown]
+# ## The parametrization
+# One module, `lm/parametrization.py`, classifies every parameter of every family and gives
+# its init and learning-rate multipliers (its docstring has the table and the reasoning).
+# Here: the transformer at 4x its base width.
+
+# %%
+import tempfile  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from IPython.display import Image, display  # noqa: E402
+
+from experiments import coord_check, mup_transfer  # noqa: E402
+from lm import model, parametrization  # noqa: E402
+
+base = coord_check.family_model("transformer", base_width=16, num_layers=1)
+wide = parametrization.at_width(base, 64)
+rules = pd.DataFrame(parametrization.rules_table(model.param_rules(wide)))
+print(f"output multiplier {parametrization.output_multiplier(wide):.3g}, "
+      f"attention scale {parametrization.score_scale(wide, lambda c: c.dim_per_head):.3g}")
+rules
+
+# %% [markdown]
+# ## 1. Coordinate check
+
+# %%
+out = Path(tempfile.mkdtemp(prefix="scalelab-mup-"))
+cc_preset = coord_check.Preset(base_width=16, multipliers=(1, 4), num_layers=1, steps=2, seq_len=16, batch_size=4,
+                               seeds=1) if SMOKE else coord_check.PRESETS["smoke"]
+cc = coord_check.coord_check(cc_preset, ("transformer",), progress=False)
+for path in coord_check.plot(cc, "transformer", out):
+    if path.suffix == ".png":
+        display(Image(filename=str(path)))
+coord_check.slopes(cc).pivot(index="module", columns="parametrization", values="rms_slope")
+
+# %% [markdown]
+# ## 2. Learning-rate transfer
+# One vmapped group of learning rates per (parametrization, width), trained by the shared
+# runner (resumable; `--shard` on the command line). Table used: the default study's
+# `runs/mup_transfer/default/results.csv` if it exists (not at smoke size); otherwise, at
+# smoke size, a SYNTHETIC table (stated below: SP's optimum halves per width doubling, μP's
+# stays, losses on a known L(N)), and without smoke the `smoke` preset trained here.
+
+# %%
+import numpy as np  # noqa: E402
+
+from experiments import runner  # noqa: E402
+from lm.flops import param_count  # noqa: E402
+
+
+def synthetic_table(study) -> pd.DataFrame:
+    """The study's grid with losses 2 + 40 N^-0.3 + 0.05 log2(lr / lr*)^2; lr* = 1e-2 (μP), 1e-2 * base / width (SP)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in study.runs:
+        tags = study.tags[r.name]
+        n = param_count(r.model)["non_embedding"]
+        best = 1e-2 * (1.0 if tags["parametrization"] == "mup" else study.meta["base_width"] / tags["width"])
+        loss = 2.0 + 40.0 * n**-0.3 + 0.05 * np.log2(tags["lr"] / best) ** 2 + 0.002 * rng.standard_normal()
+        rows.append({**tags, "status": "complete", "N_non_embedding": n, "final_val_loss": loss})
+    return pd.DataFrame(rows)
+
+
+ours = ROOT / "runs" / "mup_transfer" / "default" / "results.csv"
+if ours.exists() and not SMOKE:
+    preset, where = mup_transfer.PRESETS["default"], ours.parent
+    study, groups = mup_transfer.build_study(preset, "transformer")
+    table, source = runner.load_results(study, where), str(ours)
+else:
+    preset, where = mup_transfer.PRESETS["smoke"], out / "transfer"
+    study, groups = mup_transfer.build_study(preset, "transformer")
+    where.mkdir(parents=True, exist_ok=True)
+    if SMOKE:
+        table, source = synthetic_table(study), "SYNTHETIC (run experiments.mup_transfer for real data)"
+    else:
+        table, source = runner.run_study(study, where, groups=groups, progress=False), "the smoke preset, trained here"
+print(f"{len(table)} runs from {source}")
+result = mup_transfer.analyze(study, table, where, threshold=preset.threshold)
+display(Image(filename=str(where / "transfer.png")))
+print({k: f"{v:+.2f} grid steps" for k, v in result["drift"].items()})
+result["optima"]
+
+# %% [markdown]
+# ## 3. Loss prediction
+# The widest μP model's loss, predicted from the narrower ones before training it.
+
+# %%
+display(Image(filename=str(where / "prediction.png")))
+pd.DataFrame([{k: v for k, v in p.items() if k not in ("fit", "params")} for p in result["prediction"].values()])
+
+# %% [markdown]
+# ## The big run
+# The wind tunnel's output: the base model's optimal learning rate, used unchanged at any
+# width under μP (`model.parametrization="mup"`, `model.base_width` = the tuned width).
+
+# %%
+opt = result["optima"]
+lr = float(opt[(opt["parametrization"] == "mup") & (opt["width"] == preset.base_width)]["lr_opt"].iloc[0])
+big = parametrization.at_width(coord_check.family_model("transformer", preset.base_width, preset.num_layers),
+                               preset.base_width * 32)
+print(f"train d_model={big.d_model} (base_width={big.base_width}) with peak lr {lr:.3g}")
