@@ -171,6 +171,7 @@ def compute_for_loss(loss, E, A, alpha):
 def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None = None,
                         reference: str = "transformer", level: float = 0.95) -> pd.DataFrame:
     """Per family: compute multiplier to match the reference's fitted loss at ``c_max``, with intervals."""
+    study_cli.check_level(level)
     ref_fit, ref_boot = fits[reference]
     p = ref_fit.params
     target = p["E"] + p["A"] * c_max ** -p["alpha"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
@@ -27,7 +28,7 @@ def prepare_throughput(out: str, tokenizer: str, workers: int) -> dict:
     links = os.path.join(out + "-input")
     os.makedirs(links, exist_ok=True)
     for i, path in enumerate(data_sources.stdlib_files()):  # the corpus's files, test folders excluded
-        link = os.path.join(links, f"{i:05d}.py")
+        link = os.path.join(links, f"{i:05d}.txt")
         if not os.path.exists(link):
             os.symlink(path, link)
     cfg = prepare.PrepareConfig(input=links, tokenizer=tokenizer, validation_fraction=0.01,
@@ -35,12 +36,19 @@ def prepare_throughput(out: str, tokenizer: str, workers: int) -> dict:
     t0 = time.perf_counter()
     prepare.prepare_tokenizer(cfg, out)
     train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     manifest = prepare.prepare(cfg, out, workers=workers)["manifest"]
-    tok_s = time.perf_counter() - t0
+    tok_s, cpu_s = time.perf_counter() - t0, _cpu_s() - cpu0
     mb = sum(s["bytes"] for s in manifest["splits"].values()) / 1e6
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    return {"mb": mb, "tokens": tokens, "tokenizer_train_s": train_s, "tokenize_s": tok_s, "mb_per_s": mb / tok_s}
+    return {"mb": mb, "tokens": tokens, "tokenizer_train_s": train_s, "tokenize_s": tok_s, "mb_per_s": mb / tok_s,
+            "mb_per_cpu_s": mb / cpu_s}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the tokenizing workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def pipeline_throughput(path: str, *, batch: int, seq_len: int, workers: int, batches: int) -> dict:
@@ -75,7 +83,7 @@ def main(argv=None) -> dict:
         prep = prepare_throughput(out, args.tokenizer, args.workers)
         print(f"prepare_data {args.tokenizer}: {prep['mb']:.1f} MB -> {prep['tokens'] / 1e6:.2f}M tokens; "
               f"tokenizer trained in {prep['tokenizer_train_s']:.1f} s; tokenized in {prep['tokenize_s']:.1f} s "
-              f"with {args.workers} workers = {prep['mb_per_s']:.2f} MB/s")
+              f"with {args.workers} workers = {prep['mb_per_s']:.2f} MB/s ({prep['mb_per_cpu_s']:.2f} MB per CPU-second)")
         pipe = pipeline_throughput(out, batch=args.batch, seq_len=args.seq_len, workers=args.loader_workers,
                                    batches=args.batches)
         print(f"grain pipeline (prepared shards, packing, batch {args.batch}x{args.seq_len}, "

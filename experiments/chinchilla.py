@@ -37,7 +37,7 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import data_budget, runner, study_cli
+from experiments import data_budget, outdir, runner, study_cli
 from experiments.cli import OneLineParser
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import VOCAB_SIZE, DataConfig
@@ -323,6 +323,7 @@ def main(argv=None) -> dict:
         preset = preset_from_args(args)
         study = build_study(preset, args.data, args.preset)
         shard = runner.parse_shard(args.shard)
+        outdir.check_writable_dir(out)  # the analysis writes its report there too
         if not args.analysis_only:
             data_budget.check_epochs(study.runs, args.max_epochs)
             runner.run_study(study, out, shard=shard, progress=not args.no_progress)

@@ -30,6 +30,9 @@ RUN_FAILED = 1  # the command ran and failed (a diverged run)
 # What each field means, where its dataclass docstring has no "name: text" entry of its own.
 FIELD_HELP = {
     "name": "run name: the run directory is <--out>/<name> (no '/', '\\' or '..')",
+    "model.num_heads": "attention (query) heads",
+    "model.num_kv_heads": "key/value heads, grouped-query attention (none: num_heads)",
+    "model.head_dim": "dims per attention head (none: d_model // num_heads)",
     "model.attn_softcap": "tanh soft-cap of the attention scores (none: off)",
     "model.logit_softcap": "tanh soft-cap of the output logits (none: off)",
     "model.rope_fraction": "share of each head's dims that get RoPE (0..1)",
@@ -168,7 +171,7 @@ def add_config_args(parser: argparse.ArgumentParser, cfg) -> None:
     group = parser.add_argument_group("config overrides (any field; 'none' for None)")
     docs = field_help(cfg)
     for path, f, value in _leaf_fields(cfg):
-        meaning = docs[path].replace("%", "%%")
+        meaning = docs[path].rstrip(".").replace("%", "%%")
         default = json.dumps(list(value)) if isinstance(value, tuple) else repr(value)
         group.add_argument(f"--{path}", dest=f"cfg:{path}", default=None, metavar=_kind(value, str(f.type)),
                            help=f"{meaning} (default: {default.replace('%', '%%')})" if meaning

@@ -141,6 +141,7 @@ def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed
     """
     from scaling.hyperparams import fit_hyper_law
 
+    study_cli.check_level(level)
     lr = fit_hyper_law(table, "lr_opt", threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
     bs = fit_hyper_law(table, "bs_opt", {"batch_size": batch}, threshold=threshold, n_bootstrap=n_bootstrap,
                        seed=seed, level=level)

@@ -96,13 +96,14 @@ def config_differences(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ())
     """
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
     missing = object()
+
+    def show(v):
+        return "(absent)" if v is missing else json.dumps(v)
+
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in ignore:
-            continue
         x, y = a.get(key, missing), b.get(key, missing)
-        if x != y:
-            show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
+        if key not in ignore and x != y:
             out.append(f"{key}: {show(x)} -> {show(y)}")
     return out
 

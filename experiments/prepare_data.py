@@ -29,7 +29,7 @@ from lm import prepare
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.prepare_data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="glob, directory, or tfds:NAME[:VERSION]/SPLIT")
+    p.add_argument("--input", default=None, help="glob, directory, or tfds:NAME[:VERSION]/SPLIT (not needed with --merge)")
     p.add_argument("--out", required=True, help="the prepared directory")
     p.add_argument("--tokenizer", default="byte", help="byte | bpe:VOCAB | PATH (tokenizer.json or .model)")
     p.add_argument("--text-key", default="text", help="text field of jsonl / parquet / TFDS records")
@@ -60,15 +60,17 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.merge:
+            manifest = prepare.merge(args.out)
+            print(_summary(manifest))
+            return {"manifest": manifest}
+        if not args.input:
+            raise ValueError("--input is required (unless --merge)")
         cfg = prepare.PrepareConfig(input=args.input, tokenizer=args.tokenizer, text_key=args.text_key,
                                     validation_fraction=args.validation_fraction, split_seed=args.split_seed,
                                     tfds_data_dir=args.tfds_data_dir,
                                     tokenizer_sample_bytes=max(1, int(args.tokenizer_sample_mb * 2**20)))
         shard = _shard(args.shard)
-        if args.merge:
-            manifest = prepare.merge(args.out)
-            print(_summary(manifest))
-            return {"manifest": manifest}
         t0 = time.perf_counter()
         result = prepare.prepare(cfg, args.out, shard=shard, workers=args.workers,
                                  progress=lambda d, n: print(f"\runits {d}/{n}", end="", file=sys.stderr))

@@ -29,7 +29,7 @@ STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host d
 def _clock(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 

@@ -14,12 +14,16 @@ one shard of it) under ``out``:
   out/curves.csv                    long table of every run's loss curve (run, step,
                                     tokens, flops, train_loss, val_loss, N) for approach 1
 
-Resumable: a run whose ``result.json`` exists is never trained again; an interrupted run
-resumes from its last orbax checkpoint (:func:`lm.train.train` does that), so a sweep
-killed at any moment and rerun yields the same table (losses bitwise on CPU).
-``shard=(i, n)`` trains only grid[i::n], so a grid spreads over hosts or job-array tasks
-with any scheduler. Every check that can fail (duplicate runs, too-short runs, an output
-directory holding another study, bad groups) runs before the first step of training.
+Resumable: a run whose ``result.json`` records a finished run is never trained again
+(``{}``, ``[]`` or a cut-short file is not one); an interrupted run resumes from its newest
+intact orbax checkpoint (:func:`lm.train.train` does that; :mod:`lm.checkpoint` falls back
+past unreadable ones), so a sweep killed at any moment and rerun yields the same table
+(losses bitwise on CPU). A run none of whose checkpoints can be read is marked "failed"
+(failure.json) and the sweep goes on; the next call retries it. ``shard=(i, n)`` trains
+only grid[i::n], so a grid spreads over hosts or job-array tasks with any scheduler. Every
+check that can fail (duplicate runs, too-short runs, an output directory that is a file,
+cannot be written or holds another study, a damaged study.json, config.json or results
+table, bad groups) runs before the first step of training.
 
 Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
 together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
@@ -224,14 +228,13 @@ def _atomic_write(path: Path, text: str) -> None:
 def check_out(study: Study, out: str | Path) -> None:
     """Raise :class:`StudyError` if ``out`` cannot hold this study (creates nothing).
 
-    Refused: an ``out`` that is a file or cannot be written; a different study (a manifest
+    Refused: a different study (a manifest
     with another name or grid fingerprint, run directories without a manifest, or a run
     directory whose config differs from the grid's); a damaged record (study.json, a run's
     config.json, a results table) that the study would have to trust.
     """
     out = Path(out)
     try:
-        outdir.check_writable_dir(out)
         theirs = outdir.read_json_record(out / MANIFEST, "the study manifest")
         configs = {run.name: outdir.read_json_record(out / RUNS_DIR / run.name / "config.json", "the run's config")
                    for run in study.runs}
@@ -260,8 +263,12 @@ def check_out(study: Study, out: str | Path) -> None:
 
 
 def prepare_out(study: Study, out: str | Path) -> Path:
-    """Check ``out`` (:func:`check_out`), create it and write the manifest."""
+    """Check ``out`` (writable, :func:`check_out`), create it and write the manifest."""
     out = Path(out)
+    try:
+        outdir.check_writable_dir(out)
+    except outdir.OutputError as err:
+        raise StudyError(str(err)) from err
     check_out(study, out)
     (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     if not (out / MANIFEST).exists():
@@ -412,12 +419,14 @@ def read_study_table(path: str | Path, study: Study) -> pd.DataFrame:
     """
     try:
         table = read_table(path)
+    except FileNotFoundError as err:
+        raise StudyError(f"results table {path} does not exist") from err
     except (ValueError, OSError) as err:  # pandas' parser and empty-data errors, bad bytes
         raise StudyError(f"results table {path} cannot be read ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]}); it is damaged: remove it (the tables under --out "
                          "are rebuilt from the run directories) and rerun") from err
     missing = [c for c in ("run", "status", "study") if c not in table.columns]
-    if len(table) and missing:
+    if missing:
         raise StudyError(f"results table {path} lacks the columns {missing}: it is not a table written by this "
                          "runner (or it is damaged); remove it and rerun")
     if len(table) and (table["study"].astype(str) != study.fingerprint()).any():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import data_budget, runner
+from experiments import data_budget, outdir, runner
 from experiments.cli import OneLineParser, fail
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -71,6 +71,13 @@ def bootstrap_count(text: str) -> int:
     return n
 
 
+def check_level(level: float) -> float:
+    """An interval coverage in (0, 1), e.g. 0.95; ValueError otherwise."""
+    if not isinstance(level, (int, float)) or not 0.0 < level < 1.0:  # NaN fails the comparison
+        raise ValueError(f"level={level!r}: an interval coverage must be in (0, 1), e.g. 0.95")
+    return float(level)
+
+
 @contextlib.contextmanager
 def cli_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
     """Turn a ValueError (a bad preset, grid, group, output directory or damaged record, raised
@@ -85,7 +92,9 @@ def cli_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
 def train_and_load(study: runner.Study, out: str | Path, args: argparse.Namespace,
                    groups: Sequence[Sequence[str]] = ()) -> pd.DataFrame:
     """Train the study (its ``--shard`` if the parser has one; refused over ``--max-epochs``)
-    unless ``--analysis-only``, then the study's whole table (:func:`experiments.runner.load_results`)."""
+    unless ``--analysis-only``, then the study's whole table (:func:`experiments.runner.load_results`).
+    ``out`` must be a writable directory (or creatable) either way: the analysis writes its report there."""
+    outdir.check_writable_dir(out)
     if not args.analysis_only:
         data_budget.check_epochs(study.runs, args.max_epochs)
         shard = runner.parse_shard(getattr(args, "shard", None))

@@ -1,8 +1,9 @@
 """One training run from the command line: ``python -m experiments.train [--preset NAME] [--a.b VALUE ...]``.
 
 Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json,
-loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a short sample of generated text at the end. Rerunning the
-same command resumes from the latest checkpoint; a run directory holding another config
+loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a
+short sample of generated text at the end. Rerunning the same command resumes from the
+latest intact checkpoint; a run directory holding another config
 is refused (the message names the fields that differ) unless ``--overwrite`` starts the
 run afresh. Every config field can be overridden: ``--help`` says what each one means and
 its default. Errors are one line on stderr: exit 2 for refused input (nothing written),
@@ -26,10 +27,10 @@ from experiments.progress import SweepProgress
 from lm import data as lm_data
 from lm import decode, sharding, train
 from lm.checkpoint import CheckpointError
-from lm.tensorboard import EVENT_PREFIX, LiveEvents
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
 from lm.presets import PRESETS, get_preset
+from lm.tensorboard import EVENT_PREFIX, LiveEvents
 
 
 def plot_loss_curve(run_dir: Path) -> Path:

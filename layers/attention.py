@@ -23,11 +23,48 @@ from einops import rearrange
 from jaxtyping import Array, Float, Int
 
 from layers.mlp import dense_init
-from layers.partitioning import constrain, param
+from layers.partitioning import constrain, param, shard_kernel, ways
 from layers.rope import apply_rope
 from pallas_kernels.flash_attention import flash_attention
 
 Cache = dict[str, Array]
+
+_QKV = ("batch", "length", "heads", None)
+_ROWS = ("batch", "length")
+
+
+def sharded_flash_attention(
+    q: Float[Array, "b t h k"],
+    k: Float[Array, "b s g k"],
+    v: Float[Array, "b s g e"],
+    *,
+    segment_ids: Int[Array, "b t"] | None = None,
+    kv_segment_ids: Int[Array, "b s"] | None = None,
+    q_positions: Int[Array, "b t"] | None = None,
+    kv_positions: Int[Array, "b s"] | None = None,
+    **static,
+) -> Float[Array, "b t h e"]:
+    """``flash_attention`` under the mesh in scope (``layers.partitioning.shard_kernel``).
+
+    Rows go over the "batch" axes and heads over "heads". Grouped-query heads stay
+    grouped when the kv heads split the same way as the query heads, or when there is
+    one kv head (replicated); otherwise (kv heads not divisible by the tensor axis) k and
+    v are repeated to one head per query head before the split.
+    """
+    h, g = q.shape[2], k.shape[2]
+    kv_axes = ("batch", "length", "kv", None)
+    if g == 1:
+        kv_axes = ("batch", "length", None, None)
+    elif ways("heads", h) != ways("kv", g):
+        k, v = jnp.repeat(k, h // g, axis=2), jnp.repeat(v, h // g, axis=2)
+        kv_axes = _QKV
+
+    def attend(q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions):
+        return flash_attention(q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                               q_positions=q_positions, kv_positions=kv_positions, **static)
+
+    fn = shard_kernel(attend, (_QKV, kv_axes, kv_axes, _ROWS, _ROWS, _ROWS, _ROWS), _QKV)
+    return fn(q, k, v, segment_ids, kv_segment_ids, q_positions, kv_positions)
 
 
 def cache_size(max_len: int, window: int | None) -> int:
@@ -48,6 +85,7 @@ class Attention(nn.Module):
       rope_max_wavelength: RoPE base.
       softcap: optional tanh soft-cap of the attention scores.
       impl: ``flash_attention`` implementation switch.
+      scale: score scale; None = head_dim^-1/2 (μP passes its 1/head_dim form).
     """
 
     num_heads: int
@@ -60,6 +98,7 @@ class Attention(nn.Module):
     impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scale: float | None = None
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
         """Empty cache for ``batch`` sequences of up to ``max_len`` positions."""
@@ -111,9 +150,9 @@ class Attention(nn.Module):
         key = apply_rope(key, positions, **rope)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
 
-        common = dict(causal=True, window=self.window, scale=k**-0.5, softcap=self.softcap, impl=self.impl)
+        common = dict(causal=True, window=self.window, scale=k**-0.5 if self.scale is None else self.scale, softcap=self.softcap, impl=self.impl)
         if cache is None:
-            o = flash_attention(q, key, val, segment_ids=segment_ids, **common)
+            o = sharded_flash_attention(q, key, val, segment_ids=segment_ids, **common)
             new_cache = None
         else:
             o, new_cache = self._attend_with_cache(q, key, val, segment_ids, cache, common)
@@ -160,7 +199,7 @@ class Attention(nn.Module):
                 "index": cache["index"] + t,
             }
         all_k, all_v, kv_pos, kv_seg = kv
-        o = flash_attention(
+        o = sharded_flash_attention(
             q, all_k, all_v, segment_ids=segment_ids, kv_segment_ids=kv_seg,
             q_positions=q_pos, kv_positions=kv_pos, **common,
         )

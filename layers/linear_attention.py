@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from layers.partitioning import constrain, param
+from layers.partitioning import constrain, param, shard_kernel
 from layers.rmsnorm import rms_normalize
 from pallas_kernels.backend import IMPLS
 from pallas_kernels.linear_attention import linear_attention
@@ -121,6 +121,7 @@ class LinearAttention(nn.Module):
       chunk_size: chunk of the chunked op.
       impl: the op's implementation switch ("auto" | "reference" | "pallas" | "interpret").
       norm_eps: epsilon of the output normalisation.
+      scale: the op's scale of q S; None = key_dim^-1/2 (μP passes its 1/key_dim form).
     """
 
     num_heads: int
@@ -137,6 +138,7 @@ class LinearAttention(nn.Module):
     norm_eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    scale: float | None = None
 
     def __post_init__(self):
         for name in ("num_heads", "key_dim", "value_dim", "gate_rank", "chunk_size"):
@@ -211,16 +213,14 @@ class LinearAttention(nn.Module):
 
         # A call shorter than one chunk (decode) gains nothing from the kernel.
         short = t < self.chunk_size
-        o, state = linear_attention(
-            q,
-            k,
-            v,
-            g=g,
-            gk=gk,
-            initial_state=None if cache is None else cache["state"],
-            output_final_state=cache is not None,
-            chunk_size=t if short else self.chunk_size,
-            impl="reference" if short else self.impl,
+        op = lambda q, k, v, g, gk, s0: linear_attention(  # noqa: E731
+            q, k, v, g=g, gk=gk, scale=self.scale, initial_state=s0, output_final_state=cache is not None,
+            chunk_size=t if short else self.chunk_size, impl="reference" if short else self.impl,
+        )
+        qkv = ("batch", "length", "heads", None)
+        state_axes = ("batch", "heads", None, None)
+        o, state = shard_kernel(op, (qkv, qkv, qkv, ("batch", "length", "heads"), qkv, state_axes), (qkv, state_axes))(
+            q, k, v, g, gk, None if cache is None else cache["state"]
         )
         if self.output_norm == "rms":
             scale = param(self, "norm_scale", nn.initializers.zeros_init(), (dv,), ("head_dim",), self.param_dtype)

@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from layers.attention import sharded_flash_attention
 from layers.mlp import dense_init
 from layers.partitioning import constrain, param
 from layers.rmsnorm import RMSNorm
 from layers.rope import apply_rope
-from pallas_kernels.flash_attention import flash_attention
 
 Cache = dict[str, Array]
 DECODE_PATHS = ("naive", "absorbed")
@@ -109,6 +109,7 @@ class MLA(nn.Module):
     eps: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    score_scale: float | None = None
 
     def __post_init__(self):
         for name in ("num_heads", "kv_lora_rank", "qk_rope_dim", "v_head_dim"):
@@ -126,8 +127,8 @@ class MLA(nn.Module):
 
     @property
     def scale(self) -> float:
-        """Score scale (n + p) ** -0.5 (eq. 17), also used by the absorbed path."""
-        return (self.qk_nope_dim + self.qk_rope_dim) ** -0.5
+        """Score scale (n + p) ** -0.5 (eq. 17) unless ``score_scale`` is set (μP); also the absorbed path's."""
+        return (self.qk_nope_dim + self.qk_rope_dim) ** -0.5 if self.score_scale is None else self.score_scale
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
         """Empty cache of ``max_len`` slots: latents, RoPE keys, slot positions (-1 empty), ids."""
@@ -233,7 +234,7 @@ class MLA(nn.Module):
         k_rope_h = jnp.broadcast_to(k_rope[:, :, None, :], (*k_nope.shape[:3], self.qk_rope_dim))
         q = constrain(jnp.concatenate([q_nope, q_rope], axis=-1), ("batch", "length", "heads", "head_dim"))
         k = jnp.concatenate([k_nope, k_rope_h], axis=-1)
-        return flash_attention(q, k, v, causal=True, scale=self.scale, impl=self.impl, **mask_kw)
+        return sharded_flash_attention(q, k, v, causal=True, scale=self.scale, impl=self.impl, **mask_kw)
 
     def _attend_absorbed(self, q_nope, q_rope, c_kv, k_rope, w_uk, w_uv, **mask_kw):
         """Attend over the latent with W_uk folded into the query and W_uv into the output: o [b, t, h, e].
@@ -245,5 +246,7 @@ class MLA(nn.Module):
         q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dt))
         q = jnp.concatenate([q_lat, q_rope], axis=-1)
         k = jnp.concatenate([c_kv, k_rope], axis=-1)[:, :, None, :]
-        o_lat = flash_attention(q, k, c_kv[:, :, None, :], causal=True, scale=self.scale, impl=self.impl, **mask_kw)
+        o_lat = sharded_flash_attention(
+            q, k, c_kv[:, :, None, :], causal=True, scale=self.scale, impl=self.impl, **mask_kw
+        )
         return jnp.einsum("bthc,che->bthe", o_lat, w_uv.astype(dt))

@@ -22,6 +22,7 @@ d model width, f expert hidden width, m token-slots sorted by expert (m = n * k)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -32,6 +33,7 @@ from einops import rearrange
 from jaxtyping import Array, Float, Int
 
 from layers.moe_routers import ExpertChoice, TokenChoice
+from layers.partitioning import shard_kernel
 from pallas_kernels.gmm import gmm
 
 DISPATCHES = ("dropless", "capacity", "dense")
@@ -66,9 +68,32 @@ def experts_grouped(
     *,
     impl: str = "auto",
 ) -> Float[Array, "m d"]:
-    """Each expert's gated MLP on its contiguous rows of ``x`` (rows sorted by expert)."""
-    h = act(gmm(x, w.w_gate, group_sizes, impl=impl)) * gmm(x, w.w_up, group_sizes, impl=impl)
-    return gmm(h, w.w_down, group_sizes, impl=impl)
+    """Each expert's gated MLP on its contiguous rows of ``x`` (rows sorted by expert).
+
+    Under a mesh (``layers.partitioning.shard_kernel``) the rows split over the "batch"
+    axes, each shard taking its slice of the groups, and the hidden width f over "mlp"
+    (the down projection's partial sums are added over it, Megatron's row-parallel
+    matmul); the expert dimension stays whole (expert parallelism is
+    ``layers/moe_expert_parallel.py``).
+    """
+    rows = jnp.arange(x.shape[0], dtype=jnp.int32)
+    fn = shard_kernel(
+        functools.partial(_experts_on_rows, act=act, impl=impl),
+        (("batch", None), ("batch",), None, (None, None, "mlp"), (None, None, "mlp"), (None, "mlp", None)),
+        ("batch", None),
+        sum_over=("mlp",),
+    )
+    return fn(x, rows, group_sizes, *w)
+
+
+def _experts_on_rows(x, rows, group_sizes, w_gate, w_up, w_down, *, act, impl):
+    """The gated MLPs on a contiguous slice of the sorted rows (global row ids ``rows``)."""
+    n = x.shape[0]
+    start = rows[0] if n else 0
+    ends = jnp.cumsum(group_sizes)
+    local_sizes = jnp.clip(ends - start, 0, n) - jnp.clip(ends - group_sizes - start, 0, n)
+    h = act(gmm(x, w_gate, local_sizes, impl=impl)) * gmm(x, w_up, local_sizes, impl=impl)
+    return gmm(h, w_down, local_sizes, impl=impl)
 
 
 def dense_dispatch(

@@ -34,8 +34,10 @@ import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Float, Int
 
-from layers.partitioning import param
+from layers.partitioning import param, shard_kernel
 from pallas_kernels.linear_scan import linear_scan
+
+_BTW = ("batch", "length", "rnn")  # logical axes of the scan's [b, t, w] inputs
 
 # c in a_t = a^(c r_t) (Griffin eq. 3).
 GATE_EXPONENT = 8.0
@@ -175,7 +177,11 @@ class RGLRU(nn.Module):
         multiplier = jnp.where(reset, 1.0, multiplier)
         normalized_x = (x * gate_x).astype(jnp.float32) * multiplier
 
-        y, h_last = linear_scan(normalized_x.astype(self.dtype), a, cache, impl=self.impl)
+        scan = shard_kernel(
+            lambda x, a, h0: linear_scan(x, a, h0, impl=self.impl),
+            (_BTW, _BTW, ("batch", "rnn")), (_BTW, ("batch", "rnn")),
+        )
+        y, h_last = scan(normalized_x.astype(self.dtype), a, cache)
         return y, (None if cache is None else h_last)
 
     def init_cache(self, batch: int, max_len: int | None = None, dtype=jnp.float32) -> Float[Array, "b w"]:

@@ -23,9 +23,11 @@ from lm.mixers import MIXERS, MixerSpec
 from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 MLP_ACTIVATIONS = ("geglu", "swiglu")
 SCHEDULES = ("cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 def _positive(obj, *names):
@@ -66,8 +68,18 @@ class ModelConfig:
       rope_fraction, rope_max_wavelength: RoPE on a share of each head's dims.
       attn_softcap: tanh soft-cap of attention scores; logit_softcap: of the output logits.
       tie_embeddings: output head shares the embedding matrix.
-      dtype: activation/compute dtype; parameters are always float32.
+      dtype: activation/compute dtype; parameters (and so the optimiser state) are always
+        float32; recurrent states, softmax statistics and the logits stay float32.
+      scan_layers: run the blocks as ``nn.scan`` over repetitions of the block pattern
+        (compile time independent of depth); parameters of the repeated blocks are stacked
+        on a leading "layers" axis (``lm.model.stack_layers`` / ``unstack_layers`` convert).
+      remat: rematerialisation of each block in training (``jax.checkpoint``): "none",
+        "full" (save only block inputs), or the ``jax.checkpoint_policies`` of that name
+        ("dots_saveable", "dots_with_no_batch_dims_saveable": matmul outputs are kept).
       attention_impl: ``flash_attention`` impl switch for every attention layer.
+      parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
+        ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
+        (required for "mup").
 
     Mixer families keep their settings in one nested config each, beside their layer:
       rnn: "R" blocks (Griffin/Hawk, De et al. 2024), ``layers.recurrent_block.RecurrentConfig``;
@@ -98,6 +110,8 @@ class ModelConfig:
     logit_softcap: float | None = None
     tie_embeddings: bool = True
     dtype: str = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
     attention_impl: str = "auto"
     rnn: RecurrentConfig = RecurrentConfig()
     la: LinearAttentionConfig = LinearAttentionConfig()
@@ -106,6 +120,8 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     moe_load_balance_weight: float = 0.01
     moe_router_z_weight: float = 0.001
+    parametrization: str = "sp"
+    base_width: int | None = None
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -134,6 +150,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rope_fraction={self.rope_fraction}: must be in [0, 1]")
         _choice(self, "mlp_activation", MLP_ACTIVATIONS)
         _choice(self, "dtype", DTYPES)
+        _choice(self, "remat", REMAT)
+        _choice(self, "scan_layers", (False, True))
         _choice(self, "attention_impl", (*IMPLS, "blocked"))
         for name, kind in (("rnn", RecurrentConfig), ("la", LinearAttentionConfig), ("mla", MLAConfig),
                            ("moe", MoEConfig)):
@@ -144,6 +162,12 @@ class ModelConfig:
         _non_negative(self, "moe_load_balance_weight", "moe_router_z_weight")
         for letter in set(self.pattern):
             MIXERS[letter].validate(self)
+        _choice(self, "parametrization", PARAMETRIZATIONS)  # μP (issue 19): lm/parametrization.py
+        _positive(self, "base_width")
+        if self.parametrization == "mup":
+            from lm.parametrization import base_config
+
+            base_config(self)  # raises ValueError without base_width or for non-integer base dims
 
     @property
     def kv_heads(self) -> int:

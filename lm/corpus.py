@@ -1,7 +1,8 @@
 """Raw corpora for :mod:`lm.prepare`: an input spec -> work units -> documents (text).
 
 Input specs:
-  a glob of local files (``**`` allowed) or a directory (every supported file under it):
+  a glob of local files (``**`` allowed), or a directory (its files under any depth ending in
+  DIRECTORY_SUFFIXES, so stray READMEs or checksums are left out):
     ``*.txt``, ``*.md``, ``*.py``, ... (any other suffix)  one document per file;
     ``*.jsonl``, ``*.json``                                one document per line, field ``text_key``;
     ``*.parquet``                                          one document per row, column ``text_key``;
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 
 UNIT_BYTES = 4 << 20
 UNIT_EXAMPLES = 1 << 15
+DIRECTORY_SUFFIXES = tuple(s + gz for s in (".parquet", ".jsonl", ".json", ".txt", ".text") for gz in ("", ".gz"))
 
 
 def _format(path: str) -> str:
@@ -42,6 +44,8 @@ def input_files(spec: str) -> list[str]:
     path = os.path.expanduser(spec)
     pattern = os.path.join(path, "**", "*") if os.path.isdir(path) else path
     files = sorted(p for p in glob_lib.glob(pattern, recursive=True) if os.path.isfile(p))
+    if os.path.isdir(path):
+        files = [p for p in files if p.endswith(DIRECTORY_SUFFIXES)]
     if not files:
         raise ValueError(f"--input={spec!r}: matches no files (a glob, a directory, or tfds:NAME[:VERSION]/SPLIT)")
     return files

@@ -41,7 +41,6 @@ import copy
 import dataclasses
 import functools
 import math
-import os
 from typing import Any
 
 import grain
@@ -308,23 +307,12 @@ def make_iterator(
 
 def tokenizer(cfg: DataConfig):
     """The tokenizer of ``cfg``'s tokens: the byte tokenizer, or the one stored with prepared data."""
-    if cfg.source != "prepared":
-        return ByteTokenizer()
-    return _prepared_tokenizer(os.path.expanduser(cfg.path), prepared.read_manifest(cfg.path)["fingerprint"])
-
-
-@functools.lru_cache(maxsize=8)
-def _prepared_tokenizer(path: str, fingerprint: str):
-    from lm.prepare import out_tokenizer
-
-    return out_tokenizer(path)
+    return prepared.tokenizer(cfg.path) if cfg.source == "prepared" else ByteTokenizer()
 
 
 def vocab_size(cfg: DataConfig) -> int:
     """Token ids the data can hold (the model's ``vocab_size`` must be at least this)."""
-    if cfg.source != "prepared":
-        return VOCAB_SIZE
-    return int(prepared.read_manifest(cfg.path)["tokenizer"]["vocab_size"])
+    return prepared.vocab_size(cfg.path) if cfg.source == "prepared" else VOCAB_SIZE
 
 
 def check_model_vocab(model_vocab_size: int, cfg: DataConfig) -> None:

@@ -28,7 +28,7 @@ from layers import linear_attention as la
 from layers.attention import Attention
 from layers.mla import MLA
 from layers.recurrent_block import RecurrentBlock
-from lm import flops
+from lm import flops, parametrization
 
 if TYPE_CHECKING:
     from lm.config import ModelConfig
@@ -80,6 +80,7 @@ def _attention(cfg: ModelConfig, window: int | None) -> Attention:
         softcap=cfg.attn_softcap,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
+        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
     )
 
 
@@ -115,6 +116,7 @@ def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
         chunk_size=cfg.la.chunk_size,
         impl=cfg.la.impl,
         dtype=compute_dtype(cfg),
+        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
     )
 
 
@@ -131,6 +133,7 @@ def _mla(cfg: ModelConfig) -> MLA:
         rope_max_wavelength=cfg.rope_max_wavelength,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
+        score_scale=parametrization.score_scale(cfg, lambda c: c.mla.qk_nope_dim + c.mla.qk_rope_dim),  # μP
     )
 
 

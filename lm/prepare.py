@@ -259,6 +259,8 @@ def _quiet_worker() -> None:
 
 def merge(out: str) -> dict:
     """Check that every unit of ``out`` is done with one tokenizer; write and return manifest.json."""
+    if not os.path.isfile(os.path.join(out, PLAN)):
+        raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
     plan = _read_json(os.path.join(out, PLAN))
     units = plan["units"]
     missing = [k for k in range(len(units)) if not os.path.isfile(done_path(out, k))]

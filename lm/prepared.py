@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from lm.prepare import FORMAT, MANIFEST, shard_path
+from lm.prepare import FORMAT, MANIFEST, out_tokenizer, shard_path
 
 
 @functools.lru_cache(maxsize=32)
@@ -35,6 +35,21 @@ def read_manifest(path: str) -> dict:
         raise ValueError(f"DataConfig.path={path!r}: no {MANIFEST} there; prepare it with "
                          "`python -m experiments.prepare_data --input ... --out DIR` (and --merge after --shard jobs)")
     return dict(_manifest(os.path.expanduser(path), os.stat(file).st_mtime_ns))
+
+
+def tokenizer(path: str):
+    """The tokenizer stored in prepared directory ``path`` (cached per manifest fingerprint)."""
+    return _tokenizer(os.path.expanduser(path), read_manifest(path)["fingerprint"])
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str, fingerprint: str):
+    return out_tokenizer(path)
+
+
+def vocab_size(path: str) -> int:
+    """The vocabulary size of the tokenizer of prepared directory ``path``."""
+    return int(read_manifest(path)["tokenizer"]["vocab_size"])
 
 
 class PreparedSource:

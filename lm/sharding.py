@@ -493,3 +493,37 @@ def local_data_state(saved: dict) -> Any:
             f"{jax.process_count()} processes; resume with the same process count (parameters restore onto any mesh)"
         )
     return decode_bytes(hosts[jax.process_index()])
+
+
+# ------------------------------------------------------------ lowering for a target
+
+# jax's lowering_platforms names of the two accelerator kinds.
+LOWERING_PLATFORMS = {"tpu": "tpu", "gpu": "cuda"}
+
+
+def lower_train_step(run: RunConfig, mesh: Mesh, *, platform: str) -> jax.stages.Lowered:
+    """The sharded train step lowered for ``platform`` ("tpu" | "gpu") from abstract shapes.
+
+    No device of that kind is needed: the state and batch are ``jax.ShapeDtypeStruct``
+    with their shardings on ``mesh`` (8 fake CPU devices in tests), and
+    ``pallas_kernels.backend.target_platform`` makes impl="auto" pick the platform's
+    Pallas kernels, each inside its ``shard_map`` (``layers.partitioning.shard_kernel``).
+    ``.as_text()`` is the StableHLO program a TPU / GPU job would compile.
+
+    Raises:
+      ValueError: ``platform`` is not "tpu" or "gpu".
+    """
+    from pallas_kernels.backend import target_platform
+
+    if platform not in LOWERING_PLATFORMS:
+        raise ValueError(f"lower_train_step: platform={platform!r} is not one of {tuple(LOWERING_PLATFORMS)}")
+    b, t = run.data.batch_size, run.data.seq_len
+    rows = batch_sharding(mesh, b)
+    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32, sharding=rows)
+             for k in BATCH_KEYS}
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    with mesh_context(mesh), target_platform(platform):
+        fn = sharded_train_step(run, mesh, b, donate=False)
+        return fn.trace(abstract_state(run, mesh), batch, scalar, scalar).lower(
+            lowering_platforms=(LOWERING_PLATFORMS[platform],)
+        )

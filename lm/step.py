@@ -16,15 +16,15 @@ Axis letters: b batch, t time, v vocabulary, k stacked runs.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
 
 from lm import model as lm_model
+from lm import parametrization
 from lm.config import ModelConfig, OptimizerConfig, RunConfig
+
 
 # ----------------------------------------------------------------------------- loss
 
@@ -92,48 +92,48 @@ def weight_decay_mask(params, opt: OptimizerConfig):
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: OptimizerConfig, params=None) -> optax.GradientTransformation:
+def make_optimizer(opt: OptimizerConfig, params=None, model: ModelConfig | None = None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping (its state is the checkpoint's "opt_state").
 
     The learning rate and the decoupled weight decay are applied by
     :func:`optimizer_update`, which with it is ``optax.adamw`` (Loshchilov & Hutter 2019).
     ``params`` is accepted for symmetry with optax; the state depends only on their shapes.
+    A μP ``model`` (``parametrization="mup"``) multiplies each parameter's Adam update by
+    its learning-rate multiplier; the decay term stays lr * wd * p (see lm/parametrization.py).
     """
     del params
     parts = []
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if model is not None and model.parametrization == "mup":
+        # μP (lm/parametrization.py): each Adam update times its lr multiplier; same state.
+        tx = parametrization.scale_learning_rates(tx, lm_model.param_rules(model))
+    return tx
 
 
-def apply_update(params, updates, lr, weight_decay, mask, lr_multipliers=None):
-    """AdamW's parameter update p - lr * m_p * (u + wd * p), decay only where ``mask`` is True.
-
-    ``lr_multipliers``: an optional tree like ``params`` of per-parameter learning-rate
-    factors m_p (μP, Yang et al. 2022 Table 3); None = 1 everywhere.
-    """
-    def one(p, u, m, mult):
+def apply_update(params, updates, lr, weight_decay, mask):
+    """AdamW's parameter update p - lr * (u + wd * p), decay only where ``mask`` is True."""
+    def one(p, u, m):
         u = u.astype(p.dtype)
-        direction = u + weight_decay * p if m else u
-        return p - (lr if mult is None else lr * mult) * direction
+        return p - lr * (u + weight_decay * p if m else u)
 
-    if lr_multipliers is None:
-        return jax.tree.map(lambda p, u, m: one(p, u, m, None), params, updates, mask)
-    return jax.tree.map(one, params, updates, mask, lr_multipliers)
+    return jax.tree.map(one, params, updates, mask)
 
 
-def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_decay, lr_multipliers=None):
+def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_decay,
+                     model: ModelConfig | None = None):
     """One AdamW update: (new params, new opt_state); the one place the optimiser is applied.
 
     Args:
       opt: betas, eps, clipping and the decay mask's options.
       grads, params: trees of the same structure; opt_state: :func:`make_optimizer`'s state.
       lr, weight_decay: scalars (traced in the compiled step).
-      lr_multipliers: optional per-parameter learning-rate factors (see :func:`apply_update`).
+      model: the model config; under μP its per-parameter learning-rate multipliers apply.
     """
-    updates, opt_state = make_optimizer(opt).update(grads, opt_state, params)
-    new_params = apply_update(params, updates, lr, weight_decay, weight_decay_mask(params, opt), lr_multipliers)
+    updates, opt_state = make_optimizer(opt, model=model).update(grads, opt_state, params)
+    new_params = apply_update(params, updates, lr, weight_decay, weight_decay_mask(params, opt))
     return new_params, opt_state
 
 
@@ -152,12 +152,12 @@ def uses_step_rng(run: RunConfig) -> bool:
     return run.model.moe_every > 0 and run.model.moe.router_jitter > 0
 
 
-def make_train_step(run: RunConfig, lr_multipliers: Any = None):
+def make_train_step(run: RunConfig):
     """The (uncompiled) train step: (state, batch, lr, weight_decay=None) -> (state, metrics).
 
     ``lr`` and ``weight_decay`` (None: the config's) are traced scalars. A non-finite loss
     or gradient leaves the state unchanged and sets metrics["finite"] to False (the host
-    stops the run). ``lr_multipliers``: see :func:`optimizer_update`.
+    stops the run). Under μP the optimiser applies the per-parameter lr multipliers.
     """
     model_cfg, opt, z_loss = run.model, run.optimizer, run.train.z_loss
     jitter = uses_step_rng(run)
@@ -169,7 +169,7 @@ def make_train_step(run: RunConfig, lr_multipliers: Any = None):
         (_, metrics), grads = jax.value_and_grad(
             lambda p: loss_fn(model_cfg, z_loss, p, batch, rng), has_aux=True
         )(params)
-        new_params, opt_state = optimizer_update(opt, grads, state["opt_state"], params, lr, wd, lr_multipliers)
+        new_params, opt_state = optimizer_update(opt, grads, state["opt_state"], params, lr, wd, model_cfg)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731

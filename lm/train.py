@@ -11,6 +11,7 @@ Axis letters: b batch, t time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -21,9 +22,10 @@ import numpy as np
 
 from lm import compiled, records, sharding
 from lm import data as lm_data
+from lm import model as lm_model
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.compiled import enable_compilation_cache  # noqa: F401  (public here: runners call lm.train's)
-from lm.config import RunConfig
+from lm.config import ModelConfig, RunConfig
 from lm.records import read_metrics  # noqa: F401  (public here: notebooks read lm.train's)
 from lm.schedules import lr_multiplier
 from lm.step import (  # noqa: F401  (the step's public names, also reachable from lm.train)
@@ -191,10 +193,14 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
     return result
 
 
-def load_params(run_dir: str | Path, step: int | None = None, *, mesh=None) -> tuple[RunConfig, dict]:
+def load_params(run_dir: str | Path, step: int | None = None, *, mesh=None,
+                model: ModelConfig | None = None) -> tuple[RunConfig, dict]:
     """The config and parameters of a run from its checkpoints (latest step by default).
 
-    The parameters are restored onto ``mesh`` (default: one device), whatever mesh saved them.
+    The parameters are restored onto ``mesh`` (default: one device), whatever mesh saved
+    them. ``model``: return them in this config's layer layout (``ModelConfig.scan_layers``,
+    ``lm.model.convert_layers``), e.g. to evaluate a per-block checkpoint with the layer
+    scan or the reverse; the returned config then carries ``model``.
     """
     run_dir = Path(run_dir)
     if not (run_dir / records.CONFIG).exists():
@@ -206,4 +212,6 @@ def load_params(run_dir: str | Path, step: int | None = None, *, mesh=None) -> t
         state, _, _ = ckpt.restore(step, sharding.abstract_state(run, mesh))
     finally:
         ckpt.close()
-    return run, state["params"]
+    if model is None:
+        return run, state["params"]
+    return dataclasses.replace(run, model=model), lm_model.convert_layers(state["params"], run.model, model)

@@ -2,7 +2,7 @@
 
 Efron & Tibshirani 1993, Ch. 13 (percentile interval). Each resample draws the m runs with
 replacement; it is expressed as integer weights w [n, m] (how often each run was drawn) so
-that all resamples are refitted in one vectorised L-BFGS batch, each starting from the
+that all resamples are refitted in one vectorised BFGS batch, each starting from the
 full-data optimum (:mod:`scaling.multistart`).
 
 Axis letters: n resamples, m runs, p free coordinates.

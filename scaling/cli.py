@@ -183,7 +183,7 @@ def run(argv: Sequence[str] | None = None) -> int:
           f"({time.perf_counter() - t0:.1f} s)")
     from scaling.outputs import finish
 
-    return finish(args, res, df, held, other, columns)
+    return finish(args, res, held, other, columns)
 
 
 if __name__ == "__main__":

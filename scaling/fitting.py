@@ -2,11 +2,12 @@
 
 The recipe of Hoffmann et al. 2022 (arXiv:2203.15556), Sec. 3.3 and Appendix D.2:
 minimise the SUM over runs of Huber_delta(log Lhat - log L) (delta = 1e-3) with the model
-in log-sum-exp form (Chinchilla: log Lhat = LSE(a - alpha log N, b - beta log D, e)), by
-L-BFGS from every point of a grid of initialisations, in float64; keep the best optimum and
-count the starts that reached it. Besiroglu et al. 2024 (arXiv:2404.10102) showed that a
-loose stopping rule ends the optimiser near its start; the stopping tests here are
-scale-free and tight (:mod:`scaling.multistart`).
+in log-sum-exp form (Chinchilla: log Lhat = LSE(a - alpha log N, b - beta log D, e)), by a
+quasi-Newton method (they use L-BFGS; here BFGS with a dense inverse Hessian) from every
+point of a grid of initialisations, in float64; keep the best optimum and count the starts
+that reached it. Besiroglu et al. 2024 (arXiv:2404.10102) showed that a loose stopping rule
+ends the optimiser near its start; the stopping tests here are scale-free and tight
+(:mod:`scaling.multistart`).
 
 Objectives: ``"huber"`` (the summed Huber loss above) or ``"huber_ml"``: maximum likelihood
 with residuals r ~ exp(-Huber_delta(r / sigma)) / (sigma Z(delta)) and the scale sigma a free

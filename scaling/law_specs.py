@@ -200,7 +200,8 @@ DATA_CONSTRAINED = LawSpec(
                     "e": (-1.0, 0.0, 1.0), "alpha": (0.25, 0.5), "beta": (0.25, 0.5),
                     "log_R_D_star": tuple(np.log([5.0, 15.0, 50.0])),
                     "log_R_N_star": tuple(np.log([2.0, 5.0, 15.0]))},
-        "hoffmann": {**{k: v for k, v in K.HOFFMANN_GRID.items() if k not in ("alpha", "beta")},
+        # the published Chinchilla grid x R* values: 25,920 starts (by name only; slow)
+        "wide": {**{k: v for k, v in K.HOFFMANN_GRID.items() if k not in ("alpha", "beta")},
                      "alpha": (0.5, 1.0, 1.5, 2.0), "beta": (0.5, 1.0, 1.5, 2.0),
                      "log_R_D_star": tuple(np.log([5.0, 15.0, 50.0])),
                      "log_R_N_star": tuple(np.log([2.0, 5.0, 15.0]))},

@@ -1,17 +1,22 @@
-"""Vectorised multistart L-BFGS on a weighted sum of Huber losses of log-loss residuals.
+"""Vectorised multistart BFGS on a weighted sum of Huber losses of log-loss residuals.
 
 The objective of Hoffmann et al. 2022 (arXiv:2203.15556), Eq. (2)/Appendix D.2:
 
     f(theta) = sum_i w_i Huber_delta(log Lhat(theta; x_i) - log L_i),
 
-summed (not averaged) over points, minimised in float64 by L-BFGS (two-loop recursion,
-Nocedal & Wright 2006 Alg. 7.4; Armijo backtracking with quadratic interpolation) from many
-starts at once: a fixed block of rows advances together, one objective-and-gradient
-evaluation per row per loop step (``jax.vmap`` over rows), inside one ``lax.while_loop`` in
-one ``jax.jit``; a row whose start has finished takes the next pending start (a work
-queue), so converged starts cost nothing and no row waits for another's line search.
+summed (not averaged) over points, minimised in float64 by BFGS with a dense inverse Hessian
+(the laws have at most 8 coordinates; Nocedal & Wright 2006, Eq. (6.17); Armijo
+backtracking with quadratic interpolation) from many starts at once: a fixed block of rows
+advances together, one objective-and-gradient evaluation per row per loop step
+(``jax.vmap`` over rows), inside one ``lax.while_loop`` in one ``jax.jit``; a row whose
+start has finished takes the next pending start (a work queue), so converged starts cost
+nothing and no row waits for another's line search. A full step taken where the curvature
+is not positive (a plateau, e.g. a term whose coefficient has underflowed) lengthens the next
+steps fourfold, so such starts cross the plateau instead of crawling to the iteration cap.
 Weights w let the bootstrap refit every resample in the same batch. Float64 is enabled only
-inside :func:`minimize_multistart` (``jax.enable_x64``), never globally.
+inside :func:`minimize_multistart` (``jax.enable_x64``), never globally. The likelihood
+variant ``objective="huber_ml"`` (Besiroglu et al. 2024, arXiv:2404.10102) adds a free
+scale: see :func:`minimize_multistart`.
 
 Stopping (per start): max |grad| <= gtol; or a relative decrease of f below ftol over the
 last ``window`` accepted steps (scale-free, unlike an absolute tolerance on an averaged
@@ -120,7 +125,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, windo
         def body(c):
             active = c["idx"] >= 0
             x, f, g, fresh, k = c["x"], c["f"], c["g"], c["fresh"], c["k"]
-            # Rows not inside a line search start one along a new L-BFGS direction.
+            # Rows not inside a line search start one along a new BFGS direction.
             d_new = -jnp.einsum("bij,bj->bi", c["h"], g)
             slope_new = jnp.sum(g * d_new, axis=-1)
             bad = ~(slope_new < 0) | ~jnp.all(jnp.isfinite(d_new), axis=-1)
@@ -250,7 +255,7 @@ def minimize_multistart(
       gtol: stop a start when max |grad| <= gtol.
       ftol, window: stop a start when f fell by at most ftol |f| over the last ``window``
         iterations (scale-free: the same stopping point for a summed or averaged objective).
-      max_iter: L-BFGS iteration cap per start.
+      max_iter: BFGS iteration cap per start.
       slots: rows iterated at once (the work-queue width).
       objective: "huber" (sum of w Huber_delta(r)) or "huber_ml" (negative log-likelihood
         of r ~ exp(-Huber_delta(r / sigma)) / (sigma Z), with log sigma the LAST coordinate

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def finish(args, res, df: pd.DataFrame, held: pd.DataFrame, other, columns) -> int:
+def finish(args, res, held: pd.DataFrame, other, columns) -> int:
     """Bootstrap, print, and write every output of one fit; returns 0."""
     from scaling import plots
     from scaling.diagnostics import fit_warnings
@@ -45,7 +45,7 @@ def finish(args, res, df: pd.DataFrame, held: pd.DataFrame, other, columns) -> i
     if args.isoflop:
         from scaling.isoflop import fit_isoflop
 
-        iso = fit_isoflop(df, columns=columns or None, level=args.level, window=args.isoflop_window)
+        iso = fit_isoflop(res.table, columns=columns or None, level=args.level, window=args.isoflop_window)
         print(f"isoFLOP: a = {iso.a:.4f} {iso.a_interval}, b = {iso.b:.4f} {iso.b_interval}")
     if args.out:
         out = Path(args.out)

@@ -22,7 +22,7 @@ from scaling.table import extract, load_table
 def query(df: pd.DataFrame, expr: str, what: str) -> pd.Series:
     """Boolean mask [m] of ``df.eval(expr)`` (pandas query syntax); ValueError naming ``what``."""
     try:
-        mask = df.eval(expr)
+        mask = df.eval(expr, engine="python")
     except Exception as exc:  # pandas raises many kinds (SyntaxError, UndefinedVariableError, ...)
         raise ValueError(f"{what} {expr!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(mask, pd.Series) or mask.dtype != bool:

@@ -109,3 +109,101 @@ def attention_blocked(
     o = jax.lax.map(lambda x: one_block(*x, *(() if has_seg else (None,))), xs,
                     batch_size=min(n, BLOCKS_PER_STEP))
     return rearrange(o, "n b c h e -> b (n c) h e")[:, :t]
+
+
+def causal_blocked_pays(t: int, s: int, window: int | None, causal: bool, block_q: int = 128) -> bool:
+    """True when :func:`attention_causal_blocked` applies and wins on CPU: causal
+    self-attention (t == s) without a window shorter than t, at least 4 query blocks
+    (measured with ``python -m experiments.bench_attention``)."""
+    return causal and t == s and (window is None or window >= t) and t >= 4 * block_q
+
+
+def _tiles(x, size: int, fill):
+    """Pad the time axis (1) of x to a multiple of 2 * size, split it into pairs of tiles:
+    [b, n, ...] -> [b, m, 2, size, ...] (m pairs)."""
+    n = x.shape[1]
+    pad = -n % (2 * size)
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, pad)
+    x = jnp.pad(x, widths, constant_values=fill)
+    return x.reshape(x.shape[0], -1, 2, size, *x.shape[2:])
+
+
+def attention_causal_blocked(
+    q: Float[Array, "b t h d"],
+    k: Float[Array, "b t g d"],
+    v: Float[Array, "b t g e"],
+    *,
+    segment_ids: Int[Array, "b t"] | None = None,
+    kv_segment_ids: Int[Array, "b t"] | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    block_q: int = 128,
+) -> Float[Array, "b t h e"]:
+    """Causal self-attention that skips the key blocks after each query block (t == s).
+
+    The lower triangle of (query block, key block) pairs is covered once by tiles that
+    need no causal mask except on the diagonal: the c x c diagonal tiles (causal), and at
+    level l = 0, 1, ... the pairs of super-blocks of B = c 2^l positions (2m, 2m + 1),
+    whose queries (odd super-block) see every key of the even one. A query block P and an
+    earlier key block J < P meet at exactly one level: the highest bit where P and J
+    differ. Each tile is :func:`attention_reference` with explicit positions (one home of
+    the masking) returning its log-sum-exp; the partial outputs are merged with softmax
+    weights exp(lse_l - logsumexp_l lse_l) (FlashAttention's rescaling). Work is about
+    t^2 / 2 scores instead of t^2, with ordinary autodiff.
+
+    Args:
+      q: [b, t, h, d]; k: [b, t, g, d]; v: [b, t, g, e]; h divisible by g.
+      segment_ids, kv_segment_ids, scale, softcap: as in :func:`attention_reference`.
+      block_q: diagonal tile length c.
+
+    Returns:
+      o [b, t, h, e] in the dtype of v.
+    """
+    b, t, h, d = q.shape
+    if k.shape[1] != t:
+        raise ValueError(f"attention_causal_blocked: {t} queries but {k.shape[1]} keys (self-attention only)")
+    if segment_ids is not None and kv_segment_ids is None:
+        kv_segment_ids = segment_ids
+    scale = d**-0.5 if scale is None else scale
+    c = max(1, min(block_q, t))
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    seg = segment_ids if segment_ids is not None else jnp.zeros((b, t), jnp.int32)
+    kv_seg = kv_segment_ids if kv_segment_ids is not None else seg
+    common = dict(causal=True, scale=scale, softcap=softcap, return_lse=True)
+    outs, lses = [], []
+
+    def attend(qs, ks, vs, q_pos, kv_pos, q_seg, k_seg):
+        """Tiles [b, m, size, ...] with the tile axis folded into the batch; o and lse back in [b, t]."""
+        m, size = qs.shape[1], qs.shape[2]
+        fold = lambda x: rearrange(x, "b m c ... -> (b m) c ...")  # noqa: E731
+        o, lse = attention_reference(fold(qs), fold(ks), fold(vs), segment_ids=fold(q_seg),
+                                     kv_segment_ids=fold(k_seg), q_positions=fold(q_pos),
+                                     kv_positions=fold(kv_pos), **common)
+        return (rearrange(o, "(b m) c h e -> b m c h e", m=m), rearrange(lse, "(b m) h c -> b m c h", m=m), size)
+
+    # Diagonal tiles: causal within each block of c positions.
+    n_pad = -(-t // c) * c
+    diag = lambda x, fill: _tiles(x, c, fill).reshape(b, -1, c, *x.shape[2:])[:, : n_pad // c]  # noqa: E731
+    o, lse, _ = attend(diag(q, 0), diag(k, 0), diag(v, 0), diag(pos, -1), diag(pos, -1), diag(seg, 0),
+                       diag(kv_seg, 0))
+    outs.append(rearrange(o, "b m c h e -> b (m c) h e")[:, :t])
+    lses.append(rearrange(lse, "b m c h -> b (m c) h")[:, :t])
+    size = c
+    while size < t:
+        # Pairs (2m, 2m + 1) of super-blocks: queries of the odd one, keys of the even one.
+        qs, qp, qg = (_tiles(x, size, f)[:, :, 1] for x, f in ((q, 0), (pos, -1), (seg, 0)))
+        ks, vs, kp, kg = (_tiles(x, size, f)[:, :, 0] for x, f in ((k, 0), (v, 0), (pos, -1), (kv_seg, 0)))
+        o, lse, _ = attend(qs, ks, vs, qp, kp, qg, kg)
+        m = o.shape[1]
+        # Queries of the even super-blocks have no tile at this level: zero output, lse -inf.
+        o = jnp.stack([jnp.zeros_like(o), o], axis=2).reshape(b, 2 * m * size, h, -1)[:, :t]
+        lse = jnp.stack([jnp.full_like(lse, -jnp.inf), lse], axis=2).reshape(b, 2 * m * size, h)[:, :t]
+        outs.append(o)
+        lses.append(lse)
+        size *= 2
+    lse_all = jnp.stack(lses)  # [levels, b, t, h]
+    total = jax.scipy.special.logsumexp(lse_all, axis=0)
+    weights = jnp.exp(lse_all - jnp.where(jnp.isfinite(total), total, 0.0))
+    o = sum(w[..., None] * x.astype(jnp.float32) for w, x in zip(weights, outs))
+    return o.astype(v.dtype)

@@ -36,13 +36,16 @@ from einops import rearrange
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Float, Int
 
-from pallas_kernels.backend import platform, resolve_impl
+from pallas_kernels.backend import IMPLS as BASE_IMPLS
+from pallas_kernels.backend import kernel_variant, resolve_impl
 from pallas_kernels.flash_attention import kernel_gpu, kernel_tpu
 from pallas_kernels.flash_attention.blocked import attention_blocked, blocked_pays
 from pallas_kernels.flash_attention.blocks import BlockSizes
 from pallas_kernels.flash_attention.reference import attention_reference
 
 KERNELS = {"tpu": kernel_tpu, "gpu": kernel_gpu}
+# The values of ``impl``: the shared ones plus "blocked" (module docstring).
+IMPLS = (*BASE_IMPLS, "blocked")
 
 
 def default_block_sizes(variant: str) -> BlockSizes:
@@ -92,8 +95,7 @@ def flash_attention(
     if window is not None and (not isinstance(window, numbers.Integral) or window < 0):
         raise ValueError(f"flash_attention: window={window!r} must be None or an int >= 0")
     window = None if window is None else int(window)
-    if kernel not in (None, "tpu", "gpu"):
-        raise ValueError(f"flash_attention: kernel={kernel!r} must be None, 'tpu' or 'gpu'")
+    variant = kernel_variant(kernel, op="flash_attention")
     ref_kwargs = dict(causal=causal, window=window, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                       q_positions=q_positions, kv_positions=kv_positions, scale=scale, softcap=softcap)
     default_pos = q_positions is None and kv_positions is None and t <= s
@@ -108,7 +110,6 @@ def flash_attention(
     if resolved == "reference" or not default_pos:
         return attention_reference(q, k, v, **ref_kwargs)
 
-    variant = kernel or ("gpu" if platform() == "gpu" else "tpu")
     blocks = block_sizes or default_block_sizes(variant)
     if segment_ids is not None and kv_segment_ids is None:
         if s != t:

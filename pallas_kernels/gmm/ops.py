@@ -21,12 +21,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from pallas_kernels.backend import platform, resolve_impl
+from pallas_kernels.backend import IMPLS, kernel_variant, resolve_impl
 from pallas_kernels.gmm import kernel_gpu, kernel_tpu
 from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
 from pallas_kernels.gmm.reference import gmm_reference, gmm_tiled, tgmm_reference
-
-KERNELS = ("tpu", "gpu")
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -51,11 +49,7 @@ DEFAULT_BLOCK_SIZES = {"tpu": GmmBlockSizes(128, 128, 128), "gpu": GmmBlockSizes
 
 
 def _kernel_name(kernel: str | None) -> str:
-    if kernel is None:
-        kernel = "gpu" if platform() == "gpu" else "tpu"
-    if kernel not in KERNELS:
-        raise ValueError(f"gmm: kernel={kernel!r} is not one of {KERNELS} or None")
-    return kernel
+    return kernel_variant(kernel, op="gmm")
 
 
 def _kernel_module(kernel: str | None):

@@ -196,7 +196,7 @@ def linear_attention_fwd_kernel(
     mode: str,
     scale: float,
     block_sizes: BlockSizes,
-    backend: str,
+    kernel: str,
     interpret: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """Run the forward kernel on prepared, head-major, chunk-padded inputs.
@@ -208,7 +208,7 @@ def linear_attention_fwd_kernel(
       state0_t: initial state transposed, [x, v, k], float32.
       mode: "none", "scalar" or "per_key".
       scale: multiplies q.
-      backend: "tpu" (grid over chunks, VMEM scratch state) or "gpu" (Triton, loop over
+      kernel: "tpu" (grid over chunks, VMEM scratch state) or "gpu" (Triton, loop over
         chunks inside the program).
       interpret: run with the Pallas interpreter (CPU).
 
@@ -227,7 +227,7 @@ def linear_attention_fwd_kernel(
     n_chunks, n_v = t // chunk, dv // bv
     out_shape = (jax.ShapeDtypeStruct((x, t, dv), q.dtype), jax.ShapeDtypeStruct((x, dv, dk), _F32))
 
-    if backend == "tpu":
+    if kernel == "tpu":
         from jax.experimental.pallas import tpu as pltpu
 
         def spec(shape, index_map):
@@ -261,7 +261,7 @@ def linear_attention_fwd_kernel(
             name="linear_attention_fwd_tpu",
         )(q, k, v, *decay_args, state0_t)
 
-    if backend == "gpu":
+    if kernel == "gpu":
         from jax.experimental.pallas import triton as plgpu
 
         def spec(shape, index_map):
@@ -292,4 +292,4 @@ def linear_attention_fwd_kernel(
             name="linear_attention_fwd_gpu",
         )(q, k, v, *decay_args, state0_t)
 
-    raise ValueError(f"linear_attention kernel: backend={backend!r} is not 'tpu' or 'gpu'")
+    raise ValueError(f"linear_attention kernel: kernel={kernel!r} is not 'tpu' or 'gpu'")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Float
 
-from pallas_kernels.backend import platform, resolve_impl
+from pallas_kernels.backend import IMPLS, kernel_variant, resolve_impl
 from pallas_kernels.linear_attention.kernel import BlockSizes, linear_attention_fwd_kernel
 from pallas_kernels.linear_attention.reference import (
     _check_shapes,
@@ -33,7 +33,7 @@ from pallas_kernels.linear_attention.reference import (
 )
 
 
-def _kernel_forward(q, k, v, g, gk, s0, *, scale, block_sizes, backend, interpret):
+def _kernel_forward(q, k, v, g, gk, s0, *, scale, block_sizes, kernel, interpret):
     b, t, h, dk = q.shape
     chunk = block_sizes.chunk_size
     mode = decay_mode(g, gk)
@@ -53,7 +53,7 @@ def _kernel_forward(q, k, v, g, gk, s0, *, scale, block_sizes, backend, interpre
         mode=mode,
         scale=scale,
         block_sizes=block_sizes,
-        backend=backend,
+        kernel=kernel,
         interpret=interpret,
     )
     o = rearrange(o, "(b h) t v -> b t h v", b=b)[:, :t]
@@ -61,19 +61,19 @@ def _kernel_forward(q, k, v, g, gk, s0, *, scale, block_sizes, backend, interpre
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _linear_attention_kernel(q, k, v, g, gk, s0, scale, block_sizes, backend, interpret):
-    config = dict(scale=scale, block_sizes=block_sizes, backend=backend, interpret=interpret)
+def _linear_attention_kernel(q, k, v, g, gk, s0, scale, block_sizes, kernel, interpret):
+    config = dict(scale=scale, block_sizes=block_sizes, kernel=kernel, interpret=interpret)
     return _kernel_forward(q, k, v, g, gk, s0, **config)
 
 
-def _kernel_fwd(q, k, v, g, gk, s0, scale, block_sizes, backend, interpret):
-    config = dict(scale=scale, block_sizes=block_sizes, backend=backend, interpret=interpret)
+def _kernel_fwd(q, k, v, g, gk, s0, scale, block_sizes, kernel, interpret):
+    config = dict(scale=scale, block_sizes=block_sizes, kernel=kernel, interpret=interpret)
     out = _kernel_forward(q, k, v, g, gk, s0, **config)
     return out, (q, k, v, g, gk, s0)
 
 
-def _kernel_bwd(scale, block_sizes, backend, interpret, residuals, cotangents):
-    del backend, interpret
+def _kernel_bwd(scale, block_sizes, kernel, interpret, residuals, cotangents):
+    del kernel, interpret
     return linear_attention_chunked_bwd(
         *residuals, cotangents, scale=scale, chunk_size=block_sizes.chunk_size
     )
@@ -92,12 +92,13 @@ def linear_attention_pallas(
     scale: float | None = None,
     initial_state: Float[Array, "b h k v"] | None = None,
     block_sizes: BlockSizes = BlockSizes(),
-    backend: str = "tpu",
+    kernel: str | None = None,
     interpret: bool = False,
 ) -> tuple[Float[Array, "b t h v"], Float[Array, "b h k v"]]:
     """The Pallas kernel with its ``custom_vjp``; returns (o, final_state float32).
 
-    ``backend`` picks the driver ("tpu" or "gpu", see :mod:`kernel`); both run on CPU with
+    ``kernel`` picks the driver ("tpu" or "gpu", see :mod:`kernel`; default the
+    platform's, "tpu" on CPU); both run on CPU with
     ``interpret=True``. Lengths that are not a multiple of the chunk are zero-padded.
     """
     _check_shapes(q, k, v, g, gk, initial_state)
@@ -105,7 +106,8 @@ def linear_attention_pallas(
     scale = dk**-0.5 if scale is None else float(scale)
     if initial_state is None:
         initial_state = jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32)
-    return _linear_attention_kernel(q, k, v, g, gk, initial_state, scale, block_sizes, backend, interpret)
+    kernel = kernel_variant(kernel, op="linear_attention")
+    return _linear_attention_kernel(q, k, v, g, gk, initial_state, scale, block_sizes, kernel, interpret)
 
 
 def linear_attention(
@@ -120,6 +122,7 @@ def linear_attention(
     output_final_state: bool = False,
     chunk_size: int = 64,
     impl: str = "auto",
+    kernel: str | None = None,
 ) -> tuple[Float[Array, "b t h v"], Float[Array, "b h k v"] | None]:
     """Causal linear attention with optional scalar (g) and per-key (gk) log-space decay.
 
@@ -136,6 +139,8 @@ def linear_attention(
       output_final_state: also return S_{T-1}.
       chunk_size: C of the chunked algorithm (t need not be a multiple of it).
       impl: "auto" | "reference" (chunked pure JAX) | "pallas" | "interpret".
+      kernel: "tpu" | "gpu" kernel body for "pallas"/"interpret" (default: the
+        platform's; the TPU body on CPU).
 
     Returns:
       (o [b, t, h, v] in q's dtype, final state [b, h, k, v] float32 or None).
@@ -146,7 +151,6 @@ def linear_attention(
             q, k, v, g, gk, scale=scale, initial_state=initial_state, chunk_size=chunk_size
         )
     else:
-        backend = platform() if impl == "pallas" else "tpu"
         o, final = linear_attention_pallas(
             q,
             k,
@@ -156,7 +160,7 @@ def linear_attention(
             scale=scale,
             initial_state=initial_state,
             block_sizes=BlockSizes(chunk_size=chunk_size, sub_chunk=math.gcd(16, chunk_size)),
-            backend=backend,
+            kernel=kernel,
             interpret=impl == "interpret",
         )
     return o, (final if output_final_state else None)

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from pallas_kernels.backend import platform, resolve_impl
+from pallas_kernels.backend import IMPLS as BASE_IMPLS
+from pallas_kernels.backend import kernel_variant, resolve_impl
 from pallas_kernels.linear_scan import kernel_gpu, kernel_tpu
 from pallas_kernels.linear_scan.reference import REFERENCE_FORMS, carry_dtype, check_shapes
 
@@ -34,16 +35,14 @@ CPU_REFERENCE = "sequential"
 
 # impl values beyond pallas_kernels.backend.IMPLS: pick one reference form explicitly.
 REFERENCE_IMPLS = tuple(REFERENCE_FORMS)
+IMPLS = (*BASE_IMPLS, *REFERENCE_IMPLS)
 
 
 def _kernel_for(kernel: str | None):
     """The Pallas kernel function: the accelerator's, or TPU's blocked kernel on CPU."""
-    kernel = kernel or ("gpu" if platform() == "gpu" else "tpu")
-    if kernel == "tpu":
-        return kernel_tpu.linear_scan_tpu
-    if kernel == "gpu":
+    if kernel_variant(kernel, op="linear_scan") == "gpu":
         return kernel_gpu.linear_scan_gpu
-    raise ValueError(f"linear_scan: kernel={kernel!r} is not one of ('tpu', 'gpu')")
+    return kernel_tpu.linear_scan_tpu
 
 
 def resolve_scan_impl(impl: str) -> str:

@@ -14,6 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from experiments import architectures, chinchilla, data_constrained, lr_scaling, runner, wsd
@@ -182,6 +183,14 @@ def test_studies_refuse_bad_input_in_one_line(case, name, analysis_only, place, 
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize("table, message", [("nope.csv", r"results table nope\.csv does not exist"),
+                                            ("{file}", r"a_file lacks the columns")])
+def test_bad_shard_table_from_another_host_is_one_line(table, message, place, capsys):
+    argv = ["--preset", "smoke", "--out", "out", "--analysis-only", "--tables", table]
+    rc, err = run_refused(chinchilla.main, argv, place, capsys)
+    assert rc == 2 and re.search(message, err), err
+
+
 @pytest.mark.parametrize("analysis_only", [False, True], ids=["train", "analysis-only"])
 @pytest.mark.parametrize("content, message", [('{"model": ', r"config .*config\.json is not valid JSON"),
                                               ("[1]", r"holds a JSON list")])
@@ -246,3 +255,11 @@ def test_diverged_train_run_is_one_line_and_exit_1(tmp_path, capsys):
     assert exc.value.code == 1 and len(err.splitlines()) == 1
     assert err.startswith("python -m experiments.train: error: the run diverged: run 'boom': loss or gradient "
                           "became non-finite at step")
+
+
+@pytest.mark.parametrize("level", [0, 1, 1.5, -0.1, float("nan")])
+def test_interval_level_outside_0_1_is_refused(level):
+    with pytest.raises(ValueError, match=r"level=.*: an interval coverage must be in \(0, 1\)"):
+        lr_scaling.fit_laws(pd.DataFrame(), threshold=0.01, level=level)
+    with pytest.raises(ValueError, match=r"level=.*: an interval coverage must be in \(0, 1\)"):
+        architectures.compute_multipliers({}, 1e12, level=level)

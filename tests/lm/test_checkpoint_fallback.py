@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from lm import train
-from lm.checkpoint import CheckpointError, CheckpointFallbackWarning, Checkpointer
+from lm.checkpoint import Checkpointer, CheckpointError, CheckpointFallbackWarning
 from lm.config import ModelConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
 

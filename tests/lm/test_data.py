@@ -321,25 +321,26 @@ def test_entropy_rate_needs_synthetic_and_bits_per_byte():
 # ---------------------------------------------------------------- tfds
 
 
-def test_tfds_data_source_with_mock_data():
+def test_tfds_data_source_of_a_tiny_local_dataset(tmp_path):
     import tensorflow_datasets as tfds
 
+    from tests.lm import tfds_tiny
+
+    tfds_tiny.build(str(tmp_path))
     cfg = data.DataConfig(
-        source="tfds", tfds_name="lm1b", tfds_split_train="train", seq_len=16, batch_size=2,
-        prefetch_batches=0,
+        source="tfds", tfds_name="tiny_corpus", tfds_split_train="train", tfds_split_val="test",
+        tfds_data_dir=str(tmp_path), seq_len=16, batch_size=2, prefetch_batches=0,
     )
-    with tfds.testing.mock_data(num_examples=12):
-        texts = [ex["text"] for ex in tfds.data_source("lm1b", split="train")]
-        data.make_source.cache_clear()
-        batches = list(data.make_iterator(cfg, num_epochs=1))
-        it = data.make_iterator(cfg, num_epochs=1)
-        _take(it, 2)
-        fresh = data.make_iterator(cfg, num_epochs=1)
-        fresh.set_state(json.loads(json.dumps(it.get_state())))
-        rest = list(fresh)
+    texts = [ex["text"] for ex in tfds.data_source("tiny_corpus", split="train", data_dir=str(tmp_path))]
+    batches = list(data.make_iterator(cfg, num_epochs=1))
+    it = data.make_iterator(cfg, num_epochs=1)
+    _take(it, 2)
+    fresh = data.make_iterator(cfg, num_epochs=1)
+    fresh.set_state(json.loads(json.dumps(it.get_state())))
+    rest = list(fresh)
     data.make_source.cache_clear()
     docs = [t.encode() if isinstance(t, str) else bytes(t) for t in texts]
-    assert len(docs) == 12 and all(docs)
+    assert sorted(d.decode() for d in docs) == sorted(tfds_tiny.tiny_text(i) for i in range(30))
     assert _pairs(batches) == _doc_pairs(docs, True, True)
     _assert_batches_equal(rest, batches[2:])
 

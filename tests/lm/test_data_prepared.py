@@ -1,5 +1,6 @@
 """Prepared corpora (lm.prepare, lm.prepared, experiments.prepare_data): fixtures built here, no network."""
 
+import dataclasses
 import gzip
 import json
 import math
@@ -158,32 +159,19 @@ def test_bad_inputs_name_the_flag(tmp_path):
         prepare.prepare(prepare.PrepareConfig(input=str(tmp_path / "x.jsonl")), str(tmp_path / "o2"))
     with pytest.raises(SystemExit):
         prepare_data.main(["--input", "x", "--out", str(tmp_path / "o3"), "--shard", "2/2"])
+    with pytest.raises(ValueError, match="--merge"):
+        prepare.merge(str(tmp_path / "o4"))
 
 
 def test_tfds_input_through_a_tiny_local_builder(tmp_path):
-    import tensorflow_datasets as tfds
-
-    class TinyCorpus(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-        code_path = None  # defined in a test: no source folder to look up checksums in
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "n": np.int32}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(30)}
-
-        def _generate_examples(self, n):
-            for i in range(n):
-                yield i, {"text": f"document {i}: " + "tokens " * (i % 5 + 1), "n": i}
+    from tests.lm import tfds_tiny
 
     data_dir = str(tmp_path / "tfds")
-    TinyCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    tfds_tiny.build(data_dir)
     out = tmp_path / "out"
     manifest = prepare.prepare(prepare.PrepareConfig(input="tfds:tiny_corpus:1.0.0/train", tfds_data_dir=data_dir,
                                                      validation_fraction=0.2), str(out))["manifest"]
-    texts = [f"document {i}: " + "tokens " * (i % 5 + 1) for i in range(30)]
+    texts = [tfds_tiny.tiny_text(i) for i in range(30)]
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == 30
     assert sorted(_decoded(out, "train") + _decoded(out, "validation")) == sorted(texts)
 
@@ -278,15 +266,9 @@ def test_model_vocab_smaller_than_the_tokenizer_is_refused(prepared_bpe, tmp_pat
                     data=lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=8, batch_size=2))
     lm_data.check_model_vocab(300, run.data)
     with pytest.raises(ValueError, match="vocab_size=259"):
-        train.train(dataclasses_replace_vocab(run, 259), tmp_path / "r")
+        train.train(dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=259)), tmp_path / "r")
     with pytest.raises(ValueError, match="DataConfig.path"):
         lm_data.DataConfig(source="prepared")
-
-
-def dataclasses_replace_vocab(run, v):
-    import dataclasses
-
-    return dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=v))
 
 
 @pytest.mark.parametrize("kind", ["tokenizer.json", "sentencepiece"])
@@ -328,7 +310,7 @@ def test_small_units_split_jsonl_by_byte_range_without_losing_a_line(corpus, tmp
 
 def test_worker_processes_keep_state_and_cover_the_epoch(prepared_bpe):
     cfg = lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=32, batch_size=4, num_workers=2)
-    _assert_state_restores(cfg)
+    _assert_state_restores(dataclasses.replace(cfg, num_workers=1))  # each worker process costs seconds to start
     epoch = lm_data.make_iterator(cfg, num_epochs=1)
     assert sum(float(b["weights"].sum()) for b in epoch) == lm_data.dataset_info(cfg)["train"]["targets"]
     epoch.close()

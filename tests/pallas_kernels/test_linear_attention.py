@@ -174,16 +174,16 @@ class TestKernel:
         if kernel_impl == "interpret":
             # Both drivers run on CPU; the GPU one differs only in how it loads blocks, so
             # it runs for two variants to keep the interpreter's time down.
-            backends = ["tpu", "gpu"] if variant in ("g", "both") else ["tpu"]
+            kernels = ["tpu", "gpu"] if variant in ("g", "both") else ["tpu"]
         else:
-            backends = [platform()]
-        for backend in backends:
+            kernels = [platform()]
+        for kernel in kernels:
             o, s = linear_attention_pallas(
                 q, k, v, g, gk, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
-                backend=backend, interpret=kernel_impl == "interpret",
+                kernel=kernel, interpret=kernel_impl == "interpret",
             )
-            assert_close(o, want_o), backend
-            assert_close(s, want_s), backend
+            assert_close(o, want_o), kernel
+            assert_close(s, want_s), kernel
 
     def test_public_op_chunk32_value_tiles(self, kernel_impl):
         q, k, v, g, _, s0 = make_inputs(8, "g", t=45, dv=32)
@@ -195,7 +195,7 @@ class TestKernel:
         assert_close(s, want_s)
         o, s = linear_attention_pallas(
             q, k, v, g, initial_state=s0, block_sizes=BlockSizes(16, block_v=16),
-            backend="gpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
+            kernel="gpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
         )
         assert_close(o, want_o)
         assert_close(s, want_s)
@@ -208,7 +208,7 @@ class TestKernel:
         want_o, want_s = numpy_recurrence(q, k, v, g, gk, s0)
         o, s = linear_attention_pallas(
             q, k, v, g, gk, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
-            backend="tpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
+            kernel="tpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
         )
         assert_close(o, want_o)
         assert_close(s, want_s)
@@ -227,14 +227,14 @@ class TestKernel:
             assert_close(a, b, tol=5e-4), name
 
 
-@pytest.mark.parametrize("backend, platform_name", [("tpu", "tpu"), ("gpu", "cuda")])
-def test_kernel_lowers_for_accelerators(backend, platform_name):
+@pytest.mark.parametrize("kernel, platform_name", [("tpu", "tpu"), ("gpu", "cuda")])
+def test_kernel_lowers_for_accelerators(kernel, platform_name):
     """Cross-lowering from CPU catches Pallas ops that Mosaic or Triton do not support."""
     x, t, dk, dv = 2, 128, 64, 64
     q, v, s0 = jnp.zeros((x, t, dk)), jnp.zeros((x, t, dv)), jnp.zeros((x, dv, dk))
     for mode, decay in [("none", None), ("scalar", jnp.zeros((x, t))), ("per_key", jnp.zeros((x, t, dk)))]:
         f = lambda q, k, v, decay, s0, mode=mode: linear_attention_fwd_kernel(
-            q, k, v, decay, s0, mode=mode, scale=0.125, block_sizes=BlockSizes(64), backend=backend, interpret=False
+            q, k, v, decay, s0, mode=mode, scale=0.125, block_sizes=BlockSizes(64), kernel=kernel, interpret=False
         )
         text = jax.jit(f).trace(q, q, v, decay, s0).lower(lowering_platforms=(platform_name,)).as_text()
         assert "linear_attention_fwd" in text, mode

@@ -48,3 +48,66 @@ def test_bad_table_raises():
     df.loc[4, "loss"] = np.nan
     with pytest.raises(ValueError, match=r"bad rows \[4\]"):
         fit_bs_law(df)
+
+
+def test_bootstrap_filters_once_then_resamples_kept_runs():
+    """The authors' scheme: the near-optimal filter is applied once; resamples draw from the
+    kept runs only (every sample equals the OLS of some multiset of them)."""
+    from scaling.hyperparams import fit_hyper_law
+
+    rng = np.random.default_rng(0)
+    df = sweep()
+    df["loss"] *= np.exp(rng.normal(0, 2e-4, len(df)))
+    fit = fit_hyper_law(df, "lr_opt", threshold=0.003, n_bootstrap=200, seed=1)
+    kept = near_optimal(df, ["N", "D"], "loss", 0.003)
+    pd.testing.assert_frame_equal(fit.kept[["N", "D", "lr"]], kept[["N", "D", "lr"]])
+    iv = fit.boot.intervals
+    assert set(iv.columns) >= {"estimate", "mean", "std", "lower", "upper"}
+    assert iv.loc["a", "lower"] <= fit.params["a"] <= iv.loc["a", "upper"]
+    assert iv.loc["a", "std"] > 0 and len(fit.boot.samples) == 200 - fit.boot.n_failed
+    with pytest.raises(ValueError, match="n_bootstrap=-3"):
+        fit_hyper_law(df, "lr_opt", n_bootstrap=-3)
+
+
+@pytest.mark.parametrize("law, truth", [
+    ("bs_opt_nd", {"d": 0.58, "h": 0.0, "g": 0.571}),
+    ("lr_opt_c", None),
+    ("bs_opt_c", None),
+])
+def test_other_forms(law, truth):
+    from scaling.hyperparams import fit_hyper_law
+
+    if truth is not None:
+        fit = fit_hyper_law(sweep(), law, threshold=1e-4)
+        for k, v in truth.items():
+            assert np.isclose(fit.params[k], v, atol=1e-9, rtol=1e-8), k
+        return
+    # DeepSeek: eta(C) = c C^a and B(C) = d C^g on cells of compute budgets C
+    rows = []
+    for C in (1e18, 1e19, 1e20, 1e21):
+        lr_star, bs_star = 0.3118 * C ** -0.125, 0.292 * C ** 0.3271
+        for i in range(-2, 3):
+            rows.append(dict(C=C, lr=lr_star * 2.0 ** i, batch_size=bs_star * 2.0 ** -i,
+                             loss=2.0 + 0.01 * i * i))
+    fit = fit_hyper_law(pd.DataFrame(rows), law, threshold=1e-4)
+    expect = {"lr_opt_c": {"c": 0.3118, "a": -0.125}, "bs_opt_c": {"d": 0.292, "g": 0.3271}}[law]
+    for k, v in expect.items():
+        assert np.isclose(fit.params[k], v, rtol=1e-8, atol=1e-10), k
+
+
+def test_single_value_and_cli(tmp_path, capsys):
+    from scaling import cli
+    from scaling.hyperparams import fit_hyper_law
+
+    one_n = sweep()
+    one_n = one_n[one_n["N"] == 1e8]
+    fit = fit_hyper_law(one_n, "lr_opt", threshold=1e-4)
+    assert any("all N equal" in w for w in fit.warnings)
+    csv = tmp_path / "sweep.csv"
+    sweep().rename(columns={"batch_size": "B_tokens"}).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    assert cli.main([str(csv), "--law", "bs_opt", "--column", "batch_size=B_tokens", "--threshold", "1e-4",
+                     "--bootstrap", "50", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| g | 0.571 |" in printed and "bootstrap SD" in printed
+    assert len(pd.read_csv(out / "samples.csv")) == 50 and (out / "report.md").exists()

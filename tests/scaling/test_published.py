@@ -7,6 +7,7 @@ or the authors' JSON, never from this package. Skipped when the folder is absent
 """
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from scaling import constants as K
 from scaling import fit_isoflop, fit_law, laws
 from scaling.isoflop import optimal_power_laws
 
-PUBLISHED = Path(__file__).resolve().parents[2].parent / "shared/data/published"
+# beside the checkout (../shared/data/published); SCALELAB_PUBLISHED overrides (e.g. a worktree)
+PUBLISHED = Path(os.environ.get("SCALELAB_PUBLISHED",
+                                Path(__file__).resolve().parents[2].parent / "shared/data/published"))
 pytestmark = pytest.mark.skipif(not PUBLISHED.is_dir(), reason=f"{PUBLISHED} absent")
 
 
@@ -141,3 +144,45 @@ def test_gadre_extrapolation(tmp_path):
                    init_grid="small")
     under = 1 - full.predict(big_7b)[0] / big_7b["loss"].iloc[0]
     assert 0.025 < under < 0.08
+
+
+GADRE_WHERE = ("dataset == 'rpj' and eval_set.str.contains('c4_val') and ("
+               "(params < 1e9 and chinchilla_multiplier == 1) or (params < 2e7 and chinchilla_multiplier == 16)"
+               " or (params > 1e9 and params < 2e9 and chinchilla_multiplier == 32)"
+               " or (params > 6e9 and chinchilla_multiplier == 1))")
+
+
+def test_gadre_fit_small_predict_big_is_one_command(tmp_path, capsys):
+    """Gadre et al. 2024: fit the 5 small runs, predict the held-out 1.4B (M=640) and 6.9B
+    (M=20) runs from one command; published relative errors 0.71 %, 0.73 %."""
+    from scaling import cli
+
+    out = tmp_path / "gadre"
+    assert cli.main([str(PUBLISHED / "gadre2024_overtraining_losses.csv"), "--law", "chinchilla_tied",
+                     "--column", "N=params", "--column", "D=tokens", "--where", GADRE_WHERE,
+                     "--holdout", "params > 1e9", "--bootstrap", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "5 rows" in printed
+    pred = pd.read_csv(out / "predictions.csv")
+    assert sorted(pred["params"]) == [1439795200, 6889410560]
+    assert (pred["rel_error"].abs() < 0.01).all(), pred["rel_error"]
+    assert (pred["lower"] <= pred["predicted_loss"]).all() and (pred["predicted_loss"] <= pred["upper"]).all()
+    # 5 points for 4 parameters: the warning says the resamples are too small to trust
+    assert "of bootstrap resamples have no more distinct points" in printed
+
+
+def test_porian_weighted_power_law_matches_published():
+    """Porian et al. 2024 'weighted' fit: N* = k C^a by least squares in log space with weights
+    1/SD(log N*)^2. A Huber delta far above the residuals makes the weighted Huber sum a weighted
+    least-squares objective; the power law is kaplan_c (log N* = alpha_C (log C_c - log C), a = -alpha_C)."""
+    optima = pd.read_csv(PUBLISHED / "porian2024_isoflop_optima.csv").dropna(subset=["n_star"])
+    fits = {d["config_id"]: d for d in json.loads(
+        (PUBLISHED / "porian2024_published_fits.json").read_text())}
+    grid = {"log_C_c": (10.0, 25.0, 40.0), "alpha_C": (-1.0, -0.5)}
+    for cid, o in optima.groupby("config_id"):
+        res = fit_law(o.assign(w=1.0 / o["n_star_std"] ** 2), law="kaplan_c", weights="w", huber_delta=10.0,
+                      columns={"C": "flops", "loss": "n_star"}, init_grid=grid)
+        assert np.isclose(-res.params["alpha_C"], fits[cid]["weighted"]["n_exponent"], atol=1e-6), cid
+        plain = fit_law(o, law="kaplan_c", huber_delta=10.0, columns={"C": "flops", "loss": "n_star"},
+                        init_grid=grid)
+        assert np.isclose(-plain.params["alpha_C"], fits[cid]["basic"]["n_exponent"], atol=1e-6), cid

@@ -1,0 +1,208 @@
+"""μP (lm/parametrization.py): classes and multipliers per family, SP untouched, μP = SP at the base width."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from layers.mla import MLAConfig
+from layers.moe import MoEConfig
+from lm import model, parametrization, train
+from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lm.mixers import MIXERS
+
+BASE = 16
+_COMMON = dict(d_model=BASE, num_layers=1, vocab_size=40, num_heads=2, parametrization="mup", base_width=BASE)
+FAMILIES = {
+    "transformer": ModelConfig(pattern="A", tie_embeddings=False, **_COMMON),
+    "griffin": ModelConfig(pattern="R", **_COMMON),
+    "gla": ModelConfig(pattern="L", **_COMMON),
+    "mla": ModelConfig(pattern="M", mla=MLAConfig(q_lora_rank=16, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4,
+                                                   v_head_dim=8), **_COMMON),
+    "moe": ModelConfig(pattern="A", moe_every=1, moe=MoEConfig(num_experts=4, d_ff=16), **_COMMON),
+}
+# expected class of named parameters (path suffix -> kind), per family
+EXPECTED = {
+    "transformer": {"Attention_0/wq": "hidden", "Attention_0/wo": "hidden", "mlp/w_down": "hidden",
+                    "embed": "embedding", "head": "readout", "norm_mixer/scale": "vector"},
+    "griffin": {"rg_lru/a_gate/w": "hidden", "rg_lru/input_gate/w": "hidden", "rg_lru/a_param": "vector",
+                "conv_1d/w": "input", "conv_1d/b": "vector", "linear_x/kernel": "hidden",
+                "linear_out/kernel": "hidden", "linear_out/bias": "vector"},
+    "gla": {"w_q": "hidden", "w_o": "hidden", "w_decay_down": "output", "w_decay_up": "input", "b_decay": "vector"},
+    "mla": {"w_dkv": "hidden", "w_dq": "hidden", "w_uk": "hidden", "w_uv": "hidden", "w_uq": "hidden",
+            "w_kr": "output", "kv_norm/scale": "vector"},
+    "moe": {"moe/w_gate": "hidden", "moe/w_down": "hidden", "moe/w_router": "output"},
+}
+
+
+def _rows(cfg):
+    return {r["path"]: r for r in parametrization.rules_table(model.param_rules(cfg))}
+
+
+def _find(rows, suffix):
+    hits = [r for p, r in rows.items() if p == suffix or p.endswith("/" + suffix)]
+    assert hits, suffix
+    return hits[0]
+
+
+def _batch(vocab, b=2, t=8):
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, vocab)
+    return {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((b, t)),
+            "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_classes_and_multipliers_per_family(family):
+    m = 4
+    cfg = parametrization.at_width(FAMILIES[family], m * BASE)
+    rows = _rows(cfg)
+    for suffix, kind in EXPECTED[family].items():
+        row = _find(rows, suffix)
+        assert row["kind"] == kind, (suffix, row)
+        expected = {"vector": (1, 1), "input": (1, 1), "embedding": (1, m**-0.5), "hidden": (1, 1 / m),
+                    "output": (m**-0.5, 1 / m), "readout": (1, 1)}[kind]
+        assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
+    assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
+    # at the base width every multiplier is exactly 1
+    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(FAMILIES[family]).values())
+
+
+def test_forward_multipliers():
+    cfg = parametrization.at_width(FAMILIES["transformer"], 4 * BASE)
+    assert parametrization.output_multiplier(cfg) == pytest.approx(1 / 4)
+    assert parametrization.output_multiplier(dataclasses.replace(cfg, tie_embeddings=True)) == pytest.approx(1 / 2)
+    d0, d = BASE // 2, 4 * BASE // 2  # head dims at the base width and here
+    assert MIXERS["A"].build(cfg).scale == pytest.approx(1 / (d0**0.5) * d0 / d)
+    assert MIXERS["L"].build(cfg).scale == pytest.approx(1 / (d0**0.5) * d0 / d)
+    mla = parametrization.at_width(FAMILIES["mla"], 4 * BASE)
+    assert MIXERS["M"].build(mla).scale == pytest.approx((8 + 4) ** -0.5 * (8 + 4) / (32 + 4))
+    sp = dataclasses.replace(cfg, parametrization="sp")
+    assert parametrization.output_multiplier(sp) is None and MIXERS["A"].build(sp).scale is None
+    assert MIXERS["M"].build(dataclasses.replace(mla, parametrization="sp")).scale == pytest.approx((32 + 4) ** -0.5)
+
+
+def _flat(params) -> dict:
+    return {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_sp_init_is_fan_in_scaled(family):
+    """The premise of the init column: SP's init std falls as fan_in^-1/2 exactly where μP's class says."""
+    wide_cfg = parametrization.at_width(FAMILIES[family], 2 * BASE)
+    rows = _rows(wide_cfg)
+    sp = [dataclasses.replace(c, parametrization="sp") for c in (FAMILIES[family], wide_cfg)]
+    base, wide = map(_flat, jax.jit(lambda r: [model.init_params(c, r) for c in sp])(jax.random.PRNGKey(0)))
+    for path, row in rows.items():
+        if row["kind"] in ("vector", "readout", "embedding") or base[path].size < 64:
+            continue
+        ratio = wide[path].std() / base[path].std()
+        expected = 2**-0.5 if row["kind"] in ("hidden", "output") else 1.0
+        assert ratio == pytest.approx(expected, rel=0.15), (path, row, ratio)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_mup_equals_sp_at_base_width(family):
+    """Bitwise: init and logits of every family at the base width (one program per family)."""
+    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p) for p in ("sp", "mup")]
+    tokens = _batch(cfgs[0].vocab_size)["tokens"]
+
+    def both(rng):
+        out = []
+        for c in cfgs:
+            params = model.init_params(c, rng)
+            out.append((params, model.forward(c, params, tokens)))
+        return out
+
+    sp, mup = jax.jit(both)(jax.random.PRNGKey(0))
+    for a, b in zip(jax.tree.leaves(sp), jax.tree.leaves(mup), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mup_step_equals_sp_at_base_width():
+    """Bitwise: one AdamW step (weight decay on) of the transformer at the base width."""
+    batch = _batch(BASE)
+    news = []
+    for p in ("sp", "mup"):
+        run = RunConfig(model=dataclasses.replace(FAMILIES["transformer"], parametrization=p, vocab_size=BASE),
+                        optimizer=OptimizerConfig(weight_decay=0.1))
+        state = jax.jit(train.init_state, static_argnums=0)(run)
+        news.append(jax.jit(train.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))[0])
+    for a, b in zip(jax.tree.leaves(news[0]), jax.tree.leaves(news[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mup_init_and_updates_are_sp_times_multipliers():
+    cfg = parametrization.at_width(FAMILIES["moe"], 4 * BASE)
+    sp_cfg = dataclasses.replace(cfg, parametrization="sp")
+    rules = model.param_rules(cfg)
+    opt = OptimizerConfig()
+
+    def both(rng):
+        mup_params, sp_params = model.init_params(cfg, rng), model.init_params(sp_cfg, rng)
+        grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), sp_params)
+        updates, states = [], []
+        for c in (cfg, sp_cfg):
+            tx = train.make_optimizer(opt, sp_params, c)
+            state = tx.init(sp_params)
+            updates.append(tx.update(grads, state, sp_params)[0])
+            states.append(state)
+        return mup_params, sp_params, updates, states
+
+    mup_params, sp_params, (u_mup, u_sp), (s_mup, s_sp) = jax.jit(both)(jax.random.PRNGKey(3))
+    assert jax.tree.structure(s_mup) == jax.tree.structure(s_sp)  # checkpoints / shardings unchanged
+    is_rule = lambda x: isinstance(x, parametrization.ParamRule)  # noqa: E731
+    leaves = jax.tree.leaves(rules, is_leaf=is_rule)
+    assert {r.lr_mult for r in leaves} == {1.0, 0.5, 0.25}
+    assert {r.init_mult for r in leaves} == {1.0, 0.5}
+    for p, s, a, b, r in zip(*map(jax.tree.leaves, (mup_params, sp_params, u_mup, u_sp)), leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(s) * r.init_mult, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b) * r.lr_mult, rtol=1e-6)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="parametrization"):
+        ModelConfig(parametrization="ntk")
+    with pytest.raises(ValueError, match="base_width=None"):
+        ModelConfig(parametrization="mup")
+    with pytest.raises(ValueError, match="base_width"):
+        ModelConfig(parametrization="mup", base_width=0)
+    with pytest.raises(ValueError, match=r"d_ff=90: not divisible"):
+        ModelConfig(d_model=64, d_ff=90, parametrization="mup", base_width=16)
+    assert ModelConfig(base_width=64).parametrization == "sp"  # base_width alone changes nothing
+    # fields of families the model does not use are not scaled (MoE d_ff 256 * 30/100 is not an integer)
+    assert ModelConfig(d_model=100, num_heads=5, d_ff=400, parametrization="mup", base_width=30).moe.d_ff == 256
+    wide = parametrization.at_width(FAMILIES["mla"], 3 * BASE)
+    assert (wide.d_model, wide.mla.kv_lora_rank, wide.mla.qk_rope_dim) == (48, 48, 4)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_mup_run_on_a_mesh_resumes_from_its_checkpoint(tmp_path):
+    """μP through lm.train.train: a sharded (one-device mesh) run killed after its checkpoint resumes to the
+    parameters of an uninterrupted single-device run."""
+    from lm.data import DataConfig
+    from lm.sharding import make_mesh
+
+    cfg = parametrization.at_width(dataclasses.replace(FAMILIES["moe"], vocab_size=259), 2 * BASE)
+    run = RunConfig(model=cfg, data=DataConfig(source="synthetic", seq_len=16, batch_size=2, synthetic_doc_len=50),
+                    train=TrainConfig(steps=4, eval_every=4, eval_batches=1, log_every=1, checkpoint_every=2,
+                                      progress=False), name="mup")
+    train.train(run, tmp_path / "full")
+
+    def crash_after_3(done, total, metrics):
+        if done == 3:
+            raise _Interrupt
+
+    mesh = make_mesh()
+    with pytest.raises(_Interrupt):
+        train.train(run, tmp_path / "resumed", progress=crash_after_3, mesh=mesh)
+    assert train.train(run, tmp_path / "resumed", mesh=mesh)["resumed_from"] == 2
+    full, resumed = train.load_params(tmp_path / "full")[1], train.load_params(tmp_path / "resumed")[1]
+    # the mesh program fuses differently: float32 rounding, amplified where Adam normalises a near-zero
+    # gradient, stays far below one step's update (peak lr 3e-3)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
