@@ -322,7 +322,7 @@ def forward_with_aux(
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> list:
     """Empty decode cache: one pytree per block, in block order."""
     dtype = compute_dtype(cfg) if dtype is None else dtype
-    return [MIXERS[letter].build(cfg).init_cache(batch, max_len, dtype) for letter in cfg.block_letters]
+    return [spec.init_cache(cfg, batch, max_len, dtype) for spec in cfg.block_mixers]
 
 
 def decode_step(

@@ -289,13 +289,15 @@ def test_bad_groups_fail_before_training_and_delete_nothing(full_sweep, tmp_path
 
 def test_fingerprint_ignores_fields_added_later_only_at_their_default():
     import hashlib
+    import itertools
+
+    from lm.config_legacy import legacy_run_dict
 
     study = tiny_study()
-    old = [r.to_dict() for r in study.runs]
-    for d in old:
-        for path in runner.ADDED_FIELDS:  # the configs as written before the fields existed
-            section, field = path.split(".")
-            del d[section][field]
+    old = [legacy_run_dict(r.to_dict()) for r in study.runs]  # the flat family keys of then
+    for d, path in itertools.product(old, runner.ADDED_FIELDS):  # the configs as written before the fields existed
+        section, leaf = path.split(".")
+        del d[section][leaf]
     want = hashlib.sha256(json.dumps([old, list(study.loss_at_flops)], sort_keys=True).encode()).hexdigest()[:16]
     assert study.fingerprint() == want
     capped = runner.Study(name="tiny", runs=tuple(

@@ -20,18 +20,26 @@ RUN = RunConfig(
                       mla=MLAConfig(kv_lora_rank=16, decode_path="naive")),
     name="old",
 )
-# the same model as the flat keys that configs held before, written out by hand
-FLAT = {"rnn_width": 48, "rnn_heads": 4, "conv_width": 3, "scan_impl": "reference",
-        "la_variant": "retnet", "la_feature_map": "identity", "la_output_norm": "group", "la_chunk_size": 8,
-        "la_impl": "auto", "mla_q_lora_rank": 0, "mla_kv_lora_rank": 16, "mla_qk_nope_dim": 32,
-        "mla_qk_rope_dim": 16, "mla_v_head_dim": 32, "mla_decode_path": "naive"}
+# RUN's model as config.json held it before the families were nested (and before the model
+# fields of the runner's ADDED_FIELDS existed), written out by hand
+OLD_MODEL = {
+    "vocab_size": 259, "d_model": 32, "num_layers": 2, "pattern": "RL", "num_heads": 2, "num_kv_heads": None,
+    "head_dim": None, "d_ff": 48, "mlp_activation": "geglu", "window": 1024, "attention_window": None,
+    "rope_fraction": 1.0, "rope_max_wavelength": 10000.0, "attn_softcap": None, "logit_softcap": None,
+    "tie_embeddings": True, "dtype": "float32", "attention_impl": "auto",
+    "rnn_width": 48, "rnn_heads": 4, "conv_width": 3, "scan_impl": "reference",
+    "la_variant": "retnet", "la_feature_map": "identity", "la_output_norm": "group", "la_chunk_size": 8,
+    "la_impl": "auto", "mla_q_lora_rank": 0, "mla_kv_lora_rank": 16, "mla_qk_nope_dim": 32,
+    "mla_qk_rope_dim": 16, "mla_v_head_dim": 32, "mla_decode_path": "naive",
+    "moe_every": 0, "moe": RUN.to_dict()["model"]["moe"], "moe_load_balance_weight": 0.01,
+    "moe_router_z_weight": 0.001,
+}
 
 
 def old_config_dict() -> dict:
-    """RUN as a config.json from before: flat family keys, none of the runner's ADDED_FIELDS."""
+    """RUN as a config.json from before: OLD_MODEL, and no data field of the runner's ADDED_FIELDS."""
     d = RUN.to_dict()
-    model = {k: v for k, v in d["model"].items() if k not in ("rnn", "la", "mla")}
-    d["model"] = {**model, **FLAT}
+    d["model"] = json.loads(json.dumps(OLD_MODEL))
     for path in runner.ADDED_FIELDS:
         section, leaf = path.split(".")
         d[section].pop(leaf, None)
