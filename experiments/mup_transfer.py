@@ -74,7 +74,7 @@ def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(base_width=16, learning_rates=_grid(2e-3, 6), steps=40, num_layers=2, seq_len=32, batch_size=8,
+    "smoke": Preset(base_width=16, learning_rates=_grid(8e-3, 6), steps=40, num_layers=2, seq_len=32, batch_size=8,
                     eval_batches=2),
     "default": Preset(base_width=32, learning_rates=_grid(1e-3, 8), steps=300, num_layers=2, seq_len=64,
                       batch_size=16, eval_batches=8),
