@@ -59,8 +59,9 @@ def tiny_model(family: str):
     base = get_preset(family)
     pattern = "".join(dict.fromkeys(base.pattern))
     return dataclasses.replace(base, d_model=64, num_heads=4, head_dim=None, d_ff=128, pattern=pattern,
-                               num_layers=len(pattern), rnn_width=None, rnn_heads=None, la_chunk_size=16,
-                               window=8, moe=dataclasses.replace(base.moe, d_ff=64))
+                               num_layers=len(pattern), window=8,
+                               rnn=dataclasses.replace(base.rnn, width=None, heads=None),
+                               la=dataclasses.replace(base.la, chunk_size=16), moe=dataclasses.replace(base.moe, d_ff=64))
 
 
 def lowering_checks() -> dict:

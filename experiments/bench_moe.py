@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import train
+from lm import compiled, sharding, train
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count
@@ -35,7 +35,8 @@ def bench(num_experts: int, dispatch: str, batch: int, seq_len: int, steps: int)
     b = {"tokens": tokens, "targets": jnp.roll(tokens, -1, 1), "weights": jnp.ones((batch, seq_len)),
          "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
          "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))}
-    step, compile_s = train.compiled_train_step(run, state, b)
+    mesh = sharding.single_device_mesh()
+    step, compile_s = compiled.train_step(run, mesh, state, b)
     state, m = step(state, b, jnp.float32(1e-3), jnp.float32(0.1))
     jax.block_until_ready(m["loss"])
     t0 = time.perf_counter()

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import study_cli
+from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm import data as lm_data
 from lm import model as lm_model
@@ -60,8 +61,9 @@ def family_model(family: str, base_width: int, num_layers: int, parametrization_
     if family == "gla":
         return dataclasses.replace(base, pattern="L")
     if family == "mla":
-        return dataclasses.replace(base, pattern="M", mla_q_lora_rank=base_width // 2, mla_kv_lora_rank=base_width // 2,
-                                   mla_qk_nope_dim=base_width // 4, mla_qk_rope_dim=8, mla_v_head_dim=base_width // 4)
+        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
+            q_lora_rank=base_width // 2, kv_lora_rank=base_width // 2, qk_nope_dim=base_width // 4, qk_rope_dim=8,
+            v_head_dim=base_width // 4))
     if family == "moe":
         return dataclasses.replace(base, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=2 * base_width))
     raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")
@@ -124,7 +126,7 @@ def measure(cfg: ModelConfig, preset: Preset) -> list[dict]:
     for seed in range(preset.seeds):
         state = init(jax.random.PRNGKey(seed))
         it = lm_data.make_iterator(dataclasses.replace(run.data, seed=seed), "train")
-        batches = [train._to_device(next(it)) for _ in range(preset.steps)]
+        batches = [jax.device_put(next(it)) for _ in range(preset.steps)]
         it.close()
         first = acts(state["params"], batches[0]["tokens"])
         for t in range(preset.steps + 1):

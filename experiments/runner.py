@@ -40,7 +40,7 @@ only the unfinished runs are trained again, as a smaller group of the same progr
 is never retrained.
 
 Compilation: JAX's persistent compilation cache is enabled
-(:func:`lm.train.enable_compilation_cache`) and :data:`lm.train.STEP_CACHE` reuses the
+(:func:`lm.train.enable_compilation_cache`) and :data:`lm.compiled.CACHE` reuses the
 compiled step across runs of identical shapes in one process; the table reports
 ``compile_s`` separately from ``train_s``.
 
