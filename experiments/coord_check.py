@@ -84,7 +84,7 @@ class Preset:
 
 
 PRESETS = {
-    "smoke": Preset(base_width=32, num_layers=2, steps=4, seq_len=32, batch_size=32, seeds=8),
+    "smoke": Preset(base_width=32, num_layers=2, steps=4, seq_len=32, batch_size=8, seeds=8),
     "default": Preset(base_width=64, num_layers=3, steps=5, seq_len=128, batch_size=16, seeds=3),
 }
 
