@@ -83,9 +83,13 @@ class Preset:
     seeds: int = 2
 
 
+# Small batches on purpose: Tensor Programs' limit is width -> infinity at a fixed batch, and
+# an Adam update's alignment with the layer's input (what μP's 1/fan_in corrects) holds only
+# when the width exceeds the rank of the gradient (the tokens per batch); with as many tokens
+# as the base width the narrow models sit before the limit and the curves bend.
 PRESETS = {
-    "smoke": Preset(base_width=32, num_layers=2, steps=4, seq_len=32, batch_size=8, seeds=8),
-    "default": Preset(base_width=64, num_layers=3, steps=5, seq_len=128, batch_size=16, seeds=3),
+    "smoke": Preset(base_width=32, num_layers=2, steps=4, seq_len=32, batch_size=2, seeds=8),
+    "default": Preset(base_width=64, num_layers=3, steps=5, seq_len=64, batch_size=2, seeds=4),
 }
 
 

@@ -32,7 +32,7 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   output     fan-in width-like, fan-out fixed: MoE router,   m^-1/2 1/m_in    -
              MLA decoupled RoPE key (w_kr), GLA gate
              down-projection (d -> 16)
-  readout    the untied LM head                              1      1         logits × 1/m
+  readout    the untied LM head                              m^1/2  1         logits × 1/m
   (tied)     the embedding as head                           -      -         logits × m^-1/2
   attention  softmax / linear-attention score scale                           d0^1/2 / d_head
 
@@ -43,8 +43,14 @@ m = d_model / base_width. Why:
     (no forward multiplier inside a layer): the router's logits start at ~m^-1/2 (uniform
     routing) and move by Θ(1) per step; the same holds for every projection from the width
     into a fixed number of channels (MLA's RoPE key, GLA's decay gate).
-  * readout: Table 9's form, logits × 1/m with SP's init and a constant lr (the mup
-    package's MuReadout); the init logits vanish like 1/m, the update is Θ(1).
+  * readout: Table 9's form: logits × 1/m, a width-independent init (SP's std d^-1/2 times
+    m^1/2 = d0^-1/2) and a constant lr, as the mup package's MuReadout (which rescales the
+    SP init by width_mult^1/2). The effective weight W/m then has init std ∝ 1/d and
+    per-step updates ∝ 1/d, Table 3's output layer; the init logits vanish like m^-1/2,
+    as with the tied head below. Keeping SP's init here (init logits ∝ 1/m) shrinks the
+    random part of the backward signal into the last block relative to the learned part
+    as the width grows, and the last block's updates then grow with width (measured by
+    ``experiments.coord_check``: slope +0.16 to +0.21 of the last block's outputs).
   * embedding: the model multiplies the embedding by sqrt(d) and inits it with std d^-1/2
     (Gemma/Griffin). By the abc-symmetry with θ = sqrt(d) this is μP's input layer
     (multiplier 1, init Θ(1), lr Θ(1)) only with lr ∝ d^-1/2. Tied, the same matrix is the
@@ -229,7 +235,7 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
             continue
         if keys == ("head",):
-            rules.append(ParamRule("readout", 1.0, 1.0, 1.0))
+            rules.append(ParamRule("readout", 1.0, m**0.5, 1.0))
             continue
         if not _is_weight(keys[-1]):
             rules.append(ParamRule("vector", 1.0, 1.0, 1.0))

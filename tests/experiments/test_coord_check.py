@@ -8,9 +8,6 @@ import pytest
 from experiments import coord_check
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known μP defect (issue 19, open): the second block's attention output RMS grows with width under μP "
-    "(log-log slope 0.13 at batch 8x32, 0.16 at 32x32, bound ±0.1); strict, so the fix must remove this mark"))
 def test_smoke_coord_check(tmp_path):
     result = coord_check.main(["--preset", "smoke", "--family", "transformer", "--out", str(tmp_path), "--no-progress"])
     table = pd.read_csv(tmp_path / "coord_check.csv")

@@ -62,7 +62,7 @@ def test_classes_and_multipliers_per_family(family):
         row = _find(rows, suffix)
         assert row["kind"] == kind, (suffix, row)
         expected = {"vector": (1, 1), "input": (1, 1), "embedding": (1, m**-0.5), "hidden": (1, 1 / m),
-                    "output": (m**-0.5, 1 / m), "readout": (1, 1)}[kind]
+                    "output": (m**-0.5, 1 / m), "readout": (m**0.5, 1)}[kind]
         assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
     assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
     # at the base width every multiplier is exactly 1
