@@ -26,7 +26,7 @@ from experiments.lib.cli import RUN_FAILED, OneLineParser, add_config_args, appl
 from experiments.lib.figures import plot_loss_curve
 from experiments.lib.progress import SweepProgress
 from lm import data as lm_data
-from lm import decode, sharding, train
+from lm import decode, multihost, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
         check_run_dir(run, run_dir, args.overwrite)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
         fail(parser.prog, str(err))
-    sharding.maybe_initialize_distributed()  # before anything touches a device
+    multihost.maybe_initialize_distributed()  # before anything touches a device
     try:
         mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
     except ValueError as err:

@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm import compiled, sharding
+from lm import compiled, multihost, sharding
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
@@ -46,7 +46,7 @@ def train_step_throughput(preset: str, seq_len: int, batch: int, repeats: int) -
         "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
         "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len)),
     }
-    batch_arrays = sharding.global_batch(batch_arrays, mesh, batch)
+    batch_arrays = multihost.global_batch(batch_arrays, mesh, batch)
     step, compile_s = compiled.train_step(run, mesh, state, batch_arrays)
     lr = jnp.float32(1e-3)
     state, _ = step(state, batch_arrays, lr, jnp.float32(0.1))
