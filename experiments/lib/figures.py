@@ -233,7 +233,7 @@ def plot_coord_check(table: pd.DataFrame, family: str, out: str | Path,
 
 def plot_lr_transfer(table: pd.DataFrame, optima: pd.DataFrame, drift: Mapping[str, float], out: str | Path,
                      parametrizations: Sequence[str] = ("sp", "mup"), name: str = "transfer") -> list[Path]:
-    """Validation loss against learning rate, one curve per width (its optimum dashed), one panel per parametrization."""
+    """Validation loss against learning rate: one curve per width (its optimum dashed), a panel per parametrization."""
     fig = Figure(figsize=(10, 4))
     for j, par in enumerate(parametrizations):
         ax = fig.add_subplot(1, len(parametrizations), j + 1)
