@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from experiments.bench_linear_scan import best_time
+from experiments.lib.timing import best_time
 from pallas_kernels.backend import count_kernel_calls, has_accelerator, platform
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import data_budget, runner, study_cli
+from experiments import lib
+from experiments.lib import data_budget
+from experiments.lib.report import check_level
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
@@ -74,7 +76,7 @@ def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """families x sizes (d_model, num_layers) x FLOP budgets, one batch shape."""
 
     sizes: tuple[tuple[int, int], ...]
@@ -109,7 +111,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
+def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> lib.Study:
     """The grid (family-major); sizes giving fewer than ``min_steps`` steps at a budget are left out."""
     data = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
     tokens_per_step = preset.seq_len * preset.batch_size
@@ -125,17 +127,18 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
                 if steps < preset.min_steps:
                     dropped.append(name)
                     continue
-                runs.append(study_cli.cosine_run(name, model, data, steps=steps, learning_rate=preset.learning_rate,
+                runs.append(lib.cosine_run(name, model, data, steps=steps, learning_rate=preset.learning_rate,
                                                  eval_batches=preset.eval_batches))
                 tags[name] = {"family": family, "size": f"d{d}L{L}", "budget": budget, "N_active": counts["active"],
-                              "cache_bytes_per_token": _cache_per_token(model)}
+                              "cache_bytes_per_token": cache_per_token(model)}
     meta = {"preset": preset_name, "families": list(preset.families), "sizes": [list(s) for s in preset.sizes],
             "budgets": list(preset.budgets), "dropped_runs": dropped}
     tags = data_budget.with_epoch_tags(runs, tags)
-    return runner.Study(name="architectures", runs=tuple(runs), tags=tags, meta=meta, min_steps=preset.min_steps)
+    return lib.Study(name="architectures", runs=tuple(runs), tags=tags, meta=meta, min_steps=preset.min_steps)
 
 
-def _cache_per_token(model: ModelConfig, context: int = CONTEXT) -> float:
+def cache_per_token(model: ModelConfig, context: int = CONTEXT) -> float:
+    """Decode-cache bytes per token of ``model`` at ``context`` tokens (:func:`lm.model.cache_bytes`)."""
     from lm.model import cache_bytes
 
     return cache_bytes(model, context) / context
@@ -173,7 +176,7 @@ def compute_for_loss(loss, E, A, alpha):
 def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None = None,
                         reference: str = "transformer", level: float = 0.95) -> pd.DataFrame:
     """Per family: compute multiplier to match the reference's fitted loss at ``c_max``, with intervals."""
-    study_cli.check_level(level)
+    check_level(level)
     ref_fit, ref_boot = fits[reference]
     p = ref_fit.params
     target = p["E"] + p["A"] * c_max ** -p["alpha"]
@@ -217,45 +220,6 @@ def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss",
     return out
 
 
-def plot_comparison(table: pd.DataFrame, fits: dict, multipliers: pd.DataFrame, out: str | Path,
-                    loss: str = "final_val_loss", name: str = "frontiers") -> list[Path]:
-    """Left: every run and each family's fitted L(C) with its bootstrap band; right: multipliers + cache."""
-    from matplotlib.figure import Figure
-
-    out = Path(out)
-    fig = Figure(figsize=(12, 4.5))
-    ax, bx = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    c_max = float(table["C"].max())
-    grid = np.geomspace(float(table["C"].min()) / 2, c_max * 4, 100)
-    for i, (family, (fit, boot)) in enumerate(fits.items()):
-        color = f"C{i}"
-        runs = table[table["family"] == family]
-        ax.scatter(runs["C"], runs[loss], s=10, color=color, alpha=0.4)
-        p, s = fit.params, boot.samples
-        ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color=color, label=family)
-        band = s["E"].to_numpy()[:, None] + s["A"].to_numpy()[:, None] * grid[None] ** -s["alpha"].to_numpy()[:, None]
-        if len(band):
-            ax.fill_between(grid, np.percentile(band, 2.5, axis=0), np.percentile(band, 97.5, axis=0), color=color,
-                            alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs C (exact, per family)")
-    ax.set_ylabel(loss)
-    ax.set_title("L(C) frontiers, 95% bootstrap bands")
-    ax.legend()
-    y = np.arange(len(multipliers))
-    m = multipliers["multiplier"].to_numpy()
-    err = np.nan_to_num(np.clip(np.stack([m - multipliers["lower"], multipliers["upper"] - m]), 0, None),
-                        posinf=0.0)
-    bx.barh(y, np.where(np.isfinite(m), m, np.nan), xerr=err, color=[f"C{i}" for i in range(len(m))])
-    bx.axvline(1.0, color="k", lw=0.8)
-    bx.set_yticks(y, [f"{f} ({multipliers.loc[f, 'cache_bytes_per_token']:.3g} B/tok)" for f in multipliers.index])
-    bx.set_xscale("log")
-    bx.set_xlabel("compute to match the transformer at the largest budget (x C_max)")
-    bx.set_title(f"compute multipliers; decode cache bytes per token at {CONTEXT} context")
-    fig.tight_layout()
-    return study_cli.save_figure(fig, out, name)
-
-
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss: str = "final_val_loss",
             preset_name: str = "", chinchilla_grid="hoffmann") -> dict:
     """Frontier fits, multipliers, optional per-family Chinchilla fits; plot, multipliers.csv, report.md."""
@@ -267,12 +231,13 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
     mult = compute_multipliers(fits, float(front["C"].max()), cache)
     mult.to_csv(out / "multipliers.csv")
     chin = fit_chinchilla_per_family(table, loss, bootstrap, chinchilla_grid)
-    figures = plot_comparison(table[table["status"] == "complete"], fits, mult, out, loss)
+    figures = lib.figures.plot_frontiers(table[table["status"] == "complete"], fits, mult, out, context=CONTEXT,
+                                         loss=loss)
     lines = [f"# Architecture comparison ({preset_name} preset)", "",
              f"Loss: {loss}. Frontier L(C) = E + A C^-alpha per family (lowest-loss run per budget); "
              f"{bootstrap} bootstrap resamples, 95% percentile intervals. Multiplier: compute needed to reach the "
              f"transformer's fitted loss at C_max = {front['C'].max():.3g} FLOPs, relative to C_max.", ""]
-    lines += study_cli.markdown_table(
+    lines += lib.markdown_table(
         ["family", "E", "A", "alpha", "compute multiplier", "95% interval", "decode cache B/token"],
         [(f, f"{r['E']:.3f}", f"{r['A']:.3g}", f"{r['alpha']:.3f}", f"{r['multiplier']:.3g}",
           f"[{r['lower']:.3g}, {r['upper']:.3g}]", f"{r['cache_bytes_per_token']:.4g}") for f, r in mult.iterrows()],
@@ -283,12 +248,12 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
         lines += ["", *markdown(fit_warnings(fit, boot), f"Warnings, L(C) fit of {f}")]
     for f, iv in chin.items():
         lines += ["", f"Chinchilla fit, {f} (N = active parameters):", ""]
-        lines += study_cli.markdown_table(
+        lines += lib.markdown_table(
             ["quantity", "estimate", "lower", "upper"],
             [(q, f"{iv.loc[q, 'estimate']:.4g}", f"{iv.loc[q, 'lower']:.4g}", f"{iv.loc[q, 'upper']:.4g}")
              for q in ("E", "A", "B", "alpha", "beta") if q in iv.index], align="lrrr")
         lines += ["", *markdown(iv.attrs.get("warnings", []), f"Warnings, Chinchilla fit of {f}")]
-    study_cli.write_report(out, lines, figures)
+    lib.write_report(out, lines, figures)
     return {"frontier": front, "fits": fits, "multipliers": mult, "chinchilla": chin, "plots": figures,
             "report": out / "report.md"}
 
@@ -296,25 +261,21 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
 # ------------------------------------------------------------------------------- CLI
 
 
+def _analyze(study: lib.Study, table: pd.DataFrame, out: Path, preset: Preset, args) -> dict:
+    return analyze(table, out, bootstrap=preset.bootstrap, preset_name=args.preset)
+
+
+def _summary(result: dict) -> str:
+    return result["multipliers"][["multiplier", "lower", "upper", "cache_bytes_per_token"]].to_string()
+
+
+COMMAND = lib.StudyCommand(name="architectures", doc=__doc__, presets=PRESETS,
+                           build=lambda preset, args, out: build_study(preset, args.preset, data=args.data),
+                           analyze=_analyze, summary=_summary, keep_diverged=True)
+
+
 def main(argv=None) -> dict:
-    p = study_cli.study_parser("architectures", __doc__, PRESETS, shard=True, bootstrap=True)
-    args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
-    out = study_cli.out_dir("architectures", args)
-    with study_cli.cli_errors(p):
-        study = build_study(preset, args.preset, data=args.data)
-        table = study_cli.train_and_load(study, out, args)
-    result = {"out": out, "table": table}
-    ready = study_cli.analysis_table(table, keep_diverged=True)
-    if ready is None:
-        return result
-    result.update(analyze(ready, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
-                          preset_name=args.preset))
-    data_budget.append_report(result["report"], table)
-    study_cli.note_left_out(result["report"], table)
-    print(result["multipliers"][["multiplier", "lower", "upper", "cache_bytes_per_token"]].to_string())
-    print(f"report: {result['report']}")
-    return result
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

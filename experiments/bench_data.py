@@ -19,6 +19,7 @@ import resource
 import tempfile
 import time
 
+from experiments.lib.timing import train_step_throughput
 from lm import data as lm_data
 from lm import data_sources, prepare
 
@@ -89,8 +90,6 @@ def main(argv=None) -> dict:
         print(f"grain pipeline (prepared shards, packing, batch {args.batch}x{args.seq_len}, "
               f"{args.loader_workers} workers): "
               f"{pipe['tokens_per_s']:,.0f} tokens/s (rows {100 * pipe['fill']:.1f}% filled)")
-    from experiments.bench_train import train_step_throughput
-
     step = train_step_throughput("transformer_512", args.seq_len, args.step_batch, repeats=3)
     ratio = pipe["tokens_per_s"] / step["tokens_per_s"]
     print(f"transformer_512 train step here (batch {args.step_batch}x{args.seq_len}): {step['tokens_per_s']:,.0f} "

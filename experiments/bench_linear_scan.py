@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 
+from experiments.lib.timing import best_time
 from pallas_kernels.backend import has_accelerator, platform
 from pallas_kernels.linear_scan import linear_scan
 from pallas_kernels.linear_scan.ops import resolve_scan_impl
@@ -46,17 +46,6 @@ def baseline_scan(x, a):
     h_last, y = jax.lax.scan(step, h0, (jnp.swapaxes(x, 0, 1).astype(jnp.float32),
                                         jnp.swapaxes(a, 0, 1).astype(jnp.float32)))
     return jnp.swapaxes(y, 0, 1).astype(x.dtype), h_last
-
-
-def best_time(fn, *args, repeats: int) -> float:
-    """Best wall time in seconds of ``fn(*args)`` after one compiling call."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def forms() -> dict:

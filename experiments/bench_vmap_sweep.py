@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, sharding
+from lm import compiled, multihost, sharding
 from lm import train as lm_train
 from lm import vmap_sweep as vs
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
@@ -71,8 +71,8 @@ def main(argv=None) -> dict:
     )
     runs = vs.sweep_runs(base, learning_rates=list(np.geomspace(3e-4, 3e-2, a.runs)))
     mesh = sharding.single_device_mesh()
-    it = sharding.make_host_iterator(base, mesh, "train")
-    batches = [sharding.global_batch(next(it), mesh, a.batch) for _ in range(a.steps)]
+    it = multihost.make_host_iterator(base, mesh, "train")
+    batches = [multihost.global_batch(next(it), mesh, a.batch) for _ in range(a.steps)]
     it.close()
     tokens = a.steps * a.seq_len * a.batch * a.runs
 

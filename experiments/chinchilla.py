@@ -20,12 +20,12 @@ peak, and a warmup that is a fixed fraction of the run. Then (experiments.chinch
 Presets: ``smoke`` (seconds; CI and tests), ``default`` (the README's main job, minutes on a
 2-core CPU), ``full`` (GPU/TPU sizes; not run in CI). The size ladder :data:`LADDER` names
 every model: ``d<width>L<layers>``; heads of 16 dims up to width 128, of 64 dims above;
-gated MLP of width 4d; tied embeddings (vocabulary 259 bytes, or the tokenizer's of a
+gated MLP of width 4d; tied embeddings; :data:`lm.presets.LADDER` (vocabulary 259 bytes, or the tokenizer's of a
 prepared ``--data DIR``; FLOPs and N include it). Runs over ``--max-epochs`` (default 1) epochs
-of the training split are refused before training (:mod:`experiments.data_budget`).
+of the training split are refused before training (:mod:`experiments.lib.data_budget`).
 
 Outputs under ``--out`` (default ``runs/chinchilla/<preset>[-<data>]``): the run
-directories, ``results.csv`` (one row per run, see experiments.runner), ``curves.csv``,
+directories, ``results.csv`` (one row per run, see experiments.lib.table), ``curves.csv``,
 ``report.md`` and the plots (PNG and SVG). Rerunning the same command resumes.
 """
 
@@ -37,42 +37,17 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import data_budget, outdir, runner, study_cli
-from experiments.cli import OneLineParser
+from experiments import chinchilla_analysis, lib
+from experiments.lib import data_budget
+from experiments.lib.study import TABLE
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import VOCAB_SIZE, DataConfig
+from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
-
-
-# ------------------------------------------------------------------------ size ladder
-
-
-def ladder_model(d_model: int, num_layers: int, dtype: str = "float32", vocab_size: int = VOCAB_SIZE) -> ModelConfig:
-    """The ladder's transformer of width ``d_model`` and depth ``num_layers``.
-
-    Heads of 16 dimensions up to width 128 and of 64 above (so tiny models keep several
-    heads); gated (GeGLU) MLP of width 4d; RoPE; tied embeddings; ``vocab_size`` tokens (259 bytes).
-    """
-    head_dim = 16 if d_model <= 128 else 64
-    if d_model % head_dim:
-        raise ValueError(f"d_model={d_model}: must be a multiple of the ladder's head dim {head_dim}")
-    return ModelConfig(d_model=d_model, num_layers=num_layers, pattern="A", num_heads=d_model // head_dim,
-                       d_ff=4 * d_model, dtype=dtype, vocab_size=vocab_size)
-
-
-# name -> (d_model, num_layers). Widths grow ~1.5x per rung, depth with width (aspect ratio
-# d/L between 16 and 64, as in the small models of Kaplan et al. 2020, Fig. 5).
-LADDER: dict[str, tuple[int, int]] = {
-    f"d{d}L{L}": (d, L)
-    for d, L in [
-        (16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (64, 3), (96, 3), (128, 4),  # CPU rungs
-        (256, 4), (384, 6), (512, 8), (640, 10), (768, 12), (1024, 16), (1280, 20),  # GPU/TPU rungs
-    ]
-}
+from lm.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """One isoFLOP study: sizes x budgets and the shared training settings.
 
     Attributes:
@@ -163,7 +138,7 @@ def _steps(model: ModelConfig, data: DataConfig, budget: float) -> int:
     return int(round(budget / per_step))
 
 
-def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom") -> runner.Study:
+def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom") -> lib.Study:
     """The isoFLOP grid of ``preset`` as a runner Study (budgets x sizes, grid order budget-major).
 
     Each run: D = steps * batch_size * seq_len tokens with steps = round(C / (f * tokens per
@@ -172,7 +147,7 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
     quarter of the run (and at the end).
 
     Raises:
-      runner.StudyError: a budget gives even the smallest model fewer than ``min_steps``
+      lib.StudyError: a budget gives even the smallest model fewer than ``min_steps``
         steps, or leaves fewer than 3 sizes at that budget (no parabola).
     """
     dcfg = data_config(preset, data)
@@ -187,7 +162,7 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
             if steps < preset.min_steps:
                 if size == smallest:
                     per_step = train_flops_per_token(models[size], preset.seq_len) * preset.batch_size * preset.seq_len
-                    raise runner.StudyError(
+                    raise lib.StudyError(
                         f"budget C={budget:.3g} FLOPs is too small for the smallest model {size} "
                         f"({per_step:.3g} FLOPs per step of {preset.batch_size}x{preset.seq_len} tokens): it gives "
                         f"{steps} steps, fewer than min_steps={preset.min_steps}; the smallest usable budget is "
@@ -214,7 +189,7 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
             runs.append(run)
             tags[run.name] = {"budget": budget, "size": size}
         if kept < 3:
-            raise runner.StudyError(
+            raise lib.StudyError(
                 f"budget C={budget:.3g} FLOPs trains only {kept} of the sizes {preset.sizes} for at least "
                 f"min_steps={preset.min_steps} steps; an isoFLOP parabola needs 3: raise the budget or add smaller sizes"
             )
@@ -229,7 +204,7 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
             "seq_len": preset.seq_len, "batch_size": preset.batch_size, "learning_rate": preset.learning_rate,
             "dropped_runs": dropped}
     tags = data_budget.with_epoch_tags(runs, tags)
-    return runner.Study(name="chinchilla", runs=tuple(runs), tags=tags, meta=meta, loss_at_flops=loss_at,
+    return lib.Study(name="chinchilla", runs=tuple(runs), tags=tags, meta=meta, loss_at_flops=loss_at,
                         min_steps=preset.min_steps)
 
 
@@ -255,59 +230,42 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
-def _epilog() -> str:
-    lines = ["presets:"]
-    for name, p in PRESETS.items():
-        lines.append(f"  {name:8s} sizes {', '.join(p.sizes)}; budgets {', '.join(f'{c:.3g}' for c in p.budgets)} "
-                     f"FLOPs; batch {p.batch_size} x {p.seq_len} tokens; lr {p.learning_rate:g}; bootstrap {p.bootstrap}")
-    lines.append("size ladder (name: d_model, layers): " + ", ".join(f"{k}: {d}x{L}" for k, (d, L) in LADDER.items()))
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m experiments.chinchilla", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="grid size: smoke (seconds, CI), default (minutes on a 2-core CPU), full (GPU/TPU)")
-    data_budget.add_args(parser, extra_sources=("synthetic (a Markov source of known entropy rate; the report "
-                                                "puts the fitted E next to it)",))
-    parser.add_argument("--out", default=None,
-                        help="study directory (default runs/chinchilla/<preset>[-synthetic]); holds the run "
-                             "directories, results.csv, curves.csv, report.md and the plots")
-    parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="train only the I-th of N disjoint slices of the grid (0-based), e.g. for a job array; "
-                             "the analysis runs once every run of the grid is found")
-    parser.add_argument("--tables", nargs="*", default=(), metavar="CSV",
-                        help="shard tables from other hosts to merge before the analysis")
+def _add_args(parser: argparse.ArgumentParser) -> None:
+    ladder = ", ".join(f"{k}: {d}x{L}" for k, (d, L) in LADDER.items())
+    parser.epilog += f"\nsize ladder (name: d_model x layers): {ladder}"
     parser.add_argument("--sizes", default=None, help=f"comma-separated ladder sizes (override), from {list(LADDER)}")
     parser.add_argument("--budgets", type=_floats, default=None, help="comma-separated FLOP budgets (override)")
     parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (override)")
-    parser.add_argument("--bootstrap", type=study_cli.bootstrap_count, default=None,
-                        help="bootstrap resamples, an integer >= 2 (default: the preset's)")
     parser.add_argument("--loss", choices=("val", "train"), default="val",
                         help="fit the final validation loss (default) or the final training loss")
-    parser.add_argument("--skip-analysis", action="store_true", help="train only")
-    parser.add_argument("--analysis-only", action="store_true", help="fit and plot the existing table; train nothing")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
 
 
-def preset_from_args(args: argparse.Namespace) -> Preset:
-    preset = PRESETS[args.preset]
-    updates = {}
-    if args.sizes:
-        updates["sizes"] = tuple(s.strip() for s in args.sizes.split(",") if s.strip())
-    if args.budgets:
-        updates["budgets"] = args.budgets
-    if args.learning_rate is not None:
-        updates["learning_rate"] = args.learning_rate
-    if args.bootstrap is not None:
-        updates["bootstrap"] = args.bootstrap
-    return dataclasses.replace(preset, **updates)
+def _overrides(args: argparse.Namespace) -> dict:
+    sizes = tuple(s.strip() for s in args.sizes.split(",") if s.strip()) if args.sizes else None
+    return {"sizes": sizes, "budgets": args.budgets or None, "learning_rate": args.learning_rate}
 
 
-def default_out(args: argparse.Namespace) -> Path:
-    return Path("runs") / "chinchilla" / f"{args.preset}{data_budget.label(args.data)}"
+def _build(preset: Preset, args: argparse.Namespace, out: Path) -> lib.Study:
+    return build_study(preset, args.data, args.preset)
+
+
+def _analyze(study: lib.Study, table, out: Path, preset: Preset, args: argparse.Namespace) -> dict:
+    return chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss)
+
+
+def _summary(result: dict) -> str:
+    return (f"table:  {result['out'] / TABLE}\nplots:  "
+            + ", ".join(str(p) for p in result["plots"] if p.suffix == ".png") + " (and .svg)")
+
+
+COMMAND = lib.StudyCommand(
+    name="chinchilla", doc=__doc__, presets=PRESETS, build=_build, analyze=_analyze, summary=_summary,
+    add_args=_add_args, overrides=_overrides,
+    extra_sources=("synthetic (a Markov source of known entropy rate; the report puts the fitted E next to it)",))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return COMMAND.parser()
 
 
 def main(argv=None) -> dict:
@@ -316,40 +274,7 @@ def main(argv=None) -> dict:
     Returns:
       {"out": the study directory, "table": results table, "report": report path or None, ...}.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else default_out(args)
-    with study_cli.cli_errors(parser):  # nothing has been trained: one line, exit 2
-        preset = preset_from_args(args)
-        study = build_study(preset, args.data, args.preset)
-        shard = runner.parse_shard(args.shard)
-        outdir.check_writable_dir(out)  # the analysis writes its report there too
-        if not args.analysis_only:
-            data_budget.check_epochs(study.runs, args.max_epochs)
-            runner.run_study(study, out, shard=shard, progress=not args.no_progress)
-        table = runner.load_results(study, out, args.tables)
-    done = int((table["status"] == "complete").sum()) if len(table) else 0
-    result = {"out": out, "table": table, "report": None}
-    if args.skip_analysis:
-        print(f"{done}/{len(study.runs)} runs complete; table: {runner.table_path(out, shard)}")
-        return result
-    ready = study_cli.analysis_table(table)  # says which runs are pending, failed or diverged
-    if ready is None:
-        if not args.analysis_only and (table["status"] == "pending").any():
-            print(f"shard {shard[0]}/{shard[1]} done; run with --analysis-only (and --tables for shard tables from "
-                  "other hosts) once all shards finish")
-        return result
-    from experiments import chinchilla_analysis
-
-    Path(out).mkdir(parents=True, exist_ok=True)
-    runner.write_table(table, out / runner.TABLE)  # the merged table the report is fitted from
-
-    result.update(chinchilla_analysis.analyze(study, ready, out, bootstrap=preset.bootstrap, loss=args.loss))
-    data_budget.append_report(result["report"], table)
-    study_cli.note_left_out(result["report"], table)
-    print(f"table:  {out / runner.TABLE}\nreport: {result['report']}\nplots:  "
-          + ", ".join(str(p) for p in result["plots"] if p.suffix == ".png") + " (and .svg)")
-    return result
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Analysis of the Chinchilla isoFLOP study: the three approaches, the extrapolation check, plots, report.
 
-Reads only the results table (experiments.runner) and fits with :mod:`scaling` (every
+Reads only the results table (experiments.lib.table) and fits with :mod:`scaling` (every
 equation lives there); this module selects columns, calls the fits, and writes
 
   out/report.md      fitted values with bootstrap intervals, tokens per parameter at the
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments import runner
+from experiments import lib
 
 LOSS_COLUMNS = {"val": "final_val_loss", "train": "final_train_loss"}
 LN2 = math.log(2.0)
@@ -76,7 +76,7 @@ def curve_points(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "N", "C", "D", "loss"])
 
 
-def entropy_floor(study: runner.Study) -> dict[str, float] | None:
+def entropy_floor(study: lib.Study) -> dict[str, float] | None:
     """The synthetic source's entropy rate in nats per byte (the E a perfect fit recovers), else None."""
     data = study.runs[0].data
     if data.source != "synthetic":
@@ -167,13 +167,13 @@ def optimum_table(fit3, boot3, budgets, table, level: float = 0.95) -> list[dict
     return out
 
 
-def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200,
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200,
             loss: str = "val", seed: int = 0) -> dict[str, Any]:
     """Fit the three approaches and the extrapolation checks; write report.md, fit.json and the plots.
 
     Args:
       study: the grid (its settings; the synthetic source's entropy rate).
-      table: the results table (experiments.runner), merged over shards.
+      table: the results table (experiments.lib.table), merged over shards.
       out: where the report and plots go.
       bootstrap: resamples for every interval (0: none).
       loss: "val" (final validation loss) or "train" (final training loss).

@@ -21,56 +21,25 @@ the update RMS at the last step; one line per module).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from experiments import study_cli
-from layers.mla import MLAConfig
-from layers.moe import MoEConfig
+from experiments import lib
 from lm import data as lm_data
 from lm import model as lm_model
 from lm import parametrization, train
 from lm.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.data import DataConfig
-
-FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
-PARAMETRIZATIONS = ("sp", "mup")
-
-
-def family_model(family: str, base_width: int, num_layers: int, parametrization_: str = "mup") -> ModelConfig:
-    """The ``family``'s model at its base width (μP equals SP there); widen with ``parametrization.at_width``.
-
-    Four heads (their width grows with d), MLP 4d; Griffin = (recurrent, local attention),
-    Hawk = recurrent only; GLA; MLA with latent ranks d/2 and RoPE key 8 (fixed); MoE with 4
-    experts of width 2d, top-2. Untied head for the transformer (the readout class), tied
-    elsewhere (the tied-embedding multiplier).
-    """
-    base = ModelConfig(d_model=base_width, num_layers=num_layers, pattern="A", num_heads=4,
-                       parametrization=parametrization_, base_width=base_width)
-    if family == "transformer":
-        return dataclasses.replace(base, tie_embeddings=False)
-    if family in ("griffin", "hawk"):
-        return dataclasses.replace(base, pattern="RW" if family == "griffin" else "R", num_kv_heads=1, window=64)
-    if family == "gla":
-        return dataclasses.replace(base, pattern="L")
-    if family == "mla":
-        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
-            q_lora_rank=base_width // 2, kv_lora_rank=base_width // 2, qk_nope_dim=base_width // 4, qk_rope_dim=8,
-            v_head_dim=base_width // 4))
-    if family == "moe":
-        return dataclasses.replace(base, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=2 * base_width))
-    raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")
-
+from lm.presets import FAMILIES, PARAMETRIZATIONS
+from lm.presets import mup_family_model as family_model
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """Widths base x multipliers, depth, steps, learning rate, batch shape, seeds."""
 
     base_width: int
@@ -172,55 +141,28 @@ def slopes(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(table: pd.DataFrame, family: str, out: Path) -> list[Path]:
-    """Rows SP / μP; columns: rms at each step, then update_rms at the last step (log-log, one line per module)."""
-    from matplotlib.figure import Figure
-
-    df = table[table["family"] == family]
-    steps = sorted(df["step"].unique())
-    fig = Figure(figsize=(2.8 * (len(steps) + 1), 5.6))
-    for i, par in enumerate(PARAMETRIZATIONS):
-        d = df[df["parametrization"] == par]
-        panels = [(s, "rms") for s in steps] + [(steps[-1], "update_rms")]
-        for j, (s, col) in enumerate(panels):
-            ax = fig.add_subplot(2, len(panels), i * len(panels) + j + 1)
-            for k, (module, g) in enumerate(d[d["step"] == s].groupby("module", sort=False)):
-                ax.plot(g["width"], g[col], marker="o", ms=3, color=f"C{k % 10}", label=module)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{'μP' if par == 'mup' else 'SP'}: {col} step {s}", fontsize=8)
-            ax.set_xlabel("width", fontsize=8)
-    fig.axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    return study_cli.save_figure(fig, out, f"coord_check_{family}")
-
-
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.coord_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p = lib.base_parser("coord_check", __doc__, PRESETS)
     p.add_argument("--family", default="transformer", help=f"one of {FAMILIES} or 'all'")
-    p.add_argument("--out", default=None, help="output directory (default runs/coord_check/<preset>)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.family != "all" and args.family not in FAMILIES:
         p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
     families = FAMILIES if args.family == "all" else (args.family,)
-    out = study_cli.out_dir("coord_check", args)
+    out = lib.out_dir("coord_check", args)
     out.mkdir(parents=True, exist_ok=True)
     table = coord_check(PRESETS[args.preset], families, progress=not args.no_progress)
     table.to_csv(out / "coord_check.csv", index=False)
     sl = slopes(table)
     sl.to_csv(out / "slopes.csv", index=False)
-    figures = [f for fam in families for f in plot(table, fam, out)]
+    figures = [f for fam in families for f in lib.figures.plot_coord_check(table, fam, out)]
     lines = [f"# Coordinate check ({args.preset} preset)", "",
              "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
              "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]
-    lines += study_cli.markdown_table(
+    lines += lib.markdown_table(
         ["parametrization", "family", "module", "rms slope", "update slope"],
         [(r.parametrization, r.family, r.module, f"{r.rms_slope:+.3f}", f"{r.update_rms_slope:+.3f}")
          for r in sl.itertuples()], align="lllrr")
-    report = study_cli.write_report(out, lines, figures)
+    report = lib.write_report(out, lines, figures)
     print(sl.to_string(index=False))
     print(f"report: {report}")
     return {"out": out, "table": table, "slopes": sl, "report": report}

@@ -36,14 +36,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import data_budget, runner, study_cli
-from experiments.chinchilla import LADDER, ladder_model
+from experiments import lib
+from experiments.lib import data_budget
 from lm import data as lm_data
 from lm.data import DataConfig
+from lm.presets import LADDER, ladder_model
+from scaling import laws
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """sizes x unique budgets (bytes) x epochs."""
 
     sizes: tuple[str, ...]
@@ -83,7 +85,7 @@ def unique_tokens(data: DataConfig) -> int:
     return int(lm_data.dataset_info(data)["train"]["targets"])
 
 
-def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
+def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib") -> lib.Study:
     runs, tags = [], {}
     tokens_per_step = preset.seq_len * preset.batch_size
     base = data_budget.base_data(data, seq_len=preset.seq_len, batch_size=preset.batch_size)
@@ -92,20 +94,20 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
         for ub in preset.unique_bytes:
             capped = dataclasses.replace(base, max_train_bytes=ub)
             if lm_data.dataset_info(capped)["train"]["bytes"] < ub:
-                raise runner.StudyError(f"unique budget {ub} bytes is larger than the training split of --data={data} "
+                raise lib.StudyError(f"unique budget {ub} bytes is larger than the training split of --data={data} "
                                         f"({lm_data.dataset_info(base)['train']['bytes']} bytes); use a larger corpus")
             U = unique_tokens(capped)
             for e in preset.epochs:
                 steps = max(4, int(round(e * U / tokens_per_step)))
                 name = f"{size}-U{ub}-e{e}"
-                runs.append(study_cli.cosine_run(name, model, capped, steps=steps, learning_rate=preset.learning_rate,
+                runs.append(lib.cosine_run(name, model, capped, steps=steps, learning_rate=preset.learning_rate,
                                                  eval_batches=preset.eval_batches))
                 tags[name] = {"size": size, "unique_bytes": ub, "U": U, "epochs": e,
                               "epochs_exact": steps * tokens_per_step / U}
     meta = {"preset": preset_name, "sizes": list(preset.sizes), "unique_bytes": list(preset.unique_bytes),
             "epochs": list(preset.epochs)}
     tags = data_budget.with_epoch_tags(runs, tags)
-    return runner.Study(name="data_constrained", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
+    return lib.Study(name="data_constrained", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -139,16 +141,13 @@ def fit_data_constrained(table: pd.DataFrame, loss: str = "final_val_loss", n_bo
 
 
 def repeated_value(epochs, R_D_star):
-    """D'/U after ``epochs`` passes over U unique tokens (Muennighoff Eq. 5)."""
-    r = np.maximum(np.asarray(epochs, dtype=float) - 1.0, 0.0)
-    return 1.0 + R_D_star * (1.0 - np.exp(-r / R_D_star))
+    """D'/U after ``epochs`` passes over U unique tokens (Muennighoff Eq. 5, :func:`scaling.laws.effective_data`)."""
+    return laws.effective_data(epochs, 1.0, R_D_star)
 
 
 def epochs_for_loss_increase(params: dict, N: float, U: float, increase: float,
                              max_epochs: float = 1000.0) -> float:
     """Smallest epoch count e (log grid) at which L(N, eU, U) > (1 + increase) L(N, eU, eU unique)."""
-    from scaling import laws
-
     grid = np.geomspace(1.0, max_epochs, 2000)
     rep = laws.data_constrained(N, grid * U, U, **params)
     uniq = laws.data_constrained(N, grid * U, grid * U, **params)
@@ -183,8 +182,6 @@ def identification_notes(params: dict, data: pd.DataFrame, intervals: pd.DataFra
       data: the fitted runs with N, U, epochs columns.
       intervals: the bootstrap interval table (rows R_D_star, R_N_star; lower/upper), or None.
     """
-    from scaling import laws
-
     notes = []
     u_n = laws.n_opt_for_tokens(data["U"].to_numpy(float), params["A"], params["B"], params["alpha"],
                                 params["beta"])
@@ -210,8 +207,6 @@ def identification_notes(params: dict, data: pd.DataFrame, intervals: pd.DataFra
 
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_increase: float = 0.01,
             loss: str = "final_val_loss", preset_name: str = "") -> dict:
-    from matplotlib.figure import Figure
-
     out = Path(out)
     res = fit_data_constrained(table, loss, bootstrap)
     p = dict(res["dc"].params)
@@ -220,35 +215,8 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
     resid = data["loss"] - p["E"] - p["A"] / data["N"] ** p["alpha"]
     with np.errstate(invalid="ignore", divide="ignore"):
         d_eff = np.where(resid > 0, (p["B"] / resid) ** (1 / p["beta"]), np.nan)
-    e_grid = np.geomspace(1, max(64.0, data["epochs"].max() * 2), 100)
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    ax.plot(e_grid, e_grid, "k:", lw=0.8, label="unique data (D' = D)")
-    ax.plot(e_grid, repeated_value(e_grid, p["R_D_star"]), color="C0", label=f"fit: R_D* = {p['R_D_star']:.3g}")
-    if res["boot"] is not None and len(res["boot"].samples):
-        band = np.stack([repeated_value(e_grid, r) for r in res["boot"].samples["R_D_star"].to_numpy()])
-        ax.fill_between(e_grid, np.percentile(band, 2.5, 0), np.percentile(band, 97.5, 0), color="C0", alpha=0.2)
-    ax.scatter(data["D"] / data["U"], d_eff / data["U"], s=12, color="C1", label="runs (D' from the fitted law)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("epochs D / U")
-    ax.set_ylabel("effective data D' / U")
-    ax.legend()
-    figures = study_cli.save_figure(fig, out, "repeated_value")
-
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    t = table[table["status"] == "complete"]
-    for i, ((size, U), g) in enumerate(t.groupby(["size", "U"])):
-        g = g.sort_values("epochs")
-        ax.plot(g["epochs"], g[loss], "o-", color=f"C{i}", label=f"{size}, U={U:.3g}")
-        ax.plot(g["epochs"], res["dc"].law.predict(p, {"N": g["N"].to_numpy(float), "D": g["D"].to_numpy(float),
-                                                       "U": g["U"].to_numpy(float)}), "--", color=f"C{i}", alpha=0.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("epochs")
-    ax.set_ylabel(loss)
-    ax.legend(fontsize=7)
-    figures += study_cli.save_figure(fig, out, "loss_vs_epochs")
+    figures = lib.figures.plot_repeated_value(data, d_eff, p, res["boot"], out)
+    figures += lib.figures.plot_loss_vs_epochs(table, res["dc"], out, loss)
 
     n_big, u_small = float(data["N"].max()), float(data["U"].min())
     e_star = epochs_for_loss_increase(p, n_big, u_small, loss_increase)
@@ -260,7 +228,7 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
     lines = [f"# Data-constrained scaling ({preset_name} preset)", "",
              "Muennighoff et al. 2023 (arXiv:2305.16264), Eqs. (5)-(7); Chinchilla part fitted on the 1-epoch runs "
              f"and held fixed. Loss: {loss}.", "",
-             *study_cli.markdown_table(["parameter", "estimate", "95% interval"], fixed + fitted, align="lrl")]
+             *lib.markdown_table(["parameter", "estimate", "95% interval"], fixed + fitted, align="lrl")]
     when = (f"from {e_star:.3g} epochs on" if np.isfinite(e_star) else
             "at no epoch count up to 1000: no cost of repetition is resolved within this grid")
     notes = identification_notes(p, data, iv)
@@ -275,41 +243,40 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss_
               f"(fitted law, N = {n_big:.3g}, U = {u_small:.3g} tokens).", ""]
     if len(pairs):
         lines += ["Measured: repeated vs unique data at the same D:", ""]
-        lines += study_cli.markdown_table(
+        lines += lib.markdown_table(
             ["size", "U", "epochs", "repeated", "unique", "relative increase"],
             [(r["size"], f"{r['U']:.3g}", r["epochs"], f"{r['repeated']:.4f}", f"{r['unique']:.4f}",
               f"{100 * r['relative_increase']:+.2f}%") for _, r in pairs.iterrows()], align="lrrrrr")
-    report = study_cli.write_report(out, lines, figures)
-    return {"params": p, "fits": res, "epochs_threshold": e_star, "pairs": pairs, "plots": figures,
-            "report": report, "notes": notes}
+    report = lib.write_report(out, lines, figures)
+    return {"params": p, "fits": res, "epochs_threshold": e_star, "loss_increase": loss_increase, "pairs": pairs,
+            "plots": figures, "report": report, "notes": notes}
 
 
 # ------------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> dict:
-    ap = study_cli.study_parser("data_constrained", __doc__, PRESETS, shard=True, bootstrap=True,
-                                max_epochs=MAX_EPOCHS)
-    ap.add_argument("--loss-increase", type=float, default=0.01,
-                    help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
-    args = ap.parse_args(argv)
-    preset = PRESETS[args.preset]
-    out = study_cli.out_dir("data_constrained", args)
-    with study_cli.cli_errors(ap):
-        study = build_study(preset, args.preset, data=args.data)
-        table = study_cli.train_and_load(study, out, args)
-    result = {"out": out, "table": table}
-    ready = study_cli.analysis_table(table)
-    if ready is None:
-        return result
-    result.update(analyze(ready, out, bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap,
-                          loss_increase=args.loss_increase, preset_name=args.preset))
-    data_budget.append_report(result["report"], table)
-    study_cli.note_left_out(result["report"], table)
+def _add_args(parser) -> None:
+    parser.add_argument("--loss-increase", type=float, default=0.01,
+                        help="relative loss increase the report's epoch threshold refers to (default 0.01 = 1%%)")
+
+
+def _analyze(study: lib.Study, table: pd.DataFrame, out: Path, preset: Preset, args) -> dict:
+    return analyze(table, out, bootstrap=preset.bootstrap, loss_increase=args.loss_increase, preset_name=args.preset)
+
+
+def _summary(result: dict) -> str:
     p = result["params"]
-    print(f"R_D* = {p['R_D_star']:.3g}, R_N* = {p['R_N_star']:.3g}; repetition costs > "
-          f"{100 * args.loss_increase:g}% from {result['epochs_threshold']:.3g} epochs\nreport: {result['report']}")
-    return result
+    return (f"R_D* = {p['R_D_star']:.3g}, R_N* = {p['R_N_star']:.3g}; repetition costs > "
+            f"{100 * result['loss_increase']:g}% from {result['epochs_threshold']:.3g} epochs")
+
+
+COMMAND = lib.StudyCommand(name="data_constrained", doc=__doc__, presets=PRESETS,
+                           build=lambda preset, args, out: build_study(preset, args.preset, data=args.data),
+                           analyze=_analyze, summary=_summary, add_args=_add_args, max_epochs=MAX_EPOCHS)
+
+
+def main(argv=None) -> dict:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

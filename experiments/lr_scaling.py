@@ -32,14 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import data_budget, runner, study_cli
-from experiments.chinchilla import LADDER, ladder_model
+from experiments import lib
+from experiments.lib import data_budget
+from experiments.lib.report import check_level
 from lm import vmap_sweep
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """One grid.
 
     Attributes:
@@ -95,7 +97,7 @@ def cell_name(size: str, tokens: int) -> str:
 
 
 def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "stdlib",
-                ) -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
+                ) -> tuple[lib.Study, tuple[tuple[str, ...], ...]]:
     """The grid as a Study, and its vmapped groups of run names (one per cell x batch size: the lr axis)."""
     runs, tags, groups = [], {}, []
     for size, tokens in preset.cells:
@@ -120,7 +122,7 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
     meta = {"preset": preset_name, "cells": [list(c) for c in preset.cells], "batch_sizes": list(preset.batch_sizes),
             "learning_rates": list(preset.learning_rates), "seq_len": preset.seq_len, "threshold": preset.threshold}
     tags = data_budget.with_epoch_tags(runs, tags)
-    study = runner.Study(name="lr_scaling", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
+    study = lib.Study(name="lr_scaling", runs=tuple(runs), tags=tags, meta=meta, min_steps=4)
     return study, tuple(groups)
 
 
@@ -142,7 +144,7 @@ def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed
     """
     from scaling.hyperparams import fit_hyper_law
 
-    study_cli.check_level(level)
+    check_level(level)
     lr = fit_hyper_law(table, "lr_opt", threshold=threshold, n_bootstrap=n_bootstrap, seed=seed, level=level)
     bs = fit_hyper_law(table, "bs_opt", {"batch_size": batch}, threshold=threshold, n_bootstrap=n_bootstrap,
                        seed=seed, level=level)
@@ -158,13 +160,9 @@ def fit_laws(table: pd.DataFrame, threshold: float, n_bootstrap: int = 200, seed
     return {"estimate": est, "intervals": intervals, "sd": sd, "n_ok": n_ok, "level": level, "warnings": warnings}
 
 
-def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, threshold: float, bootstrap: int,
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float, bootstrap: int,
             loss: str = "final_val_loss") -> dict:
     """Near-optimal runs per cell, fitted laws with intervals, heatmaps, report.md, fits.json."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    from scaling import laws
     from scaling.hyperparams import near_optimal
 
     out = Path(out)
@@ -175,47 +173,12 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
     near = near_optimal(ok, ["N", "D"], "loss", threshold)
     (out / "fits.json").write_text(json.dumps({k: v for k, v in fits.items()}, indent=2))
 
-    cells = list(dict.fromkeys(df["cell"]))
     lrs = sorted(df["lr"].unique())
     bss = sorted(df["batch_size"].unique())
-    fig = Figure(figsize=(4.2 * len(cells), 3.6))
-    for j, cell in enumerate(cells):
-        ax = fig.add_subplot(1, len(cells), j + 1)
-        c = df[df["cell"] == cell]
-        grid = np.full((len(bss), len(lrs)), np.nan)
-        for _, r in c.iterrows():
-            grid[bss.index(r["batch_size"]), lrs.index(r["lr"])] = r["loss"]
-        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-        for _, r in near[near["cell"] == cell].iterrows():
-            ax.add_patch(Rectangle((lrs.index(r["lr"]) - 0.5, bss.index(r["batch_size"]) - 0.5), 1, 1,
-                                   fill=False, ec="r", lw=2))
-        ax.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs], rotation=45)
-        ax.set_yticks(range(len(bss)), [str(v) for v in bss])
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("batch size (sequences)")
-        ax.set_title(f"{cell} (N={c['N'].iloc[0]:.3g})", fontsize=9)
-    fig.tight_layout()
-    figures = study_cli.save_figure(fig, out, "heatmaps")
-
-    e = fits["estimate"]
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
     best = ok.loc[ok.groupby(["N", "D"])["loss"].idxmin()]
-    pred = laws.lr_opt(best["N"].to_numpy(float), best["D"].to_numpy(float), e["c"], e["a"], e["b"])
-    near_pred = laws.lr_opt(near["N"].to_numpy(float), near["D"].to_numpy(float), e["c"], e["a"], e["b"])
-    ax.scatter(near_pred, near["lr"], s=12, alpha=0.5, label="near-optimal runs")
-    ax.scatter(pred, best["lr"], marker="*", s=80, color="C3", label="best run per cell")
-    lim = [min(pred.min(), ok["lr"].min()) / 1.5, max(pred.max(), ok["lr"].max()) * 1.5]
-    ax.plot(lim, lim, "k--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("fitted eta_opt(N, D)")
-    ax.set_ylabel("learning rate")
-    ax.legend()
-    figures += study_cli.save_figure(fig, out, "lr_opt")
-
-    iv = fits["intervals"]
+    figures = lib.figures.plot_lr_heatmaps(df, near, out)
+    figures += lib.figures.plot_lr_opt(ok, near, best, fits["estimate"], out)
+    e, iv = fits["estimate"], fits["intervals"]
     lines = [
         f"# Learning rate and batch size scaling ({study.meta.get('preset')} preset)", "",
         "Step Law (Li et al. 2025, arXiv:2503.04715): near-optimal runs (loss within "
@@ -233,7 +196,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
     from scaling.diagnostics import markdown
 
     lines += markdown(fits["warnings"])
-    lines += study_cli.markdown_table(
+    lines += lib.markdown_table(
         ["cell", "N", "D", "best lr", "best batch", "best loss"],
         [(r["cell"], f"{r['N']:.3g}", f"{r['D']:.3g}", f"{r['lr']:.3g}", int(r["batch_size"]), f"{r['loss']:.4f}")
          for _, r in best.iterrows()], align="lrrrrr")
@@ -244,7 +207,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
                   "may lie outside the grid and the fitted law is bounded by the grid there, not measured; "
                   "extend the grid in that direction:", ""]
         lines += [f"- {cell}: {what}" for cell, what in edges]
-    report = study_cli.write_report(out, lines, figures)
+    report = lib.write_report(out, lines, figures)
     return {"fits": fits, "near_optimal": near, "plots": figures, "report": report, "edges": edges}
 
 
@@ -266,26 +229,22 @@ def grid_edge_optima(best: pd.DataFrame, lrs, batch_sizes) -> list[tuple[str, st
 # ------------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> dict:
-    p = study_cli.study_parser("lr_scaling", __doc__, PRESETS, shard=True, bootstrap=True)
-    args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
-    out = study_cli.out_dir("lr_scaling", args)
-    with study_cli.cli_errors(p):
-        study, groups = build_study(preset, args.preset, data=args.data)
-        table = study_cli.train_and_load(study, out, args, groups=groups)
-    result = {"out": out, "table": table}
-    ready = study_cli.analysis_table(table, keep_diverged=True)  # high learning rates may diverge
-    if ready is None:
-        return result
-    result.update(analyze(study, ready, out, threshold=preset.threshold,
-                          bootstrap=preset.bootstrap if args.bootstrap is None else args.bootstrap))
-    data_budget.append_report(result["report"], table)
-    study_cli.note_left_out(result["report"], table)
+def _analyze(study: lib.Study, table: pd.DataFrame, out: Path, preset: Preset, args) -> dict:
+    return analyze(study, table, out, threshold=preset.threshold, bootstrap=preset.bootstrap)
+
+
+def _summary(result: dict) -> str:
     e = result["fits"]["estimate"]
-    print(f"eta_opt = {e['c']:.3g} N^{e['a']:.3f} D^{e['b']:.3f};  B_opt = {e['d']:.3g} D^{e['g']:.3f}\n"
-          f"report: {result['report']}")
-    return result
+    return f"eta_opt = {e['c']:.3g} N^{e['a']:.3f} D^{e['b']:.3f};  B_opt = {e['d']:.3g} D^{e['g']:.3f}"
+
+
+COMMAND = lib.StudyCommand(name="lr_scaling", doc=__doc__, presets=PRESETS,
+                           build=lambda preset, args, out: build_study(preset, args.preset, data=args.data),
+                           analyze=_analyze, summary=_summary, keep_diverged=True)  # high learning rates may diverge
+
+
+def main(argv=None) -> dict:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -40,15 +40,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments import runner, study_cli
-from experiments.coord_check import FAMILIES, PARAMETRIZATIONS, family_model
+from experiments import lib
 from lm import parametrization, vmap_sweep
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
+from lm.presets import FAMILIES, PARAMETRIZATIONS
+from lm.presets import mup_family_model as family_model
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """Widths base x multipliers, learning-rate grid (geometric), run length and batch shape."""
 
     base_width: int
@@ -84,7 +85,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def build_study(preset: Preset, family: str = "transformer",
-                preset_name: str = "custom") -> tuple[runner.Study, tuple[tuple[str, ...], ...]]:
+                preset_name: str = "custom") -> tuple[lib.Study, tuple[tuple[str, ...], ...]]:
     """The grid as a Study and its vmapped groups (one per parametrization x width: the lr axis)."""
     runs, tags, groups = [], {}, []
     for par in PARAMETRIZATIONS:
@@ -107,7 +108,7 @@ def build_study(preset: Preset, family: str = "transformer",
                                 "lr": r.optimizer.learning_rate}
     meta = {"preset": preset_name, "family": family, "base_width": preset.base_width,
             "learning_rates": list(preset.learning_rates), "threshold": preset.threshold}
-    return runner.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
+    return lib.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -167,11 +168,8 @@ def predict_widest(opt: pd.DataFrame, par: str) -> dict:
             "actual": actual, "rel_error": (pred - actual) / actual, "fit": fit}
 
 
-def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, threshold: float) -> dict:
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float) -> dict:
     """optima.csv, transfer and prediction plots, report.md."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
     out = Path(out)
     lrs = sorted(study.meta["learning_rates"])
     opt = optima(table, threshold)
@@ -179,44 +177,8 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
     drift = drift_steps(opt, lrs)
     preds = {par: predict_widest(opt, par) for par in PARAMETRIZATIONS}
 
-    fig = Figure(figsize=(10, 4))
-    for j, par in enumerate(PARAMETRIZATIONS):
-        ax = fig.add_subplot(1, 2, j + 1)
-        d = table[table["parametrization"] == par]
-        for k, (width, g) in enumerate(d.groupby("width")):
-            g = g.sort_values("lr")
-            y = np.where(g["status"] == "complete", pd.to_numeric(g["final_val_loss"], errors="coerce"), np.nan)
-            ax.plot(g["lr"], y, marker="o", ms=3, color=f"C{k}", label=f"d={width}")
-            o = opt[(opt["parametrization"] == par) & (opt["width"] == width)].iloc[0]
-            ax.axvline(o["lr_opt"], color=f"C{k}", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate")
-        ax.set_ylabel("validation loss")
-        ax.set_title(f"{'μP' if par == 'mup' else 'SP'}: drift {drift[par]:+.2f} grid steps", fontsize=9)
-        best = opt.loc[opt["parametrization"] == par, "best_loss"]
-        best = best[np.isfinite(best)]
-        if len(best):  # every width's optimum in view; diverging tails cut
-            ax.set_ylim(best.min() - 0.05, best.max() + 0.5)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    figures = study_cli.save_figure(fig, out, "transfer")
-
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.add_subplot()
-    for k, par in enumerate(PARAMETRIZATIONS):
-        g = opt[opt["parametrization"] == par].sort_values("N")
-        p = preds[par]
-        ax.scatter(g["N"].iloc[:-1], g["best_loss"].iloc[:-1], color=f"C{k}", label=f"{par} (fitted)")
-        ax.scatter([p["N"]], [p["actual"]], marker="*", s=90, color=f"C{k}", label=f"{par} widest (held out)")
-        n = np.geomspace(g["N"].min() / 1.2, p["N"] * 1.5, 50)
-        fitted = p["fit"].predict(pd.DataFrame({"C": n, "loss": np.ones_like(n)}))
-        ax.plot(n, fitted, color=f"C{k}", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("best validation loss")
-    ax.legend(fontsize=7)
-    figures += study_cli.save_figure(fig, out, "prediction")
+    figures = lib.figures.plot_lr_transfer(table, opt, drift, out, PARAMETRIZATIONS)
+    figures += lib.figures.plot_loss_prediction(opt, preds, out)
 
     rows = [(r.parametrization, r.width, r.N, f"{r.lr_opt:.3g}", f"[{r.lr_lo:.3g}, {r.lr_hi:.3g}]",
              f"{r.best_loss:.4f}", "yes" if r.on_edge else "") for r in opt.itertuples()]
@@ -224,7 +186,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
              f"Optimal learning rate per width (parabola vertex in log lr; interval: runs within "
              f"{100 * threshold:g}% of the best loss), drift of the optimum from the narrowest to the widest width "
              f"in grid steps (grid ratio {lrs[1] / lrs[0]:.3g}).", ""]
-    lines += study_cli.markdown_table(["parametrization", "width", "N", "lr_opt", "near-optimal", "best loss",
+    lines += lib.markdown_table(["parametrization", "width", "N", "lr_opt", "near-optimal", "best loss",
                                        "on grid edge"], rows, align="lrrrrrl")
     lines += ["", *[f"- {par}: drift {drift[par]:+.2f} grid steps over "
                     f"{opt['width'].max() // opt['width'].min()}x width" for par in PARAMETRIZATIONS], "",
@@ -236,7 +198,7 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
         q = p["params"]
         lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g}; predicted {p['predicted']:.4f} "
                      f"vs actual {p['actual']:.4f} at N={p['N']}: error {100 * p['rel_error']:+.2f}%")
-    report = study_cli.write_report(out, lines, figures)
+    report = lib.write_report(out, lines, figures)
     summary = {"drift_steps": drift, "prediction": {k: {kk: v for kk, v in p.items() if kk != "fit"}
                                                     for k, p in preds.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -246,26 +208,28 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, *, thresh
 # ------------------------------------------------------------------------------- CLI
 
 
-def main(argv=None) -> dict:
-    p = study_cli.study_parser("mup_transfer", __doc__, PRESETS, shard=True)
-    p.add_argument("--family", default="transformer", choices=FAMILIES)
-    args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
-    out = study_cli.out_dir("mup_transfer", args)
-    with study_cli.cli_errors(p):
-        study, groups = build_study(preset, args.family, args.preset)
-        table = study_cli.train_and_load(study, out, args, groups=groups)
-    result = {"out": out, "table": table}
-    if not study_cli.analysis_ready(table, allow_diverged=True):  # high learning rates may diverge
-        return result
-    result.update(analyze(study, table, out, threshold=preset.threshold))
+def _add_args(parser) -> None:
+    parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
+
+
+def _summary(result: dict) -> str:
+    lines = []
     for par in PARAMETRIZATIONS:
         pr = result["prediction"][par]
-        print(f"{par}: lr drift {result['drift'][par]:+.2f} grid steps; widest loss predicted "
-              f"{pr['predicted']:.4f} vs {pr['actual']:.4f} ({100 * pr['rel_error']:+.2f}%)")
-    print(result["optima"].to_string(index=False))
-    print(f"report: {result['report']}")
-    return result
+        lines.append(f"{par}: lr drift {result['drift'][par]:+.2f} grid steps; widest loss predicted "
+                     f"{pr['predicted']:.4f} vs {pr['actual']:.4f} ({100 * pr['rel_error']:+.2f}%)")
+    return "\n".join([*lines, result["optima"].to_string(index=False)])
+
+
+COMMAND = lib.StudyCommand(
+    name="mup_transfer", doc=__doc__, presets=PRESETS,
+    build=lambda preset, args, out: build_study(preset, args.family, args.preset),
+    analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold),
+    summary=_summary, add_args=_add_args, bootstrap=False, keep_diverged=True)  # high learning rates may diverge
+
+
+def main(argv=None) -> dict:
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -21,40 +21,17 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from experiments import outdir
-from experiments.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
-from experiments.progress import SweepProgress
+from experiments.lib import outdir
+from experiments.lib.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
+from experiments.lib.figures import plot_loss_curve
+from experiments.lib.progress import SweepProgress
 from lm import data as lm_data
-from lm import decode, sharding, train
+from lm import decode, multihost, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
 from lm.presets import PRESETS, get_preset
 from lm.tensorboard import EVENT_PREFIX, LiveEvents
-
-
-def plot_loss_curve(run_dir: Path) -> Path:
-    """Train and validation loss against tokens, saved as loss_curve.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = train.read_metrics(run_dir)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    tr = [(r["tokens"], r["train_loss"]) for r in records if "train_loss" in r]
-    va = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-    if tr:
-        ax.plot(*zip(*tr), label="train")
-    if va:
-        ax.plot(*zip(*va), "o-", label="validation")
-    ax.set(xlabel="tokens", ylabel="loss (nats/token)", title=run_dir.name)
-    ax.legend()
-    fig.tight_layout()
-    path = run_dir / "loss_curve.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed: int = 0) -> str:
@@ -134,9 +111,9 @@ def start_afresh(run_dir: Path) -> list[str]:
 def main(argv=None) -> dict:
     """Train one run; a refused input or a failed run is one line on stderr and a nonzero exit.
 
-    Exit codes: 2 (:data:`experiments.cli.USAGE_ERROR`) for anything refused before training
+    Exit codes: 2 (:data:`experiments.lib.cli.USAGE_ERROR`) for anything refused before training
     (bad flag or value, unusable ``--out``, a run directory holding another config, a damaged
-    record); 1 (:data:`experiments.cli.RUN_FAILED`) for a run that diverged or whose
+    record); 1 (:data:`experiments.lib.cli.RUN_FAILED`) for a run that diverged or whose
     checkpoints cannot be read. Nothing is written in the first case.
     """
     parser = build_parser()
@@ -153,7 +130,7 @@ def main(argv=None) -> dict:
         check_run_dir(run, run_dir, args.overwrite)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
         fail(parser.prog, str(err))
-    sharding.maybe_initialize_distributed()  # before anything touches a device
+    multihost.maybe_initialize_distributed()  # before anything touches a device
     try:
         mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
     except ValueError as err:
@@ -179,7 +156,7 @@ def main(argv=None) -> dict:
     if jax.process_index() != 0:
         return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))
-    print(f"loss curve: {plot_loss_curve(run_dir)}")
+    print(f"loss curve: {plot_loss_curve(train.read_metrics(run_dir), run_dir, run_dir.name)}")
     if args.sample_tokens > 0:
         _, params = train.load_params(run_dir)
         print("sample:", repr(sample_text(run, params, n=args.sample_tokens)))

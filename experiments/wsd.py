@@ -26,26 +26,26 @@ curves.csv, report.md, loss_curves.png/svg and data_scaling.png/svg.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from experiments import data_budget, runner, study_cli
-from experiments.chinchilla import LADDER, ladder_model
+from experiments import lib
+from experiments.lib import data_budget
+from experiments.lib.study import CURVES
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class Preset(lib.Preset):
     """One WSD-vs-cosine study.
 
     Attributes:
-      size: ladder model name (experiments.chinchilla.LADDER).
+      size: ladder model name (lm.presets.LADDER).
       lengths: run lengths L_i in steps (ascending); each branch point s_i must be a multiple
         of ``checkpoint_unit`` so the stable run saves there.
       decay_fraction: decay length of a branch as a fraction of its run length.
@@ -103,7 +103,7 @@ def _gcd(values) -> int:
     return out
 
 
-def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *, data: str = "stdlib") -> runner.Study:
+def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *, data: str = "stdlib") -> lib.Study:
     """The grid: the stable run, one decay branch per length, one cosine run per length.
 
     ``out`` is needed because each branch's ``train.init_from`` names the stable run's
@@ -124,7 +124,7 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *,
     stable = RunConfig(model=model, data=data, optimizer=opt,
                        schedule=ScheduleConfig(kind="constant", warmup_steps=preset.warmup_steps),
                        train=train_cfg(s_max, checkpoint_every=_gcd(points), keep=None), name="stable")
-    stable_dir = str(runner.run_dir(Path(out).resolve(), stable))
+    stable_dir = str(lib.run_dir(Path(out).resolve(), stable))
     runs, tags = [stable], {"stable": {"kind": "stable", "length": s_max, "branch_point": 0}}
     for length, s in zip(preset.lengths, points):
         name = f"wsd-L{length}"
@@ -143,7 +143,7 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *,
         tags[name] = {"kind": "cosine", "length": length, "branch_point": 0}
     meta = {"preset": preset_name, **{k: v for k, v in dataclasses.asdict(preset).items()}}
     meta["lengths"] = list(preset.lengths)
-    return runner.Study(name="wsd", runs=tuple(runs), tags=data_budget.with_epoch_tags(runs, tags), meta=meta)
+    return lib.Study(name="wsd", runs=tuple(runs), tags=data_budget.with_epoch_tags(runs, tags), meta=meta)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -173,10 +173,8 @@ def loss_gaps(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame
     return out.sort_index()
 
 
-def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str = "final_val_loss") -> dict:
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, loss: str = "final_val_loss") -> dict:
     """Loss gaps, FLOPs saved, optional L(D) fits; plots and report.md under ``out``."""
-    from matplotlib.figure import Figure
-
     out = Path(out)
     table = table[table["status"] == "complete"]
     gaps = loss_gaps(table, loss)
@@ -192,45 +190,17 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
             df = pd.DataFrame({"D": gaps["D"].to_numpy(float), "loss": gaps[kind].to_numpy(float)})
             fit = fit_law(df, law="offset_d")  # L(D) = E + A D^-alpha
             fits[kind], warned[kind] = fit.params, fit_warnings(fit)
-    curves = pd.read_csv(out / runner.CURVES) if (out / runner.CURVES).exists() else pd.DataFrame()
+    curves = pd.read_csv(out / CURVES) if (out / CURVES).exists() else pd.DataFrame()
 
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    for name, g in (curves.groupby("run", sort=False) if len(curves) else []):
-        g = g.dropna(subset=["train_loss"])
-        if name == "stable":
-            style = dict(color="k", lw=1.5)
-        else:
-            style = dict(color="C0", lw=1) if name.startswith("wsd") else dict(color="C1", lw=1, ls="--")
-        labelled = name == "stable" or name.endswith(f"L{gaps.index[-1]}")
-        ax.plot(g["tokens"], g["train_loss"], **style, label=name if labelled else None)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("training loss")
-    ax.set_title("stable run (black), WSD branches (blue), cosine runs (orange)")
-    ax.legend()
-    figures = study_cli.save_figure(fig, out, "loss_curves")
-
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.add_subplot()
-    ax.plot(gaps["D"], gaps["cosine"], "o--", color="C1", label="cosine, one run per length")
-    ax.plot(gaps["D"], gaps["wsd"], "s-", color="C0", label="WSD branches of one stable run")
-    grid = np.geomspace(gaps["D"].min(), gaps["D"].max(), 50)
-    for kind, color in (("wsd", "C0"), ("cosine", "C1")):
-        if kind in fits:
-            p = fits[kind]
-            ax.plot(grid, p["E"] + p["A"] * grid ** -p["alpha"], color=color, alpha=0.4, lw=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens D")
-    ax.set_ylabel(loss)
-    ax.legend()
-    figures += study_cli.save_figure(fig, out, "data_scaling")
+    figures = lib.figures.plot_wsd_curves(curves, int(gaps.index[-1]), out)
+    figures += lib.figures.plot_wsd_data_scaling(gaps, fits, out, loss)
 
     lines = [
         f"# WSD vs cosine ({study.meta.get('preset')} preset)", "",
         "Hu et al. 2024 (MiniCPM, arXiv:2404.06395) Sec. 4: decay branches from one stable run vs "
         "separately trained cosine runs of the same lengths. Loss: " + loss + ".", "",
     ]
-    lines += study_cli.markdown_table(
+    lines += lib.markdown_table(
         ["steps", "tokens D", "WSD", "cosine", "gap (WSD - cosine)", "relative gap"],
         [(length, f"{r['D']:.3g}", f"{r['wsd']:.4f}", f"{r['cosine']:.4f}", f"{r['gap']:+.4f}",
           f"{100 * r['relative_gap']:+.2f}%") for length, r in gaps.iterrows()], align="rrrrrr")
@@ -247,34 +217,37 @@ def analyze(study: runner.Study, table: pd.DataFrame, out: str | Path, loss: str
 
         for kind in fits:
             lines += ["", *markdown(warned[kind], f"Warnings, L(D) fit of {kind}")]
-    report = study_cli.write_report(out, lines, figures)
+    report = lib.write_report(out, lines, figures)
     return {"gaps": gaps, "flops": acct, "fits": fits, "plots": figures, "report": report}
 
 
 # ------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = study_cli.study_parser("wsd", __doc__, PRESETS)
-    p.add_argument("--loss", choices=("val", "train"), default="val")
-    return p
+def _add_args(parser) -> None:
+    parser.add_argument("--loss", choices=("val", "train"), default="val",
+                        help="compare the final validation loss (default) or the final training loss")
+
+
+def _summary(result: dict) -> str:
+    return (result["gaps"].to_string()
+            + f"\nFLOPs saved by the WSD curve: {100 * result['flops']['flops_saved']:.1f}%")
+
+
+COMMAND = lib.StudyCommand(
+    name="wsd", doc=__doc__, presets=PRESETS,
+    build=lambda preset, args, out: build_study(preset, out, args.preset, data=args.data),
+    analyze=lambda study, table, out, preset, args: analyze(study, table, out, loss=f"final_{args.loss}_loss"),
+    summary=_summary, add_args=_add_args, shard=False, bootstrap=False,
+    require_all=True)  # the gaps need every branch
+
+
+def build_parser():
+    return COMMAND.parser()
 
 
 def main(argv=None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = study_cli.out_dir("wsd", args)
-    with study_cli.cli_errors(parser):
-        study = build_study(PRESETS[args.preset], out, args.preset, data=args.data)
-        table = study_cli.train_and_load(study, out, args)
-    result = {"out": out, "table": table}
-    if study_cli.analysis_table(table, require_all=True) is None:  # the gaps need every branch
-        return result
-    result.update(analyze(study, table, out, loss=f"final_{args.loss}_loss"))
-    data_budget.append_report(result["report"], table)
-    print(result["gaps"].to_string())
-    print(f"FLOPs saved by the WSD curve: {100 * result['flops']['flops_saved']:.1f}%\nreport: {result['report']}")
-    return result
+    return COMMAND.main(argv)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from lm import corpus
-from lm.subword import file_sha256, train_bpe
-from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, load_tokenizer, parse_bpe_spec
+from lm.subword import file_sha256, load_tokenizer, train_bpe
+from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
 
 FORMAT = "scalelab-prepared-v1"
 PLAN, MANIFEST, SHARDS = "plan.json", "manifest.json", "shards"

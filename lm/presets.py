@@ -13,6 +13,10 @@ scale d_model / num_layers for real runs. The families:
   mla              DeepSeek-V2 Multi-head Latent Attention; its decode cache is 1/8 of the
                    transformer's (kv_lora_rank + qk_rope_dim = 64 vs 2 x 8 heads x 32).
   moe              the transformer with a top-2 of 8 fine-grained experts MoE feed-forward.
+
+Two families of sizes for the studies: the size ladder of the isoFLOP studies
+(:data:`LADDER`, :func:`ladder_model`: transformers ``d<width>L<layers>``) and every family at a
+μP base width (:func:`mup_family_model`, widened with ``lm.parametrization.at_width``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm.config import ModelConfig
+from lm.tokenizer import VOCAB_SIZE
 
 _TRANSFORMER = ModelConfig(d_model=256, num_layers=4, pattern="A", num_heads=4, d_ff=1024)
 _GRIFFIN = ModelConfig(
@@ -53,3 +58,61 @@ def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"model preset={name!r} is unknown; allowed presets are {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+# ------------------------------------------------------------------------ size ladder
+
+
+def ladder_model(d_model: int, num_layers: int, dtype: str = "float32", vocab_size: int = VOCAB_SIZE) -> ModelConfig:
+    """The ladder's transformer of width ``d_model`` and depth ``num_layers``.
+
+    Heads of 16 dimensions up to width 128 and of 64 above (so tiny models keep several
+    heads); gated (GeGLU) MLP of width 4d; RoPE; tied embeddings; ``vocab_size`` tokens (259 bytes).
+    """
+    head_dim = 16 if d_model <= 128 else 64
+    if d_model % head_dim:
+        raise ValueError(f"d_model={d_model}: must be a multiple of the ladder's head dim {head_dim}")
+    return ModelConfig(d_model=d_model, num_layers=num_layers, pattern="A", num_heads=d_model // head_dim,
+                       d_ff=4 * d_model, dtype=dtype, vocab_size=vocab_size)
+
+
+# name -> (d_model, num_layers). Widths grow ~1.5x per rung, depth with width (aspect ratio
+# d/L between 16 and 64, as in the small models of Kaplan et al. 2020, Fig. 5).
+LADDER: dict[str, tuple[int, int]] = {
+    f"d{d}L{L}": (d, L)
+    for d, L in [
+        (16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (64, 3), (96, 3), (128, 4),  # CPU rungs
+        (256, 4), (384, 6), (512, 8), (640, 10), (768, 12), (1024, 16), (1280, 20),  # GPU/TPU rungs
+    ]
+}
+
+
+# -------------------------------------------------------------- families at a μP base width
+
+FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
+PARAMETRIZATIONS = ("sp", "mup")
+
+
+def mup_family_model(family: str, base_width: int, num_layers: int, parametrization_: str = "mup") -> ModelConfig:
+    """The ``family``'s model at its base width (μP equals SP there); widen with ``parametrization.at_width``.
+
+    Four heads (their width grows with d), MLP 4d; Griffin = (recurrent, local attention),
+    Hawk = recurrent only; GLA; MLA with latent ranks d/2 and RoPE key 8 (fixed); MoE with 4
+    experts of width 2d, top-2. Untied head for the transformer (the readout class), tied
+    elsewhere (the tied-embedding multiplier).
+    """
+    base = ModelConfig(d_model=base_width, num_layers=num_layers, pattern="A", num_heads=4,
+                       parametrization=parametrization_, base_width=base_width)
+    if family == "transformer":
+        return dataclasses.replace(base, tie_embeddings=False)
+    if family in ("griffin", "hawk"):
+        return dataclasses.replace(base, pattern="RW" if family == "griffin" else "R", num_kv_heads=1, window=64)
+    if family == "gla":
+        return dataclasses.replace(base, pattern="L")
+    if family == "mla":
+        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
+            q_lora_rank=base_width // 2, kv_lora_rank=base_width // 2, qk_nope_dim=base_width // 4, qk_rope_dim=8,
+            v_head_dim=base_width // 4))
+    if family == "moe":
+        return dataclasses.replace(base, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=2 * base_width))
+    raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")

@@ -11,6 +11,10 @@ no <pad>; many tokenizer.json files no <bos>) get new ids after the model's own
 vocabulary, so ``vocab_size`` may exceed the file's by up to 3; the model's embedding
 follows ``vocab_size``.
 
+:func:`load_tokenizer` builds a tokenizer of any kind from its spec (the byte tokenizer of
+:mod:`lm.tokenizer` included); ``tokenizers`` and ``sentencepiece`` are imported only when a
+subword model is used.
+
 Axis letters: n tokens of one document.
 """
 
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from lm.tokenizer import describe
+from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, describe
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 # Names that loaded tokenizer.json files use for the three roles, in order of preference.
@@ -174,3 +178,35 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     return HFTokenizer(tok)
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer named by ``spec``.
+
+    Args:
+      spec: "byte"; a path to a Hugging Face ``tokenizer.json`` (any ``*.json``); a path to a
+        SentencePiece model (``*.model``); or a directory holding ``tokenizer.json`` or
+        ``tokenizer.model`` (as a prepared data directory does).
+
+    Raises:
+      ValueError: a spec that is none of these (a "bpe:VOCAB" spec must be trained first,
+        :func:`train_bpe`).
+    """
+    if spec == "byte":
+        return ByteTokenizer()
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name))
+        return ByteTokenizer() if os.path.isfile(os.path.join(path, "manifest.json")) else _bad(spec)
+    if path.endswith(".json") and os.path.isfile(path):
+        return HFTokenizer.from_file(path)
+    if path.endswith(".model") and os.path.isfile(path):
+        return SentencePieceTokenizer(path)
+    return _bad(spec)
+
+
+def _bad(spec: str):
+    raise ValueError(f"tokenizer={spec!r}: allowed values are 'byte', 'bpe:VOCAB' (trained on the corpus), "
+                     "or an existing path to a tokenizer.json, a SentencePiece .model, or a directory holding one")

@@ -10,15 +10,14 @@ VOCAB_SIZE = 259.
 
 Subword tokenizers (:mod:`lm.subword`) share the interface: ``vocab_size``, ``pad_id``,
 ``bos_id``, ``eos_id``, ``encode``, ``encode_batch``, ``decode``, ``save`` and ``describe``.
-:func:`load_tokenizer` builds any of them from a spec: "byte", a ``tokenizer.json`` (Hugging
-Face ``tokenizers``), a SentencePiece ``.model``, or a directory holding one of those.
+:func:`lm.subword.load_tokenizer` builds any of them from a spec: "byte", a ``tokenizer.json``
+(Hugging Face ``tokenizers``), a SentencePiece ``.model``, or a directory holding one of those.
 
 Axis letters: n tokens of one document.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,37 +93,3 @@ def parse_bpe_spec(spec: str) -> int | None:
         raise ValueError(f"tokenizer={spec!r}: bpe:VOCAB needs an integer VOCAB >= {VOCAB_SIZE} "
                          "(256 byte symbols and 3 special tokens)")
     return vocab
-
-
-def load_tokenizer(spec: str):
-    """The tokenizer named by ``spec``.
-
-    Args:
-      spec: "byte"; a path to a Hugging Face ``tokenizer.json`` (any ``*.json``); a path to a
-        SentencePiece model (``*.model``); or a directory holding ``tokenizer.json`` or
-        ``tokenizer.model`` (as a prepared data directory does).
-
-    Raises:
-      ValueError: a spec that is none of these (a "bpe:VOCAB" spec must be trained first,
-        :func:`lm.subword.train_bpe`).
-    """
-    from lm import subword  # imports tokenizers / sentencepiece only when a subword model is used
-
-    if spec == "byte":
-        return ByteTokenizer()
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(path, name)):
-                return load_tokenizer(os.path.join(path, name))
-        return ByteTokenizer() if os.path.isfile(os.path.join(path, "manifest.json")) else _bad(spec)
-    if path.endswith(".json") and os.path.isfile(path):
-        return subword.HFTokenizer.from_file(path)
-    if path.endswith(".model") and os.path.isfile(path):
-        return subword.SentencePieceTokenizer(path)
-    return _bad(spec)
-
-
-def _bad(spec: str):
-    raise ValueError(f"tokenizer={spec!r}: allowed values are 'byte', 'bpe:VOCAB' (trained on the corpus), "
-                     "or an existing path to a tokenizer.json, a SentencePiece .model, or a directory holding one")

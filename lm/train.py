@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, records, sharding
+from lm import compiled, multihost, records, sharding
 from lm import data as lm_data
 from lm import model as lm_model
 from lm.checkpoint import Checkpointer, CheckpointError
@@ -51,11 +51,11 @@ def evaluate(run: RunConfig, params, num_batches: int | None = None, *, mesh=Non
     """
     mesh = sharding.single_device_mesh() if mesh is None else mesh
     params = jax.device_put(params, sharding.param_shardings(run.model, mesh))
-    it = sharding.make_host_iterator(run, mesh, "validation")
+    it = multihost.make_host_iterator(run, mesh, "validation")
     total, count, compile_s = 0.0, 0.0, 0.0
     try:
         for _ in range(num_batches or run.train.eval_batches):
-            batch = sharding.global_batch(next(it), mesh, run.data.batch_size)
+            batch = multihost.global_batch(next(it), mesh, run.data.batch_size)
             fn, c = compiled.eval_step(run.model, mesh, params, batch)
             compile_s += c
             s, n = fn(params, batch)
@@ -100,17 +100,17 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
 
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
     state = sharding.init_sharded_state(run, mesh)
-    train_it = sharding.make_host_iterator(run, mesh, "train")
+    train_it = multihost.make_host_iterator(run, mesh, "train")
     resumed_from = None
     if ckpt.latest_step() is not None:
         state, data_state, _ = ckpt.restore(None, state)
-        train_it.set_state(sharding.local_data_state(data_state))
+        train_it.set_state(multihost.local_data_state(data_state))
         resumed_from = int(state["step"])
     elif tc.init_from is not None:
         src_dir, src_step = tc.init_from
         src = Checkpointer(src_dir, max_to_keep=None, read_only=True)
         state, data_state, _ = src.restore(int(src_step), state)
-        train_it.set_state(sharding.local_data_state(data_state))
+        train_it.set_state(multihost.local_data_state(data_state))
         src.close()
     metrics_path = records.prepare_metrics(run_dir, resumed_from) if primary else None
 
@@ -128,11 +128,11 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
 
     def save(step):
         meta = {"step": step, "config": run.to_dict()}
-        ckpt.save(step, state, sharding.gather_data_states(train_it.get_state()), meta)
+        ckpt.save(step, state, multihost.gather_data_states(train_it.get_state()), meta)
 
     with records.MetricsLog(metrics_path, enabled=primary) as log:
         for step in range(start, tc.steps):
-            batch = sharding.global_batch(next(train_it), mesh, run.data.batch_size)
+            batch = multihost.global_batch(next(train_it), mesh, run.data.batch_size)
             if step_fn is None:
                 step_fn, c = compiled.train_step(run, mesh, state, batch)
                 compile_s += c

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, records, sharding
+from lm import compiled, multihost, records, sharding
 from lm import step as lm_step
 from lm.config import RunConfig
 from lm.schedules import lr_multiplier
@@ -224,7 +224,7 @@ def train_vmapped(
 
     state = init_stacked_state(runs, mesh)
     wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
-    it = sharding.make_host_iterator(base, mesh, "train")
+    it = multihost.make_host_iterator(base, mesh, "train")
     losses = np.full((k, steps), np.nan, np.float32)
     diverged: list[int | None] = [None] * k
     window = np.zeros(k)
@@ -232,7 +232,7 @@ def train_vmapped(
     step_fn, compile_s, train_s = None, 0.0, 0.0
     try:
         for step in range(steps):
-            batch = sharding.global_batch(next(it), mesh, base.data.batch_size)
+            batch = multihost.global_batch(next(it), mesh, base.data.batch_size)
             if step_fn is None:
                 step_fn, compile_s = compiled.vmapped_train_step(base, mesh, k, width, state, batch)
             lrs = learning_rates_at(runs, step)
@@ -292,13 +292,13 @@ def train_sequential_losses(run: RunConfig, mesh=None) -> np.ndarray:
     """
     mesh = sharding.single_device_mesh() if mesh is None else mesh
     state = sharding.init_sharded_state(run, mesh)
-    it = sharding.make_host_iterator(run, mesh, "train")
+    it = multihost.make_host_iterator(run, mesh, "train")
     out = np.zeros(run.train.steps, np.float32)
     fn = None
     wd = jnp.float32(run.optimizer.weight_decay)
     try:
         for step in range(run.train.steps):
-            batch = sharding.global_batch(next(it), mesh, run.data.batch_size)
+            batch = multihost.global_batch(next(it), mesh, run.data.batch_size)
             if fn is None:
                 fn, _ = compiled.train_step(run, mesh, state, batch)
             lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, run.train.steps)

@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments import architectures as arch  # noqa: E402
+from experiments import lib  # noqa: E402
 
 
 def synthetic_table(seed: int = 0) -> pd.DataFrame:
@@ -62,7 +63,7 @@ def synthetic_table(seed: int = 0) -> pd.DataFrame:
     d, L = arch.PRESETS["default"].sizes[-1]
     rows = []
     for fam in arch.FAMILIES:
-        cache = arch._cache_per_token(arch.family_model(fam, d, L))
+        cache = arch.cache_per_token(arch.family_model(fam, d, L))
         for C in np.geomspace(1e12, 1e14, 4):
             for rel in (0.5, 1.0, 2.0):  # model size relative to the budget's optimum
                 loss = (1.2 + 40.0 * (m_f[fam] * C) ** -0.12) * (1 + 0.02 * np.log(rel) ** 2)
@@ -114,6 +115,6 @@ import tempfile  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 out = Path(tempfile.mkdtemp(prefix="scalelab-arch-"))
-for path in arch.plot_comparison(table, fits, multipliers, out):
+for path in lib.figures.plot_frontiers(table, fits, multipliers, out, context=arch.CONTEXT):
     if path.suffix == ".png":
         display(Image(filename=str(path)))

@@ -61,10 +61,11 @@ import tempfile  # noqa: E402
 import pandas as pd  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
-from experiments import coord_check, mup_transfer  # noqa: E402
+from experiments import coord_check, lib, mup_transfer  # noqa: E402
 from lm import model, parametrization  # noqa: E402
+from lm.presets import mup_family_model  # noqa: E402
 
-base = coord_check.family_model("transformer", base_width=16, num_layers=1)
+base = mup_family_model("transformer", base_width=16, num_layers=1)
 wide = parametrization.at_width(base, 64)
 rules = pd.DataFrame(parametrization.rules_table(model.param_rules(wide)))
 print(f"output multiplier {parametrization.output_multiplier(wide):.3g}, "
@@ -79,7 +80,7 @@ out = Path(tempfile.mkdtemp(prefix="scalelab-mup-"))
 cc_preset = coord_check.Preset(base_width=16, multipliers=(1, 4), num_layers=1, steps=2, seq_len=16, batch_size=4,
                                seeds=1) if SMOKE else coord_check.PRESETS["smoke"]
 cc = coord_check.coord_check(cc_preset, ("transformer",), progress=False)
-for path in coord_check.plot(cc, "transformer", out):
+for path in lib.figures.plot_coord_check(cc, "transformer", out):
     if path.suffix == ".png":
         display(Image(filename=str(path)))
 coord_check.slopes(cc).pivot(index="module", columns="parametrization", values="rms_slope")
@@ -95,7 +96,6 @@ coord_check.slopes(cc).pivot(index="module", columns="parametrization", values="
 # %%
 import numpy as np  # noqa: E402
 
-from experiments import runner  # noqa: E402
 from lm.flops import param_count  # noqa: E402
 
 
@@ -116,7 +116,7 @@ ours = ROOT / "runs" / "mup_transfer" / "default" / "results.csv"
 if ours.exists() and not SMOKE:
     preset, where = mup_transfer.PRESETS["default"], ours.parent
     study, groups = mup_transfer.build_study(preset, "transformer")
-    table, source = runner.load_results(study, where), str(ours)
+    table, source = lib.load_results(study, where), str(ours)
 else:
     preset, where = mup_transfer.PRESETS["smoke"], out / "transfer"
     study, groups = mup_transfer.build_study(preset, "transformer")
@@ -124,7 +124,7 @@ else:
     if SMOKE:
         table, source = synthetic_table(study), "SYNTHETIC (run experiments.mup_transfer for real data)"
     else:
-        table, source = runner.run_study(study, where, groups=groups, progress=False), "the smoke preset, trained here"
+        table, source = lib.run_study(study, where, groups=groups, progress=False), "the smoke preset, trained here"
 print(f"{len(table)} runs from {source}")
 result = mup_transfer.analyze(study, table, where, threshold=preset.threshold)
 display(Image(filename=str(where / "transfer.png")))
@@ -147,6 +147,6 @@ pd.DataFrame([{k: v for k, v in p.items() if k not in ("fit", "params")} for p i
 # %%
 opt = result["optima"]
 lr = float(opt[(opt["parametrization"] == "mup") & (opt["width"] == preset.base_width)]["lr_opt"].iloc[0])
-big = parametrization.at_width(coord_check.family_model("transformer", preset.base_width, preset.num_layers),
+big = parametrization.at_width(mup_family_model("transformer", preset.base_width, preset.num_layers),
                                preset.base_width * 32)
 print(f"train d_model={big.d_model} (base_width={big.base_width}) with peak lr {lr:.3g}")

@@ -29,7 +29,8 @@ from scaling.constants import CHINCHILLA_TOKENS_PER_PARAM
 from scaling.table import column_names, load_table
 
 
-def _save(fig: Figure, out_dir, name: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir, name: str) -> list[Path]:
+    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.svg`` (creating ``out_dir``); the two paths."""
     out = Path(out_dir)
     os.makedirs(out, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
@@ -101,7 +102,7 @@ def plot_loss_vs_compute(result, table, out_dir, *, columns=None, boot=None,
     ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="loss",
            title=f"{result.law.name}: loss vs compute")
     ax.legend()
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 def plot_isoflop(iso, out_dir, *, name: str = "isoflop") -> list[Path]:
@@ -131,7 +132,7 @@ def plot_isoflop(iso, out_dir, *, name: str = "isoflop") -> list[Path]:
     ax.scatter(o["N_star"], o["L_star"], marker="*", s=80, color="k", zorder=5, label="minima")
     ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="isoFLOP curves")
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
@@ -184,7 +185,7 @@ def plot_optimal_allocation(out_dir, *, iso=None, result=None, boot=None,
                 label="20 tokens/param")
         ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
         ax.legend(fontsize=7)
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 def fitted_compute_range(*, iso=None, result=None, flops_per_token: Callable | None = None):
@@ -233,7 +234,7 @@ def plot_residuals(result, out_dir, *, name: str = "residuals") -> list[Path]:
         if i == 0:
             ax.set_ylabel("log Lhat - log L")
     fig.suptitle(f"{result.law.name}: residuals (objective {result.objective:.4g})", fontsize=10)
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 def plot_law_1d(result, out_dir, *, boot=None, level: float = 0.95, name: str = "law") -> list[Path]:
@@ -255,7 +256,7 @@ def plot_law_1d(result, out_dir, *, boot=None, level: float = 0.95, name: str = 
     ax.set(xscale="log", yscale="log", xlabel=_AXIS_LABELS.get(var, var), ylabel="loss",
            title=f"{result.law.name}: loss vs {_AXIS_LABELS.get(var, var)}")
     ax.legend()
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 def plot_predictions(result, pred: pd.DataFrame, out_dir, *, name: str = "predicted_vs_observed") -> list[Path]:
@@ -275,7 +276,7 @@ def plot_predictions(result, pred: pd.DataFrame, out_dir, *, name: str = "predic
     ax.set(xlim=lim, ylim=lim, xlabel="observed loss", ylabel="predicted loss",
            title=f"{result.law.name}: held-out predictions")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)
 
 
 _AXIS_LABELS = {"N": "parameters N", "D": "tokens D", "U": "unique tokens U",
@@ -321,4 +322,4 @@ def plot_contours(result, out_dir, *, N_range=None, D_range=None, flops_per_toke
     ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="parameters N",
            ylabel="tokens D", title=f"{result.law.name}: L(N, D)")
     ax.legend(fontsize=7)
-    return _save(fig, out_dir, name)
+    return save_figure(fig, out_dir, name)

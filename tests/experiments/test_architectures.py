@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import architectures as arch
-from experiments import runner
+from experiments import lib
 from lm.flops import param_count, train_flops_per_token
 
 
@@ -67,7 +67,7 @@ def test_reduced_grid_end_to_end(tmp_path):
     preset = dataclasses.replace(arch.PRESETS["smoke"], families=("transformer", "hawk", "moe"), sizes=((16, 1),))
     study = arch.build_study(preset, "test")
     out = tmp_path / "study"
-    table = runner.run_study(study, out, progress=False)
+    table = lib.run_study(study, out, progress=False)
     assert (table["status"] == "complete").all() and len(table) == 9
     res = arch.analyze(table, out, bootstrap=10, preset_name="test")
     assert res["multipliers"].loc["transformer", "multiplier"] == pytest.approx(1.0)

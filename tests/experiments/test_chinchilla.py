@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import chinchilla, runner
+from experiments import chinchilla, lib
 from lm.flops import train_flops_per_token
 from lm.schedules import lr_multiplier, warmup_steps
 
@@ -64,7 +64,7 @@ def test_budget_too_small_is_an_error_before_training(tmp_path, capsys):
 def test_other_study_in_out_is_an_error_before_training(tmp_path, capsys):
     out = tmp_path / "study"
     other = chinchilla.build_study(chinchilla.PRESETS["smoke"], data="synthetic")
-    runner.prepare_out(other, out)
+    lib.sweep.prepare_out(other, out)
     with pytest.raises(SystemExit):
         chinchilla.main(["--preset", "smoke", "--out", str(out), "--no-progress"])
     assert "holds a different study" in capsys.readouterr().err
@@ -126,7 +126,7 @@ def _partial_runs(out: Path) -> dict[str, int]:
 
 def test_killed_sweep_resumes_to_the_same_table(reference, env, tmp_path):
     ref_out, _ = reference
-    ref = runner.read_table(ref_out / "results.csv")
+    ref = lib.read_table(ref_out / "results.csv")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.chinchilla", "--preset", "smoke", "--out", str(out),
            "--skip-analysis", "--no-progress"]
@@ -152,7 +152,7 @@ def test_killed_sweep_resumes_to_the_same_table(reference, env, tmp_path):
     assert len(finished) >= 1
 
     trained = []
-    table = runner.run_study(chinchilla.build_study(chinchilla.PRESETS["smoke"], preset_name="smoke"), out,
+    table = lib.run_study(chinchilla.build_study(chinchilla.PRESETS["smoke"], preset_name="smoke"), out,
                              progress=False, compilation_cache=False, on_run_done=lambda r, res: trained.append(r.name))
     # no finished run trained again; the interrupted ones resumed from their checkpoints
     assert not set(trained) & set(finished)
@@ -185,7 +185,7 @@ def test_analysis_report_comes_from_the_table_beside_it(reference, tmp_path):
         assert p.exists() and p.stat().st_size > 0
     assert {p.suffix for p in result["plots"]} == {".png", ".svg"}
     # refit the table on disk with the public API: the report holds exactly these numbers
-    table = runner.read_table(out / "results.csv")
+    table = lib.read_table(out / "results.csv")
     ft = ca.fit_table(table)
     refit = fit_law(ft, law="chinchilla", columns={"N": "N", "D": "D", "C": "budget", "loss": "loss"})
     for k, v in refit.params.items():

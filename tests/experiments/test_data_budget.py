@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import architectures, chinchilla, data_budget, lr_scaling, wsd
+from experiments import architectures, chinchilla, lr_scaling, wsd
+from experiments.lib import data_budget
+from lm.presets import LADDER, ladder_model
 from lm import data as lm_data
 from lm import prepare
 from lm.flops import param_count
@@ -58,7 +60,7 @@ def test_a_study_on_a_prepared_directory_follows_its_tokenizer(small_corpus):
     study = chinchilla.build_study(chinchilla.PRESETS["smoke"], small_corpus, "smoke")
     run = study.runs[0]
     assert run.data.source == "prepared" and run.model.vocab_size == 290
-    byte_model = chinchilla.ladder_model(*chinchilla.LADDER["d16L1"])
+    byte_model = ladder_model(*LADDER["d16L1"])
     # the embedding is part of N: 290 - 259 more rows of d_model
     assert param_count(study.runs[0].model)["total"] - param_count(byte_model)["total"] == (290 - 259) * 16
     w = wsd.build_study(wsd.PRESETS["smoke"], "/tmp/unused", data=small_corpus)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import architectures, chinchilla, data_constrained, lr_scaling, runner, wsd
+from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, wsd
 from experiments import train as train_cli
 from lm.config import RunConfig
 from lm.presets import get_preset
@@ -128,7 +128,7 @@ def test_train_refuses_bad_input_in_one_line(case, place, capsys):
     assert re.search(message, err), err
 
 
-def _manifest(module, root: Path) -> runner.Study:
+def _manifest(module, root: Path) -> lib.Study:
     """Write the smoke grid's study.json under root/out (as a first run would); the study."""
     if module is chinchilla:
         study = chinchilla.build_study(chinchilla.PRESETS["smoke"], "stdlib", "smoke")
@@ -138,7 +138,7 @@ def _manifest(module, root: Path) -> runner.Study:
         study = lr_scaling.build_study(lr_scaling.PRESETS["smoke"], "smoke")[0]
     else:
         study = module.build_study(module.PRESETS["smoke"], "smoke")
-    runner.prepare_out(study, root / "out")
+    lib.sweep.prepare_out(study, root / "out")
     return study
 
 
@@ -204,12 +204,12 @@ def test_damaged_run_config_in_a_study_is_one_line(content, message, analysis_on
 @pytest.mark.parametrize("content", ["{}", "[]", '{"status": "complete"}', '{"final_val_loss": 1.0'])
 def test_a_result_json_without_the_result_is_not_a_finished_run(content, tmp_path, capsys):
     study = _manifest(chinchilla, tmp_path)
-    rd = runner.run_dir(tmp_path / "out", study.runs[0])
+    rd = lib.run_dir(tmp_path / "out", study.runs[0])
     rd.mkdir(parents=True)
     (rd / "result.json").write_text(content)
-    table = runner.load_results(study, tmp_path / "out")
+    table = lib.load_results(study, tmp_path / "out")
     assert (table["status"] == "pending").all()
-    assert not runner._finished(tmp_path / "out", study.runs[0])
+    assert not lib.sweep._finished(tmp_path / "out", study.runs[0])
     result = chinchilla.main(["--preset", "smoke", "--out", str(tmp_path / "out"), "--analysis-only"])
     assert result["report"] is None
     assert f"{len(study.runs)} of {len(study.runs)} runs pending" in capsys.readouterr().out
@@ -225,7 +225,7 @@ def test_train_help_says_what_each_override_means(capsys):
     for meaning in ("peak learning rate", "residual width d", "optimiser steps of the run", "slots per row",
                     "routed experts e", "Adam beta2", "--overwrite start the run afresh"):
         assert meaning in flat, meaning
-    from experiments.cli import field_help
+    from experiments.lib.cli import field_help
 
     undocumented = [k for k, v in field_help(train_cli.default_run()).items() if not v]
     assert undocumented == []

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import mup_transfer, runner
+from experiments import lib, mup_transfer
 
 TINY = mup_transfer.Preset(base_width=8, learning_rates=(4e-3, 1.6e-2, 6.4e-2), steps=4, num_layers=1, seq_len=16,
                            batch_size=4, eval_batches=1)
@@ -45,8 +45,8 @@ def test_tiny_grid_end_to_end_with_shards(tmp_path):
     study, groups = mup_transfer.build_study(TINY, "transformer")
     assert len(study.runs) == 2 * 4 * 3 and len(groups) == 8
     for shard in ((0, 2), (1, 2)):
-        runner.run_study(study, tmp_path, shard=shard, groups=groups, progress=False, compilation_cache=False)
-    table = runner.run_study(study, tmp_path, groups=groups, progress=False, compilation_cache=False)  # resumes: all done
+        lib.run_study(study, tmp_path, shard=shard, groups=groups, progress=False, compilation_cache=False)
+    table = lib.run_study(study, tmp_path, groups=groups, progress=False, compilation_cache=False)  # resumes: all done
     assert (table["status"] == "complete").all() and len(table) == 24
     result = mup_transfer.analyze(study, table, tmp_path, threshold=TINY.threshold)
     assert set(result["drift"]) == {"sp", "mup"} and len(result["optima"]) == 8

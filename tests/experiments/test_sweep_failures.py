@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import runner, study_cli
-from experiments.progress import SweepProgress
+from experiments import lib
+from experiments.lib.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.tensorboard import read_events
@@ -29,8 +29,8 @@ def tiny_run(name: str, lr: float = 1e-2) -> RunConfig:
 
 
 def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp_path, capsys):
-    study = runner.Study(name="broken", runs=(tiny_run("a"), tiny_run("b", lr=3e-3), tiny_run("boom", lr=1e30)))
-    first = runner.run_study(study, tmp_path, progress=False, compilation_cache=False)
+    study = lib.Study(name="broken", runs=(tiny_run("a"), tiny_run("b", lr=3e-3), tiny_run("boom", lr=1e30)))
+    first = lib.run_study(study, tmp_path, progress=False, compilation_cache=False)
     assert first.set_index("run")["status"].to_dict() == {"a": "complete", "b": "complete", "boom": "diverged"}
     for name, row in first.set_index("run").iterrows():  # every run has its TensorBoard event file
         (events,) = (tmp_path / "runs" / name).glob("events.out.tfevents.*")
@@ -43,14 +43,14 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
         if f.is_file() and "ocdbt.process_0" in str(f):
             f.write_bytes(f.read_bytes()[:10])
     capsys.readouterr()
-    table = runner.run_study(study, tmp_path, progress=False, compilation_cache=False).set_index("run")
+    table = lib.run_study(study, tmp_path, progress=False, compilation_cache=False).set_index("run")
     assert table["status"].to_dict() == {"a": "failed", "b": "complete", "boom": "diverged"}
     assert table.loc["b", "final_val_loss"] == first.set_index("run").loc["b", "final_val_loss"]
     failure = json.loads((tmp_path / "runs" / "a" / "failure.json").read_text())
     assert failure["status"] == "failed" and "none of the checkpoints" in failure["error"]
     assert "1 run(s) failed (unreadable checkpoints" in capsys.readouterr().out
-    assert not runner._finished(tmp_path, study.runs[0])  # retried by the next call
-    assert runner._finished(tmp_path, study.runs[2])  # a diverged run is not
+    assert not lib.sweep._finished(tmp_path, study.runs[0])  # retried by the next call
+    assert lib.sweep._finished(tmp_path, study.runs[2])  # a diverged run is not
 
 
 def _table(statuses: dict[str, str]) -> pd.DataFrame:
@@ -73,7 +73,7 @@ def _table(statuses: dict[str, str]) -> pd.DataFrame:
     ({"a": "complete", "b": "complete"}, {}, ["a", "b"], ""),
 ])
 def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwargs, expect_rows, message, capsys):
-    ready = study_cli.analysis_table(_table(statuses), **kwargs)
+    ready = lib.report.analysis_table(_table(statuses), **kwargs)
     out = capsys.readouterr().out.strip()
     assert (ready is None) == (expect_rows is None)
     if ready is not None:
@@ -83,11 +83,11 @@ def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwarg
 
 
 def test_report_names_the_diverged_runs(tmp_path):
-    report = study_cli.write_report(tmp_path, ["# Study"])
-    study_cli.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
+    report = lib.write_report(tmp_path, ["# Study"])
+    lib.report.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
     text = report.read_text()
     assert "## Diverged runs" in text and "1 of 2 runs diverged (non-finite loss)" in text and "`b`" in text
-    study_cli.note_left_out(report, _table({"a": "complete"}))
+    lib.report.note_left_out(report, _table({"a": "complete"}))
     assert report.read_text() == text
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import runner, wsd
+from experiments import lib, wsd
 from lm import train as lm_train
 
 PRESET = wsd.PRESETS["smoke"]
@@ -60,11 +60,11 @@ def test_branch_equals_a_from_scratch_wsd_run(smoke, tmp_path):
     branch = next(r for r in study.runs if r.name == f"wsd-L{PRESET.lengths[0]}")
     scratch = dataclasses.replace(branch, name="scratch", train=dataclasses.replace(branch.train, init_from=None))
     res = lm_train.train(scratch, tmp_path / "scratch")
-    got = json.loads((runner.run_dir(out, branch) / "result.json").read_text())
+    got = json.loads((lib.run_dir(out, branch) / "result.json").read_text())
     np.testing.assert_allclose(got["final_val_loss"], res["final_val_loss"], rtol=1e-6)
     np.testing.assert_allclose(got["final_train_loss"], res["final_train_loss"], rtol=1e-6)
     # and the branch's learning rates are the linear decay to min_ratio (hand-written schedule)
-    recs = lm_train.read_metrics(runner.run_dir(out, branch))
+    recs = lm_train.read_metrics(lib.run_dir(out, branch))
     s, n = branch.schedule.decay_start, branch.train.steps
     for r in recs:
         step = r["step"] - 1

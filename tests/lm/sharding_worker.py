@@ -26,7 +26,7 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from lm import data as lm_data  # noqa: E402
-from lm import compiled, sharding  # noqa: E402
+from lm import compiled, multihost, sharding  # noqa: E402
 from lm import step as lm_step  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.checkpoint import Checkpointer  # noqa: E402
@@ -98,7 +98,7 @@ def sharded_step(run, mesh, state, host_slices: list[dict], lr):
     """One sharded step from a host state; the batch assembled from host slices."""
     shardings = sharding.state_shardings(run, mesh)
     state = sharding.shard_state(state, shardings)
-    batch = sharding.global_batch(concat(host_slices), mesh, BATCH)
+    batch = multihost.global_batch(concat(host_slices), mesh, BATCH)
     fn, seconds = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
     print(f"{run.name} {dict(mesh.shape)}: compiled in {seconds:.1f}s", flush=True)
@@ -159,7 +159,7 @@ def checkpoint_across_meshes(out: Path, runs) -> None:
             leaf.sharding.is_equivalent_to(sh, leaf.ndim)
             for leaf, sh in zip(jax.tree.leaves(restored), jax.tree.leaves(sharding.state_shardings(run, mesh_b)))
         )
-        batch = sharding.global_batch(concat(batches[1]), mesh_b, BATCH)
+        batch = multihost.global_batch(concat(batches[1]), mesh_b, BATCH)
         fn, _ = compiled.train_step(run, mesh_b, restored, batch, donate=False)
         state2, metrics = fn(restored, batch, jnp.float32(LRS[1]), jnp.float32(run.optimizer.weight_decay))
         # Initialisation in shards and the sharded evaluation equal their one-device versions.
@@ -189,26 +189,26 @@ def multiprocess(out: Path, argv: list[str]) -> None:
 
     if argv:
         process_id, num_processes, port = (int(a) for a in argv)
-        joined = sharding.maybe_initialize_distributed(f"localhost:{port}", num_processes, process_id)
+        joined = multihost.maybe_initialize_distributed(f"localhost:{port}", num_processes, process_id)
     else:
-        joined = sharding.maybe_initialize_distributed()
+        joined = multihost.maybe_initialize_distributed()
     process_id = jax.process_index()
     run = tiny_run("transformer")
     mesh = sharding.make_mesh((2, 2, 2, 1))
-    index, count = sharding.host_shard(mesh, BATCH)
-    it = sharding.make_host_iterator(run, mesh)
+    index, count = multihost.host_shard(mesh, BATCH)
+    it = multihost.make_host_iterator(run, mesh)
     local = {k: np.asarray(v) for k, v in next(it).items()}
     # Every host's data state travels in one checkpoint item; each resumes its own.
-    saved = sharding.gather_data_states(it.get_state())
+    saved = multihost.gather_data_states(it.get_state())
     following = np.asarray(next(it)["tokens"])
     it.close()
-    resumed = sharding.make_host_iterator(run, mesh)
-    resumed.set_state(sharding.local_data_state(json.loads(json.dumps(saved))))
+    resumed = multihost.make_host_iterator(run, mesh)
+    resumed.set_state(multihost.local_data_state(json.loads(json.dumps(saved))))
     data_resumes = bool(np.array_equal(np.asarray(next(resumed)["tokens"]), following))
     resumed.close()
     shardings = sharding.state_shardings(run, mesh)
     state = sharding.shard_state(initial_state(run), shardings)
-    batch = sharding.global_batch(local, mesh, BATCH)
+    batch = multihost.global_batch(local, mesh, BATCH)
     fn, _ = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(LRS[0]), jnp.float32(run.optimizer.weight_decay))
     gathered = multihost_utils.process_allgather(new_state, tiled=True)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import runner
+from experiments import lib
 from experiments import train as train_cli
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
@@ -40,7 +40,7 @@ def old_config_dict() -> dict:
     """RUN as a config.json from before: OLD_MODEL, and no data field of the runner's ADDED_FIELDS."""
     d = RUN.to_dict()
     d["model"] = json.loads(json.dumps(OLD_MODEL))
-    for path in runner.ADDED_FIELDS:
+    for path in lib.study.ADDED_FIELDS:
         section, leaf = path.split(".")
         d[section].pop(leaf, None)
     return d
@@ -58,19 +58,19 @@ def test_old_flat_keys_load_into_the_nested_configs():
 def test_the_grid_fingerprint_is_the_one_written_before():
     old = old_config_dict()
     before = hashlib.sha256(json.dumps([[old], []], sort_keys=True).encode()).hexdigest()[:16]
-    assert runner.Study("s", (RUN,)).fingerprint() == before
+    assert lib.Study("s", (RUN,)).fingerprint() == before
     assert legacy_run_dict(legacy_run_dict(RUN.to_dict())) == legacy_run_dict(RUN.to_dict())
 
 
 def test_an_old_study_directory_and_run_directory_are_accepted(tmp_path):
-    study = runner.Study("s", (RUN,))
+    study = lib.Study("s", (RUN,))
     old = old_config_dict()
     before = hashlib.sha256(json.dumps([[old], []], sort_keys=True).encode()).hexdigest()[:16]
     (tmp_path / "runs" / "old").mkdir(parents=True)
     (tmp_path / "runs" / "old" / "config.json").write_text(json.dumps(old))
     (tmp_path / "study.json").write_text(json.dumps({"study": "s", "fingerprint": before, "num_runs": 1,
                                                      "runs": ["old"], "meta": {}, "loss_at_flops": []}))
-    runner.check_out(study, tmp_path)  # raises StudyError if the old records are refused
+    lib.sweep.check_out(study, tmp_path)  # raises StudyError if the old records are refused
     train_cli.check_run_dir(RUN, tmp_path / "runs" / "old", overwrite=False)
     other = RunConfig(model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48), name="old")
     with pytest.raises(Exception, match="another config"):

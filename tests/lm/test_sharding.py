@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lm import sharding
+from lm import multihost, sharding
 
 ROOT = Path(__file__).resolve().parents[2]
 MESHES = ((8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1))
@@ -146,7 +146,7 @@ def test_single_device_mesh_replicates_everything():
     assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 1}
     assert sharding.param_spec(mesh, ("embed", "mlp"), (32, 64)) == P(None, None)
     assert sharding.batch_spec(mesh, 3) == P(None, None)
-    assert sharding.host_shard(mesh, 4) == (0, 1)
+    assert multihost.host_shard(mesh, 4) == (0, 1)
     assert all(rule is None for _, rule in sharding.logical_rules(mesh))
 
 
@@ -172,16 +172,16 @@ def test_param_spec_rules_on_an_abstract_mesh():
 
 
 def test_maybe_initialize_distributed_single_process_is_a_no_op(monkeypatch):
-    monkeypatch.setattr(sharding, "_on_cloud_tpu_vm", lambda: False)
+    monkeypatch.setattr(multihost, "_on_cloud_tpu_vm", lambda: False)
     for var in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
                 "SCALELAB_COORDINATOR", "SCALELAB_NUM_PROCESSES", "SCALELAB_PROCESS_ID"):
         monkeypatch.delenv(var, raising=False)
-    assert sharding.maybe_initialize_distributed() is False
+    assert multihost.maybe_initialize_distributed() is False
     monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert sharding.maybe_initialize_distributed() is False
-    assert sharding.maybe_initialize_distributed("localhost:1234", 1, 0) is False
+    assert multihost.maybe_initialize_distributed() is False
+    assert multihost.maybe_initialize_distributed("localhost:1234", 1, 0) is False
     with pytest.raises(ValueError, match="give all three"):
-        sharding.maybe_initialize_distributed("localhost:1234")
+        multihost.maybe_initialize_distributed("localhost:1234")
     assert not jax.distributed.is_initialized()
 
 
@@ -201,10 +201,10 @@ def test_maybe_initialize_distributed_detects_launchers(monkeypatch, env, expect
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    monkeypatch.setattr(sharding, "_on_cloud_tpu_vm", lambda: "ON_TPU_VM" in env)
+    monkeypatch.setattr(multihost, "_on_cloud_tpu_vm", lambda: "ON_TPU_VM" in env)
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: calls.append((args, kwargs)))
-    assert sharding.maybe_initialize_distributed() is True
+    assert multihost.maybe_initialize_distributed() is True
     assert len(calls) == 1
     args, kwargs = calls[0]
     names = ("coordinator_address", "num_processes", "process_id")
@@ -214,13 +214,13 @@ def test_maybe_initialize_distributed_detects_launchers(monkeypatch, env, expect
 
 def test_data_states_round_trip_and_refuse_another_process_count():
     state = {"position": 3, "blob": b"\x00\xff packed"}
-    saved = json.loads(json.dumps(sharding.gather_data_states(state)))  # as a JSON checkpoint item
+    saved = json.loads(json.dumps(multihost.gather_data_states(state)))  # as a JSON checkpoint item
     assert len(saved["hosts"]) == 1
-    assert sharding.local_data_state(saved) == state
+    assert multihost.local_data_state(saved) == state
     # The state lm.train saves without a mesh (one host) is accepted too.
-    assert sharding.local_data_state(saved["hosts"][0]) == state
+    assert multihost.local_data_state(saved["hosts"][0]) == state
     with pytest.raises(ValueError, match="2 host entries"):
-        sharding.local_data_state({"hosts": saved["hosts"] * 2})
+        multihost.local_data_state({"hosts": saved["hosts"] * 2})
 
 
 # --------------------------------------------------------------- 8 fake devices

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lm import subword
-from lm.tokenizer import ByteTokenizer, load_tokenizer, parse_bpe_spec
+from lm.subword import load_tokenizer
+from lm.tokenizer import ByteTokenizer, parse_bpe_spec
 
 TEXTS = [f"def f{i}(x):\n    return x * {i} + 'héllo ✓ wörld'\n" for i in range(200)]
 

@@ -50,7 +50,7 @@ def test_plots_under_exact_flops_per_token(fitted, tmp_path, monkeypatch):
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
     # the drawn reference line (with isoFLOP power laws on the same axes) solves f(N) 20 N = C
     figs = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figs.append(fig) or [])
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out_dir, name: figs.append(fig) or [])
     plots.plot_optimal_allocation(tmp_path, iso=fit_isoflop(isoflop_table(noise=1e-3), n_bootstrap=0), result=res,
                                   C_range=(1e18, 1e23), flops_per_token=f)
     (line,) = [ln for ln in figs[0].axes[0].get_lines() if ln.get_label() == "20 tokens/param"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.runner import StudyError
+from experiments.lib.study import StudyError
 from lm import data as lm_data
 from lm.config import RunConfig
 from lm.data import DataConfig

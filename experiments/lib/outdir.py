@@ -10,12 +10,14 @@ one line naming the path and what is wrong, and writes nothing, when:
   names the fields that differ).
 
 Records that a kill may leave cut short (result.json, failure.json, runner.json) are read
-leniently by the runner instead: unreadable means "not finished".
+leniently by the runner instead (:func:`read_json`, :func:`read_result`): unreadable means
+"not finished"; the runner writes its own records whole or not at all (:func:`atomic_write`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -134,3 +136,27 @@ def is_finished_result(value: Any) -> bool:
     """
     return (isinstance(value, dict) and value.get("status", "complete") in ("complete", "diverged")
             and "final_val_loss" in value)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in the file; None if it is missing, was cut short (a kill while
+    writing) or holds something else than an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_result(rd: Path) -> dict | None:
+    """The run's result.json if it records a finished run (:func:`is_finished_result`):
+    ``{}``, ``[]`` or a cut-short file is not one."""
+    result = read_json(rd / "result.json")
+    return result if is_finished_result(result) else None
