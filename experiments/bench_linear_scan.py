@@ -3,9 +3,10 @@
 For each shape [b, t, w] (float32 by default) it times
   * "baseline":      a plain ``lax.scan`` (unroll 1) of h_t = a_t h_{t-1} + x_t, written
                      here in five lines and differentiated by JAX (the peer to beat);
-  * "op (auto)":     the public op ``linear_scan(impl="auto")`` with its custom_vjp
-                     backward, what the RG-LRU runs (goal on CPU: <= 1.0x the baseline,
-                     forward and forward+backward);
+  * "op (auto)":     the public op ``linear_scan(impl="auto")``, what the RG-LRU runs: on
+                     CPU the sequential form differentiated by JAX (the custom_vjp serves
+                     the kernels) (goal on CPU: <= 1.0x the baseline, forward and
+                     forward+backward);
   * "sequential uN": the sequential reference form at unroll N (1, 4, 8), differentiated
                      by JAX, to choose ``SEQUENTIAL_UNROLL`` by measurement;
   * "associative":   the ``lax.associative_scan`` form;

@@ -27,11 +27,11 @@ from pallas_kernels.linear_scan import kernel_gpu, kernel_tpu
 from pallas_kernels.linear_scan.reference import REFERENCE_FORMS, carry_dtype, check_shapes
 
 # The CPU form that impl="reference" and impl="auto" on CPU run, chosen by measurement
-# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): at
-# [4, 1024, 256] the sequential lax.scan at unroll 1 (reference.SEQUENTIAL_UNROLL) was
-# at or below a plain unroll-1 lax.scan forward and forward+backward, and 1.5x / 3.5x
-# faster than the associative form (whose log-depth tree does ~2x the work and memory
-# traffic).
+# (``python -m experiments.bench_linear_scan``, float32, 2 shared CPU cores): the
+# sequential lax.scan at unroll 1 (reference.SEQUENTIAL_UNROLL), differentiated by JAX,
+# is the plain unroll-1 lax.scan baseline (0.9-1.2x forward, 0.7-1.0x forward+backward at
+# [4, 1024, 256], [4|8, 4096, 1024] under load); the associative form's log-depth tree
+# does ~2x the work (1.6-2.2x forward, 2-3x forward+backward).
 CPU_REFERENCE = "sequential"
 
 # impl values beyond pallas_kernels.backend.IMPLS: pick one reference form explicitly.
@@ -147,4 +147,9 @@ def linear_scan(
     resolved = resolve_scan_impl(impl)
     if resolved in ("pallas", "interpret") and acc != jnp.float32:
         raise ValueError(f"linear_scan: impl={impl!r} (Pallas) takes float32/bfloat16 inputs, got {x.dtype}")
+    if resolved in REFERENCE_FORMS:
+        # A jnp form is differentiated by JAX itself: the transpose of lax.scan needs no
+        # shifted copies of a and y, which made the custom backward 1.1-1.3x slower than
+        # autodiff on CPU (bench_linear_scan); the math of the custom rule below is the same.
+        return REFERENCE_FORMS[resolved](x, a, h0.astype(acc), reverse=reverse)
     return _linear_scan(x, a, h0.astype(acc), reverse, resolved, kernel)
