@@ -7,7 +7,8 @@ Backward (the same scan, run in the other direction on the shifted decays): with
 g_t = dL/dh_t (total), g_t = dy_t + a_{t+1} g_{t+1} and g_{T-1} = dy_{T-1} + dh_last, so
   grad_x = g,   grad_a_t = g_t * h_{t-1} (h_{-1} = h0),   grad_h0 = a_0 * g_0.
 g is a reverse linear scan of dy with decays (a_1, ..., a_{T-1}, 1) started from dh_last;
-every impl runs its own forward kernel for it. For ``reverse=True`` all of this mirrors.
+the kernels ("pallas", "interpret") run their own forward kernel for it; the jnp
+reference forms are differentiated by JAX instead (faster on CPU, same math). For ``reverse=True`` all of this mirrors.
 h_{t-1} is read back from ``y`` (so in the input dtype, as in recurrentgemma's kernel).
 
 Axis letters: b batch, t time, w width.
