@@ -68,6 +68,7 @@ def huber_log_normaliser(delta: float) -> float:
     return log(sqrt(2.0 * pi) * erf(delta / sqrt(2.0)) + 2.0 * exp(-0.5 * delta * delta) / delta)
 
 
+@functools.lru_cache(maxsize=64)
 def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
             objective_kind: str = "huber"):
     """A jitted (theta0 [s,p], w [s,m], base [q], logx, logy [m], delta, gtol, ftol, max_iter,
