@@ -242,7 +242,7 @@ def fit_law(
         theta0 = np.column_stack([theta0, np.full(len(theta0), log_sigma0)])
         free = (*free, len(spec.theta_names))
         free_names = [*free_names, "log_sigma"]
-    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=np.tile(w, (len(theta0), 1)),
+    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=w,
                               base=base, free=free, huber_delta=float(huber_delta),
                               max_iter=max_iter, objective=objective)
     value = out["value"]
