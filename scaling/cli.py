@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="huber", choices=OBJECTIVES,
                    help="huber: sum of Huber losses (Hoffmann et al. 2022); huber_ml: Huber "
                         "likelihood with a free scale sigma (Besiroglu et al. 2024)")
-    p.add_argument("--huber-delta", type=float, default=1e-3, help="Huber delta, > 0")
+    p.add_argument("--huber-delta", type=float, default=None,
+                   help="Huber delta, > 0 (default: 1e-3 on log residuals for huber, Hoffmann "
+                        "et al. 2022; 1.345 on r / sigma for huber_ml)")
     p.add_argument("--weights", default=None, metavar="COLUMN",
                    help="column of per-run weights (>= 0)")
     grids = "; ".join(f"{k}: {', '.join(v.grids)}" for k, v in LAWS.items())
@@ -115,7 +117,8 @@ def check_args(args) -> None:
         raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (none) or >= 2")
     if not 0.0 < args.level < 1.0:
         raise UsageError(f"--level {args.level}: must be in (0, 1)")
-    if not (math.isfinite(args.huber_delta) and args.huber_delta > 0):
+    delta = args.huber_delta
+    if delta is not None and not (math.isfinite(delta) and delta > 0):
         raise UsageError(f"--huber-delta {args.huber_delta}: must be a finite number > 0")
     if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold >= 0):
         raise UsageError(f"--threshold {args.threshold}: must be a finite number >= 0")
