@@ -11,9 +11,12 @@ advances together, one objective-and-gradient evaluation per row per loop step
 (``jax.vmap`` over rows), inside one ``lax.while_loop`` in one ``jax.jit``; a row whose
 start has finished takes the next pending start (a work queue), so converged starts cost
 nothing and no row waits for another's line search. A full step taken where the curvature
-is not positive (a plateau, e.g. a term whose coefficient has underflowed) lengthens the next
-steps fourfold, so such starts cross the plateau instead of crawling to the iteration cap.
-Weights w let the bootstrap refit every resample in the same batch. Float64 is enabled only
+is not positive (a plateau, e.g. a term whose coefficient has underflowed, or a stretch where
+every residual is beyond delta and f is linear, so the gradient changes only by rounding)
+lengthens the next steps fourfold, so such starts cross it instead of crawling to the
+iteration cap. Weights w let the bootstrap refit every resample in the same batch. The
+compiled solver is cached per law form and padded size, and the starts are split over two
+chunks solved concurrently (XLA runs one program on one core at a time). Float64 is enabled only
 inside :func:`minimize_multistart` (``jax.enable_x64``), never globally. The likelihood
 variant ``objective="huber_ml"`` (Besiroglu et al. 2024, arXiv:2404.10102) adds a free
 scale: see :func:`minimize_multistart`.
