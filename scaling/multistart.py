@@ -252,7 +252,7 @@ def minimize_multistart(
     ftol: float = 1e-10,
     window: int = 10,
     max_iter: int = 500,
-    slots: int = 256,
+    slots: int = 64,
     objective: str = "huber",
     threads: int | None = None,
 ):
@@ -273,7 +273,9 @@ def minimize_multistart(
       ftol, window: stop a start when f fell by at most ftol |f| over the last ``window``
         iterations (scale-free: the same stopping point for a summed or averaged objective).
       max_iter: BFGS iteration cap per start.
-      slots: rows iterated at once (the work-queue width).
+      slots: rows iterated at once (the work-queue width). 64 rather than 256: the [rows,
+        points] intermediates stay in cache and the queue's tail (rows idle while the slowest
+        starts finish) is shorter; 25-50 % less time on one core for 240 and 50 points.
       threads: chunks of starts solved concurrently (default: the CPU count, at most 2).
       objective: "huber" (sum of w Huber_delta(r)) or "huber_ml" (negative log-likelihood
         of r ~ exp(-Huber_delta(r / sigma)) / (sigma Z), with log sigma the LAST coordinate
