@@ -1,16 +1,26 @@
-"""Benchmark of scaling.fit: a 4,500-start Chinchilla fit, a small-table fit, a bootstrap.
+"""Benchmark of scaling.fit against the speed goals of issue 17 (Sec. 5), with PASS/FAIL.
 
-``python -m experiments.bench_fit [--points 240] [--small 5] [--resamples 1000]`` prints, for
-each case, the first call (which includes XLA compilation), the compile time alone (the
-first call minus a warm call) and the warm time, as wall and process CPU seconds:
+``python -m experiments.bench_fit [--points 240] [--rows 50] [--small 5] [--resamples 1000]
+[--reps 5] [--laws chinchilla,data_constrained,...]`` prints one line per case: the compile
+time (first call minus the median warm call), the warm time (min and median over ``--reps``
+calls; wall and process CPU seconds) and, where the issue sets one, PASS/FAIL against the goal
+(median warm wall <= 2 s). A warm call reuses the compiled solver (same law, same padded
+table and grid sizes), as every fit after the first does in one process; the first call of a
+process also compiles (``python -m scaling.fit`` keeps compiled programs on disk, so only its
+first run ever pays that).
+
+Cases:
 
 - the published Hoffmann et al. 2022 grid (alpha, beta in {0,...,2}, e in {-1,...,1},
-  a, b in {0,...,25}: 4,500 starts) on ``--points`` runs drawn from the Chinchilla law
-  with 1 % noise (target: <= 2 s warm);
+  a, b in {0,...,25}: 4,500 starts) on ``--points`` runs drawn from the Chinchilla law with
+  1 % noise (goal: <= 2 s warm);
+- every built-in law (:data:`scaling.law_specs.LAWS`) on a ``--rows``-run table drawn from it
+  (1 % noise), fitted with its default grid (goal: <= 2 s for tables of up to 50 rows);
 - an over-training fit on ``--small`` runs (Gadre et al. 2024's 5-point setting:
-  chinchilla_tied, its 900-start grid; target: <= 2 s for tables up to 50 rows), with the
-  number of starts that hit the iteration cap;
-- ``--resamples`` bootstrap refits of the first fit.
+  chinchilla_tied on its 900-start grid; goal: <= 2 s);
+- ``--resamples`` bootstrap refits of the first fit (no goal).
+
+The machine's load is printed first: other jobs on the cores inflate every figure.
 """
 
 from __future__ import annotations
@@ -22,16 +32,39 @@ import time
 import numpy as np
 import pandas as pd
 
+from scaling import constants as K
 from scaling import fit_law, laws
-from scaling.constants import (HOFFMANN_A, HOFFMANN_ALPHA, HOFFMANN_B, HOFFMANN_BETA,
-                               HOFFMANN_E)
+from scaling.law_specs import LAWS
+
+GOAL_S = 2.0
+
+# Natural parameters each law's benchmark table is drawn from (published values where one is).
+TRUE = {
+    "chinchilla": dict(E=K.HOFFMANN_E, A=K.HOFFMANN_A, B=K.HOFFMANN_B, alpha=K.HOFFMANN_ALPHA,
+                       beta=K.HOFFMANN_BETA),
+    "chinchilla_tied": dict(E=K.BESIROGLU_E, A=K.BESIROGLU_A, B=K.BESIROGLU_B,
+                            alpha=K.BESIROGLU_ALPHA),
+    "data_constrained": dict(E=np.exp(K.MUENNIGHOFF_C4_LOG_E), A=np.exp(K.MUENNIGHOFF_C4_LOG_A),
+                             B=np.exp(K.MUENNIGHOFF_C4_LOG_B), alpha=K.MUENNIGHOFF_C4_ALPHA,
+                             beta=K.MUENNIGHOFF_C4_BETA, R_D_star=K.MUENNIGHOFF_R_D_STAR,
+                             R_N_star=K.MUENNIGHOFF_R_N_STAR),
+    "kaplan_n": dict(N_c=K.KAPLAN_N_C, alpha_N=K.KAPLAN_ALPHA_N),
+    "kaplan_d": dict(D_c=K.KAPLAN_D_C, alpha_D=K.KAPLAN_ALPHA_D),
+    "kaplan_c": dict(C_c=K.KAPLAN_C_C_MIN, alpha_C=K.KAPLAN_ALPHA_C_MIN),
+    "kaplan_nd": dict(N_c=K.KAPLAN_N_C, D_c=K.KAPLAN_D_C, alpha_N=K.KAPLAN_ALPHA_N,
+                      alpha_D=K.KAPLAN_ALPHA_D),
+    "saturating": dict(E=2.0, A=1000.0, alpha=0.15),
+    "offset_n": dict(E=K.HOFFMANN_E, A=K.HOFFMANN_A, alpha=K.HOFFMANN_ALPHA),
+    "offset_d": dict(E=K.HOFFMANN_E, A=K.HOFFMANN_B, alpha=K.HOFFMANN_BETA),
+}
 
 
 def synthetic_table(m: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), m))
     D = np.exp(rng.uniform(np.log(1e8), np.log(1e12), m))
-    L = laws.chinchilla(N, D, HOFFMANN_E, HOFFMANN_A, HOFFMANN_B, HOFFMANN_ALPHA, HOFFMANN_BETA)
+    L = laws.chinchilla(N, D, K.HOFFMANN_E, K.HOFFMANN_A, K.HOFFMANN_B, K.HOFFMANN_ALPHA,
+                       K.HOFFMANN_BETA)
     return pd.DataFrame({"N": N, "D": D, "loss": L * np.exp(rng.normal(0, 0.01, m))})
 
 
@@ -42,8 +75,27 @@ def overtraining_table(m: int, seed: int = 1) -> pd.DataFrame:
     mult = np.concatenate([np.ones(4), 16.0 * 2.0 ** np.arange(max(m - 4, 0))])[:m]
     D = 20.0 * mult * N
     rng = np.random.default_rng(seed)
-    L = laws.chinchilla(N, D, HOFFMANN_E, HOFFMANN_A, HOFFMANN_B, HOFFMANN_ALPHA, HOFFMANN_ALPHA)
+    L = laws.chinchilla(N, D, K.HOFFMANN_E, K.HOFFMANN_A, K.HOFFMANN_B, K.HOFFMANN_ALPHA,
+                       K.HOFFMANN_ALPHA)
     return pd.DataFrame({"N": N, "D": D, "loss": L * np.exp(rng.normal(0, 0.005, m))})
+
+
+def law_table(name: str, m: int, seed: int = 0) -> pd.DataFrame:
+    """m runs drawn from law ``name`` at :data:`TRUE` with 1 % log-normal noise.
+
+    N log-uniform in [1e7, 3e9], 2-200 tokens per parameter, 1-60 epochs over U unique tokens,
+    C = 6 N D FLOPs (PF-days in [1e-3, 1e2] for kaplan_c, whose C_c is in PF-days).
+    """
+    rng = np.random.default_rng(seed)
+    log_u = lambda lo, hi: np.exp(rng.uniform(np.log(lo), np.log(hi), m))
+    x = {"N": log_u(1e7, 3e9)}
+    x["D"] = x["N"] * log_u(2.0, 200.0)
+    x["U"] = x["D"] / log_u(1.0, 60.0)
+    x["C"] = log_u(1e-3, 1e2) if name == "kaplan_c" else 6.0 * x["N"] * x["D"]
+    spec = LAWS[name]
+    cols = {v: x[v] for v in spec.variables}
+    loss = spec.predict(TRUE[name], cols) * np.exp(rng.normal(0.0, 0.01, m))
+    return pd.DataFrame({**cols, "loss": loss})
 
 
 def _timed(fn):
@@ -52,34 +104,66 @@ def _timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def _report(name: str, fn, describe) -> object:
+def _report(name: str, fn, describe, reps: int, goal: float | None = GOAL_S) -> object:
+    """Run ``fn`` once cold and ``reps`` times warm; print compile, warm min/median, verdict."""
     out, w1, c1 = _timed(fn)
-    out, w2, c2 = _timed(fn)
-    print(f"{name}: first {w1:.2f} s wall ({c1:.2f} s CPU) = compile {max(w1 - w2, 0):.2f} s + "
-          f"warm {w2:.2f} s wall ({c2:.2f} s CPU); {describe(out)}")
+    walls, cpus = [], []
+    for _ in range(reps):
+        out, w, c = _timed(fn)
+        walls.append(w)
+        cpus.append(c)
+    wmed, cmed = float(np.median(walls)), float(np.median(cpus))
+    verdict = "" if goal is None else (
+        f"  {'PASS' if wmed <= goal else 'FAIL'} (goal <= {goal:g} s warm)")
+    print(f"{name}: compile {max(w1 - wmed, 0.0):.2f} s (first call {w1:.2f} s wall, {c1:.2f} s "
+          f"CPU); warm min {min(walls):.2f} / median {wmed:.2f} s wall, min {min(cpus):.2f} / "
+          f"median {cmed:.2f} s CPU; {describe(out)}{verdict}", flush=True)
     return out
+
+
+def _describe_fit(r) -> str:
+    conv = r.starts["converged"]
+    return (f"{r.n_starts} starts, {r.n_at_best} at the best, {int((~conv).sum())} not "
+            f"converged")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", type=int, default=240)
-    ap.add_argument("--small", type=int, default=5)
-    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--points", type=int, default=240, help="runs of the 4,500-start fit")
+    ap.add_argument("--rows", type=int, default=50, help="runs of each law's table")
+    ap.add_argument("--small", type=int, default=5, help="runs of the over-training fit")
+    ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (0: skip)")
+    ap.add_argument("--reps", type=int, default=5, help="warm calls per case")
+    ap.add_argument("--laws", default=",".join(LAWS), help="comma-separated law names")
     args = ap.parse_args()
-    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    names = [n for n in args.laws.split(",") if n]
+    unknown = sorted(set(names) - set(LAWS))
+    if unknown:
+        ap.error(f"--laws: {unknown} are not laws; choose from {sorted(LAWS)}")
+    if args.reps < 1:
+        ap.error(f"--reps {args.reps}: need >= 1")
+    load = os.getloadavg()
+    print(f"cpus={os.cpu_count()} load average={load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"goal {GOAL_S:g} s (median warm wall); {args.reps} warm calls per case", flush=True)
     table = synthetic_table(args.points)
     res = _report(f"chinchilla, {args.points} points, hoffmann grid",
                   lambda: fit_law(table, law="chinchilla"),
-                  lambda r: f"{r.n_starts} starts, {r.n_at_best} at the best, "
-                            f"{int((~r.starts['converged']).sum())} not converged, alpha={r.params['alpha']:.4f}")
+                  lambda r: f"{_describe_fit(r)}, alpha={r.params['alpha']:.4f}", args.reps)
+    for name in names:
+        t = law_table(name, args.rows)
+        _report(f"{name}, {args.rows} rows, default grid", lambda: fit_law(t, law=name),
+                _describe_fit, args.reps, GOAL_S if args.rows <= 50 else None)
     small = overtraining_table(args.small)
-    _report(f"chinchilla_tied, {args.small} points, hoffmann grid",
-            lambda: fit_law(small, law="chinchilla_tied"),
-            lambda r: f"{r.n_starts} starts, {r.n_at_best} at the best, "
-                      f"{int((r.starts['iterations'] >= 500).sum())} at the iteration cap")
-    _report(f"bootstrap {args.resamples} resamples of the {args.points}-point fit",
-            lambda: res.bootstrap(n=args.resamples, seed=0, budgets=[1e21]),
-            lambda b: f"failed={b.n_failed}, alpha {b.level:.0%} {tuple(round(v, 4) for v in b.interval('alpha'))}")
+    _report(f"chinchilla_tied, {args.small} points (over-training), hoffmann grid",
+            lambda: fit_law(small, law="chinchilla_tied"), _describe_fit, args.reps,
+            GOAL_S if args.small <= 50 else None)
+    if args.resamples:
+        _report(f"bootstrap {args.resamples} resamples of the {args.points}-point fit",
+                lambda: res.bootstrap(n=args.resamples, seed=0, budgets=[1e21]),
+                lambda b: f"failed={b.n_failed}, alpha {b.level:.0%} "
+                          f"{tuple(round(v, 4) for v in b.interval('alpha'))}",
+                max(1, args.reps // 2), goal=None)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ __all__ = ["FitResult", "fit_law"]
 if __name__ == "__main__":
     import sys
 
-    from scaling.cli import main
+    from scaling.cli import enable_compilation_cache, main
 
+    enable_compilation_cache()
     sys.exit(main())

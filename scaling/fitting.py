@@ -11,8 +11,10 @@ ends the optimiser near its start; the stopping tests here are scale-free and ti
 
 Objectives: ``"huber"`` (the summed Huber loss above) or ``"huber_ml"``: maximum likelihood
 with residuals r ~ exp(-Huber_delta(r / sigma)) / (sigma Z(delta)) and the scale sigma a free
-parameter (Besiroglu et al. 2024, arXiv:2404.10102, Sec. 4). Optional per-point weights w
-multiply each run's term.
+parameter (Besiroglu et al. 2024, arXiv:2404.10102, Sec. 4). There delta applies to the
+standardised r / sigma, so its default is 1.345 (95 % efficiency at the normal), not the 1e-3
+of raw log residuals: with 1e-3 the density is Laplace and sigma comes out ~1e-3 mean|r|.
+Optional per-point weights w multiply each run's term.
 
 Command line: ``python -m scaling.fit TABLE.csv --law chinchilla --bootstrap 1000 --out DIR``
 (see :mod:`scaling.cli`).
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from scaling import constants as K
 from scaling.law_specs import LawSpec, default_grid, get_law
 from scaling.multistart import minimize_multistart
 from scaling.table import FitConvergenceError, column_names, extract, load_table
@@ -157,7 +160,7 @@ def _start_grid(spec: LawSpec, init_grid, free_names: list[str],
 def fit_law(
     table: pd.DataFrame | str,
     law: str | LawSpec = "chinchilla",
-    huber_delta: float = 1e-3,
+    huber_delta: float | None = None,
     init_grid="hoffmann",
     columns: Mapping[str, str] | None = None,
     *,
@@ -174,8 +177,9 @@ def fit_law(
       table: DataFrame or CSV path, one row per run, with the law's variables and ``loss``.
       law: a name from :data:`scaling.law_specs.LAWS` (e.g. "chinchilla", "chinchilla_tied",
         "data_constrained", "kaplan_n", "offset_n", "saturating") or a :class:`LawSpec`.
-      huber_delta: Huber delta (Hoffmann et al. 2022: 1e-3); for "huber_ml" it applies to
-        r / sigma.
+      huber_delta: Huber delta. Default: 1e-3 for "huber" (Hoffmann et al. 2022, on log-loss
+        residuals; also Besiroglu et al. 2024), 1.345 for "huber_ml", where it applies to
+        r / sigma (:data:`scaling.constants.HUBER_ML_DELTA`).
       init_grid: a grid name of the law ("hoffmann" = the published 4,500-point grid for
         Chinchilla; a law without it uses its default grid), a {theta name: values} dict
         (product grid), or an array [s, p] of starting points of the free coordinates.
@@ -196,6 +200,8 @@ def fit_law(
       FitConvergenceError: no start converged.
     """
     spec = get_law(law)
+    if huber_delta is None:
+        huber_delta = K.HUBER_ML_DELTA if objective == "huber_ml" else K.HOFFMANN_HUBER_DELTA
     if not (isinstance(huber_delta, (int, float)) and np.isfinite(huber_delta) and huber_delta > 0):
         raise ValueError(f"huber_delta={huber_delta!r}: must be a finite number > 0")
     if objective not in OBJECTIVES:
@@ -242,7 +248,7 @@ def fit_law(
         theta0 = np.column_stack([theta0, np.full(len(theta0), log_sigma0)])
         free = (*free, len(spec.theta_names))
         free_names = [*free_names, "log_sigma"]
-    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=np.tile(w, (len(theta0), 1)),
+    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=w,
                               base=base, free=free, huber_delta=float(huber_delta),
                               max_iter=max_iter, objective=objective)
     value = out["value"]

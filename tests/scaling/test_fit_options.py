@@ -47,6 +47,18 @@ def test_huber_likelihood_recovers_law_and_scale(table):
     assert "sigma" in boot.samples and boot.samples["sigma"].std() > 0
 
 
+def test_huber_likelihood_default_delta_is_on_the_standardised_scale(table):
+    """huber_ml's delta applies to r / sigma: its default is 1.345, and sigma then estimates the
+    residual scale; the raw-residual 1e-3 would make the density Laplace, sigma ~ 1e-3 mean|r|."""
+    res = fit_law(table, init_grid=START, objective="huber_ml")
+    assert res.huber_delta == 1.345
+    assert 3e-3 < res.params["sigma"] < 8e-3
+    assert fit_law(table, init_grid=START).huber_delta == 1e-3
+    tiny = fit_law(table, init_grid=START, objective="huber_ml", huber_delta=1e-3)
+    mean_abs = np.mean(np.abs(tiny.residuals()))
+    assert 0.5 < tiny.params["sigma"] / (1e-3 * mean_abs) < 2.0
+
+
 def test_huber_normaliser_integrates_the_density():
     from scipy.integrate import quad
 
