@@ -307,7 +307,7 @@ def minimize_multistart(
     # to a multiple of 1024 (padded starts are never assigned to a row: they cost nothing).
     # The starts are split evenly over ``threads`` chunks (at least 256 starts each, at most
     # 8192), solved concurrently: XLA runs one program on one core at a time.
-    m_pad = max(_bucket(m), 8)
+    m_pad = _pad_points(m)
     n_par = max(1, min(int(threads), -(-s // 256)))
     per = min(-(-s // n_par), 8192)
     chunk = max(_bucket(per), 8) if per <= 256 else -(-per // 1024) * 1024
@@ -344,6 +344,13 @@ def minimize_multistart(
     return {"theta": theta, "value": value, "grad_max": grad_max, "iters": iters,
             "evals": int(sum(int(r[4]) for r in results)),
             "steps": int(sum(int(r[5]) for r in results)), "width": int(width)}
+
+
+def _pad_points(m: int) -> int:
+    """Padded point count: m rounded up to a multiple of an eighth of its power-of-two bucket
+    (at least 8), so padding wastes at most 1/8 of the work (50 -> 56, 240 -> 256)."""
+    step = max(_bucket(m) // 8, 8)
+    return -(-max(int(m), 1) // step) * step
 
 
 def _bucket(n: int) -> int:
