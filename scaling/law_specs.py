@@ -209,6 +209,7 @@ CHINCHILLA_TIED = LawSpec(
 def _dc_log_form(theta, x):
     a, b, e, alpha, beta, log_rd, log_rn = (theta[i] for i in range(7))
     r_d, r_n = jnp.exp(log_rd), jnp.exp(log_rn)
+    inv_r_d, inv_r_n = jnp.exp(-log_rd), jnp.exp(-log_rn)  # per start: no per-point division
     tiny = 1e-12
     # U_N = min(N, N_opt(U)): log G = (log(alpha A) - log(beta B)) / (alpha + beta).
     log_g = (jnp.log(jnp.maximum(alpha, tiny)) + a - jnp.log(jnp.maximum(beta, tiny)) - b) / (
@@ -216,9 +217,9 @@ def _dc_log_form(theta, x):
     log_n_opt_u = log_g + (beta / jnp.maximum(alpha, tiny)) * (log_g + x["U"])
     log_un = jnp.minimum(x["N"], log_n_opt_u)
     r_n_rep = jnp.expm1(x["N"] - log_un)
-    log_n_eff = log_un + jnp.log1p(r_n * -jnp.expm1(-r_n_rep / r_n))
+    log_n_eff = log_un + jnp.log1p(r_n * -jnp.expm1(-r_n_rep * inv_r_n))
     r_d_rep = jnp.maximum(jnp.exp(x["D"] - x["U"]) - 1.0, 0.0)
-    log_d_eff = x["U"] + jnp.log1p(r_d * -jnp.expm1(-r_d_rep / r_d))
+    log_d_eff = x["U"] + jnp.log1p(r_d * -jnp.expm1(-r_d_rep * inv_r_d))
     return _lse(a - alpha * log_n_eff, b - beta * log_d_eff, jnp.broadcast_to(e, x["N"].shape))
 
 

@@ -76,8 +76,9 @@ def huber_log_normaliser(delta: float) -> float:
 @functools.lru_cache(maxsize=64)
 def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
             objective_kind: str = "huber", shared_weights: bool = False):
-    """A jitted (theta0 [s,p], w [s,m], base [q], logx, logy [m], delta, gtol, ftol, max_iter,
-    n_real) solver; only the first ``n_real`` starts are run (the rest is padding).
+    """A jitted (theta0 [s,p], w [s,m] (or [1,m] with ``shared_weights``), base [q], logx,
+    logy [m], delta, gtol, ftol, max_iter, n_real) solver; only the first ``n_real`` starts are
+    run (the rest is padding). Cached: one compiled program per law form and padded shape.
 
     Work queue: ``slots`` rows advance together, each by exactly one objective evaluation per
     loop step (a row is either trying a step of its line search or evaluating a new start),
@@ -273,9 +274,9 @@ def minimize_multistart(
       ftol, window: stop a start when f fell by at most ftol |f| over the last ``window``
         iterations (scale-free: the same stopping point for a summed or averaged objective).
       max_iter: BFGS iteration cap per start.
-      slots: rows iterated at once (the work-queue width). 64 rather than 256: the [rows,
-        points] intermediates stay in cache and the queue's tail (rows idle while the slowest
-        starts finish) is shorter; 25-50 % less time on one core for 240 and 50 points.
+      slots: rows iterated at once (the work-queue width). Narrow (64, not 256) keeps the
+        [rows, points] intermediates in cache and shortens the queue's tail (rows idle while
+        the slowest starts finish): see ``python -m experiments.bench_fit``.
       threads: chunks of starts solved concurrently (default: the CPU count, at most 2).
       objective: "huber" (sum of w Huber_delta(r)) or "huber_ml" (negative log-likelihood
         of r ~ exp(-Huber_delta(r / sigma)) / (sigma Z), with log sigma the LAST coordinate
@@ -303,12 +304,12 @@ def minimize_multistart(
                          f"[starts, points] = {(s, m)}")
     shared = weights.ndim == 1
     # Pad to a few shapes so that tables of similar size share one compiled program: points
-    # to a power of two (padded points have weight 0); starts to a power of two up to 256, else
-    # to a multiple of 1024 (padded starts are never assigned to a row: they cost nothing).
-    # The starts are split evenly over ``threads`` chunks (at least 256 starts each, at most
-    # 8192), solved concurrently: XLA runs one program on one core at a time.
-    m_pad = max(_bucket(m), 8)
-    n_par = max(1, min(int(threads), -(-s // 256)))
+    # by :func:`_pad_points` (padded points have weight 0); starts to a power of two up to 256,
+    # else to a multiple of 1024 (padded starts are never assigned to a row: they cost
+    # nothing). The starts are split evenly over up to ``threads`` chunks (at least 256 starts
+    # each, at most 8192), solved concurrently: XLA runs one program on one core at a time.
+    m_pad = _pad_points(m)
+    n_par = max(1, min(int(threads), s // 256))
     per = min(-(-s // n_par), 8192)
     chunk = max(_bucket(per), 8) if per <= 256 else -(-per // 1024) * 1024
     width = min(slots, chunk)
@@ -344,6 +345,13 @@ def minimize_multistart(
     return {"theta": theta, "value": value, "grad_max": grad_max, "iters": iters,
             "evals": int(sum(int(r[4]) for r in results)),
             "steps": int(sum(int(r[5]) for r in results)), "width": int(width)}
+
+
+def _pad_points(m: int) -> int:
+    """Padded point count: m rounded up to a multiple of an eighth of its power-of-two bucket
+    (at least 8), so padding wastes at most 1/8 of the work (50 -> 56, 240 -> 256)."""
+    step = max(_bucket(m) // 8, 8)
+    return -(-max(int(m), 1) // step) * step
 
 
 def _bucket(n: int) -> int:
