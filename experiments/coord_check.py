@@ -1,11 +1,11 @@
 """Coordinate check: activation sizes against width after a few Adam steps, under SP and μP.
 
-``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--out DIR]``
+``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--learning-rate LR] [--out DIR]``
 
 Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train models of
-widths base x {1, 2, 4, 8} for a few steps at one (large) learning rate and record, on a
-fixed batch, the RMS of every module's output after each step and the RMS of its change
-since step 0. Under μP (``lm/parametrization.py``) every curve is flat in width; under SP
+widths base x {1, 2, 4, 8} for a few steps at one learning rate (large, but below the base
+model's stability edge) and record, on a fixed batch, the RMS of every module's output
+after each step and the RMS of its change since step 0. Under μP (``lm/parametrization.py``) every curve is flat in width; under SP
 the logits (and the hidden updates) grow with width.
 
 Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block_i/ff``
@@ -21,6 +21,7 @@ the update RMS at the last step; one line per module).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
@@ -46,12 +47,16 @@ class Preset(lib.Preset):
     multipliers: tuple[int, ...] = (1, 2, 4, 8)
     num_layers: int = 2
     steps: int = 4
-    learning_rate: float = 1e-2
+    learning_rate: float = 3e-3
     seq_len: int = 64
     batch_size: int = 8
     seeds: int = 2
 
 
+# The learning rate is below every family's stability edge at the base width (where μP is
+# SP): at 1e-2 the SP base models of Hawk, MLA and MoE already blow up, and the μP curves of
+# those families bend for that reason alone (measured: Hawk's block_1/ff slope -0.15 at the
+# default preset, MoE's block_0/ff -0.14 at smoke; at 3e-3 both within +-0.03 and +-0.09).
 # Small batches on purpose: Tensor Programs' limit is width -> infinity at a fixed batch, and
 # an Adam update's alignment with the layer's input (what μP's 1/fan_in corrects) holds only
 # when the width exceeds the rank of the gradient (the tokens per batch); with as many tokens
@@ -141,21 +146,37 @@ def slopes(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _learning_rate(text: str) -> float:
+    """``--learning-rate``'s type: a finite number > 0."""
+    try:
+        lr = float(text)
+    except ValueError:
+        lr = float("nan")
+    if not (np.isfinite(lr) and lr > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the learning rate must be a number > 0")
+    return lr
+
+
 def main(argv=None) -> dict:
     p = lib.base_parser("coord_check", __doc__, PRESETS)
     p.add_argument("--family", default="transformer", help=f"one of {FAMILIES} or 'all'")
+    p.add_argument("--learning-rate", type=_learning_rate, default=None,
+                   help="Adam's learning rate, a number > 0 (default: the preset's, 3e-3)")
     args = p.parse_args(argv)
     if args.family != "all" and args.family not in FAMILIES:
         p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
     families = FAMILIES if args.family == "all" else (args.family,)
     out = lib.out_dir("coord_check", args)
     out.mkdir(parents=True, exist_ok=True)
-    table = coord_check(PRESETS[args.preset], families, progress=not args.no_progress)
+    preset = PRESETS[args.preset]
+    if args.learning_rate is not None:
+        preset = dataclasses.replace(preset, learning_rate=args.learning_rate)
+    table = coord_check(preset, families, progress=not args.no_progress)
     table.to_csv(out / "coord_check.csv", index=False)
     sl = slopes(table)
     sl.to_csv(out / "slopes.csv", index=False)
     figures = [f for fam in families for f in lib.figures.plot_coord_check(table, fam, out)]
-    lines = [f"# Coordinate check ({args.preset} preset)", "",
+    lines = [f"# Coordinate check ({args.preset} preset, learning rate {preset.learning_rate:g})", "",
              "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
              "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]
     lines += lib.markdown_table(

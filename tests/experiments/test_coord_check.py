@@ -28,3 +28,12 @@ def test_smoke_coord_check(tmp_path):
 def test_family_model_rejects_unknown_family():
     with pytest.raises(ValueError, match="allowed families"):
         coord_check.family_model("rwkv", 16, 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1e-3", "nan", "fast"])
+def test_learning_rate_must_be_positive(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        coord_check.main(["--preset", "smoke", "--learning-rate", value, "--out", str(tmp_path / "cc")])
+    assert exit_.value.code == 2
+    assert "--learning-rate" in capsys.readouterr().err
+    assert not (tmp_path / "cc").exists()
