@@ -30,6 +30,7 @@ token, f expert hidden width.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -84,6 +85,9 @@ class MoEConfig:
       capacity_factor: slots per expert = ceil(n * k / e * capacity_factor).
       load_balance_scope: "micro_batch" or "global_batch" (``layers/moe_losses.py``).
       gmm_impl: ``impl`` of the grouped matmul in dropless dispatch.
+      load_balance_weight: weight of the Switch load-balance loss in the training loss
+        (``layers/moe_losses.py``; Fedus et al. 2022), summed over the MoE blocks.
+      router_z_weight: weight of the router z-loss (Zoph et al. 2022, ST-MoE), summed alike.
     """
 
     num_experts: int = 8
@@ -99,6 +103,8 @@ class MoEConfig:
     capacity_factor: float = 1.25
     load_balance_scope: str = "micro_batch"
     gmm_impl: str = "auto"
+    load_balance_weight: float = 0.01
+    router_z_weight: float = 0.001
 
     def __post_init__(self):
         def check(ok: bool, field: str, allowed: str):
@@ -125,6 +131,10 @@ class MoEConfig:
         check(self.capacity_factor > 0, "capacity_factor", "> 0")
         check(self.load_balance_scope in SCOPES, "load_balance_scope", f"one of {SCOPES}")
         check(self.gmm_impl in IMPLS, "gmm_impl", f"one of {IMPLS}")
+        for name in ("load_balance_weight", "router_z_weight"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and value >= 0, name, "a finite number >= 0")
 
     @property
     def shared_width(self) -> int:

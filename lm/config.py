@@ -89,8 +89,11 @@ class ModelConfig:
     Saved configs with the former flat keys (``rnn_width``, ``la_variant``, ``mla_kv_lora_rank``,
     ...) still load: see ``lm/config_legacy.py``.
     MoE feed-forward (``layers/moe.py``):
-      moe_every: 0 = dense MLPs; n = blocks n-1, 2n-1, ... (every n-th) use ``moe``;
-      moe_load_balance_weight, moe_router_z_weight: weights of the auxiliary losses.
+      moe_every: 0 = dense MLPs; n = blocks n-1, 2n-1, ... (every n-th) use ``moe``
+        (the block stack's layout, like ``pattern``);
+      moe: ``layers.moe.MoEConfig``, the experts, router, dispatch and auxiliary-loss weights
+        (saved configs with the former flat ``moe_load_balance_weight`` /
+        ``moe_router_z_weight`` still load).
     """
 
     vocab_size: int = 259
@@ -118,8 +121,6 @@ class ModelConfig:
     mla: MLAConfig = MLAConfig()
     moe_every: int = 0
     moe: MoEConfig = MoEConfig()
-    moe_load_balance_weight: float = 0.01
-    moe_router_z_weight: float = 0.001
     parametrization: str = "sp"
     base_width: int | None = None
 
@@ -159,7 +160,6 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: must be a {kind.__name__}")
         if self.moe_every < 0:
             raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
-        _non_negative(self, "moe_load_balance_weight", "moe_router_z_weight")
         for letter in set(self.pattern):
             MIXERS[letter].validate(self)
         _choice(self, "parametrization", PARAMETRIZATIONS)  # μP (issue 19): lm/parametrization.py

@@ -3,7 +3,9 @@
 Until the family refactor a ModelConfig held every family's settings as flat prefixed
 fields (``rnn_width``, ``la_variant``, ``mla_kv_lora_rank``, ...); they now live in
 ``model.rnn`` (``layers.recurrent_block.RecurrentConfig``), ``model.la``
-(``layers.linear_attention.LinearAttentionConfig``) and ``model.mla`` (``layers.mla.MLAConfig``).
+(``layers.linear_attention.LinearAttentionConfig``) and ``model.mla`` (``layers.mla.MLAConfig``),
+and the MoE auxiliary-loss weights (``moe_load_balance_weight``, ``moe_router_z_weight``)
+in ``model.moe`` (``layers.moe.MoEConfig``).
 
 Two directions:
   * :func:`upgrade_model_dict` / :func:`upgrade_run_dict`: old flat keys -> nested, so a
@@ -34,6 +36,8 @@ LEGACY_MODEL_KEYS: dict[str, tuple[str, str]] = {
     "mla_qk_rope_dim": ("mla", "qk_rope_dim"),
     "mla_v_head_dim": ("mla", "v_head_dim"),
     "mla_decode_path": ("mla", "decode_path"),
+    "moe_load_balance_weight": ("moe", "load_balance_weight"),
+    "moe_router_z_weight": ("moe", "router_z_weight"),
 }
 
 

@@ -62,7 +62,7 @@ def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None) -> t
     if moe_aux:
         lb = sum(a["load_balance_loss"] for a in moe_aux.values())
         rz = sum(a["router_z_loss"] for a in moe_aux.values())
-        total = total + model_cfg.moe_load_balance_weight * lb + model_cfg.moe_router_z_weight * rz
+        total = total + model_cfg.moe.load_balance_weight * lb + model_cfg.moe.router_z_weight * rz
         metrics["moe"] = {
             "load_balance_loss": lb,
             "router_z_loss": rz,

@@ -39,8 +39,7 @@ def check_compatible(dense: ModelConfig, moe: ModelConfig) -> None:
         )
     if moe.moe.num_shared_experts:
         raise ValueError("upcycling: shared experts have no dense counterpart; set moe.num_shared_experts=0")
-    same = dataclasses.replace(moe, moe_every=0, moe=dense.moe, moe_load_balance_weight=dense.moe_load_balance_weight,
-                               moe_router_z_weight=dense.moe_router_z_weight)
+    same = dataclasses.replace(moe, moe_every=0, moe=dense.moe)
     if same != dense:
         diff = [f.name for f in dataclasses.fields(dense) if getattr(same, f.name) != getattr(dense, f.name)]
         raise ValueError(f"upcycling: the MoE config differs from the dense one in {diff}; only MoE fields may change")

@@ -37,8 +37,6 @@ FIELD_HELP = {
     "model.logit_softcap": "tanh soft-cap of the output logits (none: off)",
     "model.rope_fraction": "share of each head's dims that get RoPE (0..1)",
     "model.rope_max_wavelength": "RoPE's largest wavelength (base)",
-    "model.moe_load_balance_weight": "weight of the Switch load-balance loss (MoE blocks)",
-    "model.moe_router_z_weight": "weight of the router z-loss (MoE blocks)",
     "optimizer.learning_rate": "peak learning rate (the schedule multiplies it); a finite number > 0",
     "optimizer.b1": "Adam beta1, in [0, 1)",
     "optimizer.b2": "Adam beta2, in [0, 1)",

@@ -259,3 +259,6 @@ def test_config_validation_names_field():
         MoEConfig(router="expert_choice", dispatch="dropless")
     with pytest.raises(ValueError, match="load_balance_scope"):
         MoEConfig(load_balance_scope="batch")
+    for name, value in (("load_balance_weight", -0.1), ("router_z_weight", float("inf")), ("router_z_weight", "1")):
+        with pytest.raises(ValueError, match=rf"MoEConfig\.{name}=.*finite number >= 0"):
+            MoEConfig(**{name: value})

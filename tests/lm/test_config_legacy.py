@@ -31,8 +31,8 @@ OLD_MODEL = {
     "la_variant": "retnet", "la_feature_map": "identity", "la_output_norm": "group", "la_chunk_size": 8,
     "la_impl": "auto", "mla_q_lora_rank": 0, "mla_kv_lora_rank": 16, "mla_qk_nope_dim": 32,
     "mla_qk_rope_dim": 16, "mla_v_head_dim": 32, "mla_decode_path": "naive",
-    "moe_every": 0, "moe": RUN.to_dict()["model"]["moe"], "moe_load_balance_weight": 0.01,
-    "moe_router_z_weight": 0.001,
+    "moe_every": 0, "moe_load_balance_weight": 0.01, "moe_router_z_weight": 0.001,
+    "moe": {k: v for k, v in RUN.to_dict()["model"]["moe"].items() if k not in ("load_balance_weight", "router_z_weight")},
 }
 
 
@@ -83,3 +83,15 @@ def test_old_and_nested_command_line_flags_set_the_same_field():
                   ["--model.rnn_width", "64", "--model.la_variant", "plain"]):
         run = train_cli.apply_overrides(RUN, parser.parse_args(["--out", "x", *flags]))
         assert run.model.rnn.width == 64 and run.model.la.variant == "plain"
+    for flags in (["--model.moe.load_balance_weight", "0.05"], ["--model.moe_load_balance_weight", "0.05"]):
+        run = train_cli.apply_overrides(RUN, parser.parse_args(["--out", "x", *flags]))
+        assert run.model.moe.load_balance_weight == 0.05
+
+
+def test_old_flat_moe_loss_weights_load_into_the_moe_config():
+    old = {**OLD_MODEL, "moe_load_balance_weight": 0.02, "moe_router_z_weight": 0.0}
+    run = RunConfig.from_dict({**old_config_dict(), "model": old})
+    assert (run.model.moe.load_balance_weight, run.model.moe.router_z_weight) == (0.02, 0.0)
+    flat = legacy_run_dict(run.to_dict())["model"]
+    assert (flat["moe_load_balance_weight"], flat["moe_router_z_weight"]) == (0.02, 0.0)
+    assert "load_balance_weight" not in flat["moe"]
