@@ -92,10 +92,21 @@ def activations(cfg: ModelConfig, params, tokens) -> dict[str, jax.Array]:
     return out
 
 
-def measure(cfg: ModelConfig, preset: Preset) -> list[dict]:
+def seed_batches(preset: Preset) -> list[list[dict]]:
+    """Per seed, the ``preset.steps`` training batches of that seed's data order (any width)."""
+    out = []
+    for seed in range(preset.seeds):
+        it = lm_data.make_iterator(DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, seed=seed), "train")
+        out.append([jax.device_put(next(it)) for _ in range(preset.steps)])
+        it.close()
+    return out
+
+
+def measure(cfg: ModelConfig, preset: Preset, batches: list[list[dict]] | None = None) -> list[dict]:
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
-    The init, step and activation programs are compiled once per width and reused by the seeds.
+    The init, step and activation programs are compiled once per width and reused by the seeds;
+    ``batches`` (:func:`seed_batches`, built here when None) are shared by every width.
     """
     run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
@@ -104,11 +115,8 @@ def measure(cfg: ModelConfig, preset: Preset) -> list[dict]:
     acts = jax.jit(lambda p, tokens: activations(cfg, p, tokens))
     lr, wd = jnp.float32(preset.learning_rate), jnp.float32(0.0)
     rows = []
-    for seed in range(preset.seeds):
+    for seed, batches in enumerate(seed_batches(preset) if batches is None else batches):
         state = init(jax.random.PRNGKey(seed))
-        it = lm_data.make_iterator(dataclasses.replace(run.data, seed=seed), "train")
-        batches = [jax.device_put(next(it)) for _ in range(preset.steps)]
-        it.close()
         first = acts(state["params"], batches[0]["tokens"])
         for t in range(preset.steps + 1):
             now = first if t == 0 else acts(state["params"], batches[0]["tokens"])
@@ -123,6 +131,7 @@ def measure(cfg: ModelConfig, preset: Preset) -> list[dict]:
 def coord_check(preset: Preset, families=("transformer",), progress: bool = True) -> pd.DataFrame:
     """The table of every (parametrization, family, width, step, module), averaged over seeds."""
     rows = []
+    batches = seed_batches(preset)
     for family in families:
         for par in PARAMETRIZATIONS:
             base = family_model(family, preset.base_width, preset.num_layers, par)
@@ -131,7 +140,7 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
                 if progress:
                     print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
                 rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r}
-                         for r in measure(cfg, preset)]
+                         for r in measure(cfg, preset, batches)]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
     return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()
