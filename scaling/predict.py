@@ -31,12 +31,13 @@ def query(df: pd.DataFrame, expr: str, what: str) -> pd.Series:
 
 def select_rows(df: pd.DataFrame, where: str | None = None, holdout: str | None = None):
     """(rows to fit, held-out rows): ``where`` picks the rows to use, ``holdout`` sets some aside."""
-    use = query(df, where, "--where") if where else pd.Series(True, index=df.index)
-    held = query(df, holdout, "--holdout") & use if holdout else pd.Series(False, index=df.index)
+    use = query(df, where, "--where") if where is not None else pd.Series(True, index=df.index)
+    held = (query(df, holdout, "--holdout") & use if holdout is not None
+            else pd.Series(False, index=df.index))
     fit_rows, held_rows = df[use & ~held], df[held]
     if len(fit_rows) == 0:
         raise ValueError(f"no rows left to fit (--where {where!r}, --holdout {holdout!r})")
-    if holdout and len(held_rows) == 0:
+    if holdout is not None and len(held_rows) == 0:
         raise ValueError(f"--holdout {holdout!r}: selects no rows")
     return fit_rows, held_rows
 
