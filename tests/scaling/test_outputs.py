@@ -154,6 +154,9 @@ def test_fit_json_without_bootstrap_and_fixed(tmp_path):
     p = res.params
     assert np.isclose(doc["derived"]["a=beta/(alpha+beta)"], p["beta"] / (p["alpha"] + p["beta"]))
     assert "N_opt(C=1e+20)" in doc["derived"]
+    import scaling
+
+    assert scaling.read_fit_json(path) == doc
     (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
     with pytest.raises(ValueError, match="not a fit.json"):
         read_fit_json(tmp_path / "other.json")
