@@ -9,6 +9,11 @@ over ``--max-epochs`` is refused before training, in one line naming the largest
 repetition; ``experiments.data_constrained`` studies repetition and sets its own). The
 results table gets the columns ``unique_tokens`` and ``data_epochs`` and the report a
 table of each run's tokens, unique tokens and epochs.
+
+Before any training, :func:`check_data` refuses in one line a corpus the runs cannot train on
+(a damaged prepared directory: manifest, a missing or cut-short shard; an empty split) and a
+run directory trained on another corpus than ``--data`` holds now (corpus.json,
+:mod:`lm.data_check`), naming the run and both fingerprints.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.lib.study import StudyError
+from experiments.lib.study import StudyError, run_dir
 from lm import data as lm_data
+from lm import data_check
 from lm.config import RunConfig
 from lm.data import DataConfig
 
@@ -94,6 +100,20 @@ def check_epochs(runs: Sequence[RunConfig], max_epochs: float) -> None:
             f"of a corpus of {e['unique_tokens']:.4g} unique tokens, {info['train']['bytes']:.4g} bytes: {corpus}), "
             f"over --max-epochs={max_epochs:g}; train on a larger corpus (--data DIR from experiments.prepare_data), "
             "a smaller preset, or raise --max-epochs")
+
+
+def check_data(runs: Sequence[RunConfig], out: str | Path) -> None:
+    """Raise StudyError (one line) before training unless every run can train on its data and
+    its directory under ``out`` records no other corpus (:func:`lm.data_check.check_run`); reads only."""
+    corpora: dict[DataConfig, dict] = {}  # a study's runs share a few corpora: fingerprint each once
+    for run in runs:
+        try:
+            corpora[run.data] = data_check.check_run(run, run_dir(out, run), corpora.get(run.data))
+        except data_check.CorpusMismatchError as err:
+            raise StudyError(f"run {run.name}: {err}; restore that corpus, or choose another --out to train the "
+                             "study on this one (nothing was changed)") from err
+        except ValueError as err:
+            raise StudyError(f"run {run.name}: {err}") from err
 
 
 def report_lines(table: pd.DataFrame) -> list[str]:
