@@ -8,9 +8,10 @@ corpus (its corpus.json records the corpus fingerprint, :mod:`lm.data_check`), i
 (the message names the fields that differ, or both fingerprints) unless ``--overwrite``
 starts the run afresh. The data is checked before step 0: a damaged prepared corpus (its
 manifest, a missing or cut-short shard), an empty split, or a ``--model.vocab_size`` below
-the tokenizer's is one line naming the file or field. Every config field can be overridden: ``--help`` says what each one means and
-its default. Errors are one line on stderr: exit 2 for refused input (nothing written),
-1 for a run that diverged or whose checkpoints cannot be read.
+the tokenizer's is one line naming the file or field. Every config field can be overridden:
+``--help`` says what each one means and its default. Errors are one line on stderr: exit 2
+for refused input (nothing written), 1 for a run that diverged or whose checkpoints cannot
+be read.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def main(argv=None) -> dict:
 
     Exit codes: 2 (:data:`experiments.lib.cli.USAGE_ERROR`) for anything refused before training
     (bad flag or value, unusable ``--out``, a run directory holding another config or trained
-    on another corpus, a damaged record or prepared corpus, an empty split); 1 (:data:`experiments.lib.cli.RUN_FAILED`) for a run that diverged or whose
-    checkpoints cannot be read. Nothing is written in the first case.
+    on another corpus, a damaged record or prepared corpus, an empty split); 1
+    (:data:`experiments.lib.cli.RUN_FAILED`) for a run that diverged or whose checkpoints
+    cannot be read. Nothing is written in the first case.
     """
     parser = build_parser()
     args = parser.parse_args(argv)

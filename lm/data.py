@@ -32,6 +32,10 @@ pieces h, h + S, h + 2S, ... of each epoch's global permutation: disjoint slices
 data, together the global batch) and t = seq_len. The iterator's ``get_state()`` (a JSON
 dict) is saved with checkpoints; ``set_state`` on a fresh iterator restores it exactly.
 
+Before step 0 a run checks its data (:mod:`lm.data_check`): :func:`check_splits` refuses a
+split that cannot fill a batch (no documents, e.g. a corpus prepared without validation
+documents), and opening a prepared directory checks its manifest and shard sizes.
+
 Axis letters: b rows of the per-host batch, t slots of a row (seq_len).
 """
 
@@ -139,7 +143,8 @@ def _split_advice(cfg: DataConfig, split: str) -> str:
                 + ("prepare it again with a larger --validation-fraction or more documents" if split == "validation"
                    else f"{caps}; prepare a larger corpus or raise the caps"))
     if cfg.source in ("stdlib", "files"):
-        return (f"source {cfg.source!r}, a split holds whole files; DataConfig.val_fraction={cfg.val_fraction}, {caps}; "
+        return (f"source {cfg.source!r}, a split holds whole files; DataConfig.val_fraction={cfg.val_fraction}, "
+                f"{caps}; "
                 + ("raise val_fraction or match more files" if split == "validation"
                    else "raise the caps, lower val_fraction or match more files"))
     if cfg.source == "tfds":

@@ -179,7 +179,8 @@ def read_corpus(run_dir: str | Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"the corpus record {path} cannot be read ({err}): it is damaged; restore or remove it") from err
+        raise ValueError(f"the corpus record {path} cannot be read ({err}): it is damaged; "
+                         "restore or remove it") from err
     if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
         raise ValueError(f"the corpus record {path} is not a JSON object with a fingerprint: it is damaged; "
                          "restore or remove it")

@@ -31,6 +31,7 @@ from lm import data as lm_data
 from lm import data_check
 from lm.config import RunConfig
 from lm.data import DataConfig
+from lm.data_config import SOURCES
 
 DEFAULT_MAX_EPOCHS = 1.0
 
@@ -100,6 +101,20 @@ def check_epochs(runs: Sequence[RunConfig], max_epochs: float) -> None:
             f"of a corpus of {e['unique_tokens']:.4g} unique tokens, {info['train']['bytes']:.4g} bytes: {corpus}), "
             f"over --max-epochs={max_epochs:g}; train on a larger corpus (--data DIR from experiments.prepare_data), "
             "a smaller preset, or raise --max-epochs")
+
+
+def check_reads(runs: Sequence[RunConfig], spec: str) -> None:
+    """Raise StudyError (one line) when a run of the study does not read ``--data`` (a study
+    whose grid ignores the flag would otherwise train on other data than asked, silently)."""
+    if spec in SOURCES:  # a named source: "stdlib", or a study's extra one ("synthetic")
+        source, path = spec, None
+    else:
+        source, path = "prepared", os.path.abspath(os.path.expanduser(spec))
+    for run in runs:
+        if run.data.source != source or (path is not None and run.data.path != path):
+            reads = run.data.path if run.data.source == "prepared" else run.data.source
+            raise StudyError(f"--data={spec!r}: this study does not train on it (run {run.name} reads {reads}); "
+                             "leave --data out")
 
 
 def check_data(runs: Sequence[RunConfig], out: str | Path) -> None:

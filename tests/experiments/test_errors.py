@@ -386,3 +386,12 @@ def test_a_study_with_no_validation_documents_is_refused_before_training(corpora
     argv = ["--preset", "smoke", "--no-progress", "--out", "out", "--data", "{tmp}/data", "--max-epochs", "1e9"]
     rc, err = run_refused(chinchilla.main, argv, place, capsys)
     assert rc == 2 and re.search(r"error: run \S+: the validation split has no documents \(prepared data", err), err
+
+
+def test_a_study_whose_grid_ignores_data_refuses_it(corpora, place, capsys):
+    from experiments import mup_transfer  # its grid always reads the embedded corpus
+
+    shutil.copytree(corpora["a"], Path(place["tmp"]) / "data")
+    argv = ["--preset", "smoke", "--no-progress", "--out", "out", "--data", "{tmp}/data"]
+    rc, err = run_refused(mup_transfer.main, argv, place, capsys)
+    assert rc == 2 and re.search(r"--data='.*/data': this study does not train on it \(run \S+ reads stdlib\)", err), err
