@@ -121,6 +121,9 @@ def main(argv=None) -> dict:
         fail(parser.prog, str(err), USAGE_ERROR)
     except (prepare.DiskFullError, OSError) as err:
         fail(parser.prog, str(err), RUN_FAILED)
+    if result["replanned"]:
+        print(f"--input changed since the plan ({result['replanned']}): re-planned the unfinished preparation; "
+              f"{len(result['redone'])} finished units had changed and were redone")
     if result["removed"]:
         print(f"--overwrite: removed {', '.join(result['removed'])} from {args.out}")
     print(f"{result['done_now']} units tokenized in {time.perf_counter() - t0:.1f} s "

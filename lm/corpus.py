@@ -43,6 +43,9 @@ DIRECTORY_SUFFIXES = tuple(s + gz for s in (".parquet", ".jsonl", ".json", ".txt
 OnBad = Callable[[Callable[[], str], str], None]
 
 
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+
+
 class CorpusError(ValueError):
     """An input that cannot be used; the message names the file and, where there is one, the line or row."""
 
@@ -97,11 +100,24 @@ def listing(spec: str, *, tfds_data_dir: str | None = None) -> list[list]:
     if spec.startswith("tfds:"):
         name, split = parse_tfds(spec)
         return [[spec, len(_tfds_source(name, split, tfds_data_dir)), None]]
-    out = []
-    for path in input_files(spec):
+    return [_entry(path) for path in input_files(spec)]
+
+
+def _entry(path: str) -> list:
+    try:
         st = os.stat(path)
-        out.append([path, st.st_size, st.st_mtime_ns])
-    return out
+    except OSError as err:
+        raise CorpusError(f"{path}: cannot read this input file ({err.strerror or err}); "
+                          "if the input changed, rerun with --overwrite") from None
+    return [path, st.st_size, st.st_mtime_ns]
+
+
+def unit_listing(unit: dict) -> list[list]:
+    """The :func:`listing` entries of the files unit ``unit`` reads (now)."""
+    if unit["kind"] == "tfds":
+        ds = _tfds_source(unit["name"], unit["split"], unit["data_dir"])
+        return [[f"tfds:{unit['name']}/{unit['split']}", len(ds), None]]
+    return [_entry(p) for p in (unit["paths"] if unit["kind"] == "text" else [unit["path"]])]
 
 
 def plan_units(spec: str, *, tfds_data_dir: str | None = None, text_key: str | None = None) -> list[dict]:
@@ -249,11 +265,11 @@ def _jsonl_documents(unit: dict, text_key: str, on_bad: OnBad | None) -> Iterato
             _bad(on_bad, where, f"not valid JSON ({err.msg} at column {err.colno})")
             continue
         if not isinstance(record, dict):
-            _bad(on_bad, where, f"holds a JSON {type(record).__name__}, not an object")
+            _bad(on_bad, where, f"holds a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object")
         elif text_key not in record:
             _bad(on_bad, where, f"the record has no field {text_key!r} (--text-key; its fields: {sorted(record)[:8]})")
         elif record[text_key] is not None and not isinstance(record[text_key], str):
-            _bad(on_bad, where, f"field {text_key!r} holds a {type(record[text_key]).__name__}, not a string")
+            _bad(on_bad, where, f"field {text_key!r} holds a JSON {_JSON_TYPES.get(type(record[text_key]), 'value')}, not a string")
         elif record[text_key]:
             yield record[text_key]
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from lm import corpus
 from lm.prepare_plan import (FORMAT, MANIFEST, PLAN, SHARDS, SPLITS, check_resume, create_out,  # noqa: F401
-                             done_path, existing_plan, listing_changes, new_plan, plan_config, read_json,
+                             done_path, drop_units, existing_plan, listing_changes, new_plan, plan_config, read_json,
                              remove_prepared, shard_path, tmp_name, undo_out, write_json)
 from lm.subword import file_sha256, load_tokenizer, train_bpe
 from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
@@ -184,6 +184,7 @@ def tokenize_unit(out: str, k: int, unit: dict, cfg: PrepareConfig, tok=None) ->
     for stale in glob.glob(os.path.join(out, SHARDS, f"{k:06d}.*tmp")):  # left by a killed attempt
         os.unlink(stale)
     dtype = token_dtype(tok.vocab_size)
+    input_files = corpus.unit_listing(unit)  # before reading: a later change is seen by merge()
     parts: dict[str, list] = {s: [] for s in SPLITS}
     docs: dict[str, list] = {s: [] for s in SPLITS}
     skipped = _Skipped()
@@ -202,7 +203,8 @@ def tokenize_unit(out: str, k: int, unit: dict, cfg: PrepareConfig, tok=None) ->
             batch = []
     flush(batch)
     marker = {"unit": k, "token_dtype": dtype.str, "tokenizer_sha256": tokenizer_file_sha(out), "splits": {},
-              "files": {}, "skipped": {"documents": skipped.count, "first": skipped.first}}
+              "files": {}, "skipped": {"documents": skipped.count, "first": skipped.first},
+              "input_unit": unit, "input_files": input_files}
     for split in SPLITS:
         tokens = np.concatenate(parts[split]) if parts[split] else np.zeros(0, dtype)
         table = np.asarray(docs[split], dtype=np.int64).reshape(-1, 2)
@@ -236,8 +238,9 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
 
     Returns:
       {"units": units of the shard, "done_now": units tokenized by this call, "skipped": bad
-      documents skipped by this call, "removed": entries ``overwrite`` removed, "manifest": the
-      manifest or None}.
+      documents skipped by this call, "removed": entries ``overwrite`` removed, "replanned": what
+      changed in the input of an unfinished preparation (None: nothing), "redone": finished
+      units redone because of it, "manifest": the manifest or None}.
 
     Raises:
       ValueError: a refused argument, input or ``out`` (nothing written), or a bad document
@@ -254,15 +257,15 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
                          "(or run one --overwrite without --shard) before the job array")
     old = existing_plan(out, plan_config(cfg), overwrite=overwrite)
     plan = new_plan(cfg)
-    old = None if old is None else check_resume(out, old, plan)
+    stale, replanned = [], None
+    if old is not None:
+        plan, stale, replanned = check_resume(out, old, plan)
     created = create_out(out)
     try:
         removed = remove_prepared(out) if overwrite else []
-        if old is None or old.pop("listing_added", False):
-            plan = old or plan
+        drop_units(out, stale, len(plan["units"]))
+        if plan is not old:
             write_json(os.path.join(out, PLAN), plan)
-        else:
-            plan = old
         os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
         units = plan["units"]
         tok = _ensure_tokenizer(cfg, out, units)
@@ -274,7 +277,7 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(_disk_full(out, err)) from None
         raise
-    return {**result, "removed": removed, "manifest": manifest}
+    return {**result, "removed": removed, "replanned": replanned, "redone": stale, "manifest": manifest}
 
 
 def _tokenize(cfg, out, units, mine, tok, workers, progress) -> dict:
@@ -340,6 +343,12 @@ def merge(out: str) -> dict:
     tok = out_tokenizer(out)
     tok_sha = tokenizer_file_sha(out)
     markers = [read_json(done_path(out, k), "the unit marker") for k in range(len(units))]
+    listed = {tuple(e) for e in plan.get("listing", [])}
+    other = [k for k, m in enumerate(markers) if m.get("input_unit", units[k]) != units[k]
+             or any(tuple(f) not in listed for f in m.get("input_files", []))]
+    if other:
+        raise ValueError(f"--merge: units {other[:5]} of {out!r} were tokenized from another plan or input; rerun "
+                         "the preparation (it redoes them)")
     stale = [m["unit"] for m in markers if m["tokenizer_sha256"] != tok_sha]
     if stale:
         raise ValueError(f"--merge: units {stale[:5]} were tokenized with another tokenizer than {out}'s; "

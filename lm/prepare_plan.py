@@ -2,11 +2,14 @@
 
 ``plan.json`` holds the arguments that change the output ("config"), the input listing
 ("listing": each input file's [path, size, mtime_ns], :func:`lm.corpus.listing`) and the
-work units ("units", :func:`lm.corpus.plan_units`). A rerun resumes only when the input
-still has the same listing: a file added, removed, resized or touched since is refused,
-and ``overwrite`` prepares afresh. A plan.json written before listings were recorded is
-accepted when the input still yields the same units (its listing is then added) and
-refused otherwise.
+work units ("units", :func:`lm.corpus.plan_units`). A rerun resumes when the input still
+has the same listing. When a file was added, removed, resized or touched since:
+  - a finished preparation (manifest.json written) is refused; ``overwrite`` prepares afresh;
+  - an unfinished one (a bad document stopped it, and the file was fixed) is re-planned:
+    finished units whose unit and input files (recorded in their done markers) are
+    unchanged are kept, the others are redone.
+A plan.json written before listings were recorded is accepted when the input still yields
+the same units (its listing is then added) and refused otherwise.
 
 An ``--out`` is usable when it does not exist, is empty, or holds a plan.json. One holding
 prepared files (manifest.json, shards/, a tokenizer) but no plan.json is refused, since
@@ -127,27 +130,62 @@ def existing_plan(out: str, config: dict, *, overwrite: bool) -> dict | None:
     return old
 
 
-def check_resume(out: str, old: dict, new: dict) -> dict:
-    """The plan ``old`` of ``out``, checked against the input's plan ``new`` (a listing added if it had none).
+def check_resume(out: str, old: dict, new: dict) -> tuple[dict, list[int], str | None]:
+    """(the plan to go on with, finished units to redo, what changed) for ``out``'s plan ``old`` and the
+    input's plan ``new``; writes nothing.
+
+    The same listing resumes ``old``. A changed input re-plans an unfinished preparation (no
+    manifest yet, e.g. after fixing a bad document): finished units whose unit and input files
+    are unchanged are kept, the others are redone.
 
     Raises:
-      ValueError: the input changed since ``old`` was written, or ``out/shards`` holds files
-        that no unit of ``old`` accounts for.
+      ValueError: the input changed since a finished preparation (manifest.json written), or
+        since a plan.json without a listing whose units differ; ``out/shards`` holds files that no
+        unit of ``old`` accounts for.
     """
     path = os.path.join(out, PLAN)
+    extra = unaccounted_shards(out, len(old.get("units", [])))
+    if extra:
+        raise ValueError(f"{os.path.join(out, SHARDS)} holds {len(extra)} file(s) that no unit of {PLAN} accounts "
+                         f"for ({', '.join(extra[:3])}); {OVERWRITE_HINT}")
     if "listing" not in old:  # written before plans recorded the listing: the units must still match
         if old.get("units") != new["units"]:
             raise ValueError(f"--input={new['config']['input']!r} changed since {path} was written (its work "
                              f"units differ); {OVERWRITE_HINT}")
-        old = {**old, "listing": new["listing"], "listing_added": True}  # prepare() writes it back
-    elif old["listing"] != new["listing"] or old.get("units") != new["units"]:
-        raise ValueError(f"--input={new['config']['input']!r} changed since {path} was written "
-                         f"({listing_changes(old['listing'], new['listing'])}); {OVERWRITE_HINT}")
-    extra = unaccounted_shards(out, len(old["units"]))
-    if extra:
-        raise ValueError(f"{os.path.join(out, SHARDS)} holds {len(extra)} files that no unit of {PLAN} accounts "
-                         f"for ({', '.join(extra[:3])}); {OVERWRITE_HINT}")
-    return old
+        return {**old, "listing": new["listing"]}, [], None
+    if old["listing"] == new["listing"] and old["units"] == new["units"]:
+        return old, [], None
+    changes = listing_changes(old["listing"], new["listing"])
+    if os.path.exists(os.path.join(out, MANIFEST)):
+        raise ValueError(f"--input={new['config']['input']!r} changed since {out!r} was prepared ({changes}); "
+                         f"{OVERWRITE_HINT}")
+    now = {e[0]: e for e in new["listing"]}
+    stale = []
+    for k in range(len(old["units"])):
+        if not os.path.exists(done_path(out, k)):
+            continue
+        try:
+            marker = read_json(done_path(out, k), "the unit marker")
+        except ValueError:
+            stale.append(k)
+            continue
+        files = marker.get("input_files")  # markers written before these were recorded are redone
+        if not (k < len(new["units"]) and new["units"][k] == marker.get("input_unit", old["units"][k])
+                and files and all(now.get(f[0]) == f for f in files)):
+            stale.append(k)
+    return new, stale, changes
+
+
+def drop_units(out: str, units: list[int], keep_below: int) -> None:
+    """Remove the done markers (first) and files of ``units``, and every unit file numbered ``keep_below`` or more."""
+    for k in units:
+        if os.path.exists(done_path(out, k)):
+            os.unlink(done_path(out, k))
+    folder, drop = os.path.join(out, SHARDS), set(units)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        m = _SHARD_NAME.fullmatch(name)
+        if m and (int(m.group(1)) in drop or int(m.group(1)) >= keep_below):
+            os.unlink(os.path.join(folder, name))
 
 
 def listing_changes(old: list, new: list) -> str:
