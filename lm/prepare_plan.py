@@ -56,11 +56,16 @@ def tmp_name(path: str) -> str:
 def write_json(path: str, obj) -> None:
     """Write ``obj`` to ``path`` atomically: a temporary file in the same directory, fsync, rename."""
     tmp = tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: str, what: str) -> dict:
