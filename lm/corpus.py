@@ -262,7 +262,7 @@ def _jsonl_documents(unit: dict, text_key: str, on_bad: OnBad | None) -> Iterato
         try:
             record = json.loads(text)
         except json.JSONDecodeError as err:
-            _bad(on_bad, where, f"not valid JSON ({err.msg} at column {err.colno})")
+            _bad(on_bad, where, f"not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})")
             continue
         if not isinstance(record, dict):
             _bad(on_bad, where, f"holds a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object")
