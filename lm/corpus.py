@@ -269,7 +269,8 @@ def _jsonl_documents(unit: dict, text_key: str, on_bad: OnBad | None) -> Iterato
         elif text_key not in record:
             _bad(on_bad, where, f"the record has no field {text_key!r} (--text-key; its fields: {sorted(record)[:8]})")
         elif record[text_key] is not None and not isinstance(record[text_key], str):
-            _bad(on_bad, where, f"field {text_key!r} holds a JSON {_JSON_TYPES.get(type(record[text_key]), 'value')}, not a string")
+            kind = _JSON_TYPES.get(type(record[text_key]), "value")
+            _bad(on_bad, where, f"field {text_key!r} holds a JSON {kind}, not a string")
         elif record[text_key]:
             yield record[text_key]
 

@@ -272,8 +272,9 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
         result = _tokenize(cfg, out, units, [k for k in range(i, len(units), n)], tok, workers, progress)
         manifest = merge(out) if n == 1 else None
     except BaseException as err:
-        if created and not glob.glob(os.path.join(out, SHARDS, "*.done.json")):
-            undo_out(created)  # a first call that finished nothing leaves nothing
+        # a first call that finished nothing leaves nothing (job-array tasks share --out: they keep it)
+        if old is None and n == 1 and not glob.glob(os.path.join(out, SHARDS, "*.done.json")):
+            undo_out(created) if created else remove_prepared(out)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(_disk_full(out, err)) from None
         raise
@@ -325,7 +326,8 @@ def fingerprint(config: dict, tok_sha: str | None, markers: list[dict]) -> str:
 
 
 def merge(out: str) -> dict:
-    """Check that every unit of ``out`` is done with one tokenizer from an unchanged input; write and return manifest.json."""
+    """Check that every unit of ``out`` is done, with one tokenizer, from the unchanged input; write and
+    return manifest.json."""
     if not os.path.isfile(os.path.join(out, PLAN)):
         raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
     plan = read_json(os.path.join(out, PLAN), "the plan")

@@ -1,4 +1,4 @@
-"""The plan of a prepared directory (:mod:`lm.prepare`) and the checks on its ``--out``, made before anything is written.
+"""The plan of a prepared directory (:mod:`lm.prepare`) and the checks on ``--out`` made before writing anything.
 
 ``plan.json`` holds the arguments that change the output ("config"), the input listing
 ("listing": each input file's [path, size, mtime_ns], :func:`lm.corpus.listing`) and the

@@ -196,7 +196,8 @@ def test_verify_names_each_bad_file(three, tmp_path, capsys):
     out = tmp_path / "out"
     prepare.prepare(_cfg(root), str(out))
     assert prepare_data.main(["--verify", str(out)])["problems"] == []
-    assert capsys.readouterr().out.strip() == f"OK: {out}: 3 units, 12 shard files, {_tokens(out):,} tokens match their sha256"
+    ok = f"OK: {out}: 3 units, 12 shard files, {_tokens(out):,} tokens match their sha256"
+    assert capsys.readouterr().out.strip() == ok
     table = out / "shards" / "000001.validation.docs.npy"
     np.save(table, np.load(table) + 1, allow_pickle=False)  # same size, other content
     (out / "shards" / "000002.done.json").unlink()
