@@ -48,7 +48,7 @@ import numpy as np
 from lm import corpus
 from lm.prepare_plan import (FORMAT, MANIFEST, PLAN, SHARDS, SPLITS, check_resume, create_out,  # noqa: F401
                              done_path, drop_units, existing_plan, listing_changes, new_plan, plan_config, read_json,
-                             remove_prepared, shard_path, tmp_name, undo_out, write_json)
+                             read_marker, read_plan, remove_prepared, shard_path, tmp_name, undo_out, write_json)
 from lm.subword import file_sha256, load_tokenizer, train_bpe
 from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
 
@@ -161,8 +161,14 @@ def _ensure_tokenizer(cfg: PrepareConfig, out: str, units: list[dict]):
         return load_tokenizer(os.path.join(out, have[0]))
     vocab = parse_bpe_spec(cfg.tokenizer)
     tok = train_bpe(_sample_texts(cfg, units), vocab) if vocab else load_tokenizer(cfg.tokenizer)
-    tok.save(out)
-    return tok
+    staging = tmp_name(os.path.join(out, TOKENIZER_FILES[0]))  # job-array tasks may train it at once
+    os.makedirs(staging, exist_ok=True)
+    try:
+        saved = tok.save(staging)
+        os.replace(saved, os.path.join(out, os.path.basename(saved)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_tokenizer(os.path.join(out, os.path.basename(saved)))
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -330,7 +336,7 @@ def merge(out: str) -> dict:
     return manifest.json."""
     if not os.path.isfile(os.path.join(out, PLAN)):
         raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
-    plan = read_json(os.path.join(out, PLAN), "the plan")
+    plan = read_plan(out)
     units = plan["units"]
     if "listing" in plan:
         data_dir = units[0].get("data_dir") if units else None
@@ -344,7 +350,7 @@ def merge(out: str) -> dict:
                          f"(first: {missing[:5]}); run the missing --shard jobs first")
     tok = out_tokenizer(out)
     tok_sha = tokenizer_file_sha(out)
-    markers = [read_json(done_path(out, k), "the unit marker") for k in range(len(units))]
+    markers = [read_marker(out, k) for k in range(len(units))]
     listed = {tuple(e) for e in plan.get("listing", [])}
     other = [k for k, m in enumerate(markers) if m.get("input_unit", units[k]) != units[k]
              or any(tuple(f) not in listed for f in m.get("input_files", []))]

@@ -82,6 +82,29 @@ def read_json(path: str, what: str) -> dict:
     return value
 
 
+def read_plan(out: str) -> dict:
+    """``out``'s plan.json; ValueError naming it when it is missing, damaged or lacks a plan's fields."""
+    path = os.path.join(out, PLAN)
+    plan = read_json(path, "the plan")
+    if plan.get("format") != FORMAT or not isinstance(plan.get("config"), dict) \
+            or not isinstance(plan.get("units"), list):
+        raise ValueError(f"the plan {path} is not a {FORMAT} plan (format, config and units): it is damaged")
+    return plan
+
+
+def read_marker(out: str, k: int) -> dict:
+    """Unit k's done marker; ValueError naming it when it is damaged or lacks a marker's fields."""
+    path = done_path(out, k)
+    marker = read_json(path, "the unit marker")
+    splits = marker.get("splits")
+    fields = ("documents", "tokens", "bytes", "sha256")
+    if not (isinstance(splits, dict) and all(isinstance(splits.get(s), dict) and all(f in splits[s] for f in fields)
+                                              for s in SPLITS) and "tokenizer_sha256" in marker):
+        raise ValueError(f"the unit marker {path} lacks the counts and sha256 of its splits: it is damaged; "
+                         "delete it and rerun the preparation to redo the unit")
+    return marker
+
+
 def plan_config(cfg) -> dict:
     """The arguments of a :class:`lm.prepare.PrepareConfig` that change the prepared output."""
     args = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("tfds_data_dir", "on_bad_document")}
@@ -112,7 +135,7 @@ def existing_plan(out: str, config: dict, *, overwrite: bool) -> dict | None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out={out!r} is a file, not a directory; choose a directory")
     entries = sorted(os.listdir(out)) if os.path.isdir(out) else []
-    if not entries:
+    if all(e.endswith(".tmp") and _own(e) for e in entries):  # empty, or a job-array task is writing the plan
         return None
     if PLAN not in entries:
         other = [e for e in entries if not _own(e)]
@@ -126,10 +149,10 @@ def existing_plan(out: str, config: dict, *, overwrite: bool) -> dict | None:
     if overwrite:
         return None
     try:
-        old = read_json(os.path.join(out, PLAN), "the plan")
+        old = read_plan(out)
     except ValueError as err:
         raise ValueError(f"{err}; {OVERWRITE_HINT}") from None
-    if old.get("format") != FORMAT or old.get("config") != config:
+    if old["config"] != config:
         raise ValueError(f"--out={out!r} holds a preparation with other arguments {old.get('config')}; "
                          f"use another --out or --overwrite (asked for {config})")
     return old
@@ -170,7 +193,7 @@ def check_resume(out: str, old: dict, new: dict) -> tuple[dict, list[int], str |
         if not os.path.exists(done_path(out, k)):
             continue
         try:
-            marker = read_json(done_path(out, k), "the unit marker")
+            marker = read_marker(out, k)
         except ValueError:
             stale.append(k)
             continue

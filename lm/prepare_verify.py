@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from lm.prepare import FORMAT, MANIFEST, PLAN, SPLITS, fingerprint, tokenizer_file_sha
-from lm.prepare_plan import done_path, read_json, shard_path, unaccounted_shards
+from lm.prepare_plan import done_path, read_json, read_marker, read_plan, shard_path, unaccounted_shards
 
 
 def _file_sha(path: str, h=None) -> str:
@@ -59,15 +59,17 @@ def verify(out: str) -> tuple[list[str], str]:
     """
     if not os.path.isdir(out):
         raise ValueError(f"--verify={out!r}: no such directory")
-    plan = read_json(os.path.join(out, PLAN), f"--verify={out!r}: the plan")
-    units = plan.get("units", [])
+    if not os.path.isfile(os.path.join(out, PLAN)):
+        raise ValueError(f"--verify={out!r} holds no {PLAN}: it is not a prepared directory")
+    plan = read_plan(out)
+    units = plan["units"]
     problems = [f"{os.path.join(out, 'shards', n)}: no unit of {PLAN} accounts for it"
                 for n in unaccounted_shards(out, len(units))]
     tok_sha = tokenizer_file_sha(out)
     markers, tokens, files = [], 0, 0
     for k in range(len(units)):
         try:
-            marker = read_json(done_path(out, k), "the unit marker")
+            marker = read_marker(out, k)
         except ValueError as err:
             problems.append(f"{done_path(out, k)}: missing (unit {k} is not done)" if not os.path.exists(
                 done_path(out, k)) else str(err))
