@@ -13,8 +13,10 @@ Inputs (``--input``): a glob or a directory of text / jsonl / jsonl.gz / parquet
 split), or the path of a ``tokenizer.json`` or a SentencePiece ``.model``.
 
 Rerunning the same command after a kill finishes the work without redoing finished units;
-the plan is keyed on the input listing (each file's name, size and mtime), so a changed
-input is refused unless ``--overwrite`` prepares afresh. A job array runs ``--shard i/n``
+the plan is keyed on the input listing (each file's name, size and mtime): after a
+finished preparation a changed input is refused unless ``--overwrite`` prepares afresh
+(removing only the directory's own files); an unfinished one is re-planned, keeping the
+finished units whose files did not change (fix a bad document, rerun). A job array runs ``--shard i/n``
 on n machines (same --out on a shared disk), then one ``--merge`` writes the manifest.
 ``--verify DIR`` re-hashes the shards against the sha256 their markers recorded.
 

@@ -262,7 +262,7 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
         raise ValueError("--overwrite with --shard: every job would clear the others' work; remove --out once "
                          "(or run one --overwrite without --shard) before the job array")
     old = existing_plan(out, plan_config(cfg), overwrite=overwrite)
-    plan = new_plan(cfg)
+    plan = new_plan(cfg, old)
     stale, replanned = [], None
     if old is not None:
         plan, stale, replanned = check_resume(out, old, plan)

@@ -113,11 +113,15 @@ def plan_config(cfg) -> dict:
     return args
 
 
-def new_plan(cfg) -> dict:
+def new_plan(cfg, old: dict | None = None) -> dict:
     """The plan of ``cfg`` (config, input listing, units): reads the input's file list and parquet
-    footers, writes nothing; a bad input raises :class:`lm.corpus.CorpusError`."""
+    footers, writes nothing; a bad input raises :class:`lm.corpus.CorpusError`. The units of plan
+    ``old`` are reused when its listing is the input's (no footer is read again on a rerun)."""
     listing = corpus.listing(cfg.input, tfds_data_dir=cfg.tfds_data_dir)
-    units = corpus.plan_units(cfg.input, tfds_data_dir=cfg.tfds_data_dir, text_key=cfg.text_key)
+    if old is not None and old.get("listing") == json.loads(json.dumps(listing)):
+        units = old["units"]
+    else:
+        units = corpus.plan_units(cfg.input, tfds_data_dir=cfg.tfds_data_dir, text_key=cfg.text_key)
     return json.loads(json.dumps({"format": FORMAT, "config": plan_config(cfg), "listing": listing, "units": units}))
 
 
