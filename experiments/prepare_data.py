@@ -34,13 +34,16 @@ import math
 import sys
 import time
 
-from experiments.lib import outdir
-from experiments.lib.cli import RUN_FAILED, USAGE_ERROR, OneLineParser, fail
 from lm import prepare
 from lm.prepare_verify import verify
 
+# experiments.lib (the one-line errors of experiments.train) is imported inside the functions:
+# importing it loads jax, which the tokenizing worker processes (spawn re-imports this module) never use.
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from experiments.lib.cli import OneLineParser
+
     p = OneLineParser(prog="python -m experiments.prepare_data", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", default=None, help="glob, directory, or tfds:NAME[:VERSION]/SPLIT (not needed with --merge)")
@@ -98,6 +101,9 @@ def _config(args) -> prepare.PrepareConfig:
 
 def main(argv=None) -> dict:
     """Prepare, merge or verify; a refused input is one line on stderr and exit 2, a full disk exit 1."""
+    from experiments.lib import outdir
+    from experiments.lib.cli import RUN_FAILED, USAGE_ERROR, fail
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verify is not None:
@@ -140,6 +146,8 @@ def main(argv=None) -> dict:
 
 
 def _verify(parser, out: str) -> dict:
+    from experiments.lib.cli import USAGE_ERROR, fail
+
     try:
         problems, summary = verify(out)
     except ValueError as err:

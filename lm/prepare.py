@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
@@ -291,23 +292,27 @@ def _tokenize(cfg, out, units, mine, tok, workers, progress) -> dict:
     todo = [k for k in mine if not os.path.isfile(done_path(out, k))]
     done_count, skipped = len(mine) - len(todo), 0
     jobs = [(out, k, units[k], cfg) for k in todo]
-    pool, failed = None, True
-    try:
-        if workers == 1 or len(jobs) <= 1:
-            results = (tokenize_unit(out, k, u, c, tok) for out, k, u, c in jobs)
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
-            results = pool.imap_unordered(_work, jobs)
-        for marker in results:
-            done_count += 1
-            skipped += marker["skipped"]["documents"]
-            if progress:
-                progress(done_count, len(mine))
-        failed = False
-    finally:
-        if pool is not None:
-            pool.terminate() if failed else pool.close()  # on an error, stop the other units at once
-            pool.join()
+
+    def finished(marker):
+        nonlocal done_count, skipped
+        done_count += 1
+        skipped += marker["skipped"]["documents"]
+        if progress:
+            progress(done_count, len(mine))
+
+    if workers == 1 or len(jobs) <= 1:
+        for out, k, unit, c in jobs:
+            finished(tokenize_unit(out, k, unit, c, tok))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet_worker) as pool:
+            futures = [pool.submit(_work, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    finished(future.result())
+            except BaseException:  # units already running finish (and stay); the others never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     return {"units": len(mine), "done_now": len(jobs), "skipped": skipped}
 
 
