@@ -35,7 +35,7 @@ import sys
 import time
 
 from lm import prepare
-from lm.prepare_verify import verify
+from lm.prepare_manifest import verify
 
 # experiments.lib (the one-line errors of experiments.train) is imported inside the functions:
 # importing it loads jax, which the tokenizing worker processes (spawn re-imports this module) never use.

@@ -12,7 +12,8 @@ Layout of a prepared directory ``OUT`` (read back by :mod:`lm.prepared`):
                                       sha256 of each file, bad documents skipped)
   manifest.json                       documents, tokens and bytes per split, the tokenizer, the
                                       source spec, bad documents skipped and a fingerprint;
-                                      written when every unit is done
+                                      written when every unit is done (:mod:`lm.prepare_manifest`,
+                                      which also verifies a directory against its markers)
 
 Documents are split into "train" / "validation" by a keyed hash of their text
 (:func:`split_of`): deterministic, independent of order, sharding and workers, and a
@@ -32,12 +33,12 @@ leaves nothing), unless ``on_bad_document="skip"`` counts and skips it. A full d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import glob
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -47,15 +48,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 
 from lm import corpus
+from lm.prepare_manifest import FIRST_BAD, merge, verify  # noqa: F401
 from lm.prepare_plan import (FORMAT, MANIFEST, PLAN, SHARDS, SPLITS, check_resume, create_out,  # noqa: F401
-                             done_path, drop_units, existing_plan, listing_changes, new_plan, plan_config, read_json,
-                             read_marker, read_plan, remove_prepared, shard_path, tmp_name, undo_out, write_json)
-from lm.subword import file_sha256, load_tokenizer, train_bpe
+                             done_path, drop_units, existing_plan, new_plan, out_tokenizer, plan_config,
+                             remove_prepared, shard_path, tmp_name, token_dtype, tokenizer_file_sha, undo_out,
+                             write_json)
+from lm.subword import load_tokenizer, train_bpe
 from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
 
 ENCODE_BATCH = 256
 BAD_DOCUMENT_POLICIES = ("error", "skip")
-FIRST_BAD = 5  # bad documents whose place is recorded (all are counted)
 
 
 class DiskFullError(RuntimeError):
@@ -104,24 +106,6 @@ def split_of(text: str, fraction: float, seed: int) -> str:
     """"validation" for a share ``fraction`` of documents (blake2b of the UTF-8 text, keyed by seed)."""
     h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
     return "validation" if int.from_bytes(h.digest(), "little") < fraction * 2.0**64 else "train"
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits, else uint32."""
-    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-def out_tokenizer(out: str):
-    """The tokenizer stored in ``out`` (byte when there is no tokenizer file)."""
-    return load_tokenizer(out) if any(os.path.isfile(os.path.join(out, n)) for n in TOKENIZER_FILES) else ByteTokenizer()
-
-
-def tokenizer_file_sha(out: str) -> str | None:
-    """sha256 of the tokenizer file of ``out`` (None: byte tokenizer)."""
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(out, name)):
-            return file_sha256(os.path.join(out, name))
-    return None
 
 
 class _Skipped:
@@ -262,30 +246,57 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
     if overwrite and n > 1:
         raise ValueError("--overwrite with --shard: every job would clear the others' work; remove --out once "
                          "(or run one --overwrite without --shard) before the job array")
+    plan, info = _open_out(cfg, out, overwrite, n)
+    with _cleanup_on_error(out, info, n):
+        tok = _ensure_tokenizer(cfg, out, plan["units"])
+        result = _tokenize(cfg, out, plan["units"], list(range(i, len(plan["units"]), n)), tok, workers, progress)
+        manifest = merge(out) if n == 1 else None
+    return {**result, "removed": info["removed"], "replanned": info["replanned"], "redone": info["redone"],
+            "manifest": manifest}
+
+
+def prepare_tokenizer(cfg: PrepareConfig, out: str, *, overwrite: bool = False) -> tuple[list[dict], object]:
+    """Check and create ``out``, write its plan, and train / copy / reuse its tokenizer.
+
+    Returns (the work units, the tokenizer). :func:`prepare` starts with the same steps; a
+    job array may run it once before the ``--shard`` jobs (training is deterministic anyway).
+    """
+    plan, info = _open_out(cfg, out, overwrite, 1)
+    with _cleanup_on_error(out, info, 1):
+        return plan["units"], _ensure_tokenizer(cfg, out, plan["units"])
+
+
+def _open_out(cfg: PrepareConfig, out: str, overwrite: bool, n: int) -> tuple[dict, dict]:
+    """Check everything (nothing written), then create ``out``, clear or drop what must go, and write
+    the plan; returns (the plan, what was done: created, fresh, removed, replanned, redone)."""
     old = existing_plan(out, plan_config(cfg), overwrite=overwrite)
     plan = new_plan(cfg, old)
     stale, replanned = [], None
     if old is not None:
         plan, stale, replanned = check_resume(out, old, plan)
-    created = create_out(out)
-    try:
-        removed = remove_prepared(out) if overwrite else []
+    info = {"created": create_out(out), "fresh": old is None, "removed": [], "replanned": replanned,
+            "redone": stale}
+    with _cleanup_on_error(out, info, n):
+        info["removed"] = remove_prepared(out) if overwrite else []
         drop_units(out, stale, len(plan["units"]))
         if plan is not old:
             write_json(os.path.join(out, PLAN), plan)
         os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
-        units = plan["units"]
-        tok = _ensure_tokenizer(cfg, out, units)
-        result = _tokenize(cfg, out, units, [k for k in range(i, len(units), n)], tok, workers, progress)
-        manifest = merge(out) if n == 1 else None
+    return plan, info
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(out: str, info: dict, n: int):
+    """On an error: a fresh preparation that finished no unit leaves nothing (job-array tasks, n > 1,
+    share ``out`` and keep it); a full disk becomes :class:`DiskFullError`."""
+    try:
+        yield
     except BaseException as err:
-        # a first call that finished nothing leaves nothing (job-array tasks share --out: they keep it)
-        if old is None and n == 1 and not glob.glob(os.path.join(out, SHARDS, "*.done.json")):
-            undo_out(created) if created else remove_prepared(out)
+        if info["fresh"] and n == 1 and not glob.glob(os.path.join(out, SHARDS, "*.done.json")):
+            undo_out(info["created"]) if info["created"] else remove_prepared(out)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(_disk_full(out, err)) from None
         raise
-    return {**result, "removed": removed, "replanned": replanned, "redone": stale, "manifest": manifest}
 
 
 def _tokenize(cfg, out, units, mine, tok, workers, progress) -> dict:
@@ -328,56 +339,3 @@ def _disk_full(out: str, err: OSError) -> str:
     return (f"no space left on the device of {os.path.abspath(out)} ({free}) while writing "
             f"{err.filename or 'a file'}; the units finished so far are kept: free some space and rerun the same "
             "command to resume")
-
-
-def fingerprint(config: dict, tok_sha: str | None, markers: list[dict]) -> str:
-    """16 hex digits identifying a prepared corpus: its arguments, tokenizer file and every shard's sha256."""
-    return hashlib.sha256(json.dumps(
-        [config, tok_sha, [[m["splits"][s]["sha256"] for s in SPLITS] for m in markers]]).encode()).hexdigest()[:16]
-
-
-def merge(out: str) -> dict:
-    """Check that every unit of ``out`` is done, with one tokenizer, from the unchanged input; write and
-    return manifest.json."""
-    if not os.path.isfile(os.path.join(out, PLAN)):
-        raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
-    plan = read_plan(out)
-    units = plan["units"]
-    if "listing" in plan:
-        data_dir = units[0].get("data_dir") if units else None
-        now = corpus.listing(plan["config"]["input"], tfds_data_dir=data_dir)
-        if now != plan["listing"]:
-            raise ValueError(f"--input={plan['config']['input']!r} changed while {out!r} was prepared "
-                             f"({listing_changes(plan['listing'], now)}); rerun with --overwrite to prepare afresh")
-    missing = [k for k in range(len(units)) if not os.path.isfile(done_path(out, k))]
-    if missing:
-        raise ValueError(f"--merge: {len(missing)} of {len(units)} units of {out!r} are not done "
-                         f"(first: {missing[:5]}); run the missing --shard jobs first")
-    tok = out_tokenizer(out)
-    tok_sha = tokenizer_file_sha(out)
-    markers = [read_marker(out, k) for k in range(len(units))]
-    listed = {tuple(e) for e in plan.get("listing", [])}
-    other = [k for k, m in enumerate(markers) if m.get("input_unit", units[k]) != units[k]
-             or any(tuple(f) not in listed for f in m.get("input_files", []))]
-    if other:
-        raise ValueError(f"--merge: units {other[:5]} of {out!r} were tokenized from another plan or input; rerun "
-                         "the preparation (it redoes them)")
-    stale = [m["unit"] for m in markers if m["tokenizer_sha256"] != tok_sha]
-    if stale:
-        raise ValueError(f"--merge: units {stale[:5]} were tokenized with another tokenizer than {out}'s; "
-                         "delete their shards/<unit>.done.json and rerun")
-    splits = {s: {f: sum(m["splits"][s][f] for m in markers) for f in ("documents", "tokens", "bytes")}
-              for s in SPLITS}
-    skipped = [m.get("skipped", {"documents": 0, "first": []}) for m in markers]
-    file = next((name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(out, name))), None)
-    manifest = {
-        "format": FORMAT, "source": plan["config"]["input"], "text_key": plan["config"]["text_key"],
-        "validation_fraction": plan["config"]["validation_fraction"], "split_seed": plan["config"]["split_seed"],
-        "tokenizer": {"spec": plan["config"]["tokenizer"], "file": file, "sha256": tok_sha, **tok.describe()},
-        "token_dtype": token_dtype(tok.vocab_size).str, "units": len(units), "splits": splits,
-        "bad_documents": {"skipped": sum(s["documents"] for s in skipped),
-                          "first": [w for s in skipped for w in s["first"]][:FIRST_BAD]},
-        "fingerprint": fingerprint(plan["config"], tok_sha, markers),
-    }
-    write_json(os.path.join(out, MANIFEST), manifest)
-    return manifest

@@ -1,4 +1,8 @@
-"""The plan of a prepared directory (:mod:`lm.prepare`) and the checks on ``--out`` made before writing anything.
+"""The layout and plan of a prepared directory (:mod:`lm.prepare`), and the checks on ``--out`` made before
+writing anything.
+
+Layout helpers: the paths of a unit's files, its done marker and the tokenizer file; JSON
+records written atomically (:func:`write_json`) and read with one-line errors.
 
 ``plan.json`` holds the arguments that change the output ("config"), the input listing
 ("listing": each input file's [path, size, mtime_ns], :func:`lm.corpus.listing`) and the
@@ -27,8 +31,11 @@ import os
 import re
 import shutil
 
+import numpy as np
+
 from lm import corpus
-from lm.tokenizer import TOKENIZER_FILES, parse_bpe_spec
+from lm.subword import file_sha256, load_tokenizer
+from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
 
 FORMAT = "scalelab-prepared-v1"
 PLAN, MANIFEST, SHARDS = "plan.json", "manifest.json", "shards"
@@ -46,6 +53,24 @@ def shard_path(out: str, k: int, split: str, what: str) -> str:
 
 def done_path(out: str, k: int) -> str:
     return os.path.join(out, SHARDS, f"{k:06d}.done.json")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def out_tokenizer(out: str):
+    """The tokenizer stored in ``out`` (byte when there is no tokenizer file)."""
+    return load_tokenizer(out) if any(os.path.isfile(os.path.join(out, n)) for n in TOKENIZER_FILES) else ByteTokenizer()
+
+
+def tokenizer_file_sha(out: str) -> str | None:
+    """sha256 of the tokenizer file of ``out`` (None: byte tokenizer)."""
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(out, name)):
+            return file_sha256(os.path.join(out, name))
+    return None
 
 
 def tmp_name(path: str) -> str:

@@ -15,7 +15,7 @@ from experiments import prepare_data
 from lm import corpus as corpus_lib
 from lm import prepare
 from lm.corpus import BadDocument
-from lm.prepare_verify import verify
+from lm.prepare_manifest import verify
 from lm.prepared import PreparedSource
 
 

@@ -1,21 +1,82 @@
-"""Check a prepared directory (:mod:`lm.prepare`) against the hashes it recorded: one line per bad file.
+"""The manifest of a prepared directory (:mod:`lm.prepare`): :func:`merge` writes it from the units'
+done markers, :func:`verify` checks every file against the hashes those markers recorded.
 
 Each finished unit's ``shards/<k>.done.json`` records the sha256 of each of its files
 (markers written before that record only one sha256 per split, over the tokens and the
-document table together; those are checked by re-reading both) and their counts. The
-manifest's counts and fingerprint are recomputed from the markers, and the tokenizer file
-is checked against the sha256 the markers and the manifest name.
+document table together; those are checked by re-reading both), its counts, the unit it
+tokenized and the listing entries of its input files. :func:`verify` reports one line per
+bad file; it also recomputes the manifest's counts and fingerprint from the markers and
+checks the tokenizer file against the sha256 the markers and the manifest name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
 
-from lm.prepare import FORMAT, MANIFEST, PLAN, SPLITS, fingerprint, tokenizer_file_sha
-from lm.prepare_plan import done_path, read_json, read_marker, read_plan, shard_path, unaccounted_shards
+from lm import corpus
+from lm.prepare_plan import (FORMAT, MANIFEST, PLAN, SPLITS, done_path, listing_changes, out_tokenizer, read_json,
+                             read_marker, read_plan, shard_path, token_dtype, tokenizer_file_sha, unaccounted_shards,
+                             write_json)
+from lm.tokenizer import TOKENIZER_FILES
+
+FIRST_BAD = 5  # bad documents whose place is recorded (all are counted)
+
+
+def fingerprint(config: dict, tok_sha: str | None, markers: list[dict]) -> str:
+    """16 hex digits identifying a prepared corpus: its arguments, tokenizer file and every shard's sha256."""
+    return hashlib.sha256(json.dumps(
+        [config, tok_sha, [[m["splits"][s]["sha256"] for s in SPLITS] for m in markers]]).encode()).hexdigest()[:16]
+
+
+def merge(out: str) -> dict:
+    """Check that every unit of ``out`` is done, with one tokenizer, from the unchanged input; write and
+    return manifest.json."""
+    if not os.path.isfile(os.path.join(out, PLAN)):
+        raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
+    plan = read_plan(out)
+    units = plan["units"]
+    if "listing" in plan:
+        data_dir = units[0].get("data_dir") if units else None
+        now = corpus.listing(plan["config"]["input"], tfds_data_dir=data_dir)
+        if now != plan["listing"]:
+            raise ValueError(f"--input={plan['config']['input']!r} changed while {out!r} was prepared "
+                             f"({listing_changes(plan['listing'], now)}); rerun with --overwrite to prepare afresh")
+    missing = [k for k in range(len(units)) if not os.path.isfile(done_path(out, k))]
+    if missing:
+        raise ValueError(f"--merge: {len(missing)} of {len(units)} units of {out!r} are not done "
+                         f"(first: {missing[:5]}); run the missing --shard jobs first")
+    tok = out_tokenizer(out)
+    tok_sha = tokenizer_file_sha(out)
+    markers = [read_marker(out, k) for k in range(len(units))]
+    listed = {tuple(e) for e in plan.get("listing", [])}
+    other = [k for k, m in enumerate(markers) if m.get("input_unit", units[k]) != units[k]
+             or any(tuple(f) not in listed for f in m.get("input_files", []))]
+    if other:
+        raise ValueError(f"--merge: units {other[:5]} of {out!r} were tokenized from another plan or input; rerun "
+                         "the preparation (it redoes them)")
+    stale = [m["unit"] for m in markers if m["tokenizer_sha256"] != tok_sha]
+    if stale:
+        raise ValueError(f"--merge: units {stale[:5]} were tokenized with another tokenizer than {out}'s; "
+                         "delete their shards/<unit>.done.json and rerun")
+    splits = {s: {f: sum(m["splits"][s][f] for m in markers) for f in ("documents", "tokens", "bytes")}
+              for s in SPLITS}
+    skipped = [m.get("skipped", {"documents": 0, "first": []}) for m in markers]
+    file = next((name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(out, name))), None)
+    manifest = {
+        "format": FORMAT, "source": plan["config"]["input"], "text_key": plan["config"]["text_key"],
+        "validation_fraction": plan["config"]["validation_fraction"], "split_seed": plan["config"]["split_seed"],
+        "tokenizer": {"spec": plan["config"]["tokenizer"], "file": file, "sha256": tok_sha, **tok.describe()},
+        "token_dtype": token_dtype(tok.vocab_size).str, "units": len(units), "splits": splits,
+        "bad_documents": {"skipped": sum(s["documents"] for s in skipped),
+                          "first": [w for s in skipped for w in s["first"]][:FIRST_BAD]},
+        "fingerprint": fingerprint(plan["config"], tok_sha, markers),
+    }
+    write_json(os.path.join(out, MANIFEST), manifest)
+    return manifest
 
 
 def _file_sha(path: str, h=None) -> str:
