@@ -42,7 +42,7 @@ PLAN, MANIFEST, SHARDS = "plan.json", "manifest.json", "shards"
 SPLITS = ("train", "validation")
 OWN_ENTRIES = (PLAN, MANIFEST, SHARDS, *TOKENIZER_FILES)
 # a unit's files and done marker, and the temporary files they are written through
-_SHARD_NAME = re.compile(r"(\d{6})\.(?:(?:train|validation)\.(?:tokens\.bin|docs\.npy)|done\.json)(?:\.\d+)?(?:\.tmp)?")
+_SHARD_NAME = re.compile(r"(\d{6,})\.(?:(?:train|validation)\.(?:tokens\.bin|docs\.npy)|done\.json)(?:\.\d+)?(?:\.tmp)?")
 OVERWRITE_HINT = "rerun with --overwrite to prepare afresh, or choose another --out"
 
 

@@ -248,3 +248,15 @@ def test_json_records_are_replaced_whole(tmp_path):
 def _tokens(out):
     manifest = json.loads((out / "manifest.json").read_text())
     return sum(s["tokens"] for s in manifest["splits"].values())
+
+
+def test_shard_files_no_unit_accounts_for(tmp_path):
+    from lm.prepare_plan import unaccounted_shards
+
+    (tmp_path / "shards").mkdir()
+    for name in ("000001.train.tokens.bin", "000001.validation.docs.npy.123.tmp", "000002.done.json",
+                 "000001.train.tokens.bin.bak", "000003.done.json", "1000000.done.json", "notes.txt"):
+        (tmp_path / "shards" / name).write_text("")
+    assert unaccounted_shards(str(tmp_path), 3) == ["000001.train.tokens.bin.bak", "000003.done.json",
+                                                    "1000000.done.json", "notes.txt"]
+    assert "1000000.done.json" not in unaccounted_shards(str(tmp_path), 1000001)
