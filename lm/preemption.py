@@ -97,6 +97,16 @@ def handle_signals() -> Iterator[None]:
         _active = False
 
 
+def preempted(message: str, step: int | None = None, saved: bool = False) -> Preempted:
+    """The :class:`Preempted` for the signal received (its name replaces ``{signal}`` in ``message``).
+
+    The signal counts as acted on: the end of :func:`handle_signals` does not raise it again.
+    """
+    signum = requested()
+    _received.clear()
+    return Preempted(message.replace("{signal}", signal_name(signum)), signum, step, saved)
+
+
 def requested() -> int | None:
     """The first signal received inside :func:`handle_signals`, or None."""
     return _received[0] if _received else None

@@ -211,11 +211,9 @@ def _train(run: RunConfig, run_dir: Path, ckpt: Checkpointer, train_it, mesh, pr
                 if stop or _due(done, tc.checkpoint_every, tc.steps):
                     save(done, record)
                 if stop:
-                    signum = preemption.requested()
-                    raise preemption.Preempted(
-                        f"preempted at step {done} of run {run.name!r} ({preemption.signal_name(signum)}), "
-                        f"checkpoint saved in {ckpt.directory}; rerun the same command to resume",
-                        signum, done, saved=True)
+                    raise preemption.preempted(
+                        f"preempted at step {done} of run {run.name!r} ({{signal}}), checkpoint saved in "
+                        f"{ckpt.directory}; rerun the same command to resume", done, saved=True)
                 if record is not None:
                     finish(done, record, log)
                 if bar is not None:

@@ -25,6 +25,7 @@ from experiments.lib.study import StudyError
 from lm import data as lm_data
 from lm.config import RunConfig
 from lm.data import DataConfig
+from lm.records import atomic_write
 
 DEFAULT_MAX_EPOCHS = 1.0
 
@@ -112,8 +113,8 @@ def append_report(report: str | Path | None, table: pd.DataFrame) -> None:
     """Append :func:`report_lines` of ``table`` to the report file (if there is one)."""
     if report is None or not Path(report).is_file():
         return
-    with open(report, "a") as f:
-        f.write("\n".join(report_lines(table)) + "\n")
+    report = Path(report)
+    atomic_write(report, report.read_text() + "\n".join(report_lines(table)) + "\n")
 
 
 def replace_vocab(model, data: DataConfig):
