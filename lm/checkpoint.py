@@ -15,9 +15,10 @@ to ``checkpoints/unreadable-<step>`` (kept for inspection, out of orbax's way, s
 step can be saved again); only when no checkpoint can be read does it raise.
 
 A save into a full disk raises ``lm.records.DiskFullError`` (one line: the directory and
-its free space) instead of orbax's RESOURCE_EXHAUSTED errors: the hundreds of lines orbax's
-writer threads log about it are filtered out, the unfinished step's temporary directory is
-removed (it is never a checkpoint) and every earlier checkpoint stays intact.
+its free space) instead of orbax's RESOURCE_EXHAUSTED errors: the hundreds of lines that
+orbax's writer threads log and tensorstore's late writes print about it are dropped, the
+unfinished step's temporary directory is removed (it is never a checkpoint) and every
+earlier checkpoint stays intact.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,21 +200,39 @@ class _FullDiskFilter(logging.Filter):
 _FILTER = _FullDiskFilter()
 
 
+def _closed_loop(unraisable) -> bool:
+    """tensorstore's writes that finish after orbax closed its event loop (the save failed) report
+    "Event loop is closed" through ``sys.unraisablehook``, one traceback per write."""
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
 @contextlib.contextmanager
 def _quiet_full_disk() -> Iterator[None]:
-    """Silence orbax's (absl) and asyncio's logging of a full disk during a save: the caller
-    reports it in one line. Left installed after a full disk, for the loggers' later echoes."""
+    """Hold back what orbax, asyncio and tensorstore print during a save, and drop it if the save
+    fails for lack of space (the caller reports that in one line); else let it through.
+
+    After a full disk the filters stay, for the echoes of writes still finishing.
+    """
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in loggers:
         logger.addFilter(_FILTER)
-    failed = True
+    previous, held = sys.unraisablehook, []
+    sys.unraisablehook = held.append
+    full = False
     try:
         yield
-        failed = False
+    except Exception as err:
+        full = disk_full_error(err, ".") is not None
+        raise
     finally:
-        if not failed:
+        if full:
+            sys.unraisablehook = lambda u: None if _closed_loop(u) else previous(u)
+        else:
+            sys.unraisablehook = previous
             for logger in loggers:
                 logger.removeFilter(_FILTER)
+            for unraisable in held:
+                previous(unraisable)
 
 
 def _jsonable(obj: Any) -> Any:
