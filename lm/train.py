@@ -109,13 +109,9 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
         run_dir.mkdir(parents=True, exist_ok=True)
         if primary:
             records.write_config(run_dir, run)
-        ckpt = Checkpointer(run_dir, max_to_keep=run.train.keep_checkpoints)
-        train_it = multihost.make_host_iterator(run, mesh, "train")
-        try:
+        with (contextlib.closing(Checkpointer(run_dir, max_to_keep=run.train.keep_checkpoints)) as ckpt,
+              contextlib.closing(multihost.make_host_iterator(run, mesh, "train")) as train_it):
             return _train(run, run_dir, ckpt, train_it, mesh, primary, progress)
-        finally:
-            ckpt.close()
-            train_it.close()
 
 
 def _due(done: int, every: int, steps: int) -> bool:

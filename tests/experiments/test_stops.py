@@ -217,3 +217,10 @@ def test_a_study_command_reports_stops_in_one_line(error, code, text, tmp_path, 
     with pytest.raises(SystemExit) as exc:
         chinchilla.main(["--preset", "smoke", "--out", str(tmp_path / "study"), "--no-progress"])
     assert exc.value.code == code and one_line(capsys.readouterr().err).startswith(text)
+
+
+def test_help_lists_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes:" in text and f"  {PREEMPTED}   SIGTERM (preemption)" in text and "in use by another process" in text

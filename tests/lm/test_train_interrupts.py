@@ -48,15 +48,23 @@ def assert_same_run(run_dir, full):
         assert again[key] == result[key]
 
 
-def test_sigterm_stops_at_the_next_step_with_a_checkpoint_and_resumes_bitwise(full, tmp_path):
+def test_sigterm_stops_at_the_next_step_with_a_checkpoint_and_resumes_bitwise(full, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
+    save = Checkpointer.save
 
     def signal_at_4(done, total, metrics):
         if done == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # recorded by the handler; the loop stops after step 5
 
+    def impatient_save(self, step, *args):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal while saving: the save finishes
+        save(self, step, *args)
+
+    monkeypatch.setattr(Checkpointer, "save", impatient_save)
     with preemption.handle_signals(), pytest.raises(preemption.Preempted) as stop:
         train.train(RUN, run_dir, progress=signal_at_4)
+    monkeypatch.undo()
     assert stop.value.step == 5 and stop.value.signum == signal.SIGTERM and stop.value.saved
     assert str(stop.value).startswith("preempted at step 5 of run 'tiny' (SIGTERM), checkpoint saved in ")
     assert Checkpointer(run_dir).steps() == [3, 5]
@@ -133,3 +141,22 @@ def test_checkpoints_without_the_window_still_resume(tmp_path):
     ckpt.close()
     result = train.train(run, run_dir)
     assert result["resumed_from"] == 3 and [r["step"] for r in train.read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_vmapped_group_stops_at_the_next_step_and_writes_no_result(tmp_path):
+    from lm import vmap_sweep
+
+    runs = vmap_sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
+    dirs = [tmp_path / r.name for r in runs]
+
+    def signal_at_2(done, total, metrics):
+        if done == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with preemption.handle_signals(), pytest.raises(preemption.Preempted, match=(
+            r"preempted at step 2 of the vmapped group tiny-lr0.001, tiny-lr0.01 \(SIGTERM\); groups keep no "
+            "checkpoints")) as stop:
+        vmap_sweep.train_vmapped(runs, dirs, progress=signal_at_2)
+    assert not stop.value.saved
+    for d in dirs:
+        assert not (d / "result.json").exists() and [r["step"] for r in train.read_metrics(d)] == [2]
