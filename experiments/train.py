@@ -9,14 +9,16 @@ corpus (its corpus.json records the corpus fingerprint, :mod:`lm.data_check`), i
 starts the run afresh. The data is checked before step 0: a damaged prepared corpus (its
 manifest, a missing or cut-short shard), an empty split, or a ``--model.vocab_size`` below
 the tokenizer's is one line naming the file or field. Every config field can be overridden:
-``--help`` says what each one means and its default. Errors are one line on stderr: exit 2
-for refused input (nothing written), 1 for a run that diverged or whose checkpoints cannot
-be read.
+``--help`` says what each one means and its default. The run directory is locked while the
+command runs (a second one on it is refused, naming the first's PID); SIGTERM or Ctrl-C stop
+training at the next step with a checkpoint saved. Errors and stops are one line on stderr,
+with the exit codes of ``experiments.lib.cli.EXIT_CODES`` (listed by ``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -26,11 +28,11 @@ import jax
 import jax.numpy as jnp
 
 from experiments.lib import outdir
-from experiments.lib.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
+from experiments.lib.cli import EXIT_CODES, RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail, training
 from experiments.lib.figures import plot_loss_curve
 from experiments.lib.progress import SweepProgress
 from lm import data as lm_data
-from lm import data_check, decode, multihost, sharding, train
+from lm import data_check, decode, multihost, run_lock, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
@@ -46,7 +48,7 @@ def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m experiments.train", description=__doc__,
+    parser = OneLineParser(prog="python -m experiments.train", description=__doc__, epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="transformer", help=f"model preset, one of {sorted(PRESETS)}")
     parser.add_argument("--out", default="runs/train", help="parent directory of the run directory <out>/<name>")
@@ -73,6 +75,7 @@ RESUME_FREE_FIELDS = ("train.progress",)
 # What lm.train.train and this command write into a run directory (--overwrite removes these only).
 RUN_RECORDS = ("config.json", "corpus.json", "corpus.json.tmp", "metrics.jsonl", "result.json", "result.json.tmp",
                "failure.json", "runner.json", "checkpoints", "loss_curve.png")
+# Not among them: the lock file (lm.run_lock.LOCK), held by the command that overwrites.
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -126,19 +129,23 @@ def check_run_data(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
 
 
 def start_afresh(run_dir: Path) -> list[str]:
-    """``--overwrite``: remove the run's records (:data:`RUN_RECORDS` and TensorBoard event files)."""
-    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")))
+    """``--overwrite``: remove the run's records (:data:`RUN_RECORDS`, TensorBoard event files and
+    the temporary files of a write that a kill cut short)."""
+    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")),
+             *sorted(p.name for p in run_dir.glob(".*.tmp")))
     return outdir.remove_entries(run_dir, names) if run_dir.is_dir() else []
 
 
 def main(argv=None) -> dict:
-    """Train one run; a refused input or a failed run is one line on stderr and a nonzero exit.
+    """Train one run; a refused input, a failed or a stopped run is one line on stderr and a nonzero exit.
 
-    Exit codes: 2 (:data:`experiments.lib.cli.USAGE_ERROR`) for anything refused before training
-    (bad flag or value, unusable ``--out``, a run directory holding another config or trained
-    on another corpus, a damaged record or prepared corpus, an empty split); 1
-    (:data:`experiments.lib.cli.RUN_FAILED`) for a run that diverged or whose checkpoints
-    cannot be read. Nothing is written in the first case.
+    Exit codes (:data:`experiments.lib.cli.EXIT_CODES`): 2 (:data:`~experiments.lib.cli.USAGE_ERROR`)
+    for anything refused before training (bad flag or value, unusable ``--out``, a run directory
+    holding another config, trained on another corpus or locked by another process, a damaged
+    record or prepared corpus, an empty split); 1 (:data:`~experiments.lib.cli.RUN_FAILED`) for a
+    run that diverged, whose checkpoints cannot be read, or that ran out of disk space; 75
+    (:data:`~experiments.lib.cli.PREEMPTED`) after SIGTERM (Ctrl-C: the same stop, then SIGINT).
+    Nothing is written in the first case.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -157,6 +164,19 @@ def main(argv=None) -> dict:
         mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
     except ValueError as err:
         fail(parser.prog, f"--mesh-shape={args.mesh_shape}: {err}")
+    primary = jax.process_index() == 0
+    with training(parser.prog), run_lock.hold(run_dir) if primary else contextlib.nullcontext():
+        try:  # again under the lock: another process may have written the directory since
+            check_run_dir(run, run_dir, args.overwrite)
+            check_run_data(run, run_dir, args.overwrite)
+        except ValueError as err:
+            fail(parser.prog, str(err))
+        return _train_and_report(parser.prog, run, run_dir, mesh, args)
+
+
+def _train_and_report(prog: str, run: RunConfig, run_dir: Path, mesh, args: argparse.Namespace) -> dict:
+    """:func:`main` once the run directory is checked and locked: train, then print the result,
+    the loss curve's path and a sample."""
     if args.overwrite and jax.process_index() == 0:
         gone = start_afresh(run_dir)
         if gone:
@@ -169,9 +189,9 @@ def main(argv=None) -> dict:
         result = train.train(run, run_dir, mesh=mesh, progress=events)
         bar.finish([run])
     except train.NonFiniteLossError as err:
-        fail(parser.prog, f"the run diverged: {err}", RUN_FAILED)
+        fail(prog, f"the run diverged: {err}", RUN_FAILED)
     except CheckpointError as err:
-        fail(parser.prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
+        fail(prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
     finally:
         events.close()
         bar.close()

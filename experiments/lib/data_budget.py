@@ -32,6 +32,7 @@ from lm import data_check
 from lm.config import RunConfig
 from lm.data import DataConfig
 from lm.data_config import SOURCES
+from lm.records import atomic_write
 
 DEFAULT_MAX_EPOCHS = 1.0
 
@@ -147,8 +148,8 @@ def append_report(report: str | Path | None, table: pd.DataFrame) -> None:
     """Append :func:`report_lines` of ``table`` to the report file (if there is one)."""
     if report is None or not Path(report).is_file():
         return
-    with open(report, "a") as f:
-        f.write("\n".join(report_lines(table)) + "\n")
+    report = Path(report)
+    atomic_write(report, report.read_text() + "\n".join(report_lines(table)) + "\n")
 
 
 def replace_vocab(model, data: DataConfig):
