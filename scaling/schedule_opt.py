@@ -27,7 +27,8 @@ REFERENCE_PEAK = 3e-4
 
 
 def final_loss(params: dict, eta) -> jnp.ndarray:
-    """Multi-power law loss after the last step of ``eta`` [T] (JAX; exact O(T) sum)."""
+    """Multi-power law loss after the last step of ``eta`` [T] (JAX; exact O(T) sum; float64
+    under ``jax.enable_x64``)."""
     area = jnp.cumsum(eta)
     drop = eta[:-1] - eta[1:]  # d_k, k = 1..T-1
     gap = area[-1] - area[:-1]  # S_k(T-1) = S(T-1) - S(k-1)
