@@ -52,8 +52,8 @@ class CurveFit:
     """A schedule-aware law fitted to loss curves.
 
     Attributes:
-      law: the :class:`scaling.curve_laws.CurveLaw`; method: "luo2025" or "bfgs"; params: published parametrisation (the
-        caller's LR units); theta: optimiser coordinates [q] (LRs in units of eta_ref).
+      law: the :class:`scaling.curve_laws.CurveLaw`; method: "luo2025" or "bfgs".
+      params: published parametrisation (the caller's LR units); theta: optimiser coordinates [q] (LRs in units of eta_ref).
       eta_ref: the LR unit (largest fitted LR); resolution: drop-bin width (see
         :mod:`scaling.schedule_features`); huber_delta: Huber delta of the objective.
       objective: summed Huber loss at the optimum; n_starts, n_at_best: starts run and starts
@@ -94,7 +94,8 @@ class CurveFit:
         schedules = {**self.schedules, **(load_schedules(lrs) if lrs is not None else {})}
         per_run = match(table, schedules)
         x = stack_features(self.law, per_run, self.eta_ref, self.resolution)
-        order = np.concatenate([np.flatnonzero((table["run"] == r).to_numpy()) for r, *_ in per_run])
+        runs = table["run"].to_numpy()
+        order = np.concatenate([np.flatnonzero(runs == r) for r, *_ in per_run])
         pred = evaluate(self.law, theta, x)
         out = np.empty_like(pred)
         out[..., order] = pred
@@ -200,7 +201,8 @@ def fit_curves(curves, lrs, law: str | CurveLaw = "multi_power", *,
         out = {"theta": theta_r, "value": value_r, "iters": np.zeros(1, int)}
         theta0 = theta_r
     else:
-        theta0 = start_grid(law, x["log_area"], loss) if init_grid is None else np.atleast_2d(init_grid)
+        theta0 = (start_grid(law, x["log_area"], loss) if init_grid is None
+                  else np.atleast_2d(init_grid))
         out = minimize_multistart(law.log_form, theta0, x, logy, huber_delta=float(huber_delta),
                                   max_iter=max_iter)
     value = out["value"]

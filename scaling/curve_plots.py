@@ -24,7 +24,9 @@ def plot_curves(fitted: pd.DataFrame, predicted: pd.DataFrame | None, out_dir, *
     """
     fig = Figure(figsize=(7.0, 4.6), layout="constrained")
     ax = fig.add_subplot()
-    parts = [(fitted, "-", "fit")] + ([(predicted, "--", "predicted")] if predicted is not None else [])
+    parts = [(fitted, "-", "fit")]
+    if predicted is not None:
+        parts.append((predicted, "--", "predicted"))
     i = 0
     for df, style, what in parts:
         for run, g in df.groupby("run", sort=False):

@@ -95,7 +95,8 @@ def synthetic(params_law, noise=3e-4, seed=0):
     for run, eta in lrs.items():
         x = CURVE_LAWS[law].features(eta, steps, 1e-3, 0.0 if law == "lr_annealing" else 0.05)
         loss = evaluate(CURVE_LAWS[law], CURVE_LAWS[law].from_params(params, 1e-3), x)
-        rows.append(pd.DataFrame({"run": run, "step": steps, "loss": loss * np.exp(rng.normal(0, noise, len(steps)))}))
+        noisy = loss * np.exp(rng.normal(0, noise, len(steps)))
+        rows.append(pd.DataFrame({"run": run, "step": steps, "loss": noisy}))
     return pd.concat(rows, ignore_index=True), lrs
 
 

@@ -67,7 +67,8 @@ def test_published_parameters_give_the_published_errors(size, lrs):
     pred = []
     for name, rows in test.groupby("run", sort=False):
         x = law.features(lrs[name], rows["step"].to_numpy(), PEAK, 0.1)
-        pred.append(rows.assign(predicted_loss=evaluate(law, law.from_params(K.LUO_MPL_PARAMS[size], PEAK), x)))
+        theta = law.from_params(K.LUO_MPL_PARAMS[size], PEAK)
+        pred.append(rows.assign(predicted_loss=evaluate(law, theta, x)))
     err = curve_errors(pd.concat(pred)).loc["mean"]
     for key in ("PredE", "WorstE", "MAE", "RMSE"):  # published to 3 significant digits
         assert err[key] == pytest.approx(K.LUO_MPL_ERRORS[size][key], rel=5e-3), key
