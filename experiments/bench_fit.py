@@ -21,7 +21,7 @@ Cases:
 - ``--resamples`` bootstrap refits of the first fit (no goal);
 - the schedule-aware multi-power law (issue 25, Sec. 1) on three training curves of 24,000
   steps (cosine, constant, two-stage as Luo et al. 2025's training set, every 128th step from
-  2,176: ~440 points), drawn from the law at the published 25M parameters with 0.3 % noise,
+  2,176: ~440 points), drawn from the law at the published 25M parameters with 0.1 % noise,
   by its default method (the authors' recipe; goal: <= 5 s warm) and by multistart BFGS
   (``method="bfgs"``, no goal).
 
@@ -120,7 +120,7 @@ def curve_tables(seed: int = 0):
         steps = np.arange(2176, len(eta), 128)
         loss = evaluate(law, theta, law.features(eta, steps, 3e-4, 0.1))
         rows.append(pd.DataFrame({"run": run, "step": steps,
-                                  "loss": loss * np.exp(rng.normal(0.0, 3e-3, len(steps)))}))
+                                  "loss": loss * np.exp(rng.normal(0.0, 1e-3, len(steps)))}))
     return pd.concat(rows, ignore_index=True), lrs
 
 

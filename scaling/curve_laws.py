@@ -44,7 +44,8 @@ class CurveLaw:
 
     Attributes:
       name, citation: registry key and paper.
-      theta_names: optimiser coordinates [q] (log of positive parameters, LRs in eta_ref units).
+      theta_names: optimiser coordinates [q] (log of positive parameters, LRs in eta_ref units;
+        multi_power's b is log(B' beta)).
       param_names: published parameters.
       log_form: (theta [q], x {feature: [m] or [m, J]}) -> log predicted loss [m] (JAX).
       features: (eta [T], steps [m], eta_ref, resolution) -> {feature: array} (NumPy).
@@ -66,9 +67,14 @@ class CurveLaw:
 # --- multi-power law ----------------------------------------------------------------------------
 def _mpl_log_form(theta, x):
     e, a, alpha, b, c, beta, gamma = (theta[i] for i in range(7))
-    z = c - gamma * x["log_lr"] + x["log_gap"]
-    g = -jnp.expm1(-beta * jax.nn.softplus(z))  # 1 - (1 + C' eta'^-gamma S')^-beta
-    drop = jnp.exp(b) * jnp.sum(x["drop"] * g, axis=-1)
+    s = jax.nn.softplus(c - gamma * x["log_lr"] + x["log_gap"])  # log(1 + C' eta'^-gamma S')
+    # G / beta = (1 - e^(-beta s)) / beta, smooth through beta = 0 (-> s): b = log(B' beta)
+    # carries the drop term's size, so a small beta with a large B is no narrow valley
+    u = beta * s
+    small = jnp.abs(u) < 1e-6
+    u_safe = jnp.where(small, 1.0, u)
+    g_over_beta = s * jnp.where(small, 1.0 - 0.5 * u, -jnp.expm1(-u_safe) / u_safe)
+    drop = jnp.exp(b) * jnp.sum(x["drop"] * g_over_beta, axis=-1)
     return jnp.log(jnp.exp(e) + jnp.exp(a - alpha * x["log_area"]) - drop)
 
 
@@ -83,19 +89,20 @@ def _mpl_to_params(theta, eta_ref):
     th = np.asarray(theta, dtype=np.float64)
     alpha, gamma = th[..., 2], th[..., 6]
     return {"L0": np.exp(th[..., 0]), "A": np.exp(th[..., 1]) * eta_ref ** alpha, "alpha": alpha,
-            "B": np.exp(th[..., 3]) / eta_ref, "C": np.exp(th[..., 4]) * eta_ref ** (gamma - 1.0),
-            "beta": th[..., 5], "gamma": gamma}
+            "B": np.exp(th[..., 3]) / th[..., 5] / eta_ref,
+            "C": np.exp(th[..., 4]) * eta_ref ** (gamma - 1.0), "beta": th[..., 5], "gamma": gamma}
 
 
 def _mpl_from_params(p, eta_ref):
     return np.array([np.log(p["L0"]), np.log(p["A"] / eta_ref ** p["alpha"]), p["alpha"],
-                     np.log(p["B"] * eta_ref), np.log(p["C"] / eta_ref ** (p["gamma"] - 1.0)),
+                     np.log(p["B"] * p["beta"] * eta_ref),
+                     np.log(p["C"] / eta_ref ** (p["gamma"] - 1.0)),
                      p["beta"], p["gamma"]], dtype=np.float64)
 
 
 def _mpl_grid(scale):
     return {"e": np.log(scale["loss_min"] * np.array([0.6, 0.9])), "alpha": (0.3, 0.6),
-            "b": np.log(scale["loss_min"] * np.array([0.01, 0.1])), "c": np.log([0.1, 1.0]),
+            "b": np.log(scale["loss_min"] * np.array([0.005, 0.05])), "c": np.log([0.1, 1.0]),
             "beta": (0.5,), "gamma": (0.5,)}
 
 

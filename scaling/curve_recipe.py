@@ -50,7 +50,7 @@ def internal_theta(nat):
     in recipe units (JAX, differentiable)."""
     l0, a, alpha, b, c, beta, gamma = (nat[..., i] for i in range(7))
     log_u = jnp.log(RECIPE_PEAK)
-    return jnp.stack([jnp.log(l0), jnp.log(a) - alpha * log_u, alpha, jnp.log(b) + log_u,
+    return jnp.stack([jnp.log(l0), jnp.log(a) - alpha * log_u, alpha, jnp.log(b * beta) + log_u,
                       jnp.log(c) + (1.0 - gamma) * log_u, beta, gamma], axis=-1)
 
 
