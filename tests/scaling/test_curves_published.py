@@ -100,3 +100,22 @@ def test_multi_power_predicts_better_than_lr_annealing(fits, lrs):
                     for law in ("multi_power", "lr_annealing"))
         assert lra["PredE"] > mpl["PredE"] and lra["WorstE"] > mpl["WorstE"], size
         assert lra["PredE"] < 3 * mpl["PredE"], size  # a fitted baseline, not a broken one
+
+
+def test_warmup_changes_count_in_the_drop_sum(lrs):
+    """Without the warmup's LR rises in the sum (the paper's S1 after warmup only), the published
+    parameters miss the published errors by an order of magnitude: the authors' code counts them."""
+    p = K.LUO_MPL_PARAMS["25M"]
+    test = curves("25M", TEST)
+    pred = []
+    for name, rows in test.groupby("run", sort=False):
+        eta = lrs[name]
+        area = np.cumsum(eta)
+        values = []
+        for t in rows["step"]:
+            k = np.arange(WARMUP, t + 1)  # LR changes after the warmup only
+            g = 1 - (p["C"] * eta[k] ** -p["gamma"] * (area[t] - area[k - 1]) + 1) ** -p["beta"]
+            values.append(p["L0"] + p["A"] * area[t] ** -p["alpha"]
+                          - p["B"] * np.sum((eta[k - 1] - eta[k]) * g))
+        pred.append(rows.assign(predicted_loss=values))
+    assert curve_errors(pd.concat(pred)).loc["mean", "PredE"] > 10 * K.LUO_MPL_ERRORS["25M"]["PredE"]
