@@ -9,6 +9,8 @@ reader (the study runner, notebooks), so a record means the same thing whoever w
                   ``moe`` when present)
   result.json     the summary of a finished run (:func:`result_record`), written
                   atomically; NaN is stored as null (strict JSON)
+  corpus.json     the fingerprint of the data the run trains on (:mod:`lm.data_check`),
+                  written atomically; run directories written before it have none
 
 A run killed while appending may leave a partial last line in metrics.jsonl; readers
 ignore it and a resumed run drops it (:func:`prepare_metrics`).
@@ -26,6 +28,7 @@ from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
 
 CONFIG, METRICS, RESULT = "config.json", "metrics.jsonl", "result.json"
+CORPUS = "corpus.json"
 
 
 def write_config(run_dir: str | Path, run: RunConfig) -> None:
@@ -155,3 +158,30 @@ def read_result(run_dir: str | Path) -> dict | None:
     """The run's result.json, or None if it has not finished."""
     path = Path(run_dir) / RESULT
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_corpus(run_dir: str | Path, record: dict) -> None:
+    """Write corpus.json (:func:`lm.data_check.corpus_record`) atomically."""
+    tmp = Path(run_dir) / (CORPUS + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, Path(run_dir) / CORPUS)
+
+
+def read_corpus(run_dir: str | Path) -> dict | None:
+    """The run's corpus.json, or None if it has none (a new run, or one written before it existed).
+
+    Raises:
+      ValueError: the file is not a JSON object with a "fingerprint" (one line naming it).
+    """
+    path = Path(run_dir) / CORPUS
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the corpus record {path} cannot be read ({err}): it is damaged; "
+                         "restore or remove it") from err
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        raise ValueError(f"the corpus record {path} is not a JSON object with a fingerprint: it is damaged; "
+                         "restore or remove it")
+    return record

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, records, sharding
+from lm import compiled, data_check, multihost, records, sharding
 from lm import data as lm_data
 from lm import model as lm_model
 from lm.checkpoint import Checkpointer, CheckpointError
@@ -87,14 +87,17 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+      ValueError: before anything is written, data the run cannot train on or a run
+        directory that records another corpus (:func:`lm.data_check.check_run`).
     """
     mesh = sharding.single_device_mesh() if mesh is None else mesh
-    lm_data.check_model_vocab(run.model.vocab_size, run.data)
+    corpus = data_check.check_run(run, run_dir)  # before anything is written: vocabulary, splits, corpus
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # multi-host: one writer of the run files
     if primary:
         records.write_config(run_dir, run)
+        records.write_corpus(run_dir, corpus)
     tc = run.train
     tokens_per_step = run.data.seq_len * run.data.batch_size
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, records, sharding
+from lm import compiled, data_check, multihost, records, sharding
 from lm import step as lm_step
 from lm.config import RunConfig
 from lm.schedules import lr_multiplier
@@ -216,10 +216,12 @@ def train_vmapped(
     primary = jax.process_index() == 0
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else []
     logs = []
+    corpus = data_check.corpus_record(base.data) if dirs and primary else None  # every run reads base's batches
     for r, d in zip(runs, dirs):
         d.mkdir(parents=True, exist_ok=True)
         if primary:
             records.write_config(d, r)
+            records.write_corpus(d, corpus)
         logs.append(records.MetricsLog(records.prepare_metrics(d, None) if primary else None, enabled=primary))
 
     state = init_stacked_state(runs, mesh)

@@ -109,6 +109,7 @@ def train_and_load(study: Study, out: str | Path, args: argparse.Namespace,
     with ``--tables``). ``out`` must be a writable directory (or creatable) either way: the
     analysis writes its report there."""
     outdir.check_writable_dir(out)
+    data_budget.check_reads(study.runs, getattr(args, "data", "stdlib"))
     if not args.analysis_only:
         data_budget.check_epochs(study.runs, args.max_epochs)
         shard = parse_shard(getattr(args, "shard", None))

@@ -14,7 +14,8 @@ past unreadable ones), so a sweep killed at any moment and rerun yields the same
 only grid[i::n], so a grid spreads over hosts or job-array tasks with any scheduler. Every
 check that can fail (duplicate runs, too-short runs, an output directory that is a file,
 cannot be written or holds another study, a damaged study.json, config.json or results
-table, bad groups) runs before the first step of training.
+table, bad groups, data the runs cannot train on, a run directory trained on another corpus:
+:func:`experiments.lib.data_budget.check_data`) runs before the first step of training.
 
 Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
 together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
@@ -46,7 +47,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.lib import outdir
+from experiments.lib import data_budget, outdir
 from experiments.lib.outdir import atomic_write, read_json, read_result
 from experiments.lib.progress import SweepProgress
 from experiments.lib.study import (CURVES, MANIFEST, RUNS_DIR, Study, StudyError, canonical_config, run_dir,
@@ -231,6 +232,7 @@ def run_study(
     units = shard_runs(work_units(study, groups), shard)
     mine = {r.name for unit in units for r in unit}
     runs = tuple(r for r in study.runs if r.name in mine)
+    data_budget.check_data(runs, out)  # vocabulary, splits, shards, corpus fingerprints: before out is touched
     out = prepare_out(study, out)
     if compilation_cache:
         lm_train.enable_compilation_cache()
