@@ -16,8 +16,6 @@ line on stderr, exit status 2, nothing written.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -149,24 +147,25 @@ def run_curves(args) -> int:
 
 
 def _write(args, fit, boot, pred, opt) -> None:
+    """Figures and tables under ``--out``, staged and moved into place together
+    (:func:`scaling.outputs.staged`: a failed write is one line, exit 1, earlier outputs kept)."""
     from scaling.curve_plots import plot_curves, plot_schedules
+    from scaling.outputs import staged
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fitted = fit.table.assign(predicted_loss=fit.predict())
-    figs = plot_curves(fitted, pred, out, title=f"{args.law}: fitted runs (solid), predicted (dashed)")
-    written = []
-    fit.summary().to_csv(out / "params.csv", index_label="parameter")
-    written.append("params.csv")
-    if pred is not None:
-        pred.to_csv(out / "predictions.csv", index=False)
-        written.append("predictions.csv")
-    if boot is not None:
-        boot.to_csv(out / "samples.csv")
-        written.append("samples.csv")
-    if opt is not None:
-        pd.DataFrame({"step": np.arange(len(opt.schedules["optimal"])), **opt.schedules}).to_csv(
-            out / "optimal_schedule.csv", index=False)
-        written.append("optimal_schedule.csv")
-        figs += plot_schedules(opt, out)
-    print(f"wrote {', '.join(written)} and {len(figs)} figures to {out}")
+    written = ["params.csv"]
+    with staged(args.out) as out:
+        fitted = fit.table.assign(predicted_loss=fit.predict())
+        figs = plot_curves(fitted, pred, out, title=f"{args.law}: fitted runs (solid), predicted (dashed)")
+        fit.summary().to_csv(out / "params.csv", index_label="parameter")
+        if pred is not None:
+            pred.to_csv(out / "predictions.csv", index=False)
+            written.append("predictions.csv")
+        if boot is not None:
+            boot.to_csv(out / "samples.csv")
+            written.append("samples.csv")
+        if opt is not None:
+            pd.DataFrame({"step": np.arange(len(opt.schedules["optimal"])), **opt.schedules}).to_csv(
+                out / "optimal_schedule.csv", index=False)
+            written.append("optimal_schedule.csv")
+            figs += plot_schedules(opt, out)
+    print(f"wrote {', '.join(written)} and {len(figs)} figures to {args.out}")
