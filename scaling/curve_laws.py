@@ -14,12 +14,16 @@ The features (areas, binned drops, S2) are computed once per curve on the host b
 :mod:`scaling.schedule_features`; the laws here are their JAX forms, evaluated in float64
 inside the fit. Learning rates are in units of ``eta_ref`` (the largest fitted LR) inside,
 so the start grid does not depend on the LR's units; ``to_params`` gives the published
-parametrisation in the caller's LR units: A = A' eta_ref^alpha, B = B' / eta_ref,
+parametrisation in the caller's LR units: A = A' eta_ref^alpha, B = B' / eta_ref
+(B' = e^b / beta),
 C = C' eta_ref^(gamma - 1) (multi-power) and C = C' / eta_ref (lr_annealing).
 
-The loss-drop sum in the fast form: for point t and bin j (of :func:`drop_features`),
-G_j = 1 - exp(-beta softplus(log C' - gamma log eta'_j + log S'_j)) = 1 - (1 + C' eta'^-gamma
-S')^-beta, summed with the bin weights: O(m J) per evaluation, J ~ 100 bins instead of t steps.
+The loss-drop sum in the fast form: for point t and bin j (of :func:`drop_features`), with
+s_j = softplus(log C' - gamma log eta'_j + log S'_j) = log(1 + C' eta'_j^-gamma S'_j),
+G_j = 1 - e^(-beta s_j) = 1 - (1 + C' eta'^-gamma S')^-beta, summed with the bin weights: O(m J)
+per evaluation, J ~ 100 bins instead of t steps. The coordinate b is log(B' beta) and the
+sum is of G_j / beta (smooth through beta = 0, where it is s_j): B and beta trade off when
+beta is small, and in these coordinates that is no narrow valley for BFGS.
 
 Axis letters: m evaluation points, J drop bins per point, q law coordinates, s starts.
 """
