@@ -36,6 +36,7 @@ FIT_LR = (5e-2, 5e-2, 5e-3, 5e-2, 5e-2, 5e-3, 5e-3)  # FIT_LR1 / FIT_LR2 per L0,
 FIT_MAX_STEPS, FIT_PATIENCE, FIT_GRAD_NORM_THR = 200, 20, 1e-5
 ADAMW = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)  # torch.optim.AdamW defaults
 INIT_B = (100.0, 550.0, 1000.0)  # np.linspace(100, 1000, 3)
+CHUNK = 64  # weight vectors (bootstrap resamples) per AdamW batch
 
 
 def _simple_log_form(theta, x):
@@ -61,6 +62,18 @@ def init_grid(log_area: np.ndarray, loss: np.ndarray) -> np.ndarray:
     axes = (np.linspace(floor - 0.2, floor + 0.2, 5), np.linspace(np.exp(intercept) - 0.1,
             np.exp(intercept) + 0.1, 3), np.linspace(-slope - 0.1, -slope + 0.1, 3), INIT_B)
     return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+
+def _stage1(starts, simple_x, logy, w, huber_delta, per_start=None):
+    """Best simplified-law fit [n, 4] per weight vector w [n, m]; ``per_start`` starts each
+    (default: all ``starts``, shared by every vector)."""
+    n = len(w)
+    s = len(starts) if per_start is None else per_start
+    theta0 = np.tile(starts, (n, 1)) if per_start is None else starts
+    out = minimize_multistart(_simple_log_form, theta0, simple_x, logy,
+                              weights=np.repeat(w, s, axis=0), huber_delta=huber_delta)
+    value = np.where(np.isfinite(out["value"]), out["value"], np.inf).reshape(n, s)
+    return out["theta"].reshape(n, s, 4)[np.arange(n), np.argmin(value, axis=1)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,17 +125,24 @@ def fit_recipe(law, x: dict, logy: np.ndarray, weights: np.ndarray | None = None
     """
     m = logy.shape[0]
     w = np.ones((1, m)) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
-    grid = init_grid(x["log_area"], np.exp(logy))
-    s = len(grid)
     simple_x = {k: x[k] for k in ("log_area", "lr_now")}
-    stage1 = minimize_multistart(_simple_log_form, np.tile(grid, (len(w), 1)), simple_x, logy,
-                                 weights=np.repeat(w, s, axis=0), huber_delta=huber_delta)
-    value = np.where(np.isfinite(stage1["value"]), stage1["value"], np.inf).reshape(len(w), s)
-    best = stage1["theta"].reshape(len(w), s, 4)[np.arange(len(w)), np.argmin(value, axis=1)]
+    grid = init_grid(x["log_area"], np.exp(logy))
+    best = _stage1(grid, simple_x, logy, np.ones((1, m)), huber_delta)
+    if weights is not None:
+        # every grid start reaches one optimum on the published curves (135 of 135 for 25M
+        # and 100M): a resample starts from the full data's, not from the grid (n x 135 starts)
+        best = _stage1(np.tile(best, (len(w), 1)), simple_x, logy, w, huber_delta, per_start=1)
     nat0 = np.column_stack([best, np.ones(len(w)), np.full(len(w), 0.5), np.full(len(w), 0.5)])
+    run = _adamw(law.log_form)
+    n = len(w)
+    if n > CHUNK:  # pad to whole chunks: one compiled shape (the padding is dropped below)
+        extra = -n % CHUNK
+        nat0, w = np.concatenate([nat0, nat0[:extra]]), np.concatenate([w, w[:extra]])
+    outs = []
     with jax.enable_x64(True):
         xj = {k: jnp.asarray(v, jnp.float64) for k, v in x.items()}
-        nat, f, k = _adamw(law.log_form)(jnp.asarray(nat0), xj, jnp.asarray(logy), jnp.asarray(w),
-                                         jnp.asarray(huber_delta, jnp.float64))
-        theta = np.asarray(internal_theta(nat))
-    return theta, np.asarray(f), np.asarray(k)
+        for lo in range(0, len(w), CHUNK):  # [chunk, m, J] intermediates, not [n, m, J]
+            nat, f, k = run(jnp.asarray(nat0[lo:lo + CHUNK]), xj, jnp.asarray(logy),
+                            jnp.asarray(w[lo:lo + CHUNK]), jnp.asarray(huber_delta, jnp.float64))
+            outs.append((np.asarray(internal_theta(nat)), np.asarray(f), np.asarray(k)))
+    return tuple(np.concatenate([o[i] for o in outs])[:n] for i in range(3))
