@@ -79,6 +79,20 @@ def _check(args) -> None:
             raise ValueError("--optimize-schedule writes optimal_schedule.*: give --out DIR")
 
 
+def fit_warnings(fit) -> list[str]:
+    """One-line warnings: exponents running off, few BFGS starts at the best."""
+    out = []
+    for k in ("alpha", "beta", "gamma"):
+        v = fit.params.get(k)
+        if v is not None and not 1e-3 < v < 5.0:
+            out.append(f"{k} = {v:.4g} is running off (outside (0.001, 5)): the curves do not pin "
+                       "it down; the law's other parameters trade off against it")
+    if fit.method == "bfgs" and fit.n_at_best <= 2 < fit.n_starts:
+        out.append(f"only {fit.n_at_best} of {fit.n_starts} starts reached the best objective: "
+                   "the answer depends on the start grid")
+    return out
+
+
 def _parameter_table(fit, boot) -> str:
     rows = []
     for k, v in fit.params.items():
@@ -120,6 +134,7 @@ def run_curves(args) -> int:
         if boot.n_failed > boot.n / 10:
             warnings.append(f"{boot.n_failed}/{boot.n} resamples dropped (no LR drop among their "
                             "runs, or not converged)")
+    warnings = fit_warnings(fit) + warnings
     print(_parameter_table(fit, boot))
     for w in warnings:
         print(f"warning: {w}")

@@ -144,3 +144,14 @@ def test_optimal_schedule_beats_cosine_and_wsd_and_never_rises():
     with jax.enable_x64(True):
         got = float(final_loss(MPL, jnp.asarray(opt.schedules["cosine"])))
     assert got == pytest.approx(evaluate(spec, spec.from_params(MPL, 1e-3), x)[0], rel=1e-12)
+
+
+def test_running_off_exponents_are_warned():
+    from types import SimpleNamespace
+
+    from scaling.curves_cli import fit_warnings
+
+    fit = SimpleNamespace(params={**MPL, "beta": 2700.0}, method="bfgs", n_at_best=1, n_starts=16)
+    text = " ".join(fit_warnings(fit))
+    assert "beta = 2700 is running off" in text and "1 of 16 starts" in text
+    assert fit_warnings(SimpleNamespace(params=MPL, method="luo2025", n_at_best=1, n_starts=1)) == []
