@@ -22,6 +22,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from scaling.curve_laws import CURVE_LAWS
+from scaling.curves_cli import add_curve_options, refuse_curve_options, run_curves
 from scaling.fitting import OBJECTIVES
 from scaling.hyperparams import HYPER_LAWS
 from scaling.law_specs import LAWS
@@ -51,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "multistart BFGS, bootstrap intervals); print the parameters and warnings, "
                     "write plots (PNG+SVG), report.md, fit.json, samples.csv and predictions.csv.",
     )
-    p.add_argument("table", help="CSV file, one row per run")
-    p.add_argument("--law", default="chinchilla", choices=sorted([*LAWS, *HYPER_LAWS]), help=laws_help)
+    p.add_argument("table", nargs="?", default=None,
+                   help="CSV file, one row per run (curve laws: run, step, loss per evaluation)")
+    p.add_argument("--law", default="chinchilla", choices=sorted([*LAWS, *HYPER_LAWS, *CURVE_LAWS]),
+                   help=laws_help)
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="bootstrap resamples for percentile intervals and SDs (0: none; else >= 2)")
     p.add_argument("--level", type=float, default=0.95, help="interval coverage, in (0, 1)")
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "budget's best run (default: all runs)")
     p.add_argument("--out", default=None,
                    help="output directory for plots, report.md, samples.csv, predictions.csv")
+    add_curve_options(p)
     return p
 
 
@@ -205,6 +210,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse, check, fit, then write; raises ValueError/UsageError on bad input."""
     args = build_parser().parse_args(argv)
     check_args(args)
+    if args.law in CURVE_LAWS:
+        return run_curves(args)
+    refuse_curve_options(args)
     columns = _pairs(args.column, "column")
     fixed = _pairs(args.fix, "fix", float)
     try:
