@@ -136,12 +136,12 @@ def test_sharded_interpreted_kernels_equal_single_device_reference(results, fami
 
     Why a model and not a fixed tolerance (issue 23): one Adam step turns a gradient g of
     about eps = 1e-3 into lr g / (|g| + eps), so lr / eps = 10 times a gradient's rounding
-    error reaches the parameter. GLA's embedding row of a token next to a document start
-    has a float32 gradient of -8.6e-6 single-device and -1.20e-5 sharded for an exact
-    -1.05e-5 (its log-decay reset of -100 leaves ~1e-5 relative precision to the decays
-    after it in the chunk); the two float32 parameters then differ by 3.1e-5, 1.77 times
-    the former fixed bound (1e-5 + 1e-4 |w|), while each is as far from the exact value
-    (1.75e-5 single-device, 1.69e-5 sharded). The sharded path is not wrong; float32 is.
+    error reaches the parameter. GLA's float32 gradients are least accurate at document
+    starts, where the state restarts: the embedding row of token 257, which starts the
+    batch's rows, gets -8.6e-6 single-device and -1.20e-5 sharded for an exact -1.05e-5;
+    the two float32 parameters then differ by 3.1e-5, 1.77 times the former fixed bound
+    (1e-5 + 1e-4 |w|), while each is as far from the exact value (1.75e-5 single-device,
+    1.69e-5 sharded). The sharded path is not wrong; float32 is.
 
     Constants, from the 7 families on this machine, measured on the meshes (2, 2, 2, 1),
     (8, 1, 1, 1) and (2, 4, 1, 1) and at XLA's default and zeroth optimisation level: the
