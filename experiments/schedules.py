@@ -42,12 +42,12 @@ import math
 import sys
 from pathlib import Path
 
-from experiments import lib
+from experiments import lib, schedules_analysis
 from experiments.lib import data_budget
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.presets import LADDER, ladder_model
 
-STABLE = "constant"
+STABLE = schedules_analysis.STABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,52 +181,15 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *,
     return lib.Study(name="schedules", runs=tuple(runs), tags=data_budget.with_epoch_tags(runs, tags), meta=meta)
 
 
-def trained_steps(study: lib.Study) -> int:
-    """Optimiser steps the grid trains: each run's steps less the prefix it restores."""
-    return sum(r.train.steps - (r.train.init_from[1] if r.train.init_from else 0) for r in study.runs)
-
-
-def optimised_study(study: lib.Study, knots) -> lib.Study:
-    """The one-run study training the optimised schedule (kind "table" with ``knots``).
-
-    It restores the constant run at the last of its checkpoints (every ``checkpoint_every``
-    steps) before the schedule leaves the peak, if any, so that prefix is not trained again.
-    """
-    stable = next(r for r in study.runs if r.name == STABLE)
-    flat = -1  # the multiplier is 1 (the peak) at every step after the warmup up to this one
-    for s, v in knots:
-        if v < 1.0:
-            break
-        flat = int(s)
-    unit, stable_steps = stable.train.checkpoint_every, stable.train.steps
-    # the constant run's checkpoint c saw steps 0..c-1: restorable if those were at the peak too
-    start = min((flat + 1) // unit, (stable_steps - 1) // unit) * unit if flat >= 0 else 0
-    schedule = dataclasses.replace(stable.schedule, kind="table", knots=tuple((int(s), float(v)) for s, v in knots))
-    init = (_stable_dir(study), start) if start else None
-    train = dataclasses.replace(stable.train, checkpoint_every=stable.train.steps, keep_checkpoints=1, init_from=init)
-    run = dataclasses.replace(stable, schedule=schedule, train=train, name="optimised")
-    return lib.Study(name="schedules-optimised", runs=(run,),
-                     tags={"optimised": {"kind": "optimised", "length": stable.train.steps, "branch_point": start,
-                                         "fitted": False}}, meta={"parent": study.fingerprint()})
-
-
-def _stable_dir(study: lib.Study) -> str:
-    return next(r.train.init_from[0] for r in study.runs if r.train.init_from)
-
-
 # ------------------------------------------------------------------------------- CLI
 
 
 def _analyze(study, table, out, preset, args):
-    from experiments import schedules_analysis
-
     return schedules_analysis.analyze(study, table, out, preset, bootstrap=preset.bootstrap,
                                       train=not args.analysis_only, progress=not args.no_progress)
 
 
 def _summary(result: dict) -> str:
-    from experiments import schedules_analysis
-
     return schedules_analysis.summary(result)
 
 

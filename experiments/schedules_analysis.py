@@ -11,7 +11,7 @@ See :mod:`experiments.schedules` for the grid. Here, from the runs' loss curves
    coarse: they say how much one curve moves the fit);
 3. optimise the schedule of the long length under the multi-power fit
    (``scaling.optimize_schedule``), compress it to ``preset.knots`` knots (:func:`compress`),
-   train it (:func:`experiments.schedules.optimised_study`) and compare its observed final
+   train it (:func:`optimised_study`) and compare its observed final
    training loss (the last curve point) with the law's prediction for the schedule actually
    trained, and with the cosine and WSD runs of the same length.
 """
@@ -27,6 +27,7 @@ import pandas as pd
 from experiments import lib
 from experiments.lib.cli import training
 
+STABLE = "constant"  # the constant run, which every branch restores
 LAWS = ("multi_power", "lr_annealing")
 LEVEL = 0.95
 
@@ -94,6 +95,40 @@ def _final(curves: pd.DataFrame, run: str) -> float:
     return float(c.loc[c["step"].idxmax(), "loss"])
 
 
+def trained_steps(study: lib.Study) -> int:
+    """Optimiser steps the grid trains: each run's steps less the prefix it restores."""
+    return sum(r.train.steps - (r.train.init_from[1] if r.train.init_from else 0) for r in study.runs)
+
+
+def optimised_study(study: lib.Study, knots) -> lib.Study:
+    """The one-run study training the optimised schedule (kind "table" with ``knots``).
+
+    It restores the constant run at the last of its checkpoints (every ``checkpoint_every``
+    steps) before the schedule leaves the peak, if any, so that prefix is not trained again.
+    """
+    stable = next(r for r in study.runs if r.name == STABLE)
+    flat = -1  # the multiplier is 1 (the peak) at every step after the warmup up to this one
+    for s, v in knots:
+        if v < 1.0:
+            break
+        flat = int(s)
+    unit, stable_steps = stable.train.checkpoint_every, stable.train.steps
+    # the constant run's checkpoint c saw steps 0..c-1: restorable if those were at the peak too
+    start = min((flat + 1) // unit, (stable_steps - 1) // unit) * unit if flat >= 0 else 0
+    schedule = dataclasses.replace(stable.schedule, kind="table", knots=tuple((int(s), float(v)) for s, v in knots))
+    init = (_stable_dir(study), start) if start else None
+    train = dataclasses.replace(stable.train, checkpoint_every=stable.train.steps, keep_checkpoints=1, init_from=init)
+    run = dataclasses.replace(stable, schedule=schedule, train=train, name="optimised")
+    return lib.Study(name="schedules-optimised", runs=(run,),
+                     tags={"optimised": {"kind": "optimised", "length": stable.train.steps, "branch_point": start,
+                                         "fitted": False}}, meta={"parent": study.fingerprint()})
+
+
+def _stable_dir(study: lib.Study) -> str:
+    return next(r.train.init_from[0] for r in study.runs if r.train.init_from)
+
+
+
 def check_optimised(study, preset, fit, curves, etas, out: Path, *, train: bool, progress: bool) -> dict:
     """Optimise, compress, train (if ``train``) and compare the schedule of the long length.
 
@@ -101,7 +136,6 @@ def check_optimised(study, preset, fit, curves, etas, out: Path, *, train: bool,
     schedule), "opt" (the OptimalSchedule), "table" (one row per schedule of the long length:
     predicted and observed final training loss, final validation loss), "out", "trained"}.
     """
-    from experiments import schedules
     from scaling.run_curves import read_runs, run_schedule
     from scaling.schedule_opt import optimize_schedule
 
@@ -110,7 +144,7 @@ def check_optimised(study, preset, fit, curves, etas, out: Path, *, train: bool,
     knots = compress(opt.schedules["optimal"], peak, W, preset.knots)
     ks, vs = np.array(knots).T
     deviation = float(np.max(np.abs(np.interp(np.arange(W, L), ks, vs) - opt.schedules["optimal"][W:] / peak)))
-    sub = schedules.optimised_study(study, knots)
+    sub = optimised_study(study, knots)
     sub_out = out / f"optimised-{sub.fingerprint()}"
     trained = False
     if train:
@@ -147,8 +181,6 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
     from scaling.curve_plots import plot_curves, plot_schedules
     from scaling.run_curves import read_runs
 
-    from experiments import schedules
-
     out = Path(out)
     fitted = [r.name for r in study.runs if study.tags[r.name]["fitted"]]
     curves, etas = read_runs(out / "runs")
@@ -170,7 +202,7 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
                           title="multi-power law: fitted (solid) and predicted (dashed) curves")
     figures += plot_schedules(check["opt"], out)
 
-    steps = schedules.trained_steps(study)
+    steps = trained_steps(study)
     scratch = sum(r.train.steps for r in study.runs)
     lines = [f"# Loss curves across learning-rate schedules ({study.meta.get('preset')} preset)", "",
              "Luo et al. 2025 (multi-power law, arXiv:2503.12811) and Tissue et al. 2024 (LR annealing, "

@@ -129,11 +129,11 @@ def test_optimised_run_restores_the_constant_prefix_only_where_it_is_at_the_peak
     study = schedules.build_study(PRESET, tmp_path)
     unit = study.runs[0].train.checkpoint_every
     assert unit == 40
-    run = schedules.optimised_study(study, ((10, 1.0), (130, 1.0), (199, 0.1))).runs[0]
+    run = schedules_analysis.optimised_study(study, ((10, 1.0), (130, 1.0), (199, 0.1))).runs[0]
     assert run.train.init_from == (str(lib.run_dir(tmp_path.resolve(), study.runs[0])), 120)
     assert run.schedule.kind == "table" and run.train.steps == PRESET.steps
-    assert schedules.optimised_study(study, ((10, 0.99), (199, 0.1))).runs[0].train.init_from is None
-    end = schedules.optimised_study(study, ((10, 1.0), (199, 1.0))).runs[0]
+    assert schedules_analysis.optimised_study(study, ((10, 0.99), (199, 0.1))).runs[0].train.init_from is None
+    end = schedules_analysis.optimised_study(study, ((10, 1.0), (199, 1.0))).runs[0]
     assert end.train.init_from[1] == 160  # never the last step: something is left to train
 
 
