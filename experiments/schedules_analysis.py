@@ -235,13 +235,15 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
                                  "final val loss"],
                                 [(r, f"{v.predicted_final_loss:.4f}", f"{v.observed_final_loss:.4f}",
                                   f"{v.final_val_loss:.4f}") for r, v in opt.iterrows()], align="lrrr")
-    cos = f"cosine-L{preset.steps}"
-    gain = {"predicted": opt.loc[cos, "predicted_final_loss"] - opt.loc["optimised", "predicted_final_loss"],
-            "observed": opt.loc[cos, "observed_final_loss"] - opt.loc["optimised", "observed_final_loss"],
-            "val": opt.loc[cos, "final_val_loss"] - opt.loc["optimised", "final_val_loss"]}
-    lines += ["", (f"Gain over cosine: predicted {gain['predicted']:+.4f}, observed {gain['observed']:+.4f} "
-                   f"(train), {gain['val']:+.4f} (validation)." if check["trained"] else
-                   f"Not trained yet (--analysis-only): rerun without it to train {check['out']}.")]
+    gain = {}
+    for ref in (f"cosine-L{preset.steps}", f"wsd-exp-L{preset.steps}"):
+        gain[ref] = {k: opt.loc[ref, c] - opt.loc["optimised", c] for k, c in
+                     (("predicted", "predicted_final_loss"), ("observed", "observed_final_loss"),
+                      ("val", "final_val_loss"))}
+        lines += ["", (f"Gain of the optimised schedule over {ref} (> 0: better): predicted "
+                       f"{gain[ref]['predicted']:+.4f}, observed {gain[ref]['observed']:+.4f} (final train loss), "
+                       f"{gain[ref]['val']:+.4f} (final validation loss)." if check["trained"] else
+                       f"Not trained yet (--analysis-only): rerun without it to train {check['out']}.")]
     report = lib.write_report(out, lines, figures)
     return {"fits": fits, "errors": errors, "params": params, "predictions": predictions, "optimised": check,
             "gain": gain, "steps_trained": steps, "plots": figures, "report": report}

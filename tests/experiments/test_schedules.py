@@ -105,6 +105,10 @@ def test_optimised_schedule_is_trained_and_compared(smoke):
         last["train_loss"])
     res = json.loads((run_dir / "result.json").read_text())
     assert table.loc["optimised", "final_val_loss"] == pytest.approx(res["final_val_loss"])
+    for ref in ("cosine-L200", "wsd-exp-L200"):
+        assert result["gain"][ref]["val"] == pytest.approx(table.loc[ref, "final_val_loss"] - res["final_val_loss"])
+        assert result["gain"][ref]["observed"] == pytest.approx(
+            table.loc[ref, "observed_final_loss"] - last["train_loss"])
     # rerunning the analysis finds the trained run (same fit, same knots): nothing is retrained
     again = schedules.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--analysis-only"])
     assert again["optimised"]["out"] == check["out"] and again["optimised"]["trained"]
