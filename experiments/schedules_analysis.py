@@ -37,8 +37,8 @@ def compress(eta: np.ndarray, peak: float, warmup: int, n: int) -> tuple[tuple[i
 
     Knot k sits at the first step where (elapsed fraction of the steps + fraction of the total
     LR drop) / 2 reaches k / (n - 1), so a long plateau and a short cooldown both get knots;
-    the first and last step and the plateau's end are always knots (so at most n + 1). Linear interpolation between them (ScheduleConfig
-    kind "table") is the trained schedule.
+    the first and last step and the plateau's end are always knots (so at most n + 1). Linear
+    interpolation between them (ScheduleConfig kind "table") is the trained schedule.
     """
     mult = np.minimum(np.asarray(eta[warmup:], float) / peak, 1.0)  # [T - W]
     steps = np.arange(warmup, len(eta))
@@ -215,7 +215,8 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
              *(f"{wide.loc[(run, fit), (m, law)]:.4f}" for law in LAWS for m in ("PredE", "WorstE")))
             for run, fit in wide.index]
     mean = errors[~errors["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
-    rows.append(("**mean of predicted**", "", *(f"{mean.loc[law, m]:.4f}" for law in LAWS for m in ("PredE", "WorstE"))))
+    rows.append(("**mean of predicted**", "",
+                 *(f"{mean.loc[law, m]:.4f}" for law in LAWS for m in ("PredE", "WorstE"))))
     lines += lib.markdown_table(["curve", "", *(f"{m} {law}" for law in LAWS for m in ("PredE", "WorstE"))],
                                 rows, align="llrrrr")
     lines += ["", f"## Fitted parameters ({int(100 * LEVEL)}% intervals over {bootstrap or 0} resamples of the "
