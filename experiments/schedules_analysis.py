@@ -64,19 +64,38 @@ def _errors(pred: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _finite(fit) -> bool:
+    return bool(np.all(np.isfinite(list(fit.params.values()))))
+
+
 def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap: int | None):
-    """{law: (CurveFit, BootstrapResult | None, predictions of every curve, errors per curve)}."""
+    """{law: (CurveFit, BootstrapResult | None, predictions of every curve, errors per curve)}, notes.
+
+    A multi_power fit by the authors' recipe whose parameters are not all finite is redone by
+    multistart BFGS (``method="bfgs"``), and the note says so.
+    """
     from scaling import fit_curves
     from scaling.curve_fit import curve_predictions
+    from scaling.table import FitConvergenceError
 
-    out = {}
+    out, notes = {}, []
+    table, lrs = curves[curves["run"].isin(fitted)], {r: schedules[r] for r in fitted}
     for law in LAWS:
-        fit = fit_curves(curves[curves["run"].isin(fitted)], {r: schedules[r] for r in fitted}, law)
-        boot = fit.bootstrap(n=bootstrap, seed=0, level=LEVEL) if bootstrap else None
+        fit = fit_curves(table, lrs, law)
+        if not _finite(fit) and fit.method == "luo2025":
+            notes.append(f"{law}: the authors' recipe gave non-finite parameters "
+                         f"({', '.join(f'{k} {v:.4g}' for k, v in fit.params.items())}); refitted by multistart BFGS")
+            try:
+                fit = fit_curves(table, lrs, law, method="bfgs")
+            except FitConvergenceError as err:
+                notes.append(f"{law}: BFGS failed too ({err})")
+        if not _finite(fit):
+            notes.append(f"{law}: the fit has non-finite parameters; its predictions are NaN")
+        boot = fit.bootstrap(n=bootstrap, seed=0, level=LEVEL) if bootstrap and _finite(fit) else None
         pred = curve_predictions(fit, curves, schedules, boot)
         pred["fitted"] = pred["run"].isin(fitted)
         out[law] = (fit, boot, pred, _errors(pred))
-    return out
+    return out, notes
 
 
 def _params(fits: dict) -> pd.DataFrame:
@@ -175,63 +194,15 @@ def check_optimised(study, preset, fit, curves, etas, out: Path, *, train: bool,
             "out": sub_out, "trained": trained, "start": sub.runs[0].train.init_from}
 
 
-def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = None, train: bool = True,
-            progress: bool = False) -> dict:
-    """Fits, predictions, errors, the optimised schedule; CSVs, figures and report.md under ``out``."""
-    from scaling.curve_plots import plot_curves, plot_schedules
-    from scaling.run_curves import read_runs
-
-    out = Path(out)
-    fitted = [r.name for r in study.runs if study.tags[r.name]["fitted"]]
-    curves, etas = read_runs(out / "runs")
-    curves = curves[curves["run"].isin(study.run_names)]
-    fits = fit_laws(curves, etas, fitted, bootstrap)
-    errors = pd.concat([e.assign(law=law) for law, (*_, e) in fits.items()], ignore_index=True)
-    params = _params(fits)
-    predictions = pd.concat([p.assign(law=law) for law, (_, _, p, _) in fits.items()], ignore_index=True)
-    mpl = fits["multi_power"]
-    check = check_optimised(study, preset, mpl[0], curves, etas, out, train=train, progress=progress)
-    val = table.set_index("run")["final_val_loss"]
-    check["table"]["final_val_loss"] = [val.get(r, v) for r, v in
-                                        zip(check["table"]["schedule"], check["table"]["final_val_loss"])]
-    for name, df in (("curve_errors", errors), ("params", params), ("predictions", predictions),
-                     ("optimised", check["table"])):
-        df.to_csv(out / f"{name}.csv", index=False)
-    pred = mpl[2]
-    figures = plot_curves(pred[pred["fitted"]], pred[~pred["fitted"]], out, name="curves",
-                          title="multi-power law: fitted (solid) and predicted (dashed) curves")
-    figures += plot_schedules(check["opt"], out)
-
-    steps = trained_steps(study)
-    scratch = sum(r.train.steps for r in study.runs)
-    lines = [f"# Loss curves across learning-rate schedules ({study.meta.get('preset')} preset)", "",
-             "Luo et al. 2025 (multi-power law, arXiv:2503.12811) and Tissue et al. 2024 (LR annealing, "
-             "arXiv:2408.11029), fitted on the training-loss curves of " + ", ".join(fitted) + "; every other "
-             "curve is predicted. A branch's curve is the steps it trained after restoring the constant run.", "",
-             f"Steps trained: {steps} (branches restore the constant run; from scratch: {scratch}).", "",
-             "## Prediction errors (PredE = mean |L - Lhat| / L, WorstE = max)", ""]
-    wide = errors.pivot_table(index=["run", "fitted"], columns="law", values=["PredE", "WorstE"], sort=False)
-    rows = [(run, "fit" if fit else "predicted",
-             *(f"{wide.loc[(run, fit), (m, law)]:.4f}" for law in LAWS for m in ("PredE", "WorstE")))
-            for run, fit in wide.index]
-    mean = errors[~errors["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
-    rows.append(("**mean of predicted**", "",
-                 *(f"{mean.loc[law, m]:.4f}" for law in LAWS for m in ("PredE", "WorstE"))))
-    lines += lib.markdown_table(["curve", "", *(f"{m} {law}" for law in LAWS for m in ("PredE", "WorstE"))],
-                                rows, align="llrrrr")
-    lines += ["", f"## Fitted parameters ({int(100 * LEVEL)}% intervals over {bootstrap or 0} resamples of the "
-              f"{len(fitted)} fitted runs)", ""]
-    lines += lib.markdown_table(["law", "parameter", "value", "interval"],
-                                [(r.law, r.param, f"{r.value:.4g}",
-                                  f"[{r.lower:.4g}, {r.upper:.4g}]" if np.isfinite(r.lower) else "-")
-                                 for r in params.itertuples()], align="llrr")
+def _optimised_lines(check: dict, preset) -> tuple[list[str], dict]:
+    """The report's section on the optimised schedule; its gains over the cosine and WSD runs."""
     opt = check["table"].set_index("schedule")
-    lines += ["", f"## The optimised schedule ({preset.steps} steps)", "",
-              f"Projected Adam on the LR decrements under the multi-power fit (Luo et al. Sec. 5), compressed to "
-              f"{len(check['knots'])} knots (max |multiplier change| {check['deviation']:.3g}); the law predicts "
-              f"{check['opt'].final_loss['optimal']:.4f} for the optimiser's schedule with its own warmup. "
-              + (f"Trained from the constant run's checkpoint at step {check['start'][1]}." if check["start"]
-                 else "Trained from step 0."), ""]
+    lines = ["", f"## The optimised schedule ({preset.steps} steps)", "",
+             f"Projected Adam on the LR decrements under the multi-power fit (Luo et al. Sec. 5), compressed to "
+             f"{len(check['knots'])} knots (max |multiplier change| {check['deviation']:.3g}); the law predicts "
+             f"{check['opt'].final_loss['optimal']:.4f} for the optimiser's schedule with its own warmup. "
+             + (f"Trained from the constant run's checkpoint at step {check['start'][1]}." if check["start"]
+                else "Trained from step 0."), ""]
     lines += lib.markdown_table(["schedule", "predicted final train loss", "observed final train loss",
                                  "final val loss"],
                                 [(r, f"{v.predicted_final_loss:.4f}", f"{v.observed_final_loss:.4f}",
@@ -245,6 +216,70 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
                        f"{gain[ref]['predicted']:+.4f}, observed {gain[ref]['observed']:+.4f} (final train loss), "
                        f"{gain[ref]['val']:+.4f} (final validation loss)." if check["trained"] else
                        f"Not trained yet (--analysis-only): rerun without it to train {check['out']}.")]
+    return lines, gain
+
+
+def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = None, train: bool = True,
+            progress: bool = False) -> dict:
+    """Fits, predictions, errors, the optimised schedule; CSVs, figures and report.md under ``out``."""
+    from scaling.curve_plots import plot_curves, plot_schedules
+    from scaling.run_curves import read_runs
+
+    out = Path(out)
+    fitted = [r.name for r in study.runs if study.tags[r.name]["fitted"]]
+    curves, etas = read_runs(out / "runs")
+    curves = curves[curves["run"].isin(study.run_names)]
+    fits, notes = fit_laws(curves, etas, fitted, bootstrap)
+    errors = pd.concat([e.assign(law=law) for law, (*_, e) in fits.items()], ignore_index=True)
+    params = _params(fits)
+    predictions = pd.concat([p.assign(law=law) for law, (_, _, p, _) in fits.items()], ignore_index=True)
+    mpl = fits["multi_power"]
+    check = None
+    if _finite(mpl[0]):
+        check = check_optimised(study, preset, mpl[0], curves, etas, out, train=train, progress=progress)
+        val = table.set_index("run")["final_val_loss"]
+        check["table"]["final_val_loss"] = [val.get(r, v) for r, v in
+                                            zip(check["table"]["schedule"], check["table"]["final_val_loss"])]
+    for name, df in (("curve_errors", errors), ("params", params), ("predictions", predictions),
+                     ("optimised", check["table"] if check else pd.DataFrame())):
+        df.to_csv(out / f"{name}.csv", index=False)
+    pred = mpl[2]
+    figures = plot_curves(pred[pred["fitted"]], pred[~pred["fitted"]], out, name="curves",
+                          title="multi-power law: fitted (solid) and predicted (dashed) curves")
+    figures += plot_schedules(check["opt"], out) if check else []
+
+    steps = trained_steps(study)
+    scratch = sum(r.train.steps for r in study.runs)
+    lines = [f"# Loss curves across learning-rate schedules ({study.meta.get('preset')} preset)", "",
+             "Luo et al. 2025 (multi-power law, arXiv:2503.12811) and Tissue et al. 2024 (LR annealing, "
+             "arXiv:2408.11029), fitted on the training-loss curves of " + ", ".join(fitted) + "; every other "
+             "curve is predicted. A branch's curve is the steps it trained after restoring the constant run.", "",
+             f"Steps trained: {steps} (branches restore the constant run; from scratch: {scratch}).", "",
+             "## Prediction errors (PredE = mean |L - Lhat| / L, WorstE = max)", ""]
+    by = errors.set_index(["law", "run"])
+    order = errors[errors["law"] == LAWS[0]]
+    rows = [(run, "fit" if fit else "predicted",
+             *(f"{by.loc[(law, run), m]:.4f}" for law in LAWS for m in ("PredE", "WorstE")))
+            for run, fit in zip(order["run"], order["fitted"])]
+    mean = errors[~errors["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
+    rows.append(("**mean of predicted**", "",
+                 *(f"{mean.loc[law, m]:.4f}" for law in LAWS for m in ("PredE", "WorstE"))))
+    lines += lib.markdown_table(["curve", "", *(f"{m} {law}" for law in LAWS for m in ("PredE", "WorstE"))],
+                                rows, align="llrrrr")
+    lines += ["", f"## Fitted parameters ({int(100 * LEVEL)}% intervals over {bootstrap or 0} resamples of the "
+              f"{len(fitted)} fitted runs)", ""]
+    lines += lib.markdown_table(["law", "parameter", "value", "interval"],
+                                [(r.law, r.param, f"{r.value:.4g}",
+                                  f"[{r.lower:.4g}, {r.upper:.4g}]" if np.isfinite(r.lower) else "-")
+                                 for r in params.itertuples()], align="llrr")
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    if check is None:
+        lines += ["", "## The optimised schedule", "", "None: the multi-power fit has non-finite parameters."]
+        gain = {}
+    else:
+        more, gain = _optimised_lines(check, preset)
+        lines += more
     report = lib.write_report(out, lines, figures)
     return {"fits": fits, "errors": errors, "params": params, "predictions": predictions, "optimised": check,
             "gain": gain, "steps_trained": steps, "plots": figures, "report": report}
@@ -254,5 +289,6 @@ def summary(result: dict) -> str:
     """The mean PredE/WorstE of the predicted curves per law, and the optimised schedule's check."""
     e = result["errors"]
     mean = e[~e["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
-    return (mean.to_string() + "\n" + result["optimised"]["table"].to_string(index=False)
+    check = result["optimised"]
+    return (mean.to_string() + "\n" + (check["table"].to_string(index=False) if check else "no optimised schedule")
             + f"\nsteps trained: {result['steps_trained']}")
