@@ -147,3 +147,29 @@ def test_optimised_run_restores_the_constant_prefix_only_where_it_is_at_the_peak
 def test_bad_presets_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         PRESET.replace(**change)
+
+
+def test_a_failed_multi_power_fit_is_reported_not_a_crash(smoke, monkeypatch):
+    import dataclasses
+
+    import scaling
+    from scaling.run_curves import read_runs
+    from scaling.table import FitConvergenceError
+
+    out, _ = smoke
+    real = scaling.fit_curves
+
+    def fake(curves, lrs, law, method=None):
+        if law == "multi_power" and method == "bfgs":
+            raise FitConvergenceError("none of the 16 starts converged")
+        fit = real(curves, lrs, law, method=method)
+        if law != "multi_power":
+            return fit
+        return dataclasses.replace(fit, params={k: np.nan for k in fit.params}, theta=np.full_like(fit.theta, np.nan))
+
+    monkeypatch.setattr(scaling, "fit_curves", fake)
+    curves, etas = read_runs(out / "runs")
+    fits, notes = schedules_analysis.fit_laws(curves, etas, ["constant", "cosine-L200", "wsd-exp-L200"], None)
+    assert "recipe gave non-finite parameters" in notes[0] and "BFGS failed too" in notes[1]
+    assert fits["multi_power"][3]["PredE"].isna().all()
+    assert np.isfinite(fits["lr_annealing"][3]["PredE"]).all()
