@@ -65,34 +65,54 @@ def _errors(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def _finite(fit) -> bool:
-    return bool(np.all(np.isfinite(list(fit.params.values()))))
+    return fit is not None and bool(np.all(np.isfinite(list(fit.params.values()))))
+
+
+def _fit(table, lrs, law: str, notes: list[str]):
+    """The law's fit by its default method, else by multistart BFGS (noted); None if both fail."""
+    from scaling import fit_curves
+    from scaling.table import FitConvergenceError
+
+    try:
+        fit = fit_curves(table, lrs, law)
+    except FitConvergenceError as err:
+        fit = None
+        notes.append(f"{law}: the default fit did not converge ({err})")
+    if _finite(fit) or (fit is not None and fit.method == "bfgs"):
+        return fit
+    if fit is not None:
+        notes.append(f"{law}: the authors' recipe gave non-finite parameters "
+                     f"({', '.join(f'{k} {v:.4g}' for k, v in fit.params.items())})")
+    try:
+        refit = fit_curves(table, lrs, law, method="bfgs")
+        notes.append(f"{law}: refitted by multistart BFGS")
+        return refit
+    except FitConvergenceError as err:
+        notes.append(f"{law}: BFGS failed too ({err})")
+        return fit
 
 
 def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap: int | None):
-    """{law: (CurveFit, BootstrapResult | None, predictions of every curve, errors per curve)}, notes.
+    """{law: (CurveFit or None, BootstrapResult | None, predictions of every curve, errors per curve)}, notes.
 
-    A multi_power fit by the authors' recipe whose parameters are not all finite is redone by
-    multistart BFGS (``method="bfgs"``), and the note says so.
+    A fit that fails or has non-finite parameters by the law's default method is redone by
+    multistart BFGS (``method="bfgs"``); if that fails too, the law's predictions are NaN. The
+    notes say which.
     """
-    from scaling import fit_curves
     from scaling.curve_fit import curve_predictions
-    from scaling.table import FitConvergenceError
 
     out, notes = {}, []
     table, lrs = curves[curves["run"].isin(fitted)], {r: schedules[r] for r in fitted}
     for law in LAWS:
-        fit = fit_curves(table, lrs, law)
-        if not _finite(fit) and fit.method == "luo2025":
-            notes.append(f"{law}: the authors' recipe gave non-finite parameters "
-                         f"({', '.join(f'{k} {v:.4g}' for k, v in fit.params.items())}); refitted by multistart BFGS")
-            try:
-                fit = fit_curves(table, lrs, law, method="bfgs")
-            except FitConvergenceError as err:
-                notes.append(f"{law}: BFGS failed too ({err})")
-        if not _finite(fit):
-            notes.append(f"{law}: the fit has non-finite parameters; its predictions are NaN")
+        fit = _fit(table, lrs, law, notes)
         boot = fit.bootstrap(n=bootstrap, seed=0, level=LEVEL) if bootstrap and _finite(fit) else None
-        pred = curve_predictions(fit, curves, schedules, boot)
+        if fit is None:
+            pred = curves.reset_index(drop=True).assign(predicted_loss=np.nan, lower=np.nan, upper=np.nan,
+                                                        rel_error=np.nan)
+        else:
+            pred = curve_predictions(fit, curves, schedules, boot)
+        if not _finite(fit):
+            notes.append(f"{law}: no usable fit; its predictions and errors are NaN")
         pred["fitted"] = pred["run"].isin(fitted)
         out[law] = (fit, boot, pred, _errors(pred))
     return out, notes
@@ -101,7 +121,7 @@ def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap
 def _params(fits: dict) -> pd.DataFrame:
     rows = []
     for law, (fit, boot, _, _) in fits.items():
-        for name, value in fit.params.items():
+        for name, value in (fit.params if fit is not None else {}).items():
             lo = hi = np.nan
             if boot is not None and name in boot.intervals.index:
                 lo, hi = boot.intervals.loc[name, ["lower", "upper"]]

@@ -171,5 +171,16 @@ def test_a_failed_multi_power_fit_is_reported_not_a_crash(smoke, monkeypatch):
     curves, etas = read_runs(out / "runs")
     fits, notes = schedules_analysis.fit_laws(curves, etas, ["constant", "cosine-L200", "wsd-exp-L200"], None)
     assert "recipe gave non-finite parameters" in notes[0] and "BFGS failed too" in notes[1]
+    assert "predictions and errors are NaN" in notes[2] and len(notes) == 3
     assert fits["multi_power"][3]["PredE"].isna().all()
     assert np.isfinite(fits["lr_annealing"][3]["PredE"]).all()
+
+    def never(curves, lrs, law, method=None):
+        if law == "multi_power":
+            raise FitConvergenceError("none of the 1 starts converged")
+        return real(curves, lrs, law, method=method)
+
+    monkeypatch.setattr(scaling, "fit_curves", never)
+    fits, notes = schedules_analysis.fit_laws(curves, etas, ["constant", "cosine-L200", "wsd-exp-L200"], None)
+    assert fits["multi_power"][0] is None and fits["multi_power"][3]["PredE"].isna().all()
+    assert "did not converge" in notes[0] and "BFGS failed too" in notes[1]
