@@ -3,10 +3,10 @@
 Layout:
   experiments/<name>.py        one study or benchmark each: a ``main(argv)`` and the
                                ``python -m`` entry point (chinchilla, architectures,
-                               lr_scaling, data_constrained, wsd, coord_check,
+                               lr_scaling, data_constrained, wsd, schedules, coord_check,
                                mup_transfer; the tools train, prepare_data,
                                accelerator_check and the bench_* benchmarks). A study may keep its analysis
-                               in ``<name>_analysis.py`` (chinchilla does).
+                               in ``<name>_analysis.py`` (chinchilla and schedules do).
   experiments/lib/             what the studies share: grid, sweep runner, results table,
                                command line (:class:`experiments.lib.StudyCommand`), the
                                :class:`experiments.lib.Preset` base, reports, figures.

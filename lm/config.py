@@ -25,8 +25,8 @@ from pallas_kernels.backend import IMPLS
 DTYPES = ("float32", "bfloat16")
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 MLP_ACTIVATIONS = ("geglu", "swiglu")
-SCHEDULES = ("cosine", "constant", "wsd")
-DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential")
+SCHEDULES = ("cosine", "constant", "wsd", "table")
+DECAY_SHAPES = ("linear", "cosine", "sqrt", "exponential", "step")
 PARAMETRIZATIONS = ("sp", "mup")
 
 
@@ -229,8 +229,13 @@ class ScheduleConfig:
     kind: "cosine" (linear warmup then cosine to ``min_ratio``), "constant" (after warmup),
       or "wsd" (Warmup-Stable-Decay, Hu et al. 2024 MiniCPM: warmup, constant, then a decay
       over the last ``decay_fraction`` of the steps, or from ``decay_start`` if set, with
-      ``decay_shape`` linear | cosine | sqrt (1 - sqrt(progress)) | exponential).
+      ``decay_shape`` linear | cosine | sqrt (1 - sqrt(progress)) | exponential | step (straight
+      to ``min_ratio``: the two-stage schedules of Luo et al. 2025, arXiv:2503.12811), or "table"
+      (after the warmup, the multiplier interpolated linearly between ``knots``: an arbitrary
+      schedule, e.g. one optimised by ``scaling.optimize_schedule``, compressed to a few knots).
     warmup_steps: absolute; if None, ``warmup_fraction`` of the total steps.
+    knots: kind "table" only: ((step, multiplier), ...), steps strictly increasing integers >= 0,
+      multipliers > 0; held constant before the first and after the last knot.
     """
 
     kind: str = "cosine"
@@ -240,10 +245,23 @@ class ScheduleConfig:
     decay_fraction: float = 0.2
     decay_start: int | None = None
     decay_shape: str = "linear"
+    knots: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self):
         _choice(self, "kind", SCHEDULES)
         _choice(self, "decay_shape", DECAY_SHAPES)
+        if (self.kind == "table") != (self.knots is not None):
+            raise ValueError(f"ScheduleConfig.knots={self.knots!r}: required by kind 'table' and only by it "
+                             f"(kind={self.kind!r})")
+        if self.knots is not None:
+            ok = (isinstance(self.knots, tuple) and len(self.knots) >= 1
+                  and all(isinstance(k, tuple) and len(k) == 2 and isinstance(k[0], int) and not isinstance(k[0], bool)
+                          and k[0] >= 0 and isinstance(k[1], (int, float)) and math.isfinite(k[1]) and k[1] > 0
+                          for k in self.knots)
+                  and all(a[0] < b[0] for a, b in zip(self.knots, self.knots[1:])))
+            if not ok:
+                raise ValueError(f"ScheduleConfig.knots={self.knots!r}: must be ((step, multiplier), ...) with "
+                                 "strictly increasing integer steps >= 0 and finite multipliers > 0")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"ScheduleConfig.warmup_steps={self.warmup_steps}: must be >= 0")
         for name in ("warmup_fraction", "min_ratio", "decay_fraction"):

@@ -6,7 +6,11 @@
 * wsd: Warmup-Stable-Decay (Hu et al. 2024, MiniCPM, arXiv 2404.06395, Sec. 4): warmup,
   a constant stable phase, then a decay to ``min_ratio`` starting at ``decay_start`` (or
   over the last ``decay_fraction`` of the run). Because the stable phase does not depend
-  on the run length, a decay branch can start from any stable-phase checkpoint.
+  on the run length, a decay branch can start from any stable-phase checkpoint. Decay shape
+  "step" drops straight to ``min_ratio``: a two-stage schedule (Luo et al. 2025,
+  arXiv:2503.12811, Sec. 4).
+* table: warmup, then the multiplier interpolated linearly between ``knots`` (step, multiplier),
+  held flat outside them: an arbitrary schedule in a few numbers (an optimised one).
 
 Steps count from 0; the multiplier at step s applies to the update made at step s.
 """
@@ -42,7 +46,19 @@ def _decay(shape: str, progress: float, floor: float) -> float:
         return 1.0 - (1.0 - floor) * math.sqrt(progress)
     if shape == "exponential":
         return max(floor, 1e-12) ** progress
-    raise ValueError(f"decay_shape={shape!r}: allowed values are linear, cosine, sqrt, exponential")
+    if shape == "step":
+        return floor
+    raise ValueError(f"decay_shape={shape!r}: allowed values are linear, cosine, sqrt, exponential, step")
+
+
+def interpolate(knots, step: int) -> float:
+    """The piecewise-linear function through ``knots`` ((step, value), ...) at ``step``, flat outside."""
+    if step <= knots[0][0]:
+        return float(knots[0][1])
+    for (s0, v0), (s1, v1) in zip(knots, knots[1:]):
+        if step <= s1:
+            return float(v0 + (v1 - v0) * (step - s0) / (s1 - s0))
+    return float(knots[-1][1])
 
 
 def lr_multiplier(cfg: ScheduleConfig, step: int, total_steps: int) -> float:
@@ -52,6 +68,8 @@ def lr_multiplier(cfg: ScheduleConfig, step: int, total_steps: int) -> float:
         return (step + 1) / warm
     if cfg.kind == "constant":
         return 1.0
+    if cfg.kind == "table":
+        return interpolate(cfg.knots, step)
     if cfg.kind == "cosine":
         span = max(1, total_steps - warm)
         return _decay("cosine", min(1.0, (step - warm + 1) / span), cfg.min_ratio)

@@ -25,7 +25,7 @@ import pandas as pd
 
 _SCHEDULE_DEFAULTS = {"kind": "cosine", "warmup_steps": None, "warmup_fraction": 0.05,
                       "min_ratio": 0.1, "decay_fraction": 0.2, "decay_start": None,
-                      "decay_shape": "linear"}
+                      "decay_shape": "linear", "knots": None}
 
 
 def _decay(shape: str, progress: float, floor: float) -> float:
@@ -37,7 +37,18 @@ def _decay(shape: str, progress: float, floor: float) -> float:
         return 1.0 - (1.0 - floor) * math.sqrt(progress)
     if shape == "exponential":
         return max(floor, 1e-12) ** progress
-    raise ValueError(f"decay_shape={shape!r}: allowed values are linear, cosine, sqrt, exponential")
+    if shape == "step":
+        return floor
+    raise ValueError(f"decay_shape={shape!r}: allowed values are linear, cosine, sqrt, exponential, step")
+
+
+def _interpolate(knots, step: int) -> float:
+    if step <= knots[0][0]:
+        return float(knots[0][1])
+    for (s0, v0), (s1, v1) in zip(knots, knots[1:]):
+        if step <= s1:
+            return float(v0 + (v1 - v0) * (step - s0) / (s1 - s0))
+    return float(knots[-1][1])
 
 
 def lr_multiplier(cfg: dict, step: int, total: int) -> float:
@@ -48,6 +59,8 @@ def lr_multiplier(cfg: dict, step: int, total: int) -> float:
         return (step + 1) / warm
     if cfg["kind"] == "constant":
         return 1.0
+    if cfg["kind"] == "table":
+        return _interpolate(cfg["knots"], step)
     if cfg["kind"] == "cosine":
         return _decay("cosine", min(1.0, (step - warm + 1) / max(1, total - warm)), cfg["min_ratio"])
     start = cfg["decay_start"] if cfg["decay_start"] is not None else total - round(

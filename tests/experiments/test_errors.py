@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, wsd
+from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, schedules, wsd
 from experiments import train as train_cli
 from lm import data_check
 from lm import records as lm_records
@@ -27,7 +27,7 @@ from lm.presets import get_preset
 from tests.lm import prepared_tiny
 
 STUDIES = {"chinchilla": chinchilla, "architectures": architectures, "lr_scaling": lr_scaling,
-           "data_constrained": data_constrained, "wsd": wsd}
+           "data_constrained": data_constrained, "wsd": wsd, "schedules": schedules}
 TINY = ["--model.d_model", "32", "--model.num_layers", "1", "--model.d_ff", "48", "--model.num_heads", "2",
         "--data.source", "synthetic", "--data.seq_len", "32", "--data.batch_size", "4",
         "--data.synthetic_doc_len", "64", "--train.steps", "2", "--train.eval_every", "2",
@@ -136,8 +136,8 @@ def _manifest(module, root: Path) -> lib.Study:
     """Write the smoke grid's study.json under root/out (as a first run would); the study."""
     if module is chinchilla:
         study = chinchilla.build_study(chinchilla.PRESETS["smoke"], "stdlib", "smoke")
-    elif module is wsd:
-        study = wsd.build_study(wsd.PRESETS["smoke"], root / "out", "smoke")
+    elif module in (wsd, schedules):
+        study = module.build_study(module.PRESETS["smoke"], root / "out", "smoke")
     elif module is lr_scaling:
         study = lr_scaling.build_study(lr_scaling.PRESETS["smoke"], "smoke")[0]
     else:

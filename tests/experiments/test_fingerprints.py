@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 
-from experiments import architectures, chinchilla, lib, lr_scaling, mup_transfer, wsd
+from experiments import architectures, chinchilla, lib, lr_scaling, mup_transfer, schedules, wsd
 
 PINNED = {
     "chinchilla smoke": "4fee6022b1ba0b57",
@@ -22,6 +22,7 @@ PINNED = {
     "lr_scaling smoke": "b82414b58a9e71b4",
     "mup_transfer smoke": "1786bee0248ee10e",
     "wsd smoke": "ca7ab1a894ac63fe",
+    "schedules smoke": "b1f1307ae6b53ca7",
 }
 
 
@@ -35,7 +36,8 @@ def _study(key: str) -> lib.Study:
         return lr_scaling.build_study(lr_scaling.PRESETS[preset], preset)[0]
     if name == "mup_transfer":
         return mup_transfer.build_study(mup_transfer.PRESETS[preset], "transformer", preset)[0]
-    return wsd.build_study(wsd.PRESETS[preset], "/tmp/fixed-out", preset)  # branches name the stable run's path
+    module = schedules if name == "schedules" else wsd
+    return module.build_study(module.PRESETS[preset], "/tmp/fixed-out", preset)  # branches name the stable run's path
 
 
 @pytest.mark.parametrize("key", PINNED)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, mup_transfer, wsd
+from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, mup_transfer, schedules, wsd
 from scaling.plots import save_figure
 
 SHARED = {"--preset", "--out", "--analysis-only", "--skip-analysis", "--no-progress", "--data", "--max-epochs", "-h",
@@ -19,6 +19,7 @@ FLAGS = {
     "data_constrained": SHARED | SHARD | {"--bootstrap", "--loss-increase"},
     "lr_scaling": SHARED | SHARD | {"--bootstrap"},
     "wsd": SHARED | {"--loss"},
+    "schedules": SHARED | {"--bootstrap"},  # no --shard: the branches need the constant run's checkpoints
     "mup_transfer": SHARED | SHARD | {"--family"},
     "chinchilla": SHARED | SHARD | {"--bootstrap", "--sizes", "--budgets", "--learning-rate", "--loss"},
 }
@@ -46,7 +47,8 @@ def _parser(module, monkeypatch):
     return seen["parser"], seen["args"]
 
 
-@pytest.mark.parametrize("module", [architectures, chinchilla, data_constrained, lr_scaling, mup_transfer, wsd])
+@pytest.mark.parametrize("module", [architectures, chinchilla, data_constrained, lr_scaling, mup_transfer, schedules,
+                                    wsd])
 def test_each_study_keeps_its_flags_and_default_out(module, monkeypatch):
     name = module.__name__.rsplit(".", 1)[1]
     parser, args = _parser(module, monkeypatch)

@@ -16,7 +16,7 @@ _spec = importlib.util.spec_from_file_location("notebook_sync", ROOT / "notebook
 sync = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sync)
 
-NAMES = ("quickstart", "fit_your_own_scaling_law", "architecture_comparison", "mup_wind_tunnel")
+NAMES = ("quickstart", "fit_your_own_scaling_law", "architecture_comparison", "mup_wind_tunnel", "loss_curves")
 
 
 def _cells(nb):

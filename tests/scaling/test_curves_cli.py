@@ -120,7 +120,7 @@ def test_runs_directories(tmp_path):
 
 @pytest.mark.parametrize("kind, shape", [("cosine", "linear"), ("constant", "linear"),
                                          ("wsd", "linear"), ("wsd", "cosine"), ("wsd", "sqrt"),
-                                         ("wsd", "exponential")])
+                                         ("wsd", "exponential"), ("wsd", "step"), ("table", "linear")])
 def test_run_schedules_mirror_lm(kind, shape):
     """scaling reads schedules without importing lm: the mirror equals lm.schedules."""
     from dataclasses import asdict
@@ -128,7 +128,8 @@ def test_run_schedules_mirror_lm(kind, shape):
     from lm.config import ScheduleConfig
     from lm.schedules import lr_multiplier as lm_multiplier
 
-    cfg = ScheduleConfig(kind=kind, decay_shape=shape, warmup_fraction=0.1, min_ratio=0.05)
+    knots = ((0, 1.0), (30, 0.9), (60, 0.25), (90, 0.05)) if kind == "table" else None
+    cfg = ScheduleConfig(kind=kind, decay_shape=shape, warmup_fraction=0.1, min_ratio=0.05, knots=knots)
     for total in (1, 7, 100, 333):
         got = [lr_multiplier(asdict(cfg), s, total) for s in range(total)]
         assert got == [lm_multiplier(cfg, s, total) for s in range(total)]
