@@ -102,6 +102,9 @@ RNN_WIDTH_FIELDS = ("width",)  # RecurrentConfig (model.rnn)
 MLA_WIDTH_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_dim", "v_head_dim")  # MLAConfig (model.mla)
 MOE_WIDTH_FIELDS = ("d_ff", "shared_d_ff")
 KINDS = ("vector", "input", "embedding", "hidden", "output", "readout")
+# query projections (attention, linear attention, MLA direct or from the query latent):
+# init 0 under ``ModelConfig.mup_zero_query``
+QUERY_NAMES = ("wq", "w_q", "w_uq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +238,7 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
             continue
         if keys == ("head",):
-            rules.append(ParamRule("readout", 1.0, m**0.5, 1.0))
+            rules.append(ParamRule("readout", 1.0, 0.0 if cfg.mup_zero_readout else m**0.5, 1.0))
             continue
         if not _is_weight(keys[-1]):
             rules.append(ParamRule("vector", 1.0, 1.0, 1.0))
@@ -248,6 +251,8 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("hidden", m_in, 1.0, 1.0 / m_in))
         else:
             rules.append(ParamRule("output", m_in, m_in**-0.5, 1.0 / m_in))
+        if cfg.mup_zero_query and keys[-1] in QUERY_NAMES:  # TP5 Sec. D.2: uniform attention at init
+            rules[-1] = dataclasses.replace(rules[-1], init_mult=0.0)
     return jax.tree_util.tree_unflatten(structure, rules)
 
 
