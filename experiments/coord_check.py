@@ -154,7 +154,8 @@ def program(cfg: ModelConfig, preset: Preset):
 
     # XLA's backend optimisation level 0 halves the compile (transformer, width 128: 9.6 s -> 4.4 s
     # of CPU) and doubles the run (0.6 s -> 1.2 s): the compile is most of a width's cost
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)),
+                   compiler_options={"xla_backend_optimization_level": 0})
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:

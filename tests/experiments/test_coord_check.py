@@ -51,7 +51,8 @@ def test_coord_check_every_family(family):
 def test_readout_part_is_the_whole_update_with_a_zero_readout():
     """With W_0 = 0 the logits are h W / m: ``logits/readout`` equals them at every step (an independent check)."""
     preset = dataclasses.replace(PRESET, seeds=2, steps=2)
-    cfg = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_readout=True), 32)
+    base = dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_readout=True)
+    cfg = parametrization.at_width(base, 32)
     rows = pd.DataFrame(coord_check.measure(cfg, preset)).set_index(["seed", "step", "module"])
     logits, readout = rows.xs("logits", level="module"), rows.xs("logits/readout", level="module")
     np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
