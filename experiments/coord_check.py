@@ -19,9 +19,9 @@ and the second's random part falls as m^-1/2 with the vanishing readout init W_0
 at smoke, transformer, 4 steps: RMS 0.64 against the readout's part's 0.09 at the base
 width, log-log slope -0.42, while the readout's part stays flat, +0.02), so the logits'
 ``update_rms`` falls with width until the learned part dominates; ``--zero-readout``
-(``model.mup_zero_readout``) removes the second term. Each (parametrization, family, width) is averaged over ``seeds`` (init and
-data order); one compiled program per (parametrization, width) runs every seed, and the base
-width, where μP equals SP, is measured once.
+(``model.mup_zero_readout``) removes the second term. Each (parametrization, family, width)
+is averaged over ``seeds`` (init and data order); one compiled program per (parametrization,
+width) runs every seed, and the base width, where μP equals SP, is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
