@@ -48,6 +48,16 @@ def test_coord_check_every_family(family):
     _acceptance(coord_check.slopes(table).set_index(["parametrization", "module"]))
 
 
+def test_zero_readout_makes_the_logits_update_flat():
+    """``model.mup_zero_readout``: the logits' whole update is flat in width (μP models only; 4 compiles)."""
+    table = coord_check.coord_check(dataclasses.replace(PRESET, seeds=4), ("transformer",), progress=False,
+                                    parametrizations=("mup",), mup_zero_readout=True)
+    sl = coord_check.slopes(table).set_index("module")
+    assert abs(sl.loc["logits", "update_rms_slope"]) <= 0.1, sl.round(3).to_dict()
+    off = {m: round(float(v), 3) for m, v in sl["rms_slope"].items() if not m.startswith("logits") and abs(v) > 0.1}
+    assert not off, off
+
+
 def test_readout_part_is_the_whole_update_with_a_zero_readout():
     """With W_0 = 0 the logits are h W / m: ``logits/readout`` equals them at every step (an independent check)."""
     preset = dataclasses.replace(PRESET, seeds=2, steps=2)
