@@ -1,6 +1,7 @@
 """Coordinate check: activation sizes against width after a few Adam steps, under SP and μP.
 
-``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--learning-rate LR] [--out DIR]``
+``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--learning-rate LR]
+[--head family|tied|untied] [--zero-readout] [--zero-query] [--out DIR]``
 
 Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train models of
 widths base x {1, 2, 4, 8} for a few steps at one learning rate (large, but not so large
@@ -10,8 +11,17 @@ of every module's output after each step and the RMS of its change since step 0.
 and their updates grow with width, and so do the logits' updates.
 
 Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block_i/ff``
-(MLP or MoE output) and ``block_i`` (the residual stream after the block), and ``logits``.
-Each (parametrization, family, width) is averaged over ``seeds`` (init and data order).
+(MLP or MoE output) and ``block_i`` (the residual stream after the block), ``logits``, and
+``logits/readout``: the part of the logits' change made by the readout's own update,
+h_t (W_t - W_0) times the output multiplier (h the final norm's output). The logits' change
+is exactly that part plus (h_t - h_0) W_0 times the multiplier: under μP the first is Θ(1)
+and the second's random part falls as m^-1/2 with the vanishing readout init W_0 (measured
+at smoke, transformer, 4 steps: RMS 0.64 against the readout's part's 0.09 at the base
+width, log-log slope -0.42, while the readout's part stays flat, +0.02), so the logits'
+``update_rms`` falls with width until the learned part dominates; ``--zero-readout``
+(``model.mup_zero_readout``) removes the second term. Each (parametrization, family, width)
+is averaged over ``seeds`` (init and data order); one compiled program per (parametrization,
+width) runs every seed, and the base width, where μP equals SP, is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -34,7 +44,8 @@ import pandas as pd
 from experiments import lib
 from lm import data as lm_data
 from lm import model as lm_model
-from lm import parametrization, train
+from lm import parametrization
+from lm import step as lm_step
 from lm.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.data import DataConfig
 from lm.presets import FAMILIES, PARAMETRIZATIONS
@@ -74,8 +85,18 @@ def _rms(x) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
-def activations(cfg: ModelConfig, params, tokens) -> dict[str, jax.Array]:
-    """{module: activation} of one forward pass (Flax ``capture_intermediates``)."""
+def _head(cfg: ModelConfig, params) -> jax.Array:
+    """The readout matrix [d, v]: the untied head or the embedding's transpose."""
+    return params["embed"].T if cfg.tie_embeddings else params["head"]
+
+
+def activations(cfg: ModelConfig, params, tokens, head0=None) -> dict[str, jax.Array]:
+    """{module: activation} of one forward pass (Flax ``capture_intermediates``).
+
+    With ``head0`` (the readout matrix at init, [d, v]) also ``logits/readout``: the part of
+    the logits' change that the readout's own update makes, h (W - W_0) times the output
+    multiplier (before a soft-cap), h the final norm's output [b, t, d].
+    """
     (logits, _, _), state = lm_model.LanguageModel(cfg).apply(
         {"params": params}, tokens, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
@@ -89,58 +110,95 @@ def activations(cfg: ModelConfig, params, tokens) -> dict[str, jax.Array]:
             out[f"block_{i}/{'ff' if name in ('mlp', 'moe') else 'mixer'}"] = value[0] if isinstance(value, tuple) else value
         out[f"block_{i}"] = block["__call__"][0][0]
     out["logits"] = logits
+    if head0 is not None:
+        h = inter["final_norm"]["__call__"][0]
+        out["logits/readout"] = h @ (_head(cfg, params) - head0) * (parametrization.output_multiplier(cfg) or 1.0)
     return out
 
 
-def seed_batches(preset: Preset) -> list[list[dict]]:
-    """Per seed, the ``preset.steps`` training batches of that seed's data order (any width)."""
+def seed_batches(preset: Preset) -> dict[str, jax.Array]:
+    """The ``preset.steps`` training batches of every seed's data order, stacked: {key: [seeds, steps, b, t]}."""
     out = []
     for seed in range(preset.seeds):
         it = lm_data.make_iterator(DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size, seed=seed), "train")
-        out.append([jax.device_put(next(it)) for _ in range(preset.steps)])
+        out.append([next(it) for _ in range(preset.steps)])
         it.close()
-    return out
+    return {k: jnp.asarray(np.stack([[b[k] for b in seed] for seed in out])) for k in out[0][0]}
 
 
-def measure(cfg: ModelConfig, preset: Preset, batches: list[list[dict]] | None = None) -> list[dict]:
-    """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
+def program(cfg: ModelConfig, preset: Preset):
+    """One compiled program of ``cfg``: every seed (vmapped) from init through ``preset.steps`` Adam steps.
 
-    The init, step and activation programs are compiled once per width and reused by the seeds;
-    ``batches`` (:func:`seed_batches`, built here when None) are shared by every width.
+    ``(rngs [seeds], batches {key: [seeds, steps, b, t]}, lr []) -> (rms, update_rms)``, each
+    {module: [seeds, steps + 1]}: the RMS of each module's output on the seed's first batch after
+    each step (step 0: at init), and the RMS of its change since step 0. The steps run in a
+    ``lax.scan``, so the program holds one train step and one forward whatever ``preset.steps``.
     """
     run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
-    init = jax.jit(lambda rng: train.init_state(run, rng))
-    step = jax.jit(train.make_train_step(run))
-    acts = jax.jit(lambda p, tokens: activations(cfg, p, tokens))
-    lr, wd = jnp.float32(preset.learning_rate), jnp.float32(0.0)
-    rows = []
-    for seed, batches in enumerate(seed_batches(preset) if batches is None else batches):
-        state = init(jax.random.PRNGKey(seed))
-        first = acts(state["params"], batches[0]["tokens"])
-        for t in range(preset.steps + 1):
-            now = first if t == 0 else acts(state["params"], batches[0]["tokens"])
-            for module, a in now.items():
-                rows.append({"seed": seed, "step": t, "module": module, "rms": float(_rms(a)),
-                             "update_rms": float(_rms(a - first[module]))})
-            if t < preset.steps:
-                state, _ = step(state, batches[t], lr, wd)
-    return rows
+    step = lm_step.make_train_step(run)
+
+    def one_seed(rng, batches, lr):
+        state = lm_step.init_state(run, rng)
+        tokens, head0 = batches["tokens"][0], _head(cfg, state["params"])
+        first = activations(cfg, state["params"], tokens, head0)
+
+        def body(state, batch):
+            state, _ = step(state, batch, lr, jnp.float32(0.0))
+            now = activations(cfg, state["params"], tokens, head0)
+            return state, ({k: _rms(v) for k, v in now.items()}, {k: _rms(v - first[k]) for k, v in now.items()})
+
+        _, (rms, update) = jax.lax.scan(body, state, batches)
+        return ({k: jnp.concatenate([_rms(v)[None], rms[k]]) for k, v in first.items()},
+                {k: jnp.concatenate([jnp.zeros((1,)), update[k]]) for k in first})
+
+    # XLA's backend optimisation level 0 halves the compile (transformer, width 128: 9.6 s -> 4.4 s
+    # of CPU) and doubles the run (0.6 s -> 1.2 s): the compile is most of a width's cost
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)),
+                   compiler_options={"xla_backend_optimization_level": 0})
 
 
-def coord_check(preset: Preset, families=("transformer",), progress: bool = True) -> pd.DataFrame:
-    """The table of every (parametrization, family, width, step, module), averaged over seeds."""
+def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
+    """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
+
+    One compiled :func:`program` runs every seed; ``batches`` (:func:`seed_batches`, built here
+    when None) are shared by every width.
+    """
+    batches = seed_batches(preset) if batches is None else batches
+    rngs = jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))
+    rms, update = jax.device_get(program(cfg, preset)(rngs, batches, jnp.float32(preset.learning_rate)))
+    return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
+             "update_rms": float(update[module][seed, t])}
+            for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
+
+
+def coord_check(preset: Preset, families=("transformer",), progress: bool = True,
+                parametrizations=PARAMETRIZATIONS, **options) -> pd.DataFrame:
+    """The table of every (parametrization, family, width, step, module), averaged over seeds.
+
+    ``options``: ModelConfig fields set on the μP models (``mup_zero_readout``, ``mup_zero_query``,
+    ``tie_embeddings``; the last on both). Without μP-only options the base width is measured
+    once: μP equals SP there bit for bit (``tests/lm/test_parametrization.py``).
+    """
     rows = []
     batches = seed_batches(preset)
     for family in families:
-        for par in PARAMETRIZATIONS:
+        done = {}
+        for par in parametrizations:
             base = family_model(family, preset.base_width, preset.num_layers, par)
+            mine = {k: v for k, v in options.items() if par == "mup" or not k.startswith("mup_")}
+            base = dataclasses.replace(base, **mine)
             for mult in preset.multipliers:
                 cfg = parametrization.at_width(base, mult * preset.base_width)
-                if progress:
-                    print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
+                shared = mult == 1 and not any(v for k, v in mine.items() if k.startswith("mup_"))
+                if not (shared and "base" in done):
+                    if progress:
+                        print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
+                    measured = measure(cfg, preset, batches)
+                    if shared:
+                        done["base"] = measured
                 rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r}
-                         for r in measure(cfg, preset, batches)]
+                         for r in (done["base"] if shared else measured)]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
     return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()
@@ -174,21 +232,31 @@ def main(argv=None) -> dict:
     p.add_argument("--family", default="transformer", help=f"one of {FAMILIES} or 'all'")
     p.add_argument("--learning-rate", type=_learning_rate, default=None,
                    help="Adam's learning rate, a number > 0 (default: the preset's, 3e-3)")
+    p.add_argument("--head", choices=("family", "tied", "untied"), default="family",
+                   help="the LM head: the family's (untied for the transformer, tied elsewhere), tied or untied")
+    p.add_argument("--zero-readout", action="store_true", help="μP models: model.mup_zero_readout (untied head)")
+    p.add_argument("--zero-query", action="store_true", help="μP models: model.mup_zero_query")
     args = p.parse_args(argv)
     if args.family != "all" and args.family not in FAMILIES:
         p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
+    options = {"mup_zero_readout": args.zero_readout, "mup_zero_query": args.zero_query}
+    if args.head != "family":
+        options["tie_embeddings"] = args.head == "tied"
+    if args.zero_readout and (args.head == "tied" or (args.head == "family" and args.family != "transformer")):
+        p.error("--zero-readout: needs an untied head (--head untied, or --family transformer)")
     families = FAMILIES if args.family == "all" else (args.family,)
     out = lib.out_dir("coord_check", args)
     out.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[args.preset]
     if args.learning_rate is not None:
         preset = dataclasses.replace(preset, learning_rate=args.learning_rate)
-    table = coord_check(preset, families, progress=not args.no_progress)
+    table = coord_check(preset, families, progress=not args.no_progress, **options)
     table.to_csv(out / "coord_check.csv", index=False)
     sl = slopes(table)
     sl.to_csv(out / "slopes.csv", index=False)
     figures = [f for fam in families for f in lib.figures.plot_coord_check(table, fam, out)]
-    lines = [f"# Coordinate check ({args.preset} preset, learning rate {preset.learning_rate:g})", "",
+    chosen = ", ".join(f"{k}={v}" for k, v in options.items() if v) or "defaults"
+    lines = [f"# Coordinate check ({args.preset} preset, learning rate {preset.learning_rate:g}, μP {chosen})", "",
              "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
              "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]
     lines += lib.markdown_table(

@@ -79,7 +79,9 @@ class ModelConfig:
       attention_impl: ``flash_attention`` impl switch for every attention layer.
       parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
         ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
-        (required for "mup").
+        (required for "mup"). mup_zero_readout / mup_zero_query: μP only, Tensor Programs V's
+        zero-initialised untied readout (LM head) / query projections (default False: μP then
+        equals SP at the base width).
 
     Mixer families keep their settings in one nested config each, beside their layer:
       rnn: "R" blocks (Griffin/Hawk, De et al. 2024), ``layers.recurrent_block.RecurrentConfig``;
@@ -123,6 +125,8 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     parametrization: str = "sp"
     base_width: int | None = None
+    mup_zero_readout: bool = False
+    mup_zero_query: bool = False
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -168,6 +172,14 @@ class ModelConfig:
             from lm.parametrization import base_config
 
             base_config(self)  # raises ValueError without base_width or for non-integer base dims
+        for name in ("mup_zero_readout", "mup_zero_query"):
+            _choice(self, name, (False, True))
+            if getattr(self, name) and self.parametrization != "mup":
+                raise ValueError(f"ModelConfig.{name}=True: only with parametrization='mup' "
+                                 f"(got {self.parametrization!r})")
+        if self.mup_zero_readout and self.tie_embeddings:
+            raise ValueError("ModelConfig.mup_zero_readout=True: needs an untied head (tie_embeddings=False); "
+                             "the tied head is the embedding, which cannot start at zero")
 
     @property
     def kv_heads(self) -> int:

@@ -70,6 +70,14 @@ m = d_model / base_width. Why:
     μP divides by d_head (Sec. 4 of TP5), written d0^1/2/d_head so it is SP's d0^-1/2 at
     the base width. Linear attention's o = scale q S uses the same scale.
 
+Zero-initialised readout and queries (TP5 and the ``mup`` package's zero-init options), off by
+default so that μP equals SP at the base width: ``ModelConfig.mup_zero_readout`` (untied head
+only) and ``mup_zero_query`` (:data:`QUERY_NAMES`) set those init multipliers to 0. The
+logits' change is the readout's own update, Θ(1), plus the features' change through the
+random init readout, whose random part falls as m^-1/2; at small widths and few steps the
+latter dominates (``experiments.coord_check``'s docstring has the figures), and a zero
+readout removes it. A zero query makes attention uniform at init (its gradient is not zero).
+
 Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP lr
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier
 (Wortsman et al. 2023, arXiv 2309.14322, Sec. 3.2.2; Wang & Aitchison 2024, arXiv
@@ -102,6 +110,9 @@ RNN_WIDTH_FIELDS = ("width",)  # RecurrentConfig (model.rnn)
 MLA_WIDTH_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_dim", "v_head_dim")  # MLAConfig (model.mla)
 MOE_WIDTH_FIELDS = ("d_ff", "shared_d_ff")
 KINDS = ("vector", "input", "embedding", "hidden", "output", "readout")
+# query projections (attention, linear attention, MLA direct or from the query latent):
+# init 0 under ``ModelConfig.mup_zero_query``
+QUERY_NAMES = ("wq", "w_q", "w_uq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +246,7 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
             continue
         if keys == ("head",):
-            rules.append(ParamRule("readout", 1.0, m**0.5, 1.0))
+            rules.append(ParamRule("readout", 1.0, 0.0 if cfg.mup_zero_readout else m**0.5, 1.0))
             continue
         if not _is_weight(keys[-1]):
             rules.append(ParamRule("vector", 1.0, 1.0, 1.0))
@@ -248,6 +259,8 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("hidden", m_in, 1.0, 1.0 / m_in))
         else:
             rules.append(ParamRule("output", m_in, m_in**-0.5, 1.0 / m_in))
+        if cfg.mup_zero_query and keys[-1] in QUERY_NAMES:  # TP5: uniform attention at init
+            rules[-1] = dataclasses.replace(rules[-1], init_mult=0.0)
     return jax.tree_util.tree_unflatten(structure, rules)
 
 

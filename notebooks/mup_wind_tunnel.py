@@ -83,7 +83,15 @@ cc = coord_check.coord_check(cc_preset, ("transformer",), progress=False)
 for path in lib.figures.plot_coord_check(cc, "transformer", out):
     if path.suffix == ".png":
         display(Image(filename=str(path)))
-coord_check.slopes(cc).pivot(index="module", columns="parametrization", values="rms_slope")
+coord_check.slopes(cc).pivot(index="module", columns="parametrization", values=["rms_slope", "update_rms_slope"])
+
+# %% [markdown]
+# Read the logits with care. Their change since step 0 is the readout's own update
+# (`logits/readout`, Θ(1) under μP: flat) plus the features' change seen through the random
+# readout init, whose random part falls as m^-1/2 with μP's vanishing init logits: at the
+# smoke preset it dominates the few steps, so the μP `logits` update falls with width (slope
+# about -0.4) while `logits/readout` stays flat. `model.mup_zero_readout=True` (untied head;
+# `--zero-readout` on the command line) starts the readout at zero and removes that term.
 
 # %% [markdown]
 # ## 2. Learning-rate transfer

@@ -1,28 +1,73 @@
-"""experiments.coord_check at smoke size: μP flat in width, SP logits growing."""
+"""experiments.coord_check at smoke size, every family: μP flat in width, SP logits' update growing."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from experiments import coord_check
+from lm import parametrization
+from lm.presets import FAMILIES, mup_family_model
+
+PRESET = coord_check.PRESETS["smoke"]
+
+
+def _acceptance(sl: pd.DataFrame) -> None:
+    """Issue 26's acceptance on a slopes table indexed by (parametrization, module)."""
+    mup = sl.loc["mup"]
+    hidden = [m for m in mup.index if not m.startswith("logits")]
+    assert len(hidden) == 1 + 3 * PRESET.num_layers  # embedding + (mixer, ff, residual) per block
+    off = {m: round(float(mup.loc[m, "rms_slope"]), 3) for m in hidden if abs(mup.loc[m, "rms_slope"]) > 0.1}
+    assert not off, (off, mup["rms_slope"].round(3).to_dict())
+    # the readout's own update moves the logits by Θ(1) at every width (module docstring: the rest of
+    # the logits' change is the vanishing init seen through the features' change)
+    assert abs(mup.loc["logits/readout", "update_rms_slope"]) <= 0.1, mup.round(3).to_dict()
+    assert mup.loc["logits", "rms_slope"] <= 0.1  # the logits do not blow up
+    assert sl.loc[("sp", "logits"), "update_rms_slope"] >= 0.2  # under SP their update grows with width
 
 
 def test_smoke_coord_check(tmp_path):
     result = coord_check.main(["--preset", "smoke", "--family", "transformer", "--out", str(tmp_path), "--no-progress"])
     table = pd.read_csv(tmp_path / "coord_check.csv")
     assert list(table.columns) == ["parametrization", "family", "width", "step", "module", "rms", "update_rms"]
-    preset = coord_check.PRESETS["smoke"]
-    assert sorted(table["width"].unique()) == [m * preset.base_width for m in preset.multipliers]
+    assert sorted(table["width"].unique()) == [m * PRESET.base_width for m in PRESET.multipliers]
     assert (tmp_path / "coord_check_transformer.png").exists() and (tmp_path / "report.md").exists()
-    sl = result["slopes"].set_index(["parametrization", "module"])
-    mup = sl.loc["mup"]
-    hidden = [m for m in mup.index if m != "logits"]
-    assert len(hidden) == 1 + 3 * preset.num_layers  # embedding + (mixer, ff, residual) per block
-    off = {m: round(float(mup.loc[m, "rms_slope"]), 3) for m in hidden if abs(mup.loc[m, "rms_slope"]) > 0.1}
-    assert not off, (off, mup["rms_slope"].round(3).to_dict())
-    assert mup.loc["logits", "rms_slope"] <= 0.1  # the logits do not blow up
-    assert sl.loc[("sp", "logits"), "rms_slope"] > 0.15  # under SP they grow with width
+    # the base width is measured once: μP equals SP there
+    base = table[table["width"] == PRESET.base_width].set_index(["step", "module"])
+    pd.testing.assert_frame_equal(base[base["parametrization"] == "sp"][["rms", "update_rms"]],
+                                  base[base["parametrization"] == "mup"][["rms", "update_rms"]])
+    _acceptance(result["slopes"].set_index(["parametrization", "module"]))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "transformer"])
+def test_coord_check_every_family(family):
+    table = coord_check.coord_check(PRESET, (family,), progress=False)
+    _acceptance(coord_check.slopes(table).set_index(["parametrization", "module"]))
+
+
+def test_zero_readout_makes_the_logits_update_flat():
+    """``model.mup_zero_readout``: the logits' whole update is flat in width (μP models only; 4 compiles)."""
+    table = coord_check.coord_check(dataclasses.replace(PRESET, seeds=4), ("transformer",), progress=False,
+                                    parametrizations=("mup",), mup_zero_readout=True)
+    sl = coord_check.slopes(table).set_index("module")
+    assert abs(sl.loc["logits", "update_rms_slope"]) <= 0.1, sl.round(3).to_dict()
+    off = {m: round(float(v), 3) for m, v in sl["rms_slope"].items() if not m.startswith("logits") and abs(v) > 0.1}
+    assert not off, off
+
+
+def test_readout_part_is_the_whole_update_with_a_zero_readout():
+    """With W_0 = 0 the logits are h W / m: ``logits/readout`` equals them at every step (an independent check)."""
+    preset = dataclasses.replace(PRESET, seeds=2, steps=2)
+    base = dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_readout=True)
+    cfg = parametrization.at_width(base, 32)
+    rows = pd.DataFrame(coord_check.measure(cfg, preset)).set_index(["seed", "step", "module"])
+    logits, readout = rows.xs("logits", level="module"), rows.xs("logits/readout", level="module")
+    np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
+    np.testing.assert_allclose(readout["update_rms"], logits["update_rms"], rtol=1e-5)
+    assert (logits.xs(0, level="step")["rms"] == 0).all() and (logits.xs(2, level="step")["rms"] > 0).all()
 
 
 def test_family_model_rejects_unknown_family():
@@ -36,4 +81,13 @@ def test_learning_rate_must_be_positive(value, tmp_path, capsys):
         coord_check.main(["--preset", "smoke", "--learning-rate", value, "--out", str(tmp_path / "cc")])
     assert exit_.value.code == 2
     assert "--learning-rate" in capsys.readouterr().err
+    assert not (tmp_path / "cc").exists()
+
+
+@pytest.mark.parametrize("args", [["--family", "gla", "--zero-readout"], ["--head", "tied", "--zero-readout"]])
+def test_zero_readout_needs_an_untied_head(args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        coord_check.main(["--preset", "smoke", *args, "--out", str(tmp_path / "cc")])
+    assert exit_.value.code == 2
+    assert "--zero-readout: needs an untied head" in capsys.readouterr().err
     assert not (tmp_path / "cc").exists()

@@ -177,6 +177,30 @@ def test_config_validation():
     assert (wide.d_model, wide.mla.kv_lora_rank, wide.mla.qk_rope_dim) == (48, 48, 4)
 
 
+def test_zero_readout_and_query_options():
+    """Tensor Programs V's zero-initialised readout / query projections: exactly zero, everything else unchanged."""
+    for family, queries in (("transformer", ("wq",)), ("gla", ("w_q",)), ("mla", ("w_uq",))):
+        cfg = parametrization.at_width(FAMILIES[family], 2 * BASE)
+        zero = dataclasses.replace(cfg, mup_zero_query=True, mup_zero_readout=not cfg.tie_embeddings)
+        plain, zeroed = (_flat(model.init_params(c, jax.random.PRNGKey(0))) for c in (cfg, zero))
+        zeroed_names = {p for p in plain if p.split("/")[-1] in queries or (p == "head" and zero.mup_zero_readout)}
+        assert len(zeroed_names) == 1 + (family == "transformer"), zeroed_names
+        for path in plain:
+            if path in zeroed_names:
+                assert plain[path].std() > 0 and not zeroed[path].any(), path
+            else:
+                np.testing.assert_array_equal(plain[path], zeroed[path], err_msg=path)
+        # the lr multipliers do not change
+        assert [r["lr_mult"] for r in _rows(cfg).values()] == [r["lr_mult"] for r in _rows(zero).values()]
+    with pytest.raises(ValueError, match="mup_zero_readout=True: needs an untied head"):
+        dataclasses.replace(FAMILIES["gla"], mup_zero_readout=True)
+    for name in ("mup_zero_readout", "mup_zero_query"):
+        with pytest.raises(ValueError, match=f"{name}=True: only with parametrization='mup'"):
+            ModelConfig(tie_embeddings=False, **{name: True})
+        with pytest.raises(ValueError, match=f"{name}=.yes.: allowed values"):
+            dataclasses.replace(FAMILIES["transformer"], **{name: "yes"})
+
+
 class _Interrupt(Exception):
     pass
 
