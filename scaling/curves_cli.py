@@ -24,6 +24,7 @@ from scaling.curve_laws import CURVE_LAWS
 from scaling.schedule_features import DEFAULT_RESOLUTION
 
 FEW_RUNS = 5  # below: a run-level bootstrap has few distinct resamples
+DROPPED_WARN, DROPPED_UNRELIABLE = 0.02, 0.10  # shares of dropped resamples (as scaling.refit)
 
 
 def add_curve_options(p) -> None:
@@ -118,7 +119,15 @@ def run_curves(args) -> int:
     t0 = time.perf_counter()
     fit = fit_curves(fit_rows, schedules, args.law, method=args.method, resolution=args.resolution,
                      huber_delta=1e-3 if args.huber_delta is None else args.huber_delta)
-    print(f"{args.law} ({fit.method}): objective {fit.objective:.6g}, {len(fit.runs)} runs, "
+    bad = sorted(k for k, v in fit.params.items() if not np.isfinite(v))
+    if bad:
+        from scaling.table import FitConvergenceError
+
+        raise FitConvergenceError(
+            f"the {args.law} fit ({fit.method}) ended with non-finite parameters {bad}: nothing written; "
+            + ("try --method bfgs, or fit from a later step (--where 'step >= S')" if fit.method != "bfgs"
+               else "fit from a later step (--where 'step >= S') or more runs with an LR drop"))
+    print(f"{args.law} ({fit.method}): objective {fit.objective:.10g}, {len(fit.runs)} runs, "
           f"{len(fit_rows)} points, {fit.n_at_best}/{fit.n_starts} starts at the best "
           f"({time.perf_counter() - t0:.1f} s)")
     boot = None
@@ -131,9 +140,11 @@ def run_curves(args) -> int:
         if len(fit.runs) < FEW_RUNS:
             warnings.append(f"only {len(fit.runs)} runs: resampling whole runs gives few distinct "
                             "resamples; read the intervals as rough")
-        if boot.n_failed > boot.n / 10:
-            warnings.append(f"{boot.n_failed}/{boot.n} resamples dropped (no LR drop among their "
-                            "runs, or not converged)")
+        if boot.n_failed > boot.n * DROPPED_WARN:  # the thresholds of scaling.refit
+            verdict = ("the intervals are unreliable" if boot.n_failed > boot.n * DROPPED_UNRELIABLE
+                       else "dropping them biases the intervals")
+            warnings.append(f"{100 * boot.n_failed / boot.n:.1f}% of bootstrap resamples ({boot.n_failed} of "
+                            f"{boot.n}) dropped (no LR drop among their runs, or not converged): {verdict}")
     warnings = fit_warnings(fit) + warnings
     print(_parameter_table(fit, boot))
     for w in warnings:
@@ -157,18 +168,22 @@ def run_curves(args) -> int:
                                 warmup=min(int(np.argmax(first)) + 1, args.optimize_schedule - 2))
         print("predicted final loss: " + ", ".join(f"{k} {v:.5f}" for k, v in opt.final_loss.items()))
     if args.out:
-        _write(args, fit, boot, pred, opt)
+        _write(args, fit, boot, pred, opt, warnings)
     return 0
 
 
-def _write(args, fit, boot, pred, opt) -> None:
+def _write(args, fit, boot, pred, opt, warnings) -> None:
     """Figures and tables under ``--out``, staged and moved into place together
     (:func:`scaling.outputs.staged`: a failed write is one line, exit 1, earlier outputs kept)."""
     from scaling.curve_plots import plot_curves, plot_schedules
     from scaling.outputs import staged
 
-    written = ["params.csv"]
+    from scaling.fit_json import curve_record, write_fit_json
+
+    written = ["params.csv", "fit.json"]
     with staged(args.out) as out:
+        write_fit_json(out / "fit.json", curve_record(fit, boot, warnings, table=args.table or args.runs,
+                                                       where=args.where, holdout=args.holdout, seed=args.seed))
         fitted = fit.table.assign(predicted_loss=fit.predict())
         figs = plot_curves(fitted, pred, out, title=f"{args.law}: fitted runs (solid), predicted (dashed)")
         fit.summary().to_csv(out / "params.csv", index_label="parameter")

@@ -30,7 +30,9 @@ Written under ``--out`` beside report.md; read back with :func:`read_fit_json`. 
 residuals of the near-optimal runs), ``starts = null``, and in ``extra``: ``threshold``,
 ``n_cells``, ``n_table`` (rows before the near-optimal filter), ``batch_unit`` and
 ``bootstrap_mean`` ({name: mean}; Step Law: means of the log-space OLS coefficients, so the
-prefactor's is exp(mean log c)).
+prefactor's is exp(mean log c)). Schedule-aware laws (``multi_power``, ``lr_annealing``:
+:func:`curve_record`) count curve points in ``n`` and write ``method``, ``runs``, ``eta_ref``
+and ``resolution`` in ``extra``; their bootstrap resamples whole runs.
 
 Axis letters: none (records of scalars).
 """
@@ -147,6 +149,29 @@ def hyper_record(fit, *, table: str, where=None, threshold: float, n_table: int,
         "bootstrap": bootstrap_record(fit.boot, seed if fit.boot else None),
         "extra": {"threshold": float(threshold), "n_cells": int(fit.n_cells),
                   "n_table": int(n_table), "batch_unit": batch_unit, "bootstrap_mean": mean},
+    }
+
+
+def curve_record(fit, boot, warnings, *, table, where=None, holdout=None, seed=None) -> dict:
+    """The fit.json record of a schedule-aware law (:class:`scaling.curve_fit.CurveFit`).
+
+    ``n`` counts curve points; ``extra`` holds ``method`` ("luo2025" | "bfgs"), ``runs``
+    (the fitted run names), ``eta_ref`` and ``resolution``; the bootstrap resamples whole runs.
+    """
+    names = list(fit.params)
+    sd, intervals = _intervals(boot, names)
+    return {
+        "format": FORMAT, "version": VERSION, "law": fit.law.name, "citation": fit.law.citation,
+        "table": None if table is None else str(table), "where": where, "holdout": holdout,
+        "columns": {"run": "run", "step": "step", "loss": "loss"},
+        "n": int(len(fit.logy)),
+        "objective": {"kind": "huber", "value": _num(fit.objective), "huber_delta": _num(fit.huber_delta)},
+        "starts": {"n": int(fit.n_starts), "n_at_best": int(fit.n_at_best)},
+        "parameters": {k: _num(v) for k, v in fit.params.items()},
+        "fixed": {}, "derived": {}, "sd": sd, "intervals": intervals, "fixed_by_construction": [],
+        "warnings": list(warnings), "bootstrap": bootstrap_record(boot, seed if boot else None),
+        "extra": {"method": fit.method, "runs": list(fit.runs), "eta_ref": _num(fit.eta_ref),
+                  "resolution": _num(fit.resolution)},
     }
 
 

@@ -51,6 +51,31 @@ def test_fit_predict_and_write(files, tmp_path, capsys):
     params = pd.read_csv(out / "params.csv", index_col=0)["value"]
     assert params["C"] == pytest.approx(LRA["C"], rel=1e-4)
     assert (out / "curves.png").exists() and (out / "samples.csv").exists()
+    from scaling import read_fit_json
+
+    doc = read_fit_json(out / "fit.json")
+    assert doc["law"] == "lr_annealing" and doc["n"] == 3 * 48 and doc["extra"]["runs"] == ["constant", "cosine", "wsd"]
+    assert doc["parameters"]["C"] == pytest.approx(params["C"]) and doc["bootstrap"]["n"] == 8
+    assert set(doc["intervals"]["bounds"]) == set(LRA)
+    assert f"objective {doc['objective']['value']:.10g}" in text  # printed with 10 significant digits
+
+
+def test_a_fit_with_non_finite_parameters_is_refused_in_one_line(files, tmp_path, capsys, monkeypatch):
+    import scaling.curves_cli as curves_cli
+
+    real = curves_cli.fit_curves
+
+    def nan_fit(*args, **kwargs):
+        fit = real(*args, **kwargs)
+        object.__setattr__(fit, "params", {**fit.params, "L0": float("nan")})
+        return fit
+
+    monkeypatch.setattr(curves_cli, "fit_curves", nan_fit)
+    out = tmp_path / "o"
+    rc = main([str(files / "fit.csv"), "--law", "lr_annealing", "--lr", str(files / "lrs.csv"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "non-finite parameters ['L0']" in err[0], err
+    assert not out.exists()
 
 
 def test_multi_power_holdout_and_optimal_schedule(files, tmp_path, capsys):
