@@ -59,6 +59,8 @@ class FitResult:
       weights: per-run weights [m] (ones when none were given).
       objective_kind: "huber" or "huber_ml" (then ``theta``'s last coordinate is log sigma).
       table: the fitted rows (the DataFrame the fit read).
+      grid: the starting points [s, p] of the free coordinates (row i started ``starts`` row
+        i; the bootstrap refits start from the fastest of those that reached the best).
     """
 
     law: LawSpec
@@ -77,6 +79,7 @@ class FitResult:
     weights: np.ndarray = field(default=None, repr=False)
     objective_kind: str = "huber"
     table: pd.DataFrame | None = field(default=None, repr=False)
+    grid: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def law_theta(self) -> np.ndarray:
@@ -276,7 +279,7 @@ def fit_law(
                      n_at_best=int(at_best.sum()), theta=theta, free=free, fixed=fixed,
                      logx=logx, logy=logy, huber_delta=float(huber_delta),
                      columns=column_names(columns), starts=starts, weights=w,
-                     objective_kind=objective, table=df)
+                     objective_kind=objective, table=df, grid=theta0)
 
 
 def _point_weights(df: pd.DataFrame, weights) -> np.ndarray:
