@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.multistart import huber, minimize_multistart
+from scaling.progress import slow_notice
 
 INTERPOLATES = 5e-13  # Huber sum per unit weight below this: every residual ~1e-6 or less
 GTOL_FLOOR = 1e-3  # scaled-gradient tolerance of a smooth objective (least squares, wide Huber)
@@ -126,12 +127,13 @@ def refit_starts(result, grid_starts: int | None = None) -> np.ndarray:
 
 
 def refit(result, weights: np.ndarray, *, grid_starts: int | None = None, max_iter: int = 500,
-          gtol: float | None = None, restarts: int = 1) -> dict:
+          gtol: float | None = None, restarts: int = 1, progress: bool = True) -> dict:
     """Refit ``result`` under each row of ``weights`` [n, m] from :func:`refit_starts`.
 
     Each refit keeps its best start; one not converged (scaled gradient above ``gtol``,
     default :func:`default_gtol`) is restarted from where it stopped (BFGS memory reset) up to
-    ``restarts`` times. Returns dict with ``theta`` [n, q] (full coordinates), ``value`` [n],
+    ``restarts`` times; ``progress``: a line on stderr if the refits take over a few
+    seconds. Returns dict with ``theta`` [n, q] (full coordinates), ``value`` [n],
     ``scaled_grad`` [n], ``iters`` [n] (of the kept start), ``status`` [n] (str:
     "converged", "max_iter": stopped at the iteration cap with a large gradient, "stalled":
     stopped earlier with a large gradient, "non_finite"), and ``starts`` (k).
@@ -145,8 +147,9 @@ def refit(result, weights: np.ndarray, *, grid_starts: int | None = None, max_it
     k = len(starts)
     kw = dict(base=result.theta, free=free, huber_delta=result.huber_delta, max_iter=max_iter,
               objective=result.objective_kind)
-    out = minimize_multistart(spec.log_form, np.tile(starts, (n, 1)), result.logx, result.logy,
-                              weights=np.repeat(weights, k, axis=0), **kw)
+    with slow_notice(f"bootstrap: {n} refits x {k} starts on {weights.shape[1]} rows", progress):
+        out = minimize_multistart(spec.log_form, np.tile(starts, (n, 1)), result.logx,
+                                  result.logy, weights=np.repeat(weights, k, axis=0), **kw)
     value = out["value"].reshape(n, k)
     best = np.argmin(np.where(np.isfinite(value), value, np.inf), axis=1)
     rows = np.arange(n)
