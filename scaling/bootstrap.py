@@ -120,7 +120,8 @@ def resample_weights(m: int, n: int, seed: int) -> np.ndarray:
 
 def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
                   budgets: Sequence[float] = (), max_iter: int = 500,
-                  grid_starts: int | None = None, gtol: float | None = None) -> BootstrapResult:
+                  grid_starts: int | None = None, gtol: float | None = None,
+                  progress: bool = True) -> BootstrapResult:
     """Refit ``result`` (a :class:`scaling.fit.FitResult`) on ``n`` resamples of its runs.
 
     Args:
@@ -131,6 +132,7 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
       max_iter: BFGS iteration cap per start.
       grid_starts, gtol: grid starts per refit and scaled-gradient tolerance
         (:func:`scaling.refit.refit`; defaults there).
+      progress: a line on stderr when the refits take more than a few seconds.
     Returns:
       :class:`BootstrapResult` over the law's parameters and derived quantities.
     """
@@ -144,7 +146,7 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
     m = len(result.logy)
     counts = resample_weights(m, n, seed)
     out = refit(result, counts * result.weights[None, :], grid_starts=grid_starts,
-                max_iter=max_iter, gtol=gtol)
+                max_iter=max_iter, gtol=gtol, progress=progress)
     ok = out["status"] == "converged"
     full = out["theta"][ok]
     with np.errstate(over="ignore"):

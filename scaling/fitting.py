@@ -113,15 +113,17 @@ class FitResult:
         return np.log(self.predict()) - self.logy
 
     def bootstrap(self, n: int = 1000, seed: int = 0, level: float = 0.95,
-                  budgets: Sequence[float] = ()):
+                  budgets: Sequence[float] = (), **kw):
         """Percentile intervals over ``n`` resamples of the runs (:mod:`scaling.bootstrap`).
 
         ``budgets``: FLOP budgets C at which N_opt(C), D_opt(C) are reported (Chinchilla
-        forms), besides the parameters and the exponent ratio beta/(alpha+beta).
+        forms), besides the parameters and the exponent ratio beta/(alpha+beta). ``kw``:
+        options of :func:`scaling.bootstrap.bootstrap_fit` (max_iter, grid_starts, gtol,
+        progress).
         """
         from scaling.bootstrap import bootstrap_fit
 
-        return bootstrap_fit(self, n=n, seed=seed, level=level, budgets=budgets)
+        return bootstrap_fit(self, n=n, seed=seed, level=level, budgets=budgets, **kw)
 
     def summary(self) -> pd.DataFrame:
         """One row per parameter: value (and whether it was held fixed)."""
