@@ -67,19 +67,21 @@ def _scaled_gradient_fn(log_form: Callable, free: tuple[int, ...], q: int, objec
 
 
 def scaled_gradient(log_form: Callable, theta, logx, logy, weights, *, base, free,
-                    huber_delta: float, objective: str = "huber", chunk: int = 256) -> np.ndarray:
+                    huber_delta: float, objective: str = "huber") -> np.ndarray:
     """max_j |sum_i dl_i/dtheta_j| / sum_i |dl_i/dtheta_j| [n] at the free coordinates
     ``theta`` [n, p], with per-refit weights [n, m] (or shared [m]); see the module docstring."""
     theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
     n = theta.shape[0]
     w = np.asarray(weights, dtype=np.float64)
     w = np.broadcast_to(w, (n, w.shape[-1]))
+    # [chunk, m, p] Jacobians at a time (~32 MB), a power of two so that shapes repeat
+    chunk = 1 << int(np.log2(max(1, min(256, 4_000_000 // (w.shape[1] * theta.shape[1])))))
     fn = _scaled_gradient_fn(log_form, tuple(int(i) for i in free), len(base), objective)
     out = np.empty(n)
     with jax.enable_x64(True):
         args = (jnp.asarray(base, jnp.float64), {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()},
                 jnp.asarray(logy, jnp.float64), jnp.asarray(huber_delta, jnp.float64))
-        # Fixed chunks (the last padded) keep one compiled shape; [chunk, m, p] at a time.
+        # Fixed chunks (the last padded) keep one compiled shape.
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             th = np.zeros((chunk, theta.shape[1]))
