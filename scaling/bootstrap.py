@@ -211,33 +211,3 @@ def boundary_mask(params: dict[str, np.ndarray], min_loss: float) -> tuple[np.nd
             elif k.startswith("R_"):
                 flag(v > dg.R_STAR_MAX, f"{k} running off")
     return mask, reasons
-
-
-FAILED_WARN = 0.02  # share of dropped refits worth a warning (they bias the interval)
-FAILED_UNRELIABLE = 0.10  # above: the intervals are unreliable
-
-
-def refit_warnings(boot) -> list[str]:
-    """Dropped refits (their share and reasons) and refits on a boundary (their share and the
-    intervals without them): one-line messages, empty when there is nothing to report."""
-    out = []
-    frac = boot.n_failed / boot.n if boot.n else 0.0
-    if boot.n_failed and frac > FAILED_WARN:
-        reasons = getattr(boot, "failed_reasons", {}) or {}
-        why = f" ({', '.join(f'{k}: {v}' for k, v in reasons.items())})" if reasons else ""
-        verdict = ("the intervals are unreliable" if frac > FAILED_UNRELIABLE else
-                   "dropping them biases the intervals")
-        out.append(f"{frac:.1%} of bootstrap refits ({boot.n_failed} of {boot.n}) did not "
-                   f"converge{why}: {verdict}")
-    deg = getattr(boot, "degenerate", None)
-    if deg is not None and len(deg) and deg.any():
-        reasons = boot.degenerate_reasons or {}
-        iv = boot.intervals_without_degenerate
-        named = dict.fromkeys(r.split(" ")[0] for r in reasons)  # the parameters at a boundary
-        without = "; ".join(f"{k} [{iv.loc[k, 'lower']:.4g}, {iv.loc[k, 'upper']:.4g}]"
-                            for k in named if iv is not None and k in iv.index)
-        out.append(f"{np.mean(deg):.1%} of converged bootstrap refits ({int(deg.sum())} of "
-                   f"{len(deg)}) land on a boundary of the law "
-                   f"({', '.join(f'{k}: {v}' for k, v in reasons.items())}); intervals without "
-                   f"them: {without or 'none left'}")
-    return out

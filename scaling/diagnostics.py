@@ -93,7 +93,7 @@ def bootstrap_warnings(boot, n_free: int | None = None, fixed=()) -> list[str]:
         if share >= POINTS_SHARE:
             out.append(f"{share:.0%} of bootstrap resamples have no more distinct points than the "
                        f"{n_free} free parameters: the intervals are unreliable")
-    from scaling.bootstrap import refit_warnings  # dropped refits, refits on a boundary
+    from scaling.refit import refit_warnings  # dropped refits, refits on a boundary
     out += refit_warnings(boot)
     for name, row in boot.intervals.iterrows():
         if name in fixed:

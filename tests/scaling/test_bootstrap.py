@@ -150,7 +150,7 @@ def _boot_with(status, degenerate=None):
 def test_failed_share_thresholds():
     """<= 2 % dropped: no warning; 2-10 %: a warning naming the share and reasons; > 10 %:
     the intervals are called unreliable."""
-    from scaling.bootstrap import refit_warnings
+    from scaling.refit import refit_warnings
 
     def status(k_failed, n=100):
         return np.array(["max_iter"] * k_failed + ["converged"] * (n - k_failed))
