@@ -80,7 +80,8 @@ def scaled_gradient(log_form: Callable, theta, logx, logy, weights, *, base, fre
     fn = _scaled_gradient_fn(log_form, tuple(int(i) for i in free), len(base), objective)
     out = np.empty(n)
     with jax.enable_x64(True):
-        args = (jnp.asarray(base, jnp.float64), {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()},
+        args = (jnp.asarray(base, jnp.float64),
+                {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()},
                 jnp.asarray(logy, jnp.float64), jnp.asarray(huber_delta, jnp.float64))
         # Fixed chunks (the last padded) keep one compiled shape.
         for lo in range(0, n, chunk):
@@ -144,8 +145,8 @@ def refit(result, weights: np.ndarray, *, grid_starts: int | None = None, max_it
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     n = weights.shape[0]
     spec, free = result.law, tuple(result.free)
-    gtol = default_gtol(len(result.logy) if result.weights is None else int((result.weights > 0).sum()),
-                        len(free)) if gtol is None else gtol
+    m = len(result.logy) if result.weights is None else int((result.weights > 0).sum())
+    gtol = default_gtol(m, len(free)) if gtol is None else gtol
     starts = refit_starts(result, grid_starts)
     k = len(starts)
     kw = dict(base=result.theta, free=free, huber_delta=result.huber_delta, max_iter=max_iter,
