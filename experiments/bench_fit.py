@@ -1,4 +1,4 @@
-"""Benchmark of scaling.fit against the speed goals of issues 17 and 24 (Sec. 5), with PASS/FAIL.
+"""Benchmark of scaling.fit against the speed goals of issues 17, 24 and 25, with PASS/FAIL.
 
 ``python -m experiments.bench_fit [--points 240] [--rows 50] [--small 5] [--resamples 1000]
 [--reps 5] [--laws chinchilla,data_constrained,...] [--big-rows 100000] [--boot-rows 10000]
@@ -20,6 +20,11 @@ Cases:
 - an over-training fit on ``--small`` runs (Gadre et al. 2024's 5-point setting:
   chinchilla_tied on its 900-start grid; goal: <= 2 s);
 - ``--resamples`` bootstrap refits of the first fit (no goal);
+- the schedule-aware multi-power law (issue 25, Sec. 1) on three training curves of 24,000
+  steps (cosine, constant, two-stage as Luo et al. 2025's training set, every 128th step from
+  2,176: ~440 points), drawn from the law at the published 25M parameters with 0.1 % noise,
+  by its default method (the authors' recipe; goal: <= 5 s warm) and by multistart BFGS
+  (``method="bfgs"``, no goal);
 - the Hoffmann grid on ``--big-rows`` runs (screen-then-refine; goal: <= 20 s warm, issue 24);
 - ``--resamples`` bootstrap refits of a fit of ``--boot-rows`` runs (goal: <= 60 s warm);
 - with ``--epoch`` (Epoch's table, ``besiroglu2024_chinchilla_svg_extracted.csv``): the Huber
@@ -40,9 +45,13 @@ import pandas as pd
 
 from scaling import constants as K
 from scaling import fit_law, laws
+from scaling import lr_schedules
+from scaling.curve_fit import fit_curves
+from scaling.curve_laws import CURVE_LAWS, evaluate
 from scaling.law_specs import LAWS
 
 GOAL_S = 2.0
+CURVE_GOAL_S = 5.0  # issue 25: three 24k-step training curves, default start grid, 2 cores
 BIG_GOAL_S = 20.0  # issue 24: 10^5 rows, default grid
 BOOT_GOAL_S = 60.0  # issue 24: 1,000 resamples of 10^4 rows
 # Besiroglu et al. 2024, data_analysis.ipynb cell 25: bootstrap SEs of the likelihood fit.
@@ -106,6 +115,23 @@ def law_table(name: str, m: int, seed: int = 0) -> pd.DataFrame:
     cols = {v: x[v] for v in spec.variables}
     loss = spec.predict(TRUE[name], cols) * np.exp(rng.normal(0.0, 0.01, m))
     return pd.DataFrame({**cols, "loss": loss})
+
+
+def curve_tables(seed: int = 0):
+    """(curves run/step/loss, {run: eta}): Luo et al. 2025's three training schedules at 25M."""
+    rng = np.random.default_rng(seed)
+    lrs = {"cosine_24000": lr_schedules.cosine(24000, 3e-4, 3e-5, 2160),
+           "constant_24000": lr_schedules.constant(24000, 3e-4, 2160),
+           "wsdcon_9": lr_schedules.two_stage(16000, 3e-4, 9e-5, 8000, 2160)}
+    law = CURVE_LAWS["multi_power"]
+    theta = law.from_params(K.LUO_MPL_PARAMS["25M"], 3e-4)
+    rows = []
+    for run, eta in lrs.items():
+        steps = np.arange(2176, len(eta), 128)
+        loss = evaluate(law, theta, law.features(eta, steps, 3e-4, 0.1))
+        rows.append(pd.DataFrame({"run": run, "step": steps,
+                                  "loss": loss * np.exp(rng.normal(0.0, 1e-3, len(steps)))}))
+    return pd.concat(rows, ignore_index=True), lrs
 
 
 def _timed(fn):
@@ -179,6 +205,12 @@ def main() -> None:
                 lambda b: f"failed={b.n_failed}, alpha {b.level:.0%} "
                           f"{tuple(round(v, 4) for v in b.interval('alpha'))}",
                 max(1, args.reps // 2), goal=None)
+    curves, lrs = curve_tables()
+    for method, goal, reps in (("luo2025", CURVE_GOAL_S, args.reps), ("bfgs", None, 1)):
+        _report(f"multi_power, 3 curves of 24k steps ({len(curves)} points), {method}",
+                lambda: fit_curves(curves, lrs, "multi_power", method=method),
+                lambda r: f"{r.n_starts} starts, {r.n_at_best} at the best, alpha={r.params['alpha']:.4f}",
+                reps, goal)
     if args.big_rows:
         big = synthetic_table(args.big_rows, seed=2)
         _report(f"chinchilla, {args.big_rows} rows, hoffmann grid (screen-then-refine)",

@@ -3,16 +3,22 @@
 Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.json,
 loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a
 short sample of generated text at the end. Rerunning the same command resumes from the
-latest intact checkpoint; a run directory holding another config
-is refused (the message names the fields that differ) unless ``--overwrite`` starts the
-run afresh. Every config field can be overridden: ``--help`` says what each one means and
-its default. Errors are one line on stderr: exit 2 for refused input (nothing written),
-1 for a run that diverged or whose checkpoints cannot be read.
+latest intact checkpoint; a run directory holding another config, or trained on another
+corpus (its corpus.json records the corpus fingerprint, :mod:`lm.data_check`), is refused
+(the message names the fields that differ, or both fingerprints) unless ``--overwrite``
+starts the run afresh. The data is checked before step 0: a damaged prepared corpus (its
+manifest, a missing or cut-short shard), an empty split, or a ``--model.vocab_size`` below
+the tokenizer's is one line naming the file or field. Every config field can be overridden:
+``--help`` says what each one means and its default. The run directory is locked while the
+command runs (a second one on it is refused, naming the first's PID); SIGTERM or Ctrl-C stop
+training at the next step with a checkpoint saved. Errors and stops are one line on stderr,
+with the exit codes of ``experiments.lib.cli.EXIT_CODES`` (listed by ``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -22,11 +28,11 @@ import jax
 import jax.numpy as jnp
 
 from experiments.lib import outdir
-from experiments.lib.cli import RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail
+from experiments.lib.cli import EXIT_CODES, RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail, training
 from experiments.lib.figures import plot_loss_curve
 from experiments.lib.progress import SweepProgress
 from lm import data as lm_data
-from lm import decode, multihost, sharding, train
+from lm import data_check, decode, multihost, run_lock, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
@@ -42,7 +48,7 @@ def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m experiments.train", description=__doc__,
+    parser = OneLineParser(prog="python -m experiments.train", description=__doc__, epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="transformer", help=f"model preset, one of {sorted(PRESETS)}")
     parser.add_argument("--out", default="runs/train", help="parent directory of the run directory <out>/<name>")
@@ -67,8 +73,18 @@ def default_run() -> RunConfig:
 # Fields that do not change what is trained: a rerun may change them freely.
 RESUME_FREE_FIELDS = ("train.progress",)
 # What lm.train.train and this command write into a run directory (--overwrite removes these only).
-RUN_RECORDS = ("config.json", "metrics.jsonl", "result.json", "result.json.tmp", "failure.json", "runner.json",
-               "checkpoints", "loss_curve.png")
+RUN_RECORDS = ("config.json", "corpus.json", "corpus.json.tmp", "metrics.jsonl", "result.json", "result.json.tmp",
+               "failure.json", "runner.json", "checkpoints", "loss_curve.png")
+# Not among them: the lock file (lm.run_lock.LOCK), held by the command that overwrites.
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run that :func:`build_parser`'s parsed ``args`` ask for (ValueError for a bad value)."""
+    run = dataclasses.replace(default_run(), model=get_preset(args.preset))
+    run = apply_overrides(run, args)
+    if getattr(args, "cfg:model.vocab_size") is None:  # the model's vocabulary follows the data's tokenizer
+        run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=lm_data.vocab_size(run.data)))
+    return run
 
 
 def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
@@ -102,32 +118,45 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
                                  f"{hint}")
 
 
+def check_run_data(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
+    """Refuse (ValueError, one line) data the run cannot train on, or a run directory trained on
+    another corpus unless ``overwrite`` (:func:`lm.data_check.check_run`); writes nothing."""
+    try:
+        data_check.check_run(run, None if overwrite else run_dir)
+    except data_check.CorpusMismatchError as err:
+        raise outdir.OutputError(f"{err}; rerun with --overwrite to start this run afresh on the new corpus, "
+                                 "or restore the old one (nothing was changed)") from err
+
+
 def start_afresh(run_dir: Path) -> list[str]:
-    """``--overwrite``: remove the run's records (:data:`RUN_RECORDS` and TensorBoard event files)."""
-    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")))
+    """``--overwrite``: remove the run's records (:data:`RUN_RECORDS`, TensorBoard event files and
+    the temporary files of a write that a kill cut short)."""
+    names = (*RUN_RECORDS, *sorted(p.name for p in run_dir.glob(f"{EVENT_PREFIX}*")),
+             *sorted(p.name for p in run_dir.glob(".*.tmp")))
     return outdir.remove_entries(run_dir, names) if run_dir.is_dir() else []
 
 
 def main(argv=None) -> dict:
-    """Train one run; a refused input or a failed run is one line on stderr and a nonzero exit.
+    """Train one run; a refused input, a failed or a stopped run is one line on stderr and a nonzero exit.
 
-    Exit codes: 2 (:data:`experiments.lib.cli.USAGE_ERROR`) for anything refused before training
-    (bad flag or value, unusable ``--out``, a run directory holding another config, a damaged
-    record); 1 (:data:`experiments.lib.cli.RUN_FAILED`) for a run that diverged or whose
-    checkpoints cannot be read. Nothing is written in the first case.
+    Exit codes (:data:`experiments.lib.cli.EXIT_CODES`): 2 (:data:`~experiments.lib.cli.USAGE_ERROR`)
+    for anything refused before training (bad flag or value, unusable ``--out``, a run directory
+    holding another config, trained on another corpus or locked by another process, a damaged
+    record or prepared corpus, an empty split); 1 (:data:`~experiments.lib.cli.RUN_FAILED`) for a
+    run that diverged, whose checkpoints cannot be read, or that ran out of disk space; 75
+    (:data:`~experiments.lib.cli.PREEMPTED`) after SIGTERM (Ctrl-C: the same stop, then SIGINT).
+    Nothing is written in the first case.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        run = dataclasses.replace(default_run(), model=get_preset(args.preset))
-        run = apply_overrides(run, args)
-        if getattr(args, "cfg:model.vocab_size") is None:  # the model's vocabulary follows the data's tokenizer
-            run = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=lm_data.vocab_size(run.data)))
+        run = run_config(args)
         if args.sample_tokens < 0:
             raise ValueError(f"--sample-tokens={args.sample_tokens}: must be >= 0")
         run_dir = Path(args.out) / run.name
         outdir.check_writable_dir(args.out)
         check_run_dir(run, run_dir, args.overwrite)
+        check_run_data(run, run_dir, args.overwrite)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
         fail(parser.prog, str(err))
     multihost.maybe_initialize_distributed()  # before anything touches a device
@@ -135,6 +164,19 @@ def main(argv=None) -> dict:
         mesh = None if args.mesh_shape is None else sharding.make_mesh([int(s) for s in args.mesh_shape.split(",")])
     except ValueError as err:
         fail(parser.prog, f"--mesh-shape={args.mesh_shape}: {err}")
+    primary = jax.process_index() == 0
+    with training(parser.prog), run_lock.hold(run_dir) if primary else contextlib.nullcontext():
+        try:  # again under the lock: another process may have written the directory since
+            check_run_dir(run, run_dir, args.overwrite)
+            check_run_data(run, run_dir, args.overwrite)
+        except ValueError as err:
+            fail(parser.prog, str(err))
+        return _train_and_report(parser.prog, run, run_dir, mesh, args)
+
+
+def _train_and_report(prog: str, run: RunConfig, run_dir: Path, mesh, args: argparse.Namespace) -> dict:
+    """:func:`main` once the run directory is checked and locked: train, then print the result,
+    the loss curve's path and a sample."""
     if args.overwrite and jax.process_index() == 0:
         gone = start_afresh(run_dir)
         if gone:
@@ -147,9 +189,9 @@ def main(argv=None) -> dict:
         result = train.train(run, run_dir, mesh=mesh, progress=events)
         bar.finish([run])
     except train.NonFiniteLossError as err:
-        fail(parser.prog, f"the run diverged: {err}", RUN_FAILED)
+        fail(prog, f"the run diverged: {err}", RUN_FAILED)
     except CheckpointError as err:
-        fail(parser.prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
+        fail(prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
     finally:
         events.close()
         bar.close()

@@ -13,18 +13,31 @@ Errors never delete anything: a missing, partial or corrupted checkpoint raises
 with a :class:`CheckpointFallbackWarning` and, when the directory is writable, moved aside
 to ``checkpoints/unreadable-<step>`` (kept for inspection, out of orbax's way, so the
 step can be saved again); only when no checkpoint can be read does it raise.
+
+A save into a full disk raises ``lm.records.DiskFullError`` (one line: the directory and
+its free space) instead of orbax's RESOURCE_EXHAUSTED errors: the hundreds of lines that
+orbax's writer threads log and tensorstore's late writes print about it are dropped, the
+unfinished step's temporary directory is removed (it is never a checkpoint) and every
+earlier checkpoint stays intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from lm.records import DiskFullError, disk_full_error, free_bytes
 
 ITEMS = ("state", "data", "meta")
 
@@ -77,17 +90,30 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
-        """Write a checkpoint of ``state`` (pytree), ``data_state`` and ``meta`` (JSON) at ``step``."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(_jsonable(data_state)),
-                meta=ocp.args.JsonSave(_jsonable(meta)),
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        """Write a checkpoint of ``state`` (pytree), ``data_state`` and ``meta`` (JSON) at ``step``.
+
+        Raises:
+          lm.records.DiskFullError: no space left; the earlier checkpoints are intact.
+        """
+        try:
+            with _quiet_full_disk():
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        data=ocp.args.JsonSave(_jsonable(data_state)),
+                        meta=ocp.args.JsonSave(_jsonable(meta)),
+                    ),
+                    force=True,
+                )
+                self.manager.wait_until_finished()
+        except Exception as err:
+            if disk_full_error(err, self.directory) is None:
+                raise
+            for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)  # the unfinished save, never a checkpoint
+            raise DiskFullError(self.directory, free_bytes(self.directory),
+                                f"saving the checkpoint of step {step}") from err
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict, dict]:
         """Restore (state, data_state, meta) at ``step``; None = the newest checkpoint that reads.
@@ -161,6 +187,52 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class _FullDiskFilter(logging.Filter):
+    """Drops log records about a full disk (orbax logs one traceback per writer thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return disk_full_error(exc, ".") is None and disk_full_error(Exception(record.getMessage()), ".") is None
+
+
+_FILTER = _FullDiskFilter()
+
+
+def _closed_loop(unraisable) -> bool:
+    """tensorstore's writes that finish after orbax closed its event loop (the save failed) report
+    "Event loop is closed" through ``sys.unraisablehook``, one traceback per write."""
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _quiet_full_disk() -> Iterator[None]:
+    """Hold back what orbax, asyncio and tensorstore print during a save, and drop it if the save
+    fails for lack of space (the caller reports that in one line); else let it through.
+
+    After a full disk the filters stay, for the echoes of writes still finishing.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    for logger in loggers:
+        logger.addFilter(_FILTER)
+    previous, held = sys.unraisablehook, []
+    sys.unraisablehook = held.append
+    full = False
+    try:
+        yield
+    except Exception as err:
+        full = disk_full_error(err, ".") is not None
+        raise
+    finally:
+        if full:
+            sys.unraisablehook = lambda u: None if _closed_loop(u) else previous(u)
+        else:
+            sys.unraisablehook = previous
+            for logger in loggers:
+                logger.removeFilter(_FILTER)
+            for unraisable in held:
+                previous(unraisable)
 
 
 def _jsonable(obj: Any) -> Any:

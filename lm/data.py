@@ -32,6 +32,10 @@ pieces h, h + S, h + 2S, ... of each epoch's global permutation: disjoint slices
 data, together the global batch) and t = seq_len. The iterator's ``get_state()`` (a JSON
 dict) is saved with checkpoints; ``set_state`` on a fresh iterator restores it exactly.
 
+Before step 0 a run checks its data (:mod:`lm.data_check`): :func:`check_splits` refuses a
+split that cannot fill a batch (no documents, e.g. a corpus prepared without validation
+documents), and opening a prepared directory checks its manifest and shard sizes.
+
 Axis letters: b rows of the per-host batch, t slots of a row (seq_len).
 """
 
@@ -80,10 +84,23 @@ def split_max_bytes(cfg: DataConfig, split: str) -> int | None:
     return min(caps) if caps else None
 
 
-@functools.lru_cache(maxsize=16)
+def _stamp(cfg: DataConfig) -> int | None:
+    """What keys the caches of ``cfg``'s data besides ``cfg``: a prepared corpus replaced in place is read afresh."""
+    return prepared.stamp(cfg.path) if cfg.source == "prepared" else None
+
+
 def make_source(cfg: DataConfig, split: str):
-    """The document source (:mod:`lm.data_sources`) of ``split`` ("train" | "validation")."""
+    """The document source (:mod:`lm.data_sources`) of ``split`` ("train" | "validation").
+
+    Cached per (cfg, split) while the data is unchanged; opening a prepared directory checks
+    its manifest and shard sizes (:mod:`lm.prepared`).
+    """
     _check_split(split)
+    return _make_source(cfg, split, _stamp(cfg))
+
+
+@functools.lru_cache(maxsize=16)
+def _make_source(cfg: DataConfig, split: str, stamp: int | None):
     if cfg.source == "prepared":
         return prepared.PreparedSource(cfg.path, split, split_max_bytes(cfg, split))
     if cfg.source in ("stdlib", "files"):
@@ -106,12 +123,55 @@ def make_source(cfg: DataConfig, split: str):
     )
 
 
+make_source.cache_clear = _make_source.cache_clear  # releases open sources (tfds files, memory maps)
+
+
 def _pieces(cfg: DataConfig, source) -> np.ndarray:
     """int64 [p, 3] (document, first token, end token or -1 = whole document)."""
     if source.lengths is None:
         n = len(source)
         return np.stack([np.arange(n), np.zeros(n, np.int64), np.full(n, -1, np.int64)], axis=1)
     return packing.piece_table(source.lengths, seq_len=cfg.seq_len, add_bos=cfg.add_bos, add_eos=cfg.add_eos)
+
+
+def _split_advice(cfg: DataConfig, split: str) -> str:
+    """What decides the size of ``split`` of ``cfg`` and how to enlarge it (for the messages below)."""
+    caps = f"max_bytes={cfg.max_bytes}, max_train_bytes={cfg.max_train_bytes}"
+    if cfg.source == "prepared":
+        frac = prepared.read_manifest(cfg.path).get("validation_fraction")
+        return (f"prepared data {cfg.path}, prepared with --validation-fraction {frac}; "
+                + ("prepare it again with a larger --validation-fraction or more documents" if split == "validation"
+                   else f"{caps}; prepare a larger corpus or raise the caps"))
+    if cfg.source in ("stdlib", "files"):
+        return (f"source {cfg.source!r}, a split holds whole files; DataConfig.val_fraction={cfg.val_fraction}, "
+                f"{caps}; "
+                + ("raise val_fraction or match more files" if split == "validation"
+                   else "raise the caps, lower val_fraction or match more files"))
+    if cfg.source == "tfds":
+        name = cfg.tfds_split_val if split == "validation" else cfg.tfds_split_train
+        return f"tfds {cfg.tfds_name} split {name!r}; choose a split with documents"
+    return f"source 'synthetic', DataConfig.val_fraction={cfg.val_fraction}; raise val_fraction"
+
+
+def _checked_pieces(cfg: DataConfig, split: str, shard_count: int = 1) -> tuple[Any, np.ndarray]:
+    """(source, pieces) of ``split``; ValueError (one line) when it cannot fill a batch on every host."""
+    source = make_source(cfg, split)
+    if len(source) == 0:
+        raise ValueError(f"the {split} split has no documents ({_split_advice(cfg, split)})")
+    pieces = _pieces(cfg, source)
+    if len(pieces) < shard_count:
+        raise ValueError(f"the {split} split has {len(pieces)} pieces of text (documents with a target), fewer "
+                         f"than shard_count={shard_count} ({_split_advice(cfg, split)})")
+    return source, pieces
+
+
+def check_splits(cfg: DataConfig, *, validation: bool = True, shard_count: int = 1) -> None:
+    """Raise ValueError (one line naming the split) before training when the training split,
+    or with ``validation`` the validation split, has no documents or fewer pieces of text
+    than hosts: every split the pipeline packs into batches then fills them (rows are padded,
+    the training split repeats), so a run cannot fail on its data after step 0."""
+    for split in SPLITS if validation else ("train",):
+        _checked_pieces(cfg, split, shard_count)
 
 
 def make_iterator(
@@ -144,19 +204,7 @@ def make_iterator(
         )
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs={num_epochs}: must be None (forever) or >= 1")
-    source = make_source(cfg, split)
-    if len(source) == 0:
-        raise ValueError(
-            f"split {split!r} of source {cfg.source!r} has no documents "
-            f"(DataConfig.val_fraction={cfg.val_fraction}, max_bytes={cfg.max_bytes}, "
-            f"max_train_bytes={cfg.max_train_bytes})"
-        )
-    pieces = _pieces(cfg, source)
-    if len(pieces) < shard_count:
-        raise ValueError(
-            f"split {split!r} of source {cfg.source!r} has {len(pieces)} pieces of text, fewer than "
-            f"shard_count={shard_count} (check val_fraction, max_bytes, max_train_bytes, files_glob)"
-        )
+    source, pieces = _checked_pieces(cfg, split, shard_count)
     ds = grain.MapDataset.source(pieces)
     if cfg.source != "synthetic":  # synthetic documents are i.i.d. already
         ds = ds.shuffle(seed=cfg.seed)
@@ -261,11 +309,11 @@ def dataset_info(cfg: DataConfig) -> dict[str, Any]:
     unknown without reading the data, as for tfds), targets_per_byte (train), and for
     "synthetic" entropy_rate_bits_per_byte plus the chain's shape.
     """
-    return copy.deepcopy(_dataset_info(cfg))
+    return copy.deepcopy(_dataset_info(cfg, _stamp(cfg)))
 
 
 @functools.lru_cache(maxsize=16)
-def _dataset_info(cfg: DataConfig) -> dict[str, Any]:
+def _dataset_info(cfg: DataConfig, stamp: int | None) -> dict[str, Any]:
     info: dict[str, Any] = {"source": cfg.source, "vocab_size": vocab_size(cfg), "seq_len": cfg.seq_len}
     if cfg.source == "prepared":
         manifest = prepared.read_manifest(cfg.path)

@@ -2,43 +2,66 @@
 
 Layout of a prepared directory ``OUT`` (read back by :mod:`lm.prepared`):
 
-  plan.json                           the arguments and the work units (:func:`lm.corpus.plan_units`)
+  plan.json                           the arguments, the input listing and the work units
+                                      (:mod:`lm.prepare_plan`, :func:`lm.corpus.plan_units`)
   tokenizer.json | tokenizer.model    the tokenizer (none for "byte")
   shards/<k>.<split>.tokens.bin       unit k's documents of ``split``, their tokens back to back,
                                       fixed-width little-endian uint16 (vocab <= 65536) or uint32
   shards/<k>.<split>.docs.npy         int64 [docs, 2]: (tokens, UTF-8 bytes) of each document
-  shards/<k>.done.json                written last, atomically: the unit is finished (counts, sha256)
+  shards/<k>.done.json                written last, atomically: the unit is finished (counts, the
+                                      sha256 of each file, bad documents skipped)
   manifest.json                       documents, tokens and bytes per split, the tokenizer, the
-                                      source spec and a fingerprint; written when every unit is done
+                                      source spec, bad documents skipped and a fingerprint;
+                                      written when every unit is done (:mod:`lm.prepare_manifest`,
+                                      which also verifies a directory against its markers)
 
 Documents are split into "train" / "validation" by a keyed hash of their text
 (:func:`split_of`): deterministic, independent of order, sharding and workers, and a
 document repeated in the corpus always lands in the same split. Resumable: a unit whose
 ``done.json`` exists is never redone, and a unit interrupted by a kill is rewritten from
-scratch (its files are only renamed into place when complete). ``shard=(i, n)`` prepares
-units i, i + n, ...; :func:`merge` writes the manifest once all units are done, so a job
-array gives byte-identical output to one process.
+scratch (its files are only renamed into place when complete; every JSON record is
+written through a temporary file and a rename). ``shard=(i, n)`` prepares units i, i + n,
+...; :func:`merge` writes the manifest once all units are done, so a job array gives
+byte-identical output to one process.
+
+Everything is checked before anything is written (:mod:`lm.prepare_plan`). A bad document
+met while tokenizing (:class:`lm.corpus.BadDocument`) stops the run with its file and line
+and leaves no marker for its unit (finished units stay; a first call that finished none
+leaves nothing), unless ``on_bad_document="skip"`` counts and skips it. A full disk raises
+:class:`DiskFullError`; finished units stay valid and a rerun resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import glob
 import hashlib
-import json
+import io
 import multiprocessing
 import os
+import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
 from lm import corpus
-from lm.subword import file_sha256, load_tokenizer, train_bpe
+from lm.prepare_manifest import FIRST_BAD, merge, verify  # noqa: F401
+from lm.prepare_plan import (FORMAT, MANIFEST, PLAN, SHARDS, SPLITS, check_resume, create_out,  # noqa: F401
+                             done_path, drop_units, existing_plan, new_plan, out_tokenizer, plan_config,
+                             remove_prepared, shard_path, tmp_name, token_dtype, tokenizer_file_sha, undo_out,
+                             write_json)
+from lm.subword import load_tokenizer, train_bpe
 from lm.tokenizer import TOKENIZER_FILES, ByteTokenizer, parse_bpe_spec
 
-FORMAT = "scalelab-prepared-v1"
-PLAN, MANIFEST, SHARDS = "plan.json", "manifest.json", "shards"
-SPLITS = ("train", "validation")
 ENCODE_BATCH = 256
+BAD_DOCUMENT_POLICIES = ("error", "skip")
+
+
+class DiskFullError(RuntimeError):
+    """The disk of the prepared directory filled up; finished units stay valid and a rerun resumes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +77,9 @@ class PrepareConfig:
       split_seed: key of the document hash that decides the split.
       tfds_data_dir: data directory of a TFDS input.
       tokenizer_sample_bytes: text of the training sample of "bpe:VOCAB".
+      on_bad_document: "error" (stop at the first bad document, naming its file and line) or
+        "skip" (count it in done.json and the manifest, and go on). Not part of the plan:
+        units finished under either policy hold no bad document.
     """
 
     input: str
@@ -63,14 +89,17 @@ class PrepareConfig:
     split_seed: int = 0
     tfds_data_dir: str | None = None
     tokenizer_sample_bytes: int = 256 << 20
+    on_bad_document: str = "error"
 
     def __post_init__(self):
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction={self.validation_fraction}: must be in [0, 1)")
-        if self.tokenizer_sample_bytes < 1:
-            raise ValueError(f"tokenizer_sample_bytes={self.tokenizer_sample_bytes}: must be positive")
+        if not isinstance(self.tokenizer_sample_bytes, int) or self.tokenizer_sample_bytes < 1:
+            raise ValueError(f"tokenizer_sample_bytes={self.tokenizer_sample_bytes}: must be a positive integer")
+        if self.on_bad_document not in BAD_DOCUMENT_POLICIES:
+            raise ValueError(f"on_bad_document={self.on_bad_document!r}: must be one of {BAD_DOCUMENT_POLICIES}")
         if self.tokenizer != "byte" and parse_bpe_spec(self.tokenizer) is None:
-            load_tokenizer(self.tokenizer)  # a bad path raises here, before any work
+            load_tokenizer(self.tokenizer)  # a bad path or a damaged file raises here, before any work
 
 
 def split_of(text: str, fraction: float, seed: int) -> str:
@@ -79,48 +108,27 @@ def split_of(text: str, fraction: float, seed: int) -> str:
     return "validation" if int.from_bytes(h.digest(), "little") < fraction * 2.0**64 else "train"
 
 
-def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+class _Skipped:
+    """An ``on_bad`` callback of :func:`lm.corpus.documents`: counts bad documents, keeps the first places."""
+
+    def __init__(self):
+        self.count, self.first = 0, []
+
+    def __call__(self, where, reason: str) -> None:
+        self.count += 1
+        if len(self.first) < FIRST_BAD:
+            self.first.append(f"{where()}: {reason}")
 
 
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def shard_path(out: str, k: int, split: str, what: str) -> str:
-    """Path of unit k's ``what`` file ("tokens.bin" | "docs.npy") of ``split``."""
-    return os.path.join(out, SHARDS, f"{k:06d}.{split}.{what}")
-
-
-def done_path(out: str, k: int) -> str:
-    return os.path.join(out, SHARDS, f"{k:06d}.done.json")
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits, else uint32."""
-    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-def out_tokenizer(out: str):
-    """The tokenizer stored in ``out`` (byte when there is no tokenizer file)."""
-    return load_tokenizer(out) if any(os.path.isfile(os.path.join(out, n)) for n in TOKENIZER_FILES) else ByteTokenizer()
-
-
-def _tokenizer_file_sha(out: str) -> str | None:
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(out, name)):
-            return file_sha256(os.path.join(out, name))
-    return None
+def _documents(cfg: PrepareConfig, unit: dict, skipped: _Skipped) -> Iterator[str]:
+    return corpus.documents(unit, cfg.text_key, skipped if cfg.on_bad_document == "skip" else None)
 
 
 def _sample_texts(cfg: PrepareConfig, units: list[dict]) -> Iterator[str]:
     """Training-split documents of the units in a seeded order, up to ``tokenizer_sample_bytes``."""
     total = 0
     for k in np.random.default_rng(cfg.split_seed).permutation(len(units)):
-        for text in corpus.documents(units[k], cfg.text_key):
+        for text in _documents(cfg, units[k], _Skipped()):  # skipped ones are counted when tokenized
             if split_of(text, cfg.validation_fraction, cfg.split_seed) != "train":
                 continue
             yield text
@@ -138,16 +146,39 @@ def _ensure_tokenizer(cfg: PrepareConfig, out: str, units: list[dict]):
         return load_tokenizer(os.path.join(out, have[0]))
     vocab = parse_bpe_spec(cfg.tokenizer)
     tok = train_bpe(_sample_texts(cfg, units), vocab) if vocab else load_tokenizer(cfg.tokenizer)
-    tok.save(out)
-    return tok
+    staging = tmp_name(os.path.join(out, TOKENIZER_FILES[0]))  # job-array tasks may train it at once
+    os.makedirs(staging, exist_ok=True)
+    try:
+        saved = tok.save(staging)
+        os.replace(saved, os.path.join(out, os.path.basename(saved)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_tokenizer(os.path.join(out, os.path.basename(saved)))
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (the temporary file goes on error)."""
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def tokenize_unit(out: str, k: int, unit: dict, cfg: PrepareConfig, tok=None) -> dict:
     """Tokenize unit k into its shard files and its done marker; returns the marker's content."""
     tok = out_tokenizer(out) if tok is None else tok
+    for stale in glob.glob(os.path.join(out, SHARDS, f"{k:06d}.*tmp")):  # left by a killed attempt
+        os.unlink(stale)
     dtype = token_dtype(tok.vocab_size)
+    input_files = corpus.unit_listing(unit)  # before reading: a later change is seen by merge()
     parts: dict[str, list] = {s: [] for s in SPLITS}
     docs: dict[str, list] = {s: [] for s in SPLITS}
+    skipped = _Skipped()
 
     def flush(texts: list[str]) -> None:
         for text, ids in zip(texts, tok.encode_batch(texts)):
@@ -156,26 +187,27 @@ def tokenize_unit(out: str, k: int, unit: dict, cfg: PrepareConfig, tok=None) ->
             docs[split].append((len(ids), len(text.encode("utf-8", "surrogatepass"))))
 
     batch: list[str] = []
-    for text in corpus.documents(unit, cfg.text_key):
+    for text in _documents(cfg, unit, skipped):
         batch.append(text)
         if len(batch) == ENCODE_BATCH:
             flush(batch)
             batch = []
     flush(batch)
-    marker = {"unit": k, "token_dtype": dtype.str, "tokenizer_sha256": _tokenizer_file_sha(out), "splits": {}}
+    marker = {"unit": k, "token_dtype": dtype.str, "tokenizer_sha256": tokenizer_file_sha(out), "splits": {},
+              "files": {}, "skipped": {"documents": skipped.count, "first": skipped.first},
+              "input_unit": unit, "input_files": input_files}
     for split in SPLITS:
         tokens = np.concatenate(parts[split]) if parts[split] else np.zeros(0, dtype)
         table = np.asarray(docs[split], dtype=np.int64).reshape(-1, 2)
-        tpath, dpath = shard_path(out, k, split, "tokens.bin"), shard_path(out, k, split, "docs.npy")
-        tokens.tofile(tpath + ".tmp")
-        with open(dpath + ".tmp", "wb") as f:
-            np.save(f, table)
-        os.replace(tpath + ".tmp", tpath)
-        os.replace(dpath + ".tmp", dpath)
+        npy = io.BytesIO()
+        np.save(npy, table)
+        for what, data in (("tokens.bin", tokens.tobytes()), ("docs.npy", npy.getvalue())):
+            _write_file(shard_path(out, k, split, what), data)
+            marker["files"][f"{split}.{what}"] = hashlib.sha256(data).hexdigest()
         marker["splits"][split] = {
             "documents": int(len(table)), "tokens": int(table[:, 0].sum()), "bytes": int(table[:, 1].sum()),
             "sha256": hashlib.sha256(tokens.tobytes() + table.tobytes()).hexdigest()}
-    _write_json(done_path(out, k), marker)
+    write_json(done_path(out, k), marker)
     return marker
 
 
@@ -184,36 +216,8 @@ def _work(job):
     return tokenize_unit(out, k, unit, cfg)
 
 
-def _plan(cfg: PrepareConfig, out: str) -> dict:
-    """The plan of ``out``: written on the first call, checked against ``cfg`` on later ones."""
-    path = os.path.join(out, PLAN)
-    args = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "tfds_data_dir"}
-    if parse_bpe_spec(cfg.tokenizer) is None:  # only a trained tokenizer depends on the sample
-        del args["tokenizer_sample_bytes"]
-    if os.path.isfile(path):
-        plan = _read_json(path)
-        if plan.get("format") != FORMAT or plan["config"] != args:
-            raise ValueError(f"--out={out!r} holds a preparation with other arguments {plan.get('config')}; "
-                             f"use another --out (asked for {args})")
-        return plan
-    plan = {"format": FORMAT, "config": args, "units": corpus.plan_units(cfg.input, tfds_data_dir=cfg.tfds_data_dir)}
-    _write_json(path, plan)
-    return plan
-
-
-def prepare_tokenizer(cfg: PrepareConfig, out: str) -> tuple[list[dict], object]:
-    """Create ``out``, write or check its plan, and train / copy / reuse its tokenizer.
-
-    Returns (the work units, the tokenizer). :func:`prepare` starts with it; a job array
-    may run it once before the ``--shard`` jobs (training is deterministic anyway).
-    """
-    os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
-    units = _plan(cfg, out)["units"]
-    return units, _ensure_tokenizer(cfg, out, units)
-
-
 def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), workers: int = 1,
-            progress=None) -> dict:
+            progress=None, overwrite: bool = False) -> dict:
     """Prepare the units of ``shard`` (i, n) that are not done; with n == 1 also write the manifest.
 
     Args:
@@ -221,70 +225,117 @@ def prepare(cfg: PrepareConfig, out: str, *, shard: tuple[int, int] = (0, 1), wo
       shard: (i, n): this call's units are i, i + n, i + 2n, ...
       workers: processes that tokenize units in parallel (1: in this process).
       progress: optional callable(done_units, total_units) called after each unit.
+      overwrite: prepare afresh: remove ``out``'s prepared entries first (:mod:`lm.prepare_plan`).
 
     Returns:
-      {"units": units of the shard, "done_now": units tokenized by this call, "manifest": the manifest or None}.
+      {"units": units of the shard, "done_now": units tokenized by this call, "skipped": bad
+      documents skipped by this call, "removed": entries ``overwrite`` removed, "replanned": what
+      changed in the input of an unfinished preparation (None: nothing), "redone": finished
+      units redone because of it, "manifest": the manifest or None}.
+
+    Raises:
+      ValueError: a refused argument, input or ``out`` (nothing written), or a bad document
+        (:class:`lm.corpus.BadDocument`; its unit gets no marker).
+      DiskFullError: no space left while writing.
     """
     i, n = shard
     if not 0 <= i < n:
         raise ValueError(f"shard={i}/{n}: need 0 <= i < n")
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
-    units, tok = prepare_tokenizer(cfg, out)
-    mine = [k for k in range(i, len(units), n)]
-    todo = [k for k in mine if not os.path.isfile(done_path(out, k))]
-    done_count = len(mine) - len(todo)
-    jobs = [(out, k, units[k], cfg) for k in todo]
-    if workers == 1 or len(jobs) <= 1:
-        results = (tokenize_unit(out, k, u, c, tok) for out, k, u, c in jobs)
-    else:
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
-        results = pool.imap_unordered(_work, jobs)
+    if overwrite and n > 1:
+        raise ValueError("--overwrite with --shard: every job would clear the others' work; remove --out once "
+                         "(or run one --overwrite without --shard) before the job array")
+    plan, info = _open_out(cfg, out, overwrite, n)
+    with _cleanup_on_error(out, info, n):
+        tok = _ensure_tokenizer(cfg, out, plan["units"])
+        result = _tokenize(cfg, out, plan["units"], list(range(i, len(plan["units"]), n)), tok, workers, progress)
+        manifest = merge(out) if n == 1 else None
+    return {**result, "removed": info["removed"], "replanned": info["replanned"], "redone": info["redone"],
+            "manifest": manifest}
+
+
+def prepare_tokenizer(cfg: PrepareConfig, out: str, *, overwrite: bool = False) -> tuple[list[dict], object]:
+    """Check and create ``out``, write its plan, and train / copy / reuse its tokenizer.
+
+    Returns (the work units, the tokenizer). :func:`prepare` starts with the same steps; a
+    job array may run it once before the ``--shard`` jobs (training is deterministic anyway).
+    """
+    plan, info = _open_out(cfg, out, overwrite, 1)
+    with _cleanup_on_error(out, info, 1):
+        return plan["units"], _ensure_tokenizer(cfg, out, plan["units"])
+
+
+def _open_out(cfg: PrepareConfig, out: str, overwrite: bool, n: int) -> tuple[dict, dict]:
+    """Check everything (nothing written), then create ``out``, clear or drop what must go, and write
+    the plan; returns (the plan, what was done: created, fresh, removed, replanned, redone)."""
+    old = existing_plan(out, plan_config(cfg), overwrite=overwrite)
+    plan = new_plan(cfg, old)
+    stale, replanned = [], None
+    if old is not None:
+        plan, stale, replanned = check_resume(out, old, plan)
+    info = {"created": create_out(out), "fresh": old is None, "removed": [], "replanned": replanned,
+            "redone": stale}
+    with _cleanup_on_error(out, info, n):
+        info["removed"] = remove_prepared(out) if overwrite else []
+        drop_units(out, stale, len(plan["units"]))
+        if plan is not old:
+            write_json(os.path.join(out, PLAN), plan)
+        os.makedirs(os.path.join(out, SHARDS), exist_ok=True)
+    return plan, info
+
+
+@contextlib.contextmanager
+def _cleanup_on_error(out: str, info: dict, n: int):
+    """On an error: a fresh preparation that finished no unit leaves nothing (job-array tasks, n > 1,
+    share ``out`` and keep it); a full disk becomes :class:`DiskFullError`."""
     try:
-        for _ in results:
-            done_count += 1
-            if progress:
-                progress(done_count, len(mine))
-    finally:
-        if workers > 1 and len(jobs) > 1:
-            pool.close()
-            pool.join()
-    manifest = merge(out) if n == 1 else None
-    return {"units": len(mine), "done_now": len(jobs), "manifest": manifest}
+        yield
+    except BaseException as err:
+        if info["fresh"] and n == 1 and not glob.glob(os.path.join(out, SHARDS, "*.done.json")):
+            undo_out(info["created"]) if info["created"] else remove_prepared(out)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(_disk_full(out, err)) from None
+        raise
+
+
+def _tokenize(cfg, out, units, mine, tok, workers, progress) -> dict:
+    todo = [k for k in mine if not os.path.isfile(done_path(out, k))]
+    done_count, skipped = len(mine) - len(todo), 0
+    jobs = [(out, k, units[k], cfg) for k in todo]
+
+    def finished(marker):
+        nonlocal done_count, skipped
+        done_count += 1
+        skipped += marker["skipped"]["documents"]
+        if progress:
+            progress(done_count, len(mine))
+
+    if workers == 1 or len(jobs) <= 1:
+        for out, k, unit, c in jobs:
+            finished(tokenize_unit(out, k, unit, c, tok))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_quiet_worker) as pool:
+            futures = [pool.submit(_work, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    finished(future.result())
+            except BaseException:  # units already running finish (and stay); the others never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return {"units": len(mine), "done_now": len(jobs), "skipped": skipped}
 
 
 def _quiet_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
 
 
-def merge(out: str) -> dict:
-    """Check that every unit of ``out`` is done with one tokenizer; write and return manifest.json."""
-    if not os.path.isfile(os.path.join(out, PLAN)):
-        raise ValueError(f"--merge: {out!r} holds no {PLAN}; run the --shard jobs into this --out first")
-    plan = _read_json(os.path.join(out, PLAN))
-    units = plan["units"]
-    missing = [k for k in range(len(units)) if not os.path.isfile(done_path(out, k))]
-    if missing:
-        raise ValueError(f"--merge: {len(missing)} of {len(units)} units of {out!r} are not done "
-                         f"(first: {missing[:5]}); run the missing --shard jobs first")
-    tok = out_tokenizer(out)
-    tok_sha = _tokenizer_file_sha(out)
-    markers = [_read_json(done_path(out, k)) for k in range(len(units))]
-    stale = [m["unit"] for m in markers if m["tokenizer_sha256"] != tok_sha]
-    if stale:
-        raise ValueError(f"--merge: units {stale[:5]} were tokenized with another tokenizer than {out}'s; "
-                         "delete their shards/<unit>.done.json and rerun")
-    splits = {s: {f: sum(m["splits"][s][f] for m in markers) for f in ("documents", "tokens", "bytes")}
-              for s in SPLITS}
-    fingerprint = hashlib.sha256(json.dumps(
-        [plan["config"], tok_sha, [[m["splits"][s]["sha256"] for s in SPLITS] for m in markers]]).encode()).hexdigest()
-    file = next((name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(out, name))), None)
-    manifest = {
-        "format": FORMAT, "source": plan["config"]["input"], "text_key": plan["config"]["text_key"],
-        "validation_fraction": plan["config"]["validation_fraction"], "split_seed": plan["config"]["split_seed"],
-        "tokenizer": {"spec": plan["config"]["tokenizer"], "file": file, "sha256": tok_sha, **tok.describe()},
-        "token_dtype": token_dtype(tok.vocab_size).str, "units": len(units), "splits": splits,
-        "fingerprint": fingerprint[:16],
-    }
-    _write_json(os.path.join(out, MANIFEST), manifest)
-    return manifest
+def _disk_full(out: str, err: OSError) -> str:
+    try:
+        free = f"{shutil.disk_usage(out).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"no space left on the device of {os.path.abspath(out)} ({free}) while writing "
+            f"{err.filename or 'a file'}; the units finished so far are kept: free some space and rerun the same "
+            "command to resume")

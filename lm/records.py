@@ -7,18 +7,32 @@ reader (the study runner, notebooks), so a record means the same thing whoever w
   metrics.jsonl   one JSON object per line: every ``log_every`` steps and at every
                   evaluation; keys of :func:`metric_record` (+ ``val_loss``, ``val_bpb``,
                   ``moe`` when present)
-  result.json     the summary of a finished run (:func:`result_record`), written
-                  atomically; NaN is stored as null (strict JSON)
+  result.json     the summary of a finished run (:func:`result_record`); NaN is stored
+                  as null (strict JSON)
+  corpus.json     the fingerprint of the data the run trains on (:mod:`lm.data_check`);
+                  run directories written before it have none
 
-A run killed while appending may leave a partial last line in metrics.jsonl; readers
-ignore it and a resumed run drops it (:func:`prepare_metrics`).
+Every record file except the append-only metrics.jsonl is written whole or not at all
+(:func:`atomic_write`: a temporary file, fsync, rename), here and by the study runner, so a
+kill or a full disk never leaves a partial or empty one. A run killed while appending may
+leave a partial last line in metrics.jsonl; readers ignore it and a resumed run drops it
+(:func:`prepare_metrics`).
+
+A full disk (ENOSPC, EDQUOT) while writing any run file or checkpoint is raised as
+:class:`DiskFullError`, whose message is one line naming the directory and its free space
+(:func:`disk_full_error` recognises orbax's and tensorstore's wrapped forms too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -26,10 +40,89 @@ from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
 
 CONFIG, METRICS, RESULT = "config.json", "metrics.jsonl", "result.json"
+CORPUS = "corpus.json"
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left on the device of ``directory``; ``free_bytes`` there when raised."""
+
+    def __init__(self, directory: str | Path, free_bytes: int | None, doing: str = ""):
+        self.directory, self.free_bytes = Path(directory), free_bytes
+        free = "free space unknown" if free_bytes is None else f"{free_bytes / 2**20:.1f} MB free"
+        super().__init__(errno.ENOSPC, f"{self.directory}: no space left on device ({free})"
+                         + (f" while {doing}" if doing else ""))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# How a full disk reads once orbax/tensorstore have wrapped the OSError (e.g. "RESOURCE_EXHAUSTED:
+# ... No space left on device [os_error_code='28']"); RESOURCE_EXHAUSTED alone is also device OOM.
+_FULL_DISK_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os_error_code='(28|122)'")
+
+
+def disk_full_error(err: BaseException, directory: str | Path, doing: str = "") -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``directory`` if ``err`` (or an error it chains) is a full disk, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFullError):
+            return err
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or _FULL_DISK_TEXT.search(str(err)):
+            return DiskFullError(directory, free_bytes(directory), doing)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    """Bytes free for this user on the filesystem of ``directory`` (its nearest existing parent)."""
+    path = Path(directory).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def disk_full_guard(directory: str | Path, doing: str = "") -> Iterator[None]:
+    """Re-raise a full-disk error inside the block as :class:`DiskFullError` naming ``directory``."""
+    try:
+        yield
+    except OSError as err:
+        full = disk_full_error(err, directory, doing)
+        if full is None or full is err:
+            raise
+        raise full from err
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, fsync, rename.
+
+    A kill or a full disk leaves the previous file (or none), never a partial or empty one; the
+    temporary file is removed when the write fails.
+
+    Raises:
+      DiskFullError: no space left on the device.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with disk_full_guard(path.parent, f"writing {path.name}"):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_config(run_dir: str | Path, run: RunConfig) -> None:
-    Path(run_dir, CONFIG).write_text(run.to_json())
+    """Write the run's config.json (atomically)."""
+    atomic_write(Path(run_dir, CONFIG), run.to_json())
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -71,25 +164,31 @@ def prepare_metrics(run_dir: str | Path, resume_step: int | None) -> Path:
     keep = [] if resume_step is None or not path.exists() else [
         r for r in _parse_lines(path) if r.get("step", 0) <= resume_step
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
     return path
 
 
 class MetricsLog:
     """Appends records to a run's metrics.jsonl, one flushed line each (a context manager).
 
-    ``enabled=False`` (a non-primary host of a multi-host job) writes nothing.
+    ``enabled=False`` (a non-primary host of a multi-host job) writes nothing. A full disk
+    raises :class:`DiskFullError` (a partial last line may stay: readers skip it).
     """
 
     def __init__(self, path: str | Path, enabled: bool = True):
+        self._dir = Path(path).parent if enabled else Path(os.devnull)
         self._file = open(path if enabled else os.devnull, "a")  # noqa: SIM115  (closed by close / __exit__)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with disk_full_guard(self._dir, f"appending to {METRICS}"):
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the flush of a full disk's buffer, already reported by write
+            pass
 
     def __enter__(self) -> Self:
         return self
@@ -146,12 +245,35 @@ def result_record(run: RunConfig, *, status: str, final_train_loss: float, final
 def write_result(run_dir: str | Path, result: dict) -> None:
     """Write result.json atomically (a run killed mid-write never leaves a truncated one); NaN -> null."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
-    tmp = Path(run_dir) / (RESULT + ".tmp")
-    tmp.write_text(json.dumps(clean, indent=2))
-    os.replace(tmp, Path(run_dir) / RESULT)
+    atomic_write(Path(run_dir) / RESULT, json.dumps(clean, indent=2))
 
 
 def read_result(run_dir: str | Path) -> dict | None:
     """The run's result.json, or None if it has not finished."""
     path = Path(run_dir) / RESULT
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_corpus(run_dir: str | Path, record: dict) -> None:
+    """Write corpus.json (:func:`lm.data_check.corpus_record`) atomically."""
+    atomic_write(Path(run_dir) / CORPUS, json.dumps(record, indent=2))
+
+
+def read_corpus(run_dir: str | Path) -> dict | None:
+    """The run's corpus.json, or None if it has none (a new run, or one written before it existed).
+
+    Raises:
+      ValueError: the file is not a JSON object with a "fingerprint" (one line naming it).
+    """
+    path = Path(run_dir) / CORPUS
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the corpus record {path} cannot be read ({err}): it is damaged; "
+                         "restore or remove it") from err
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        raise ValueError(f"the corpus record {path} is not a JSON object with a fingerprint: it is damaged; "
+                         "restore or remove it")
+    return record

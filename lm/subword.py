@@ -190,7 +190,7 @@ def load_tokenizer(spec: str):
 
     Raises:
       ValueError: a spec that is none of these (a "bpe:VOCAB" spec must be trained first,
-        :func:`train_bpe`).
+        :func:`train_bpe`), or a file that is not a readable model of its kind (one line).
     """
     if spec == "byte":
         return ByteTokenizer()
@@ -200,10 +200,13 @@ def load_tokenizer(spec: str):
             if os.path.isfile(os.path.join(path, name)):
                 return load_tokenizer(os.path.join(path, name))
         return ByteTokenizer() if os.path.isfile(os.path.join(path, "manifest.json")) else _bad(spec)
-    if path.endswith(".json") and os.path.isfile(path):
-        return HFTokenizer.from_file(path)
-    if path.endswith(".model") and os.path.isfile(path):
-        return SentencePieceTokenizer(path)
+    if path.endswith((".json", ".model")) and os.path.isfile(path):
+        try:
+            return HFTokenizer.from_file(path) if path.endswith(".json") else SentencePieceTokenizer(path)
+        except Exception as err:  # tokenizers raises a bare Exception, sentencepiece a RuntimeError
+            kind = "Hugging Face tokenizer.json" if path.endswith(".json") else "SentencePiece model"
+            raise ValueError(f"tokenizer={spec!r}: not a readable {kind} "
+                             f"({(str(err).strip().splitlines() or [type(err).__name__])[0]})") from None
     return _bad(spec)
 
 

@@ -33,6 +33,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from lm.records import disk_full_guard
+
 EVENT_PREFIX = "events.out.tfevents."
 SUFFIX = ".scalelab"  # marks the files this module writes (and may replace)
 FILE_VERSION = "brain.Event:2"
@@ -213,7 +215,11 @@ class RunEvents:
         self.offset = 0
 
     def sync(self) -> int:
-        """Append the new records; the number of events written."""
+        """Append the new records; the number of events written (a full disk: ``lm.records.DiskFullError``)."""
+        with disk_full_guard(self.run_dir, "writing TensorBoard events"):
+            return self._sync()
+
+    def _sync(self) -> int:
         metrics = self.run_dir / "metrics.jsonl"
         if not metrics.is_file():
             return 0

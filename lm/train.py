@@ -11,6 +11,7 @@ Axis letters: b batch, t time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, records, sharding
+from lm import compiled, data_check, multihost, preemption, records, run_lock, sharding
 from lm import data as lm_data
 from lm import model as lm_model
 from lm.checkpoint import Checkpointer, CheckpointError
@@ -72,7 +73,14 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
     """Train one run to completion, resuming from the latest checkpoint in ``run_dir``.
 
     Writes ``config.json``, ``metrics.jsonl`` (one record per log step and eval, with the
-    cumulative FLOPs), orbax checkpoints, and ``result.json`` when finished (``lm.records``).
+    cumulative FLOPs), orbax checkpoints, and ``result.json`` when finished (``lm.records``),
+    holding the run directory's lock (``lm.run_lock``) throughout.
+
+    Each step's order: the step, its training record, its checkpoint (when due), then its
+    evaluation and the record's line in metrics.jsonl. The checkpoint carries the training
+    window since the last record and, when one is due at its step, that record, so a resume
+    from it (after a kill, a preemption or a failed evaluation) writes exactly the records an
+    uninterrupted run writes, and the final checkpoint is saved before the final evaluation.
 
     Args:
       run: the run's configuration.
@@ -80,30 +88,47 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
       progress: optional callable(step, total, metrics) for an outer progress display;
         by default a tqdm bar is shown when ``run.train.progress``.
       mesh: a ``lm.sharding.make_mesh`` mesh to shard the run over (several devices or
-        hosts); None = ``lm.sharding.single_device_mesh()``. Only process 0 writes the run files.
+        hosts); None = ``lm.sharding.single_device_mesh()``. Only process 0 writes the run
+        files and takes the lock.
 
     Returns:
       The result summary (also written to ``result.json``).
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+      ValueError: before anything is written, data the run cannot train on or a run
+        directory that records another corpus (:func:`lm.data_check.check_run`).
+      lm.preemption.Preempted: a stop was requested (``lm.preemption.should_stop``); a
+        checkpoint of the step it stopped after was saved first.
+      lm.run_lock.RunDirLockedError: another process holds ``run_dir`` (nothing written).
+      lm.records.DiskFullError: no space left for a record or checkpoint (earlier ones intact).
     """
     mesh = sharding.single_device_mesh() if mesh is None else mesh
-    lm_data.check_model_vocab(run.model.vocab_size, run.data)
+    corpus = data_check.check_run(run, run_dir)  # before anything is written: vocabulary, splits, corpus
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # multi-host: one writer of the run files
-    if primary:
-        records.write_config(run_dir, run)
+    with run_lock.hold(run_dir) if primary else contextlib.nullcontext():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if primary:
+            records.write_config(run_dir, run)
+            records.write_corpus(run_dir, corpus)
+        with (contextlib.closing(Checkpointer(run_dir, max_to_keep=run.train.keep_checkpoints)) as ckpt,
+              contextlib.closing(multihost.make_host_iterator(run, mesh, "train")) as train_it):
+            return _train(run, run_dir, ckpt, train_it, mesh, primary, progress)
+
+
+def _due(done: int, every: int, steps: int) -> bool:
+    return done % every == 0 or done == steps
+
+
+def _train(run: RunConfig, run_dir: Path, ckpt: Checkpointer, train_it, mesh, primary: bool, progress) -> dict:
+    """:func:`train`'s body, inside the run directory's lock."""
     tc = run.train
     tokens_per_step = run.data.seq_len * run.data.batch_size
-
-    ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
     state = sharding.init_sharded_state(run, mesh)
-    train_it = multihost.make_host_iterator(run, mesh, "train")
-    resumed_from = None
+    resumed_from, meta = None, {}
     if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(None, state)
+        state, data_state, meta = ckpt.restore(None, state)
         train_it.set_state(multihost.local_data_state(data_state))
         resumed_from = int(state["step"])
     elif tc.init_from is not None:
@@ -122,62 +147,83 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None) -> d
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True, leave=False)
-    window_loss, window_n = 0.0, 0
+    window_loss, window_n = meta.get("window", (0.0, 0))  # checkpoints before the window was kept: (0, 0)
     last_train_loss = float("nan")
     last_eval: dict = {}
 
-    def save(step):
-        meta = {"step": step, "config": run.to_dict()}
+    def save(step, record):
+        meta = {"step": step, "config": run.to_dict(), "window": [window_loss, window_n]}
+        if record is not None:
+            meta["record"] = record
         ckpt.save(step, state, multihost.gather_data_states(train_it.get_state()), meta)
 
-    with records.MetricsLog(metrics_path, enabled=primary) as log:
-        for step in range(start, tc.steps):
-            batch = multihost.global_batch(next(train_it), mesh, run.data.batch_size)
-            if step_fn is None:
-                step_fn, c = compiled.train_step(run, mesh, state, batch)
-                compile_s += c
-            lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, tc.steps)
-            t0 = time.perf_counter()
-            state, m = step_fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
-            loss = float(m["loss"])
-            t_train += time.perf_counter() - t0
-            if not bool(m["finite"]):
-                last = ckpt.latest_step()
-                raise NonFiniteLossError(
-                    f"run {run.name!r}: loss or gradient became non-finite at step {step} "
-                    f"(loss={loss}, grad_norm={float(m['grad_norm'])}); the update was not applied and the "
-                    f"last good checkpoint (step {last}) in {ckpt.directory} is kept"
-                )
-            window_loss += loss
-            window_n += 1
-            done = step + 1
-            record_due = done % tc.log_every == 0 or done == tc.steps
-            eval_due = done % tc.eval_every == 0 or done == tc.steps
-            if record_due or eval_due:
-                record = records.metric_record(
-                    run, done, lr, window_loss / window_n, float(m["grad_norm"]),
-                    tokens_per_step * window_n / max(t_train, 1e-9),
-                )
-                if "moe" in m:
-                    record["moe"] = jax.tree.map(lambda a: np.asarray(a).tolist(), m["moe"])
-                last_train_loss = record["train_loss"]
-                window_loss, window_n = 0.0, 0
-                if eval_due:
-                    last_eval, c = evaluate(run, state["params"], mesh=mesh)
+    def finish(done, record, log):
+        """Evaluate if due and append the record of step ``done`` to ``log`` (None: not)."""
+        nonlocal last_eval, compile_s
+        if _due(done, tc.eval_every, tc.steps):
+            last_eval, c = evaluate(run, state["params"], mesh=mesh)
+            compile_s += c
+            record = {**record, **last_eval}
+        if log is not None:
+            log.write(record)
+
+    try:
+        with records.MetricsLog(metrics_path, enabled=primary) as log:
+            pending = meta.get("record")
+            if pending is not None and pending["step"] == start:
+                # the checkpoint was saved before its step's evaluation and record: redo them (every host
+                # evaluates; process 0 writes the line if the run stopped before it did)
+                last_train_loss = pending["train_loss"]
+                written = primary and any(r["step"] == start for r in records.read_metrics(run_dir))
+                finish(start, pending, None if written else log)
+            for step in range(start, tc.steps):
+                batch = multihost.global_batch(next(train_it), mesh, run.data.batch_size)
+                if step_fn is None:
+                    step_fn, c = compiled.train_step(run, mesh, state, batch)
                     compile_s += c
-                    record.update(last_eval)
-                log.write(record)
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
-                save(done)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_step * (done - start) / max(t_train, 1e-9):.0f}")
-                bar.update(1)
-            if progress is not None:
-                progress(done, tc.steps, {"loss": loss})
-    if bar is not None:
-        bar.close()
-    ckpt.close()
-    train_it.close()
+                lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, tc.steps)
+                t0 = time.perf_counter()
+                state, m = step_fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
+                loss = float(m["loss"])
+                t_train += time.perf_counter() - t0
+                if not bool(m["finite"]):
+                    last = ckpt.latest_step()
+                    raise NonFiniteLossError(
+                        f"run {run.name!r}: loss or gradient became non-finite at step {step} "
+                        f"(loss={loss}, grad_norm={float(m['grad_norm'])}); the update was not applied and the "
+                        f"last good checkpoint (step {last}) in {ckpt.directory} is kept"
+                    )
+                window_loss += loss
+                window_n += 1
+                done = step + 1
+                record = None
+                if _due(done, tc.log_every, tc.steps) or _due(done, tc.eval_every, tc.steps):
+                    record = records.metric_record(
+                        run, done, lr, window_loss / window_n, float(m["grad_norm"]),
+                        tokens_per_step * window_n / max(t_train, 1e-9),
+                    )
+                    if "moe" in m:
+                        record["moe"] = jax.tree.map(lambda a: np.asarray(a).tolist(), m["moe"])
+                    last_train_loss = record["train_loss"]
+                    window_loss, window_n = 0.0, 0
+                stop = preemption.should_stop(done)
+                if stop or _due(done, tc.checkpoint_every, tc.steps):
+                    save(done, record)
+                if stop:
+                    raise preemption.preempted(
+                        f"preempted at step {done} of run {run.name!r} ({{signal}}), checkpoint saved in "
+                        f"{ckpt.directory}; rerun the same command to resume", done, saved=True)
+                if record is not None:
+                    finish(done, record, log)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}",
+                                    tok_s=f"{tokens_per_step * (done - start) / max(t_train, 1e-9):.0f}")
+                    bar.update(1)
+                if progress is not None:
+                    progress(done, tc.steps, {"loss": loss})
+    finally:
+        if bar is not None:
+            bar.close()
     if not last_eval:  # resumed at the very end: evaluate the final parameters
         last_eval, c = evaluate(run, state["params"], mesh=mesh)
         compile_s += c

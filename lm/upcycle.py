@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import model as lm_model
+from lm import records
 from lm import train as lm_train
 from lm.checkpoint import Checkpointer, decode_bytes
 from lm.config import ModelConfig, RunConfig
@@ -90,7 +91,7 @@ def upcycle_run(dense_run_dir: str | Path, moe_run: RunConfig, out_dir: str | Pa
              "opt_state": lm_train.make_optimizer(moe_run.optimizer, params).init(params)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(moe_run.to_json())
+    records.write_config(out_dir, moe_run)
     ckpt = Checkpointer(out_dir, max_to_keep=moe_run.train.keep_checkpoints)
     ckpt.save(0, state, decode_bytes(data_state), {"step": 0, "upcycled_from": str(dense_run_dir),
                                                      "source_step": meta["step"], "config": moe_run.to_dict()})

@@ -25,6 +25,10 @@ vmapped sweep of small models is cheaper to rerun than to checkpoint), periodic
 evaluation before the last step, and per-run MoE router-jitter seeds (the jitter rng uses
 the first run's seed; :func:`check_sweep` refuses such grids if seeds differ).
 
+The sweep holds the lock of every run directory it writes (``lm.run_lock``) and stops at
+the next step boundary when ``lm.preemption.should_stop`` says so (SIGTERM, Ctrl-C),
+raising ``lm.preemption.Preempted``; with no checkpoints, its runs restart on rerun.
+
 A run whose loss or gradient becomes non-finite keeps its last finite state (the step's
 NaN guard) and is reported as ``status: "diverged"`` from that step on; the other runs
 continue (high learning rates of a sweep are expected to diverge).
@@ -34,6 +38,7 @@ Axis letters: k runs of the sweep, s steps, b batch rows, t time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -43,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, records, sharding
+from lm import compiled, data_check, multihost, preemption, records, run_lock, sharding
 from lm import step as lm_step
 from lm.config import RunConfig
 from lm.schedules import lr_multiplier
@@ -203,11 +208,24 @@ def train_vmapped(
 
     Returns:
       A :class:`SweepResult` with the per-step losses [k, s].
+
+    Raises:
+      lm.preemption.Preempted: a stop was requested (the runs keep no checkpoint).
+      lm.run_lock.RunDirLockedError: another process holds one of ``run_dirs`` (nothing written).
     """
     runs = tuple(runs)
     check_sweep(runs)
     if run_dirs is not None and len(run_dirs) != len(runs):
         raise ValueError(f"run_dirs: {len(run_dirs)} directories for {len(runs)} runs")
+    with contextlib.ExitStack() as locks:
+        if jax.process_index() == 0:
+            for d in run_dirs or ():
+                locks.enter_context(run_lock.hold(d))
+        return _train_vmapped(runs, run_dirs, evaluate_final, progress, width, mesh)
+
+
+def _train_vmapped(runs, run_dirs, evaluate_final, progress, width, mesh) -> SweepResult:
+    """:func:`train_vmapped`'s body, holding the run directories' locks."""
     mesh = sharding.single_device_mesh() if mesh is None else mesh
     width = default_vmap_width(len(runs)) if width is None else width
     base = runs[0]
@@ -216,10 +234,12 @@ def train_vmapped(
     primary = jax.process_index() == 0
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else []
     logs = []
+    corpus = data_check.corpus_record(base.data) if dirs and primary else None  # every run reads base's batches
     for r, d in zip(runs, dirs):
         d.mkdir(parents=True, exist_ok=True)
         if primary:
             records.write_config(d, r)
+            records.write_corpus(d, corpus)
         logs.append(records.MetricsLog(records.prepare_metrics(d, None) if primary else None, enabled=primary))
 
     state = init_stacked_state(runs, mesh)
@@ -260,6 +280,11 @@ def train_vmapped(
                 window_n = 0
             if progress is not None:
                 progress(done, steps, {"loss": float(np.nanmean(losses[:, step])) if alive.any() else float("nan")})
+            if done < steps and preemption.should_stop(done):
+                raise preemption.preempted(
+                    f"preempted at step {done} of the vmapped group {', '.join(r.name for r in runs)} "
+                    "({signal}); groups keep no checkpoints: rerun the same command to train them again "
+                    "from step 0", done)
     finally:
         it.close()
         for log in logs:

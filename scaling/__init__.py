@@ -5,6 +5,8 @@ Fits tables of numbers from any source (``scaling`` never imports ``lm``)::
     from scaling import fit_law, fit_isoflop, laws
     res = fit_law("runs.csv", law="chinchilla")   # res.params, res.bootstrap(1000)
     iso = fit_isoflop("runs.csv")                 # iso.optima, iso.a, iso.b
+    cf = fit_curves("curves.csv", "lrs.csv", law="multi_power")  # whole loss curves
+    doc = read_fit_json("out/fit.json")           # what python -m scaling.fit wrote
 
 ``fit_law`` and friends are loaded on first use (PEP 562), so that ``python -m scaling.fit``
 runs its module once.
@@ -18,6 +20,9 @@ _LAZY = {
     "fit_law": "scaling.fitting", "FitResult": "scaling.fitting",
     "fit_isoflop": "scaling.isoflop", "IsoflopResult": "scaling.isoflop",
     "LAWS": "scaling.law_specs", "FitConvergenceError": "scaling.table",
+    "read_fit_json": "scaling.fit_json",
+    "fit_curves": "scaling.curve_fit", "CurveFit": "scaling.curve_fit",
+    "CURVE_LAWS": "scaling.curve_laws",
 }
 
 __all__ = ["laws", *_LAZY]

@@ -7,6 +7,10 @@ Example::
 
 Every bad input (a missing, empty or unreadable table, a bad column, a bad option) ends with
 one line on stderr, exit status 2, and nothing written; options are checked before fitting.
+A failure to write the outputs (a full disk, a quota) is one line naming the folder and its
+free space, exit status 1, and leaves earlier outputs as they were (:mod:`scaling.outputs`).
+``--where`` / ``--holdout`` take the expression grammar of :mod:`scaling.row_filter` (column
+conditions only; nothing is evaluated as Python).
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ import sys
 import time
 from collections.abc import Sequence
 
+from scaling.curve_laws import CURVE_LAWS
+from scaling.curves_cli import add_curve_options, refuse_curve_options, run_curves
 from scaling.fitting import OBJECTIVES
 from scaling.hyperparams import HYPER_LAWS
 from scaling.law_specs import LAWS
+from scaling.outputs import OutputError
 from scaling.table import FitConvergenceError
 
 PROG = "python -m scaling.fit"
+BATCH_UNITS = ("tokens", "sequences")
+BATCH_LAWS = ("bs_opt", "bs_opt_nd", "bs_opt_c")
 
 
 class UsageError(ValueError):
@@ -42,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Fit a scaling law to a table of runs (Huber loss on log residuals, "
                     "multistart BFGS, bootstrap intervals); print the parameters and warnings, "
-                    "write plots (PNG+SVG), report.md, samples.csv and predictions.csv.",
+                    "write plots (PNG+SVG), report.md, fit.json, samples.csv and predictions.csv.",
     )
-    p.add_argument("table", help="CSV file, one row per run")
-    p.add_argument("--law", default="chinchilla", choices=sorted([*LAWS, *HYPER_LAWS]), help=laws_help)
+    p.add_argument("table", nargs="?", default=None,
+                   help="CSV file, one row per run (curve laws: run, step, loss per evaluation)")
+    p.add_argument("--law", default="chinchilla", choices=sorted([*LAWS, *HYPER_LAWS, *CURVE_LAWS]),
+                   help=laws_help)
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="bootstrap resamples for percentile intervals and SDs (0: none; else >= 2)")
     p.add_argument("--level", type=float, default=0.95, help="interval coverage, in (0, 1)")
@@ -72,15 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold a parameter fixed; repeatable")
     p.add_argument("--budget", action="append", type=float, default=[], metavar="C",
                    help="FLOP budget at which to report N_opt, D_opt; repeatable")
+    where_help = ("column names, numbers, 'strings', + - * /, comparisons (chained: 1e6 <= N < "
+                  "1e8), in [...], & | ~ and or not, parentheses, COL.str.contains('...'); "
+                  "nothing else")
     p.add_argument("--where", default=None, metavar="EXPR",
-                   help="fit only the rows matching this pandas query, e.g. \"N < 1e9\"")
+                   help=f"fit only the rows where EXPR holds, e.g. \"N < 1e9 & D > 1e10\" ({where_help})")
     p.add_argument("--holdout", default=None, metavar="EXPR",
-                   help="hold out the rows matching this pandas query and predict them")
+                   help="hold out the rows where EXPR holds (same grammar) and predict them")
     p.add_argument("--predict", default=None, metavar="CSV",
                    help="predict the rows of another table (writes predictions.csv)")
     p.add_argument("--threshold", type=float, default=None,
                    help="lr_opt/bs_opt: near-optimal band relative to each cell's best loss "
                         "(default 0.0025)")
+    p.add_argument("--batch-unit", default="tokens", choices=BATCH_UNITS,
+                   help="bs_opt/bs_opt_nd/bs_opt_c: the unit of the batch-size column; "
+                        "sequences are converted to tokens with --seq-len (default: tokens)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="L",
+                   help="tokens per sequence, for --batch-unit sequences (an integer >= 1)")
     p.add_argument("--isoflop", action="store_true",
                    help="also run the isoFLOP (approach 2) analysis (needs a C column)")
     p.add_argument("--isoflop-window", type=float, default=None, metavar="FACTOR",
@@ -88,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "budget's best run (default: all runs)")
     p.add_argument("--out", default=None,
                    help="output directory for plots, report.md, samples.csv, predictions.csv")
+    add_curve_options(p)
     return p
 
 
@@ -135,6 +155,18 @@ def check_args(args) -> None:
             parent = os.path.dirname(os.path.abspath(parent))
         if not os.access(parent, os.W_OK):
             raise UsageError(f"--out {args.out!r}: {parent!r} is not writable")
+    if args.batch_unit == "sequences":
+        if args.law not in BATCH_LAWS:
+            raise UsageError(f"--batch-unit sequences: only for the batch-size laws "
+                             f"{', '.join(BATCH_LAWS)} (--law {args.law})")
+        if args.seq_len is None:
+            raise UsageError("--batch-unit sequences needs --seq-len L (tokens per sequence, an "
+                             "integer >= 1); or --batch-unit tokens")
+        if args.seq_len < 1:
+            raise UsageError(f"--seq-len {args.seq_len}: must be an integer >= 1")
+    elif args.seq_len is not None:
+        raise UsageError(f"--seq-len {args.seq_len}: only with --batch-unit sequences "
+                         f"(--batch-unit is one of {', '.join(BATCH_UNITS)})")
     if (args.predict or args.holdout) and args.out is None:
         raise UsageError("--predict and --holdout write predictions.csv: give --out DIR")
     if args.predict is not None and not os.path.isfile(args.predict):
@@ -164,19 +196,23 @@ def enable_compilation_cache() -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 0 on success, 2 on a bad input (one line on stderr)."""
+    """Run the command line; 0 on success, 2 on a bad input, 1 when the outputs cannot be
+    written (one line on stderr)."""
     try:
         return run(argv)
-    except (UsageError, ValueError, FitConvergenceError) as exc:
+    except (UsageError, ValueError, FitConvergenceError, OutputError) as exc:
         msg = " ".join(str(exc).split())
         print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, OutputError) else 2
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, check, fit, then write; raises ValueError/UsageError on bad input."""
     args = build_parser().parse_args(argv)
     check_args(args)
+    if args.law in CURVE_LAWS:
+        return run_curves(args)
+    refuse_curve_options(args)
     columns = _pairs(args.column, "column")
     fixed = _pairs(args.fix, "fix", float)
     try:
@@ -203,7 +239,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     res = fit_law(fit_rows, law=args.law, huber_delta=args.huber_delta, init_grid=args.init_grid,
                   columns=columns or None, fixed=fixed or None, weights=args.weights,
                   objective=args.objective, grid_values=grid_values or None)
-    print(f"{args.law}: objective {res.objective:.6g} ({args.objective}), {res.n_at_best}/"
+    print(f"{args.law}: objective {res.objective:.10g} ({args.objective}), {res.n_at_best}/"
           f"{res.n_starts} starts at the best, {len(fit_rows)} rows "
           f"({time.perf_counter() - t0:.1f} s)")
     from scaling.outputs import finish

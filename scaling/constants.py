@@ -78,3 +78,19 @@ DEEPSEEK_BS_COEF = 0.2920
 DEEPSEEK_BS_C_EXP = 0.3271
 # Sec. 3.1: runs within 0.25 % of the cell's minimum loss count as near-optimal.
 DEEPSEEK_NEAR_OPTIMAL_THRESHOLD = 0.0025
+
+# --- Luo et al. 2025, "A Multi-Power Law for Loss Curve Prediction Across Learning Rate
+# Schedules", arXiv:2503.12811; the updated numbers of github.com/thu-yao-01-luo/MultiPowerLaw
+# (README "Results", src/config.py PARAMS): fit on cosine_24000, constant_24000, wsdcon_9,
+# errors averaged over the six other curves (PredE mean, WorstE max relative error per curve).
+LUO_MPL_PARAMS = {  # L0, A, alpha, B, C, beta, gamma (LR in absolute units, peak 3e-4); full
+    # precision from src/config.py (the README rounds them to 3 decimals)
+    "25M": {"L0": 3.04045406, "A": 0.52468604, "alpha": 0.50786857, "B": 363.78751622,
+            "C": 2.06560812, "beta": 0.58279013, "gamma": 0.64142257},
+    "100M": {"L0": 2.6514477, "A": 0.60115152, "alpha": 0.45295811, "B": 437.9464276,
+             "C": 2.13245612, "beta": 0.59785199, "gamma": 0.65523644},
+}
+LUO_MPL_ERRORS = {"25M": {"R2": 0.9988, "MAE": 0.00376, "RMSE": 0.00465, "PredE": 0.00110,
+                          "WorstE": 0.00409},
+                  "100M": {"R2": 0.9983, "MAE": 0.00435, "RMSE": 0.00592, "PredE": 0.00142,
+                           "WorstE": 0.00583}}

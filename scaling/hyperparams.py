@@ -4,13 +4,17 @@ Step Law (Li et al. 2025, arXiv:2503.04715) and DeepSeek LLM (2024, arXiv:2401.0
 Sec. 3.1): in each cell of a sweep over learning rate and batch size (a model size and
 token count (N, D), or a compute budget C), the runs whose loss is within ``threshold``
 (relative; default 0.25 %) of the cell's best are near-optimal; each law is a power law
-fitted by ordinary least squares in log space on those runs. Batch sizes are in TOKENS.
+fitted by ordinary least squares in log space on those runs. Batch sizes are in TOKENS
+(``seq_len`` converts a table whose batch sizes count sequences).
 
 Forms (:data:`FORMS`): eta(N, D) = c N^a D^b and B(D) = d D^g (Step Law Eqs. (1)-(2)),
 B(N, D) = d N^h D^g, and DeepSeek's eta(C) = c C^a, B(C) = d C^g (Eq. (1)).
 
 Bootstrap (the authors' scheme): the near-optimal filter is applied ONCE, then the kept
 runs are resampled with replacement and the OLS refitted; mean, SD and percentile interval.
+The bootstrap mean is that of the OLS coefficients, which live in log space, as the Step Law
+paper averages: for the prefactor c it is exp(mean log c), not the plain mean of c (which a
+few resamples with a large intercept pull up; kept as ``arith_mean``).
 
 Axis letters: m runs, r near-optimal runs, n resamples.
 """
@@ -65,6 +69,8 @@ class HyperFit:
     Attributes:
       law: a key of :data:`FORMS`; params: {name: value}; kept: the near-optimal runs [r];
       n_cells: cells of the sweep; boot: bootstrap over the kept runs (None without one);
+        its ``intervals`` column ``mean`` is the log-space mean (exp(mean log) for the
+        prefactor), ``arith_mean`` the plain one;
       warnings: one-line messages (:mod:`scaling.diagnostics`).
     """
 
@@ -84,8 +90,16 @@ class HyperFit:
         return np.asarray(out)
 
 
-def _prepare(table, law: str, columns: Mapping[str, str] | None) -> tuple[pd.DataFrame, list[str]]:
-    """Standard columns (target, regressors, loss) as floats > 0, and the cell columns."""
+def log_residuals(fit: HyperFit) -> np.ndarray:
+    """log target - log law [r] on the near-optimal runs (the OLS residuals)."""
+    target, regs, _ = FORMS[fit.law]
+    return np.log(fit.kept[target].to_numpy(float)) - np.log(fit.predict({r: fit.kept[r] for r in regs}))
+
+
+def _prepare(table, law: str, columns: Mapping[str, str] | None,
+             seq_len: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Standard columns (target, regressors, loss) as floats > 0 (batch sizes in tokens), and
+    the cell columns."""
     if law not in FORMS:
         raise ValueError(f"law={law!r}: must be one of {sorted(FORMS)}")
     target, regs, _ = FORMS[law]
@@ -101,12 +115,14 @@ def _prepare(table, law: str, columns: Mapping[str, str] | None) -> tuple[pd.Dat
     out = pd.DataFrame({v: pd.to_numeric(df[cols[v]]).to_numpy(float) for v in need}, index=df.index)
     if "C" in regs and "C" not in out:
         out["C"] = 6.0 * out["N"] * out["D"]
+    if seq_len is not None and "batch_size" in out:
+        out["batch_size"] = out["batch_size"] * seq_len  # sequences -> tokens
     return out, cell
 
 
 def fit_hyper_law(table, law: str = "lr_opt", columns: Mapping[str, str] | None = None,
                   threshold: float = DEEPSEEK_NEAR_OPTIMAL_THRESHOLD, n_bootstrap: int = 0,
-                  seed: int = 0, level: float = 0.95) -> HyperFit:
+                  seed: int = 0, level: float = 0.95, seq_len: int | None = None) -> HyperFit:
     """Fit one of :data:`FORMS` by the Step Law recipe, with the authors' bootstrap.
 
     Args:
@@ -115,6 +131,7 @@ def fit_hyper_law(table, law: str = "lr_opt", columns: Mapping[str, str] | None 
       threshold: near-optimal band relative to each cell's best loss (Step Law, DeepSeek:
         0.25 %).
       n_bootstrap: resamples of the near-optimal runs (0: none).
+      seq_len: the table's batch sizes count sequences of this many tokens (None: tokens).
     """
     from scaling.diagnostics import bootstrap_warnings
 
@@ -122,8 +139,10 @@ def fit_hyper_law(table, law: str = "lr_opt", columns: Mapping[str, str] | None 
         raise ValueError(f"level={level!r}: must be in (0, 1)")
     if n_bootstrap < 0 or n_bootstrap == 1:
         raise ValueError(f"n_bootstrap={n_bootstrap!r}: must be 0 or >= 2")
+    if seq_len is not None and not (isinstance(seq_len, (int, np.integer)) and seq_len >= 1):
+        raise ValueError(f"seq_len={seq_len!r}: must be an integer >= 1 (None: batch sizes in tokens)")
     target, regs, names = FORMS[law] if law in FORMS else (None, (), ())
-    df, cell = _prepare(table, law, columns)
+    df, cell = _prepare(table, law, columns, seq_len)
     kept = near_optimal(df, cell, "loss", threshold)
     if len(kept) < len(names):
         raise ValueError(f"{len(kept)} near-optimal runs: need >= {len(names)} to fit {names}")
@@ -153,9 +172,12 @@ def fit_hyper_law(table, law: str = "lr_opt", columns: Mapping[str, str] | None 
                                 **{k: coefs[:, j + 1] for j, k in enumerate(names[1:])}})
         n_distinct = np.array([np.unique(np.column_stack([x[i] for x in xs]), axis=0).shape[0]
                                for i in idx])
-        boot = BootstrapResult(samples=samples, intervals=percentile_intervals(samples, params, level),
-                               level=level, n=n_bootstrap, n_failed=n_bootstrap - len(rows),
-                               distinct=n_distinct)
+        intervals = percentile_intervals(samples, params, level)
+        intervals["arith_mean"] = intervals["mean"]
+        if len(coefs):  # Step Law: average the log-space coefficients, then map back
+            intervals.loc[names[0], "mean"] = float(np.exp(np.mean(coefs[:, 0])))
+        boot = BootstrapResult(samples=samples, intervals=intervals, level=level, n=n_bootstrap,
+                               n_failed=n_bootstrap - len(rows), distinct=n_distinct)
         warnings += bootstrap_warnings(boot, len(names) - 1)
     return HyperFit(law=law, params=params, kept=kept, n_cells=int(df.groupby(cell).ngroups),
                     boot=boot, warnings=tuple(warnings))

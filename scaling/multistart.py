@@ -262,7 +262,7 @@ def minimize_multistart(
     Args:
       log_form: (theta [q], logx {var: [m]}) -> log predicted loss [m] (JAX, traceable).
       theta0: starting points of the free coordinates, [s, p].
-      logx: log of each table variable, {var: [m]}.
+      logx: log of each table variable, {var: [m]} (or [m, ...]: padded along the first axis).
       logy: log of the observed losses, [m].
       weights: point weights shared by all starts [m], per-start weights [s, m] (bootstrap
         counts), or None (all ones).
@@ -315,7 +315,8 @@ def minimize_multistart(
     per = min(-(-s // n_par), 8192)
     chunk = max(_bucket(per), 8) if per <= 256 else -(-per // 1024) * 1024
     width = min(slots, chunk)
-    pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64), np.zeros(m_pad - m)])
+    pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64),
+                                    np.zeros((m_pad - m, *np.shape(v)[1:]))])
     solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(width),
                     int(window), objective, shared)
     bounds = [(lo, min(lo + per, s)) for lo in range(0, s, per)]

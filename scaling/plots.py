@@ -305,7 +305,8 @@ def plot_contours(result, out_dir, *, N_range=None, D_range=None, flops_per_toke
     x = {"N": nn.ravel(), "D": dd.ravel()}
     if "U" in result.logx:
         x["U"] = x["D"]
-    L = np.asarray(result.law.predict(dict(p), x)).reshape(nn.shape)
+    law_params = {k: p[k] for k in result.law.param_names}  # not huber_ml's sigma
+    L = np.asarray(result.law.predict(law_params, x)).reshape(nn.shape)
     fig = Figure(figsize=(6.4, 5))
     ax = fig.add_subplot()
     cs = ax.contour(nn, dd, L, levels=15, cmap="viridis")

@@ -1,7 +1,7 @@
 """Predicting held-out runs from a fitted law, with bootstrap intervals.
 
 "Fit on the small models, predict the big ones" (Gadre et al. 2024, arXiv:2403.08540,
-Sec. 4): rows are chosen with pandas query expressions (``select_rows``), the law is
+Sec. 4): rows are chosen with query expressions (``select_rows``, :mod:`scaling.row_filter`), the law is
 fitted on one part and evaluated on another (``predictions``): each row gets the point
 prediction, the percentile interval of the bootstrap refits' predictions and, where the
 row has an observed loss, the relative error.
@@ -16,29 +16,28 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from scaling.row_filter import ExpressionError, row_mask
 from scaling.table import extract, load_table
 
 
 def query(df: pd.DataFrame, expr: str, what: str) -> pd.Series:
-    """Boolean mask [m] of ``df.eval(expr)`` (pandas query syntax); ValueError naming ``what``."""
+    """Boolean mask [m] of the rows where ``expr`` holds (:mod:`scaling.row_filter` grammar,
+    never ``eval``); ValueError naming ``what`` (e.g. "--where") and the expression."""
     try:
-        mask = df.eval(expr, engine="python")
-    except Exception as exc:  # pandas raises many kinds (SyntaxError, UndefinedVariableError, ...)
-        raise ValueError(f"{what} {expr!r}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(mask, pd.Series) or mask.dtype != bool:
-        raise ValueError(f"{what} {expr!r}: must be a condition on the columns "
-                         f"{list(df.columns)} (a True/False per row)")
-    return mask
+        return row_mask(df, expr)
+    except ExpressionError as exc:
+        raise ValueError(f"{what} {expr!r}: {exc}") from None
 
 
 def select_rows(df: pd.DataFrame, where: str | None = None, holdout: str | None = None):
     """(rows to fit, held-out rows): ``where`` picks the rows to use, ``holdout`` sets some aside."""
-    use = query(df, where, "--where") if where else pd.Series(True, index=df.index)
-    held = query(df, holdout, "--holdout") & use if holdout else pd.Series(False, index=df.index)
+    use = query(df, where, "--where") if where is not None else pd.Series(True, index=df.index)
+    held = (query(df, holdout, "--holdout") & use if holdout is not None
+            else pd.Series(False, index=df.index))
     fit_rows, held_rows = df[use & ~held], df[held]
     if len(fit_rows) == 0:
         raise ValueError(f"no rows left to fit (--where {where!r}, --holdout {holdout!r})")
-    if holdout and len(held_rows) == 0:
+    if holdout is not None and len(held_rows) == 0:
         raise ValueError(f"--holdout {holdout!r}: selects no rows")
     return fit_rows, held_rows
 

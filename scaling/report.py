@@ -15,8 +15,12 @@ def parameter_table(result, boot=None) -> str:
     level = f"{boot.level:.0%} interval" if boot is not None else "interval"
     lines = [f"| quantity | estimate | {level} | bootstrap SD |", "|---|---|---|---|"]
     names = list(result.params)
+    constant = set()
     if boot is not None:
+        from scaling.diagnostics import fixed_by_construction
+
         names += [k for k in boot.intervals.index if k not in result.params]
+        constant = fixed_by_construction(result, names) - set(result.fixed)
     for k in names:
         if k in result.params:
             est = result.params[k]
@@ -25,6 +29,8 @@ def parameter_table(result, boot=None) -> str:
         sd = "-"
         if k in result.fixed:
             iv = "fixed"
+        elif k in constant:
+            iv = "fixed by construction"
         elif boot is not None and k in boot.intervals.index:
             lo, hi = boot.interval(k)
             iv = f"[{lo:.6g}, {hi:.6g}]"
@@ -68,7 +74,7 @@ def write_report(result, out_dir, *, boot=None, iso=None, figures: Sequence[Path
         f"Law: {result.law.citation}.",
         "",
         f"Recipe: {how}, BFGS in float64 from {result.n_starts} starts; {result.n_at_best} "
-        f"reached the best optimum (objective {result.objective:.6g}).",
+        f"reached the best optimum (objective {result.objective:.10g}).",
         "",
         parameter_table(result, boot),
         "",

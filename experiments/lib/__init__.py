@@ -18,13 +18,29 @@ the tests use them; notebooks and other code outside ``experiments`` use only th
 exported here and the studies' own public functions (``tests/experiments/test_structure.py``).
 """
 
-from experiments.lib import figures
-from experiments.lib.command import StudyCommand, base_parser, out_dir
-from experiments.lib.preset import Preset
-from experiments.lib.report import markdown_table, write_report
-from experiments.lib.study import Study, StudyError, cosine_run, run_dir
-from experiments.lib.sweep import load_results, run_study
-from experiments.lib.table import merge_tables, read_table
+import importlib
 
+# name -> submodule. Loaded on first use (PEP 562): ``experiments.lib.cli`` (the error path of
+# every command, ``prepare_data`` included) is then importable without jax, flax and the runner.
+_EXPORTS = {
+    "figures": None, "StudyCommand": "command", "base_parser": "command", "out_dir": "command",
+    "Preset": "preset", "markdown_table": "report", "write_report": "report", "Study": "study",
+    "StudyError": "study", "cosine_run": "study", "run_dir": "study", "load_results": "sweep",
+    "run_study": "sweep", "merge_tables": "table", "read_table": "table",
+}
 __all__ = ["Preset", "Study", "StudyCommand", "StudyError", "base_parser", "cosine_run", "figures", "load_results",
            "markdown_table", "merge_tables", "out_dir", "read_table", "run_dir", "run_study", "write_report"]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'experiments.lib' has no attribute {name!r}")
+    module = importlib.import_module(f"experiments.lib.{_EXPORTS[name] or name}")
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,22 +10,43 @@ docstring) and its default.
 
 :class:`OneLineParser` reports a usage error as one line (``prog: error: ...``, exit 2)
 instead of the whole usage block, which for ``experiments.train`` is a hundred flags long.
+:func:`training` does the same for what can stop a command that trains: a preemption, a
+full disk, a run directory in use by another process (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
+from lm import preemption
 from lm.config_legacy import LEGACY_MODEL_KEYS
+from lm.records import DiskFullError, disk_full_error
+from lm.run_lock import RunDirLockedError
 
-USAGE_ERROR = 2  # refused before anything ran: a bad flag, value, output directory or record
-RUN_FAILED = 1  # the command ran and failed (a diverged run)
+USAGE_ERROR = 2  # refused before anything ran: a bad flag, value, output directory or record; a run directory in use
+RUN_FAILED = 1  # the command ran and failed (a diverged run, unreadable checkpoints, a full disk)
+PREEMPTED = 75  # stopped by SIGTERM at a step boundary, checkpoint saved: rerun to resume (EX_TEMPFAIL)
+
+EXIT_CODES = f"""\
+exit codes:
+  0    finished
+  1    the run failed: it diverged, its checkpoints cannot be read, or the disk is full (one line names the
+       directory and its free space; earlier checkpoints are intact)
+  2    refused before training: a bad flag or value, an unusable --out, a run directory holding another
+       config or in use by another process (the line names its PID); nothing was written
+  {PREEMPTED}   SIGTERM (preemption): training stopped at the next step boundary and saved a checkpoint there;
+       rerun the same command to resume. Ctrl-C does the same and then ends by SIGINT (130 in a shell)
+"""
 
 # What each field means, where its dataclass docstring has no "name: text" entry of its own.
 FIELD_HELP = {
@@ -76,6 +97,45 @@ def fail(prog: str, message: str, code: int = USAGE_ERROR) -> NoReturn:
     """Print ``prog: error: message`` (one line) to stderr and exit with ``code``."""
     sys.stderr.write(f"{prog}: error: {' '.join(str(message).split())}\n")
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def training(prog: str) -> Iterator[None]:
+    """Train inside: SIGTERM/Ctrl-C stop at a step boundary (``lm.preemption.handle_signals``), and
+    what stops the training is one line on stderr with its exit code (:data:`EXIT_CODES`)."""
+    try:
+        with preemption.handle_signals():
+            yield
+    except preemption.Preempted as err:
+        stopped(prog, err)
+    except RunDirLockedError as err:
+        fail(prog, str(err), USAGE_ERROR)
+    except OSError as err:  # a full disk anywhere (a record, a checkpoint, a figure, the compilation cache)
+        full = err if isinstance(err, DiskFullError) else disk_full_error(err, _directory_of(err))
+        if full is None:
+            raise
+        fail(prog, str(full), RUN_FAILED)
+
+
+def _directory_of(err: OSError) -> str:
+    return str(Path(err.filename).parent) if err.filename else "."
+
+
+def stopped(prog: str, err: preemption.Preempted) -> NoReturn:
+    """Print the preemption's one line; exit :data:`PREEMPTED`, or after Ctrl-C end as Ctrl-C does."""
+    sys.stderr.write(f"{prog}: {' '.join(str(err).split())}\n")
+    sys.stderr.flush()
+    if err.signum == signal.SIGINT:
+        # Python ends on an uncaught KeyboardInterrupt by SIGINT (status 130), which stops shell loops;
+        # the line above replaces its traceback.
+        sys.excepthook = _quiet_interrupt
+        raise KeyboardInterrupt from None
+    raise SystemExit(PREEMPTED)
+
+
+def _quiet_interrupt(kind, value, tb) -> None:
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
 
 
 def _leaf_fields(cfg, prefix=""):

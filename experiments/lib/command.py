@@ -13,7 +13,9 @@ unless ``--analysis-only``, loads the whole table (merging ``--tables`` from oth
 and, once every run is finished (:func:`experiments.lib.report.analysis_table`), writes the
 merged ``results.csv``, runs the analysis and appends the data and diverged-run sections to
 its report. Everything refused before training (a bad flag, preset, grid, group, output
-directory or damaged record) is one line on stderr and exit code 2.
+directory or damaged record) is one line on stderr and exit code 2; so is a stop (SIGTERM,
+Ctrl-C), a full disk or a run in use by another process, with the codes of
+:data:`experiments.lib.cli.EXIT_CODES` (in ``--help``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.lib import data_budget, outdir, report, sweep
-from experiments.lib.cli import OneLineParser, fail
+from experiments.lib.cli import EXIT_CODES, OneLineParser, fail, training
 from experiments.lib.preset import Preset, presets_epilog
 from experiments.lib.study import TABLE, Study, parse_shard, table_path
 from experiments.lib.table import write_table
@@ -59,6 +61,7 @@ def study_parser(study: str, doc: str | None, presets: Mapping[str, object], *, 
     :mod:`experiments.lib.data_budget`); ``--shard I/N`` with ``--tables`` and ``--bootstrap N``
     where asked. The study adds its own flags to the returned parser."""
     p = base_parser(study, doc, presets)
+    p.epilog = f"{p.epilog}\n\n{EXIT_CODES}" if p.epilog else EXIT_CODES
     if shard:
         p.add_argument("--shard", default=None, metavar="I/N",
                        help="train only the I-th of N disjoint slices of the grid (0-based), e.g. for a job array; "
@@ -109,6 +112,7 @@ def train_and_load(study: Study, out: str | Path, args: argparse.Namespace,
     with ``--tables``). ``out`` must be a writable directory (or creatable) either way: the
     analysis writes its report there."""
     outdir.check_writable_dir(out)
+    data_budget.check_reads(study.runs, getattr(args, "data", "stdlib"))
     if not args.analysis_only:
         data_budget.check_epochs(study.runs, args.max_epochs)
         shard = parse_shard(getattr(args, "shard", None))
@@ -164,7 +168,8 @@ class StudyCommand:
         parser = self.parser()
         args = parser.parse_args(argv)
         out = out_dir(self.name, args)
-        with cli_errors(parser):  # nothing has been trained: one line, exit 2
+        # refused: one line, exit 2 (nothing trained); stopped, locked, disk full: one line (cli.training)
+        with training(parser.prog), cli_errors(parser):
             changes = dict(self.overrides(args) if self.overrides else {})
             if self.bootstrap:
                 changes["bootstrap"] = args.bootstrap

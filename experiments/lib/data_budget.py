@@ -9,6 +9,11 @@ over ``--max-epochs`` is refused before training, in one line naming the largest
 repetition; ``experiments.data_constrained`` studies repetition and sets its own). The
 results table gets the columns ``unique_tokens`` and ``data_epochs`` and the report a
 table of each run's tokens, unique tokens and epochs.
+
+Before any training, :func:`check_data` refuses in one line a corpus the runs cannot train on
+(a damaged prepared directory: manifest, a missing or cut-short shard; an empty split) and a
+run directory trained on another corpus than ``--data`` holds now (corpus.json,
+:mod:`lm.data_check`), naming the run and both fingerprints.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.lib.study import StudyError
+from experiments.lib.study import StudyError, run_dir
 from lm import data as lm_data
+from lm import data_check
 from lm.config import RunConfig
 from lm.data import DataConfig
+from lm.data_config import SOURCES
+from lm.records import atomic_write
 
 DEFAULT_MAX_EPOCHS = 1.0
 
@@ -96,6 +104,34 @@ def check_epochs(runs: Sequence[RunConfig], max_epochs: float) -> None:
             "a smaller preset, or raise --max-epochs")
 
 
+def check_reads(runs: Sequence[RunConfig], spec: str) -> None:
+    """Raise StudyError (one line) when a run of the study does not read ``--data`` (a study
+    whose grid ignores the flag would otherwise train on other data than asked, silently)."""
+    if spec in SOURCES:  # a named source: "stdlib", or a study's extra one ("synthetic")
+        source, path = spec, None
+    else:
+        source, path = "prepared", os.path.abspath(os.path.expanduser(spec))
+    for run in runs:
+        if run.data.source != source or (path is not None and run.data.path != path):
+            reads = run.data.path if run.data.source == "prepared" else run.data.source
+            raise StudyError(f"--data={spec!r}: this study does not train on it (run {run.name} reads {reads}); "
+                             "leave --data out")
+
+
+def check_data(runs: Sequence[RunConfig], out: str | Path) -> None:
+    """Raise StudyError (one line) before training unless every run can train on its data and
+    its directory under ``out`` records no other corpus (:func:`lm.data_check.check_run`); reads only."""
+    corpora: dict[DataConfig, dict] = {}  # a study's runs share a few corpora: fingerprint each once
+    for run in runs:
+        try:
+            corpora[run.data] = data_check.check_run(run, run_dir(out, run), corpora.get(run.data))
+        except data_check.CorpusMismatchError as err:
+            raise StudyError(f"run {run.name}: {err}; restore that corpus, or choose another --out to train the "
+                             "study on this one (nothing was changed)") from err
+        except ValueError as err:
+            raise StudyError(f"run {run.name}: {err}") from err
+
+
 def report_lines(table: pd.DataFrame) -> list[str]:
     """Markdown lines: each run's tokens, unique tokens and epochs of its training split."""
     if "data_epochs" not in table.columns:
@@ -112,8 +148,8 @@ def append_report(report: str | Path | None, table: pd.DataFrame) -> None:
     """Append :func:`report_lines` of ``table`` to the report file (if there is one)."""
     if report is None or not Path(report).is_file():
         return
-    with open(report, "a") as f:
-        f.write("\n".join(report_lines(table)) + "\n")
+    report = Path(report)
+    atomic_write(report, report.read_text() + "\n".join(report_lines(table)) + "\n")
 
 
 def replace_vocab(model, data: DataConfig):

@@ -9,6 +9,7 @@ ones: architecture frontiers, repetition, learning-rate landscapes, WSD branches
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
+from lm.records import atomic_write
 from scaling import laws
 from scaling.plots import save_figure
 
@@ -294,5 +296,7 @@ def plot_loss_curve(records: Sequence[Mapping], out: str | Path, title: str) -> 
     ax.legend()
     fig.tight_layout()
     path = Path(out) / "loss_curve.png"
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    atomic_write(path, png.getvalue())  # a run-directory file: whole or not at all
     return path

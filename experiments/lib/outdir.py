@@ -11,18 +11,20 @@ one line naming the path and what is wrong, and writes nothing, when:
 
 Records that a kill may leave cut short (result.json, failure.json, runner.json) are read
 leniently by the runner instead (:func:`read_json`, :func:`read_result`): unreadable means
-"not finished"; the runner writes its own records whole or not at all (:func:`atomic_write`).
+"not finished"; the runner writes its own records whole or not at all
+(``lm.records.atomic_write``, re-exported here as :func:`atomic_write`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lm.records import atomic_write  # noqa: F401  (the one atomic writer; the runner's modules use it from here)
 
 
 class OutputError(ValueError):
@@ -136,13 +138,6 @@ def is_finished_result(value: Any) -> bool:
     """
     return (isinstance(value, dict) and value.get("status", "complete") in ("complete", "diverged")
             and "final_val_loss" in value)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict | None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lm.records import atomic_write
+
 
 def check_level(level: float) -> float:
     """An interval coverage in (0, 1), e.g. 0.95; ValueError otherwise."""
@@ -76,8 +78,8 @@ def note_left_out(report: str | Path | None, table: pd.DataFrame) -> None:
     lines = ["", "## Diverged runs", "",
              f"{len(diverged)} of {len(table)} runs diverged (non-finite loss) and have no final loss: "
              + ", ".join(f"`{r}`" for r in diverged) + ".", ""]
-    with open(report, "a") as f:
-        f.write("\n".join(lines))
+    report = Path(report)
+    atomic_write(report, report.read_text() + "\n".join(lines))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str) -> list[str]:
@@ -92,5 +94,5 @@ def write_report(out: str | Path, lines: Sequence[str], figures: Sequence[Path] 
     """Write ``out/report.md``: the lines, then a link to every PNG of ``figures``."""
     path = Path(out) / "report.md"
     body = [*lines, "", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
-    path.write_text("\n".join(body))
+    atomic_write(path, "\n".join(body))
     return path

@@ -14,7 +14,8 @@ past unreadable ones), so a sweep killed at any moment and rerun yields the same
 only grid[i::n], so a grid spreads over hosts or job-array tasks with any scheduler. Every
 check that can fail (duplicate runs, too-short runs, an output directory that is a file,
 cannot be written or holds another study, a damaged study.json, config.json or results
-table, bad groups) runs before the first step of training.
+table, bad groups, data the runs cannot train on, a run directory trained on another corpus:
+:func:`experiments.lib.data_budget.check_data`) runs before the first step of training.
 
 Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
 together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
@@ -30,6 +31,15 @@ only the unfinished runs are trained again, as a smaller group of the same progr
 (``train_vmapped`` keeps no checkpoints, so they restart from step 0), and a finished run
 is never retrained.
 
+Stops and locks: SIGTERM or Ctrl-C (``lm.preemption.handle_signals``) stops the sweep at the
+current run's next step boundary, with that run's checkpoint saved (a group stops likewise,
+without checkpoints), or before the next run; ``lm.preemption.Preempted`` is raised, the
+table written so far holds only finished runs, and a rerun resumes. Each run's directory is
+locked while it trains (``lm.run_lock``; a group locks each of its runs), so disjoint shards
+run side by side and a second sweep reaching a run in training is refused
+(``lm.run_lock.RunDirLockedError``); a run found finished once its lock is taken (by another
+process meanwhile) is not trained again.
+
 Compilation: JAX's persistent compilation cache is enabled
 (:func:`lm.train.enable_compilation_cache`) and :data:`lm.compiled.CACHE` reuses the
 compiled step across runs of identical shapes in one process; the table reports
@@ -38,6 +48,7 @@ compiled step across runs of identical shapes in one process; the table reports
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -46,13 +57,14 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.lib import outdir
+from experiments.lib import data_budget, outdir
 from experiments.lib.outdir import atomic_write, read_json, read_result
 from experiments.lib.progress import SweepProgress
 from experiments.lib.study import (CURVES, MANIFEST, RUNS_DIR, Study, StudyError, canonical_config, run_dir,
                                    shard_runs, table_path)
 from experiments.lib.table import (collect_curves, collect_table, merge_tables, read_study_table, study_tables,
                                    write_table)
+from lm import preemption, run_lock
 from lm import train as lm_train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
@@ -224,6 +236,9 @@ def run_study(
     Raises:
       StudyError: before any training (and before ``out`` is touched), for a bad grid,
         shard, group or output directory.
+      lm.preemption.Preempted: SIGTERM or Ctrl-C stopped the sweep (module docstring).
+      lm.run_lock.RunDirLockedError: another process is training one of the runs.
+      lm.records.DiskFullError: no space left for a record or checkpoint.
     """
     groups = check_groups(study, groups, check_group)
     if train_group is None:
@@ -231,6 +246,7 @@ def run_study(
     units = shard_runs(work_units(study, groups), shard)
     mine = {r.name for unit in units for r in unit}
     runs = tuple(r for r in study.runs if r.name in mine)
+    data_budget.check_data(runs, out)  # vocabulary, splits, shards, corpus fingerprints: before out is touched
     out = prepare_out(study, out)
     if compilation_cache:
         lm_train.enable_compilation_cache()
@@ -241,17 +257,22 @@ def run_study(
     bar = SweepProgress(left, len(runs) - len(left), len(runs), enabled=progress)
     path = table_path(out, shard)
     try:
-        for unit in todo:
-            if unit[0].name in grouped:
-                _train_group(unit, out, bar, train_group)
-            else:
-                _train_solo(unit[0], out, bar)
-            if on_run_done is not None:
-                for run in unit:
-                    result = read_result(run_dir(out, run))
-                    if result is not None:
-                        on_run_done(run, result)
-            write_table(collect_table(study, out, runs), path)
+        with preemption.handle_signals():
+            for unit in todo:
+                _stop_between_runs(unit)
+                with _locked(out, unit) as unit:  # the runner's records of the unit too
+                    if not unit:
+                        continue
+                    if unit[0].name in grouped:
+                        _train_group(unit, out, bar, train_group)
+                    else:
+                        _train_solo(unit[0], out, bar)
+                if on_run_done is not None:
+                    for run in unit:
+                        result = read_result(run_dir(out, run))
+                        if result is not None:
+                            on_run_done(run, result)
+                write_table(collect_table(study, out, runs), path)
     finally:
         bar.close()
     table = collect_table(study, out, runs)
@@ -263,6 +284,23 @@ def run_study(
     curves = CURVES if shard[1] == 1 else f"curves.shard-{shard[0]}-of-{shard[1]}.csv"
     write_table(collect_curves(study, out, runs), Path(out) / curves)
     return table
+
+
+def _stop_between_runs(unit: Sequence[RunConfig]) -> None:
+    """Raise ``lm.preemption.Preempted`` if a signal came while the previous unit finished."""
+    if preemption.requested() is not None:
+        raise preemption.preempted(f"preempted before run {unit[0].name!r} ({{signal}}); every run before it is "
+                                   "finished: rerun the same command to continue")
+
+
+@contextlib.contextmanager
+def _locked(out: Path, unit: Sequence[RunConfig]):
+    """Hold the lock of every run directory of ``unit``; yield its runs still unfinished once
+    they are held (another process may have finished some since the sweep looked)."""
+    with contextlib.ExitStack() as locks:
+        for run in unit:
+            locks.enter_context(run_lock.hold(run_dir(out, run)))
+        yield tuple(r for r in unit if not _finished(out, r))
 
 
 def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,8 +20,11 @@ import pytest
 
 from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, wsd
 from experiments import train as train_cli
+from lm import data_check
+from lm import records as lm_records
 from lm.config import RunConfig
 from lm.presets import get_preset
+from tests.lm import prepared_tiny
 
 STUDIES = {"chinchilla": chinchilla, "architectures": architectures, "lr_scaling": lr_scaling,
            "data_constrained": data_constrained, "wsd": wsd}
@@ -263,3 +267,131 @@ def test_interval_level_outside_0_1_is_refused(level):
         lr_scaling.fit_laws(pd.DataFrame(), threshold=0.01, level=level)
     with pytest.raises(ValueError, match=r"level=.*: an interval coverage must be in \(0, 1\)"):
         architectures.compute_multipliers({}, 1e12, level=level)
+
+
+# ------------------------------------------------------------ the data a run trains on
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """Prepared corpora a and b (same vocabulary, different documents) and v0 (no validation documents)."""
+    root = tmp_path_factory.mktemp("corpora")
+    return {"a": prepared_tiny.make(root / "a", seed=0), "b": prepared_tiny.make(root / "b", seed=1),
+            "v0": prepared_tiny.make(root / "v0", validation_fraction=0.0)}
+
+
+def fingerprint(path) -> str:
+    return json.loads((Path(path) / "manifest.json").read_text())["fingerprint"]
+
+
+def _cut(rel: str, size: int):
+    def damage(data: Path) -> None:
+        with open(data / rel, "r+b") as f:
+            f.truncate(size)
+    return damage
+
+
+def _no_splits(data: Path) -> None:
+    manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["splits"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _trained_on_a(root: Path, argv: list[str], corpora) -> None:
+    """A run directory out/train of this command's config that recorded corpus a (the data is now b)."""
+    run = train_cli.run_config(train_cli.build_parser().parse_args(argv))
+    (root / "out" / "train").mkdir(parents=True)
+    lm_records.write_config(root / "out" / "train", run)
+    lm_records.write_corpus(root / "out" / "train", data_check.corpus_record(dataclasses.replace(
+        run.data, path=corpora["a"])))
+
+
+TOKENS = "shards/000001.train.tokens.bin"
+PREPARED = ["--model.d_model", "32", "--model.num_layers", "1", "--model.d_ff", "48", "--model.num_heads", "2",
+            "--data.source", "prepared", "--data.path", "{tmp}/data", "--data.seq_len", "32", "--data.batch_size", "4",
+            "--train.steps", "2", "--train.eval_every", "2", "--train.eval_batches", "1", "--train.progress", "false",
+            "--sample-tokens", "0", "--out", "out"]
+TRAIN_DATA_CASES = {
+    # id: (corpus copied to {tmp}/data, its damage, extra argv, expected message (regex; {fa}, {fb}: fingerprints))
+    "shard cut short": ("a", _cut(TOKENS, 2048), [], r"prepared data .*data/shards/000001\.train\.tokens\.bin has 2048 "
+                                                     r"bytes, expected \d+ .*--verify .*/data` or prepare it again"),
+    "shard missing": ("a", lambda d: (d / TOKENS).unlink(), [], r"000001\.train\.tokens\.bin is missing"),
+    "shard of 0 bytes": ("a", _cut(TOKENS, 0), [], r"000001\.train\.tokens\.bin has 0 bytes, expected"),
+    "docs.npy cut short": ("a", _cut("shards/000000.validation.docs.npy", 100),
+                           [], r"000000\.validation\.docs\.npy cannot be read \(100 bytes"),
+    "manifest cut short": ("a", _cut("manifest.json", 40), [], r"data/manifest\.json is not valid JSON"),
+    "manifest holding a list": ("a", lambda d: (d / "manifest.json").write_text("[]"),
+                                [], r"data/manifest\.json holds a JSON list, not an object"),
+    "manifest without splits": ("a", _no_splits, [], r"data/manifest\.json lacks or has invalid keys \['splits"),
+    "no validation documents": ("v0", None, [], r"the validation split has no documents \(prepared data .*/data, "
+                                                r"prepared with --validation-fraction 0\.0"),
+    "vocab below the tokenizer's": ("a", None, ["--model.vocab_size", "100"],
+                                    r"ModelConfig\.vocab_size=100: the data \(prepared .*/data\) has 259 token ids"),
+    "corpus swapped under the run": ("b", _trained_on_a, [], r"run directory out/train was trained on corpus {fa} "
+                                     r"\(prepared .*/a\), but the data is now corpus {fb} \(prepared .*/data\).* "
+                                     r"rerun with --overwrite"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_DATA_CASES)
+def test_train_refuses_data_it_cannot_train_on_in_one_line(case, corpora, place, capsys):
+    name, damage, extra, message = TRAIN_DATA_CASES[case]
+    root = Path(place["tmp"])
+    data = Path(shutil.copytree(corpora[name], root / "data"))
+    argv = [*PREPARED, *extra]
+    if damage is _trained_on_a:
+        damage(root, [a.format(**place) for a in argv], corpora)
+    elif damage is not None:
+        damage(data)
+    rc, err = run_refused(train_cli.main, argv, place, capsys)
+    assert rc == 2 and err.startswith("python -m experiments.train: error: ")
+    assert re.search(message.format(fa=fingerprint(corpora["a"]), fb=fingerprint(corpora["b"])), err), err
+
+
+STUDY_DATA_CASES = {
+    # id: (damage to a copy of corpus a given as --data, expected message (regex))
+    "shard cut short": (_cut(TOKENS, 2048), r"data/shards/000001\.train\.tokens\.bin has 2048 bytes, expected"),
+    "manifest holding a list": (lambda d: (d / "manifest.json").write_text("[]"), r"data/manifest\.json holds a JSON list"),
+    "manifest without splits": (_no_splits, r"data/manifest\.json lacks or has invalid keys"),
+}
+
+
+@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("case", STUDY_DATA_CASES)
+def test_studies_refuse_a_damaged_data_dir_in_one_line(case, name, corpora, place, capsys):
+    damage, message = STUDY_DATA_CASES[case]
+    damage(Path(shutil.copytree(corpora["a"], Path(place["tmp"]) / "data")))
+    argv = ["--preset", "smoke", "--no-progress", "--out", "out", "--data", "{tmp}/data"]
+    rc, err = run_refused(STUDIES[name].main, argv, place, capsys)
+    assert rc == 2 and err.startswith(f"python -m experiments.{name}: error: ") and re.search(message, err), err
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_a_study_resumed_on_another_corpus_is_refused_naming_the_run(name, place, capsys):
+    root = Path(place["tmp"])
+    study = _manifest(STUDIES[name], root)
+    run = study.runs[-1]
+    rd = lib.run_dir(root / "out", run)
+    rd.mkdir(parents=True)
+    lm_records.write_config(rd, run)
+    lm_records.write_corpus(rd, {"source": "stdlib", "corpus": "stdlib of another Python", "fingerprint": "0" * 16})
+    rc, err = run_refused(STUDIES[name].main, ["--preset", "smoke", "--no-progress", "--out", "out"], place, capsys)
+    assert rc == 2 and re.search(
+        rf"error: run {run.name}: run directory .*{run.name} was trained on corpus 0{{16}} \(stdlib of another Python\), "
+        rf"but the data is now corpus {data_check.corpus_fingerprint(run.data)} \(stdlib .*\).*choose another --out", err)
+
+
+def test_a_study_with_no_validation_documents_is_refused_before_training(corpora, place, capsys):
+    shutil.copytree(corpora["v0"], Path(place["tmp"]) / "data")
+    argv = ["--preset", "smoke", "--no-progress", "--out", "out", "--data", "{tmp}/data", "--max-epochs", "1e9"]
+    rc, err = run_refused(chinchilla.main, argv, place, capsys)
+    assert rc == 2 and re.search(r"error: run \S+: the validation split has no documents \(prepared data", err), err
+
+
+def test_a_study_whose_grid_ignores_data_refuses_it(corpora, place, capsys):
+    from experiments import mup_transfer  # its grid always reads the embedded corpus
+
+    shutil.copytree(corpora["a"], Path(place["tmp"]) / "data")
+    argv = ["--preset", "smoke", "--no-progress", "--out", "out", "--data", "{tmp}/data"]
+    rc, err = run_refused(mup_transfer.main, argv, place, capsys)
+    assert rc == 2 and re.search(r"--data='.*/data': this study does not train on it \(run \S+ reads stdlib\)", err), err

@@ -27,3 +27,34 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--out", str(tmp_path), "--model.pattern", "AXA"])
     assert "unknown mixer letter 'X'" in capsys.readouterr().err
+
+
+def test_a_corpus_swapped_under_a_run_is_refused_until_overwrite(tmp_path, capsys):
+    """Issue 23: a run killed, its corpus folder replaced by another of the same vocabulary, rerun."""
+    import shutil
+
+    from lm import records
+    from tests.lm import prepared_tiny
+
+    a, b = prepared_tiny.make(tmp_path / "a", seed=0), prepared_tiny.make(tmp_path / "b", seed=1)
+    fa, fb = (json.loads((tmp_path / c / "manifest.json").read_text())["fingerprint"] for c in "ab")
+    data, rd = tmp_path / "data", tmp_path / "runs" / "train"
+    shutil.copytree(a, data)
+    argv = ["--model.d_model", "32", "--model.num_layers", "1", "--model.d_ff", "48", "--model.num_heads", "2",
+            "--data.source", "prepared", "--data.path", str(data), "--data.seq_len", "32", "--data.batch_size", "4",
+            "--train.steps", "2", "--train.eval_every", "2", "--train.eval_batches", "1", "--train.progress", "false",
+            "--sample-tokens", "0", "--out", str(tmp_path / "runs")]
+    assert train_cli.main(argv)["steps"] == 2
+    assert records.read_corpus(rd) == {"source": "prepared", "corpus": f"prepared {data}", "fingerprint": fa}
+    before = {p: p.read_bytes() for p in sorted(rd.rglob("*")) if p.is_file()}
+    shutil.rmtree(data)
+    shutil.copytree(b, data)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert f"trained on corpus {fa} (prepared {data}), but the data is now corpus {fb}" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in sorted(rd.rglob("*")) if p.is_file()} == before  # checkpoints, metrics kept
+    again = train_cli.main([*argv, "--overwrite"])
+    assert again["resumed_from"] is None and records.read_corpus(rd)["fingerprint"] == fb

@@ -1,7 +1,10 @@
 """lm/records.py: the one writer and reader of metrics.jsonl / result.json."""
 
+import dataclasses
+import errno
 import json
 import math
+import os
 
 import pytest
 
@@ -61,3 +64,44 @@ def test_result_is_strict_json_with_nan_as_null(tmp_path):
     assert records.read_result(tmp_path / "missing") is None
     records.write_config(tmp_path, RUN)
     assert records.read_config(tmp_path) == RUN
+
+
+def _no_space(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_record_written_into_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    records.write_config(tmp_path, RUN)
+    before = (tmp_path / records.CONFIG).read_text()
+    monkeypatch.setattr(records.os, "fsync", _no_space)
+    with pytest.raises(records.DiskFullError) as err:
+        records.write_config(tmp_path, dataclasses.replace(RUN, name="other"))
+    assert str(err.value).startswith(f"{tmp_path}: no space left on device (")
+    assert str(err.value).endswith(" MB free) while writing config.json")
+    assert (tmp_path / records.CONFIG).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [records.CONFIG]
+
+
+def test_a_full_disk_while_appending_a_metric_is_a_disk_full_error(tmp_path):
+    with records.MetricsLog(tmp_path / records.METRICS) as log:
+        log._file.write = _no_space
+        with pytest.raises(records.DiskFullError, match="while appending to metrics.jsonl"):
+            log.write({"step": 1})
+
+
+@pytest.mark.parametrize("err, full", [
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+    (ValueError("RESOURCE_EXHAUSTED: Error writing \"x\" in OCDBT database: Failed to write 10 bytes to file 18: "
+                "No space left on device [os_error_code='28']"), True),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB"), False),  # device OOM
+    (OSError(errno.EACCES, "Permission denied"), False),
+], ids=["ENOSPC", "EDQUOT", "orbax", "device OOM", "EACCES"])
+def test_disk_full_errors_are_recognised_through_wrapping(err, full, tmp_path):
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = err
+    for e in (err, wrapped):
+        got = records.disk_full_error(e, tmp_path)
+        assert (got is not None) == full
+        if full:
+            assert isinstance(got, records.DiskFullError) and got.directory == tmp_path and got.free_bytes > 0

@@ -9,7 +9,8 @@ cases and the checkpoint test, and two processes with 4 fake devices each are jo
 cross-process collectives through Gloo (``jax_cpu_collectives_implementation="gloo"``,
 the default), so the two-process step is a real multi-host step: the batch is read as two
 host slices, assembled with ``jax.make_array_from_process_local_data``, and parameters
-are sharded across both processes on the mesh (2, 2, 2, 1).
+are sharded across both processes on the mesh (2, 2, 2, 1). Under xdist this module and
+tests/lm/test_kernels_on_mesh.py are one unit of work (``tests/conftest.py``).
 
 The reference is the plain ``jax.jit`` of ``lm.step.make_train_step`` on one device (no mesh),
 fed the global batch (the two host slices concatenated). Adam's first update is

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+from lm import data_check, records
 from lm import vmap_sweep as vs
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -65,6 +66,7 @@ def test_vmapped_curves_equal_sequential_twins(tmp_path, width):
     np.testing.assert_allclose([r["train_loss"] for r in recs], [twins[1, :4].mean(), twins[1, 4:].mean()], rtol=1e-5)
     assert recs[0]["lr"] == pytest.approx(1e-2)
     assert (dirs[3] / "result.json").exists()
+    assert all(records.read_corpus(d) == data_check.corpus_record(BASE.data) for d in dirs)  # what each run read
 
 
 def test_a_diverging_run_is_flagged_and_leaves_the_others_untouched(tmp_path):

@@ -1,6 +1,10 @@
 """python -m scaling.fit on bad tables and bad options: one line on stderr, exit status 2,
 nothing written (issue 18, section 1-2), and options refused before any fitting."""
 
+import errno
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +69,20 @@ CASES = [
     ("good", ["--where", "nope > 1"], "--where 'nope > 1'", False),
     ("good", ["--where", "N >"], "--where 'N >'", False),
     ("good", ["--holdout", "N > 1e30"], "--holdout 'N > 1e30': selects no rows", False),
+    ("good", ["--where", "@pd.io.common.os.system('true') == 0"], "'@' (a Python variable) is not allowed", False),
+    ("good", ["--holdout", "N.__class__ == 0"], "an attribute (x.y) is not allowed", False),
+    ("good", ["--where", ""], "--where '': empty expression", False),
+    ("good", ["--where", "n > 1"], "unknown column 'n'; the table has ['N', 'D', 'loss']", False),
+    ("good", ["--batch-unit", "bytes"], "argument --batch-unit: invalid choice: 'bytes'", False),
+    ("good", ["--law", "bs_opt", "--batch-unit", "sequences"],
+     "--batch-unit sequences needs --seq-len L (tokens per sequence, an integer >= 1)", False),
+    ("good", ["--law", "bs_opt", "--batch-unit", "sequences", "--seq-len", "0"],
+     "--seq-len 0: must be an integer >= 1", False),
+    ("good", ["--law", "bs_opt", "--batch-unit", "sequences", "--seq-len", "2.5"],
+     "argument --seq-len: invalid int value: '2.5'", False),
+    ("good", ["--law", "bs_opt", "--seq-len", "128"], "--seq-len 128: only with --batch-unit sequences", False),
+    ("good", ["--law", "lr_opt", "--batch-unit", "sequences", "--seq-len", "128"],
+     "--batch-unit sequences: only for the batch-size laws bs_opt, bs_opt_nd, bs_opt_c", False),
     ("good", ["--predict", "absent.csv"], "--predict 'absent.csv': no such file", False),
     ("good", ["--law", "nope"], "invalid choice: 'nope'", False),
     ("good", ["--weights", "w"], "weights='w': no such column", True),
@@ -110,3 +128,57 @@ def test_exit_status_from_the_shell(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"python -m scaling.fit: error: table={str(tmp_path / 'none.csv')!r}: no such CSV file"]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- Writing the outputs fails: one line naming the folder and its free space, exit 1 -------
+
+@pytest.fixture(scope="module")
+def good_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("table") / "runs.csv"
+    GOOD.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES])
+@pytest.mark.parametrize("existing", [True, False], ids=["out_exists", "out_new"])
+def test_write_failure_one_line_exit_1_outputs_untouched(tmp_path, monkeypatch, capsys, good_csv,
+                                                         code, existing):
+    from scaling import plots
+
+    def full_disk(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(plots, "save_figure", full_disk)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "report.md").write_text("an earlier report")
+    before = _snapshot(tmp_path)
+    rc = cli.main([str(good_csv), "--init-grid", "small", "--out", str(out)])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, captured.err
+    assert err[0].startswith(f"python -m scaling.fit: error: cannot write the outputs to {str(out)!r}: "
+                             f"{os.strerror(code)}")
+    value, unit = re.search(r"; ([0-9.]+) (B|kB|MB|GB|TB) free there$", err[0]).groups()
+    said = float(value) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+    assert abs(said - shutil.disk_usage(tmp_path).free) <= 0.05 * said + 1e3, err[0]
+    assert _snapshot(tmp_path) == before  # earlier outputs kept, no staging folder left
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "bs_opt"])
+def test_real_os_error_a_folder_in_the_way(tmp_path, capsys, good_csv, law):
+    from tests.scaling.test_hyperparams import sweep
+
+    table = good_csv
+    if law == "bs_opt":
+        table = tmp_path / "sweep.csv"
+        sweep().to_csv(table, index=False)
+    out = tmp_path / "out"
+    (out / "fit.json").mkdir(parents=True)  # a folder where fit.json must go
+    before = _snapshot(tmp_path)
+    rc = cli.main([str(table), "--law", law, "--init-grid", "small", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert f"cannot write the outputs to {str(out)!r}: a folder is in the way ({out / 'fit.json'})" in err[0]
+    assert _snapshot(tmp_path) == before

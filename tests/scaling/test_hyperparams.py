@@ -111,3 +111,58 @@ def test_single_value_and_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| g | 0.571 |" in printed and "bootstrap SD" in printed
     assert len(pd.read_csv(out / "samples.csv")) == 50 and (out / "report.md").exists()
+
+
+def test_bootstrap_mean_is_taken_in_log_space_and_cli_says_so(tmp_path, capsys):
+    """Step Law averages the log-space OLS coefficients: the prefactor's bootstrap mean is
+    exp(mean log c), not the plain mean (which a few large intercepts pull up)."""
+    from scaling import cli
+    from scaling.outputs import read_fit_json
+
+    rng = np.random.default_rng(3)
+    df = sweep()
+    df["loss"] *= np.exp(rng.normal(0, 3e-3, len(df)))
+    csv, out = tmp_path / "sweep.csv", tmp_path / "out"
+    df.to_csv(csv, index=False)
+    assert cli.main([str(csv), "--law", "lr_opt", "--threshold", "0.01", "--bootstrap", "200",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    c = pd.read_csv(out / "samples.csv")["c"].to_numpy()
+    log_mean, plain = np.exp(np.mean(np.log(c))), np.mean(c)
+    assert plain > log_mean * 1.01  # the two differ on this sweep: the test can tell them apart
+    assert "| c | " in printed and f"| {log_mean:.6g} |" in printed
+    assert (f"for c, exp(mean log c) = {log_mean:.6g}; the plain average of c is {plain:.6g}") in printed
+    doc = read_fit_json(out / "fit.json")
+    assert np.isclose(doc["extra"]["bootstrap_mean"]["c"], log_mean, rtol=1e-12)
+    a = pd.read_csv(out / "samples.csv")["a"]
+    assert np.isclose(doc["extra"]["bootstrap_mean"]["a"], a.mean(), rtol=1e-12)
+    assert doc["objective"]["kind"] == "ols_log" and doc["bootstrap"]["n"] == 200 and doc["extra"]["n_table"] == len(df)
+    kept = near_optimal(df, ["N", "D"], "loss", 0.01)
+    design = np.column_stack([np.ones(len(kept)), np.log(kept["N"]), np.log(kept["D"])])
+    _, rss, *_ = np.linalg.lstsq(design, np.log(kept["lr"]), rcond=None)
+    assert doc["n"] == len(kept) and np.isclose(doc["objective"]["value"], rss[0], rtol=1e-8)
+    assert "mean of the log-space OLS coefficients (Step Law)" in (out / "report.md").read_text()
+
+
+def test_batch_sizes_in_sequences(tmp_path, capsys):
+    """--batch-unit sequences --seq-len L fits a table counting sequences as the same table in
+    tokens: B_tokens = L * B_sequences."""
+    from scaling import cli
+    from scaling.hyperparams import fit_hyper_law
+
+    df = sweep()
+    in_tokens = fit_hyper_law(df, "bs_opt", threshold=1e-4)
+    seqs = df.assign(batch_size=df["batch_size"] / 512)
+    in_seqs = fit_hyper_law(seqs, "bs_opt", threshold=1e-4, seq_len=512)
+    for k in ("d", "g"):
+        assert np.isclose(in_seqs.params[k], in_tokens.params[k], rtol=1e-10), k
+    assert not np.isclose(fit_hyper_law(seqs, "bs_opt", threshold=1e-4).params["d"], in_tokens.params["d"])
+    with pytest.raises(ValueError, match="seq_len=0: must be an integer >= 1"):
+        fit_hyper_law(seqs, "bs_opt", seq_len=0)
+    csv = tmp_path / "seqs.csv"
+    seqs.to_csv(csv, index=False)
+    assert cli.main([str(csv), "--law", "bs_opt", "--threshold", "1e-4", "--batch-unit", "sequences",
+                     "--seq-len", "512"]) == 0
+    printed = capsys.readouterr().out
+    assert "batch sizes read in sequences of 512 tokens" in printed
+    assert f"| d | {in_tokens.params['d']:.6g} |" in printed and "| g | 0.571 |" in printed

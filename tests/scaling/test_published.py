@@ -195,6 +195,22 @@ def test_porian_weighted_power_law_matches_published():
         assert np.isclose(-plain.params["alpha_C"], fits[cid]["basic"]["n_exponent"], atol=1e-6), cid
 
 
+def test_muennighoff_warnings_fire_when_they_should(muennighoff):
+    """Issue 24: with E, A, B, alpha, beta fixed (alpha = beta) the exponent ratios are 0.5 by
+    construction (no 'collapsed' warning); R_D*'s interval reaches ~1e13 (a 'running off'
+    warning); 1 of the 9 starts reaches the best (a start-grid warning at this grid size)."""
+    from scaling.diagnostics import fit_warnings
+
+    df, cols, fixed = muennighoff
+    res = fit_law(df, law="data_constrained", columns=cols, fixed=fixed)
+    boot = res.bootstrap(n=100, seed=0)
+    w = fit_warnings(res, boot)
+    assert not any("collapsed" in x for x in w), w
+    assert boot.interval("R_D_star")[1] > 1e12
+    assert any(x.startswith("R_D_star: its 95% interval") and "running off" in x for x in w), w
+    assert res.n_starts == 9 and any(f"only {res.n_at_best} of 9 starts reach" in x for x in w), w
+
+
 EPOCH = "besiroglu2024_chinchilla_svg_extracted.csv"
 # Besiroglu et al. 2024 (arXiv:2404.10102), their data_analysis.ipynb, cell 25: bootstrap SEs
 # of the Huber-likelihood fit (4,000 resamples of the 240 runs).

@@ -1,0 +1,157 @@
+"""``python -m scaling.fit --law multi_power | lr_annealing``: tables, run directories, bad input,
+the optimal schedule."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling import lr_schedules as S
+from scaling.cli import main
+from scaling.curve_fit import schedules_of
+from scaling.curve_laws import CURVE_LAWS, evaluate
+from scaling.run_curves import lr_multiplier, read_runs
+from scaling.schedule_opt import final_loss, optimize_schedule
+
+LRA = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "C": 0.4}
+MPL = {"L0": 3.0, "A": 0.5, "alpha": 0.5, "B": 400.0, "C": 2.0, "beta": 0.6, "gamma": 0.6}
+LRS = {"constant": S.constant(1500, 1e-3, 50), "cosine": S.cosine(1500, 1e-3, 1e-4, 50),
+       "wsd": S.wsd(1500, 1e-3, 1e-4, 1100, 50), "long_wsd": S.wsd(3000, 1e-3, 1e-4, 2400, 50)}
+
+
+def curve(run, law="lr_annealing", params=LRA, steps=np.arange(60, 1500, 30)):
+    spec = CURVE_LAWS[law]
+    loss = evaluate(spec, spec.from_params(params, 1e-3), spec.features(LRS[run], steps, 1e-3, 0.05))
+    return pd.DataFrame({"run": run, "step": steps, "loss": loss})
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("curves")
+    pd.concat([curve(r) for r in ("constant", "cosine", "wsd")]).to_csv(d / "fit.csv", index=False)
+    curve("long_wsd", steps=np.arange(60, 3000, 60)).to_csv(d / "other.csv", index=False)
+    schedules_of(LRS).to_csv(d / "lrs.csv", index=False)
+    return d
+
+
+def test_fit_predict_and_write(files, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main([str(files / "fit.csv"), "--law", "lr_annealing", "--lr", str(files / "lrs.csv"),
+               "--predict", str(files / "other.csv"), "--bootstrap", "8", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "prediction errors" in text and "warning: only 3 runs" in text
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pred.columns[:3]) == ["run", "step", "loss"]
+    assert {"predicted_loss", "lower", "upper", "rel_error"} <= set(pred.columns)
+    assert np.max(np.abs(pred["rel_error"])) < 1e-6  # noiseless data of the same law
+    params = pd.read_csv(out / "params.csv", index_col=0)["value"]
+    assert params["C"] == pytest.approx(LRA["C"], rel=1e-4)
+    assert (out / "curves.png").exists() and (out / "samples.csv").exists()
+
+
+def test_multi_power_holdout_and_optimal_schedule(files, tmp_path, capsys):
+    table = pd.concat([curve(r, "multi_power", MPL) for r in ("constant", "cosine", "wsd")])
+    table.to_csv(tmp_path / "mpl.csv", index=False)
+    out = tmp_path / "o"
+    rc = main([str(tmp_path / "mpl.csv"), "--law", "multi_power", "--lr", str(files / "lrs.csv"),
+               "--holdout", "run == 'wsd'", "--optimize-schedule", "1500", "--out", str(out)])
+    assert rc == 0
+    assert "predicted final loss: optimal" in capsys.readouterr().out
+    sched = pd.read_csv(out / "optimal_schedule.csv")
+    assert {"optimal", "cosine", "wsd"} <= set(sched.columns) and len(sched) == 1500
+    assert set(pd.read_csv(out / "predictions.csv")["run"]) == {"wsd"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c, lr: (c, lr[lr["step"] != 7]), "step 7 is missing"),
+    (lambda c, lr: (c, lr[lr["run"] != "wsd"]), "run 'wsd' has no learning rates"),
+    (lambda c, lr: (c.iloc[::-1], lr), "strictly increasing"),
+    (lambda c, lr: (c.assign(step=c["step"] + 1500), lr), "must lie in"),
+    (lambda c, lr: (c.drop(columns="loss"), lr), "missing column"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, change, message):
+    curves, lrs = change(pd.read_csv(files / "fit.csv"), pd.read_csv(files / "lrs.csv"))
+    curves.to_csv(tmp_path / "c.csv", index=False)
+    lrs.to_csv(tmp_path / "l.csv", index=False)
+    rc = main([str(tmp_path / "c.csv"), "--law", "lr_annealing", "--lr", str(tmp_path / "l.csv"),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--law", "lr_annealing"], "--lr CSV"),
+    (["--law", "chinchilla", "--lr", "x.csv"], "--lr applies to the schedule-aware laws"),
+    (["--law", "lr_annealing", "--optimize-schedule", "100"], "needs --law multi_power"),
+    (["--law", "multi_power", "--resolution", "1.5"], "--resolution 1.5"),
+    (["--law", "lr_annealing", "--fix", "C=1"], "--fix does not apply"),
+])
+def test_bad_options(files, capsys, argv, message):
+    lr = [] if "--lr" in argv or argv[1] == "lr_annealing" and argv == ["--law", "lr_annealing"] else [
+        "--lr", str(files / "lrs.csv")]
+    rc = main([str(files / "fit.csv"), *argv, *lr])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+
+
+def test_runs_directories(tmp_path):
+    """A study folder of run directories: config.json + metrics.jsonl per run."""
+    from lm.config import RunConfig, ScheduleConfig, TrainConfig
+
+    for name, kind in (("a", "cosine"), ("b", "wsd"), ("c", "constant")):
+        run = RunConfig(schedule=ScheduleConfig(kind=kind, warmup_steps=20), train=TrainConfig(steps=400))
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(run.to_json())
+        lines = [json.dumps({"step": s, "train_loss": 3.0 + 5.0 / s ** 0.5}) for s in range(10, 401, 10)]
+        (d / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 41")  # a partial last line
+    curves, schedules = read_runs(tmp_path)
+    assert set(curves["run"]) == {"runs/a", "runs/b", "runs/c"} and len(curves) == 120
+    assert curves["step"].min() == 9  # record at step 10 = after updates 0..9
+    assert len(schedules["runs/b"]) == 400 and schedules["runs/b"][19] == pytest.approx(3e-3)
+    rc = main(["--runs", str(tmp_path), "--law", "lr_annealing"])
+    assert rc == 0
+
+
+@pytest.mark.parametrize("kind, shape", [("cosine", "linear"), ("constant", "linear"),
+                                         ("wsd", "linear"), ("wsd", "cosine"), ("wsd", "sqrt"),
+                                         ("wsd", "exponential")])
+def test_run_schedules_mirror_lm(kind, shape):
+    """scaling reads schedules without importing lm: the mirror equals lm.schedules."""
+    from dataclasses import asdict
+
+    from lm.config import ScheduleConfig
+    from lm.schedules import lr_multiplier as lm_multiplier
+
+    cfg = ScheduleConfig(kind=kind, decay_shape=shape, warmup_fraction=0.1, min_ratio=0.05)
+    for total in (1, 7, 100, 333):
+        got = [lr_multiplier(asdict(cfg), s, total) for s in range(total)]
+        assert got == [lm_multiplier(cfg, s, total) for s in range(total)]
+
+
+def test_optimal_schedule_beats_cosine_and_wsd_and_never_rises():
+    opt = optimize_schedule(MPL, 1500, peak=1e-3, warmup=50, opt_steps=300)
+    eta = opt.schedules["optimal"]
+    assert np.all(np.diff(eta[50:]) <= 1e-15)
+    assert opt.final_loss["optimal"] < min(opt.final_loss["cosine"], opt.final_loss["wsd"])
+    spec = CURVE_LAWS["multi_power"]  # the O(T) final loss is the law's exact value
+    x = spec.features(opt.schedules["cosine"], [1499], 1e-3, 0.0)
+    with jax.enable_x64(True):
+        got = float(final_loss(MPL, jnp.asarray(opt.schedules["cosine"])))
+    assert got == pytest.approx(evaluate(spec, spec.from_params(MPL, 1e-3), x)[0], rel=1e-12)
+
+
+def test_running_off_exponents_are_warned():
+    from types import SimpleNamespace
+
+    from scaling.curves_cli import fit_warnings
+
+    fit = SimpleNamespace(params={**MPL, "beta": 2700.0}, method="bfgs", n_at_best=1, n_starts=16)
+    text = " ".join(fit_warnings(fit))
+    assert "beta = 2700 is running off" in text and "1 of 16 starts" in text
+    assert fit_warnings(SimpleNamespace(params=MPL, method="luo2025", n_at_best=1, n_starts=1)) == []
