@@ -34,8 +34,9 @@ class BootstrapResult:
       distinct: distinct fitted points (rows with distinct variable values) in each
         resample [n] (for the warning on resamples with fewer points than parameters).
       theta: optimiser coordinates of the converged refits [n_ok, q] (for predictions).
-      status: per-resample outcome [n] (str): "converged" or the reason it was dropped
-        ("max_iter", "stalled", "non_finite"; :func:`scaling.refit.refit`).
+      status: per-resample outcome [n] (str): "converged"; "boundary" (stopped while running
+        off to a boundary of the law: kept, and flagged in ``degenerate``); or the reason it
+        was dropped ("max_iter", "stalled", "non_finite"; :func:`scaling.refit.refit`).
       scaled_grad: per-resample scaled gradient at the kept optimum [n].
       degenerate: converged refits on a boundary of the law [n_ok] (bool).
       degenerate_reasons: {reason: count} over the converged refits, e.g. {"E -> 0": 42}.
@@ -67,7 +68,8 @@ class BootstrapResult:
         """{reason: count} of the dropped refits (empty when none or unknown)."""
         if self.status is None:
             return {}
-        reasons, counts = np.unique(self.status[self.status != "converged"], return_counts=True)
+        dropped = ~np.isin(self.status, ("converged", "boundary"))
+        reasons, counts = np.unique(self.status[dropped], return_counts=True)
         return {str(r): int(c) for r, c in zip(reasons, counts)}
 
     @property
@@ -121,7 +123,7 @@ def resample_weights(m: int, n: int, seed: int) -> np.ndarray:
 def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
                   budgets: Sequence[float] = (), max_iter: int = 500,
                   grid_starts: int | None = None, gtol: float | None = None,
-                  progress: bool = True) -> BootstrapResult:
+                  progress: bool | None = None) -> BootstrapResult:
     """Refit ``result`` (a :class:`scaling.fit.FitResult`) on ``n`` resamples of its runs.
 
     Args:
@@ -132,7 +134,8 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
       max_iter: BFGS iteration cap per start.
       grid_starts, gtol: grid starts per refit and scaled-gradient tolerance
         (:func:`scaling.refit.refit`; defaults there).
-      progress: a line on stderr when the refits take more than a few seconds.
+      progress: a line on stderr when the refits take more than a few seconds (default: for
+        large bootstraps, :func:`scaling.progress.wanted`).
     Returns:
       :class:`BootstrapResult` over the law's parameters and derived quantities.
     """
@@ -147,7 +150,17 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
     counts = resample_weights(m, n, seed)
     out = refit(result, counts * result.weights[None, :], grid_starts=grid_starts,
                 max_iter=max_iter, gtol=gtol, progress=progress)
-    ok = out["status"] == "converged"
+    # A refit stopped while running off to a boundary of the law (R* -> inf, E -> 0, ...)
+    # has no stationary point to reach: it is kept (status "boundary") and flagged below as
+    # degenerate, not dropped, so the intervals with and without such refits can both be given.
+    status = out["status"].copy()
+    with np.errstate(over="ignore"):
+        every = spec.to_params(out["theta"][:, :len(spec.theta_names)])
+    min_loss = float(np.exp(np.min(result.logy)))
+    at_bound, _ = boundary_mask({k: every[k] for k in spec.param_names if k not in result.fixed},
+                                min_loss)
+    status[np.isin(status, ("stalled", "max_iter")) & at_bound] = "boundary"
+    ok = np.isin(status, ("converged", "boundary"))
     full = out["theta"][ok]
     with np.errstate(over="ignore"):
         params = spec.to_params(full[:, :len(spec.theta_names)])
@@ -162,7 +175,7 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
         estimates.update({k: float(v) for k, v in est.items()})
     samples = pd.DataFrame(cols)
     free_params = {k: v for k, v in cols.items() if k in spec.param_names and k not in result.fixed}
-    degenerate, reasons = boundary_mask(free_params, float(np.exp(np.min(result.logy))))
+    degenerate, reasons = boundary_mask(free_params, min_loss)
     # a point = a distinct combination of the law's variables among the drawn, weighted runs
     point = np.unique(np.column_stack(list(result.logx.values())), axis=0, return_inverse=True)[1]
     drawn = (counts * result.weights[None, :]) > 0
@@ -170,7 +183,7 @@ def bootstrap_fit(result, n: int = 1000, seed: int = 0, level: float = 0.95,
     return BootstrapResult(
         samples=samples, intervals=percentile_intervals(samples, estimates, level),
         level=level, n=n, n_failed=int((~ok).sum()), distinct=distinct, theta=full,
-        status=out["status"], scaled_grad=out["scaled_grad"], degenerate=degenerate,
+        status=status, scaled_grad=out["scaled_grad"], degenerate=degenerate,
         degenerate_reasons=reasons,
         intervals_without_degenerate=percentile_intervals(samples[~degenerate], estimates, level),
         starts=int(out["starts"]))

@@ -36,7 +36,7 @@ import pandas as pd
 from scaling import constants as K
 from scaling.law_specs import LawSpec, default_grid, get_law
 from scaling.multistart import minimize_multistart
-from scaling.progress import slow_notice
+from scaling.progress import slow_notice, wanted
 from scaling.table import FitConvergenceError, column_names, extract, load_table
 
 OBJECTIVES = ("huber", "huber_ml")
@@ -183,7 +183,7 @@ def fit_law(
     best_rtol: float = 1e-8,
     screen_rows: int | None = None,
     refine: int = REFINE,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> FitResult:
     """Fit ``law`` to ``table`` by multistart BFGS on the summed Huber loss of log residuals.
 
@@ -210,7 +210,8 @@ def fit_law(
         rows, then refine the ``refine`` best distinct screened optima on all rows (default:
         :data:`SCREEN_ROWS` rows for tables of more than twice that; 0: every start on all
         rows).
-      progress: print a line on stderr when a stage runs more than a few seconds.
+      progress: print a line on stderr when a stage runs more than a few seconds (default:
+        for fits of at least 2e6 starts x rows, :func:`scaling.progress.wanted`).
     Returns:
       :class:`FitResult`.
     Raises:
@@ -275,6 +276,7 @@ def fit_law(
     if screen_rows is None:
         screen_rows = SCREEN_ROWS if m > 2 * SCREEN_ROWS else 0
     grid = theta0
+    progress = wanted(progress, m * len(theta0))
     if screen_rows and m > screen_rows and len(theta0) > refine:
         # Screen-then-refine: every start on a stratified subsample, the best distinct
         # screened optima on subsamples 8x larger (keeping a quarter each time, at least 2),

@@ -1,7 +1,9 @@
 """A progress line on stderr for fits that take more than a few seconds.
 
-Short fits (tests, small tables) print nothing; a fit of a 10^5-row table or a large
-bootstrap says what it is doing once it has run :data:`AFTER_S` seconds, and how long it took.
+Short fits (tests, small tables) print nothing: by default only work of at least
+:data:`MIN_WORK` start-rows is watched (compiling a small fit under load can take seconds and
+is no reason for a line). A fit of a 10^5-row table or a large bootstrap says what it is doing
+once it has run :data:`AFTER_S` seconds, and how long it took.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ import threading
 import time
 
 AFTER_S = 3.0  # a step running longer than this gets a line
+MIN_WORK = 2_000_000  # starts x rows below which ``progress=None`` prints nothing
+
+
+def wanted(progress: bool | None, work: float) -> bool:
+    """``progress`` if given, else whether ``work`` (starts x rows) is worth watching."""
+    return bool(progress) if progress is not None else work >= MIN_WORK
 
 
 @contextlib.contextmanager

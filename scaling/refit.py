@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.multistart import huber, minimize_multistart
-from scaling.progress import slow_notice
+from scaling.progress import slow_notice, wanted
 
 INTERPOLATES = 5e-13  # Huber sum per unit weight below this: every residual ~1e-6 or less
 GTOL_FLOOR = 1e-3  # scaled-gradient tolerance of a smooth objective (least squares, wide Huber)
@@ -131,7 +131,7 @@ def refit_starts(result, grid_starts: int | None = None) -> np.ndarray:
 
 
 def refit(result, weights: np.ndarray, *, grid_starts: int | None = None, max_iter: int = 500,
-          gtol: float | None = None, restarts: int = 1, progress: bool = True) -> dict:
+          gtol: float | None = None, restarts: int = 1, progress: bool | None = None) -> dict:
     """Refit ``result`` under each row of ``weights`` [n, m] from :func:`refit_starts`.
 
     Each refit keeps its best start; one not converged (scaled gradient above ``gtol``,
@@ -151,6 +151,7 @@ def refit(result, weights: np.ndarray, *, grid_starts: int | None = None, max_it
     k = len(starts)
     kw = dict(base=result.theta, free=free, huber_delta=result.huber_delta, max_iter=max_iter,
               objective=result.objective_kind)
+    progress = wanted(progress, n * k * weights.shape[1])
     with slow_notice(f"bootstrap: {n} refits x {k} starts on {weights.shape[1]} rows", progress):
         out = minimize_multistart(spec.log_form, np.tile(starts, (n, 1)), result.logx,
                                   result.logy, weights=np.repeat(weights, k, axis=0), **kw)

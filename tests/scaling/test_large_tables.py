@@ -35,3 +35,12 @@ def test_progress_line_only_for_slow_steps(capsys):
     with slow_notice("off", enabled=False, after_s=0.0):
         time.sleep(0.1)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_default_watches_only_large_work():
+    """Small fits stay quiet even when compiling under load takes seconds; large ones are
+    watched; an explicit choice wins."""
+    from scaling.progress import MIN_WORK, wanted
+
+    assert not wanted(None, 4500 * 240) and wanted(None, MIN_WORK)
+    assert wanted(True, 1) and not wanted(False, 1e12)
