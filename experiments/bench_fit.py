@@ -1,7 +1,8 @@
-"""Benchmark of scaling.fit against the speed goals of issue 17 (Sec. 5), with PASS/FAIL.
+"""Benchmark of scaling.fit against the speed goals of issues 17, 24 and 25, with PASS/FAIL.
 
 ``python -m experiments.bench_fit [--points 240] [--rows 50] [--small 5] [--resamples 1000]
-[--reps 5] [--laws chinchilla,data_constrained,...]`` prints one line per case: the compile
+[--reps 5] [--laws chinchilla,data_constrained,...] [--big-rows 100000] [--boot-rows 10000]
+[--epoch PATH]`` prints one line per case: the compile
 time (first call minus the median warm call), the warm time (min and median over ``--reps``
 calls; wall and process CPU seconds) and, where the issue sets one, PASS/FAIL against the goal
 (median warm wall <= 2 s). A warm call reuses the compiled solver (same law, same padded
@@ -23,7 +24,12 @@ Cases:
   steps (cosine, constant, two-stage as Luo et al. 2025's training set, every 128th step from
   2,176: ~440 points), drawn from the law at the published 25M parameters with 0.1 % noise,
   by its default method (the authors' recipe; goal: <= 5 s warm) and by multistart BFGS
-  (``method="bfgs"``, no goal).
+  (``method="bfgs"``, no goal);
+- the Hoffmann grid on ``--big-rows`` runs (screen-then-refine; goal: <= 20 s warm, issue 24);
+- ``--resamples`` bootstrap refits of a fit of ``--boot-rows`` runs (goal: <= 60 s warm);
+- with ``--epoch`` (Epoch's table, ``besiroglu2024_chinchilla_svg_extracted.csv``): the Huber
+  likelihood fit (delta 1e-3) of Besiroglu et al. 2024 and ``--resamples`` bootstrap refits,
+  with the share of failed refits and the SDs against their published SEs.
 
 The machine's load is printed first: other jobs on the cores inflate every figure.
 """
@@ -46,6 +52,10 @@ from scaling.law_specs import LAWS
 
 GOAL_S = 2.0
 CURVE_GOAL_S = 5.0  # issue 25: three 24k-step training curves, default start grid, 2 cores
+BIG_GOAL_S = 20.0  # issue 24: 10^5 rows, default grid
+BOOT_GOAL_S = 60.0  # issue 24: 1,000 resamples of 10^4 rows
+# Besiroglu et al. 2024, data_analysis.ipynb cell 25: bootstrap SEs of the likelihood fit.
+EPOCH_SE = {"E": 0.02566, "A": 124.52232, "B": 1293.28410, "alpha": 0.01540, "beta": 0.02060}
 
 # Natural parameters each law's benchmark table is drawn from (published values where one is).
 TRUE = {
@@ -161,6 +171,11 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (0: skip)")
     ap.add_argument("--reps", type=int, default=5, help="warm calls per case")
     ap.add_argument("--laws", default=",".join(LAWS), help="comma-separated law names")
+    ap.add_argument("--big-rows", type=int, default=100_000, help="rows of the large fit (0: skip)")
+    ap.add_argument("--boot-rows", type=int, default=10_000,
+                    help="rows of the large bootstrap (0: skip)")
+    ap.add_argument("--epoch", default=None,
+                    help="Epoch's svg_extracted_data.csv: the Huber-likelihood bootstrap case")
     args = ap.parse_args()
     names = [n for n in args.laws.split(",") if n]
     unknown = sorted(set(names) - set(LAWS))
@@ -173,19 +188,20 @@ def main() -> None:
           f"goal {GOAL_S:g} s (median warm wall); {args.reps} warm calls per case", flush=True)
     table = synthetic_table(args.points)
     res = _report(f"chinchilla, {args.points} points, hoffmann grid",
-                  lambda: fit_law(table, law="chinchilla"),
+                  lambda: fit_law(table, law="chinchilla", progress=False),
                   lambda r: f"{_describe_fit(r)}, alpha={r.params['alpha']:.4f}", args.reps)
     for name in names:
         t = law_table(name, args.rows)
-        _report(f"{name}, {args.rows} rows, default grid", lambda: fit_law(t, law=name),
-                _describe_fit, args.reps, GOAL_S if args.rows <= 50 else None)
+        _report(f"{name}, {args.rows} rows, default grid",
+                lambda: fit_law(t, law=name, progress=False), _describe_fit, args.reps,
+                GOAL_S if args.rows <= 50 else None)
     small = overtraining_table(args.small)
     _report(f"chinchilla_tied, {args.small} points (over-training), hoffmann grid",
-            lambda: fit_law(small, law="chinchilla_tied"), _describe_fit, args.reps,
+            lambda: fit_law(small, law="chinchilla_tied", progress=False), _describe_fit, args.reps,
             GOAL_S if args.small <= 50 else None)
     if args.resamples:
         _report(f"bootstrap {args.resamples} resamples of the {args.points}-point fit",
-                lambda: res.bootstrap(n=args.resamples, seed=0, budgets=[1e21]),
+                lambda: res.bootstrap(n=args.resamples, seed=0, budgets=[1e21], progress=False),
                 lambda b: f"failed={b.n_failed}, alpha {b.level:.0%} "
                           f"{tuple(round(v, 4) for v in b.interval('alpha'))}",
                 max(1, args.reps // 2), goal=None)
@@ -195,7 +211,43 @@ def main() -> None:
                 lambda: fit_curves(curves, lrs, "multi_power", method=method),
                 lambda r: f"{r.n_starts} starts, {r.n_at_best} at the best, alpha={r.params['alpha']:.4f}",
                 reps, goal)
+    if args.big_rows:
+        big = synthetic_table(args.big_rows, seed=2)
+        _report(f"chinchilla, {args.big_rows} rows, hoffmann grid (screen-then-refine)",
+                lambda: fit_law(big, law="chinchilla", progress=False),
+                lambda r: f"{_describe_fit(r)}, screened on {r.screened} rows, "
+                          f"alpha={r.params['alpha']:.4f}", max(1, args.reps // 2), BIG_GOAL_S)
+    if args.boot_rows and args.resamples:
+        mid = fit_law(synthetic_table(args.boot_rows, seed=3), law="chinchilla", progress=False)
+        _report(f"bootstrap {args.resamples} resamples of a {args.boot_rows}-row fit",
+                lambda: mid.bootstrap(n=args.resamples, seed=0, budgets=[1e21], progress=False),
+                _describe_boot, 1, BOOT_GOAL_S)
+    if args.epoch and args.resamples:
+        _epoch_case(args.epoch, args.resamples)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _describe_boot(b) -> str:
+    return (f"{b.starts} starts per refit, failed {b.n_failed} ({b.failed_fraction:.1%}) "
+            f"{b.failed_reasons or ''}, on a boundary {b.degenerate_fraction:.1%}, alpha "
+            f"{b.level:.0%} {tuple(round(v, 4) for v in b.interval('alpha'))}")
+
+
+def _epoch_case(path: str, n: int) -> None:
+    """Besiroglu et al. 2024's Huber-likelihood fit (delta 1e-3) on their 240 runs and ``n``
+    bootstrap refits: failed share and SDs against the published SEs (goal: within 15 %)."""
+    df = pd.read_csv(path)
+    df = pd.DataFrame({"N": df["Model Size"], "D": df["Training FLOP"] / (6.0 * df["Model Size"]),
+                       "loss": df["loss"]}).dropna()
+    df = df[df["loss"] < np.sort(df["loss"].to_numpy())[-5]]
+    res = fit_law(df, objective="huber_ml", huber_delta=1e-3, progress=False)
+    boot = _report(f"Epoch {len(df)} runs, huber_ml delta 1e-3: bootstrap {n} resamples",
+                   lambda: res.bootstrap(n=n, seed=0, progress=False), _describe_boot, 1, goal=None)
+    for k, se in EPOCH_SE.items():
+        sd = float(boot.intervals.loc[k, "std"])
+        ok = abs(sd / se - 1) <= 0.15
+        print(f"  SD({k}) = {sd:.4g} vs published {se:.4g}: {sd / se - 1:+.1%} "
+              f"{'PASS' if ok else 'FAIL'} (goal within 15 %)")
 
 
 if __name__ == "__main__":

@@ -170,8 +170,8 @@ def bootstrap_warnings(boot, n_free: int | None = None, fixed=(), min_loss: floa
         if share >= POINTS_SHARE:
             out.append(f"{share:.0%} of bootstrap resamples have no more distinct points than the "
                        f"{n_free} free parameters: the intervals are unreliable")
-    if boot.n and boot.n_failed > 0.1 * boot.n:
-        out.append(f"{boot.n_failed} of {boot.n} bootstrap refits did not converge")
+    from scaling.refit import refit_warnings  # dropped refits, refits on a boundary
+    out += refit_warnings(boot)
     for name, row in boot.intervals.iterrows():
         if name in fixed:
             continue

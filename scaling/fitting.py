@@ -36,9 +36,12 @@ import pandas as pd
 from scaling import constants as K
 from scaling.law_specs import LawSpec, default_grid, get_law
 from scaling.multistart import minimize_multistart
+from scaling.progress import slow_notice, wanted
 from scaling.table import FitConvergenceError, column_names, extract, load_table
 
 OBJECTIVES = ("huber", "huber_ml")
+SCREEN_ROWS = 512  # rows of the screening subsample (tables of more than twice this)
+REFINE = 32  # screened optima refined on all rows
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class FitResult:
       params: {parameter name: value} in the law's published parametrisation.
       objective: SUM of Huber losses over the runs at the optimum.
       n_starts: number of starts run; n_at_best: starts whose objective came within
-        ``best_rtol`` (relative) of the best.
+        ``best_rtol`` (relative) of the best (of a screened fit: on the subsample).
       theta: full optimiser vector [q] at the optimum; free: indices of the fitted
         coordinates; fixed: parameters held fixed.
       logx: {variable: log values [m]}; logy: log losses [m] (the data fitted).
@@ -59,6 +62,10 @@ class FitResult:
       weights: per-run weights [m] (ones when none were given).
       objective_kind: "huber" or "huber_ml" (then ``theta``'s last coordinate is log sigma).
       table: the fitted rows (the DataFrame the fit read).
+      grid: the starting points [s, p] of the free coordinates (row i started ``starts`` row
+        i; the bootstrap refits start from the fastest of those that reached the best).
+      screened: rows of the subsample the ``n_starts`` starts were screened on (0: none;
+        then ``starts`` holds the refinement on all rows of the best screened optima).
     """
 
     law: LawSpec
@@ -77,6 +84,8 @@ class FitResult:
     weights: np.ndarray = field(default=None, repr=False)
     objective_kind: str = "huber"
     table: pd.DataFrame | None = field(default=None, repr=False)
+    grid: np.ndarray | None = field(default=None, repr=False)
+    screened: int = 0
 
     @property
     def law_theta(self) -> np.ndarray:
@@ -104,15 +113,17 @@ class FitResult:
         return np.log(self.predict()) - self.logy
 
     def bootstrap(self, n: int = 1000, seed: int = 0, level: float = 0.95,
-                  budgets: Sequence[float] = ()):
+                  budgets: Sequence[float] = (), **kw):
         """Percentile intervals over ``n`` resamples of the runs (:mod:`scaling.bootstrap`).
 
         ``budgets``: FLOP budgets C at which N_opt(C), D_opt(C) are reported (Chinchilla
-        forms), besides the parameters and the exponent ratio beta/(alpha+beta).
+        forms), besides the parameters and the exponent ratio beta/(alpha+beta). ``kw``:
+        options of :func:`scaling.bootstrap.bootstrap_fit` (max_iter, grid_starts, gtol,
+        progress).
         """
         from scaling.bootstrap import bootstrap_fit
 
-        return bootstrap_fit(self, n=n, seed=seed, level=level, budgets=budgets)
+        return bootstrap_fit(self, n=n, seed=seed, level=level, budgets=budgets, **kw)
 
     def summary(self) -> pd.DataFrame:
         """One row per parameter: value (and whether it was held fixed)."""
@@ -170,6 +181,9 @@ def fit_law(
     grid_values: Mapping[str, Sequence[float]] | None = None,
     max_iter: int = 500,
     best_rtol: float = 1e-8,
+    screen_rows: int | None = None,
+    refine: int = REFINE,
+    progress: bool | None = None,
 ) -> FitResult:
     """Fit ``law`` to ``table`` by multistart BFGS on the summed Huber loss of log residuals.
 
@@ -192,6 +206,12 @@ def fit_law(
       grid_values: {theta name: values} replacing those axes of the named ``init_grid``.
       max_iter: BFGS iteration cap per start (a start reaching it is not converged).
       best_rtol: relative objective tolerance for counting a start as reaching the best.
+      screen_rows, refine: screen every start on a stratified subsample of ``screen_rows``
+        rows, then refine the ``refine`` best distinct screened optima on all rows (default:
+        :data:`SCREEN_ROWS` rows for tables of more than twice that; 0: every start on all
+        rows).
+      progress: print a line on stderr when a stage runs more than a few seconds (default:
+        for fits of at least 2e6 starts x rows, :func:`scaling.progress.wanted`).
     Returns:
       :class:`FitResult`.
     Raises:
@@ -248,9 +268,32 @@ def fit_law(
         theta0 = np.column_stack([theta0, np.full(len(theta0), log_sigma0)])
         free = (*free, len(spec.theta_names))
         free_names = [*free_names, "log_sigma"]
-    out = minimize_multistart(spec.log_form, theta0, logx, logy, weights=w,
-                              base=base, free=free, huber_delta=float(huber_delta),
-                              max_iter=max_iter, objective=objective)
+    kw = dict(base=base, free=free, huber_delta=float(huber_delta), max_iter=max_iter,
+              objective=objective)
+    for name, v, lo in (("screen_rows", screen_rows, 0), ("refine", refine, 1)):
+        if v is not None and not (isinstance(v, (int, np.integer)) and v >= lo):
+            raise ValueError(f"{name}={v!r}: must be an integer >= {lo}")
+    if screen_rows is None:
+        screen_rows = SCREEN_ROWS if m > 2 * SCREEN_ROWS else 0
+    grid = theta0
+    progress = wanted(progress, m * len(theta0))
+    if screen_rows and m > screen_rows and len(theta0) > refine:
+        # Screen-then-refine: every start on a stratified subsample, the best distinct
+        # screened optima on subsamples 8x larger (keeping a quarter each time, at least 2),
+        # then on all rows: a fit costs rows x starts, and only the last stage sees every row.
+        rows, keep, pre = int(screen_rows), int(refine), None
+        while rows < m:
+            idx = _stratified_rows(logx, w, rows)
+            sub_w = w[idx] * (w.sum() / w[idx].sum())
+            with slow_notice(f"{spec.name}: {len(grid)} starts on {len(idx)} of {m} rows",
+                             progress):
+                o = minimize_multistart(spec.log_form, grid, {k: v[idx] for k, v in logx.items()},
+                                        logy[idx], weights=sub_w, **kw)
+            pre = o if pre is None else pre  # the screen of the whole grid
+            grid = _best_distinct(o["theta"], o["value"], keep)
+            rows, keep = rows * 8, max(keep // 4, 2)
+    with slow_notice(f"{spec.name}: {len(grid)} starts on {m} rows", progress):
+        out = minimize_multistart(spec.log_form, grid, logx, logy, weights=w, **kw)
     value = out["value"]
     converged = np.isfinite(value) & (out["iters"] < max_iter)
     if not converged.any():
@@ -262,6 +305,10 @@ def fit_law(
     theta[list(free)] = out["theta"][best]
     objective_value = float(value[best])
     at_best = converged & (value <= objective_value + best_rtol * abs(objective_value) + 1e-300)
+    n_at_best = int(at_best.sum())
+    if grid is not theta0:  # screened: the grid's starts that reached the subsample's best
+        pv = np.where(np.isfinite(pre["value"]) & (pre["iters"] < max_iter), pre["value"], np.inf)
+        n_at_best = int((pv <= pv.min() + best_rtol * abs(pv.min()) + 1e-300).sum())
     with np.errstate(over="ignore"):  # a degenerate optimum may have e.g. A = e^800 = inf
         params = {k: float(v) for k, v in spec.to_params(theta[:len(spec.theta_names)]).items()}
     for k, v in fixed.items():
@@ -273,10 +320,26 @@ def fit_law(
     starts["iterations"] = out["iters"]
     starts["converged"] = converged
     return FitResult(law=spec, params=params, objective=objective_value, n_starts=len(theta0),
-                     n_at_best=int(at_best.sum()), theta=theta, free=free, fixed=fixed,
+                     n_at_best=n_at_best, theta=theta, free=free, fixed=fixed,
                      logx=logx, logy=logy, huber_delta=float(huber_delta),
                      columns=column_names(columns), starts=starts, weights=w,
-                     objective_kind=objective, table=df)
+                     objective_kind=objective, table=df, grid=grid,
+                     screened=int(screen_rows) if grid is not theta0 else 0)
+
+
+def _stratified_rows(logx: dict[str, np.ndarray], w: np.ndarray, k: int) -> np.ndarray:
+    """Indices of ~k rows of weight > 0 spread evenly over the rows sorted by the law's
+    variables (the first variable first: every model size, and within one its data sizes)."""
+    active = np.flatnonzero(w > 0)
+    order = active[np.lexsort([logx[v][active] for v in reversed(list(logx))])]
+    return np.unique(order[np.linspace(0, len(order) - 1, k).round().astype(int)])
+
+
+def _best_distinct(theta: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """The k lowest-objective rows of theta [s, p] with distinct values (rounded to 1e-6)."""
+    order = np.argsort(np.where(np.isfinite(value), value, np.inf), kind="stable")
+    _, first = np.unique(np.round(theta[order], 6), axis=0, return_index=True)
+    return theta[order[np.sort(first)[:k]]]
 
 
 def _point_weights(df: pd.DataFrame, weights) -> np.ndarray:

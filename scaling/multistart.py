@@ -307,9 +307,11 @@ def minimize_multistart(
     # by :func:`_pad_points` (padded points have weight 0); starts to a power of two up to 256,
     # else to a multiple of 1024 (padded starts are never assigned to a row: they cost
     # nothing). The starts are split evenly over up to ``threads`` chunks (at least 256 starts
-    # each, at most 8192), solved concurrently: XLA runs one program on one core at a time.
+    # on 256 points each, fewer on more points; at most 8192), solved concurrently: XLA runs
+    # one program on one core at a time.
     m_pad = _pad_points(m)
-    n_par = max(1, min(int(threads), s // 256))
+    # a chunk worth a thread: 256 starts on 256 points, fewer starts on more points
+    n_par = max(1, min(int(threads), s // max(1, 65536 // m_pad)))
     per = min(-(-s // n_par), 8192)
     chunk = max(_bucket(per), 8) if per <= 256 else -(-per // 1024) * 1024
     width = min(slots, chunk)

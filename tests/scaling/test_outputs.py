@@ -184,7 +184,7 @@ def test_fit_json_records_every_scalar_bootstrap_field(fitted):
     rich = Richer(**{f.name: getattr(boot, f.name) for f in dataclasses.fields(BootstrapResult)})
     rec = bootstrap_record(rich, seed=3)
     assert rec == {"seed": 3, "level": 0.95, "n": 30, "n_failed": boot.n_failed,
-                   "degenerate_fraction": 0.25, "n_degenerate": 5}
+                   "starts": boot.starts, "degenerate_fraction": 0.25, "n_degenerate": 5}
 
 
 @pytest.mark.parametrize("objective", sorted(__import__("scaling.fitting").fitting.OBJECTIVES))
