@@ -215,6 +215,10 @@ EPOCH = "besiroglu2024_chinchilla_svg_extracted.csv"
 # Besiroglu et al. 2024 (arXiv:2404.10102), their data_analysis.ipynb, cell 25: bootstrap SEs
 # of the Huber-likelihood fit (4,000 resamples of the 240 runs).
 EPOCH_SE = {"E": 0.02566, "A": 124.52232, "alpha": 0.01540, "beta": 0.02060}
+# Not yet among shared/data/published: Epoch's data/svg_extracted_data.csv (epoch-research/
+# analyzing-chinchilla) under this name, with its sidecar. Until it is added these two tests
+# cannot run; SCALELAB_PUBLISHED may point at a folder that holds it.
+needs_epoch = pytest.mark.skipif(not (PUBLISHED / EPOCH).is_file(), reason=f"{EPOCH} not in {PUBLISHED}")
 
 
 def _epoch_table() -> pd.DataFrame:
@@ -227,6 +231,7 @@ def _epoch_table() -> pd.DataFrame:
     return df
 
 
+@needs_epoch
 def test_epoch_huber_likelihood_bootstrap_sds_match_published():
     """Epoch's 240 runs (the 245 points extracted from Hoffmann et al.'s Fig. 4 less the 5 of
     highest loss), Huber likelihood with delta = 1e-3: the MLE reproduces their estimates and
@@ -248,6 +253,7 @@ def test_epoch_huber_likelihood_bootstrap_sds_match_published():
         assert abs(sd / se - 1) < 0.15, (k, sd, se)
 
 
+@needs_epoch
 def test_epoch_screened_fit_equals_the_full_grid():
     """Screen-then-refine (every start of the 4,500-start grid on 120 of the 240 runs, the 32
     best distinct optima on all of them) reaches the full grid's optimum on Epoch's table."""
