@@ -107,7 +107,10 @@ class CurveFit:
 
         ``distinct`` holds the distinct runs of each resample; a resample whose runs have no
         LR drop (the drop term unidentified) or whose refit did not converge is dropped and
-        counted in ``n_failed``.
+        counted in ``n_failed``. With ``method="bfgs"`` a refit counts as converged by its
+        scaled gradient (:func:`scaling.refit.scaled_gradient`), not by stopping before
+        ``max_iter``; with ``"luo2025"`` each resample is refitted by the same fixed recipe as
+        the full data (its early-stopped AdamW is the estimator whose spread the interval shows).
         """
         if not (isinstance(n, (int, np.integer)) and n >= 2):
             raise ValueError(f"n={n!r}: need an integer number of resamples >= 2")
@@ -125,6 +128,15 @@ class CurveFit:
         has_drop = _runs_with_drops(self)
         ok = (np.isfinite(out["value"]) & (out["iters"] < max_iter)
               & ((counts * has_drop[None, :]).sum(axis=1) > 0))
+        if self.method == "bfgs":  # converged by the scaled gradient, as the final-loss laws' refits
+            from scaling.refit import INTERPOLATES, default_gtol, scaled_gradient
+
+            q = len(self.theta)
+            grad = scaled_gradient(self.law.log_form, out["theta"], self.x, self.logy, weights,
+                                   base=self.theta, free=tuple(range(q)), huber_delta=self.huber_delta)
+            # a Huber sum at ~0 interpolates the resample: at its minimum, the ratio is 0/0 there
+            interpolates = out["value"] <= INTERPOLATES * weights.sum(axis=1)
+            ok &= (grad <= default_gtol(len(self.logy), q)) | interpolates
         theta = out["theta"][ok]
         with np.errstate(over="ignore", invalid="ignore"):
             params = self.law.to_params(theta, self.eta_ref)

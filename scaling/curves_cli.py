@@ -24,7 +24,6 @@ from scaling.curve_laws import CURVE_LAWS
 from scaling.schedule_features import DEFAULT_RESOLUTION
 
 FEW_RUNS = 5  # below: a run-level bootstrap has few distinct resamples
-DROPPED_WARN, DROPPED_UNRELIABLE = 0.02, 0.10  # shares of dropped resamples (as scaling.refit)
 
 
 def add_curve_options(p) -> None:
@@ -140,8 +139,10 @@ def run_curves(args) -> int:
         if len(fit.runs) < FEW_RUNS:
             warnings.append(f"only {len(fit.runs)} runs: resampling whole runs gives few distinct "
                             "resamples; read the intervals as rough")
-        if boot.n_failed > boot.n * DROPPED_WARN:  # the thresholds of scaling.refit
-            verdict = ("the intervals are unreliable" if boot.n_failed > boot.n * DROPPED_UNRELIABLE
+        from scaling.refit import FAILED_UNRELIABLE, FAILED_WARN
+
+        if boot.n_failed > boot.n * FAILED_WARN:
+            verdict = ("the intervals are unreliable" if boot.n_failed > boot.n * FAILED_UNRELIABLE
                        else "dropping them biases the intervals")
             warnings.append(f"{100 * boot.n_failed / boot.n:.1f}% of bootstrap resamples ({boot.n_failed} of "
                             f"{boot.n}) dropped (no LR drop among their runs, or not converged): {verdict}")

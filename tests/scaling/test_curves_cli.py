@@ -181,3 +181,26 @@ def test_running_off_exponents_are_warned():
     text = " ".join(fit_warnings(fit))
     assert "beta = 2700 is running off" in text and "1 of 16 starts" in text
     assert fit_warnings(SimpleNamespace(params=MPL, method="luo2025", n_at_best=1, n_starts=1)) == []
+
+
+def test_bfgs_bootstrap_drops_refits_that_stopped_away_from_an_optimum(files, monkeypatch):
+    """A refit reported as stopped early (iters 0) but far from the optimum is dropped by the
+    scaled-gradient test, not counted as converged (issue 24 §1 for the curve laws)."""
+    import scaling.curve_fit as curve_fit
+    from scaling.curve_tables import load_curves, load_schedules
+
+    table = load_curves(files / "fit.csv")
+    noisy = table.assign(loss=table["loss"] * np.exp(np.random.default_rng(0).normal(0, 3e-3, len(table))))
+    fit = curve_fit.fit_curves(noisy, load_schedules(files / "lrs.csv"), "lr_annealing")
+    good = fit.bootstrap(n=6, seed=0)
+    assert good.n_failed == 0
+    real = curve_fit.minimize_multistart
+
+    def stops_early(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["theta"] = out["theta"] + 0.3  # every coordinate off its optimum, but "finished"
+        return out
+
+    monkeypatch.setattr(curve_fit, "minimize_multistart", stops_early)
+    bad = fit.bootstrap(n=6, seed=0)
+    assert bad.n_failed == 6 and len(bad.samples) == 0
