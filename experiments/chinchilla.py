@@ -109,7 +109,8 @@ class Preset(lib.Preset):
 PRESETS: dict[str, Preset] = {
     # 3 sizes x 4 budgets of tiny models: seconds per run; the tests run it.
     "smoke": Preset(sizes=("d16L1", "d32L1", "d32L2"), budgets=(3e8, 6e8, 1.2e9, 2.4e9), seq_len=32,
-                    batch_size=4, learning_rate=2e-2, min_steps=8, eval_batches=2, bootstrap=20),
+                    batch_size=4, learning_rate=2e-2, min_steps=8, eval_batches=2, bootstrap=20,
+                    wsd_splits=1),
     # The README's main job: 5 sizes (8k-150k parameters) x 4 budgets (2e10-1.6e11 FLOPs; four, so
     # that the extrapolation check has three to fit), minutes on a 2-core CPU.
     "default": Preset(sizes=("d16L1", "d32L1", "d32L2", "d48L2", "d64L2"), budgets=(2e10, 4e10, 8e10, 1.6e11),
