@@ -184,8 +184,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _inside(x: float, interval) -> bool | None:
-    lo, hi = (float(v) for v in interval)
-    return None if not all(math.isfinite(v) for v in (x, lo, hi)) else lo <= x <= hi
+    """x in [lo, hi] up to rounding (a reference's multiplier is 1 with the interval [1, 1]); None for NaN."""
+    x, (lo, hi) = float(x), (float(v) for v in interval)
+    if not all(math.isfinite(v) for v in (x, lo, hi)):
+        return None
+    tol = 1e-9 * max(abs(lo), abs(hi), abs(x))
+    return lo - tol <= x <= hi + tol
 
 
 def side_by_side(quantities: Mapping[str, tuple[float, Any, float, Any]]) -> tuple[dict, list[str]]:
