@@ -126,3 +126,12 @@ def test_bad_wsd_flags_are_one_line_exit_2_and_create_nothing(tmp_path, capsys, 
     assert all(m in text for m in ((message,) if isinstance(message, str) else message))
     assert text.count("\n") == 1 and text.startswith(f"python -m experiments.{module.__name__.split('.')[-1]}: error:")
     assert not out.exists()
+
+
+def test_wsd_writes_beside_the_grid_it_is_compared_with():
+    from argparse import Namespace
+    from pathlib import Path
+
+    grid_out = Path("runs/chinchilla/default")
+    assert branches.locate(grid_out, Namespace(method="wsd")) == grid_out / "wsd"
+    assert branches.locate(grid_out, Namespace(method="grid")) == grid_out
