@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -300,8 +301,6 @@ def _analyze(study: lib.Study, table, out: Path, preset: Preset, args: argparse.
 def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argparse.Namespace) -> dict:
     """``--method wsd``: approaches 2 and 3 on the branches (report.md, fit.json), then the
     section beside the grid's results in ``out.parent`` (comparison.json)."""
-    import json
-
     kept = [r for r in study.runs if study.tags[r.name]["kind"] == "branch"]
     only = dataclasses.replace(study, runs=tuple(kept), tags={r.name: study.tags[r.name] for r in kept})
     result = chinchilla_analysis.analyze(only, table[table["kind"] == "branch"], out, bootstrap=preset.bootstrap,
@@ -314,10 +313,10 @@ def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argpar
     lines = ["", "## WSD vs the grid", "", *lines, ""]
     grid_fit = out.parent / "fit.json"
     grid_n = json.loads(grid_fit.read_text()) if grid_fit.exists() else None
-    if grid_n is None or grid_n.get("study") != grid.fingerprint():
+    if grid_n is None or grid_n.get("study") != grid.fingerprint() or grid_n.get("loss") != result["fit"]["loss"]:
         lines.append(f"No results of this preset's grid in {out.parent} to set beside these; train them with "
-                     f"`python -m experiments.chinchilla --preset {args.preset} --data {args.data} --out {out.parent}` "
-                     "(the default --method grid), then rerun this command with --analysis-only.")
+                     f"`python -m experiments.chinchilla --preset {args.preset} --data {args.data} --out {out.parent} "
+                     f"--loss {args.loss}` (the default --method grid), then rerun this command with --analysis-only.")
     else:
         w3, g3 = result["fit"]["approach3"], grid_n["approach3"]
         q = {k: (w3["params"][k], w3["intervals"][k], g3["params"][k], g3["intervals"][k])

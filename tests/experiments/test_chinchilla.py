@@ -291,5 +291,5 @@ def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference,
     finally:
         (out / "fit.json.aside").rename(out / "fit.json")
     report = (wsd_out / "report.md").read_text()
-    assert f"python -m experiments.chinchilla --preset smoke --data stdlib --out {out}" in report
+    assert f"python -m experiments.chinchilla --preset smoke --data stdlib --out {out} --loss val" in report
     assert "| quantity | WSD |" not in report
