@@ -43,7 +43,8 @@ def checkpoint_unit(shortest: int, fraction: float) -> int:
 
 
 def branch_point(steps: int, fraction: float, unit: int = 1) -> int:
-    """s: the first cooldown step of a ``steps``-step run, steps - round(fraction * steps), to a multiple of ``unit``."""
+    """s: the first cooldown step of a ``steps``-step run: steps - round(fraction * steps), rounded to a
+    multiple of ``unit``."""
     return unit * round((steps - round(fraction * steps)) / unit)
 
 

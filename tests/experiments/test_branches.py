@@ -39,7 +39,8 @@ def test_each_grid_run_becomes_a_branch_of_its_sizes_stable_run(tmp_path, shape)
         unit = branches.checkpoint_unit(min(r.train.steps for r in grid.runs if grid.tags[r.name]["size"] == size),
                                         0.2)
         assert abs((g.train.steps - s) - 0.2 * g.train.steps) <= unit / 2 + 0.5
-        assert s % stable.train.checkpoint_every == 0 and s <= stable.train.steps and stable.train.keep_checkpoints is None
+        assert s % stable.train.checkpoint_every == 0 and s <= stable.train.steps
+        assert stable.train.keep_checkpoints is None
         # stable phase identical to the stable run's, then the decay from s to the grid's floor
         w = warmup_steps(stable.schedule, stable.train.steps)
         assert w == warmup_steps(b.schedule, b.train.steps) < s
@@ -72,7 +73,8 @@ def test_compute_is_the_steps_each_run_trains(tmp_path, name):
     by_name = {r.name: r for r in study.runs}
     wsd = 0.0
     for size in preset.sizes:
-        mine = [r for r in study.runs if study.tags[r.name].get("size") == size and study.tags[r.name]["kind"] == "branch"]
+        mine = [r for r in study.runs
+                if study.tags[r.name].get("size") == size and study.tags[r.name]["kind"] == "branch"]
         points = [r.schedule.decay_start for r in mine]
         steps = max(points) + sum(r.train.steps - s for r, s in zip(mine, points))
         wsd += steps * _per_step(by_name[f"stable_{size}"])

@@ -236,7 +236,8 @@ def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference,
 
     out, _ = reference
     if not (out / "fit.json").exists():
-        chinchilla.main(["--preset", "smoke", "--out", str(out), "--analysis-only", "--no-progress", "--bootstrap", "8"])
+        chinchilla.main(["--preset", "smoke", "--out", str(out), "--analysis-only", "--no-progress",
+                         "--bootstrap", "8"])
     counted: dict[str, int] = {}
     real = compiled.train_step
 
