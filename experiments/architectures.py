@@ -307,10 +307,12 @@ def compare_wsd(study: lib.Study, result: dict, grid: lib.Study, out: Path, args
     compute, lines = branches.compute_lines(study, grid)
     points = result["frontier"].groupby("family").size().to_dict()
     warned = {f: fit_warnings(fit, boot) for f, (fit, boot) in result["fits"].items()}
+    too_few = [f for f, w in warned.items() if any("distinct points" in x for x in w)]
     lines = ["", "## WSD vs the grid", "", *lines, "",
              "Frontier points per family: " + ", ".join(f"{f} {n}" for f, n in points.items()) + "; L(C) fits with "
-             "warnings: " + (", ".join(f for f, w in warned.items() if w) or "none") + ".", ""]
-    cmp = {"compute": compute, "frontier_points": points, "warnings": warned}
+             "too few distinct points: " + (", ".join(too_few) or "none") + "; with any warning: "
+             + (", ".join(f for f, w in warned.items() if w) or "none") + ".", ""]
+    cmp = {"compute": compute, "frontier_points": points, "warnings": warned, "too_few_points": too_few}
     theirs = out.parent / "multipliers.csv"
     manifest = out.parent / "study.json"
     same = manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == grid.fingerprint()

@@ -99,6 +99,7 @@ def test_wsd_method_end_to_end_beside_a_reduced_grid(tmp_path):
     assert cmp["frontier_points"] == {"hawk": 4, "transformer": 4}
     assert cmp["compute"] == pytest.approx(branches.compute_lines(study, grid)[0], rel=1e-12)
     assert cmp["warnings"] == {f: fit_warnings(fit, boot) for f, (fit, boot) in result["fits"].items()}
+    assert cmp["too_few_points"] == [f for f, w in cmp["warnings"].items() if any("distinct points" in x for x in w)]
     theirs = pd.read_csv(out / "multipliers.csv").set_index("family")
     assert cmp["multipliers"]["hawk"]["grid"] == pytest.approx(theirs.loc["hawk", "multiplier"])
     assert cmp["multipliers"]["hawk"]["wsd"] == pytest.approx(result["multipliers"].loc["hawk", "multiplier"])
