@@ -196,6 +196,14 @@ def compute_for_loss(loss, E, A, alpha):
         return np.where(loss > E, (A / np.maximum(loss - E, 1e-300)) ** (1.0 / alpha), np.inf)
 
 
+def percentile_inf(x, q: float) -> float:
+    """np.percentile of ``x`` where inf (a resample whose floor never reaches the loss) counts as the
+    largest value: a percentile at or next to one is inf (np.percentile interpolates inf - inf to nan)."""
+    big = np.finfo(np.float64).max
+    value = float(np.percentile(np.where(np.isposinf(x), big, x), q))
+    return math.inf if value > 1e300 else value
+
+
 def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None = None,
                         reference: str = "transformer", level: float = 0.95) -> pd.DataFrame:
     """Per family: compute multiplier to match the reference's fitted loss at ``c_max``, with intervals."""
@@ -214,8 +222,8 @@ def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None
         m_boot = m_boot / c_max
         rows.append({"family": family,
                      "multiplier": float(compute_for_loss(target, q["E"], q["A"], q["alpha"]) / c_max),
-                     "lower": float(np.percentile(m_boot, lo)) if k else math.nan,
-                     "upper": float(np.percentile(m_boot, hi)) if k else math.nan,
+                     "lower": percentile_inf(m_boot, lo) if k else math.nan,
+                     "upper": percentile_inf(m_boot, hi) if k else math.nan,
                      "E": q["E"], "A": q["A"], "alpha": q["alpha"],
                      "cache_bytes_per_token": (cache or {}).get(family, math.nan)})
     return pd.DataFrame(rows).set_index("family")

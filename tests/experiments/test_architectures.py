@@ -56,6 +56,12 @@ def test_multipliers_recover_known_compute_factors(tmp_path):
     assert set(res["chinchilla"]) == set(truth)
 
 
+def test_a_multiplier_interval_reaching_an_unreachable_loss_is_unbounded_not_nan():
+    x = np.array([1.0, 2.0, 3.0, np.inf, np.inf])
+    assert arch.percentile_inf(x, 97.5) == np.inf and arch.percentile_inf(x, 2.5) == pytest.approx(1.1)
+    assert arch.percentile_inf(np.array([1.0, 2.0, 3.0]), 50) == 2.0
+
+
 def test_compute_for_loss_inverts_the_law():
     C = np.array([1e10, 3e12])
     loss = 2.0 + 50.0 * C ** -0.2
