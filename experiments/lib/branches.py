@@ -185,11 +185,12 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _inside(x: float, interval) -> bool | None:
-    """x in [lo, hi] up to rounding (a reference's multiplier is 1 with the interval [1, 1]); None for NaN."""
+    """x in [lo, hi] up to rounding (a reference's multiplier is 1 with the interval [1, 1]); None for NaN;
+    a bound may be infinite (an unbounded interval)."""
     x, (lo, hi) = float(x), (float(v) for v in interval)
-    if not all(math.isfinite(v) for v in (x, lo, hi)):
+    if any(math.isnan(v) for v in (x, lo, hi)):
         return None
-    tol = 1e-9 * max(abs(lo), abs(hi), abs(x))
+    tol = 1e-9 * max(abs(v) for v in (lo, hi, x) if math.isfinite(v)) if math.isfinite(x) else 0.0
     return lo - tol <= x <= hi + tol
 
 
@@ -205,7 +206,7 @@ def side_by_side(quantities: Mapping[str, tuple[float, Any, float, Any]]) -> tup
     from experiments.lib.report import markdown_table
 
     def fmt(x) -> str:
-        return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
+        return "nan" if x is None else f"{float(x):.4g}"  # inf: an unbounded interval
 
     def yes(flag) -> str:
         return "n/a" if flag is None else ("yes" if flag else "**no**")

@@ -108,6 +108,9 @@ def test_side_by_side_says_which_estimate_lies_in_which_interval():
     assert (out["alpha"]["wsd_in_grid"], out["alpha"]["grid_in_wsd"]) == (True, False)
     assert (out["beta"]["wsd_in_grid"], out["beta"]["grid_in_wsd"]) == (False, False)
     assert out["a"]["wsd_in_grid"] is None
+    unbounded, _ = branches.side_by_side({"moe": (1.5, [0.9, math.inf], 1.8, [1.0, 1.9])})
+    assert unbounded["moe"]["grid_in_wsd"] is True and unbounded["moe"]["wsd_in_grid"] is True
+    assert "[0.9, inf]" in _[-1]
     assert len(lines) == 5 and "| alpha | 0.3 | [0.2, 0.4] | 0.45 | [0.25, 0.6] | yes | **no** |" in lines
 
 
