@@ -25,11 +25,18 @@ Analysis (reads only the table, fits with :mod:`scaling`):
 Outputs under ``--out`` (default ``runs/architectures/<preset>``): run directories,
 results.csv (column ``family``, ``N_active``), curves.csv, multipliers.csv, report.md,
 frontiers.png/svg. ``notebooks/architecture_comparison`` reproduces the plots from the table.
+
+``--method wsd`` (Hägele et al. 2024, arXiv:2405.18392): one warmup-stable run per family and
+size, and a cooldown branch at each of ``wsd_budgets`` budgets (geometric over the grid's
+range; :mod:`experiments.lib.branches`), under ``<--out>/wsd``: more frontier points per
+family for less compute than the grid. The same analysis; the report adds the compute of
+both methods and the grid's multipliers (from ``<--out>``) beside these.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -38,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
-from experiments.lib import data_budget
-from experiments.lib.report import check_level
+from experiments.lib import branches, data_budget
+from experiments.lib.report import check_level, jsonable
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
@@ -77,7 +84,10 @@ def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Preset(lib.Preset):
-    """families x sizes (d_model, num_layers) x FLOP budgets, one batch shape."""
+    """families x sizes (d_model, num_layers) x FLOP budgets, one batch shape.
+
+    wsd_budgets: ``--method wsd``'s number of budgets, geometric from the grid's smallest to its largest.
+    """
 
     sizes: tuple[tuple[int, int], ...]
     budgets: tuple[float, ...]
@@ -89,6 +99,7 @@ class Preset(lib.Preset):
     eval_batches: int = 4
     bootstrap: int = 200
     dtype: str = "float32"  # compute dtype (parameters stay float32)
+    wsd_budgets: int = 8
 
     def __post_init__(self):
         bad = [f for f in self.families if f not in FAMILIES]
@@ -96,8 +107,9 @@ class Preset(lib.Preset):
             raise ValueError(f"Preset.families={self.families}: unknown {bad}; allowed {FAMILIES}")
         if "transformer" not in self.families:
             raise ValueError("Preset.families: must include 'transformer' (the reference of the multipliers)")
-        if len(self.budgets) < 3:
-            raise ValueError(f"Preset.budgets={self.budgets}: need >= 3 budgets to fit E, A, alpha")
+        if len(self.budgets) < 3 or self.wsd_budgets < 3:
+            raise ValueError(f"Preset.budgets={self.budgets}, wsd_budgets={self.wsd_budgets}: need >= 3 budgets to "
+                             "fit E, A, alpha")
 
 
 PRESETS: dict[str, Preset] = {
@@ -137,6 +149,17 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
     return lib.Study(name="architectures", runs=tuple(runs), tags=tags, meta=meta, min_steps=preset.min_steps)
 
 
+def build_wsd_study(preset: Preset, out: str | Path, preset_name: str = "custom", *, data: str = "stdlib",
+                    fraction: float = 0.2, shape: str = "sqrt") -> lib.Study:
+    """``--method wsd``: the grid at ``wsd_budgets`` budgets (geometric over the grid's range) as one
+    stable run per family and size and its cooldown branches (:func:`experiments.lib.branches.wsd_study`)."""
+    lo, hi, k = min(preset.budgets), max(preset.budgets), preset.wsd_budgets
+    grid = build_study(preset.replace(budgets=tuple(lo * (hi / lo) ** (i / (k - 1)) for i in range(k))),
+                       preset_name, data=data)
+    return branches.wsd_study(grid, out, label=lambda t: f"{t['family']}-{t['size']}", fraction=fraction,
+                              shape=shape, name="architectures-wsd")
+
+
 def cache_per_token(model: ModelConfig, context: int = CONTEXT) -> float:
     """Decode-cache bytes per token of ``model`` at ``context`` tokens (:func:`lm.model.cache_bytes`)."""
     from lm.model import cache_bytes
@@ -173,6 +196,14 @@ def compute_for_loss(loss, E, A, alpha):
         return np.where(loss > E, (A / np.maximum(loss - E, 1e-300)) ** (1.0 / alpha), np.inf)
 
 
+def percentile_inf(x, q: float) -> float:
+    """np.percentile of ``x`` where inf (a resample whose floor never reaches the loss) counts as the
+    largest value: a percentile at or next to one is inf (np.percentile interpolates inf - inf to nan)."""
+    big = np.finfo(np.float64).max
+    value = float(np.percentile(np.where(np.isposinf(x), big, x), q))
+    return math.inf if value > 1e300 else value
+
+
 def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None = None,
                         reference: str = "transformer", level: float = 0.95) -> pd.DataFrame:
     """Per family: compute multiplier to match the reference's fitted loss at ``c_max``, with intervals."""
@@ -191,8 +222,8 @@ def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None
         m_boot = m_boot / c_max
         rows.append({"family": family,
                      "multiplier": float(compute_for_loss(target, q["E"], q["A"], q["alpha"]) / c_max),
-                     "lower": float(np.percentile(m_boot, lo)) if k else math.nan,
-                     "upper": float(np.percentile(m_boot, hi)) if k else math.nan,
+                     "lower": percentile_inf(m_boot, lo) if k else math.nan,
+                     "upper": percentile_inf(m_boot, hi) if k else math.nan,
                      "E": q["E"], "A": q["A"], "alpha": q["alpha"],
                      "cache_bytes_per_token": (cache or {}).get(family, math.nan)})
     return pd.DataFrame(rows).set_index("family")
@@ -261,8 +292,52 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
 # ------------------------------------------------------------------------------- CLI
 
 
+def _build(preset: Preset, args, out: Path) -> lib.Study:
+    branches.check_args(args)
+    if args.method == "wsd":
+        return build_wsd_study(preset, out, args.preset, data=args.data, fraction=args.cooldown_fraction,
+                               shape=args.cooldown_shape)
+    return build_study(preset, args.preset, data=args.data)
+
+
 def _analyze(study: lib.Study, table: pd.DataFrame, out: Path, preset: Preset, args) -> dict:
-    return analyze(table, out, bootstrap=preset.bootstrap, preset_name=args.preset)
+    if args.method == "grid":
+        return analyze(table, out, bootstrap=preset.bootstrap, preset_name=args.preset)
+    result = analyze(table[table["kind"] == "branch"], out, bootstrap=preset.bootstrap, preset_name=args.preset)
+    return {**result, **compare_wsd(study, result, build_study(preset, args.preset, data=args.data), out, args)}
+
+
+def compare_wsd(study: lib.Study, result: dict, grid: lib.Study, out: Path, args) -> dict:
+    """The WSD report's section beside the grid: compute of both, frontier points and warnings per
+    family, and the multipliers of both methods with intervals (the grid's from ``out.parent``)."""
+    from scaling.diagnostics import fit_warnings
+
+    compute, lines = branches.compute_lines(study, grid)
+    points = result["frontier"].groupby("family").size().to_dict()
+    warned = {f: fit_warnings(fit, boot) for f, (fit, boot) in result["fits"].items()}
+    too_few = [f for f, w in warned.items() if any("distinct points" in x for x in w)]
+    lines = ["", "## WSD vs the grid", "", *lines, "",
+             "Frontier points per family: " + ", ".join(f"{f} {n}" for f, n in points.items()) + "; L(C) fits with "
+             "too few distinct points: " + (", ".join(too_few) or "none") + "; with any warning: "
+             + (", ".join(f for f, w in warned.items() if w) or "none") + ".", ""]
+    cmp = {"compute": compute, "frontier_points": points, "warnings": warned, "too_few_points": too_few}
+    theirs = out.parent / "multipliers.csv"
+    manifest = out.parent / "study.json"
+    same = manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == grid.fingerprint()
+    if theirs.exists() and same:
+        g, w = pd.read_csv(theirs).set_index("family"), result["multipliers"]
+        q = {f: (w.loc[f, "multiplier"], [w.loc[f, "lower"], w.loc[f, "upper"]], g.loc[f, "multiplier"],
+                 [g.loc[f, "lower"], g.loc[f, "upper"]]) for f in w.index if f in g.index}
+        cmp["multipliers"], table_lines = branches.side_by_side(q)
+        lines += [f"Compute multipliers of both methods (grid: `{theirs}`):", "", *table_lines]
+    else:
+        lines.append(f"No results of this preset's grid in {out.parent} to set beside these; train them with "
+                     f"`python -m experiments.architectures --preset {args.preset} --data {args.data} "
+                     f"--out {out.parent}`, then rerun this command with --analysis-only.")
+    (out / "comparison.json").write_text(json.dumps(jsonable(cmp), indent=2))
+    with open(result["report"], "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return {"comparison": cmp}
 
 
 def _summary(result: dict) -> str:
@@ -270,8 +345,8 @@ def _summary(result: dict) -> str:
 
 
 COMMAND = lib.StudyCommand(name="architectures", doc=__doc__, presets=PRESETS,
-                           build=lambda preset, args, out: build_study(preset, args.preset, data=args.data),
-                           analyze=_analyze, summary=_summary, keep_diverged=True)
+                           build=_build, analyze=_analyze, summary=_summary, keep_diverged=True,
+                           add_args=branches.add_args, locate=branches.locate)
 
 
 def main(argv=None) -> dict:

@@ -27,18 +27,28 @@ of the training split are refused before training (:mod:`experiments.lib.data_bu
 Outputs under ``--out`` (default ``runs/chinchilla/<preset>[-<data>]``): the run
 directories, ``results.csv`` (one row per run, see experiments.lib.table), ``curves.csv``,
 ``report.md`` and the plots (PNG and SVG). Rerunning the same command resumes.
+
+``--method wsd`` (Hägele et al. 2024, arXiv:2405.18392; MiniCPM): one warmup-stable run per
+size and a cooldown branch (``--cooldown-fraction`` of its steps, ``--cooldown-shape``) at the
+token count of every WSD budget (:func:`wsd_budgets`: the grid's budgets below the largest, each
+interval split in ``wsd_splits``; :mod:`experiments.lib.branches`), under ``<--out>/wsd``; the
+same approaches 2 and 3 are fitted, and the report sets them beside the grid's (read from
+``<--out>``): the compute each method trained, the laws with intervals, and the optimal loss
+of the largest grid budget, which the WSD method does not train, predicted by its fits.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
 
 from experiments import chinchilla_analysis, lib
-from experiments.lib import data_budget
+from experiments.lib import branches, data_budget
+from experiments.lib.report import jsonable
 from experiments.lib.study import TABLE
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -64,6 +74,8 @@ class Preset(lib.Preset):
       dtype: compute dtype of the models.
       tokens_per_param: optional (low, high): at each budget, train only the sizes whose
         D/N falls in this band (an isoFLOP grid centred on the optimum, as Hoffmann's Fig. 3).
+      wsd_splits: ``--method wsd`` trains branches at the budgets below the largest, each
+        interval between them split into this many geometric steps (:func:`wsd_budgets`).
     """
 
     sizes: tuple[str, ...]
@@ -77,6 +89,7 @@ class Preset(lib.Preset):
     bootstrap: int = 200
     dtype: str = "float32"
     tokens_per_param: tuple[float, float] | None = None
+    wsd_splits: int = 2
 
     def __post_init__(self):
         unknown = [s for s in self.sizes if s not in LADDER]
@@ -90,12 +103,15 @@ class Preset(lib.Preset):
             raise ValueError(f"Preset.budgets={self.budgets}: must be positive FLOP counts")
         if self.min_steps < 1:
             raise ValueError(f"Preset.min_steps={self.min_steps}: must be >= 1")
+        if self.wsd_splits < 1:
+            raise ValueError(f"Preset.wsd_splits={self.wsd_splits}: must be >= 1")
 
 
 PRESETS: dict[str, Preset] = {
     # 3 sizes x 4 budgets of tiny models: seconds per run; the tests run it.
     "smoke": Preset(sizes=("d16L1", "d32L1", "d32L2"), budgets=(3e8, 6e8, 1.2e9, 2.4e9), seq_len=32,
-                    batch_size=4, learning_rate=2e-2, min_steps=8, eval_batches=2, bootstrap=20),
+                    batch_size=4, learning_rate=2e-2, min_steps=8, eval_batches=2, bootstrap=20,
+                    wsd_splits=1),
     # The README's main job: 5 sizes (8k-150k parameters) x 4 budgets (2e10-1.6e11 FLOPs; four, so
     # that the extrapolation check has three to fit), minutes on a 2-core CPU.
     "default": Preset(sizes=("d16L1", "d32L1", "d32L2", "d48L2", "d64L2"), budgets=(2e10, 4e10, 8e10, 1.6e11),
@@ -208,6 +224,28 @@ def build_study(preset: Preset, data: str = "stdlib", preset_name: str = "custom
                         min_steps=preset.min_steps)
 
 
+def wsd_budgets(preset: Preset) -> tuple[float, ...]:
+    """The budgets of ``--method wsd``: the grid's below its largest (held out: predicted, not
+    trained), each interval split into ``wsd_splits`` geometric steps (2: 2e10, 2.83e10, 4e10, ...)."""
+    grid = sorted(preset.budgets)[:-1]
+    if len(grid) < 2:
+        raise lib.StudyError(f"--method wsd needs >= 3 budgets (it holds the largest out), got {preset.budgets}")
+    k = preset.wsd_splits
+    return tuple(lo * (hi / lo) ** (i / k) for lo, hi in zip(grid, grid[1:]) for i in range(k)) + (grid[-1],)
+
+
+def build_wsd_study(preset: Preset, out: str | Path, data: str = "stdlib", preset_name: str = "custom", *,
+                    fraction: float = 0.2, shape: str = "sqrt") -> lib.Study:
+    """``--method wsd``: the grid of :func:`wsd_budgets` as one stable run per size and its
+    cooldown branches (:func:`experiments.lib.branches.wsd_study`; a branch keeps the grid run's
+    name, N, D and C); ``out`` is the WSD study's directory."""
+    grid = build_study(preset.replace(budgets=wsd_budgets(preset)), data, preset_name)
+    study = branches.wsd_study(grid, out, label=lambda t: t["size"], fraction=fraction, shape=shape,
+                               name="chinchilla-wsd")
+    meta = {**study.meta, "grid_budgets": list(preset.budgets), "held_out_budget": max(preset.budgets)}
+    return dataclasses.replace(study, meta=meta)
+
+
 def ladder_table(preset: Preset) -> list[dict]:
     """N, non-embedding N and training FLOPs per token of each size of ``preset``."""
     rows = []
@@ -238,6 +276,7 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (override)")
     parser.add_argument("--loss", choices=("val", "train"), default="val",
                         help="fit the final validation loss (default) or the final training loss")
+    branches.add_args(parser)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -246,11 +285,66 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _build(preset: Preset, args: argparse.Namespace, out: Path) -> lib.Study:
+    branches.check_args(args)
+    if args.method == "wsd":
+        return build_wsd_study(preset, out, args.data, args.preset, fraction=args.cooldown_fraction,
+                               shape=args.cooldown_shape)
     return build_study(preset, args.data, args.preset)
 
 
 def _analyze(study: lib.Study, table, out: Path, preset: Preset, args: argparse.Namespace) -> dict:
+    if args.method == "wsd":
+        return analyze_wsd(study, table, out, preset, args)
     return chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss)
+
+
+def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argparse.Namespace) -> dict:
+    """``--method wsd``: approaches 2 and 3 on the branches (report.md, fit.json), then the
+    section beside the grid's results in ``out.parent`` (comparison.json)."""
+    kept = [r for r in study.runs if study.tags[r.name]["kind"] == "branch"]
+    only = dataclasses.replace(study, runs=tuple(kept), tags={r.name: study.tags[r.name] for r in kept})
+    result = chinchilla_analysis.analyze(only, table[table["kind"] == "branch"], out, bootstrap=preset.bootstrap,
+                                         loss=args.loss)
+    grid = build_study(preset, args.data, args.preset)
+    compute, lines = branches.compute_lines(study, grid)
+    held = float(study.meta["held_out_budget"])
+    pred = chinchilla_analysis.predict_optimum(result["fit"], table[table["kind"] == "branch"], held)
+    cmp = {"compute": compute, "held_out": pred, "grid_dir": str(out.parent)}
+    lines = ["", "## WSD vs the grid", "", *lines, ""]
+    grid_fit = out.parent / "fit.json"
+    grid_n = json.loads(grid_fit.read_text()) if grid_fit.exists() else None
+    if grid_n is None or grid_n.get("study") != grid.fingerprint() or grid_n.get("loss") != result["fit"]["loss"]:
+        lines.append(f"No results of this preset's grid in {out.parent} to set beside these; train them with "
+                     f"`python -m experiments.chinchilla --preset {args.preset} --data {args.data} --out {out.parent} "
+                     f"--loss {args.loss}` (the default --method grid), then rerun this command with --analysis-only.")
+    else:
+        w3, g3 = result["fit"]["approach3"], grid_n["approach3"]
+        q = {k: (w3["params"][k], w3["intervals"][k], g3["params"][k], g3["intervals"][k])
+             for k in ("E", "A", "B", "alpha", "beta")}
+        q["a = beta/(alpha+beta)"] = (w3["a"], w3["a_interval"], g3["a"], g3["a_interval"])
+        w2, g2 = result["fit"]["approach2"], grid_n["approach2"]
+        q["approach 2: a (N_opt ~ C^a)"] = (w2["a"], w2["a_interval"], g2["a"], g2["a_interval"])
+        q["approach 2: b (D_opt ~ C^b)"] = (w2["b"], w2["b_interval"], g2["b"], g2["b_interval"])
+        cmp["laws"], table_lines = branches.side_by_side(q)
+        measured = next((o["L_star"] for o in g2["optima"] if abs(o["C"] / held - 1) < 1e-6), float("nan"))
+        pred["measured_L_star"] = measured
+        for k in ("approach3", "approach2"):
+            if k in pred:
+                pred[f"{k}_rel_error"] = pred[k] / measured - 1.0
+        lines += [f"Approach 3 (L(N, D), the Chinchilla form) and approach 2 fitted by each method "
+                  f"(grid: `{grid_fit}`):", "", *table_lines, "",
+                  f"Held-out budget C = {held:.4g} FLOPs (trained by the grid only): its optimal loss L* = "
+                  f"{measured:.4f} (the grid's isoFLOP parabola) is predicted by the WSD fits as"]
+        lines += [f"- approach {k[-1]}: {pred[k]:.4f} ({100 * pred[f'{k}_rel_error']:+.2f}%)"
+                  for k in ("approach3", "approach2") if k in pred]
+        ex = grid_n["extrapolation"].get("approach2", {})
+        if "L_pred" in ex:
+            lines.append(f"- (the grid's own check, its fit without that budget: {ex['L_pred']:.4f}, "
+                         f"{100 * ex['L_rel_error']:+.2f}%)")
+    (out / "comparison.json").write_text(json.dumps(jsonable(cmp), indent=2))
+    with open(result["report"], "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return {**result, "comparison": cmp}
 
 
 def _summary(result: dict) -> str:
@@ -260,7 +354,7 @@ def _summary(result: dict) -> str:
 
 COMMAND = lib.StudyCommand(
     name="chinchilla", doc=__doc__, presets=PRESETS, build=_build, analyze=_analyze, summary=_summary,
-    add_args=_add_args, overrides=_overrides,
+    add_args=_add_args, overrides=_overrides, locate=branches.locate,
     extra_sources=("synthetic (a Markov source of known entropy rate; the report puts the fitted E next to it)",))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
+from experiments.lib.report import jsonable
 
 LOSS_COLUMNS = {"val": "final_val_loss", "train": "final_train_loss"}
 LN2 = math.log(2.0)
@@ -247,9 +248,32 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, bootstrap
     plots += splots.plot_residuals(fit3, out)
     plots += splots.plot_contours(fit3, out, flops_per_token=f)
     n["plots"] = [p.name for p in plots]
-    (out / "fit.json").write_text(json.dumps(_jsonable(n), indent=2))
+    (out / "fit.json").write_text(json.dumps(jsonable(n), indent=2))
     report = write_report(out, n, fit3, boot3)
     return {"report": report, "fit": n, "plots": plots}
+
+
+def predict_optimum(fit: dict, table: pd.DataFrame, budget: float) -> dict[str, float]:
+    """The optimal loss at ``budget`` predicted by a study's fits (``fit``: the numbers of fit.json).
+
+    approach 3: L(N_opt, D_opt) of the parametric law at its exact-FLOPs optimum (:func:`exact_optimum`);
+    approach 2: the saturating law L*(C) = E + A C^-alpha fitted to every budget's L* (as
+    :meth:`scaling.isoflop.IsoflopResult.extrapolation_check`) at ``budget``.
+    """
+    from scaling import fit_law, laws
+
+    p = fit["approach3"]["params"]
+    opt = exact_optimum(p, [budget], flops_per_token_of_n(table))
+    n_opt, d_opt = float(opt["N_opt"][0]), float(opt["D_opt"][0])
+    res = {"C": float(budget), "approach3": float(laws.chinchilla(n_opt, d_opt, p["E"], p["A"], p["B"], p["alpha"],
+                                                                   p["beta"])), "N_opt": n_opt, "D_opt": d_opt}
+    o = pd.DataFrame(fit["approach2"]["optima"])
+    o = o[np.isfinite(o["L_star"].astype(float))]
+    if len(o) >= 3:
+        law = fit_law(pd.DataFrame({"C": o["C"].astype(float), "loss": o["L_star"].astype(float)}),
+                      law="saturating", init_grid="porian")
+        res["approach2"] = float(law.predict(pd.DataFrame({"C": [budget], "loss": [1.0]}))[0])
+    return res
 
 
 def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any]:
@@ -280,20 +304,6 @@ def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any
     else:
         res["approach3"] = {"skipped": "needs another budget and at least 5 runs besides the largest budget"}
     return res
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def _fmt(x) -> str:

@@ -134,6 +134,8 @@ class StudyCommand:
       add_args: adds the study's own flags; ``overrides``: the preset fields they set (None: keep).
       shard, bootstrap, max_epochs, extra_sources: :func:`study_parser`'s.
       keep_diverged, require_all: :func:`experiments.lib.report.analysis_table`'s.
+      locate: ``(out, args) -> study directory`` (default ``out``: ``--out`` or its default), for
+        a study with several methods writing beside each other (``--method wsd``).
     """
 
     name: str
@@ -150,6 +152,7 @@ class StudyCommand:
     extra_sources: Sequence[str] = ()
     keep_diverged: bool = False
     require_all: bool = False
+    locate: Callable[[Path, argparse.Namespace], Path] | None = None
 
     def parser(self) -> argparse.ArgumentParser:
         p = study_parser(self.name, self.doc, self.presets, shard=self.shard, bootstrap=self.bootstrap,
@@ -168,6 +171,8 @@ class StudyCommand:
         parser = self.parser()
         args = parser.parse_args(argv)
         out = out_dir(self.name, args)
+        if self.locate is not None:
+            out = self.locate(out, args)
         # refused: one line, exit 2 (nothing trained); stopped, locked, disk full: one line (cli.training)
         with training(parser.prog), cli_errors(parser):
             changes = dict(self.overrides(args) if self.overrides else {})

@@ -96,3 +96,20 @@ def write_report(out: str | Path, lines: Sequence[str], figures: Sequence[Path] 
     body = [*lines, "", *[f"![{p.stem}]({p.name})" for p in figures if p.suffix == ".png"], ""]
     atomic_write(path, "\n".join(body))
     return path
+
+
+def jsonable(obj):
+    """``obj`` with numpy scalars as Python numbers and tuples as lists (for json.dumps)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -56,6 +56,12 @@ def test_multipliers_recover_known_compute_factors(tmp_path):
     assert set(res["chinchilla"]) == set(truth)
 
 
+def test_a_multiplier_interval_reaching_an_unreachable_loss_is_unbounded_not_nan():
+    x = np.array([1.0, 2.0, 3.0, np.inf, np.inf])
+    assert arch.percentile_inf(x, 97.5) == np.inf and arch.percentile_inf(x, 2.5) == pytest.approx(1.1)
+    assert arch.percentile_inf(np.array([1.0, 2.0, 3.0]), 50) == 2.0
+
+
 def test_compute_for_loss_inverts_the_law():
     C = np.array([1e10, 3e12])
     loss = 2.0 + 50.0 * C ** -0.2
@@ -75,3 +81,35 @@ def test_reduced_grid_end_to_end(tmp_path):
     # the cache column: the recurrent family's decode state is far smaller than the transformer's KV cache
     cache = res["multipliers"]["cache_bytes_per_token"]
     assert cache["hawk"] < cache["transformer"] / 100
+
+
+def test_wsd_method_end_to_end_beside_a_reduced_grid(tmp_path):
+    """--method wsd's study and report on 2 families x 1 size: more frontier points than the grid
+    from one stable run per family, the compute of both, the grid's multipliers beside these."""
+    import argparse
+    import json
+
+    from experiments.lib import branches
+    from scaling.diagnostics import fit_warnings
+
+    preset = dataclasses.replace(arch.PRESETS["smoke"], families=("transformer", "hawk"), sizes=((16, 1),),
+                                 wsd_budgets=4)
+    grid, out = arch.build_study(preset, "test"), tmp_path / "study"
+    arch.analyze(lib.run_study(grid, out, progress=False), out, bootstrap=10, preset_name="test")
+    study = arch.build_wsd_study(preset, out / "wsd", "test")
+    table = lib.run_study(study, out / "wsd", progress=False)
+    assert (table["status"] == "complete").all() and len(table) == 2 + 2 * 4
+    result = arch.analyze(table[table["kind"] == "branch"], out / "wsd", bootstrap=10, preset_name="test")
+    cmp = arch.compare_wsd(study, result, grid, out / "wsd", argparse.Namespace(preset="test", data="stdlib"))
+    cmp = cmp["comparison"]
+    assert cmp["frontier_points"] == {"hawk": 4, "transformer": 4}
+    assert cmp["compute"] == pytest.approx(branches.compute_lines(study, grid)[0], rel=1e-12)
+    assert cmp["warnings"] == {f: fit_warnings(fit, boot) for f, (fit, boot) in result["fits"].items()}
+    assert cmp["too_few_points"] == [f for f, w in cmp["warnings"].items() if any("distinct points" in x for x in w)]
+    theirs = pd.read_csv(out / "multipliers.csv").set_index("family")
+    assert cmp["multipliers"]["hawk"]["grid"] == pytest.approx(theirs.loc["hawk", "multiplier"])
+    assert cmp["multipliers"]["hawk"]["wsd"] == pytest.approx(result["multipliers"].loc["hawk", "multiplier"])
+    assert cmp["multipliers"]["transformer"]["wsd_in_grid"] is True  # 1 in [1, 1]
+    report = (out / "wsd" / "report.md").read_text()
+    assert "## WSD vs the grid" in report and "| hawk |" in report and "Frontier points per family" in report
+    assert json.loads((out / "wsd" / "comparison.json").read_text())["frontier_points"]["hawk"] == 4

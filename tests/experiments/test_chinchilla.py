@@ -223,3 +223,74 @@ def test_synthetic_report_puts_fitted_e_next_to_the_entropy_rate(tmp_path):
     bits = entropy_rate_bits(study.runs[0].data)
     assert truth["nats_per_byte"] == pytest.approx(bits * math.log(2), rel=1e-12)
     assert ca.entropy_floor(chinchilla.build_study(chinchilla.PRESETS["smoke"])) is None
+
+
+# ------------------------------------------------------------------ --method wsd, end to end
+
+
+def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference, monkeypatch):
+    """--method wsd on the smoke preset beside the smoke grid: every step counted as it is trained
+    (stable runs to their last branch point, each branch from its branch point), the compute ratio
+    from that count, the side-by-side report; without the grid's fit, the report says how to get it."""
+    from lm import compiled
+
+    out, _ = reference
+    if not (out / "fit.json").exists():
+        chinchilla.main(["--preset", "smoke", "--out", str(out), "--analysis-only", "--no-progress",
+                         "--bootstrap", "8"])
+    counted: dict[str, int] = {}
+    real = compiled.train_step
+
+    def counting(run, *args, **kwargs):
+        fn, seconds = real(run, *args, **kwargs)
+
+        def step(*a):
+            counted[run.name] = counted.get(run.name, 0) + 1
+            return fn(*a)
+        return step, seconds
+
+    monkeypatch.setattr(compiled, "train_step", counting)
+    argv = ["--preset", "smoke", "--out", str(out), "--method", "wsd", "--no-progress", "--bootstrap", "4"]
+    result = chinchilla.main(argv)
+    study, wsd_out = result["study"], out / "wsd"
+    assert result["out"] == wsd_out and (wsd_out / "results.csv").exists()
+    for run in study.runs:  # a branch trains only its cooldown: it restored the stable run at its branch point
+        start = run.train.init_from[1] if run.train.init_from else 0
+        assert counted[run.name] == run.train.steps - start > 0
+    kinds = {study.tags[r.name]["kind"] for r in study.runs if r.train.init_from is None}
+    assert kinds == {"stable"}
+
+    def per_step(run):
+        return train_flops_per_token(run.model, run.data.seq_len) * run.data.batch_size * run.data.seq_len
+
+    grid_table = lib.read_table(out / "results.csv")
+    grid_flops = sum(s * per_step(r) for r, s in zip(chinchilla.build_study(chinchilla.PRESETS["smoke"]).runs,
+                                                     grid_table["train.steps"]))
+    wsd_flops = sum(counted[r.name] * per_step(r) for r in study.runs)
+    cmp = json.loads((wsd_out / "comparison.json").read_text())
+    assert cmp["compute"]["ratio"] == pytest.approx(wsd_flops / grid_flops, rel=1e-12)
+    # each branch is its grid run's point: same N, D, C
+    table = lib.read_table(wsd_out / "results.csv").set_index("run")
+    both = [n for n in grid_table["run"] if n in table.index]
+    assert both and (table.loc[both, "kind"] == "branch").all()
+    for col in ("N", "D", "C"):
+        np.testing.assert_array_equal(table.loc[both, col].to_numpy(), grid_table.set_index("run").loc[both, col])
+    report = (wsd_out / "report.md").read_text()
+    grid_fit = json.loads((out / "fit.json").read_text())
+    assert "## WSD vs the grid" in report and f"**WSD / grid = {100 * cmp['compute']['ratio']:.1f}%**" in report
+    assert "| quantity | WSD | WSD 95% interval | grid | grid 95% interval |" in report
+    assert f"| beta | {cmp['laws']['beta']['wsd']:.4g} |" in report
+    assert cmp["laws"]["beta"]["grid"] == grid_fit["approach3"]["params"]["beta"]
+    held = max(chinchilla.PRESETS["smoke"].budgets)
+    assert cmp["held_out"]["C"] == held and f"Held-out budget C = {held:.4g} FLOPs" in report
+    measured = next(o["L_star"] for o in grid_fit["approach2"]["optima"] if o["C"] == pytest.approx(held))
+    assert cmp["held_out"]["measured_L_star"] == pytest.approx(measured, nan_ok=True)
+    # without the grid's results: the report says how to produce them
+    (out / "fit.json").rename(out / "fit.json.aside")
+    try:
+        chinchilla.main([*argv, "--analysis-only"])
+    finally:
+        (out / "fit.json.aside").rename(out / "fit.json")
+    report = (wsd_out / "report.md").read_text()
+    assert f"python -m experiments.chinchilla --preset smoke --data stdlib --out {out} --loss val" in report
+    assert "| quantity | WSD |" not in report

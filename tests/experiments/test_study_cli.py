@@ -12,16 +12,17 @@ from scaling.plots import save_figure
 SHARED = {"--preset", "--out", "--analysis-only", "--skip-analysis", "--no-progress", "--data", "--max-epochs", "-h",
           "--help"}
 SHARD = {"--shard", "--tables"}  # shard tables from other hosts go with --shard
+WSD = {"--method", "--cooldown-fraction", "--cooldown-shape"}  # one stable run per model + cooldown branches
 # the command lines of the studies (those before they shared this module, plus --shard for the
 # data-constrained and learning-rate grids, whose runs are independent like the others')
 FLAGS = {
-    "architectures": SHARED | SHARD | {"--bootstrap"},
+    "architectures": SHARED | SHARD | WSD | {"--bootstrap"},
     "data_constrained": SHARED | SHARD | {"--bootstrap", "--loss-increase"},
     "lr_scaling": SHARED | SHARD | {"--bootstrap"},
     "wsd": SHARED | {"--loss"},
     "schedules": SHARED | {"--bootstrap"},  # no --shard: the branches need the constant run's checkpoints
     "mup_transfer": SHARED | SHARD | {"--family"},
-    "chinchilla": SHARED | SHARD | {"--bootstrap", "--sizes", "--budgets", "--learning-rate", "--loss"},
+    "chinchilla": SHARED | SHARD | WSD | {"--bootstrap", "--sizes", "--budgets", "--learning-rate", "--loss"},
 }
 
 
