@@ -79,9 +79,10 @@ class ModelConfig:
       attention_impl: ``flash_attention`` impl switch for every attention layer.
       parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
         ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
-        (required for "mup"). mup_zero_readout / mup_zero_query: μP only, Tensor Programs V's
-        zero-initialised untied readout (LM head) / query projections (default False: μP then
-        equals SP at the base width).
+        (required for "mup").
+      mup_zero_readout / mup_zero_query: μP only, Tensor Programs V's zero-initialised untied
+        readout (LM head) / query projections (default False: μP then equals SP at the base
+        width).
 
     Mixer families keep their settings in one nested config each, beside their layer:
       rnn: "R" blocks (Griffin/Hawk, De et al. 2024), ``layers.recurrent_block.RecurrentConfig``;
