@@ -217,7 +217,8 @@ def _decode(data: bytes, where: Callable[[int], str], on_bad: OnBad | None) -> s
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        _bad(on_bad, lambda: where(err.start), f"invalid UTF-8 (byte 0x{data[err.start]:02x})")
+        start = err.start  # bound now: ``err`` is cleared when the except block ends
+        _bad(on_bad, lambda: where(start), f"invalid UTF-8 (byte 0x{data[start]:02x})")
         return None
 
 
