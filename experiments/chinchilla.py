@@ -127,9 +127,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-DATA_SOURCES = ("stdlib", "synthetic")  # named sources; --data also takes a prepared directory
-
-
 def data_config(preset: Preset, source: str) -> DataConfig:
     """The data of every run: the embedded corpus, the known-entropy Markov source, or a prepared directory.
 
@@ -244,18 +241,6 @@ def build_wsd_study(preset: Preset, out: str | Path, data: str = "stdlib", prese
                                name="chinchilla-wsd")
     meta = {**study.meta, "grid_budgets": list(preset.budgets), "held_out_budget": max(preset.budgets)}
     return dataclasses.replace(study, meta=meta)
-
-
-def ladder_table(preset: Preset) -> list[dict]:
-    """N, non-embedding N and training FLOPs per token of each size of ``preset``."""
-    rows = []
-    for s in preset.sizes:
-        m = ladder_model(*LADDER[s], dtype=preset.dtype)
-        c = param_count(m)
-        rows.append({"size": s, "d_model": m.d_model, "num_layers": m.num_layers, "num_heads": m.num_heads,
-                     "N": c["total"], "N_non_embedding": c["non_embedding"],
-                     "flops_per_token": train_flops_per_token(m, preset.seq_len)})
-    return rows
 
 
 # ------------------------------------------------------------------------------- CLI

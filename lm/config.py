@@ -357,7 +357,7 @@ def from_dict(cls, d: dict):
     for key, value in d.items():
         if key not in fields:
             raise ValueError(f"{cls.__name__}: unknown field {key!r}; allowed fields are {sorted(fields)}")
-        default = getattr(cls(), key) if key in fields else None
+        default = getattr(cls(), key)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = from_dict(type(default), value)
         elif isinstance(value, list):

@@ -226,12 +226,6 @@ def mla_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
     return mla_flops_per_token(cfg.d_model, cfg.num_heads, **_mla_dims(cfg), keys=keys, mode="forward")
 
 
-def mla_decode_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
-    """FLOPs of one MLA decode step over ``context_len`` cached tokens (the config's decode path)."""
-    return mla_flops_per_token(cfg.d_model, cfg.num_heads, **_mla_dims(cfg), keys=context_len,
-                               mode=cfg.mla.decode_path)
-
-
 # ----------------------------------------------------------------------------- feed-forward (MLP, MoE)
 
 
@@ -341,7 +335,3 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, attention: str = "caus
     """Training (forward + backward) FLOPs per token: 3 x forward."""
     return 3.0 * forward_flops_per_token(cfg, seq_len, attention)
 
-
-def train_flops(cfg: ModelConfig, seq_len: int, tokens: float, attention: str = "causal") -> float:
-    """Training FLOPs C of a run over ``tokens`` tokens."""
-    return train_flops_per_token(cfg, seq_len, attention) * tokens

@@ -292,11 +292,6 @@ def batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
     return NamedSharding(mesh, batch_spec(mesh, batch_size))
 
 
-def shard_state(state, shardings) -> Any:
-    """Place a train state (host or device arrays) onto its shardings (``jax.device_put``)."""
-    return jax.device_put(state, shardings)
-
-
 def init_sharded_state(run: RunConfig, mesh: Mesh, rng: jax.Array | None = None) -> dict:
     """``lm.step.init_state`` created directly in its shards (no full copy on one device)."""
     rng = jax.random.PRNGKey(run.train.seed) if rng is None else rng

@@ -92,16 +92,14 @@ def weight_decay_mask(params, opt: OptimizerConfig):
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: OptimizerConfig, params=None, model: ModelConfig | None = None) -> optax.GradientTransformation:
+def make_optimizer(opt: OptimizerConfig, *, model: ModelConfig | None = None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping (its state is the checkpoint's "opt_state").
 
     The learning rate and the decoupled weight decay are applied by
     :func:`optimizer_update`, which with it is ``optax.adamw`` (Loshchilov & Hutter 2019).
-    ``params`` is accepted for symmetry with optax; the state depends only on their shapes.
     A μP ``model`` (``parametrization="mup"``) multiplies each parameter's Adam update by
     its learning-rate multiplier; the decay term stays lr * wd * p (see lm/parametrization.py).
     """
-    del params
     parts = []
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))

@@ -88,7 +88,7 @@ def upcycle_run(dense_run_dir: str | Path, moe_run: RunConfig, out_dir: str | Pa
     params = upcycle_params(dense_run.model, dense_params, moe_run.model, jax.random.PRNGKey(moe_run.train.seed))
     state = lm_train.init_state(moe_run)
     state = {**state, "params": params,
-             "opt_state": lm_train.make_optimizer(moe_run.optimizer, params).init(params)}
+             "opt_state": lm_train.make_optimizer(moe_run.optimizer).init(params)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records.write_config(out_dir, moe_run)

@@ -38,7 +38,6 @@ RUNS_DIR = "runs"
 TABLE = "results.csv"
 CURVES = "curves.csv"
 SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
-STATUSES = ("complete", "diverged", "failed", "pending")
 # Config fields added after studies had been written: left out of the grid fingerprint and of
 # the run-directory check while at their default, so those studies still resume and load.
 ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,

@@ -150,7 +150,7 @@ def interpret(out: str, presets: list[str]) -> None:
                 init, batch, jnp.float32(lr), jnp.float32(wd)
             )
             mesh = sharding.make_mesh((2, 2, 2, 1))
-            state = sharding.shard_state(init, sharding.state_shardings(run, mesh))
+            state = jax.device_put(init, sharding.state_shardings(run, mesh))
             gbatch = {k: jax.device_put(v, sharding.batch_sharding(mesh, BATCH)) for k, v in batch.items()}
             fn, _ = compiled.train_step(run, mesh, state, gbatch, donate=False)
             sharded, sharded_metrics = fn(state, gbatch, jnp.float32(lr), jnp.float32(wd))

@@ -97,7 +97,7 @@ def reference_steps(run: RunConfig, init: dict, batches: list[dict]) -> list[tup
 def sharded_step(run, mesh, state, host_slices: list[dict], lr):
     """One sharded step from a host state; the batch assembled from host slices."""
     shardings = sharding.state_shardings(run, mesh)
-    state = sharding.shard_state(state, shardings)
+    state = jax.device_put(state, shardings)
     batch = multihost.global_batch(concat(host_slices), mesh, BATCH)
     fn, seconds = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(lr), jnp.float32(run.optimizer.weight_decay))
@@ -207,7 +207,7 @@ def multiprocess(out: Path, argv: list[str]) -> None:
     data_resumes = bool(np.array_equal(np.asarray(next(resumed)["tokens"]), following))
     resumed.close()
     shardings = sharding.state_shardings(run, mesh)
-    state = sharding.shard_state(initial_state(run), shardings)
+    state = jax.device_put(initial_state(run), shardings)
     batch = multihost.global_batch(local, mesh, BATCH)
     fn, _ = compiled.train_step(run, mesh, state, batch, donate=False)
     new_state, metrics = fn(state, batch, jnp.float32(LRS[0]), jnp.float32(run.optimizer.weight_decay))

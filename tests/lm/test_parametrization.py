@@ -144,7 +144,7 @@ def test_mup_init_and_updates_are_sp_times_multipliers():
         grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), sp_params)
         updates, states = [], []
         for c in (cfg, sp_cfg):
-            tx = train.make_optimizer(opt, sp_params, c)
+            tx = train.make_optimizer(opt, model=c)
             state = tx.init(sp_params)
             updates.append(tx.update(grads, state, sp_params)[0])
             states.append(state)
