@@ -4,7 +4,7 @@
 ``out[i] = lhs[i] @ rhs[group(i)]`` for rows sorted by group; ``tgmm`` is its rhs gradient.
 """
 
-from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
+from pallas_kernels.gmm.blocks import GmmBlockSizes
 from pallas_kernels.gmm.ops import IMPLS, gmm, tgmm
 from pallas_kernels.gmm.reference import gmm_loop_reference, gmm_reference, tgmm_reference
 from pallas_kernels.gmm.tiled import gmm_tiled

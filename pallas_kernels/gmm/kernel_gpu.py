@@ -29,16 +29,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 from jaxtyping import Array, Float, Int
 
-from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
+from pallas_kernels.gmm.blocks import GmmBlockSizes, Tiles, group_offsets, row_mask
 
 
 def _whole(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
-
-
-def _offsets(group_sizes):
-    sizes = group_sizes.astype(jnp.int32)
-    return jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(sizes)])
 
 
 @functools.partial(jax.jit, static_argnames=("block_sizes", "out_dtype", "interpret"))
@@ -52,10 +47,9 @@ def gmm_gpu(
     interpret: bool = False,
 ) -> Float[Array, "m n"]:
     """out[i] = lhs[i] @ rhs[group(i)] (rows past ``sum(group_sizes)`` unspecified)."""
-    (m, k), (num_groups, _, n) = lhs.shape, rhs.shape
-    bm, bk, bn = block_sizes.block_m, block_sizes.block_k, block_sizes.block_n
-    tiles_m, tiles_k = m // bm, k // bk
-    offsets = _offsets(group_sizes)
+    _, _, _, bm, bk, bn = tiles = Tiles.of(lhs, rhs.shape[2], block_sizes)
+    num_groups, tiles_m, tiles_k = rhs.shape[0], tiles.tiles_m, tiles.tiles_k
+    offsets = group_offsets(group_sizes)
     ends = offsets[1:]
     tile_starts = jnp.arange(tiles_m, dtype=jnp.int32) * bm
     # first group ending after the tile's first row .. first group ending at/after its last row
@@ -65,7 +59,6 @@ def gmm_gpu(
 
     def kernel(offsets_ref, first_ref, last_ref, lhs_ref, rhs_ref, out_ref):
         i, j = pl.program_id(0), pl.program_id(1)
-        rows = i * bm + jax.lax.broadcasted_iota(jnp.int32, (bm, bn), 0)
 
         def group_body(group, out):
             def k_body(kk, acc):
@@ -74,16 +67,15 @@ def gmm_gpu(
                 return acc + jnp.dot(x, w, preferred_element_type=jnp.float32)
 
             acc = jax.lax.fori_loop(0, tiles_k, k_body, jnp.zeros((bm, bn), jnp.float32))
-            mask = (rows >= offsets_ref[group]) & (rows < offsets_ref[group + 1])
-            return jnp.where(mask, acc, out)
+            return jnp.where(row_mask(offsets_ref, group, i, bm, bn), acc, out)
 
         out = jax.lax.fori_loop(first_ref[i], last_ref[i] + 1, group_body, jnp.zeros((bm, bn), jnp.float32))
         out_ref[...] = out.astype(out_ref.dtype)
 
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
-        grid=(tiles_m, n // bn),
+        out_shape=jax.ShapeDtypeStruct((tiles.m, tiles.n), out_dtype),
+        grid=(tiles_m, tiles.tiles_n),
         in_specs=[_whole(offsets.shape), _whole(first.shape), _whole(last.shape), _whole(lhs.shape), _whole(rhs.shape)],
         out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
@@ -103,31 +95,29 @@ def tgmm_gpu(
     interpret: bool = False,
 ) -> Float[Array, "g k n"]:
     """out[e] = lhs[rows of e]^T @ rhs[rows of e]; groups with no rows give 0."""
-    (m, k), n = lhs.shape, rhs.shape[1]
+    _, k, n, bm, bk, bn = tiles = Tiles.of(lhs, rhs.shape[1], block_sizes)
     num_groups = group_sizes.shape[0]
-    bm, bk, bn = block_sizes.block_m, block_sizes.block_k, block_sizes.block_n
-    offsets = _offsets(group_sizes)
+    offsets = group_offsets(group_sizes)
 
     def kernel(offsets_ref, lhs_ref, rhs_ref, out_ref):
         e, a, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         start, end = offsets_ref[e], offsets_ref[e + 1]
 
         def tile_body(t, acc):
-            rows = t * bm + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)
-            keep = (rows >= start) & (rows < end)
+            keep = row_mask(offsets_ref, e, t, bm, 1)
             x = jnp.where(keep, lhs_ref[pl.ds(t * bm, bm), pl.ds(a * bk, bk)], 0)
             y = jnp.where(keep, rhs_ref[pl.ds(t * bm, bm), pl.ds(b * bn, bn)], 0)
             return acc + jnp.dot(x.T, y, preferred_element_type=jnp.float32)
 
-        first_tile = jnp.minimum(start // bm, m // bm)
-        last_tile = jnp.minimum((end + bm - 1) // bm, m // bm)
+        first_tile = jnp.minimum(start // bm, tiles.tiles_m)
+        last_tile = jnp.minimum((end + bm - 1) // bm, tiles.tiles_m)
         acc = jax.lax.fori_loop(first_tile, last_tile, tile_body, jnp.zeros((bk, bn), jnp.float32))
         out_ref[...] = acc.astype(out_ref.dtype)
 
     return pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((num_groups, k, n), out_dtype),
-        grid=(num_groups, k // bk, n // bn),
+        grid=(num_groups, tiles.tiles_k, tiles.tiles_n),
         in_specs=[_whole(offsets.shape), _whole(lhs.shape), _whole(rhs.shape)],
         out_specs=pl.BlockSpec((None, bk, bn), lambda e, a, b: (e, a, b)),
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),

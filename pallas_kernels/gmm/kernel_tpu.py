@@ -19,7 +19,6 @@ Axis letters: m rows, k contraction, n columns, g groups, v visits.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -28,33 +27,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float, Int
 
+from pallas_kernels.gmm.blocks import GmmBlockSizes, Tiles, row_mask
 from pallas_kernels.gmm.tiled import visit_schedule
-
-
-@dataclasses.dataclass(frozen=True)
-class GmmBlockSizes:
-    """Tile sizes of the grouped matmul kernels.
-
-    Attributes:
-      block_m: rows of lhs per tile (TPU: multiple of 8 for float32, 16 for bfloat16).
-      block_k: contraction tile (TPU: multiple of 128 unless it is the whole axis).
-      block_n: output-column tile (TPU: multiple of 128 unless it is the whole axis).
-    """
-
-    block_m: int = 128
-    block_k: int = 128
-    block_n: int = 128
-
-    def __post_init__(self):
-        for field in ("block_m", "block_k", "block_n"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GmmBlockSizes.{field}={value!r}: must be a positive int")
-
-
-def _row_mask(offsets_ref, group, m_tile, block_m: int, width: int):
-    rows = m_tile * block_m + jax.lax.broadcasted_iota(jnp.int32, (block_m, width), 0)
-    return (rows >= offsets_ref[group]) & (rows < offsets_ref[group + 1])
 
 
 @functools.partial(jax.jit, static_argnames=("block_sizes", "out_dtype", "interpret"))
@@ -71,9 +45,8 @@ def gmm_tpu(
 
     Rows past ``sum(group_sizes)`` are left unspecified (the caller slices them off).
     """
-    (m, k), n = lhs.shape, rhs.shape[2]
-    bm, bk, bn = block_sizes.block_m, block_sizes.block_k, block_sizes.block_n
-    tiles_k = k // bk
+    m, _, n, bm, bk, bn = tiles = Tiles.of(lhs, rhs.shape[2], block_sizes)
+    tiles_k = tiles.tiles_k
     offsets, group_ids, m_tile_ids, num_visits = visit_schedule(
         group_sizes, m=m, block_m=bm, visit_empty_groups=False
     )
@@ -92,7 +65,7 @@ def gmm_tpu(
 
         @pl.when(real & (k_i == tiles_k - 1))
         def _store():
-            mask = _row_mask(offsets_ref, group_ids_ref[visit], m_tile_ids_ref[visit], bm, bn)
+            mask = row_mask(offsets_ref, group_ids_ref[visit], m_tile_ids_ref[visit], bm, bn)
             out_ref[...] = jnp.where(mask, acc_ref[...], out_ref[...].astype(jnp.float32)).astype(out_ref.dtype)
 
     def lhs_map(n_i, visit, k_i, offsets, group_ids, m_tile_ids, num_visits):
@@ -109,7 +82,7 @@ def gmm_tpu(
         out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=4,
-            grid=(n // bn, group_ids.shape[0], tiles_k),
+            grid=(tiles.tiles_n, group_ids.shape[0], tiles_k),
             in_specs=[pl.BlockSpec((bm, bk), lhs_map), pl.BlockSpec((None, bk, bn), rhs_map)],
             out_specs=pl.BlockSpec((bm, bn), out_map),
             scratch_shapes=[pltpu.VMEM((bm, bn), jnp.float32)],
@@ -131,9 +104,8 @@ def tgmm_tpu(
     interpret: bool = False,
 ) -> Float[Array, "g k n"]:
     """out[g] = lhs[rows of g]^T @ rhs[rows of g], m/k/n multiples of the block sizes."""
-    (m, k), n = lhs.shape, rhs.shape[1]
+    m, k, n, bm, bk, bn = tiles = Tiles.of(lhs, rhs.shape[1], block_sizes)
     num_groups = group_sizes.shape[0]
-    bm, bk, bn = block_sizes.block_m, block_sizes.block_k, block_sizes.block_n
     offsets, group_ids, m_tile_ids, num_visits = visit_schedule(
         group_sizes, m=m, block_m=bm, visit_empty_groups=True
     )
@@ -151,8 +123,8 @@ def tgmm_tpu(
 
         @pl.when(visit < num_visits_ref[0])
         def _accumulate():
-            x = jnp.where(_row_mask(offsets_ref, group, m_tile, bm, bk), lhs_ref[...].astype(jnp.float32), 0.0)
-            y = jnp.where(_row_mask(offsets_ref, group, m_tile, bm, bn), rhs_ref[...].astype(jnp.float32), 0.0)
+            x = jnp.where(row_mask(offsets_ref, group, m_tile, bm, bk), lhs_ref[...].astype(jnp.float32), 0.0)
+            y = jnp.where(row_mask(offsets_ref, group, m_tile, bm, bn), rhs_ref[...].astype(jnp.float32), 0.0)
             acc_ref[...] += jnp.dot(
                 x.T.astype(lhs_ref.dtype), y.astype(rhs_ref.dtype), preferred_element_type=jnp.float32
             )
@@ -175,7 +147,7 @@ def tgmm_tpu(
         out_shape=jax.ShapeDtypeStruct((num_groups, k, n), out_dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=4,
-            grid=(k // bk, n // bn, group_ids.shape[0]),
+            grid=(tiles.tiles_k, tiles.tiles_n, group_ids.shape[0]),
             in_specs=[pl.BlockSpec((bm, bk), lhs_map), pl.BlockSpec((bm, bn), rhs_map)],
             out_specs=pl.BlockSpec((None, bk, bn), out_map),
             scratch_shapes=[pltpu.VMEM((bk, bn), jnp.float32)],

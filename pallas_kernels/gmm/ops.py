@@ -23,7 +23,7 @@ from jaxtyping import Array, Float, Int
 
 from pallas_kernels.backend import IMPLS, kernel_variant, resolve_impl
 from pallas_kernels.gmm import kernel_gpu, kernel_tpu
-from pallas_kernels.gmm.kernel_tpu import GmmBlockSizes
+from pallas_kernels.gmm.blocks import GmmBlockSizes
 from pallas_kernels.gmm.reference import gmm_reference, tgmm_reference
 from pallas_kernels.gmm.tiled import gmm_tiled
 

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Float, Int
 
+from pallas_kernels.gmm.blocks import group_offsets
+
 
 def visit_schedule(
     group_sizes: Int[Array, "g"], *, m: int, block_m: int, visit_empty_groups: bool
@@ -34,9 +36,8 @@ def visit_schedule(
     tiles_m = m // block_m
     num_slots = tiles_m + num_groups - 1
     sizes = group_sizes.astype(jnp.int32)
-    ends = jnp.cumsum(sizes)
-    starts = ends - sizes
-    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])
+    offsets = group_offsets(sizes)
+    starts, ends = offsets[:-1], offsets[1:]
     first_tile = jnp.minimum(starts // block_m, tiles_m - 1)
     tiles = (ends + block_m - 1) // block_m - starts // block_m
     tiles = jnp.where(sizes > 0, tiles, 1 if visit_empty_groups else 0)

@@ -35,9 +35,12 @@ v value dim (a tile of it in a block).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 
 F32 = jnp.float32
 _HIGHEST = lax.Precision.HIGHEST
@@ -67,6 +70,38 @@ class BlockSizes:
             raise ValueError(
                 f"BlockSizes: sub_chunk={self.sub_chunk} must be >= 1 and divide chunk_size={self.chunk_size}"
             )
+
+
+class ForwardGrid(NamedTuple):
+    """The sizes both forward drivers derive from their operands and block sizes."""
+
+    x: int  # batch*heads
+    t: int  # padded time
+    dk: int
+    dv: int
+    chunk: int  # C, steps per chunk
+    bv: int  # value tile
+    sub: int  # c, secondary chunk (per-key decay)
+    n_chunks: int
+    n_v: int  # value tiles
+
+    @classmethod
+    def of(cls, q, v, block_sizes: BlockSizes) -> "ForwardGrid":
+        """The grid of q [x, t, k], v [x, t, v] (t a multiple of the chunk, v of the tile)."""
+        (x, t, dk), dv = q.shape, v.shape[-1]
+        chunk = block_sizes.chunk_size
+        bv = block_sizes.block_v or dv
+        return cls(x, t, dk, dv, chunk, bv, min(block_sizes.sub_chunk, chunk), t // chunk, dv // bv)
+
+    def out_shape(self, dtype):
+        """(o [x, t, v] in ``dtype``, final state transposed [x, v, k] float32)."""
+        return (jax.ShapeDtypeStruct((self.x, self.t, self.dv), dtype),
+                jax.ShapeDtypeStruct((self.x, self.dv, self.dk), F32))
+
+
+def head_spec(shape, index_map) -> pl.BlockSpec:
+    """A block of one batch*heads row (its x axis squeezed out of the kernel's view)."""
+    return pl.BlockSpec((pl.squeezed, *shape), index_map)
 
 
 def _dot(a, b, contract):

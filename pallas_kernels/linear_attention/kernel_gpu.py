@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.linear_attention.blocks import F32, BlockSizes, chunk_step
+from pallas_kernels.linear_attention.blocks import F32, BlockSizes, ForwardGrid, chunk_step, head_spec
 
 
 def _gpu_kernel(*refs, mode, scale, chunk, sub_chunk, n_chunks):
@@ -43,37 +42,27 @@ def _gpu_kernel(*refs, mode, scale, chunk, sub_chunk, n_chunks):
 
 def forward(q, k, v, decay, state0_t, *, mode: str, scale: float, block_sizes: BlockSizes, interpret: bool):
     """The GPU (Triton) forward; arguments and returns as ``ops.linear_attention_fwd_kernel``."""
-    x, t, dk = q.shape
-    dv = v.shape[-1]
-    chunk = block_sizes.chunk_size
-    bv = block_sizes.block_v or dv
-    sub = min(block_sizes.sub_chunk, chunk)
-    n_chunks, n_v = t // chunk, dv // bv
-    out_shape = (jax.ShapeDtypeStruct((x, t, dv), q.dtype), jax.ShapeDtypeStruct((x, dv, dk), F32))
-
-    def spec(shape, index_map):
-        return pl.BlockSpec((pl.squeezed, *shape), index_map)
-
+    g = ForwardGrid.of(q, v, block_sizes)
     decay_args, decay_specs = [], []
     if mode == "scalar":
-        decay_args, decay_specs = [decay], [spec((t,), lambda i, j: (i, 0))]
+        decay_args, decay_specs = [decay], [head_spec((g.t,), lambda i, j: (i, 0))]
     elif mode == "per_key":
-        decay_args, decay_specs = [decay], [spec((t, dk), lambda i, j: (i, 0, 0))]
+        decay_args, decay_specs = [decay], [head_spec((g.t, g.dk), lambda i, j: (i, 0, 0))]
     kernel = functools.partial(
-        _gpu_kernel, mode=mode, scale=scale, sub_chunk=sub, chunk=chunk, n_chunks=n_chunks
+        _gpu_kernel, mode=mode, scale=scale, sub_chunk=g.sub, chunk=g.chunk, n_chunks=g.n_chunks
     )
     return pl.pallas_call(
         kernel,
-        out_shape=out_shape,
-        grid=(x, n_v),
+        out_shape=g.out_shape(q.dtype),
+        grid=(g.x, g.n_v),
         in_specs=[
-            spec((t, dk), lambda i, j: (i, 0, 0)),
-            spec((t, dk), lambda i, j: (i, 0, 0)),
-            spec((t, bv), lambda i, j: (i, 0, j)),
+            head_spec((g.t, g.dk), lambda i, j: (i, 0, 0)),
+            head_spec((g.t, g.dk), lambda i, j: (i, 0, 0)),
+            head_spec((g.t, g.bv), lambda i, j: (i, 0, j)),
             *decay_specs,
-            spec((bv, dk), lambda i, j: (i, j, 0)),
+            head_spec((g.bv, g.dk), lambda i, j: (i, j, 0)),
         ],
-        out_specs=[spec((t, bv), lambda i, j: (i, 0, j)), spec((bv, dk), lambda i, j: (i, j, 0))],
+        out_specs=[head_spec((g.t, g.bv), lambda i, j: (i, 0, j)), head_spec((g.bv, g.dk), lambda i, j: (i, j, 0))],
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
         interpret=interpret,
         name="linear_attention_fwd_gpu",

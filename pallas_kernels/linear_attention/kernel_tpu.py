@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.linear_attention.blocks import F32, BlockSizes, chunk_step
+from pallas_kernels.linear_attention.blocks import F32, BlockSizes, ForwardGrid, chunk_step, head_spec
 
 
 def _tpu_kernel(*refs, mode, scale, chunk, sub_chunk):
@@ -50,40 +49,31 @@ def _tpu_kernel(*refs, mode, scale, chunk, sub_chunk):
 
 def forward(q, k, v, decay, state0_t, *, mode: str, scale: float, block_sizes: BlockSizes, interpret: bool):
     """The TPU (Mosaic) forward; arguments and returns as ``ops.linear_attention_fwd_kernel``."""
-    x, t, dk = q.shape
-    dv = v.shape[-1]
-    chunk = block_sizes.chunk_size
-    bv = block_sizes.block_v or dv
-    sub = min(block_sizes.sub_chunk, chunk)
-    n_chunks, n_v = t // chunk, dv // bv
-    out_shape = (jax.ShapeDtypeStruct((x, t, dv), q.dtype), jax.ShapeDtypeStruct((x, dv, dk), F32))
-
-    def spec(shape, index_map):
-        return pl.BlockSpec((pl.squeezed, *shape), index_map)
-
+    g = ForwardGrid.of(q, v, block_sizes)
     decay_args, decay_specs = [], []
     if mode == "scalar":
-        decay_args = [decay[..., None], decay.reshape(x, n_chunks, 1, chunk)]
+        decay_args = [decay[..., None], decay.reshape(g.x, g.n_chunks, 1, g.chunk)]
         decay_specs = [
-            spec((chunk, 1), lambda i, j, n: (i, n, 0)),
-            spec((pl.squeezed, 1, chunk), lambda i, j, n: (i, n, 0, 0)),
+            head_spec((g.chunk, 1), lambda i, j, n: (i, n, 0)),
+            head_spec((pl.squeezed, 1, g.chunk), lambda i, j, n: (i, n, 0, 0)),
         ]
     elif mode == "per_key":
-        decay_args, decay_specs = [decay], [spec((chunk, dk), lambda i, j, n: (i, n, 0))]
-    kernel = functools.partial(_tpu_kernel, mode=mode, scale=scale, chunk=chunk, sub_chunk=sub)
+        decay_args, decay_specs = [decay], [head_spec((g.chunk, g.dk), lambda i, j, n: (i, n, 0))]
+    kernel = functools.partial(_tpu_kernel, mode=mode, scale=scale, chunk=g.chunk, sub_chunk=g.sub)
     return pl.pallas_call(
         kernel,
-        out_shape=out_shape,
-        grid=(x, n_v, n_chunks),
+        out_shape=g.out_shape(q.dtype),
+        grid=(g.x, g.n_v, g.n_chunks),
         in_specs=[
-            spec((chunk, dk), lambda i, j, n: (i, n, 0)),
-            spec((chunk, dk), lambda i, j, n: (i, n, 0)),
-            spec((chunk, bv), lambda i, j, n: (i, n, j)),
+            head_spec((g.chunk, g.dk), lambda i, j, n: (i, n, 0)),
+            head_spec((g.chunk, g.dk), lambda i, j, n: (i, n, 0)),
+            head_spec((g.chunk, g.bv), lambda i, j, n: (i, n, j)),
             *decay_specs,
-            spec((bv, dk), lambda i, j, n: (i, j, 0)),
+            head_spec((g.bv, g.dk), lambda i, j, n: (i, j, 0)),
         ],
-        out_specs=[spec((chunk, bv), lambda i, j, n: (i, n, j)), spec((bv, dk), lambda i, j, n: (i, j, 0))],
-        scratch_shapes=[pltpu.VMEM((bv, dk), F32)],
+        out_specs=[head_spec((g.chunk, g.bv), lambda i, j, n: (i, n, j)),
+                   head_spec((g.bv, g.dk), lambda i, j, n: (i, j, 0))],
+        scratch_shapes=[pltpu.VMEM((g.bv, g.dk), F32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=interpret,
         name="linear_attention_fwd_tpu",
