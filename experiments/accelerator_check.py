@@ -149,6 +149,7 @@ def train_step_mfu(preset: str, *, batch: int = 16, seq_len: int = 1024, steps: 
     from lm import data as lm_data
     from lm import flops as lm_flops
     from lm import train as lm_train
+    from lm.packing import random_batch
     from lm.config import RunConfig
     from lm.presets import get_preset
 
@@ -156,10 +157,7 @@ def train_step_mfu(preset: str, *, batch: int = 16, seq_len: int = 1024, steps: 
     run = RunConfig(model=model, data=lm_data.DataConfig(source="synthetic", seq_len=seq_len, batch_size=batch),
                     name=preset)
     state = jax.jit(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))()
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (batch, seq_len), 0, model.vocab_size, jnp.int32)
-    batch_arrays = {"tokens": tokens, "targets": tokens, "weights": jnp.ones((batch, seq_len), jnp.float32),
-                    "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
-                    "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))}
+    batch_arrays = random_batch(batch, seq_len, model.vocab_size, seed=1)
     step = jax.jit(lm_train.make_train_step(run))
     lr, wd = jnp.float32(1e-3), jnp.float32(0.0)
     state, _ = step(state, batch_arrays, lr, wd)

@@ -22,6 +22,7 @@ from lm import compiled, sharding, train
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count
+from lm.packing import random_batch
 from lm.presets import get_preset
 
 
@@ -30,11 +31,7 @@ def bench(num_experts: int, dispatch: str, batch: int, seq_len: int, steps: int)
     cfg = dataclasses.replace(base, moe=dataclasses.replace(base.moe, num_experts=num_experts, dispatch=dispatch))
     run = RunConfig(model=cfg, data=DataConfig(seq_len=seq_len, batch_size=batch), train=TrainConfig(steps=steps))
     state = train.init_state(run)
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, 256, (batch, seq_len)), jnp.int32)
-    b = {"tokens": tokens, "targets": jnp.roll(tokens, -1, 1), "weights": jnp.ones((batch, seq_len)),
-         "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
-         "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))}
+    b = random_batch(batch, seq_len, cfg.vocab_size)
     mesh = sharding.single_device_mesh()
     step, compile_s = compiled.train_step(run, mesh, state, b)
     state, m = step(state, b, jnp.float32(1e-3), jnp.float32(0.1))

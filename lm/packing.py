@@ -112,6 +112,19 @@ def pad_batch(batch: dict[str, np.ndarray], rows: int, pad_id: int = PAD_ID) -> 
     }
 
 
+def random_batch(rows: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of one document per row, tokens uniform on [0, vocab_size): [b, t] arrays of :data:`FEATURES`.
+
+    For timing and testing a step without a corpus: targets are the next tokens of one draw of
+    t + 1 per row; one segment per row, positions 0 .. t - 1, every weight 1.
+    """
+    doc = np.random.default_rng(seed).integers(0, vocab_size, (rows, seq_len + 1)).astype(np.int32)
+    ones = np.ones((rows, seq_len), np.int32)
+    return {"tokens": doc[:, :-1], "targets": doc[:, 1:], "segment_ids": ones,
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows, seq_len)).copy(),
+            "weights": ones.astype(np.float32)}
+
+
 def _json_state_to_native(state: Any) -> Any:
     """Undo a JSON round trip of a grain state: ConcatThenSplit compares its slices with
     tuples, so the [start, stop] lists that JSON makes of them must become tuples again."""

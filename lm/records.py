@@ -32,9 +32,9 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
@@ -127,6 +127,17 @@ def write_config(run_dir: str | Path, run: RunConfig) -> None:
 
 def read_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(Path(run_dir, CONFIG).read_text()))
+
+
+def flatten(record: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested record (``RunConfig.to_dict()``, a config.json) as {dotted path: leaf}, e.g. "model.d_model"."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _parse_lines(path: Path) -> list[dict]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.records import atomic_write  # noqa: F401  (the one atomic writer; the runner's modules use it from here)
+from lm.records import flatten
 
 
 class OutputError(ValueError):
@@ -80,16 +81,6 @@ def read_json_record(path: str | Path, what: str = "") -> dict | None:
     return value
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def config_differences(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()) -> list[str]:
     """The fields in which two config dicts differ, as ``"path: old -> new"`` (sorted by path).
 
@@ -98,7 +89,7 @@ def config_differences(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ())
         tuples compare equal element-wise.
       ignore: dotted paths left out (fields that do not change what is trained).
     """
-    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
+    a, b = flatten(json.loads(json.dumps(old))), flatten(json.loads(json.dumps(new)))
     missing = object()
 
     def show(v):

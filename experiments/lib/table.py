@@ -27,18 +27,7 @@ from experiments.lib import outdir
 from experiments.lib.study import SHARD_TABLE, TABLE, Study, StudyError, run_dir
 from lm import train as lm_train
 from lm.config import RunConfig
-
-
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        elif isinstance(v, (list, tuple)):
-            flat[f"{prefix}{k}"] = json.dumps(v)
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
+from lm.records import flatten
 
 
 def loss_column(flops: float) -> str:
@@ -72,7 +61,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     rd = run_dir(out, run)
     row: dict[str, Any] = {"run": run.name, "status": "pending", "study": study.fingerprint()}
     row.update(dict(study.tags.get(run.name, {})))
-    row.update(_flatten(run.to_dict()))
+    row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(run.to_dict()).items()})
     from lm.flops import param_count, train_flops_per_token
 
     counts = param_count(run.model)

@@ -16,6 +16,7 @@ from lm import compiled, multihost, sharding
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
+from lm.packing import random_batch
 from lm.presets import get_preset
 
 
@@ -40,13 +41,7 @@ def train_step_throughput(preset: str, seq_len: int, batch: int, repeats: int) -
     run = RunConfig(model=cfg, data=DataConfig(seq_len=seq_len, batch_size=batch), train=TrainConfig(steps=10))
     mesh = sharding.single_device_mesh()
     state = sharding.init_sharded_state(run, mesh)
-    tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, seq_len), 0, cfg.vocab_size)
-    batch_arrays = {
-        "tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1), "weights": jnp.ones((batch, seq_len)),
-        "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len)),
-    }
-    batch_arrays = multihost.global_batch(batch_arrays, mesh, batch)
+    batch_arrays = multihost.global_batch(random_batch(batch, seq_len, cfg.vocab_size), mesh, batch)
     step, compile_s = compiled.train_step(run, mesh, state, batch_arrays)
     lr = jnp.float32(1e-3)
     state, _ = step(state, batch_arrays, lr, jnp.float32(0.1))

@@ -1,7 +1,6 @@
 """Analytic FLOPs against XLA's own count of a compiled train step (forward + backward)."""
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from layers.linear_attention import LinearAttentionConfig
@@ -11,6 +10,7 @@ from layers.recurrent_block import RecurrentConfig
 from lm import model
 from lm.config import ModelConfig
 from lm.flops import train_flops_per_token, visible_keys_per_query
+from lm.packing import random_batch
 from lm.train import loss_fn
 
 CONFIGS = [
@@ -35,11 +35,7 @@ CONFIGS = [
 def test_train_flops_match_xla_cost_analysis(cfg):
     b, t = 2, 64
     params = model.init_params(cfg, jax.random.PRNGKey(0))
-    batch = {
-        "tokens": jnp.zeros((b, t), jnp.int32), "targets": jnp.zeros((b, t), jnp.int32),
-        "weights": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(t), (b, t)),
-    }
+    batch = random_batch(b, t, cfg.vocab_size)
     grad = jax.jit(jax.grad(lambda p: loss_fn(cfg, 0.0, p, batch)[0]))
     cost = grad.lower(params).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

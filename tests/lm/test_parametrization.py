@@ -12,6 +12,7 @@ from layers.moe import MoEConfig
 from lm import model, parametrization, train
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.mixers import MIXERS
+from lm.packing import random_batch
 
 BASE = 16
 _COMMON = dict(d_model=BASE, num_layers=1, vocab_size=40, num_heads=2, parametrization="mup", base_width=BASE)
@@ -48,9 +49,7 @@ def _find(rows, suffix):
 
 
 def _batch(vocab, b=2, t=8):
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, vocab)
-    return {"tokens": tokens[:, :-1], "targets": tokens[:, 1:], "weights": jnp.ones((b, t)),
-            "segment_ids": jnp.ones((b, t), jnp.int32), "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    return random_batch(b, t, vocab, seed=1)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -12,6 +12,7 @@ from lm import train
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
+from lm.packing import random_batch
 
 RUN = RunConfig(
     model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
@@ -117,10 +118,7 @@ def test_train_step_update_equals_optax_adamw():
     run = dataclasses.replace(RUN, optimizer=OptimizerConfig(eps=1e-4))
     state = train.init_state(run)
     b, t = 2, 16
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (b, t + 1), 0, 256)
-    batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:],
-             "weights": jnp.ones((b, t)), "segment_ids": jnp.ones((b, t), jnp.int32),
-             "positions": jnp.broadcast_to(jnp.arange(t), (b, t))}
+    batch = random_batch(b, t, 256, seed=1)
     lr, wd = 1e-2, 1.0
     new_state, _ = jax.jit(train.make_train_step(run))(state, batch, jnp.float32(lr), jnp.float32(wd))
     params = state["params"]
