@@ -3,13 +3,13 @@
 Layers name every parameter dimension with a logical axis ("embed", "heads", "kv", "mlp",
 "experts", "vocab", ...) and constrain activations with ("batch", "length", ...). One table
 in ``lm/sharding.py`` maps logical names to mesh axes; with no mesh and no rules in
-scope both helpers are no-ops, so a single CPU runs the same code.
+scope the names are only metadata and the constraints no-ops, so a single CPU runs the same code.
 
 Pallas kernels (Mosaic on TPU, Triton / Mosaic GPU) cannot be split by the SPMD
 partitioner, so every kernel call goes through :func:`shard_kernel`: a ``jax.shard_map``
 over the mesh in scope whose in/out specs come from the same logical-axis rules (the
-MaxText pattern). Without a mesh (or on a mesh of one device, or inside a ``shard_map``
-that already made every axis manual) it is the identity.
+MaxText pattern). Without a mesh in scope (or on one whose axes all have size 1 or are
+already manual, as inside a ``shard_map``) it calls the kernel directly.
 """
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ def shard_kernel(
         in the inputs (row-parallel matmul, Megatron).
 
     Returns:
-      A function with ``fn``'s signature: ``fn`` itself when no mesh is in scope (or every
-      axis of size > 1 is already manual), else its ``shard_map``.
+      A function with ``fn``'s signature that looks up the mesh at each call: it calls ``fn``
+      directly when no mesh is in scope (or every axis of size > 1 is already manual), else
+      runs ``fn``'s ``shard_map``.
     """
 
     def call(*args):

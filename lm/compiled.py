@@ -1,12 +1,15 @@
 """The one compile cache: train, vmapped-train and eval steps compiled for a mesh.
 
-Every trainer (``lm.train``, ``lm.vmap_sweep``, the benchmarks) gets its compiled steps
-here. A step is compiled once per program: the model, the optimiser's betas, eps and
-clipping, the z-loss weight, the batch shape, the mesh (and for a vmapped step the number
-of runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
-step draws randomness from it) the seed are arguments or host-side numbers, so runs that
-differ only in them share one program: :data:`CACHE` reuses it within a process and JAX's
-persistent compilation cache (:func:`enable_compilation_cache`) across processes.
+The trainers (``lm.train``, ``lm.vmap_sweep``) and the throughput benchmarks
+(``experiments.lib.timing``, ``bench_moe``, ``bench_vmap_sweep``) get their compiled steps
+here; ``experiments.coord_check`` and ``experiments.accelerator_check`` still jit
+``lm.step.make_train_step`` themselves. A step is compiled once per program: the model, the
+optimiser's betas, eps, clipping and decay mask, the z-loss weight, the batch shape, the mesh,
+buffer donation (and for a vmapped step the number of runs and the width of its ``lax.map``
+chunks). Learning rate, weight decay, schedule, length and (unless the step draws randomness
+from it) the seed are arguments or host-side numbers, so runs that differ only in them
+share one program: :data:`CACHE` reuses it within a process and JAX's persistent
+compilation cache (:func:`enable_compilation_cache`) across processes.
 
 A compiled step is called as ``fn(state, batch, lr, weight_decay)`` with float32 scalars
 (float32 [k] vectors for a vmapped step); its inputs must be on the shardings of
@@ -34,7 +37,8 @@ CACHE: dict[tuple, Any] = {}
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
-    """Turn on JAX's persistent compilation cache (default ``$SCALELAB_JAX_CACHE`` or ~/.cache)."""
+    """Turn on JAX's persistent compilation cache; its directory (default ``$SCALELAB_JAX_CACHE``, else
+    ~/.cache/scalelab/jax)."""
     path = str(path or os.environ.get("SCALELAB_JAX_CACHE", Path.home() / ".cache" / "scalelab" / "jax"))
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

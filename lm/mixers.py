@@ -1,7 +1,8 @@
 """The vocabulary of token mixers: one :class:`MixerSpec` per pattern letter.
 
-  A  full causal attention (MHA / GQA / MQA), ``layers/attention.py``
-  W  local (sliding-window) attention, Griffin's local MQA block, ``layers/attention.py``
+  A  causal attention (MHA / GQA / MQA by ``num_kv_heads``), full unless ``attention_window`` is set,
+     ``layers/attention.py``
+  W  local (sliding-window, ``window``) attention, Griffin's local attention block, ``layers/attention.py``
   R  Griffin/Hawk recurrent block (Conv1D + RG-LRU), ``layers/recurrent_block.py``
   L  causal linear attention (plain / RetNet / GLA), ``layers/linear_attention.py``
   M  Multi-head Latent Attention (DeepSeek-V2), ``layers/mla.py``
@@ -11,8 +12,10 @@ returning ``(y, new_cache)``, with ``init_cache(batch, max_len, dtype)``. A fami
 settings are one frozen config beside its layer, nested in ``ModelConfig`` (``cfg.rnn``,
 ``cfg.la``, ``cfg.mla``); its spec says how to build the module from a ``ModelConfig``, check
 the config, size the decode cache, and count parameters and FLOPs (the counting functions
-live in ``lm/flops.py``). Adding a family is one spec and one :func:`register_mixer` call,
-which may live outside ``lm/`` (``tests/lm/toy_mixer.py`` does).
+of the built-in families live in ``lm/flops.py``). Adding a family with no settings of its own
+is one spec and one :func:`register_mixer` call, which may live outside ``lm/``
+(``tests/lm/toy_mixer.py`` does); one with settings also needs its field in ``ModelConfig``
+(``lm/config.py``) and, if it adds logical axes, their rules in ``lm.sharding.RULES``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""Run records: the one writer and reader of a run directory's config.json, metrics.jsonl, result.json.
+"""Run records: the writer and reader of a run directory's config.json, metrics.jsonl, result.json.
 
-Used by every trainer (``lm.train.train``, ``lm.vmap_sweep.train_vmapped``) and every
-reader (the study runner, notebooks), so a record means the same thing whoever wrote it.
+Every trainer writes them here (``lm.train.train``, ``lm.vmap_sweep.train_vmapped``,
+``lm.upcycle``), so a record means the same thing whoever wrote it; notebooks and the
+results table read metrics.jsonl here. The study runner and the commands, which must not fail
+on a damaged or cut-short file, read config.json and result.json through
+``experiments.lib.outdir`` instead (a one-line error, or "not finished").
 
   config.json     the RunConfig (``RunConfig.to_json``)
   metrics.jsonl   one JSON object per line: every ``log_every`` steps and at every

@@ -34,14 +34,15 @@ is never retrained.
 Stops and locks: SIGTERM or Ctrl-C (``lm.preemption.handle_signals``) stops the sweep at the
 current run's next step boundary, with that run's checkpoint saved (a group stops likewise,
 without checkpoints), or before the next run; ``lm.preemption.Preempted`` is raised, the
-table written so far holds only finished runs, and a rerun resumes. Each run's directory is
+table written after the last finished unit lists every run (the unfinished ones "pending"),
+and a rerun resumes. Each run's directory is
 locked while it trains (``lm.run_lock``; a group locks each of its runs), so disjoint shards
 run side by side and a second sweep reaching a run in training is refused
 (``lm.run_lock.RunDirLockedError``); a run found finished once its lock is taken (by another
 process meanwhile) is not trained again.
 
 Compilation: JAX's persistent compilation cache is enabled
-(:func:`lm.train.enable_compilation_cache`) and :data:`lm.compiled.CACHE` reuses the
+(:func:`lm.compiled.enable_compilation_cache`) and :data:`lm.compiled.CACHE` reuses the
 compiled step across runs of identical shapes in one process; the table reports
 ``compile_s`` separately from ``train_s``.
 """
