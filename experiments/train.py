@@ -37,7 +37,7 @@ from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_legacy import upgrade_run_dict
 from lm.presets import PRESETS, get_preset
-from lm.tensorboard import EVENT_PREFIX, LiveEvents
+from lm.tensorboard import EVENT_PREFIX
 
 
 def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed: int = 0) -> str:
@@ -184,16 +184,14 @@ def _train_and_report(prog: str, run: RunConfig, run_dir: Path, mesh, args: argp
     train.enable_compilation_cache()
     bar = SweepProgress([run], 0, 1, enabled=run.train.progress and jax.process_index() == 0)
     bar.start([run])
-    events = LiveEvents([run_dir] if jax.process_index() == 0 else [], bar)  # TensorBoard files
     try:
-        result = train.train(run, run_dir, mesh=mesh, progress=events)
+        result = train.train(run, run_dir, mesh=mesh, progress=bar)
         bar.finish([run])
     except train.NonFiniteLossError as err:
         fail(prog, f"the run diverged: {err}", RUN_FAILED)
     except CheckpointError as err:
         fail(prog, f"{err} (rerun with --overwrite to start afresh)", RUN_FAILED)
     finally:
-        events.close()
         bar.close()
     if jax.process_index() != 0:
         return result

@@ -14,6 +14,9 @@ on a damaged or cut-short file, read config.json and result.json through
                   as null (strict JSON)
   corpus.json     the fingerprint of the data the run trains on (:mod:`lm.data_check`);
                   run directories written before it have none
+  events.out.tfevents.*.scalelab
+                  TensorBoard's copy of the records and the result, written with them
+                  (:mod:`lm.tensorboard`)
 
 Every record file except the append-only metrics.jsonl is written whole or not at all
 (:func:`atomic_write`: a temporary file, fsync, rename), here and by the study runner, so a
@@ -39,6 +42,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from lm import tensorboard
 from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
 
@@ -186,23 +190,33 @@ class MetricsLog:
     """Appends records to a run's metrics.jsonl, one flushed line each (a context manager).
 
     ``enabled=False`` (a non-primary host of a multi-host job) writes nothing. A full disk
-    raises :class:`DiskFullError` (a partial last line may stay: readers skip it).
+    raises :class:`DiskFullError` (a partial last line may stay: readers skip it). Every record
+    goes to the run's TensorBoard events too (:class:`lm.tensorboard.RunEvents`, opened with
+    the records already in the file and the config's fields as HParams).
     """
 
     def __init__(self, path: str | Path, enabled: bool = True):
         self._dir = Path(path).parent if enabled else Path(os.devnull)
         self._file = open(path if enabled else os.devnull, "a")  # noqa: SIM115  (closed by close / __exit__)
+        self._events = None
+        if enabled:
+            config = self._dir / CONFIG
+            hparams = flatten(json.loads(config.read_text())) if config.exists() else None
+            with disk_full_guard(self._dir, "writing TensorBoard events"):
+                self._events = tensorboard.RunEvents(self._dir, hparams, _parse_lines(Path(path)))
 
     def write(self, record: dict) -> None:
         with disk_full_guard(self._dir, f"appending to {METRICS}"):
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+            if self._events is not None:
+                self._events.write(record)
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError:  # the flush of a full disk's buffer, already reported by write
-            pass
+        for handle in (self._file, self._events):
+            with contextlib.suppress(OSError):  # the flush of a full disk's buffer, already reported by write
+                if handle is not None:
+                    handle.close()
 
     def __enter__(self) -> Self:
         return self
@@ -257,9 +271,12 @@ def result_record(run: RunConfig, *, status: str, final_train_loss: float, final
 
 
 def write_result(run_dir: str | Path, result: dict) -> None:
-    """Write result.json atomically (a run killed mid-write never leaves a truncated one); NaN -> null."""
+    """Write result.json atomically (a run killed mid-write never leaves a truncated one; NaN -> null),
+    then its TensorBoard events (:func:`lm.tensorboard.write_result`)."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
     atomic_write(Path(run_dir) / RESULT, json.dumps(clean, indent=2))
+    with disk_full_guard(run_dir, "writing TensorBoard events"):
+        tensorboard.write_result(run_dir, clean)
 
 
 def read_result(run_dir: str | Path) -> dict | None:

@@ -1,25 +1,33 @@
-"""TensorBoard event files of a run's metrics, written with the standard library only.
+"""TensorBoard event files of a run, written by its record writer (``lm.records``) with tensorboardX.
 
-``tensorboard --logdir runs/`` shows every run directory that holds an
-``events.out.tfevents.*`` file; :class:`RunEvents` keeps one in each run directory in step
-with its metrics.jsonl (train/loss, val/loss, val/bpb, lr, grad_norm, tokens_per_s against
-the step), so a sweep's runs appear side by side, and, synced every few seconds from the
-progress callback, while they train.
+``tensorboard --logdir runs/`` (``pip install tensorboard`` to view) shows every run
+directory as a run. Each holds, beside its metrics.jsonl:
 
-File format (what TensorFlow's ``tf.summary`` writes; TensorBoard's loader reads it):
-TFRecord framing, each record ``uint64 length | uint32 masked_crc32c(length) | data |
-uint32 masked_crc32c(data)`` (little endian; CRC-32C, Castagnoli polynomial, masked as
-``((c >> 15 | c << 17) + 0xa282ead8) mod 2^32``); each record an ``Event`` protocol buffer
-(wall_time = 1: double, step = 2: int64, file_version = 3: string, summary = 5:
-``Summary { repeated Value value = 1 }`` with ``Value { string tag = 1; float simple_value
-= 2 }``). The first event of a file carries ``file_version = "brain.Event:2"``.
+  events.out.tfevents.<time>.<host>.<pid>.log.scalelab
+      opened by ``lm.records.MetricsLog``: the HParams session start (the run's config
+      fields by dotted path), then one event per metrics.jsonl record (:data:`TAGS` against
+      the step), written and flushed with the record's line, so TensorBoard sees a record
+      as soon as metrics.jsonl does. A resumed run starts a new file with the records kept
+      from before its checkpoint and removes the files this module wrote before.
+  events.out.tfevents.<time>.<host>.<pid>.result.scalelab
+      written with result.json (``lm.records.write_result``): :data:`FINAL_TAGS` (the final
+      metrics, at the last step) and the HParams session end (its status). Its name sorts
+      after the log's, the order TensorBoard reads a run's files in.
 
-Why a default and not an extra, and why not tensorboardX: the format above is the only
-part of TensorBoard a run needs, and it is ~100 lines of stdlib code (struct, a CRC table,
-a hand-encoded protobuf of four fields), so every install writes event files with no new
-dependency; tensorboardX would pull protobuf and numpy version constraints into the core
-install for scalars alone. Viewing needs ``pip install tensorboard`` (not a dependency).
-The tests parse the files back with this module's reader and with the protobuf runtime.
+A study writes its HParams experiment once into ``out/runs`` (:func:`write_experiment`, from
+``experiments.lib.sweep.run_study``): the config fields its runs vary and the final
+metrics, the columns of TensorBoard's HParams tab, so a sweep is compared there. A run with
+no study around it (``experiments.train``) has no experiment; TensorBoard then lists every
+config field.
+
+Writer: tensorboardX's ``EventsWriter`` (the synchronous writer under its ``FileWriter``):
+``FileWriter.flush()`` does not wait for the queue its background thread drains, so an
+event added just before could still be missing from the file; this one writes and flushes
+in the caller. Run directories written before (by the former hand-encoded writer, synced
+from metrics.jsonl) hold event files of the same format and suffix: TensorBoard still reads
+them, and a resumed run replaces them as above.
+
+Axis letters: none (scalars against the step).
 """
 
 from __future__ import annotations
@@ -27,248 +35,193 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import struct
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from lm.records import disk_full_guard
+from tensorboardX import summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto.api_pb2 import Status
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.record_writer import masked_crc32c
 
 EVENT_PREFIX = "events.out.tfevents."
 SUFFIX = ".scalelab"  # marks the files this module writes (and may replace)
-FILE_VERSION = "brain.Event:2"
+EXPERIMENT = f"{EVENT_PREFIX}0.study{SUFFIX}"  # a study's HParams experiment in its runs/ directory
 # metrics.jsonl key -> TensorBoard tag
 TAGS = {"train_loss": "train/loss", "val_loss": "val/loss", "val_bpb": "val/bpb", "lr": "lr",
         "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s"}
+# result.json key -> TensorBoard tag: the metrics of the HParams tab
+FINAL_TAGS = {"final_train_loss": "final/train_loss", "final_val_loss": "final/val_loss",
+              "final_val_bpb": "final/val_bpb"}
+# result.json status -> HParams session status
+STATUS = {"complete": "STATUS_SUCCESS", "diverged": "STATUS_FAILURE"}
 
 
-# ------------------------------------------------------------------------- crc32c
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
+def scalars_of(record: Mapping, tags: Mapping[str, str] = TAGS) -> dict[str, float]:
+    """The TensorBoard scalars of one record (its finite numbers under ``tags``' keys)."""
+    return {tag: float(record[key]) for key, tag in tags.items() if _number(record.get(key))}
 
 
-_TABLE = _crc_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``; crc32c(b"123456789") == 0xE3069283."""
-    c = 0xFFFFFFFF
-    for b in data:
-        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum: CRC-32C rotated right by 15 bits plus 0xa282ead8 (mod 2^32)."""
-    c = crc32c(data)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-# ----------------------------------------------------------------------- protobuf
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    key = _varint(number << 3 | wire)
-    return key + (_varint(len(payload)) + payload if wire == 2 else payload)
-
-
-def encode_event(wall_time: float, step: int, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-    """An ``Event`` protocol buffer holding scalar summaries (or the file-version header)."""
-    out = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-    if file_version is not None:
-        out += _field(3, 2, file_version.encode())
-    if scalars:
-        values = b"".join(_field(1, 2, _field(1, 2, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-                          for tag, v in scalars.items())
-        out += _field(5, 2, values)
+def hparam_values(fields: Mapping[str, Any]) -> dict[str, bool | str | float]:
+    """Flat config fields as HParams values: numbers, booleans and strings as they are, lists and
+    tuples as JSON text; None (unset) left out."""
+    out: dict[str, bool | str | float] = {}
+    for key, value in fields.items():
+        if isinstance(value, (list, tuple)):
+            out[key] = json.dumps(value)
+        elif isinstance(value, (bool, str, int, float)):
+            out[key] = value
     return out
 
 
-def tfrecord(data: bytes) -> bytes:
-    """``data`` framed as one TFRecord."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+def _plugin_summary(tag: str, data: HParamsPluginData) -> Summary:
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams",
+                                                                  content=data.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, i
+def _writer(directory: Path, part: str) -> EventsWriter:
+    return EventsWriter(str(directory / "events"), filename_suffix=f".{os.getpid()}.{part}{SUFFIX}")
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    i = 0
-    while i < len(buf):
-        key, i = _read_varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _read_varint(buf, i)
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        elif wire == 2:
-            n, i = _read_varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, value
+def _write(writer: EventsWriter, step: int, summaries: Iterable[Summary]) -> None:
+    for s in summaries:
+        writer.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=s))
 
 
-def decode_event(data: bytes) -> dict:
-    """{"wall_time", "step", "file_version" (or None), "scalars": {tag: value}} of an Event."""
-    event = {"wall_time": 0.0, "step": 0, "file_version": None, "scalars": {}}
-    for number, value in _fields(data):
-        if number == 1:
-            event["wall_time"] = struct.unpack("<d", value)[0]
-        elif number == 2:
-            event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-        elif number == 3:
-            event["file_version"] = value.decode()
-        elif number == 5:
-            for vnum, vbuf in _fields(value):
-                if vnum != 1:
-                    continue
-                parts = dict(_fields(vbuf))
-                if 1 in parts and 2 in parts:
-                    event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
-    return event
+def _scalar_summary(scalars: Mapping[str, float]) -> Summary:
+    return Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in scalars.items()])
+
+
+class RunEvents:
+    """The event file of a run directory, written with its metrics.jsonl records.
+
+    Opening removes the files this module wrote there before, starts a new one with the
+    HParams session start of ``hparams`` (flat config fields; none: no session) and the
+    records of ``history`` (those metrics.jsonl keeps: a resumed run's were cut back to its
+    checkpoint).
+    """
+
+    def __init__(self, run_dir: str | Path, hparams: Mapping[str, Any] | None = None,
+                 history: Iterable[Mapping] = ()):
+        self.run_dir = Path(run_dir)
+        for old in self.run_dir.glob(f"{EVENT_PREFIX}*{SUFFIX}"):
+            old.unlink(missing_ok=True)
+        self._writer = _writer(self.run_dir, "log")
+        if hparams:
+            _, start, _ = summary.hparams(hparam_values(hparams), {})
+            _write(self._writer, 0, [start])
+        for record in history:
+            self._add(record)
+        self._writer.flush()
+
+    def _add(self, record: Mapping) -> bool:
+        scalars = scalars_of(record)
+        if not scalars or not isinstance(record.get("step"), int):
+            return False
+        _write(self._writer, record["step"], [_scalar_summary(scalars)])
+        return True
+
+    def write(self, record: Mapping) -> bool:
+        """Append the event of one metrics.jsonl record and flush; whether it had scalars."""
+        added = self._add(record)
+        if added:
+            self._writer.flush()
+        return added
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def write_result(run_dir: str | Path, result: Mapping) -> None:
+    """The final metrics (:data:`FINAL_TAGS`) at the run's last step and the HParams session end."""
+    writer = _writer(Path(run_dir), "result")
+    try:
+        step = result.get("steps") if isinstance(result.get("steps"), int) else 0
+        status = Status.Value(STATUS.get(result.get("status"), "STATUS_UNKNOWN"))
+        end = _plugin_summary("_hparams_/session_end_info",
+                              HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=0))
+        _write(writer, step, [_scalar_summary(scalars_of(result, FINAL_TAGS)), end])
+    finally:
+        writer.close()
+
+
+def varied_fields(configs: Iterable[Mapping[str, Any]], ignore: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    """The flat config fields whose values differ between ``configs``, each with a value that is
+    set (not None) in one of them (what the experiment's column type is read from); ``ignore``:
+    fields left out (the run's name is TensorBoard's run column already)."""
+    configs = [hparam_values(c) | {k: None for k, v in c.items() if v is None} for c in configs]
+    keys = sorted({k for c in configs for k in c} - set(ignore))
+    out = {}
+    for key in keys:
+        values = [c.get(key) for c in configs]
+        if any(v != values[0] for v in values[1:]):
+            example = next((v for v in values if v is not None), None)
+            if example is not None:
+                out[key] = example
+    return out
+
+
+def write_experiment(logdir: str | Path, hparams: Mapping[str, Any]) -> Path | None:
+    """Write (replace) the HParams experiment of a study in ``logdir`` (its runs' parent): the
+    columns ``hparams`` (flat fields: :func:`varied_fields`) and the metrics :data:`FINAL_TAGS`.
+
+    Written to a temporary file and renamed to :data:`EXPERIMENT`, so shards writing it at
+    once leave one whole file. None written (returns None) when nothing varies.
+    """
+    values = hparam_values(hparams)
+    if not values:
+        return None
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    experiment, _, _ = summary.hparams(values, dict.fromkeys(FINAL_TAGS.values(), 0.0))
+    with tempfile.TemporaryDirectory(dir=logdir, prefix=".experiment-") as tmp:
+        writer = _writer(Path(tmp), "study")
+        try:
+            _write(writer, 0, [experiment])
+        finally:
+            writer.close()
+        (written,) = Path(tmp).glob(f"{EVENT_PREFIX}*")
+        os.replace(written, logdir / EXPERIMENT)
+    return logdir / EXPERIMENT
 
 
 def read_events(path: str | Path) -> list[dict]:
-    """Every event of an event file (:func:`decode_event`), checking both CRCs of each record.
+    """Every event of an event file as {"wall_time", "step", "file_version" (or None), "scalars":
+    {tag: value}, "plugins": {tag: plugin name}}, checking both checksums of each TFRecord.
 
     Raises:
       ValueError: a record's checksum does not match or the file ends inside a record.
     """
-    data = Path(path).read_bytes()
-    events, i = [], 0
+    data, events, i = Path(path).read_bytes(), [], 0
     while i < len(data):
+        header = data[i:i + 8]
         if i + 12 > len(data):
             raise ValueError(f"{path}: truncated record header at byte {i}")
-        header = data[i:i + 8]
-        (length,), (hcrc,) = struct.unpack("<Q", header), struct.unpack("<I", data[i + 8:i + 12])
-        if hcrc != masked_crc32c(header):
+        if struct.unpack("<I", data[i + 8:i + 12])[0] != masked_crc32c(header):
             raise ValueError(f"{path}: bad length checksum at byte {i}")
-        body = data[i + 12:i + 12 + length]
-        if len(body) < length or i + 16 + length > len(data):
+        (length,) = struct.unpack("<Q", header)
+        body, end = data[i + 12:i + 12 + length], i + 16 + length
+        if end > len(data):
             raise ValueError(f"{path}: truncated record at byte {i}")
-        (bcrc,) = struct.unpack("<I", data[i + 12 + length:i + 16 + length])
-        if bcrc != masked_crc32c(body):
+        if struct.unpack("<I", data[end - 4:end])[0] != masked_crc32c(body):
             raise ValueError(f"{path}: bad data checksum at byte {i}")
-        events.append(decode_event(body))
-        i += 16 + length
+        event = event_pb2.Event.FromString(body)
+        values = event.summary.value
+        events.append({"wall_time": event.wall_time, "step": event.step,
+                       "file_version": event.file_version or None,
+                       "scalars": {v.tag: v.simple_value for v in values if v.HasField("simple_value")},
+                       "plugins": {v.tag: v.metadata.plugin_data.plugin_name for v in values
+                                   if v.metadata.plugin_data.plugin_name}})
+        i = end
     return events
-
-
-# --------------------------------------------------------------------- run files
-
-
-def scalars_of(record: Mapping) -> dict[str, float]:
-    """The TensorBoard scalars of one metrics.jsonl record (finite numbers of :data:`TAGS`)."""
-    out = {}
-    for key, tag in TAGS.items():
-        value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[tag] = float(value)
-    return out
-
-
-class RunEvents:
-    """Keeps a run directory's event file in step with its metrics.jsonl.
-
-    :meth:`sync` appends the records written since the last call. The first call of an
-    instance starts a new file with every record (a resumed run's metrics.jsonl was cut back
-    to its checkpoint) and removes the event files this module wrote there before, so the
-    run directory always holds one file matching metrics.jsonl. Only complete lines are
-    read: a line being written is picked up by the next call.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path: Path | None = None
-        self.offset = 0
-
-    def sync(self) -> int:
-        """Append the new records; the number of events written (a full disk: ``lm.records.DiskFullError``)."""
-        with disk_full_guard(self.run_dir, "writing TensorBoard events"):
-            return self._sync()
-
-    def _sync(self) -> int:
-        metrics = self.run_dir / "metrics.jsonl"
-        if not metrics.is_file():
-            return 0
-        if self.path is None:
-            for old in self.run_dir.glob(f"{EVENT_PREFIX}*{SUFFIX}"):
-                old.unlink()
-            self.path = self.run_dir / f"{EVENT_PREFIX}{int(time.time())}.{socket.gethostname()}.{os.getpid()}{SUFFIX}"
-            self.path.write_bytes(tfrecord(encode_event(time.time(), 0, file_version=FILE_VERSION)))
-            self.offset = 0
-        with open(metrics, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        records = []
-        for line in complete.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a damaged line: metrics.jsonl's reader reports it
-            scalars = scalars_of(record) if isinstance(record, dict) else {}
-            if scalars and isinstance(record.get("step"), int):
-                records.append(tfrecord(encode_event(time.time(), record["step"], scalars)))
-        if records:
-            with open(self.path, "ab") as f:
-                f.write(b"".join(records))
-        return len(records)
-
-
-class LiveEvents:
-    """A ``progress(step, total, metrics)`` callback that forwards to ``progress`` and syncs
-    the event files of ``run_dirs`` (:class:`RunEvents`) at most every ``every_s`` seconds;
-    :meth:`close` syncs them a last time (call it however the training ended)."""
-
-    def __init__(self, run_dirs, progress=None, every_s: float = 10.0):
-        self.events = [RunEvents(d) for d in run_dirs]
-        self.progress, self.every_s = progress, every_s
-        self.last = time.monotonic()
-
-    def __call__(self, step: int, total: int, metrics: Mapping[str, float]) -> None:
-        if self.progress is not None:
-            self.progress(step, total, metrics)
-        if time.monotonic() - self.last >= self.every_s:
-            self.sync()
-
-    def sync(self) -> None:
-        self.last = time.monotonic()
-        for e in self.events:
-            e.sync()
-
-    def close(self) -> None:
-        self.sync()

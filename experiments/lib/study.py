@@ -9,6 +9,9 @@ executes the grid (or one shard of it) under ``out``:
                                     metrics.jsonl, checkpoints/, result.json; and a
                                     TensorBoard event file, lm.tensorboard: run
                                     ``tensorboard --logdir out/runs``)
+  out/runs/events.out.tfevents.0.study.scalelab
+                                    the HParams experiment: the config fields the runs
+                                    vary, TensorBoard's HParams columns (lm.tensorboard)
   out/results.csv                   the tidy table (one row per run, :mod:`experiments.lib.table`),
   out/results.shard-<i>-of-<n>.csv  or, for a shard, that shard's rows
   out/curves.csv                    long table of every run's loss curve (run, step,

@@ -65,11 +65,10 @@ from experiments.lib.study import (CURVES, MANIFEST, RUNS_DIR, Study, StudyError
                                    shard_runs, table_path)
 from experiments.lib.table import (collect_curves, collect_table, merge_tables, read_study_table, study_tables,
                                    write_table)
-from lm import preemption, run_lock
+from lm import preemption, records, run_lock, tensorboard
 from lm import train as lm_train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
-from lm.tensorboard import LiveEvents
 
 # ----------------------------------------------------------------------- output dir
 
@@ -249,6 +248,9 @@ def run_study(
     runs = tuple(r for r in study.runs if r.name in mine)
     data_budget.check_data(runs, out)  # vocabulary, splits, shards, corpus fingerprints: before out is touched
     out = prepare_out(study, out)
+    with records.disk_full_guard(out, "writing the TensorBoard HParams experiment"):
+        tensorboard.write_experiment(out / RUNS_DIR, tensorboard.varied_fields(
+            records.flatten(r.to_dict()) for r in study.runs))  # the whole grid's: every shard writes the same
     if compilation_cache:
         lm_train.enable_compilation_cache()
     grouped = {name for g in groups for name in g}
@@ -315,17 +317,14 @@ def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     rd = run_dir(out, run)
     bar.start([run])
     t0 = time.perf_counter()
-    events = LiveEvents([rd], bar)
     try:
-        lm_train.train(run, rd, progress=events)
+        lm_train.train(run, rd, progress=bar)
     except (lm_train.NonFiniteLossError, CheckpointError) as err:
-        events.close()
         status = "failed" if isinstance(err, CheckpointError) else "diverged"
         atomic_write(rd / "failure.json", json.dumps({"status": status, "error": str(err)}, indent=2))
         bar.write(f"run {run.name} {status}: {err}")
         bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0), status=status)
         return
-    events.close()
     atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
     bar.finish([run])
 
@@ -335,11 +334,7 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train
     dirs = [run_dir(out, r) for r in runs]
     bar.start(runs)
     t0 = time.perf_counter()
-    events = LiveEvents(dirs, bar)
-    try:
-        train_group(tuple(runs), dirs, progress=events)
-    finally:
-        events.close()
+    train_group(tuple(runs), dirs, progress=bar)
     wall = (time.perf_counter() - t0) / len(runs)
     missing = [str(d) for d in dirs if read_result(d) is None]
     if missing:

@@ -16,7 +16,7 @@ from experiments import lib
 from experiments.lib.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
-from lm.tensorboard import read_events
+from lm.tensorboard import EXPERIMENT, read_events
 
 
 def tiny_run(name: str, lr: float = 1e-2) -> RunConfig:
@@ -33,10 +33,14 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
     first = lib.run_study(study, tmp_path, progress=False, compilation_cache=False)
     assert first.set_index("run")["status"].to_dict() == {"a": "complete", "b": "complete", "boom": "diverged"}
     for name, row in first.set_index("run").iterrows():  # every run has its TensorBoard event file
-        (events,) = (tmp_path / "runs" / name).glob("events.out.tfevents.*")
+        (events,) = (tmp_path / "runs" / name).glob("events.out.tfevents.*.log.scalelab")
         logged = [e for e in read_events(events) if e["scalars"]]
         if row["status"] == "complete":
             assert logged[-1]["step"] == 4 and logged[-1]["scalars"]["val/loss"] == np.float32(row["final_val_loss"])
+            (final,) = (tmp_path / "runs" / name).glob("events.out.tfevents.*.result.scalelab")
+            assert [e for e in read_events(final) if e["scalars"]][-1]["scalars"]["final/val_loss"] == \
+                np.float32(row["final_val_loss"])
+    assert (tmp_path / "runs" / EXPERIMENT).is_file()  # the HParams columns: the learning rates differ
     for name in ("a", "b"):  # killed after the last checkpoint, before result.json
         (tmp_path / "runs" / name / "result.json").unlink()
     for f in (tmp_path / "runs" / "a" / "checkpoints").rglob("*"):
