@@ -54,6 +54,12 @@ def test_each_grid_run_becomes_a_branch_of_its_sizes_stable_run(tmp_path, shape)
         assert by_name[f"stable_{size}"].train.checkpoint_steps == tuple(sorted(set(points)))
         assert by_name[f"stable_{size}"].train.checkpoint_every == max(points)
         assert by_name[f"stable_{size}"].schedule.kind == "constant"
+        # the warmup of the size's longest grid run (not of its shortest): one warmup for every branch
+        stable = by_name[f"stable_{size}"]
+        longest = max((r for r in grid.runs if grid.tags[r.name]["size"] == size), key=lambda r: r.train.steps)
+        assert warmup_steps(stable.schedule, stable.train.steps) == warmup_steps(longest.schedule, longest.train.steps)
+        assert warmup_steps(stable.schedule, stable.train.steps) > min(
+            warmup_steps(r.schedule, r.train.steps) for r in grid.runs if grid.tags[r.name]["size"] == size)
 
 
 def test_wsd_budgets_hold_the_largest_out_and_split_each_interval():
