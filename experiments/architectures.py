@@ -281,8 +281,9 @@ def e_profile_lines(family: str, profile: dict[float, float]) -> list[str]:
     held = " / ".join(f"{e:g}" for e in profile)
     if all(r >= 1.0 for r in profile.values()):
         return ["", f"E -> 0 in the {family} fit is the data's optimum, not a failed fit: holding E at {held} "
-                    f"changes the objective by {ratios}. Over these budgets the losses bend toward no floor (they are far "
-                    "above the irreducible loss), so E is not identified at this scale; A and alpha absorb it."]
+                    f"changes the objective by {ratios}. Over these budgets the losses bend toward no floor "
+                    "(they are far above the irreducible loss), so E is not identified at this scale; A and "
+                    "alpha absorb it."]
     return ["", f"**The {family} fit missed its optimum**: holding E at {held} changes the objective by {ratios} "
                 "(a lower objective than the free fit's)."]
 

@@ -290,9 +290,9 @@ class TrainConfig:
     eval_every / eval_batches: periodic validation. checkpoint_every: orbax save period
     (the final step is always saved); checkpoint_steps: further steps to save at (WSD
     branch points: a stable run saves exactly where its branches start, not at every gcd of
-    them); keep_checkpoints: how many to retain (None = all, useful for WSD branching). init_from: (run_dir, step) to start from a saved state
-    (WSD decay branches). The loss curve is logged every ``log_every`` steps with the
-    cumulative training FLOPs (the sweep runner interpolates it at fixed FLOP counts).
+    them); keep_checkpoints: how many to retain (None = all, useful for WSD branching).
+    init_from: (run_dir, step) to start from a saved state (WSD decay branches). The loss
+    curve is logged every ``log_every`` steps with the cumulative training FLOPs (the sweep runner interpolates it at fixed FLOP counts).
     """
 
     steps: int = 200

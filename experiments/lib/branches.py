@@ -9,10 +9,11 @@ cooldown branch per length give the final losses of every length of the grid.
 :func:`wsd_study` turns any grid of runs into that study: runs of the same model (same
 model, data, optimizer and seed) share one stable run ``stable_<label>``, trained up to the
 largest branch point s = L - round(cooldown_fraction * L), saving a checkpoint at every
-branch point (``TrainConfig.checkpoint_steps``) and nowhere else; each grid run keeps its name, tags, length L and
-batch shape, and becomes a branch that restores the stable run at s
-(``TrainConfig.init_from``: parameters, optimizer and data-iterator state, the mechanism
-of ``experiments.wsd``) and cools down over steps s .. L. No step is trained twice.
+branch point (``TrainConfig.checkpoint_steps``) and nowhere else, after the warmup of the
+model's longest grid run; each grid run keeps its name, tags, length L and batch shape,
+and becomes a branch that restores the stable run at s (``TrainConfig.init_from``:
+parameters, optimizer and data-iterator state, the mechanism of ``experiments.wsd``) and
+cools down over steps s .. L. No step is trained twice.
 :func:`study_compute` counts the FLOPs a study trains (a branch only from its branch point).
 """
 
@@ -85,7 +86,7 @@ def wsd_study(grid: Study, out: str | Path, *, label: Callable[[Mapping[str, Any
         # (2e-2) the shortest run's 1-2 warmup steps left the d48L2 stable run 0.05-0.1 nats above every
         # cosine run of the grid from step 30 on and made the gain of the branches uneven across sizes
         # (fitted alpha 2.2 vs the grid's 0.86; with this warmup 1.0). A longer warmup lowers the loss's
-        # sensitivity to a high peak lr (Wortsman et al. 2023, arXiv:2309.14322, Sec. 3.4).
+        # sensitivity to a high peak lr (Wortsman et al. 2023, arXiv:2309.14322).
         warm = max(warmup_steps(r.schedule, r.train.steps) for r in members)
         points = {r.name: branch_point(r.train.steps, fraction) for r in members}
         for r in members:

@@ -95,7 +95,8 @@ def test_a_chinchilla_fit_at_e_zero_says_whether_it_is_the_datas_optimum():
     chin = arch.fit_chinchilla_per_family(pd.DataFrame(rows), n_bootstrap=4, init_grid=grid)
     assert chin["hawk"].loc["E", "estimate"] < 1e-3 and set(chin["hawk"].attrs["E_profile"]) == set(arch.E_PROFILE)
     assert all(r > 1.0 for r in chin["hawk"].attrs["E_profile"].values())
-    assert "the data's optimum, not a failed fit" in " ".join(arch.e_profile_lines("hawk", chin["hawk"].attrs["E_profile"]))
+    lines = arch.e_profile_lines("hawk", chin["hawk"].attrs["E_profile"])
+    assert "the data's optimum, not a failed fit" in " ".join(lines)
     assert chin["gla"].loc["E", "estimate"] == pytest.approx(1.5, rel=0.02) and "E_profile" not in chin["gla"].attrs
     assert "missed its optimum" in " ".join(arch.e_profile_lines("moe", {0.5: 0.9, 1.0: 1.2}))
 
