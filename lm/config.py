@@ -292,7 +292,8 @@ class TrainConfig:
     branch points: a stable run saves exactly where its branches start, not at every gcd of
     them); keep_checkpoints: how many to retain (None = all, useful for WSD branching).
     init_from: (run_dir, step) to start from a saved state (WSD decay branches). The loss
-    curve is logged every ``log_every`` steps with the cumulative training FLOPs (the sweep runner interpolates it at fixed FLOP counts).
+    curve is logged every ``log_every`` steps with the cumulative training FLOPs (the sweep
+    runner interpolates it at fixed FLOP counts).
     """
 
     steps: int = 200
