@@ -224,19 +224,39 @@ def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None
                      "multiplier": float(compute_for_loss(target, q["E"], q["A"], q["alpha"]) / c_max),
                      "lower": percentile_inf(m_boot, lo) if k else math.nan,
                      "upper": percentile_inf(m_boot, hi) if k else math.nan,
+                     "unreached": float(np.mean(np.isposinf(m_boot))) if k else math.nan,
                      "E": q["E"], "A": q["A"], "alpha": q["alpha"],
                      "cache_bytes_per_token": (cache or {}).get(family, math.nan)})
     return pd.DataFrame(rows).set_index("family")
+
+
+def unbounded_note(mult: pd.DataFrame) -> list[str]:
+    """The report's line explaining an ``inf`` bound of a multiplier's interval (none if no bound is inf)."""
+    fams = [f for f, r in mult.iterrows() if math.isinf(r["upper"]) or math.isinf(r["lower"])]
+    if not fams:
+        return []
+    share = ", ".join(f"{f} {100 * mult.loc[f, 'unreached']:.1f}%" for f in fams)
+    return ["", f"An interval bound `inf` is not a number: in at least {100 * (1 - 0.95) / 2:g}% of the bootstrap "
+                f"resamples the family's fitted floor E lies at or above the transformer's target loss, so no "
+                f"compute reaches it (the resamples never reaching it: {share}); the data cannot exclude that the "
+                f"family never matches the transformer, and the interval is unbounded above."]
+
+
+E_PROFILE = (0.5, 1.0)  # E (nats) held fixed to test a Chinchilla fit's E -> 0: below every loss of these presets
 
 
 def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss", n_bootstrap: int = 200,
                               init_grid="hoffmann") -> dict:
     """{family: interval table} of L(N_active, D) for families with >= 8 runs of >= 2 sizes.
 
+    A table's attrs: "warnings" (``scaling.diagnostics.fit_warnings``) and, when the fit's E -> 0,
+    "E_profile": {E: the objective with E held there / the free fit's} for E in :data:`E_PROFILE`
+    (all >= 1: E = 0 is the data's optimum; one < 1: the free fit missed it).
+
     ``init_grid``: starts of the multistart fit (``scaling.fit_law``; "hoffmann" = the published grid).
     """
     from scaling import fit_law
-    from scaling.diagnostics import fit_warnings
+    from scaling.diagnostics import E_MIN_FRACTION, fit_warnings
 
     out = {}
     t = table[table["status"] == "complete"]
@@ -248,7 +268,24 @@ def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss",
         boot = fit.bootstrap(n=n_bootstrap)
         out[family] = boot.intervals
         out[family].attrs["warnings"] = fit_warnings(fit, boot)
+        if fit.params["E"] < E_MIN_FRACTION * float(data["loss"].min()):
+            out[family].attrs["E_profile"] = {
+                e: fit_law(data, law="chinchilla", init_grid=init_grid, fixed={"E": e}).objective / fit.objective
+                for e in E_PROFILE}
     return out
+
+
+def e_profile_lines(family: str, profile: dict[float, float]) -> list[str]:
+    """What a Chinchilla fit's E -> 0 means, from the objective with E held at :data:`E_PROFILE`."""
+    ratios = " / ".join(f"{100 * (r - 1):+.1f}%" for r in profile.values())
+    held = " / ".join(f"{e:g}" for e in profile)
+    if all(r >= 1.0 for r in profile.values()):
+        return ["", f"E -> 0 in the {family} fit is the data's optimum, not a failed fit: holding E at {held} "
+                    f"changes the objective by {ratios}. Over these budgets the losses bend toward no floor "
+                    "(they are far above the irreducible loss), so E is not identified at this scale; A and "
+                    "alpha absorb it."]
+    return ["", f"**The {family} fit missed its optimum**: holding E at {held} changes the objective by {ratios} "
+                "(a lower objective than the free fit's)."]
 
 
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss: str = "final_val_loss",
@@ -273,6 +310,7 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
         [(f, f"{r['E']:.3f}", f"{r['A']:.3g}", f"{r['alpha']:.3f}", f"{r['multiplier']:.3g}",
           f"[{r['lower']:.3g}, {r['upper']:.3g}]", f"{r['cache_bytes_per_token']:.4g}") for f, r in mult.iterrows()],
         align="lrrrrlr")
+    lines += unbounded_note(mult)
     from scaling.diagnostics import fit_warnings, markdown
 
     for f, (fit, boot) in fits.items():
@@ -284,6 +322,8 @@ def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss:
             [(q, f"{iv.loc[q, 'estimate']:.4g}", f"{iv.loc[q, 'lower']:.4g}", f"{iv.loc[q, 'upper']:.4g}")
              for q in ("E", "A", "B", "alpha", "beta") if q in iv.index], align="lrrr")
         lines += ["", *markdown(iv.attrs.get("warnings", []), f"Warnings, Chinchilla fit of {f}")]
+        if "E_profile" in iv.attrs:
+            lines += e_profile_lines(f, iv.attrs["E_profile"])
     lib.write_report(out, lines, figures)
     return {"frontier": front, "fits": fits, "multipliers": mult, "chinchilla": chin, "plots": figures,
             "report": out / "report.md"}
@@ -330,6 +370,9 @@ def compare_wsd(study: lib.Study, result: dict, grid: lib.Study, out: Path, args
                  [g.loc[f, "lower"], g.loc[f, "upper"]]) for f in w.index if f in g.index}
         cmp["multipliers"], table_lines = branches.side_by_side(q)
         lines += [f"Compute multipliers of both methods (grid: `{theirs}`):", "", *table_lines]
+        if any(math.isinf(v) for f in q for v in (*q[f][1], *q[f][3])):
+            lines += ["", "`inf`: an interval unbounded above (see the multiplier table: in at least 2.5% of the "
+                          "resamples that family's fitted floor never reaches the target loss)."]
     else:
         lines.append(f"No results of this preset's grid in {out.parent} to set beside these; train them with "
                      f"`python -m experiments.architectures --preset {args.preset} --data {args.data} "

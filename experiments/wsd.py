@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import lib
-from experiments.lib import data_budget
+from experiments.lib import branches, data_budget
 from experiments.lib.study import CURVES
 from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.presets import LADDER, ladder_model
@@ -149,18 +149,19 @@ def build_study(preset: Preset, out: str | Path, preset_name: str = "custom", *,
 # --------------------------------------------------------------------------- analysis
 
 
-def flops_accounting(table: pd.DataFrame) -> dict[str, float]:
+def flops_accounting(study: lib.Study) -> dict[str, float]:
     """FLOPs of the WSD curve (stable run + decay branches) vs all cosine runs.
 
-    A branch restored at step s_i of an L_i-step run costs (L_i - s_i) / L_i of its row's C.
+    Each run counts the steps it trains (:func:`experiments.lib.branches.trained_flops`, the
+    accounting of ``--method wsd``): a branch restored at step s_i of an L_i-step run only
+    its L_i - s_i steps.
     """
-    t = table.set_index("run")
-    stable = float(t.loc["stable", "C"])
-    wsd = t[t["kind"] == "wsd"]
-    branches = float((wsd["C"] * (wsd["length"] - wsd["branch_point"]) / wsd["length"]).sum())
-    cosine = float(t[t["kind"] == "cosine"]["C"].sum())
-    return {"wsd_flops": stable + branches, "cosine_flops": cosine,
-            "flops_saved": 1.0 - (stable + branches) / cosine, "stable_flops": stable, "branch_flops": branches}
+    by_kind = {"stable": 0.0, "wsd": 0.0, "cosine": 0.0}
+    for run in study.runs:
+        by_kind[study.tags[run.name]["kind"]] += branches.trained_flops(run)
+    stable, wsd, cosine = by_kind["stable"], by_kind["wsd"], by_kind["cosine"]
+    return {"wsd_flops": stable + wsd, "cosine_flops": cosine,
+            "flops_saved": 1.0 - (stable + wsd) / cosine, "stable_flops": stable, "branch_flops": wsd}
 
 
 def loss_gaps(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame:
@@ -178,7 +179,7 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, loss: str = 
     out = Path(out)
     table = table[table["status"] == "complete"]
     gaps = loss_gaps(table, loss)
-    acct = flops_accounting(table)
+    acct = flops_accounting(study)
     fits = {}
     if len(gaps) >= 4:
         from scaling import fit_law

@@ -288,10 +288,12 @@ class TrainConfig:
 
     steps: optimiser steps. z_loss: weight of the PaLM output z-loss mean(logsumexp^2).
     eval_every / eval_batches: periodic validation. checkpoint_every: orbax save period
-    (the final step is always saved); keep_checkpoints: how many to retain (None = all,
-    useful for WSD branching). init_from: (run_dir, step) to start from a saved state
-    (WSD decay branches). The loss curve is logged every ``log_every`` steps with the
-    cumulative training FLOPs (the sweep runner interpolates it at fixed FLOP counts).
+    (the final step is always saved); checkpoint_steps: further steps to save at (WSD
+    branch points: a stable run saves exactly where its branches start, not at every gcd of
+    them); keep_checkpoints: how many to retain (None = all, useful for WSD branching).
+    init_from: (run_dir, step) to start from a saved state (WSD decay branches). The loss
+    curve is logged every ``log_every`` steps with the cumulative training FLOPs (the sweep
+    runner interpolates it at fixed FLOP counts).
     """
 
     steps: int = 200
@@ -304,6 +306,7 @@ class TrainConfig:
     keep_checkpoints: int | None = 2
     init_from: tuple[str, int] | None = None
     progress: bool = True
+    checkpoint_steps: tuple[int, ...] | None = None
 
     def __post_init__(self):
         _positive(self, "steps", "eval_every", "eval_batches", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -314,6 +317,12 @@ class TrainConfig:
                 and not isinstance(self.init_from[1], bool) and self.init_from[1] >= 0):
             raise ValueError(f"TrainConfig.init_from={self.init_from!r}: must be None or (run_dir, step) with a "
                              "string run_dir and an integer step >= 0")
+        steps = self.checkpoint_steps
+        if steps is not None and not (
+                isinstance(steps, tuple) and all(isinstance(k, int) and not isinstance(k, bool) for k in steps)
+                and all(1 <= k <= self.steps for k in steps) and list(steps) == sorted(set(steps))):
+            raise ValueError(f"TrainConfig.checkpoint_steps={steps!r}: must be None or a tuple of strictly "
+                             f"increasing integer steps in [1, steps={self.steps}]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -207,7 +207,7 @@ def _train(run: RunConfig, run_dir: Path, ckpt: Checkpointer, train_it, mesh, pr
                     last_train_loss = record["train_loss"]
                     window_loss, window_n = 0.0, 0
                 stop = preemption.should_stop(done)
-                if stop or _due(done, tc.checkpoint_every, tc.steps):
+                if stop or _due(done, tc.checkpoint_every, tc.steps) or done in (tc.checkpoint_steps or ()):
                     save(done, record)
                 if stop:
                     raise preemption.preempted(

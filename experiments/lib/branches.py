@@ -8,11 +8,12 @@ cooldown branch per length give the final losses of every length of the grid.
 
 :func:`wsd_study` turns any grid of runs into that study: runs of the same model (same
 model, data, optimizer and seed) share one stable run ``stable_<label>``, trained up to the
-largest branch point s = L - cooldown_fraction * L (rounded to a checkpoint unit, so the
-stable run saves at every branch point); each grid run keeps its name, tags, length L and
-batch shape, and becomes a branch that restores the stable run at s
-(``TrainConfig.init_from``: parameters, optimizer and data-iterator state, the mechanism
-of ``experiments.wsd``) and cools down over steps s .. L. No step is trained twice.
+largest branch point s = L - round(cooldown_fraction * L), saving a checkpoint at every
+branch point (``TrainConfig.checkpoint_steps``) and nowhere else, after the warmup of the
+model's longest grid run; each grid run keeps its name, tags, length L and batch shape,
+and becomes a branch that restores the stable run at s (``TrainConfig.init_from``:
+parameters, optimizer and data-iterator state, the mechanism of ``experiments.wsd``) and
+cools down over steps s .. L. No step is trained twice.
 :func:`study_compute` counts the FLOPs a study trains (a branch only from its branch point).
 """
 
@@ -36,16 +37,9 @@ METHODS = ("grid", "wsd")
 SUBDIR = "wsd"  # --method wsd writes under <the grid's --out>/wsd, beside the grid it is compared with
 
 
-def checkpoint_unit(shortest: int, fraction: float) -> int:
-    """Branch points are multiples of this many steps: a quarter of the shortest run's cooldown
-    (at least 1), so each cooldown is within an eighth of ``fraction`` of its run."""
-    return max(1, int(fraction * shortest) // 4)
-
-
-def branch_point(steps: int, fraction: float, unit: int = 1) -> int:
-    """s: the first cooldown step of a ``steps``-step run: steps - round(fraction * steps), rounded to a
-    multiple of ``unit``."""
-    return unit * round((steps - round(fraction * steps)) / unit)
+def branch_point(steps: int, fraction: float) -> int:
+    """s: the first cooldown step of a ``steps``-step run: steps - round(fraction * steps)."""
+    return steps - round(fraction * steps)
 
 
 def _same_model(run: RunConfig) -> str:
@@ -67,7 +61,7 @@ def wsd_study(grid: Study, out: str | Path, *, label: Callable[[Mapping[str, Any
         the same label must be the same model.
       fraction: cooldown length as a fraction of each branch (0 < fraction < 1).
       shape: cooldown shape (:data:`lm.config.DECAY_SHAPES`), to the grid run's floor
-        ``schedule.min_ratio``; warmup: the grid's warmup of the model's shortest run.
+        ``schedule.min_ratio``; warmup: the grid's warmup of the model's longest run.
 
     Raises:
       StudyError: a bad fraction or shape, one label over two models, or a branch point not
@@ -87,20 +81,24 @@ def wsd_study(grid: Study, out: str | Path, *, label: Callable[[Mapping[str, Any
                              "a stable run")
         members = sorted(members, key=lambda r: r.train.steps)
         first = members[0]
-        unit = checkpoint_unit(first.train.steps, fraction)
-        warm = warmup_steps(first.schedule, first.train.steps)
-        points = {r.name: branch_point(r.train.steps, fraction, unit) for r in members}
+        # One warmup serves every branch (Hägele et al. Sec. 3: the warmup does not depend on the length);
+        # the grid's warmup of the longest run (5% of it), not of the shortest: at the CPU presets' peak lr
+        # (2e-2) the shortest run's 1-2 warmup steps left the d48L2 stable run 0.05-0.1 nats above every
+        # cosine run of the grid from step 30 on and made the gain of the branches uneven across sizes
+        # (fitted alpha 2.2 vs the grid's 0.86; with this warmup 1.0). A longer warmup lowers the loss's
+        # sensitivity to a high peak lr (Wortsman et al. 2023, arXiv:2309.14322).
+        warm = max(warmup_steps(r.schedule, r.train.steps) for r in members)
+        points = {r.name: branch_point(r.train.steps, fraction) for r in members}
         for r in members:
             if not warm < points[r.name] < r.train.steps:
                 raise StudyError(f"run {r.name!r} ({r.train.steps} steps) would cool down from step {points[r.name]}: "
                                  f"the branch point must lie after the warmup ({warm} steps) and before the end; "
                                  "change the cooldown fraction or lengthen the run")
         s_max = max(points.values())
-        every = math.gcd(*points.values())
         stable = dataclasses.replace(
             first, name=f"stable_{key}", schedule=ScheduleConfig(kind="constant", warmup_steps=warm),
-            train=dataclasses.replace(first.train, steps=s_max, eval_every=s_max, checkpoint_every=every,
-                                      keep_checkpoints=None))
+            train=dataclasses.replace(first.train, steps=s_max, eval_every=s_max, checkpoint_every=s_max,
+                                      checkpoint_steps=tuple(sorted(set(points.values()))), keep_checkpoints=None))
         stable_dir = str(run_dir(Path(out).resolve(), stable))
         common = {k: v for k, v in grid.tags[first.name].items()
                   if all(grid.tags[r.name].get(k) == v for r in members)}

@@ -81,6 +81,7 @@ FIELD_HELP = {
     "train.eval_batches": "validation batches per evaluation",
     "train.log_every": "write a metrics record every this many steps",
     "train.checkpoint_every": "save a checkpoint every this many steps (and at the end)",
+    "train.checkpoint_steps": "also save at these steps: a JSON list of increasing steps (none: only the period)",
     "train.keep_checkpoints": "checkpoints to keep (none: all)",
     "train.init_from": 'start from another run\'s checkpoint: a JSON list ["RUN_DIR", STEP] (none: from scratch)',
     "train.progress": "show a progress bar (true/false)",

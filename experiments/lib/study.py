@@ -45,7 +45,8 @@ SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
 # the run-directory check while at their default, so those studies still resume and load.
 ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,
                 "model.remat": "none", "model.parametrization": "sp", "model.base_width": None,
-                "schedule.knots": None, "model.mup_zero_readout": False, "model.mup_zero_query": False}
+                "schedule.knots": None, "model.mup_zero_readout": False, "model.mup_zero_query": False,
+                "train.checkpoint_steps": None}
 
 
 class StudyError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,44 @@ def test_a_multiplier_interval_reaching_an_unreachable_loss_is_unbounded_not_nan
     x = np.array([1.0, 2.0, 3.0, np.inf, np.inf])
     assert arch.percentile_inf(x, 97.5) == np.inf and arch.percentile_inf(x, 2.5) == pytest.approx(1.1)
     assert arch.percentile_inf(np.array([1.0, 2.0, 3.0]), 50) == 2.0
+
+
+def test_an_unbounded_multiplier_interval_is_explained_in_the_report():
+    """A family whose floor E lies above the target in some resamples: upper bound inf, their share, and a note."""
+    from types import SimpleNamespace
+
+    def fit(E, A, alpha, Es):
+        samples = pd.DataFrame({"E": Es, "A": [A] * len(Es), "alpha": [alpha] * len(Es)})
+        return SimpleNamespace(params={"E": E, "A": A, "alpha": alpha}), SimpleNamespace(samples=samples)
+
+    c_max = 1e10
+    fits = {"transformer": fit(2.0, 50.0, 0.2, [2.0] * 10),  # target 2.0 + 50 * 1e10^-0.2 = 2.5
+            "moe": fit(2.1, 50.0, 0.2, [2.1] * 8 + [2.6, 2.7])}  # 2 of 10 resamples never reach 2.5
+    mult = arch.compute_multipliers(fits, c_max)
+    assert math.isinf(mult.loc["moe", "upper"]) and mult.loc["moe", "unreached"] == pytest.approx(0.2)
+    assert mult.loc["transformer", "unreached"] == 0.0
+    note = " ".join(arch.unbounded_note(mult))
+    assert "`inf`" in note and "(the resamples never reaching it: moe 20.0%)" in note
+    assert arch.unbounded_note(mult.drop("moe")) == []
+
+
+def test_a_chinchilla_fit_at_e_zero_says_whether_it_is_the_datas_optimum():
+    """Losses with no floor (E = 0): the fit lands on E -> 0 and the profile (E held at 0.5, 1) is worse;
+    with a floor (E = 1.5) no profile is taken."""
+    grid = {"alpha": (0.2, 0.5), "beta": (0.2, 0.5), "e": (-1.0, 0.5), "a": (3.0, 6.0), "b": (3.0, 6.0)}
+    rows = []
+    for E, fam in ((0.0, "hawk"), (1.5, "gla")):
+        for N in (1e4, 3e4, 1e5):
+            for D in np.geomspace(1e5, 1e7, 4):
+                rows.append({"family": fam, "status": "complete", "size": f"n{N:g}", "N_active": N, "D": D,
+                             "final_val_loss": E + 40.0 * N ** -0.3 + 60.0 * D ** -0.25})
+    chin = arch.fit_chinchilla_per_family(pd.DataFrame(rows), n_bootstrap=4, init_grid=grid)
+    assert chin["hawk"].loc["E", "estimate"] < 1e-3 and set(chin["hawk"].attrs["E_profile"]) == set(arch.E_PROFILE)
+    assert all(r > 1.0 for r in chin["hawk"].attrs["E_profile"].values())
+    lines = arch.e_profile_lines("hawk", chin["hawk"].attrs["E_profile"])
+    assert "the data's optimum, not a failed fit" in " ".join(lines)
+    assert chin["gla"].loc["E", "estimate"] == pytest.approx(1.5, rel=0.02) and "E_profile" not in chin["gla"].attrs
+    assert "missed its optimum" in " ".join(arch.e_profile_lines("moe", {0.5: 0.9, 1.0: 1.2}))
 
 
 def test_compute_for_loss_inverts_the_law():

@@ -35,11 +35,9 @@ def test_each_grid_run_becomes_a_branch_of_its_sizes_stable_run(tmp_path, shape)
         src, s = b.train.init_from
         assert src == str((tmp_path / "runs" / stable.name).resolve())
         assert study.tags[b.name] == {**study.tags[b.name], **grid.tags[g.name], "kind": "branch", "branch_point": s}
-        # the cooldown is 20% of the run, to within a checkpoint unit; the stable run saves at s
-        unit = branches.checkpoint_unit(min(r.train.steps for r in grid.runs if grid.tags[r.name]["size"] == size),
-                                        0.2)
-        assert abs((g.train.steps - s) - 0.2 * g.train.steps) <= unit / 2 + 0.5
-        assert s % stable.train.checkpoint_every == 0 and s <= stable.train.steps
+        # the cooldown is 20% of the run (to the step); the stable run saves at s
+        assert abs((g.train.steps - s) - 0.2 * g.train.steps) <= 0.5
+        assert s in stable.train.checkpoint_steps and s <= stable.train.steps
         assert stable.train.keep_checkpoints is None
         # stable phase identical to the stable run's, then the decay from s to the grid's floor
         w = warmup_steps(stable.schedule, stable.train.steps)
@@ -49,11 +47,19 @@ def test_each_grid_run_becomes_a_branch_of_its_sizes_stable_run(tmp_path, shape)
         assert lr_multiplier(b.schedule, s, b.train.steps) < 1.0
         assert lr_multiplier(b.schedule, b.train.steps - 1, b.train.steps) == pytest.approx(g.schedule.min_ratio)
         assert b.schedule.decay_shape == shape
-    # one stable run per size, up to its largest branch point
+    # one stable run per size, up to its largest branch point, saving at the branch points only
     for size in preset.sizes:
         points = [by_name[r.name].train.init_from[1] for r in grid.runs if grid.tags[r.name]["size"] == size]
         assert by_name[f"stable_{size}"].train.steps == max(points)
+        assert by_name[f"stable_{size}"].train.checkpoint_steps == tuple(sorted(set(points)))
+        assert by_name[f"stable_{size}"].train.checkpoint_every == max(points)
         assert by_name[f"stable_{size}"].schedule.kind == "constant"
+        # the warmup of the size's longest grid run (not of its shortest): one warmup for every branch
+        stable = by_name[f"stable_{size}"]
+        longest = max((r for r in grid.runs if grid.tags[r.name]["size"] == size), key=lambda r: r.train.steps)
+        assert warmup_steps(stable.schedule, stable.train.steps) == warmup_steps(longest.schedule, longest.train.steps)
+        assert warmup_steps(stable.schedule, stable.train.steps) > min(
+            warmup_steps(r.schedule, r.train.steps) for r in grid.runs if grid.tags[r.name]["size"] == size)
 
 
 def test_wsd_budgets_hold_the_largest_out_and_split_each_interval():
@@ -140,3 +146,19 @@ def test_wsd_writes_beside_the_grid_it_is_compared_with():
     grid_out = Path("runs/chinchilla/default")
     assert branches.locate(grid_out, Namespace(method="wsd")) == grid_out / "wsd"
     assert branches.locate(grid_out, Namespace(method="grid")) == grid_out
+
+
+def test_wsd_study_flops_accounting_counts_the_steps_each_run_trains(tmp_path):
+    """experiments.wsd's accounting is branches.trained_flops: stable to s_max, branch L - s, cosine L."""
+    from experiments import wsd
+
+    preset = wsd.PRESETS["smoke"]
+    study = wsd.build_study(preset, tmp_path, "smoke")
+    per_step = _per_step(study.runs[0])  # one model and batch shape for every run of the study
+    points = [preset.branch_point(n) for n in preset.lengths]
+    acct = wsd.flops_accounting(study)
+    assert acct["stable_flops"] == pytest.approx(max(points) * per_step)
+    assert acct["branch_flops"] == pytest.approx(sum(n - s for n, s in zip(preset.lengths, points)) * per_step)
+    assert acct["cosine_flops"] == pytest.approx(sum(preset.lengths) * per_step)
+    wsd_total = acct["stable_flops"] + acct["branch_flops"]
+    assert acct["flops_saved"] == pytest.approx(1 - wsd_total / acct["cosine_flops"])

@@ -104,6 +104,9 @@ TRAIN_CASES = {
                              r"--train.init_from: expected a JSON list, got '3'", 2),
     "init_from bad pair": (["--out", "out", "--train.init_from", "[1, 2]"], None,
                            r"TrainConfig.init_from=\(1, 2\): must be None or \(run_dir, step\)", 2),
+    "checkpoint_steps unordered": (["--out", "out", "--train.checkpoint_steps", "[3, 1]"], None,
+                                   r"TrainConfig.checkpoint_steps=\(3, 1\): must be None or a tuple of strictly "
+                                   r"increasing integer steps", 2),
     "unknown flag": (["--out", "out", "--model.d_modle", "3"], None, r"unrecognized arguments: --model.d_modle", 2),
     "bad number": (["--out", "out", "--train.steps", "many"], None, r"--train.steps: expected a number", 2),
     "more steps than the run": (["--out", "out", "--train.steps", "30"], lambda r: _old_config(r, steps=20),

@@ -108,6 +108,21 @@ def test_wsd_decay_branch_starts_from_a_stable_checkpoint(tmp_path):
     assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["init_from"][1] == 4
 
 
+def test_checkpoint_steps_save_exactly_there_and_at_the_end(tmp_path):
+    """TrainConfig.checkpoint_steps: a WSD stable run saves at its branch points, not at every gcd of them."""
+    run = dataclasses.replace(RUN, train=dataclasses.replace(RUN.train, steps=6, checkpoint_every=6,
+                                                             checkpoint_steps=(1, 4), keep_checkpoints=None))
+    train.train(run, tmp_path / "run")
+    ckpt = Checkpointer(tmp_path / "run", max_to_keep=None, read_only=True)
+    assert ckpt.steps() == [1, 4, 6]
+    ckpt.close()
+    for bad in ((4, 1), (0, 2), (2, 7), (2, 2), [1, 4]):
+        with pytest.raises(ValueError, match="checkpoint_steps"):
+            TrainConfig(steps=6, checkpoint_steps=bad)
+    # read back from config.json (a JSON list) as the tuple it was
+    assert RunConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == run
+
+
 def test_train_step_update_equals_optax_adamw():
     """The step's p - lr * (adam + wd * p * mask) is optax.adamw with the same mask."""
     import jax.numpy as jnp
