@@ -42,7 +42,7 @@ class MixerSpec:
     """Everything the model, the decoder, the counter and the mesh need from one mixer family.
 
     The callables take the ``lm.config.ModelConfig`` ``cfg`` (the family's own settings are
-    ``cfg.families[name]``).
+    :func:`settings` ``(cfg, name)``).
 
     Attributes:
       name: the family's name ("attention", "rnn", ...); its settings' key in ``ModelConfig.families``.
@@ -122,7 +122,7 @@ class Registry(Mapping):
                     self._load(ep)
                     break
         if letter not in self._specs:
-            raise UnknownMixerError(f"unknown mixer letter {letter!r}; registered letters are {self.letters()} "
+            raise UnknownMixerError(f"unknown mixer letter {letter!r}; allowed (registered) letters are {self.letters()} "
                                     f"(a family is installed as an entry point of group {GROUP!r})")
         return self._specs[letter]
 
@@ -149,7 +149,7 @@ class Registry(Mapping):
                     return spec
             if attempt == 0:
                 self.load_all()
-        raise UnknownMixerError(f"unknown mixer family {name!r}; registered families are {self.family_names()} "
+        raise UnknownMixerError(f"unknown mixer family {name!r}; allowed (registered) families are {self.family_names()} "
                                 f"(a family is installed as an entry point of group {GROUP!r})")
 
     def family_names(self) -> list[str]:
@@ -194,7 +194,8 @@ def logical_rules() -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def settings(cfg, name: str):
-    """The settings of family ``name`` in model ``cfg``: ``cfg.families[name]`` or the defaults."""
+    """The settings of family ``name`` in model ``cfg``: ``cfg.families[name]``, or the defaults where
+    the pattern does not use the family (a spec's functions may be asked about any model)."""
     if name in cfg.families:
         return cfg.families[name]
     spec = MIXERS.family(name)
@@ -215,17 +216,17 @@ def check_families(families, used: dict[str, MixerSpec]) -> FrozenDict:
     if not isinstance(families, Mapping):
         raise ValueError(f"ModelConfig.families={families!r}: must be a mapping of family name -> settings")
     out = {}
-    for name, settings in families.items():
+    for name, value in families.items():
         try:
             spec = used.get(name) or MIXERS.family(name)
         except UnknownMixerError as err:
             raise ValueError(f"ModelConfig.families: {err}") from None
         if spec.config is None:
             raise ValueError(f"ModelConfig.families[{name!r}]: family {name!r} has no settings")
-        if not isinstance(settings, spec.config):
-            raise ValueError(f"ModelConfig.families[{name!r}]={settings!r}: must be a {spec.config.__name__}")
-        if name in used or settings != spec.config():
-            out[name] = settings
+        if not isinstance(value, spec.config):
+            raise ValueError(f"ModelConfig.families[{name!r}]={value!r}: must be a {spec.config.__name__}")
+        if name in used or value != spec.config():
+            out[name] = value
     for name, spec in used.items():
         if spec.config is not None and name not in out:
             out[name] = spec.config()

@@ -17,7 +17,7 @@ Non-embedding parameters exclude the input embedding and an untied output head
 
 Every count of a built-in family lives here: the mixers' (one pair of functions per family,
 which the family's spec in :mod:`lm.mixers` declares; a family's settings are
-``cfg.families[name]``), the MoE layer's, the chunked linear-attention
+``lm.families.settings(cfg, name)``), the MoE layer's, the chunked linear-attention
 algorithm's and MLA's. The model totals sum ``spec.params`` / ``spec.flops`` of every
 block, so a family registered outside ``lm/`` is counted by its own spec.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lm.families import settings
 from pallas_kernels.linear_attention.reference import DECAY_MODES
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def attention_flops(cfg: ModelConfig, seq_len: int, attention: str, window: int 
 
 def recurrent_params(cfg: ModelConfig) -> int:
     """linear_x, linear_y (d -> r, with bias), Conv1D (k taps + bias), RG-LRU, linear_out (r -> d + bias)."""
-    rnn = cfg.families["rnn"]
+    rnn = settings(cfg, "rnn")
     d, k = cfg.d_model, rnn.conv_width
     r, h = rnn.lru_width(d), rnn.gate_heads(cfg.num_heads)
     block = r // h
@@ -85,7 +86,7 @@ def recurrent_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
 
     The scan itself (h_t = a_t h_{t-1} + x_t) and the gate nonlinearities are elementwise.
     """
-    rnn = cfg.families["rnn"]
+    rnn = settings(cfg, "rnn")
     d, k = cfg.d_model, rnn.conv_width
     r, h = rnn.lru_width(d), rnn.gate_heads(cfg.num_heads)
     return 2 * (2 * d * r) + 2 * r * d + 2 * k * r + 2 * (2 * r * (r // h))
@@ -152,22 +153,22 @@ def linear_attention_flops(
 def linear_attention_params(cfg: ModelConfig) -> int:
     d, h, k = cfg.d_model, cfg.num_heads, cfg.dim_per_head
     count = 3 * d * h * k + h * k * d + d * h * k  # q, k, v, output, output gate
-    settings = cfg.families["la"]
-    if settings.variant == "gla":
+    la = settings(cfg, "la")
+    if la.variant == "gla":
         count += d * 16 + 16 * h * k + h * k  # low-rank gate d -> 16 -> h*k, bias
-    count += {"rms": k, "group": 2 * h * k, "none": 0}[settings.output_norm]
+    count += {"rms": k, "group": 2 * h * k, "none": 0}[la.output_norm]
     return count
 
 
 def linear_attention_mixer_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
     """Projections plus the chunked algorithm (Qin et al. 2024, Lightning Attention-2) per token."""
     d, h, k = cfg.d_model, cfg.num_heads, cfg.dim_per_head
-    settings = cfg.families["la"]
+    la = settings(cfg, "la")
     projections = 2 * (5 * d * h * k)
-    if settings.variant == "gla":
+    if la.variant == "gla":
         projections += 2 * (d * 16 + 16 * h * k)
-    chunk = min(settings.chunk_size, seq_len)
-    decay = "per_key" if settings.variant == "gla" else "scalar"  # document resets make g present
+    chunk = min(la.chunk_size, seq_len)
+    decay = "per_key" if la.variant == "gla" else "scalar"  # document resets make g present
     return projections + linear_attention_flops(seq_len, num_heads=h, key_dim=k, value_dim=k,
                                                 chunk_size=chunk, decay=decay)
 
@@ -217,7 +218,7 @@ def mla_flops_per_token(
 
 
 def _mla_dims(cfg: ModelConfig) -> dict:
-    m = cfg.families["mla"]
+    m = settings(cfg, "mla")
     return dict(q_lora_rank=m.q_lora_rank, kv_lora_rank=m.kv_lora_rank, qk_nope_dim=m.qk_nope_dim,
                 qk_rope_dim=m.qk_rope_dim, v_head_dim=m.v_head_dim)
 
@@ -234,7 +235,7 @@ def mla_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
 def mla_decode_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
     """FLOPs of one MLA decode step over ``context_len`` cached tokens (the config's decode path)."""
     return mla_flops_per_token(cfg.d_model, cfg.num_heads, **_mla_dims(cfg), keys=context_len,
-                               mode=cfg.families["mla"].decode_path)
+                               mode=settings(cfg, "mla").decode_path)
 
 
 # ----------------------------------------------------------------------------- feed-forward (MLP, MoE)

@@ -31,7 +31,7 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLA, MLAConfig
 from layers.recurrent_block import RecurrentBlock, RecurrentConfig
 from lm import flops, parametrization
-from lm.families import MixerSpec
+from lm.families import MixerSpec, settings
 
 if TYPE_CHECKING:
     from lm.config import ModelConfig
@@ -71,7 +71,7 @@ def attention_spec(name: str, window: Callable[[ModelConfig], int | None]) -> Mi
 
 
 def _recurrent(cfg: ModelConfig) -> RecurrentBlock:
-    rnn = cfg.families["rnn"]
+    rnn = settings(cfg, "rnn")
     return RecurrentBlock(
         width=cfg.d_model,
         num_heads=rnn.gate_heads(cfg.num_heads),
@@ -84,7 +84,7 @@ def _recurrent(cfg: ModelConfig) -> RecurrentBlock:
 
 
 def _check_recurrent(cfg: ModelConfig) -> None:
-    rnn = cfg.families["rnn"]
+    rnn = settings(cfg, "rnn")
     width, heads = rnn.lru_width(cfg.d_model), rnn.gate_heads(cfg.num_heads)
     if width % heads:
         raise ValueError(
@@ -94,7 +94,7 @@ def _check_recurrent(cfg: ModelConfig) -> None:
 
 
 def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
-    s = cfg.families["la"]
+    s = settings(cfg, "la")
     return la.LinearAttention(
         num_heads=cfg.num_heads,
         key_dim=cfg.dim_per_head,
@@ -110,11 +110,11 @@ def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
 
 
 def _mla_head_dim(cfg: ModelConfig) -> int:
-    return cfg.families["mla"].qk_nope_dim + cfg.families["mla"].qk_rope_dim
+    return settings(cfg, "mla").qk_nope_dim + settings(cfg, "mla").qk_rope_dim
 
 
 def _mla(cfg: ModelConfig) -> MLA:
-    m = cfg.families["mla"]
+    m = settings(cfg, "mla")
     return MLA(
         num_heads=cfg.num_heads,
         kv_lora_rank=m.kv_lora_rank,

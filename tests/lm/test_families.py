@@ -27,11 +27,11 @@ TINY = ["--model.d_model", "16", "--model.num_layers", "2", "--model.num_heads",
 
 
 def test_an_unknown_letter_or_family_is_one_line_naming_the_registered_ones(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"ModelConfig.pattern='AQ': unknown mixer letter 'Q'; registered letters "
-                                         r"are \[.*'A'.*'W'\]"):
+    with pytest.raises(ValueError, match=r"ModelConfig.pattern='AQ': unknown mixer letter 'Q'; allowed \(registered\) "
+                                         r"letters are \[.*'A'.*'W'\]"):
         ModelConfig(pattern="AQ")
-    with pytest.raises(ValueError, match=r"ModelConfig.families: unknown mixer family 'nope'; registered families "
-                                         r"are \[.*'attention'.*'rnn'.*\]"):
+    with pytest.raises(ValueError, match=r"ModelConfig.families: unknown mixer family 'nope'; allowed "
+                                         r"\(registered\) families are \[.*'attention'.*'rnn'.*\]"):
         ModelConfig(families={"nope": RecurrentConfig()})
     with pytest.raises(ValueError, match=r"ModelConfig.families\['rnn'\]=.*: must be a RecurrentConfig"):
         ModelConfig(pattern="R", families={"rnn": LinearAttentionConfig()})

@@ -11,7 +11,7 @@ from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm import model, parametrization, train
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lm.mixers import MIXERS
+from lm.families import MIXERS
 
 BASE = 16
 _COMMON = dict(d_model=BASE, num_layers=1, vocab_size=40, num_heads=2, parametrization="mup", base_width=BASE)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from layers.partitioning import param
-from lm.families import MixerSpec
+from lm.families import MixerSpec, settings
 from lm.mixers import compute_dtype
 
 LETTER = "T"
@@ -86,19 +86,19 @@ class TokenShift(nn.Module):
 
 
 def _module(cfg) -> TokenShift:
-    s = cfg.families["toy"]
+    s = settings(cfg, "toy")
     return TokenShift(cfg.d_model, s.width, s.gate, dtype=compute_dtype(cfg))
 
 
 def params(cfg) -> int:
     """W_a, W_b (d x w), W_o (w x d) and, gated, W_g (d x w)."""
-    s = cfg.families["toy"]
+    s = settings(cfg, "toy")
     return (4 if s.gate else 3) * cfg.d_model * s.width
 
 
 def _check(cfg) -> None:
-    if cfg.families["toy"].width > 4 * cfg.d_model:
-        raise ValueError(f"ModelConfig.families['toy'].width={cfg.families['toy'].width}: at most 4 * d_model "
+    if settings(cfg, "toy").width > 4 * cfg.d_model:
+        raise ValueError(f"ModelConfig.families['toy'].width={settings(cfg, 'toy').width}: at most 4 * d_model "
                          f"= {4 * cfg.d_model}")
 
 
