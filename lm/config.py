@@ -342,7 +342,7 @@ class RunConfig:
                              "('/' or '\\\\'), no '..', not '.'")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _thaw(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         """``config.json``: :meth:`to_dict` and the schema version (``lm/config_schema.py``)."""
@@ -351,6 +351,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         return from_dict(cls, d)
+
+
+def _thaw(d):
+    """``dataclasses.asdict`` output with plain dicts for the read-only ``ModelConfig.families``."""
+    return {k: _thaw(v) for k, v in d.items()} if isinstance(d, dict) else d
 
 
 def from_dict(cls, d: dict):

@@ -111,9 +111,15 @@ class Registry(Mapping):
         """Every letter registered or installed (without loading any)."""
         return sorted(set(self._specs) | {ep.name for ep in self.entry_points()})
 
-    def load_all(self) -> None:
+    def load_all(self, *, skip_broken: bool = False) -> None:
+        """Load every entry point; ``skip_broken``: leave out those that fail (a command line listing
+        the families' flags must not stop for a plugin it is not asked to use)."""
         for ep in self.entry_points():
-            self._load(ep)
+            try:
+                self._load(ep)
+            except ValueError:
+                if not skip_broken:
+                    raise
 
     def __getitem__(self, letter: str) -> MixerSpec:
         if letter not in self._specs:

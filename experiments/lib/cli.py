@@ -143,7 +143,7 @@ def _quiet_interrupt(kind, value, tb) -> None:
 
 def _family_settings(model) -> list[tuple[str, Any]]:
     """(name, settings) of every installed mixer family with settings: ``model``'s, else the defaults."""
-    MIXERS.load_all()
+    MIXERS.load_all(skip_broken=True)  # a broken plugin is named when a config asks for it
     return [(name, settings(model, name)) for name in MIXERS.family_names() if MIXERS.family(name).config]
 
 

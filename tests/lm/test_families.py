@@ -44,7 +44,7 @@ def test_an_unknown_letter_or_family_is_one_line_naming_the_registered_ones(tmp_
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_a_family_that_does_not_import_is_named(tmp_path, monkeypatch):
+def test_a_family_that_does_not_import_is_named(tmp_path, monkeypatch, capsys):
     (tmp_path / "broken-0.1.dist-info").mkdir()
     (tmp_path / "broken-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
     (tmp_path / "broken-0.1.dist-info" / "entry_points.txt").write_text("[scalelab.mixers]\nQ = no_such_module:SPEC\n")
@@ -53,6 +53,9 @@ def test_a_family_that_does_not_import_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"entry point Q = 'no_such_module:SPEC' of group 'scalelab.mixers' failed "
                                          r"to load: ModuleNotFoundError"):
         ModelConfig(pattern="AQ")
+    with pytest.raises(SystemExit) as stop:  # the command line still starts, and names the broken plugin
+        train_cli.main(["--out", str(tmp_path / "out"), "--model.pattern", "AQ", *TINY])
+    assert stop.value.code == 2 and "entry point Q = 'no_such_module:SPEC'" in capsys.readouterr().err
 
 
 def test_families_hold_the_used_settings_and_set_unused_ones():
