@@ -54,14 +54,14 @@ def peak_flops(device) -> float | None:
 
 def tiny_model(family: str):
     """A test-size model of ``family`` (each mixer once, d_model 64): lowering only."""
+    from lm.families import with_settings
     from lm.presets import get_preset
 
     base = get_preset(family)
     pattern = "".join(dict.fromkeys(base.pattern))
-    return dataclasses.replace(base, d_model=64, num_heads=4, head_dim=None, d_ff=128, pattern=pattern,
-                               num_layers=len(pattern), window=8,
-                               rnn=dataclasses.replace(base.rnn, width=None, heads=None),
-                               la=dataclasses.replace(base.la, chunk_size=16), moe=dataclasses.replace(base.moe, d_ff=64))
+    model = dataclasses.replace(base, d_model=64, num_heads=4, head_dim=None, d_ff=128, pattern=pattern,
+                                num_layers=len(pattern), window=8, moe=dataclasses.replace(base.moe, d_ff=64))
+    return with_settings(with_settings(model, "rnn", width=None, heads=None), "la", chunk_size=16)
 
 
 def lowering_checks() -> dict:

@@ -72,10 +72,11 @@ def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
         return dataclasses.replace(base, pattern="RRW" if family == "griffin" else "R", num_kv_heads=1, window=256,
                                    rope_fraction=0.5, d_ff=3 * d_model, logit_softcap=30.0)
     if family == "gla":
-        return dataclasses.replace(base, pattern="L", la=LinearAttentionConfig(variant="gla", output_norm="rms"))
+        return dataclasses.replace(base, pattern="L",
+                                   families={"la": LinearAttentionConfig(variant="gla", output_norm="rms")})
     if family == "mla":
-        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
-            kv_lora_rank=max(8, d_model // 4), qk_nope_dim=16, qk_rope_dim=8, v_head_dim=16))
+        return dataclasses.replace(base, pattern="M", families={"mla": MLAConfig(
+            kv_lora_rank=max(8, d_model // 4), qk_nope_dim=16, qk_rope_dim=8, v_head_dim=16)})
     if family == "moe":
         return dataclasses.replace(base, moe_every=1,
                                    moe=MoEConfig(num_experts=8, top_k=2, d_ff=2 * d_model, activation="geglu"))

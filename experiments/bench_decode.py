@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import model
+from lm.families import with_settings
 from lm.presets import PRESETS, get_preset
 
 DEFAULT_PRESETS = [p for p in ("transformer", "griffin", "hawk", "mla") if p in PRESETS]
@@ -88,7 +89,7 @@ def mla_section(contexts: list[int], repeats: int) -> list[dict]:
     rows = []
     print(f"{'path':<10}{'context':>9}{'ms/token':>11}")
     for path in ("absorbed", "naive"):
-        cfg = dataclasses.replace(mla, mla=dataclasses.replace(mla.mla, decode_path=path))
+        cfg = with_settings(mla, "mla", decode_path=path)
         for ctx in contexts:
             r = decode_latency(f"mla_{path}", ctx, repeats=repeats, cfg=cfg)
             rows.append(r)

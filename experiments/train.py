@@ -35,7 +35,7 @@ from lm import data as lm_data
 from lm import data_check, decode, multihost, run_lock, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
-from lm.config_legacy import upgrade_run_dict
+from lm.config_schema import migrate
 from lm.presets import PRESETS, get_preset
 from lm.tensorboard import EVENT_PREFIX
 
@@ -108,10 +108,10 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
         if (run_dir / "checkpoints").exists():
             raise outdir.OutputError(f"run directory {run_dir} holds checkpoints but no config.json; {hint}")
         return
-    try:  # fields added since (defaults) and former flat family keys (lm/config_legacy.py) read as today
+    try:  # a config of an earlier schema (lm/config_schema.py) reads as today
         old = RunConfig.from_dict(old).to_dict()
     except (ValueError, TypeError):
-        old = upgrade_run_dict(old)  # the differences below say what no longer loads
+        old = migrate(old)  # the differences below say what no longer loads
     diff = outdir.config_differences(old, run.to_dict(), ignore=RESUME_FREE_FIELDS)
     if diff:
         raise outdir.OutputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diff)}); "

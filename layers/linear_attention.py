@@ -54,7 +54,7 @@ RESET_LOG_DECAY = -100.0
 
 @dataclasses.dataclass(frozen=True)
 class LinearAttentionConfig:
-    """Settings of the "L" mixer (a model's ``ModelConfig.la``); heads and head dims follow the model.
+    """Settings of the "L" mixer (a model's ``ModelConfig.families["la"]``); heads and head dims follow the model.
 
     Attributes:
       variant: "plain" | "retnet" | "gla": the decay of linear attention (module docstring).

@@ -46,7 +46,7 @@ DECODE_PATHS = ("naive", "absorbed")
 
 @dataclasses.dataclass(frozen=True)
 class MLAConfig:
-    """Settings of the "M" mixer (a model's ``ModelConfig.mla``); heads follow the model.
+    """Settings of the "M" mixer (a model's ``ModelConfig.families["mla"]``); heads follow the model.
 
     Attributes:
       q_lora_rank: rank of the query projection (0: a direct projection).

@@ -36,7 +36,7 @@ SCAN_IMPLS = ("auto", "reference", "pallas", "interpret", "sequential", "associa
 
 @dataclasses.dataclass(frozen=True)
 class RecurrentConfig:
-    """Settings of the "R" mixer (a model's ``ModelConfig.rnn``); Griffin/Hawk, De et al. 2024.
+    """Settings of the "R" mixer (a model's ``ModelConfig.families["rnn"]``); Griffin/Hawk, De et al. 2024.
 
     Attributes:
       width: RG-LRU width r (None: the model width d).

@@ -1,8 +1,10 @@
 """Frozen configuration dataclasses: model, optimiser, schedule, run.
 
 A model is a block pattern over mixer letters, repeated to ``num_layers`` blocks
-("A" full attention, "W" local/sliding-window attention; further letters register
-themselves in :mod:`lm.mixers`; a family's settings are nested here, e.g. ``model.rnn``).
+("A" full attention, "W" local/sliding-window attention; every letter is a family of the
+registry :mod:`lm.families`, built in or installed as an entry point; a family's settings are
+nested in ``ModelConfig.families``, e.g. ``model.families["rnn"]``). A saved config carries a
+schema version and migrates (:mod:`lm.config_schema`).
 Sweeps build configs with ``dataclasses.replace``.
 Every ``__post_init__`` raises ``ValueError`` naming the field, its value and what is allowed.
 """
@@ -13,13 +15,13 @@ import dataclasses
 import json
 import math
 
-from layers.linear_attention import LinearAttentionConfig
-from layers.mla import MLAConfig
+from collections.abc import Mapping
+from typing import Any
+
 from layers.moe import MoEConfig
-from layers.recurrent_block import RecurrentConfig
-from lm.config_legacy import upgrade_model_dict
+from lm.config_schema import SCHEMA_VERSION, VERSION_KEY, migrate, migrate_model
 from lm.data import DataConfig
-from lm.mixers import MIXERS, MixerSpec
+from lm.families import MIXERS, FrozenDict, MixerSpec, UnknownMixerError, check_families
 from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
@@ -48,6 +50,15 @@ def _choice(obj, name, allowed):
     value = getattr(obj, name)
     if value not in allowed:
         raise ValueError(f"{type(obj).__name__}.{name}={value!r}: allowed values are {allowed}")
+
+
+def _settings_from_dict(name: str, d):
+    """One family's settings from their dict (a family without settings keeps it: ``_families`` refuses it)."""
+    try:
+        kind = MIXERS.family(name).config
+    except UnknownMixerError as err:
+        raise ValueError(f"ModelConfig.families: {err}") from None
+    return from_dict(kind, d) if kind is not None and isinstance(d, Mapping) else d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +95,14 @@ class ModelConfig:
         readout (LM head) / query projections (default False: μP then equals SP at the base
         width).
 
-    Mixer families keep their settings in one nested config each, beside their layer:
-      rnn: "R" blocks (Griffin/Hawk, De et al. 2024), ``layers.recurrent_block.RecurrentConfig``;
-      la: "L" blocks (causal linear attention; Katharopoulos 2020, RetNet 2023, GLA 2024),
-        ``layers.linear_attention.LinearAttentionConfig``;
-      mla: "M" blocks (Multi-head Latent Attention, DeepSeek-V2), ``layers.mla.MLAConfig``.
-    Saved configs with the former flat keys (``rnn_width``, ``la_variant``, ``mla_kv_lora_rank``,
-    ...) still load: see ``lm/config_legacy.py``.
+    families: family name -> its settings (the ``config`` class of its :class:`lm.families.MixerSpec`),
+      validated by the registry; the families the pattern uses get their defaults, settings of an
+      unused family are kept only when they differ from the defaults. Built in (``lm/mixers.py``):
+      "rnn" for "R" blocks (Griffin/Hawk, De et al. 2024, ``layers.recurrent_block.RecurrentConfig``),
+      "la" for "L" blocks (causal linear attention; Katharopoulos 2020, RetNet 2023, GLA 2024,
+      ``layers.linear_attention.LinearAttentionConfig``), "mla" for "M" blocks (Multi-head Latent
+      Attention, DeepSeek-V2, ``layers.mla.MLAConfig``). Saved configs of every earlier form
+      (``model.rnn``, flat ``rnn_width``, ...) still load: see ``lm/config_schema.py``.
     MoE feed-forward (``layers/moe.py``):
       moe_every: 0 = dense MLPs; n = blocks n-1, 2n-1, ... (every n-th) use ``moe``
         (the block stack's layout, like ``pattern``);
@@ -119,9 +131,7 @@ class ModelConfig:
     scan_layers: bool = False
     remat: str = "none"
     attention_impl: str = "auto"
-    rnn: RecurrentConfig = RecurrentConfig()
-    la: LinearAttentionConfig = LinearAttentionConfig()
-    mla: MLAConfig = MLAConfig()
+    families: Mapping[str, Any] = FrozenDict()
     moe_every: int = 0
     moe: MoEConfig = MoEConfig()
     parametrization: str = "sp"
@@ -136,12 +146,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.attention_window={self.attention_window}: must be >= 0 or None")
         if not self.pattern:
             raise ValueError("ModelConfig.pattern='': must hold at least one mixer letter")
-        for letter in self.pattern:
-            if letter not in MIXERS:
-                raise ValueError(
-                    f"ModelConfig.pattern={self.pattern!r}: unknown mixer letter {letter!r}; "
-                    f"allowed letters are {sorted(MIXERS)}"
-                )
+        try:
+            used = {spec.name: spec for spec in (MIXERS[letter] for letter in dict.fromkeys(self.pattern))}
+        except UnknownMixerError as err:
+            raise ValueError(f"ModelConfig.pattern={self.pattern!r}: {err}") from None
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads} "
@@ -159,14 +167,13 @@ class ModelConfig:
         _choice(self, "remat", REMAT)
         _choice(self, "scan_layers", (False, True))
         _choice(self, "attention_impl", (*IMPLS, "blocked"))
-        for name, kind in (("rnn", RecurrentConfig), ("la", LinearAttentionConfig), ("mla", MLAConfig),
-                           ("moe", MoEConfig)):
-            if not isinstance(getattr(self, name), kind):
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: must be a {kind.__name__}")
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"ModelConfig.moe={self.moe!r}: must be a MoEConfig")
+        object.__setattr__(self, "families", check_families(self.families, used))
         if self.moe_every < 0:
             raise ValueError(f"ModelConfig.moe_every={self.moe_every}: must be 0 (no MoE) or a positive block period")
-        for letter in set(self.pattern):
-            MIXERS[letter].validate(self)
+        for spec in used.values():
+            spec.validate(self)
         _choice(self, "parametrization", PARAMETRIZATIONS)  # μP (issue 19): lm/parametrization.py
         _positive(self, "base_width")
         if self.parametrization == "mup":
@@ -202,7 +209,7 @@ class ModelConfig:
 
     @property
     def block_mixers(self) -> tuple[MixerSpec, ...]:
-        """The :class:`lm.mixers.MixerSpec` of every block, in block order."""
+        """The :class:`lm.families.MixerSpec` of every block, in block order."""
         return tuple(MIXERS[letter] for letter in self.block_letters)
 
     def is_moe_block(self, index: int) -> bool:
@@ -344,23 +351,28 @@ class RunConfig:
                              "('/' or '\\\\'), no '..', not '.'")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _thaw(dataclasses.asdict(self))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """``config.json``: :meth:`to_dict` and the schema version (``lm/config_schema.py``)."""
+        return json.dumps({**self.to_dict(), VERSION_KEY: SCHEMA_VERSION}, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         return from_dict(cls, d)
 
 
-def from_dict(cls, d: dict):
-    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output.
+def _thaw(d):
+    """``dataclasses.asdict`` output with plain dicts for the read-only ``ModelConfig.families``."""
+    return {k: _thaw(v) for k, v in d.items()} if isinstance(d, dict) else d
 
-    A ModelConfig dict may use the former flat family keys (``lm/config_legacy.py``).
+
+def from_dict(cls, d: dict):
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output or a ``config.json``.
+
+    A RunConfig or ModelConfig dict of an earlier schema is migrated first (``lm/config_schema.py``).
     """
-    if cls is ModelConfig:
-        d = upgrade_model_dict(d)
+    d = migrate(d) if cls is RunConfig else migrate_model(d) if cls is ModelConfig else d
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in d.items():
@@ -369,7 +381,10 @@ def from_dict(cls, d: dict):
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             value = from_dict(type(default), value)
+        elif cls is ModelConfig and key == "families" and isinstance(value, Mapping):
+            value = {name: _settings_from_dict(name, s) for name, s in value.items()}
         elif isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[key] = value
     return cls(**kwargs)
+

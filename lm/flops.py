@@ -15,8 +15,9 @@ Conventions (Kaplan et al. 2020, Appendix; Hoffmann et al. 2022, Appendix F):
 Non-embedding parameters exclude the input embedding and an untied output head
 (Kaplan et al. 2020); total parameters include everything.
 
-Every count lives here: the mixers' (one pair of functions per family, which the family's
-spec in :mod:`lm.mixers` points to), the MoE layer's, the chunked linear-attention
+Every count of a built-in family lives here: the mixers' (one pair of functions per family,
+which the family's spec in :mod:`lm.mixers` declares; a family's settings are
+``lm.families.settings(cfg, name)``), the MoE layer's, the chunked linear-attention
 algorithm's and MLA's. The model totals sum ``spec.params`` / ``spec.flops`` of every
 block, so a family registered outside ``lm/`` is counted by its own spec.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lm.families import settings
 from pallas_kernels.linear_attention.reference import DECAY_MODES
 
 if TYPE_CHECKING:
@@ -71,8 +73,9 @@ def attention_flops(cfg: ModelConfig, seq_len: int, attention: str, window: int 
 
 def recurrent_params(cfg: ModelConfig) -> int:
     """linear_x, linear_y (d -> r, with bias), Conv1D (k taps + bias), RG-LRU, linear_out (r -> d + bias)."""
-    d, k = cfg.d_model, cfg.rnn.conv_width
-    r, h = cfg.rnn.lru_width(d), cfg.rnn.gate_heads(cfg.num_heads)
+    rnn = settings(cfg, "rnn")
+    d, k = cfg.d_model, rnn.conv_width
+    r, h = rnn.lru_width(d), rnn.gate_heads(cfg.num_heads)
     block = r // h
     rg_lru = 2 * (h * block * block + h * block) + r  # two block-diagonal gates + Lambda
     return 2 * (d * r + r) + (k * r + r) + rg_lru + (r * d + d)
@@ -83,8 +86,9 @@ def recurrent_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
 
     The scan itself (h_t = a_t h_{t-1} + x_t) and the gate nonlinearities are elementwise.
     """
-    d, k = cfg.d_model, cfg.rnn.conv_width
-    r, h = cfg.rnn.lru_width(d), cfg.rnn.gate_heads(cfg.num_heads)
+    rnn = settings(cfg, "rnn")
+    d, k = cfg.d_model, rnn.conv_width
+    r, h = rnn.lru_width(d), rnn.gate_heads(cfg.num_heads)
     return 2 * (2 * d * r) + 2 * r * d + 2 * k * r + 2 * (2 * r * (r // h))
 
 
@@ -149,20 +153,22 @@ def linear_attention_flops(
 def linear_attention_params(cfg: ModelConfig) -> int:
     d, h, k = cfg.d_model, cfg.num_heads, cfg.dim_per_head
     count = 3 * d * h * k + h * k * d + d * h * k  # q, k, v, output, output gate
-    if cfg.la.variant == "gla":
+    la = settings(cfg, "la")
+    if la.variant == "gla":
         count += d * 16 + 16 * h * k + h * k  # low-rank gate d -> 16 -> h*k, bias
-    count += {"rms": k, "group": 2 * h * k, "none": 0}[cfg.la.output_norm]
+    count += {"rms": k, "group": 2 * h * k, "none": 0}[la.output_norm]
     return count
 
 
 def linear_attention_mixer_flops(cfg: ModelConfig, seq_len: int, attention: str) -> float:
     """Projections plus the chunked algorithm (Qin et al. 2024, Lightning Attention-2) per token."""
     d, h, k = cfg.d_model, cfg.num_heads, cfg.dim_per_head
+    la = settings(cfg, "la")
     projections = 2 * (5 * d * h * k)
-    if cfg.la.variant == "gla":
+    if la.variant == "gla":
         projections += 2 * (d * 16 + 16 * h * k)
-    chunk = min(cfg.la.chunk_size, seq_len)
-    decay = "per_key" if cfg.la.variant == "gla" else "scalar"  # document resets make g present
+    chunk = min(la.chunk_size, seq_len)
+    decay = "per_key" if la.variant == "gla" else "scalar"  # document resets make g present
     return projections + linear_attention_flops(seq_len, num_heads=h, key_dim=k, value_dim=k,
                                                 chunk_size=chunk, decay=decay)
 
@@ -212,7 +218,7 @@ def mla_flops_per_token(
 
 
 def _mla_dims(cfg: ModelConfig) -> dict:
-    m = cfg.mla
+    m = settings(cfg, "mla")
     return dict(q_lora_rank=m.q_lora_rank, kv_lora_rank=m.kv_lora_rank, qk_nope_dim=m.qk_nope_dim,
                 qk_rope_dim=m.qk_rope_dim, v_head_dim=m.v_head_dim)
 

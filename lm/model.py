@@ -34,7 +34,8 @@ from layers.partitioning import constrain, current_mesh, mesh_axes, param
 from layers.rmsnorm import RMSNorm
 from lm import parametrization
 from lm.config import ModelConfig
-from lm.mixers import MIXERS, compute_dtype
+from lm.families import MIXERS
+from lm.mixers import compute_dtype
 
 
 class Block(nn.Module):
@@ -249,13 +250,14 @@ def convert_layers(tree: dict, from_cfg: ModelConfig, to_cfg: ModelConfig) -> di
     free = dict(scan_layers=False, remat="none", dtype="float32", attention_impl="auto")
 
     def layout_free(c: ModelConfig) -> ModelConfig:  # the kernels' impl switches may differ too
-        return dataclasses.replace(c, **free, rnn=dataclasses.replace(c.rnn, impl="auto"),
-                                   la=dataclasses.replace(c.la, impl="auto"))
+        families = {name: dataclasses.replace(s, impl="auto") if hasattr(s, "impl") else s
+                    for name, s in c.families.items()}
+        return dataclasses.replace(c, **free, families=families)
 
     if layout_free(from_cfg) != layout_free(to_cfg):
         diff = [f.name for f in dataclasses.fields(ModelConfig) if getattr(from_cfg, f.name) != getattr(to_cfg, f.name)]
         raise ValueError(f"convert_layers: the models differ in {diff}; only {sorted(free)} and the "
-                         "rnn/la impl switches may differ")
+                         "families' impl switches may differ")
     if from_cfg.scan_layers == to_cfg.scan_layers:
         return tree
     return stack_layers(to_cfg, tree) if to_cfg.scan_layers else unstack_layers(from_cfg, tree)

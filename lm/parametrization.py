@@ -106,8 +106,6 @@ if TYPE_CHECKING:
     from lm.config import ModelConfig
 
 WIDTH_FIELDS = ("d_model", "head_dim", "d_ff")
-RNN_WIDTH_FIELDS = ("width",)  # RecurrentConfig (model.rnn)
-MLA_WIDTH_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_dim", "v_head_dim")  # MLAConfig (model.mla)
 MOE_WIDTH_FIELDS = ("d_ff", "shared_d_ff")
 KINDS = ("vector", "input", "embedding", "hidden", "output", "readout")
 # query projections (attention, linear attention, MLA direct or from the query latent):
@@ -144,8 +142,9 @@ def _scaled(obj, fields: tuple[str, ...], ratio: Fraction, owner: str) -> dict:
 def at_width(cfg: ModelConfig, width: int) -> ModelConfig:
     """``cfg`` with d_model = ``width`` and every width field (:data:`WIDTH_FIELDS`) scaled alike.
 
-    The recurrence width (``model.rnn.width``, when set) scales with "R" blocks, the MLA
-    widths (:data:`MLA_WIDTH_FIELDS`) with "M" blocks, the MoE widths only with MoE blocks.
+    A family's settings scale the fields its spec names (``MixerSpec.width_fields``: the
+    recurrence width of "R", the MLA ranks and dims of "M") when the pattern uses it, the MoE
+    widths only with MoE blocks.
 
     Raises:
       ValueError: a width field would not be an integer.
@@ -155,10 +154,12 @@ def at_width(cfg: ModelConfig, width: int) -> ModelConfig:
     ratio = Fraction(width, cfg.d_model)
     changes = _scaled(cfg, WIDTH_FIELDS, ratio, "ModelConfig")
     # fields of an unused family stay as they are
-    if "R" in cfg.pattern:
-        changes["rnn"] = dataclasses.replace(cfg.rnn, **_scaled(cfg.rnn, RNN_WIDTH_FIELDS, ratio, "ModelConfig.rnn"))
-    if "M" in cfg.pattern:
-        changes["mla"] = dataclasses.replace(cfg.mla, **_scaled(cfg.mla, MLA_WIDTH_FIELDS, ratio, "ModelConfig.mla"))
+    families = dict(cfg.families)
+    for spec in {spec.name: spec for spec in cfg.block_mixers}.values():
+        if spec.width_fields:
+            s = families[spec.name]
+            families[spec.name] = dataclasses.replace(s, **_scaled(s, spec.width_fields, ratio, type(s).__name__))
+    changes["families"] = families
     if cfg.moe_every > 0:
         changes["moe"] = dataclasses.replace(cfg.moe, **_scaled(cfg.moe, MOE_WIDTH_FIELDS, ratio, "MoEConfig"))
     return dataclasses.replace(cfg, **changes)

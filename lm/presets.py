@@ -40,12 +40,13 @@ PRESETS: dict[str, ModelConfig] = {
     "transformer_512": ModelConfig(d_model=512, num_layers=8, pattern="A", num_heads=8, d_ff=2048),
     "griffin": _GRIFFIN,
     "hawk": dataclasses.replace(_GRIFFIN, pattern="R"),
-    "gla": dataclasses.replace(_TRANSFORMER, pattern="L", la=LinearAttentionConfig(variant="gla", output_norm="rms")),
+    "gla": dataclasses.replace(_TRANSFORMER, pattern="L",
+                               families={"la": LinearAttentionConfig(variant="gla", output_norm="rms")}),
     "retnet": dataclasses.replace(_TRANSFORMER, pattern="L",
-                                  la=LinearAttentionConfig(variant="retnet", output_norm="group")),
+                                  families={"la": LinearAttentionConfig(variant="retnet", output_norm="group")}),
     "mla": dataclasses.replace(
         _TRANSFORMER, pattern="M", num_heads=8,
-        mla=MLAConfig(kv_lora_rank=48, qk_nope_dim=32, qk_rope_dim=16, v_head_dim=32),
+        families={"mla": MLAConfig(kv_lora_rank=48, qk_nope_dim=32, qk_rope_dim=16, v_head_dim=32)},
     ),
     "moe": dataclasses.replace(
         _TRANSFORMER, moe_every=1, moe=MoEConfig(num_experts=8, top_k=2, d_ff=256, activation="geglu"),
@@ -110,9 +111,9 @@ def mup_family_model(family: str, base_width: int, num_layers: int, parametrizat
     if family == "gla":
         return dataclasses.replace(base, pattern="L")
     if family == "mla":
-        return dataclasses.replace(base, pattern="M", mla=MLAConfig(
+        return dataclasses.replace(base, pattern="M", families={"mla": MLAConfig(
             q_lora_rank=base_width // 2, kv_lora_rank=base_width // 2, qk_nope_dim=base_width // 4, qk_rope_dim=8,
-            v_head_dim=base_width // 4))
+            v_head_dim=base_width // 4)})
     if family == "moe":
         return dataclasses.replace(base, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=2 * base_width))
     raise ValueError(f"family={family!r}: allowed families are {FAMILIES}")

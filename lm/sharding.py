@@ -11,9 +11,10 @@ says where every array lives. The mesh has four named axes:
   expert  expert parallelism (GShard, Lepikhin et al. 2021): experts are split, and the
           batch too, so that dense layers between the MoE layers are not duplicated.
 
-Layers name their dimensions with logical axes (``layers/partitioning.py``); :data:`RULES`
-is the one table that maps them to mesh axes. Changing the strategy changes the table,
-not the layers. A mesh axis of size 1 is dropped from every spec, so one CPU device (the
+Layers name their dimensions with logical axes (``layers/partitioning.py``); :func:`rules`
+is the one table that maps them to mesh axes: :data:`RULES`, the axes every model shares, and
+those each mixer family's spec declares (``MixerSpec.rules``, :mod:`lm.families`). Changing
+the strategy changes the table, not the layers. A mesh axis of size 1 is dropped from every spec, so one CPU device (the
 mesh (1, 1, 1, 1)) runs exactly the code path of a pod.
 
 Multi-host (joining a job, each host's slice of the batch, the data state in a
@@ -53,6 +54,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lm import families
 from lm import model as lm_model
 from lm import step as lm_step
 from lm.config import ModelConfig, RunConfig
@@ -60,8 +62,9 @@ from lm.config import ModelConfig, RunConfig
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 FSDP_AXIS = "fsdp"
 
-# The one table: logical axis name -> mesh axes, in order. Names not listed (and the
-# size-1 mesh axes) are replicated. Parameters additionally get FSDP (see param_spec).
+# The shared part of the one table (rules()): logical axis name -> mesh axes, in order. Names
+# not listed (and the size-1 mesh axes) are replicated. Parameters additionally get FSDP (see
+# param_spec). A family's own axes (the recurrence width, MLA's latents, ...) are in its spec.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # activations
     ("batch", ("data", "fsdp", "expert")),
@@ -70,16 +73,12 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("heads", ("tensor",)),
     ("kv", ("tensor",)),
     ("mlp", ("tensor",)),
-    ("rnn", ("tensor",)),
     ("vocab", ("tensor",)),
     # expert parallelism
     ("experts", ("expert",)),
     # replicated (FSDP may still pick them for parameters)
     ("embed", ()),
     ("head_dim", ()),
-    ("kv_lora", ()),
-    ("q_lora", ()),
-    ("conv", ()),
     ("layers", ()),  # the stacked-block axis of ModelConfig.scan_layers
 )
 
@@ -138,10 +137,24 @@ def _live(mesh: Mesh, axes: Sequence[str]) -> tuple[str, ...]:
     return tuple(a for a in axes if mesh.shape[a] > 1)
 
 
+def rules() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The one table: :data:`RULES` and the logical axes of every registered mixer family.
+
+    Raises:
+      ValueError: a family maps an axis of :data:`RULES` to other mesh axes.
+    """
+    shared = dict(RULES)
+    for axis, mesh_axes in families.logical_rules():
+        if shared.get(axis, mesh_axes) != mesh_axes:
+            raise ValueError(f"a mixer family maps the logical axis {axis!r} to {mesh_axes}; lm.sharding.RULES "
+                             f"maps it to {shared[axis]}")
+    return RULES + tuple(rule for rule in families.logical_rules() if rule[0] not in shared)
+
+
 def logical_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
-    """:data:`RULES` in Flax's format for this mesh (size-1 axes dropped)."""
+    """:func:`rules` in Flax's format for this mesh (size-1 axes dropped)."""
     out = []
-    for name, axes in RULES:
+    for name, axes in rules():
         live = _live(mesh, axes)
         out.append((name, live if len(live) > 1 else (live[0] if live else None)))
     return tuple(out)
@@ -175,7 +188,7 @@ def logical_spec(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) 
     Each dimension takes the mesh axes of its rule that divide its size and are not taken
     by an earlier dimension; other dimensions are replicated.
     """
-    table = dict(RULES)
+    table = dict(rules())
     used: set[str] = set()
     entries = []
     for name, size in zip(names, shape):

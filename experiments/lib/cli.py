@@ -1,9 +1,10 @@
 """Command-line overrides of any (nested) config dataclass field, and one-line usage errors.
 
 ``--model.d_model 512 --optimizer.learning_rate 1e-3 --schedule.kind wsd`` : one flag per
-leaf field, named by its dotted path (nested family configs too: ``--model.rnn.width 384``),
-typed from the field's current value; the former flat family flags (``--model.rnn_width``,
-``lm/config_legacy.py``) still work, unlisted. ``none``
+leaf field, named by its dotted path (the settings of every installed mixer family too:
+``--model.families.rnn.width 384``), typed from the field's current value; the former family
+flags (``--model.rnn.width``, ``--model.rnn_width``: ``lm/config_schema.py``) still work,
+unlisted. ``none``
 sets an optional field to None; tuples are written as JSON lists. Each flag's help says
 what the field means (:data:`FIELD_HELP`, else the "name: text" entry of its dataclass's
 docstring) and its default.
@@ -24,12 +25,13 @@ import json
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from lm import preemption
-from lm.config_legacy import LEGACY_MODEL_KEYS
+from lm.config_schema import FLAT_MODEL_KEYS, NESTED_FAMILIES
+from lm.families import MIXERS, settings
 from lm.records import DiskFullError, disk_full_error
 from lm.run_lock import RunDirLockedError
 
@@ -140,11 +142,20 @@ def _quiet_interrupt(kind, value, tb) -> None:
         sys.__excepthook__(kind, value, tb)
 
 
+def _family_settings(model) -> list[tuple[str, Any]]:
+    """(name, settings) of every installed mixer family with settings: ``model``'s, else the defaults."""
+    MIXERS.load_all(skip_broken=True)  # a broken plugin is named when a config asks for it
+    return [(name, settings(model, name)) for name in MIXERS.family_names() if MIXERS.family(name).config]
+
+
 def _leaf_fields(cfg, prefix=""):
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
+        if f.name == "families" and isinstance(value, Mapping):  # ModelConfig.families
+            for name, family in _family_settings(cfg):
+                yield from _leaf_fields(family, f"{path}.{name}.")
+        elif dataclasses.is_dataclass(value):
             yield from _leaf_fields(value, path + ".")
         else:
             yield path, f, value
@@ -175,7 +186,10 @@ def field_help(cfg) -> dict[str, str]:
         docs = docstring_fields(type(obj))
         for f in dataclasses.fields(obj):
             value, path = getattr(obj, f.name), f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
+            if f.name == "families" and isinstance(value, Mapping):
+                for name, family in _family_settings(obj):
+                    walk(family, f"{path}.{name}.")
+            elif dataclasses.is_dataclass(value):
                 walk(value, path + ".")
             else:
                 out[path] = FIELD_HELP.get(path) or docs.get(f.name, "")
@@ -237,10 +251,12 @@ def add_config_args(parser: argparse.ArgumentParser, cfg) -> None:
                            help=f"{meaning} (default: {default.replace('%', '%%')})" if meaning
                            else f"default: {default.replace('%', '%%')}")
     leaves = set(docs)
-    for old, (family, name) in LEGACY_MODEL_KEYS.items():  # former flat flags, kept working, not listed
-        if f"model.{family}.{name}" in leaves:
-            group.add_argument(f"--model.{old}", dest=f"cfg:model.{family}.{name}", default=None,
-                               help=argparse.SUPPRESS)
+    former = {f"model.{old}": "model." + ".".join(path) for old, path in FLAT_MODEL_KEYS.items()}
+    former.update({path.replace("model.families.", "model.", 1): path for path in leaves
+                   if path.split(".")[:3] in (["model", "families", name] for name in NESTED_FAMILIES)})
+    for old, path in former.items():  # the flags of former config forms, kept working, not listed
+        if path in leaves:
+            group.add_argument(f"--{old}", dest=f"cfg:{path}", default=None, help=argparse.SUPPRESS)
 
 
 def apply_overrides(cfg, args: argparse.Namespace):
@@ -271,5 +287,13 @@ def replace_path(cfg, updates: dict[str, Any]):
         else:
             direct[head] = value
     for head, sub in nested.items():
-        direct[head] = replace_path(getattr(cfg, head), sub)
+        if head == "families" and isinstance(getattr(cfg, head), Mapping):  # ModelConfig.families
+            by_family: dict[str, dict] = {}
+            for path, value in sub.items():
+                name, _, rest = path.partition(".")
+                by_family.setdefault(name, {})[rest] = value
+            direct[head] = {**cfg.families, **{name: replace_path(settings(cfg, name), changes)
+                                               for name, changes in by_family.items()}}
+        else:
+            direct[head] = replace_path(getattr(cfg, head), sub)
     return dataclasses.replace(cfg, **direct) if direct else cfg

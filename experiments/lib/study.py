@@ -19,7 +19,9 @@ executes the grid (or one shard of it) under ``out``:
 
 The fingerprint (:meth:`Study.fingerprint`) hashes only the runs' configs and the study's
 FLOP checkpoints: no class, module or preset name enters it, so moving code never changes
-the fingerprint of a saved study (``tests/experiments/test_structure.py`` pins one).
+the fingerprint of a saved study (``tests/experiments/test_fingerprints.py`` pins them). Each
+config is migrated to the current schema and hashed in its fingerprint form
+(``lm.config_schema.fingerprint_form``), so a schema change never changes a fingerprint either.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.config_legacy import legacy_run_dict
+from lm.config_schema import fingerprint_form
 from lm.data import DataConfig
 
 MANIFEST = "study.json"
@@ -41,12 +43,6 @@ RUNS_DIR = "runs"
 TABLE = "results.csv"
 CURVES = "curves.csv"
 SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
-# Config fields added after studies had been written: left out of the grid fingerprint and of
-# the run-directory check while at their default, so those studies still resume and load.
-ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,
-                "model.remat": "none", "model.parametrization": "sp", "model.base_width": None,
-                "schedule.knots": None, "model.mup_zero_readout": False, "model.mup_zero_query": False,
-                "train.checkpoint_steps": None}
 
 
 class StudyError(ValueError):
@@ -92,10 +88,9 @@ class Study:
         return tuple(r.name for r in self.runs)
 
     def fingerprint(self) -> str:
-        """sha256 of the grid (every run's full config, in grid order) and loss_at_flops.
-
-        Fields of :data:`ADDED_FIELDS` count only when set to another value than their default.
-        """
+        """sha256 of the grid (every run's config in :func:`canonical_config` form, in grid order) and
+        loss_at_flops. Fields added since studies were first written (``lm.config_schema.ADDED``)
+        count only when set to another value than the one those studies implied."""
         blob = json.dumps([[canonical_config(r.to_dict()) for r in self.runs], list(self.loss_at_flops)],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -112,19 +107,11 @@ class Study:
 
 
 def canonical_config(config: Mapping) -> dict:
-    """A run's config dict (``RunConfig.to_dict`` or a config.json) without the
-    :data:`ADDED_FIELDS` that hold their default (or are absent: written before they existed),
-    with the model's family settings under their former flat keys (``lm/config_legacy.py``), so
-    grids and run directories written before the families were nested keep their fingerprints."""
-    out = legacy_run_dict(json.loads(json.dumps(config)))
-    for path, default in ADDED_FIELDS.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for key in parents:
-            node = node.get(key, {})
-        if leaf in node and node[leaf] == default:
-            del node[leaf]
-    return out
+    """A run's config dict (``RunConfig.to_dict`` or a config.json of any schema version) as the
+    fingerprint and the run-directory check compare it: migrated to the current schema, in its
+    fingerprint form (``lm.config_schema.fingerprint_form``), so grids and run directories
+    written by any earlier version keep their fingerprints and resume."""
+    return fingerprint_form(config)
 
 
 def check_grid(runs: Sequence[RunConfig], min_steps: int = 1) -> None:

@@ -291,11 +291,23 @@ def test_fingerprint_ignores_fields_added_later_only_at_their_default():
     import hashlib
     import itertools
 
-    from lm.config_legacy import legacy_run_dict
-
     study = tiny_study()
-    old = [legacy_run_dict(r.to_dict()) for r in study.runs]  # the flat family keys of then
-    for d, path in itertools.product(old, lib.study.ADDED_FIELDS):  # the configs as written before the fields existed
+    # the configs as written before the families were nested (the flat family keys of then, written
+    # out by hand: the defaults) and before the fields below existed
+    flat = {"rnn_width": None, "rnn_heads": None, "conv_width": 4, "scan_impl": "auto", "la_variant": "gla",
+            "la_feature_map": "identity", "la_output_norm": "rms", "la_chunk_size": 64, "la_impl": "auto",
+            "mla_q_lora_rank": 0, "mla_kv_lora_rank": 64, "mla_qk_nope_dim": 32, "mla_qk_rope_dim": 16,
+            "mla_v_head_dim": 32, "mla_decode_path": "absorbed"}
+    added = ("data.max_train_bytes", "data.path", "data.num_workers", "model.scan_layers", "model.remat",
+             "model.parametrization", "model.base_width", "schedule.knots", "model.mup_zero_readout",
+             "model.mup_zero_query")
+    old = [r.to_dict() for r in study.runs]
+    for d in old:
+        assert d["model"].pop("families") == {}  # attention only
+        moe = d["model"]["moe"]
+        d["model"].update(flat, moe_load_balance_weight=moe.pop("load_balance_weight"),
+                          moe_router_z_weight=moe.pop("router_z_weight"))
+    for d, path in itertools.product(old, added):
         section, leaf = path.split(".")
         del d[section][leaf]
     want = hashlib.sha256(json.dumps([old, list(study.loss_at_flops)], sort_keys=True).encode()).hexdigest()[:16]

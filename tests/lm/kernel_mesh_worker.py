@@ -36,6 +36,7 @@ from lm import model as lm_model  # noqa: E402
 from lm import sharding  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
+from lm.families import with_settings  # noqa: E402
 from lm.presets import get_preset  # noqa: E402
 from pallas_kernels.backend import count_kernel_calls, target_platform  # noqa: E402
 from tests.lm.sharding_worker import flat, initial_state  # noqa: E402
@@ -52,10 +53,10 @@ def tiny_run(preset: str, impl: str = "auto") -> RunConfig:
     model = dataclasses.replace(
         base, d_model=32, num_heads=4, num_kv_heads=kv, head_dim=None, d_ff=64, pattern=pattern,
         num_layers=len(pattern), window=8, attention_impl=impl,
-        rnn=dataclasses.replace(base.rnn, width=None, heads=None, impl=impl),
-        la=dataclasses.replace(base.la, chunk_size=16, impl=impl),
         moe=dataclasses.replace(base.moe, d_ff=32, gmm_impl=impl),
     )
+    model = with_settings(model, "rnn", width=None, heads=None, impl=impl)
+    model = with_settings(model, "la", chunk_size=16, impl=impl)
     data = lm_data.DataConfig(source="synthetic", seq_len=SEQ, batch_size=BATCH, synthetic_doc_len=40)
     return RunConfig(model=model, data=data, optimizer=OptimizerConfig(eps=1e-3), name=preset)
 

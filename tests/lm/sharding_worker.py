@@ -31,6 +31,7 @@ from lm import step as lm_step  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.checkpoint import Checkpointer  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
+from lm.families import with_settings  # noqa: E402
 from lm.presets import get_preset  # noqa: E402
 
 BATCH = 8
@@ -45,8 +46,9 @@ def tiny_run(preset: str) -> RunConfig:
     pattern = "".join(dict.fromkeys(base.pattern))  # each mixer once: "RRW" -> "RW"
     model = dataclasses.replace(
         base, d_model=32, num_heads=4, num_kv_heads=kv, head_dim=None, d_ff=64, pattern=pattern,
-        num_layers=len(pattern), rnn=dataclasses.replace(base.rnn, width=None, heads=None), moe=dataclasses.replace(base.moe, d_ff=32),
+        num_layers=len(pattern), moe=dataclasses.replace(base.moe, d_ff=32),
     )
+    model = with_settings(model, "rnn", width=None, heads=None)
     data = lm_data.DataConfig(source="synthetic", seq_len=16, batch_size=BATCH, synthetic_doc_len=40)
     return RunConfig(model=model, data=data, optimizer=OptimizerConfig(eps=1e-3), name=preset)
 

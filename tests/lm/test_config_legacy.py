@@ -1,4 +1,5 @@
-"""Configs saved before the mixer families were nested still load, resume and keep their fingerprints."""
+"""Configs saved by every earlier schema (flat family keys, nested ``model.rnn``) still load, resume and
+keep their fingerprints (``lm/config_schema.py``)."""
 
 import hashlib
 import json
@@ -6,22 +7,24 @@ import json
 import pytest
 
 from experiments import lib
+from experiments.lib import study as study_lib
+from experiments.lib import sweep
 from experiments import train as train_cli
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.recurrent_block import RecurrentConfig
 from lm.config import ModelConfig, RunConfig
-from lm.config_legacy import legacy_run_dict, upgrade_model_dict
+from lm.config_schema import SCHEMA_VERSION, fingerprint_form, migrate, migrate_model
 
 RUN = RunConfig(
     model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48,
-                      rnn=RecurrentConfig(width=48, heads=4, conv_width=3, impl="reference"),
-                      la=LinearAttentionConfig(variant="retnet", output_norm="group", chunk_size=8),
-                      mla=MLAConfig(kv_lora_rank=16, decode_path="naive")),
+                      families={"rnn": RecurrentConfig(width=48, heads=4, conv_width=3, impl="reference"),
+                                "la": LinearAttentionConfig(variant="retnet", output_norm="group", chunk_size=8),
+                                "mla": MLAConfig(kv_lora_rank=16, decode_path="naive")}),
     name="old",
 )
-# RUN's model as config.json held it before the families were nested (and before the model
-# fields of the runner's ADDED_FIELDS existed), written out by hand
+# RUN's model as config.json held it before the families were nested (schema 0, before the model
+# fields scan_layers, remat, parametrization, base_width, mup_zero_* existed), written out by hand
 OLD_MODEL = {
     "vocab_size": 259, "d_model": 32, "num_layers": 2, "pattern": "RL", "num_heads": 2, "num_kv_heads": None,
     "head_dim": None, "d_ff": 48, "mlp_activation": "geglu", "window": 1024, "attention_window": None,
@@ -36,13 +39,26 @@ OLD_MODEL = {
 }
 
 
+# the fields that did not exist yet when OLD_MODEL was written, outside the model
+ABSENT_THEN = ("data.max_train_bytes", "data.path", "data.num_workers", "schedule.knots", "train.checkpoint_steps")
+# RUN's model as config.json held it with the families nested (schema 1, no version written)
+NESTED_MODEL = {k: v for k, v in OLD_MODEL.items() if not k.startswith(("rnn_", "la_", "mla_", "moe_l", "moe_r"))
+                and k not in ("conv_width", "scan_impl")}
+NESTED_MODEL.update(rnn={"width": 48, "heads": 4, "conv_width": 3, "impl": "reference"},
+                    la={"variant": "retnet", "feature_map": "identity", "output_norm": "group", "chunk_size": 8,
+                        "impl": "auto"},
+                    mla={"q_lora_rank": 0, "kv_lora_rank": 16, "qk_nope_dim": 32, "qk_rope_dim": 16, "v_head_dim": 32,
+                         "decode_path": "naive"},
+                    moe={**OLD_MODEL["moe"], "load_balance_weight": 0.01, "router_z_weight": 0.001})
+
+
 def old_config_dict() -> dict:
-    """RUN as a config.json from before: OLD_MODEL, and no data field of the runner's ADDED_FIELDS."""
+    """RUN as a config.json from before: OLD_MODEL, and none of the fields of ABSENT_THEN."""
     d = RUN.to_dict()
     d["model"] = json.loads(json.dumps(OLD_MODEL))
-    for path in lib.study.ADDED_FIELDS:
+    for path in ABSENT_THEN:
         section, leaf = path.split(".")
-        d[section].pop(leaf, None)
+        del d[section][leaf]
     return d
 
 
@@ -50,16 +66,30 @@ def test_old_flat_keys_load_into_the_nested_configs():
     old = json.loads(json.dumps(old_config_dict()))
     model = {**old["model"]}
     assert RunConfig.from_dict(old) == RUN
-    assert upgrade_model_dict(model)["rnn"] == {"width": 48, "heads": 4, "conv_width": 3, "impl": "reference"}
-    with pytest.raises(ValueError, match=r"former key la_chunk_size=8 contradicts la.chunk_size=4"):
-        upgrade_model_dict({**model, "la": {"chunk_size": 4}})
+    assert migrate_model(model)["families"]["rnn"] == {"width": 48, "heads": 4, "conv_width": 3, "impl": "reference"}
+    with pytest.raises(ValueError, match=r"former key la_chunk_size=8 contradicts families.la.chunk_size=4"):
+        migrate_model({**model, "la": {"chunk_size": 4}})
+
+
+def test_every_schema_loads_to_the_same_run_and_the_current_one_says_its_version():
+    nested = {**old_config_dict(), "model": json.loads(json.dumps(NESTED_MODEL))}
+    current = json.loads(RUN.to_json())
+    assert current["schema_version"] == SCHEMA_VERSION == 2
+    assert current["model"]["families"]["mla"]["decode_path"] == "naive"  # unused, but set: kept
+    assert RunConfig.from_dict(nested) == RunConfig.from_dict(current) == RunConfig.from_dict(old_config_dict()) == RUN
+    assert migrate(migrate(old_config_dict())) == migrate(old_config_dict())
+    with pytest.raises(ValueError, match=r"config schema_version=3: this scalelab reads versions 0 to 2"):
+        RunConfig.from_dict({**current, "schema_version": 3})
 
 
 def test_the_grid_fingerprint_is_the_one_written_before():
     old = old_config_dict()
     before = hashlib.sha256(json.dumps([[old], []], sort_keys=True).encode()).hexdigest()[:16]
     assert lib.Study("s", (RUN,)).fingerprint() == before
-    assert legacy_run_dict(legacy_run_dict(RUN.to_dict())) == legacy_run_dict(RUN.to_dict())
+    nested = {**old, "model": NESTED_MODEL}
+    for written in (old, nested, json.loads(RUN.to_json()), RUN.to_dict()):  # a run directory of any schema
+        assert study_lib.canonical_config(written) == old
+    assert fingerprint_form(fingerprint_form(RUN.to_dict())) == fingerprint_form(RUN.to_dict())
 
 
 def test_an_old_study_directory_and_run_directory_are_accepted(tmp_path):
@@ -70,7 +100,7 @@ def test_an_old_study_directory_and_run_directory_are_accepted(tmp_path):
     (tmp_path / "runs" / "old" / "config.json").write_text(json.dumps(old))
     (tmp_path / "study.json").write_text(json.dumps({"study": "s", "fingerprint": before, "num_runs": 1,
                                                      "runs": ["old"], "meta": {}, "loss_at_flops": []}))
-    lib.sweep.check_out(study, tmp_path)  # raises StudyError if the old records are refused
+    sweep.check_out(study, tmp_path)  # raises StudyError if the old records are refused
     train_cli.check_run_dir(RUN, tmp_path / "runs" / "old", overwrite=False)
     other = RunConfig(model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48), name="old")
     with pytest.raises(Exception, match="another config"):
@@ -79,10 +109,12 @@ def test_an_old_study_directory_and_run_directory_are_accepted(tmp_path):
 
 def test_old_and_nested_command_line_flags_set_the_same_field():
     parser = train_cli.build_parser()
-    for flags in (["--model.rnn.width", "64", "--model.la.variant", "plain"],
+    for flags in (["--model.families.rnn.width", "64", "--model.families.la.variant", "plain"],
+                  ["--model.rnn.width", "64", "--model.la.variant", "plain"],
                   ["--model.rnn_width", "64", "--model.la_variant", "plain"]):
         run = train_cli.apply_overrides(RUN, parser.parse_args(["--out", "x", *flags]))
-        assert run.model.rnn.width == 64 and run.model.la.variant == "plain"
+        assert run.model.families["rnn"].width == 64 and run.model.families["la"].variant == "plain"
+        assert run.model.families["rnn"].conv_width == 3  # the other settings are RUN's
     for flags in (["--model.moe.load_balance_weight", "0.05"], ["--model.moe_load_balance_weight", "0.05"]):
         run = train_cli.apply_overrides(RUN, parser.parse_args(["--out", "x", *flags]))
         assert run.model.moe.load_balance_weight == 0.05
@@ -92,6 +124,6 @@ def test_old_flat_moe_loss_weights_load_into_the_moe_config():
     old = {**OLD_MODEL, "moe_load_balance_weight": 0.02, "moe_router_z_weight": 0.0}
     run = RunConfig.from_dict({**old_config_dict(), "model": old})
     assert (run.model.moe.load_balance_weight, run.model.moe.router_z_weight) == (0.02, 0.0)
-    flat = legacy_run_dict(run.to_dict())["model"]
+    flat = fingerprint_form(run.to_dict())["model"]
     assert (flat["moe_load_balance_weight"], flat["moe_router_z_weight"]) == (0.02, 0.0)
     assert "load_balance_weight" not in flat["moe"]

@@ -1,4 +1,5 @@
-"""Mixer families are specs: one registered outside ``lm/`` builds, counts, decodes and trains."""
+"""Mixer families are specs: one installed outside ``lm/`` (the toy family of ``tests/lm/toy_mixer.py``,
+an entry point of a test-only distribution: ``tests/lm/conftest.py``) builds, counts, decodes and trains."""
 
 import dataclasses
 
@@ -9,9 +10,8 @@ import pytest
 from experiments import train as train_cli
 from lm import model, records
 from lm.config import ModelConfig
+from lm.families import MIXERS, register_mixer
 from lm.flops import param_count, train_flops_per_token
-from lm.mixers import MIXERS, register_mixer
-from tests.lm import toy_mixer
 
 TINY = ["--model.d_model", "16", "--model.num_layers", "2", "--model.d_ff", "32", "--model.num_heads", "2",
         "--data.source", "synthetic", "--data.seq_len", "16", "--data.batch_size", "2",
@@ -19,7 +19,8 @@ TINY = ["--model.d_model", "16", "--model.num_layers", "2", "--model.d_ff", "32"
         "--train.eval_batches", "1", "--train.progress", "false", "--sample-tokens", "0"]
 
 
-def test_every_family_is_one_spec_with_its_counts():
+def test_every_family_is_one_spec_with_its_counts(toy_family):
+    assert set("AWRLMT") <= set(MIXERS)  # the built-in families and the installed one
     for letter, spec in MIXERS.items():
         cfg = ModelConfig(d_model=32, num_layers=1, pattern=letter, num_heads=2, d_ff=48)
         leaves = jax.tree.leaves(model.init_params(cfg, jax.random.PRNGKey(0)))
@@ -27,19 +28,24 @@ def test_every_family_is_one_spec_with_its_counts():
         assert spec.flops(cfg, 16, "causal") > 0 and spec.cache_bytes(cfg, 16, np.float32) > 0
 
 
-def test_a_family_from_a_test_module_trains_through_experiments_train(tmp_path):
-    result = train_cli.main(["--out", str(tmp_path), "--name", "toy", "--model.pattern", "TA", *TINY])
+def test_an_installed_family_with_settings_trains_through_experiments_train(tmp_path, toy_family):
+    result = train_cli.main(["--out", str(tmp_path), "--name", "toy", "--model.pattern", "TA",
+                             "--model.families.toy.width", "12", "--model.families.toy.gate", "true", *TINY])
     assert result["steps"] == 2 and np.isfinite(result["final_val_loss"])
     run = records.read_config(tmp_path / "toy")
-    assert run.model.pattern == "TA"
+    assert run.model.pattern == "TA" and (run.model.families["toy"].width, run.model.families["toy"].gate) == (12, True)
     attention = dataclasses.replace(run.model, pattern="A")
-    # the toy spec's count stands in for one block: T + A = 2 A - A's mixer + T's mixer
-    toy = 3 * (toy_mixer.SPEC.flops(run.model, 16, "causal") - MIXERS["A"].flops(run.model, 16, "causal"))
+    # T + A = 2 A - A's mixer + T's mixer; T's forward: W_a, W_b, W_g (16 x 12) and W_o (12 x 16), 2 FLOPs each
+    toy = 3 * (2 * 4 * 16 * 12 - MIXERS["A"].flops(run.model, 16, "causal"))
     assert result["flops"] == pytest.approx(result["tokens"] * (train_flops_per_token(attention, 16) + toy))
+    assert param_count(run.model)["total"] == param_count(attention)["total"] - MIXERS["A"].params(run.model) + 768
 
 
-def test_the_new_family_decodes_like_its_forward():
-    cfg = ModelConfig(d_model=16, num_layers=2, pattern="TA", num_heads=2, d_ff=32, vocab_size=40)
+@pytest.mark.parametrize("gate", [False, True])
+def test_the_new_family_decodes_like_its_forward(toy_family, gate):
+    toy = MIXERS.family("toy").config(width=6, gate=gate)
+    cfg = ModelConfig(d_model=16, num_layers=2, pattern="TA", num_heads=2, d_ff=32, vocab_size=40,
+                      families={"toy": toy})
     params = model.init_params(cfg, jax.random.PRNGKey(1))
     tokens = jax.random.randint(jax.random.PRNGKey(2), (1, 7), 0, 40)
     seg, pos = np.ones((1, 7), np.int32), np.arange(7, dtype=np.int32)[None]
@@ -56,9 +62,9 @@ def test_the_new_family_decodes_like_its_forward():
 
 def test_register_mixer_refuses_a_taken_or_long_letter():
     with pytest.raises(ValueError, match="must be one new character"):
-        register_mixer("A", toy_mixer.SPEC)
+        register_mixer("A", MIXERS["W"])
     with pytest.raises(ValueError, match="must be one new character"):
-        register_mixer("TT", toy_mixer.SPEC)
+        register_mixer("TT", MIXERS["W"])
     with pytest.raises(ValueError, match="must be a MixerSpec"):
         register_mixer("Q", object())
 
@@ -72,7 +78,7 @@ def test_register_mixer_refuses_a_taken_or_long_letter():
     ("mla", dict(qk_rope_dim=3), r"MLAConfig.qk_rope_dim=3: must be even"),
 ])
 def test_family_configs_name_the_bad_field(field, value, message):
-    kind = type(getattr(ModelConfig(), field))
+    kind = MIXERS.family(field).config
     with pytest.raises(ValueError, match=message):
         kind(**value)
 
@@ -80,6 +86,6 @@ def test_family_configs_name_the_bad_field(field, value, message):
 def test_recurrent_width_must_split_into_heads():
     from layers.recurrent_block import RecurrentConfig
 
-    with pytest.raises(ValueError, match=r"ModelConfig.rnn.width=30 is not divisible by rnn.heads=4"):
-        ModelConfig(d_model=32, num_heads=4, pattern="R", rnn=RecurrentConfig(width=30))
-    ModelConfig(d_model=32, num_heads=4, pattern="A", rnn=RecurrentConfig(width=30))  # no "R" block: not checked
+    with pytest.raises(ValueError, match=r"ModelConfig.families\['rnn'\].width=30 is not divisible by rnn.heads=4"):
+        ModelConfig(d_model=32, num_heads=4, pattern="R", families={"rnn": RecurrentConfig(width=30)})
+    ModelConfig(d_model=32, num_heads=4, pattern="A", families={"rnn": RecurrentConfig(width=30)})  # no "R" block: not checked

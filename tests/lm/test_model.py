@@ -23,17 +23,17 @@ CONFIGS = [
                 mlp_activation="swiglu", rope_fraction=0.5),
     # Griffin (recurrent, recurrent, local MQA) and Hawk
     ModelConfig(d_model=32, num_layers=3, pattern="RRW", num_heads=2, num_kv_heads=1, window=3, rope_fraction=0.5,
-                d_ff=48, rnn=RecurrentConfig(width=48), logit_softcap=30.0),
+                d_ff=48, families={"rnn": RecurrentConfig(width=48)}, logit_softcap=30.0),
     ModelConfig(d_model=32, num_layers=2, pattern="R", num_heads=4, d_ff=48),
     # linear attention: GLA and RetNet variants (chunk smaller than the prompt)
-    ModelConfig(d_model=32, num_layers=2, pattern="L", num_heads=2, d_ff=48, la=LinearAttentionConfig(chunk_size=4)),
+    ModelConfig(d_model=32, num_layers=2, pattern="L", num_heads=2, d_ff=48, families={"la": LinearAttentionConfig(chunk_size=4)}),
     ModelConfig(d_model=32, num_layers=1, pattern="L", num_heads=2, d_ff=48,
-                la=LinearAttentionConfig(variant="retnet", output_norm="group", feature_map="elu1", chunk_size=4)),
+                families={"la": LinearAttentionConfig(variant="retnet", output_norm="group", feature_map="elu1", chunk_size=4)}),
     # MLA with and without the query low-rank path, both decode paths
     ModelConfig(d_model=32, num_layers=2, pattern="M", num_heads=2, d_ff=48,
-                mla=MLAConfig(q_lora_rank=16, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=8)),
+                families={"mla": MLAConfig(q_lora_rank=16, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=8)}),
     ModelConfig(d_model=32, num_layers=1, pattern="MA", num_heads=2, d_ff=48,
-                mla=MLAConfig(kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=8, decode_path="naive")),
+                families={"mla": MLAConfig(kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=8, decode_path="naive")}),
     # MoE feed-forward every second block (decode with token-choice routing)
     ModelConfig(d_model=32, num_layers=2, pattern="A", num_heads=2, d_ff=48, moe_every=2,
                 moe=MoEConfig(num_experts=4, top_k=2, d_ff=16, num_shared_experts=1)),

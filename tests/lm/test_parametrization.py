@@ -11,7 +11,7 @@ from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from lm import model, parametrization, train
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lm.mixers import MIXERS
+from lm.families import MIXERS
 from lm.packing import random_batch
 
 BASE = 16
@@ -20,8 +20,8 @@ FAMILIES = {
     "transformer": ModelConfig(pattern="A", tie_embeddings=False, **_COMMON),
     "griffin": ModelConfig(pattern="R", **_COMMON),
     "gla": ModelConfig(pattern="L", **_COMMON),
-    "mla": ModelConfig(pattern="M", mla=MLAConfig(q_lora_rank=16, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4,
-                                                   v_head_dim=8), **_COMMON),
+    "mla": ModelConfig(pattern="M", families={"mla": MLAConfig(q_lora_rank=16, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4,
+                                                   v_head_dim=8)}, **_COMMON),
     "moe": ModelConfig(pattern="A", moe_every=1, moe=MoEConfig(num_experts=4, d_ff=16), **_COMMON),
 }
 # expected class of named parameters (path suffix -> kind), per family
@@ -173,7 +173,7 @@ def test_config_validation():
     # fields of families the model does not use are not scaled (MoE d_ff 256 * 30/100 is not an integer)
     assert ModelConfig(d_model=100, num_heads=5, d_ff=400, parametrization="mup", base_width=30).moe.d_ff == 256
     wide = parametrization.at_width(FAMILIES["mla"], 3 * BASE)
-    assert (wide.d_model, wide.mla.kv_lora_rank, wide.mla.qk_rope_dim) == (48, 48, 4)
+    assert (wide.d_model, wide.families["mla"].kv_lora_rank, wide.families["mla"].qk_rope_dim) == (48, 48, 4)
 
 
 def test_zero_readout_and_query_options():
