@@ -5,7 +5,7 @@ See :mod:`experiments.schedules` for the grid. Here, from the runs' loss curves
 
 1. fit multi_power (Luo et al. 2025, arXiv:2503.12811, the authors' recipe) and lr_annealing
    (Tissue et al. 2024, arXiv:2408.11029, multistart BFGS) on the curves tagged ``fitted``,
-   from the end of the warmup on, with a fallback and a refusal (:mod:`experiments.schedules_fit`);
+   from the end of the warmup on, with a fallback and a refusal (:mod:`experiments.lib.curve_fits`);
 2. predict every curve (after the warmup): PredE = mean |L - Lhat| / L, WorstE = max, per curve, and their mean
    over the predicted curves (``scaling.curve_errors``); parameters with percentile intervals
    over resamples of the fitted RUNS (``CurveFit.bootstrap``; with three runs the intervals are
@@ -27,7 +27,7 @@ import pandas as pd
 
 from experiments import lib
 from experiments.lib.cli import training
-from experiments.schedules_fit import LAWS, LEVEL, finite, fit_laws, params_table
+from experiments.lib.curve_fits import LAWS, LEVEL, finite, fit_laws, params_table
 
 __all__ = ["LAWS", "LEVEL", "STABLE", "analyze", "compress", "fit_laws", "optimised_study", "summary"]
 
@@ -207,7 +207,7 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
              "arXiv:2408.11029), fitted on the training-loss curves of " + ", ".join(fitted) + "; every other "
              "curve is predicted. A branch's curve is the steps it trained after restoring the constant run. "
              f"Every curve is fitted and scored from step {first}, the end of the warmup (where the authors' "
-             "released curves begin; see experiments.schedules_fit).", "",
+             "released curves begin; see experiments.lib.curve_fits).", "",
              f"Steps trained: {steps} (branches restore the constant run; from scratch: {scratch}).", "",
              "## Prediction errors (PredE = mean |L - Lhat| / L, WorstE = max)", ""]
     by = errors.set_index(["law", "run"])
@@ -251,5 +251,6 @@ def summary(result: dict) -> str:
     mean = mean_errors(result["errors"])
     check = result["optimised"]
     refused = [n for n in result.get("notes", []) if "REFUSED" in n]
-    return (mean.to_string() + "\n" + "".join(n + "\n" for n in refused) + (check["table"].to_string(index=False) if check else "no optimised schedule")
+    optimised = check["table"].to_string(index=False) if check else "no optimised schedule"
+    return (mean.to_string() + "\n" + "".join(n + "\n" for n in refused) + optimised
             + f"\nsteps trained: {result['steps_trained']}")

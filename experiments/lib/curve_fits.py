@@ -1,4 +1,4 @@
-"""The loss-curve study's fits: which points are fitted, by which method, and when a law is refused.
+"""The loss-curve fits of the studies (experiments.schedules): which points, which method, and when a law is refused.
 
 **Fit window.** Luo et al. 2025 (arXiv:2503.12811) fit L(t) after the warmup: their released
 curves (``loss_curve_repo/csv_{25,100}``, copied in ``../shared/data/published/mpl2025_loss_curves``)

@@ -1,4 +1,4 @@
-"""experiments.schedules_fit: the fit window, the fallback chain, refusals; the optimiser's starts."""
+"""experiments.lib.curve_fits: the fit window, the fallback chain, refusals; the optimiser's starts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import schedules_fit
+from experiments.lib import curve_fits
 from scaling import lr_schedules as S
 from scaling.curve_laws import CURVE_LAWS, evaluate
 from scaling.schedule_opt import final_loss, optimize_schedule
@@ -44,10 +44,10 @@ def transient_curves():
 
 
 def test_the_window_drops_the_warmup_and_the_fit_recovers_the_law(transient_curves):
-    fits, notes = schedules_fit.fit_laws(transient_curves, ETAS, FITTED, None, first_step=W)
-    for law in schedules_fit.LAWS:
+    fits, notes = curve_fits.fit_laws(transient_curves, ETAS, FITTED, None, first_step=W)
+    for law in curve_fits.LAWS:
         fit, _, pred, errors = fits[law]
-        assert schedules_fit.finite(fit), (law, notes)
+        assert curve_fits.finite(fit), (law, notes)
         assert fit.table["step"].min() >= W and pred["step"].min() >= W
         assert errors["status"].str.startswith("fitted").all()
     fit, _, pred, errors = fits["multi_power"]
@@ -62,14 +62,14 @@ def test_the_window_drops_the_warmup_and_the_fit_recovers_the_law(transient_curv
 
 def test_with_the_warmup_kept_the_fit_is_refitted_or_refused_never_nan(transient_curves):
     """The case that gave NaN before: the transient kept in the fitted points."""
-    fits, notes = schedules_fit.fit_laws(transient_curves, ETAS, FITTED, None, first_step=0)
-    for law in schedules_fit.LAWS:
+    fits, notes = curve_fits.fit_laws(transient_curves, ETAS, FITTED, None, first_step=0)
+    for law in curve_fits.LAWS:
         fit, _, pred, errors = fits[law]
         if fit is None:
             assert any(n.startswith(f"{law}: REFUSED") for n in notes)
             assert (errors["status"] == "refused").all() and pred.empty
         else:
-            assert schedules_fit.finite(fit)
+            assert curve_fits.finite(fit)
             assert np.isfinite(errors[["PredE", "WorstE"]].to_numpy()).all()
 
 
@@ -90,28 +90,28 @@ def test_a_law_whose_fits_all_fail_is_refused_with_the_reason(transient_curves, 
         return dataclasses.replace(fit, params={k: np.nan for k in fit.params})
 
     monkeypatch.setattr(scaling, "fit_curves", fake)
-    fits, notes = schedules_fit.fit_laws(transient_curves, ETAS, FITTED, None, first_step=W)
-    assert ("multi_power", "bfgs", {"plateau_rtol": schedules_fit.PLATEAU_RTOL,
-                                    "max_iter": schedules_fit.FALLBACK_MAX_ITER}) in calls
+    fits, notes = curve_fits.fit_laws(transient_curves, ETAS, FITTED, None, first_step=W)
+    assert ("multi_power", "bfgs", {"plateau_rtol": curve_fits.PLATEAU_RTOL,
+                                    "max_iter": curve_fits.FALLBACK_MAX_ITER}) in calls
     assert "ended with non-finite parameters" in notes[0]
     assert notes[1].startswith("multi_power: REFUSED") and "none of the 16 starts" in notes[1]
     fit, boot, pred, errors = fits["multi_power"]
     assert fit is None and boot is None and pred.empty
     assert (errors["status"] == "refused").all() and "PredE" not in errors
     assert list(errors["run"]) == list(dict.fromkeys(transient_curves["run"]))
-    assert schedules_fit.finite(fits["lr_annealing"][0])
-    assert schedules_fit.params_table(fits)["law"].eq("lr_annealing").all()
+    assert curve_fits.finite(fits["lr_annealing"][0])
+    assert curve_fits.params_table(fits)["law"].eq("lr_annealing").all()
 
 
 def test_unsettled_names_the_parameters_that_differ_among_the_starts_at_the_minimum(transient_curves):
-    fits, _ = schedules_fit.fit_laws(transient_curves[transient_curves["run"].isin(FITTED)], ETAS, FITTED, None,
+    fits, _ = curve_fits.fit_laws(transient_curves[transient_curves["run"].isin(FITTED)], ETAS, FITTED, None,
                                      first_step=W)
     fit = fits["lr_annealing"][0]
-    assert fit.method == "bfgs" and schedules_fit.unsettled(fit) == []
+    assert fit.method == "bfgs" and curve_fits.unsettled(fit) == []
     best = fit.starts[fit.starts["objective"] == fit.objective].iloc[[0]]
     starts = pd.concat([best] * 3, ignore_index=True)
     starts.loc[1, "e"] = starts.loc[0, "e"] - 1.0  # L0 differs by a factor e at the same objective
-    loose = schedules_fit.unsettled(dataclasses.replace(fit, starts=starts))
+    loose = curve_fits.unsettled(dataclasses.replace(fit, starts=starts))
     assert len(loose) == 1 and loose[0].startswith("L0 in [")
 
 
