@@ -4,8 +4,9 @@ See :mod:`experiments.schedules` for the grid. Here, from the runs' loss curves
 (``scaling.run_curves.read_runs``: the train_loss records, point = (step - 1, loss)):
 
 1. fit multi_power (Luo et al. 2025, arXiv:2503.12811, the authors' recipe) and lr_annealing
-   (Tissue et al. 2024, arXiv:2408.11029, multistart BFGS) on the curves tagged ``fitted``;
-2. predict every curve: PredE = mean |L - Lhat| / L, WorstE = max, per curve, and their mean
+   (Tissue et al. 2024, arXiv:2408.11029, multistart BFGS) on the curves tagged ``fitted``,
+   from the end of the warmup on, with a fallback and a refusal (:mod:`experiments.lib.curve_fits`);
+2. predict every curve (after the warmup): PredE = mean |L - Lhat| / L, WorstE = max, per curve, and their mean
    over the predicted curves (``scaling.curve_errors``); parameters with percentile intervals
    over resamples of the fitted RUNS (``CurveFit.bootstrap``; with three runs the intervals are
    coarse: they say how much one curve moves the fit);
@@ -26,10 +27,11 @@ import pandas as pd
 
 from experiments import lib
 from experiments.lib.cli import training
+from experiments.lib.curve_fits import LAWS, LEVEL, finite, fit_laws, params_table
+
+__all__ = ["LAWS", "LEVEL", "STABLE", "analyze", "compress", "fit_laws", "optimised_study", "summary"]
 
 STABLE = "constant"  # the constant run, which every branch restores
-LAWS = ("multi_power", "lr_annealing")
-LEVEL = 0.95
 
 
 def compress(eta: np.ndarray, peak: float, warmup: int, n: int) -> tuple[tuple[int, float], ...]:
@@ -50,83 +52,6 @@ def compress(eta: np.ndarray, peak: float, warmup: int, n: int) -> tuple[tuple[i
     plateau_end = np.flatnonzero(mult >= mult[0])[-1]  # a knot at the corner, where the decay begins
     idx = np.unique(np.concatenate([[0, plateau_end], idx, [len(steps) - 1]]))
     return tuple((int(steps[i]), float(max(round(mult[i], 8), 1e-8))) for i in idx)
-
-
-def _errors(pred: pd.DataFrame) -> pd.DataFrame:
-    from scaling import curve_fit
-
-    rows = []
-    for fitted, part in pred.groupby("fitted"):
-        err = curve_fit.curve_errors(part).drop(index="mean")
-        rows.append(err.assign(fitted=fitted))
-    out = pd.concat(rows)
-    out.index.name = "run"
-    return out.reset_index()
-
-
-def _finite(fit) -> bool:
-    return fit is not None and bool(np.all(np.isfinite(list(fit.params.values()))))
-
-
-def _fit(table, lrs, law: str, notes: list[str]):
-    """The law's fit by its default method, else by multistart BFGS (noted); None if both fail."""
-    from scaling import fit_curves
-    from scaling.table import FitConvergenceError
-
-    try:
-        fit = fit_curves(table, lrs, law)
-    except FitConvergenceError as err:
-        fit = None
-        notes.append(f"{law}: the default fit did not converge ({err})")
-    if _finite(fit) or (fit is not None and fit.method == "bfgs"):
-        return fit
-    if fit is not None:
-        notes.append(f"{law}: the authors' recipe gave non-finite parameters "
-                     f"({', '.join(f'{k} {v:.4g}' for k, v in fit.params.items())})")
-    try:
-        refit = fit_curves(table, lrs, law, method="bfgs")
-        notes.append(f"{law}: refitted by multistart BFGS")
-        return refit
-    except FitConvergenceError as err:
-        notes.append(f"{law}: BFGS failed too ({err})")
-        return fit
-
-
-def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap: int | None):
-    """{law: (CurveFit or None, BootstrapResult | None, predictions of every curve, errors per curve)}, notes.
-
-    A fit that fails or has non-finite parameters by the law's default method is redone by
-    multistart BFGS (``method="bfgs"``); if that fails too, the law's predictions are NaN. The
-    notes say which.
-    """
-    from scaling.curve_fit import curve_predictions
-
-    out, notes = {}, []
-    table, lrs = curves[curves["run"].isin(fitted)], {r: schedules[r] for r in fitted}
-    for law in LAWS:
-        fit = _fit(table, lrs, law, notes)
-        boot = fit.bootstrap(n=bootstrap, seed=0, level=LEVEL) if bootstrap and _finite(fit) else None
-        if fit is None:
-            pred = curves.reset_index(drop=True).assign(predicted_loss=np.nan, lower=np.nan, upper=np.nan,
-                                                        rel_error=np.nan)
-        else:
-            pred = curve_predictions(fit, curves, schedules, boot)
-        if not _finite(fit):
-            notes.append(f"{law}: no usable fit; its predictions and errors are NaN")
-        pred["fitted"] = pred["run"].isin(fitted)
-        out[law] = (fit, boot, pred, _errors(pred))
-    return out, notes
-
-
-def _params(fits: dict) -> pd.DataFrame:
-    rows = []
-    for law, (fit, boot, _, _) in fits.items():
-        for name, value in (fit.params if fit is not None else {}).items():
-            lo = hi = np.nan
-            if boot is not None and name in boot.intervals.index:
-                lo, hi = boot.intervals.loc[name, ["lower", "upper"]]
-            rows.append({"law": law, "param": name, "value": value, "lower": lo, "upper": hi})
-    return pd.DataFrame(rows)
 
 
 def _final(curves: pd.DataFrame, run: str) -> float:
@@ -179,7 +104,8 @@ def check_optimised(study, preset, fit, curves, etas, out: Path, *, train: bool,
     from scaling.schedule_opt import optimize_schedule
 
     L, W, peak = preset.steps, preset.warmup_steps, preset.learning_rate
-    opt = optimize_schedule(fit.params, L, peak, warmup=W, final=preset.min_ratio * peak)
+    head = etas[STABLE][:W]  # lm's warmup, which every trained schedule shares
+    opt = optimize_schedule(fit.params, L, peak, warmup=W, final=preset.min_ratio * peak, head=head)
     knots = compress(opt.schedules["optimal"], peak, W, preset.knots)
     ks, vs = np.array(knots).T
     deviation = float(np.max(np.abs(np.interp(np.arange(W, L), ks, vs) - opt.schedules["optimal"][W:] / peak)))
@@ -219,7 +145,9 @@ def _optimised_lines(check: dict, preset) -> tuple[list[str], dict]:
     opt = check["table"].set_index("schedule")
     lines = ["", f"## The optimised schedule ({preset.steps} steps)", "",
              f"Projected Adam on the LR decrements under the multi-power fit (Luo et al. Sec. 5), compressed to "
-             f"{len(check['knots'])} knots (max |multiplier change| {check['deviation']:.3g}); the law predicts "
+             f"{len(check['knots'])} knots (max |multiplier change| {check['deviation']:.3g}); projected Adam "
+             f"started from the constant, cosine and WSD schedules and the {check['opt'].start} start ended lowest "
+             "(scaling.schedule_opt); the law predicts "
              f"{check['opt'].final_loss['optimal']:.4f} for the optimiser's schedule with its own warmup. "
              + (f"Trained from the constant run's checkpoint at step {check['start'][1]}." if check["start"]
                 else "Trained from step 0."), ""]
@@ -249,13 +177,14 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
     fitted = [r.name for r in study.runs if study.tags[r.name]["fitted"]]
     curves, etas = read_runs(out / "runs")
     curves = curves[curves["run"].isin(study.run_names)]
-    fits, notes = fit_laws(curves, etas, fitted, bootstrap)
+    first = preset.warmup_steps
+    fits, notes = fit_laws(curves, etas, fitted, bootstrap, first_step=first)
     errors = pd.concat([e.assign(law=law) for law, (*_, e) in fits.items()], ignore_index=True)
-    params = _params(fits)
-    predictions = pd.concat([p.assign(law=law) for law, (_, _, p, _) in fits.items()], ignore_index=True)
+    params = params_table(fits)
+    predictions = pd.concat([p.assign(law=law) for law, (_, _, p, _) in fits.items() if len(p)], ignore_index=True)
     mpl = fits["multi_power"]
     check = None
-    if _finite(mpl[0]):
+    if finite(mpl[0]):
         check = check_optimised(study, preset, mpl[0], curves, etas, out, train=train, progress=progress)
         val = table.set_index("run")["final_val_loss"]
         check["table"]["final_val_loss"] = [val.get(r, v) for r, v in
@@ -263,9 +192,12 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
     for name, df in (("curve_errors", errors), ("params", params), ("predictions", predictions),
                      ("optimised", check["table"] if check else pd.DataFrame())):
         df.to_csv(out / f"{name}.csv", index=False)
-    pred = mpl[2]
-    figures = plot_curves(pred[pred["fitted"]], pred[~pred["fitted"]], out, name="curves",
-                          title="multi-power law: fitted (solid) and predicted (dashed) curves")
+    shown = next((law for law in LAWS if fits[law][0] is not None), None)  # the first law not refused
+    figures = []
+    if shown:
+        pred = fits[shown][2]
+        figures = plot_curves(pred[pred["fitted"]], pred[~pred["fitted"]], out, name="curves",
+                              title=f"{shown.replace('_', '-')} law: fitted (solid) and predicted (dashed) curves")
     figures += plot_schedules(check["opt"], out) if check else []
 
     steps = trained_steps(study)
@@ -273,17 +205,20 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
     lines = [f"# Loss curves across learning-rate schedules ({study.meta.get('preset')} preset)", "",
              "Luo et al. 2025 (multi-power law, arXiv:2503.12811) and Tissue et al. 2024 (LR annealing, "
              "arXiv:2408.11029), fitted on the training-loss curves of " + ", ".join(fitted) + "; every other "
-             "curve is predicted. A branch's curve is the steps it trained after restoring the constant run.", "",
+             "curve is predicted. A branch's curve is the steps it trained after restoring the constant run. "
+             f"Every curve is fitted and scored from step {first}, the end of the warmup (where the authors' "
+             "released curves begin; see experiments.lib.curve_fits).", "",
              f"Steps trained: {steps} (branches restore the constant run; from scratch: {scratch}).", "",
              "## Prediction errors (PredE = mean |L - Lhat| / L, WorstE = max)", ""]
     by = errors.set_index(["law", "run"])
     order = errors[errors["law"] == LAWS[0]]
+    cell = lambda law, v: "refused" if fits[law][0] is None else f"{v:.4f}"  # noqa: E731
     rows = [(run, "fit" if fit else "predicted",
-             *(f"{by.loc[(law, run), m]:.4f}" for law in LAWS for m in ("PredE", "WorstE")))
+             *(cell(law, by.loc[(law, run)].get(m, np.nan)) for law in LAWS for m in ("PredE", "WorstE")))
             for run, fit in zip(order["run"], order["fitted"])]
-    mean = errors[~errors["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
+    mean = mean_errors(errors)
     rows.append(("**mean of predicted**", "",
-                 *(f"{mean.loc[law, m]:.4f}" for law in LAWS for m in ("PredE", "WorstE"))))
+                 *(cell(law, mean.loc[law, m]) for law in LAWS for m in ("PredE", "WorstE"))))
     lines += lib.markdown_table(["curve", "", *(f"{m} {law}" for law in LAWS for m in ("PredE", "WorstE"))],
                                 rows, align="llrrrr")
     lines += ["", f"## Fitted parameters ({int(100 * LEVEL)}% intervals over {bootstrap or 0} resamples of the "
@@ -295,20 +230,27 @@ def analyze(study, table: pd.DataFrame, out, preset, *, bootstrap: int | None = 
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     if check is None:
-        lines += ["", "## The optimised schedule", "", "None: the multi-power fit has non-finite parameters."]
+        lines += ["", "## The optimised schedule", "", "None: the multi-power law was refused (see the notes)."]
         gain = {}
     else:
         more, gain = _optimised_lines(check, preset)
         lines += more
     report = lib.write_report(out, lines, figures)
     return {"fits": fits, "errors": errors, "params": params, "predictions": predictions, "optimised": check,
-            "gain": gain, "steps_trained": steps, "plots": figures, "report": report}
+            "gain": gain, "steps_trained": steps, "plots": figures, "report": report, "notes": notes}
+
+
+def mean_errors(errors: pd.DataFrame) -> pd.DataFrame:
+    """Mean PredE and WorstE over the predicted curves, one row per law (NaN for a refused law)."""
+    pred = errors[~errors["fitted"]].reindex(columns=["law", "PredE", "WorstE"])
+    return pred.groupby("law")[["PredE", "WorstE"]].mean().reindex(list(LAWS))
 
 
 def summary(result: dict) -> str:
     """The mean PredE/WorstE of the predicted curves per law, and the optimised schedule's check."""
-    e = result["errors"]
-    mean = e[~e["fitted"]].groupby("law")[["PredE", "WorstE"]].mean()
+    mean = mean_errors(result["errors"])
     check = result["optimised"]
-    return (mean.to_string() + "\n" + (check["table"].to_string(index=False) if check else "no optimised schedule")
+    refused = [n for n in result.get("notes", []) if "REFUSED" in n]
+    optimised = check["table"].to_string(index=False) if check else "no optimised schedule"
+    return (mean.to_string() + "\n" + "".join(n + "\n" for n in refused) + optimised
             + f"\nsteps trained: {result['steps_trained']}")

@@ -163,9 +163,47 @@ plt.show()
 pd.Series(opt.final_loss, name="predicted final loss")
 
 # %% [markdown]
+# ## One run per size: an isoFLOP study from WSD cooldown branches
+#
+# The stable phase of a warmup-stable-decay schedule does not depend on the run's length
+# (Hägele et al. 2024, arXiv:2405.18392; MiniCPM, arXiv:2404.06395): one stable run per model
+# size, checkpointed, and a short cooldown branch (20% of the steps) at each FLOP budget's
+# token count give the final losses of a whole isoFLOP grid. `python -m experiments.chinchilla
+# --method wsd` trains that (`experiments.lib.branches`), fits Chinchilla approaches 2 and 3 on
+# the branches, and predicts the optimum of the grid's largest budget, which it does not
+# train. Here at smoke size (three tiny models, four budgets: seconds; its fits are far too
+# coarse to mean anything). On the default preset, beside the grid it replaces, the README
+# reports its compute (about a third of the grid's) and its laws with intervals.
+
+# %%
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import warnings  # noqa: E402
+
+from experiments import chinchilla  # noqa: E402
+
+logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on every restore
+iso_out = Path(tempfile.mkdtemp(prefix="loss_curves_isoflop_"))
+with warnings.catch_warnings():  # the smoke fits overflow on their way to degenerate optima (the report says so)
+    warnings.simplefilter("ignore", RuntimeWarning)
+    iso = chinchilla.main(["--preset", "smoke", "--method", "wsd", "--out", str(iso_out), "--no-progress",
+                           *(["--bootstrap", "4"] if SMOKE else [])])
+compute = iso["comparison"]["compute"]
+print(f"trained {compute['wsd']:.3g} FLOPs (stable runs {compute['wsd_stable']:.3g} + cooldown branches "
+      f"{compute['wsd_branches']:.3g}): {100 * compute['ratio']:.1f}% of the grid's {compute['grid']:.3g}")
+fit3 = iso["fit"]["approach3"]
+pd.DataFrame({"fit": fit3["params"], "95% interval": {k: tuple(v) for k, v in fit3["intervals"].items()}})
+
+# %%
+from IPython.display import Image, display  # noqa: E402
+
+display(Image(filename=str(iso_out / "wsd" / "isoflop.png"), width=560))
+
+# %% [markdown]
 # ## On your own runs
 #
 # `python -m experiments.schedules --preset smoke` trains the same kinds of schedules at CPU
 # scale (the WSD and two-stage runs as branches of one constant run), fits both laws on three
-# curves, predicts the rest, and trains the optimised schedule to check its predicted gain;
+# curves (from the end of the warmup on, where the authors' curves begin), predicts the rest,
+# and trains the optimised schedule to check its predicted gain;
 # `python -m scaling.fit --runs DIR --law multi_power` fits any study's run directories.

@@ -102,7 +102,7 @@ class CurveFit:
         return out
 
     def bootstrap(self, n: int = 200, seed: int = 0, level: float = 0.95,
-                  max_iter: int = 500) -> BootstrapResult:
+                  max_iter: int = 500, plateau: bool = False) -> BootstrapResult:
         """Percentile intervals over ``n`` resamples of whole runs (see the module docstring).
 
         ``distinct`` holds the distinct runs of each resample; a resample whose runs have no
@@ -111,6 +111,11 @@ class CurveFit:
         scaled gradient (:func:`scaling.refit.scaled_gradient`), not by stopping before
         ``max_iter``; with ``"luo2025"`` each resample is refitted by the same fixed recipe as
         the full data (its early-stopped AdamW is the estimator whose spread the interval shows).
+        ``plateau=True`` (a "bfgs" fit accepted by ``plateau_rtol``, whose parameters run to a
+        boundary): a refit counts when its objective is finite, at ``max_iter`` or not, since
+        its gradient along the unconstrained direction never vanishes; the estimator is then
+        "``max_iter`` BFGS steps from the full data's optimum", and the intervals of the
+        parameters that did not settle only say where those steps ended.
         """
         if not (isinstance(n, (int, np.integer)) and n >= 2):
             raise ValueError(f"n={n!r}: need an integer number of resamples >= 2")
@@ -126,9 +131,9 @@ class CurveFit:
                                       self.logy, weights=weights, huber_delta=self.huber_delta,
                                       max_iter=max_iter)
         has_drop = _runs_with_drops(self)
-        ok = (np.isfinite(out["value"]) & (out["iters"] < max_iter)
+        ok = (np.isfinite(out["value"]) & ((out["iters"] < max_iter) | plateau)
               & ((counts * has_drop[None, :]).sum(axis=1) > 0))
-        if self.method == "bfgs":  # converged by the scaled gradient, as the final-loss laws' refits
+        if self.method == "bfgs" and not plateau:  # converged by the scaled gradient, as the final-loss laws' refits
             from scaling.refit import INTERPOLATES, default_gtol, scaled_gradient
 
             q = len(self.theta)
@@ -176,7 +181,8 @@ def _method(law: CurveLaw, method: str | None) -> str:
 def fit_curves(curves, lrs, law: str | CurveLaw = "multi_power", *,
                resolution: float = DEFAULT_RESOLUTION, huber_delta: float = K.HOFFMANN_HUBER_DELTA,
                method: str | None = None, init_grid: np.ndarray | None = None,
-               max_iter: int = 500, best_rtol: float = 1e-8) -> CurveFit:
+               max_iter: int = 500, best_rtol: float = 1e-8,
+               plateau_rtol: float | None = None) -> CurveFit:
     """Fit a schedule-aware law to loss curves.
 
     Args:
@@ -190,6 +196,11 @@ def fit_curves(curves, lrs, law: str | CurveLaw = "multi_power", *,
         multi_power) or "bfgs" (multistart BFGS to convergence; the default for lr_annealing).
       init_grid: "bfgs" starting points [s, q] of the coordinates (default :func:`start_grid`).
       max_iter: BFGS iterations per start; best_rtol: tolerance of "at the best".
+      plateau_rtol: "bfgs" only; None (default): a start converges by the BFGS stopping rules
+        before ``max_iter``. Else a start stopped at ``max_iter`` also counts as converged
+        when at least half of the starts end within ``plateau_rtol`` (relative) of the best
+        objective: they agree on the minimum value while the parameters still move along a
+        direction the data do not constrain (L0 -> 0, beta -> inf); ``starts`` shows which.
     Raises:
       ValueError: bad tables (missing columns or steps, a run without LRs, too few points).
       FitConvergenceError: no start converged.
@@ -219,6 +230,11 @@ def fit_curves(curves, lrs, law: str | CurveLaw = "multi_power", *,
                                   max_iter=max_iter)
     value = out["value"]
     converged = np.isfinite(value) & (out["iters"] < max_iter)
+    if plateau_rtol is not None and method == "bfgs" and np.isfinite(value).any():
+        low = float(np.nanmin(value))
+        agree = np.isfinite(value) & (value <= low + plateau_rtol * abs(low))
+        if 2 * agree.sum() >= len(value):
+            converged |= agree
     if not converged.any():
         raise FitConvergenceError(f"law {law.name!r}: none of the {len(theta0)} starts converged "
                                   f"within max_iter={max_iter}")

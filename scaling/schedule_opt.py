@@ -7,6 +7,15 @@ constant schedule (delta = 0), as the authors' released ``src/optimization.py`` 
 5e-9 in units of a 3e-4 peak; 2,000 steps here, 10,000 there). Here L(T) is the law exactly (every step's
 drop, the warmup's rises included, as the fit), evaluated in float64 by JAX.
 
+L(T) is not convex in delta, and projected Adam is local: under a fit whose drop term rewards
+only large drops (a large gamma: G grows with eta_k^-gamma), the constant schedule is a local
+minimum where every small decrement costs more LR area than it gains, although the law itself
+predicts a WSD cooldown lower (seen on the CPU-scale study's smoke fits). So the optimiser
+also starts from the cosine and WSD comparison schedules, and keeps the start whose result
+has the lowest predicted final loss: the "optimal" schedule is never predicted worse than
+the schedules it is compared with (``OptimalSchedule.start`` says which start won). Adam's
+fixed step does not lower L(T) at every step, so each start keeps its best iterate.
+
 Axis letters: T steps, W warmup steps.
 """
 
@@ -44,6 +53,8 @@ class OptimalSchedule:
       schedules: {name: LR at every step [T]}: "optimal", "cosine", "wsd".
       final_loss: {name: predicted final loss}.
       peak, warmup, final: the peak LR, warmup steps, and the comparisons' final LR.
+      start: the optimiser's start whose result is "optimal": "constant" (the authors'),
+        "cosine" or "wsd".
     """
 
     schedules: dict[str, np.ndarray]
@@ -51,11 +62,12 @@ class OptimalSchedule:
     peak: float
     warmup: int
     final: float
+    start: str = "constant"
 
 
 def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
                       final: float | None = None, opt_steps: int = OPT_STEPS,
-                      wsd_fraction: float = 0.2) -> OptimalSchedule:
+                      wsd_fraction: float = 0.2, head=None) -> OptimalSchedule:
     """The non-increasing schedule (after warmup) of ``steps`` steps minimising L(steps - 1).
 
     Args:
@@ -64,12 +76,17 @@ def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
       final: final LR of the cosine and WSD comparisons (default 0.1 peak).
       opt_steps: projected-Adam steps; wsd_fraction: the WSD comparison's (exponential)
         decay share of the steps.
+      head: the warmup's LRs [warmup] of every schedule (default: linear from 0 to ``peak``,
+        the authors'); pass the trainer's own (scalelab's lm warms up as peak (t + 1) / warmup)
+        so the optimised schedule is optimised for the warmup it will be trained with.
     """
     if not (isinstance(steps, (int, np.integer)) and 2 <= warmup + 2 <= steps):
         raise ValueError(f"steps={steps!r}: need an integer > warmup + 1 = {warmup + 1}")
     final = 0.1 * peak if final is None else final
     scale = peak / REFERENCE_PEAK
-    head = np.linspace(0.0, peak, warmup)
+    head = np.linspace(0.0, peak, warmup) if head is None else np.asarray(head, np.float64)
+    if head.shape != (warmup,):
+        raise ValueError(f"head of shape {head.shape}: need the {warmup} warmup LRs")
     with jax.enable_x64(True):
         p = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
         head_j = jnp.asarray(head)
@@ -78,12 +95,15 @@ def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
             eta = jnp.maximum(peak - jnp.cumsum(jnp.clip(delta, 0.0, None)), OPT_MIN_LR * scale)
             return jnp.concatenate([head_j, eta])
 
-        grad = jax.grad(lambda delta: final_loss(p, schedule(delta)))
+        value_and_grad = jax.value_and_grad(lambda delta: final_loss(p, schedule(delta)))
         lr = OPT_LR * scale
 
         def step(i, c):
-            delta, m, v = c
-            g = grad(delta)
+            delta, m, v, best, best_f = c
+            f, g = value_and_grad(delta)
+            # Adam's fixed step does not decrease L(T) monotonically: keep the best iterate seen
+            better = f < best_f
+            best, best_f = jnp.where(better, delta, best), jnp.where(better, f, best_f)
             m = 0.9 * m + 0.1 * g
             v = 0.999 * v + 0.001 * g * g
             t = i + 1
@@ -91,14 +111,28 @@ def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
             delta = jnp.clip(delta, 0.0, peak)
             # once the LR reaches the floor, further decrements do nothing: drop them
             delta = jnp.where(peak - jnp.cumsum(delta) <= OPT_MIN_LR * scale, 0.0, delta)
-            return delta, m, v
+            return delta, m, v, best, best_f
 
         z = jnp.zeros(steps - warmup)
-        delta, _, _ = jax.jit(lambda c: jax.lax.fori_loop(0, opt_steps, step, c))((z, z, z))
-        best = np.asarray(schedule(delta))
-        schedules = {"optimal": best,
-                     "cosine": lr_schedules.cosine(steps, peak, final, warmup),
+        def run(d0):
+            delta, _, _, best, best_f = jax.lax.fori_loop(0, opt_steps, step, (d0, z, z, d0, jnp.inf))
+            last = final_loss(p, schedule(delta))
+            return jnp.where(last < best_f, delta, best)
+
+        run = jax.jit(run)
+        schedules = {"cosine": lr_schedules.cosine(steps, peak, final, warmup),
                      "wsd": lr_schedules.wsd(steps, peak, final,
                                              max(warmup, steps - int(round(wsd_fraction * steps))), warmup)}
+        for eta in schedules.values():
+            eta[:warmup] = head
+        results = {}
+        for name, eta0 in (("constant", None), *schedules.items()):
+            # delta of a comparison schedule: its decrements after the warmup (eta_W = peak - delta_W)
+            d0 = z if eta0 is None else jnp.asarray(-np.diff(eta0[warmup:], prepend=peak))
+            cand = np.asarray(schedule(run(d0)))
+            results[name] = (float(final_loss(p, jnp.asarray(cand))), cand)
+        start = min(results, key=lambda k: results[k][0])  # the first (constant) on ties
+        schedules = {"optimal": results[start][1], **schedules}
         losses = {k: float(final_loss(p, jnp.asarray(v))) for k, v in schedules.items()}
-    return OptimalSchedule(schedules=schedules, final_loss=losses, peak=peak, warmup=warmup, final=final)
+    return OptimalSchedule(schedules=schedules, final_loss=losses, peak=peak, warmup=warmup, final=final,
+                           start=start)

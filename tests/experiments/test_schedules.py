@@ -149,7 +149,7 @@ def test_bad_presets_are_refused(change, message):
         PRESET.replace(**change)
 
 
-def test_a_failed_multi_power_fit_is_reported_not_a_crash(smoke, monkeypatch):
+def test_a_failed_multi_power_fit_is_refused_with_its_reason_not_a_crash(smoke, monkeypatch, tmp_path):
     import dataclasses
 
     import scaling
@@ -159,28 +159,52 @@ def test_a_failed_multi_power_fit_is_reported_not_a_crash(smoke, monkeypatch):
     out, _ = smoke
     real = scaling.fit_curves
 
-    def fake(curves, lrs, law, method=None):
+    def fake(curves, lrs, law, method=None, **kw):
         if law == "multi_power" and method == "bfgs":
             raise FitConvergenceError("none of the 16 starts converged")
-        fit = real(curves, lrs, law, method=method)
+        fit = real(curves, lrs, law, method=method, **kw)
         if law != "multi_power":
             return fit
         return dataclasses.replace(fit, params={k: np.nan for k in fit.params}, theta=np.full_like(fit.theta, np.nan))
 
     monkeypatch.setattr(scaling, "fit_curves", fake)
     curves, etas = read_runs(out / "runs")
-    fits, notes = schedules_analysis.fit_laws(curves, etas, ["constant", "cosine-L200", "wsd-exp-L200"], None)
-    assert "recipe gave non-finite parameters" in notes[0] and "BFGS failed too" in notes[1]
-    assert "predictions and errors are NaN" in notes[2] and len(notes) == 3
-    assert fits["multi_power"][3]["PredE"].isna().all()
+    fitted = ["constant", "cosine-L200", "wsd-exp-L200"]
+    fits, notes = schedules_analysis.fit_laws(curves, etas, fitted, None, first_step=PRESET.warmup_steps)
+    assert "ended with non-finite parameters" in notes[0] and "REFUSED" in notes[1] and len(notes) == 2
+    assert fits["multi_power"][0] is None and (fits["multi_power"][3]["status"] == "refused").all()
+    assert fits["multi_power"][2].empty  # no predictions at all, rather than NaN ones
     assert np.isfinite(fits["lr_annealing"][3]["PredE"]).all()
 
-    def never(curves, lrs, law, method=None):
+    def never(curves, lrs, law, method=None, **kw):
         if law == "multi_power":
             raise FitConvergenceError("none of the 1 starts converged")
-        return real(curves, lrs, law, method=method)
+        return real(curves, lrs, law, method=method, **kw)
 
     monkeypatch.setattr(scaling, "fit_curves", never)
-    fits, notes = schedules_analysis.fit_laws(curves, etas, ["constant", "cosine-L200", "wsd-exp-L200"], None)
-    assert fits["multi_power"][0] is None and fits["multi_power"][3]["PredE"].isna().all()
-    assert "did not converge" in notes[0] and "BFGS failed too" in notes[1]
+    fits, notes = schedules_analysis.fit_laws(curves, etas, fitted, None, first_step=PRESET.warmup_steps)
+    assert fits["multi_power"][0] is None and (fits["multi_power"][3]["status"] == "refused").all()
+    assert "did not converge" in notes[0] and "REFUSED: multistart BFGS found no minimum" in notes[1]
+    # the whole analysis (on a copy): the report and the summary say "refused" and why; no optimised schedule
+    import shutil
+
+    study = schedules.build_study(PRESET, out, "smoke")
+    table = lib.load_results(study, out)
+    out = shutil.copytree(out, tmp_path / "study")
+    result = schedules_analysis.analyze(study, table, out, PRESET, train=False)
+    report = (out / "report.md").read_text()
+    assert "| refused | refused |" in report and "multi_power: REFUSED" in report
+    assert "None: the multi-power law was refused" in report and result["optimised"] is None
+    assert "multi_power: REFUSED" in schedules_analysis.summary(result)
+    errors = pd.read_csv(out / "curve_errors.csv")
+    assert (errors.loc[errors["law"] == "multi_power", "status"] == "refused").all()
+    assert set(pd.read_csv(out / "predictions.csv")["law"]) == {"lr_annealing"}
+
+
+def test_every_curve_is_fitted_and_scored_after_the_warmup(smoke):
+    out, result = smoke
+    pred = pd.read_csv(out / "predictions.csv")
+    assert pred["step"].min() >= PRESET.warmup_steps
+    for law in schedules_analysis.LAWS:
+        assert result["fits"][law][0].table["step"].min() >= PRESET.warmup_steps
+    assert f"from step {PRESET.warmup_steps}, the end of the warmup" in (out / "report.md").read_text()
