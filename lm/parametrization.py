@@ -82,7 +82,7 @@ Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP l
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier
 (Wortsman et al. 2023, arXiv 2309.14322, Sec. 3.2.2; Wang & Aitchison 2024, arXiv
 2405.13698), so the decay's averaging timescale 1/(lr · wd) steps is the same at every
-width; the set of decayed parameters is SP's (``lm.train.weight_decay_mask``). At the base
+width; the set of decayed parameters is SP's (``lm.step.weight_decay_mask``). At the base
 width μP equals SP (all multipliers 1.0; tested bitwise).
 
 Axis letters: d model width; m width multiplier d / base_width.
