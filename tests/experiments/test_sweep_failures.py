@@ -37,6 +37,12 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
         logged = [e for e in read_events(events) if e["scalars"]]
         if row["status"] == "complete":
             assert logged[-1]["step"] == 4 and logged[-1]["scalars"]["val/loss"] == np.float32(row["final_val_loss"])
+    boom = json.loads((tmp_path / "runs" / "boom" / "result.json").read_text())  # the one divergence record
+    assert boom["status"] == "diverged" and boom["diverged_at"] is not None and boom["final_val_loss"] is None
+    assert not (tmp_path / "runs" / "boom" / "failure.json").exists()
+    # a run directory of the former form (failure.json, no result.json) still reads as diverged, never retrained
+    (tmp_path / "runs" / "boom" / "result.json").unlink()
+    (tmp_path / "runs" / "boom" / "failure.json").write_text(json.dumps({"status": "diverged", "error": "nan"}))
     for name in ("a", "b"):  # killed after the last checkpoint, before result.json
         (tmp_path / "runs" / name / "result.json").unlink()
     for f in (tmp_path / "runs" / "a" / "checkpoints").rglob("*"):
@@ -51,6 +57,7 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
     assert "1 run(s) failed (unreadable checkpoints" in capsys.readouterr().out
     assert not lib.sweep._finished(tmp_path, study.runs[0])  # retried by the next call
     assert lib.sweep._finished(tmp_path, study.runs[2])  # a diverged run is not
+    assert not (tmp_path / "runs" / "boom" / "result.json").exists()  # the old-form run was not trained again
 
 
 def _table(statuses: dict[str, str]) -> pd.DataFrame:

@@ -88,3 +88,21 @@ def test_a_diverging_run_is_flagged_and_leaves_the_others_untouched(tmp_path):
     assert np.isfinite(res.losses[1, 0]) and np.isnan(res.losses[1, 1:]).all()
     np.testing.assert_allclose(res.losses[0], sequential_losses(runs[0]), rtol=1e-5, atol=0)
     assert json.loads((tmp_path / runs[1].name / "result.json").read_text())["status"] == "diverged"
+
+
+def test_a_grouped_run_writes_the_records_of_its_solo_run(tmp_path):
+    """One loop: the same record timing (log_every, eval_every, the last step), window means and evaluations."""
+    from lm import train
+
+    cfg = dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, eval_every=6))
+    runs = vs.sweep_runs(cfg, learning_rates=[1e-3, 1e-2])
+    res = vs.train_vmapped(runs, [tmp_path / r.name for r in runs])
+    solo = train.train(runs[1], tmp_path / "solo")
+    grouped, alone = records.read_metrics(tmp_path / runs[1].name), records.read_metrics(tmp_path / "solo")
+    assert [r["step"] for r in grouped] == [r["step"] for r in alone] == [4, 6, 8]
+    assert [sorted(r) for r in grouped] == [sorted(r) for r in alone]  # val_loss at 6 and 8 in both
+    for key in ("train_loss", "val_loss", "lr"):
+        np.testing.assert_allclose([r.get(key, 0.0) for r in grouped], [r.get(key, 0.0) for r in alone], rtol=1e-5)
+    for key in ("final_train_loss", "final_val_loss", "final_val_bpb"):
+        np.testing.assert_allclose(res.results[1][key], solo[key], rtol=1e-5)
+    assert res.results[1]["vmapped_with"] == 2 and res.results[1]["diverged_at"] is None
