@@ -2,9 +2,9 @@
 
 Every trainer (``lm.loop`` for ``lm.train`` and ``lm.vmap_sweep``, the benchmarks, the
 accelerator check) gets its compiled steps here, and the pod programs are lowered here
-for a platform without its devices (:func:`lower_train_step`). A step is compiled once per program: the model, the optimiser's betas, eps and
-clipping, the z-loss weight, the batch shape, the mesh (and for a vmapped step the number
-of runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
+for a platform without its devices (:func:`lower_train_step`). A step is compiled once
+per program: the model, the optimiser's betas, eps and clipping, the z-loss weight, the
+batch shape, the mesh (and for a vmapped step the number of runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
 step draws randomness from it) the seed are arguments or host-side numbers, so runs that
 differ only in them share one program: :data:`CACHE` reuses it within a process and JAX's
 persistent compilation cache (:func:`enable_compilation_cache`) across processes.

@@ -187,7 +187,8 @@ def train_vmapped(
         if primary:
             for d in run_dirs or ():
                 stack.enter_context(run_lock.hold(d))
-        corpus = data_check.corpus_record(runs[0].data) if run_dirs and primary else None  # every run reads runs[0]'s batches
+        # every run reads runs[0]'s batches
+        corpus = data_check.corpus_record(runs[0].data) if run_dirs and primary else None
         for w in writers:
             w.begin(corpus)
             stack.callback(w.close)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import experiments.lib.report  # noqa: F401  (lib.report below: the lazy package exports only its names)
 from experiments import lib
 from experiments.lib.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
