@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments.lib.report  # noqa: F401  (lib.report below: the lazy package exports only its names)
 from experiments import lib
+from experiments.lib import report as lib_report  # not a lazy export of experiments.lib
 from experiments.lib.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
@@ -81,7 +81,7 @@ def _table(statuses: dict[str, str]) -> pd.DataFrame:
     ({"a": "complete", "b": "complete"}, {}, ["a", "b"], ""),
 ])
 def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwargs, expect_rows, message, capsys):
-    ready = lib.report.analysis_table(_table(statuses), **kwargs)
+    ready = lib_report.analysis_table(_table(statuses), **kwargs)
     out = capsys.readouterr().out.strip()
     assert (ready is None) == (expect_rows is None)
     if ready is not None:
@@ -92,10 +92,10 @@ def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwarg
 
 def test_report_names_the_diverged_runs(tmp_path):
     report = lib.write_report(tmp_path, ["# Study"])
-    lib.report.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
+    lib_report.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
     text = report.read_text()
     assert "## Diverged runs" in text and "1 of 2 runs diverged (non-finite loss)" in text and "`b`" in text
-    lib.report.note_left_out(report, _table({"a": "complete"}))
+    lib_report.note_left_out(report, _table({"a": "complete"}))
     assert report.read_text() == text
 
 
