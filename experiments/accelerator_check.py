@@ -66,8 +66,8 @@ def tiny_model(family: str):
 
 def lowering_checks() -> dict:
     """Lower every family's sharded train step for TPU and GPU; {case: kernel calls or error}."""
+    from lm import compiled, sharding
     from lm import data as lm_data
-    from lm import sharding
     from lm.config import RunConfig
 
     out = {}
@@ -79,7 +79,7 @@ def lowering_checks() -> dict:
             for target in ("tpu", "gpu"):
                 key = f"{family} {'x'.join(map(str, shape))} {target}"
                 try:
-                    out[key] = count_kernel_calls(sharding.lower_train_step(run, mesh, platform=target).as_text())
+                    out[key] = count_kernel_calls(compiled.lower_train_step(run, mesh, platform=target).as_text())
                 except Exception as exc:  # reported, and the check fails
                     out[key] = f"error: {type(exc).__name__}: {exc}"[:300]
                 print(f"  {key:<28} {out[key]}", flush=True)
@@ -146,9 +146,9 @@ def kernel_timings() -> list[dict]:
 
 def train_step_mfu(preset: str, *, batch: int = 16, seq_len: int = 1024, steps: int = 10) -> dict:
     """bfloat16 train step of ``preset``: seconds per step and MFU against the device's peak."""
+    from lm import compiled, sharding
     from lm import data as lm_data
     from lm import flops as lm_flops
-    from lm import train as lm_train
     from lm.packing import random_batch
     from lm.config import RunConfig
     from lm.presets import get_preset
@@ -156,9 +156,11 @@ def train_step_mfu(preset: str, *, batch: int = 16, seq_len: int = 1024, steps: 
     model = dataclasses.replace(get_preset(preset), dtype="bfloat16")
     run = RunConfig(model=model, data=lm_data.DataConfig(source="synthetic", seq_len=seq_len, batch_size=batch),
                     name=preset)
-    state = jax.jit(lambda: lm_train.init_state(run, jax.random.PRNGKey(0)))()
-    batch_arrays = random_batch(batch, seq_len, model.vocab_size, seed=1)
-    step = jax.jit(lm_train.make_train_step(run))
+    mesh = sharding.single_device_mesh()  # the trainers' path: the mesh (1, 1, 1, 1), the compile cache
+    state = sharding.init_sharded_state(run, mesh, jax.random.PRNGKey(0))
+    batch_arrays = jax.device_put(random_batch(batch, seq_len, model.vocab_size, seed=1),
+                                  sharding.batch_sharding(mesh, batch))
+    step, _ = compiled.train_step(run, mesh, state, batch_arrays)
     lr, wd = jnp.float32(1e-3), jnp.float32(0.0)
     state, _ = step(state, batch_arrays, lr, wd)
     jax.block_until_ready(state)

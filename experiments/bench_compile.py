@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from lm import compiled as lm_compiled
 from lm import sharding
 from lm.config import RunConfig
 from lm.data import DataConfig
@@ -47,7 +48,7 @@ def compile_step(run: RunConfig):
     zero = jnp.float32(0.0)
     t0 = time.perf_counter()
     with sharding.mesh_context(mesh):
-        lowered = sharding.sharded_train_step(run, mesh, run.data.batch_size).lower(state, batch, zero, zero)
+        lowered = lm_compiled.sharded_train_step(run, mesh, run.data.batch_size).lower(state, batch, zero, zero)
         compiled = lowered.compile()
     return compiled, time.perf_counter() - t0
 

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, sharding, train
+from lm import compiled, sharding
+from lm import step as lm_step
 from lm.config import RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count
@@ -30,7 +31,7 @@ def bench(num_experts: int, dispatch: str, batch: int, seq_len: int, steps: int)
     base = get_preset("moe")
     cfg = dataclasses.replace(base, moe=dataclasses.replace(base.moe, num_experts=num_experts, dispatch=dispatch))
     run = RunConfig(model=cfg, data=DataConfig(seq_len=seq_len, batch_size=batch), train=TrainConfig(steps=steps))
-    state = train.init_state(run)
+    state = lm_step.init_state(run)
     b = random_batch(batch, seq_len, cfg.vocab_size)
     mesh = sharding.single_device_mesh()
     step, compile_s = compiled.train_step(run, mesh, state, b)

@@ -10,7 +10,7 @@ Where the gain comes from: one dispatch per step instead of K, and K-times large
 that fill an accelerator that one small model leaves idle. Neither exists on a small CPU,
 and the bench prints the evidence next to the speed-up: the process CPU time per wall
 second ("cores busy") of each loop. ``--width W`` vmaps W runs at a time inside the step
-(:func:`lm.vmap_sweep.make_vmapped_step`; default all K on a GPU/TPU, 2 on CPU).
+(:func:`lm.step.make_vmapped_step`; default all K on a GPU/TPU, 2 on CPU).
 
 Measured on the 2-core CPU (quiet machine, default flags: 8 runs, d_model 64, 2 layers,
 batch 8x64): sequential 63-66k tok/s with 1.55 cores busy; width 2 (the CPU default)
@@ -41,7 +41,7 @@ from lm import train as lm_train
 from lm import vmap_sweep as vs
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
-from lm.schedules import lr_multiplier
+from lm.loop import lr_at
 
 
 def main(argv=None) -> dict:
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     for i, (r, st) in enumerate(zip(runs, states)):
         wd = jnp.float32(r.optimizer.weight_decay)
         for s, b in enumerate(batches):
-            st, m = fn(st, b, jnp.float32(r.optimizer.learning_rate * lr_multiplier(r.schedule, s, a.steps)), wd)
+            st, m = fn(st, b, jnp.float32(lr_at(r, s)), wd)
             seq_losses_dev.append(m["loss"])
     seq_losses = np.asarray(jnp.stack(seq_losses_dev)).reshape(a.runs, a.steps)
     t_seq, cpu_seq = time.perf_counter() - t0, time.process_time() - cpu0
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     vm_losses_dev = []
     t0, cpu0 = time.perf_counter(), time.process_time()
     for s, b in enumerate(batches):
-        state, m = vfn(state, b, jnp.asarray(vs.learning_rates_at(runs, s)), wds)
+        state, m = vfn(state, b, jnp.asarray(np.asarray([lr_at(r, s) for r in runs], np.float32)), wds)
         vm_losses_dev.append(m["loss"])
     vm_losses = np.asarray(jnp.stack(vm_losses_dev, axis=1))
     t_vm, cpu_vm = time.perf_counter() - t0, time.process_time() - cpu0

@@ -32,7 +32,7 @@ from experiments.lib.cli import EXIT_CODES, RUN_FAILED, OneLineParser, add_confi
 from experiments.lib.figures import plot_loss_curve
 from experiments.lib.progress import SweepProgress
 from lm import data as lm_data
-from lm import data_check, decode, multihost, run_lock, sharding, train
+from lm import compiled, data_check, decode, multihost, records, run_lock, sharding, train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
 from lm.config_schema import migrate
@@ -73,8 +73,7 @@ def default_run() -> RunConfig:
 # Fields that do not change what is trained: a rerun may change them freely.
 RESUME_FREE_FIELDS = ("train.progress",)
 # What lm.train.train and this command write into a run directory (--overwrite removes these only).
-RUN_RECORDS = ("config.json", "corpus.json", "corpus.json.tmp", "metrics.jsonl", "result.json", "result.json.tmp",
-               "failure.json", "runner.json", "checkpoints", "loss_curve.png")
+RUN_RECORDS = (*records.RUN_FILES, "corpus.json.tmp", "result.json.tmp", "checkpoints", "loss_curve.png")
 # Not among them: the lock file (lm.run_lock.LOCK), held by the command that overwrites.
 
 
@@ -101,7 +100,7 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
         return
     hint = "rerun with --overwrite to start this run afresh, or choose another --name"
     try:
-        old = outdir.read_json_record(run_dir / "config.json", "the run's config")
+        old = outdir.read_json_record(run_dir / records.CONFIG, "the run's config")
     except outdir.OutputError as err:
         raise outdir.OutputError(f"{err}; {hint}") from err
     if old is None:
@@ -181,7 +180,7 @@ def _train_and_report(prog: str, run: RunConfig, run_dir: Path, mesh, args: argp
         gone = start_afresh(run_dir)
         if gone:
             print(f"--overwrite: removed {', '.join(gone)} from {run_dir}; training afresh")
-    train.enable_compilation_cache()
+    compiled.enable_compilation_cache()
     bar = SweepProgress([run], 0, 1, enabled=run.train.progress and jax.process_index() == 0)
     bar.start([run])
     try:
@@ -196,7 +195,7 @@ def _train_and_report(prog: str, run: RunConfig, run_dir: Path, mesh, args: argp
     if jax.process_index() != 0:
         return result
     print(json.dumps({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_bpb", "tokens", "flops")}, indent=2))
-    print(f"loss curve: {plot_loss_curve(train.read_metrics(run_dir), run_dir, run_dir.name)}")
+    print(f"loss curve: {plot_loss_curve(records.read_metrics(run_dir), run_dir, run_dir.name)}")
     if args.sample_tokens > 0:
         _, params = train.load_params(run_dir)
         print("sample:", repr(sample_text(run, params, n=args.sample_tokens)))

@@ -1,19 +1,19 @@
-"""The one compile cache: train, vmapped-train and eval steps compiled for a mesh.
+"""The one compile cache: train, vmapped-train and eval steps jitted on a mesh and compiled.
 
-The trainers (``lm.train``, ``lm.vmap_sweep``) and the throughput benchmarks
-(``experiments.lib.timing``, ``bench_moe``, ``bench_vmap_sweep``) get their compiled steps
-here; ``experiments.coord_check`` and ``experiments.accelerator_check`` still jit
-``lm.step.make_train_step`` themselves. A step is compiled once per program: the model, the
-optimiser's betas, eps, clipping and decay mask, the z-loss weight, the batch shape, the mesh,
-buffer donation (and for a vmapped step the number of runs and the width of its ``lax.map``
-chunks). Learning rate, weight decay, schedule, length and (unless the step draws randomness
-from it) the seed are arguments or host-side numbers, so runs that differ only in them
-share one program: :data:`CACHE` reuses it within a process and JAX's persistent
-compilation cache (:func:`enable_compilation_cache`) across processes.
+Every trainer (``lm.loop`` for ``lm.train`` and ``lm.vmap_sweep``, the benchmarks, the
+accelerator check) gets its compiled steps here, and the pod programs are lowered here
+for a platform without its devices (:func:`lower_train_step`). A step is compiled once
+per program: the model, the optimiser's betas, eps, clipping and decay mask, the z-loss
+weight, the batch shape, the mesh, buffer donation (and for a vmapped step the number of
+runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
+step draws randomness from it) the seed are arguments or host-side numbers, so runs that
+differ only in them share one program: :data:`CACHE` reuses it within a process and JAX's
+persistent compilation cache (:func:`enable_compilation_cache`) across processes.
 
 A compiled step is called as ``fn(state, batch, lr, weight_decay)`` with float32 scalars
 (float32 [k] vectors for a vmapped step); its inputs must be on the shardings of
-``lm.sharding`` (``init_sharded_state``, ``global_batch``).
+``lm.sharding`` (``init_sharded_state``, ``global_batch``), which only places arrays:
+the steps are jitted with those shardings here (:func:`sharded_train_step`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lm import sharding
 from lm import step as lm_step
@@ -81,7 +82,7 @@ def train_step(run: RunConfig, mesh: Mesh, state, batch: dict, *, donate: bool =
 
     def lower():
         with sharding.mesh_context(mesh):
-            return sharding.sharded_train_step(run, mesh, b, donate=donate).lower(state, batch, zero, zero)
+            return sharded_train_step(run, mesh, b, donate=donate).lower(state, batch, zero, zero)
 
     return _cached(key, lower)
 
@@ -98,7 +99,7 @@ def vmapped_train_step(run: RunConfig, mesh: Mesh, runs: int, width: int, state,
 
     def lower():
         with sharding.mesh_context(mesh):
-            fn = sharding.sharded_train_step(run, mesh, b, stacked_runs=runs, width=width)
+            fn = sharded_train_step(run, mesh, b, stacked_runs=runs, width=width)
             return fn.lower(state, batch, vec, vec)
 
     return _cached(key, lower)
@@ -112,6 +113,75 @@ def eval_step(model_cfg: ModelConfig, mesh: Mesh, params, batch: dict) -> tuple[
 
     def lower():
         with sharding.mesh_context(mesh):
-            return sharding.sharded_eval_step(model_cfg, mesh, b).lower(params, batch)
+            return sharded_eval_step(model_cfg, mesh, b).lower(params, batch)
 
     return _cached(key, lower)
+
+
+# ------------------------------------------------------------ the jitted steps
+
+
+def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True, stacked_runs: int = 0,
+                       width: int = 0):
+    """``lm.step.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
+
+    Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
+    with float32 scalars; trace it under :func:`mesh_context` (``lm.compiled`` does).
+    ``stacked_runs`` > 0: the vmapped step of that many stacked states
+    (``lm.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k].
+    """
+    stacked = stacked_runs > 0
+    state_sh = sharding.state_shardings(run, mesh, stacked=stacked)
+    batch_sh = {k: sharding.batch_sharding(mesh, batch_size) for k in sharding.BATCH_KEYS}
+    replicated = NamedSharding(mesh, P())
+    fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
+    return jax.jit(
+        fn,
+        in_shardings=(state_sh, batch_sh, replicated, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def sharded_eval_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int):
+    """``lm.step.make_eval_step`` jitted on ``mesh``: (params, batch) -> (summed nll, target count)."""
+    batch_sh = {k: sharding.batch_sharding(mesh, batch_size) for k in sharding.BATCH_KEYS}
+    return jax.jit(
+        lm_step.make_eval_step(model_cfg),
+        in_shardings=(sharding.param_shardings(model_cfg, mesh), batch_sh),
+        out_shardings=NamedSharding(mesh, P()),
+    )
+
+
+# ------------------------------------------------------------ lowering for a target
+
+# jax's lowering_platforms names of the two accelerator kinds.
+LOWERING_PLATFORMS = {"tpu": "tpu", "gpu": "cuda"}
+
+
+def lower_train_step(run: RunConfig, mesh: Mesh, *, platform: str) -> jax.stages.Lowered:
+    """The sharded train step lowered for ``platform`` ("tpu" | "gpu") from abstract shapes.
+
+    No device of that kind is needed: the state and batch are ``jax.ShapeDtypeStruct``
+    with their shardings on ``mesh`` (8 fake CPU devices in tests), and
+    ``pallas_kernels.backend.target_platform`` makes impl="auto" pick the platform's
+    Pallas kernels, each inside its ``shard_map`` (``layers.partitioning.shard_kernel``).
+    ``.as_text()`` is the StableHLO program a TPU / GPU job would compile.
+
+    Raises:
+      ValueError: ``platform`` is not "tpu" or "gpu".
+    """
+    from pallas_kernels.backend import target_platform
+
+    if platform not in LOWERING_PLATFORMS:
+        raise ValueError(f"lower_train_step: platform={platform!r} is not one of {tuple(LOWERING_PLATFORMS)}")
+    b, t = run.data.batch_size, run.data.seq_len
+    rows = sharding.batch_sharding(mesh, b)
+    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32, sharding=rows)
+             for k in sharding.BATCH_KEYS}
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    with sharding.mesh_context(mesh), target_platform(platform):
+        fn = sharded_train_step(run, mesh, b, donate=False)
+        return fn.trace(sharding.abstract_state(run, mesh), batch, scalar, scalar).lower(
+            lowering_platforms=(LOWERING_PLATFORMS[platform],)
+        )

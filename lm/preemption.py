@@ -11,11 +11,11 @@ Design:
   handlers for SIGTERM and SIGINT that only record the signal. Python runs them between
   bytecodes on the main thread, so a signal never interrupts a checkpoint save or a
   record write half-way.
-- The training loops ask :func:`should_stop` at every step boundary. ``lm.train.train``
-  then saves a checkpoint of that step and raises :class:`Preempted` (its message is the
-  one line: "preempted at step N ..., checkpoint saved in ..."); ``lm.vmap_sweep`` groups
-  keep no checkpoints and stop likewise (their runs restart on rerun); the runner stops
-  between runs. The command prints the line and exits with ``experiments.lib.cli.PREEMPTED``
+- The one training loop (``lm.loop``) asks :func:`should_stop` at every step boundary.
+  A solo run (``lm.train.train``) then saves a checkpoint of that step and raises
+  :class:`Preempted` (its message is the one line: "preempted at step N ..., checkpoint
+  saved in ..."); ``lm.vmap_sweep`` groups keep no checkpoints and stop likewise (their
+  runs restart on rerun); the runner stops between runs. The command prints the line and exits with ``experiments.lib.cli.PREEMPTED``
   (75, EX_TEMPFAIL: "try again") after SIGTERM; after Ctrl-C it ends the way Ctrl-C ends
   any Python program, by SIGINT (130 in a shell, so shell loops stop too), without the
   traceback. Rerunning the same command resumes from the checkpoint, bitwise.

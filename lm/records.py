@@ -1,22 +1,26 @@
-"""Run records: the writer and reader of a run directory's config.json, metrics.jsonl, result.json.
+"""Run records: the one writer and reader of the files of a run directory.
 
-Every trainer writes them here (``lm.train.train``, ``lm.vmap_sweep.train_vmapped``,
-``lm.upcycle``), so a record means the same thing whoever wrote it; notebooks and the
-results table read metrics.jsonl here. The study runner and the commands, which must not fail
-on a damaged or cut-short file, read config.json and result.json through
-``experiments.lib.outdir`` instead (a one-line error, or "not finished").
+Used by every trainer (the one loop, ``lm.loop``, through a :class:`RunWriter` per run)
+and every reader (the study runner, the command line, notebooks), so a record means the
+same thing whoever wrote it.
 
   config.json     the RunConfig (``RunConfig.to_json``)
   metrics.jsonl   one JSON object per line: every ``log_every`` steps and at every
                   evaluation; keys of :func:`metric_record` (+ ``val_loss``, ``val_bpb``,
                   ``moe`` when present)
-  result.json     the summary of a finished run (:func:`result_record`); NaN is stored
-                  as null (strict JSON)
+  result.json     the summary of a finished run (:func:`result_record`), ``status``
+                  "complete" or "diverged" (with ``diverged_at``, the step whose loss or
+                  gradient was non-finite); NaN is stored as null (strict JSON)
   corpus.json     the fingerprint of the data the run trains on (:mod:`lm.data_check`);
                   run directories written before it have none
   events.out.tfevents.*.scalelab
                   TensorBoard's copy of the records and the result, written with them
                   (:mod:`lm.tensorboard`)
+  failure.json    the study runner's record of a run that could not go on (``"failed"``:
+                  unreadable checkpoints; retried). Run directories written before
+                  divergence moved into result.json hold ``{"status": "diverged"}`` here
+                  instead of a result: :func:`read_result` reads them as diverged results.
+  runner.json     the study runner's wall time of the run (and its group)
 
 Every record file except the append-only metrics.jsonl is written whole or not at all
 (:func:`atomic_write`: a temporary file, fsync, rename), here and by the study runner, so a
@@ -38,7 +42,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -47,7 +51,8 @@ from lm.config import RunConfig
 from lm.flops import param_count, train_flops_per_token
 
 CONFIG, METRICS, RESULT = "config.json", "metrics.jsonl", "result.json"
-CORPUS = "corpus.json"
+CORPUS, FAILURE, RUNNER = "corpus.json", "failure.json", "runner.json"
+RUN_FILES = (CONFIG, CORPUS, METRICS, RESULT, FAILURE, RUNNER)  # every record a run directory may hold
 
 
 class DiskFullError(OSError):
@@ -225,6 +230,69 @@ class MetricsLog:
         self.close()
 
 
+RecordListener = Callable[["RunWriter", str, dict], None]
+"""``listener(writer, kind, record)``: called by a :class:`RunWriter` after it wrote a record,
+``kind`` "metrics" (a metrics.jsonl line) or "result" (result.json); e.g. a live TensorBoard writer."""
+
+
+class RunWriter:
+    """The one writer of a run directory's records while the run trains (one per run of ``lm.loop``).
+
+    ``enabled=False`` (a non-primary host of a multi-host job, or a run without a directory)
+    writes nothing and calls no listener. ``listeners`` (:data:`RecordListener`) see each
+    record once it is written, exactly as the file holds it.
+    """
+
+    def __init__(self, run_dir: str | Path | None, run: RunConfig, *, enabled: bool = True,
+                 listeners: Sequence[RecordListener] = ()):
+        self.run_dir, self.run = (Path(run_dir) if run_dir is not None else None), run
+        self.enabled = enabled and run_dir is not None
+        self.listeners = tuple(listeners)
+        self._log: MetricsLog | None = None
+
+    def begin(self, corpus: dict | None) -> None:
+        """Create the directory and write config.json and (unless None) corpus.json."""
+        if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.run_dir, self.run)
+            if corpus is not None:
+                write_corpus(self.run_dir, corpus)
+
+    def open_metrics(self, resume_step: int | None) -> None:
+        """Ready metrics.jsonl for appending (:func:`prepare_metrics`: emptied, or cut back to ``resume_step``)."""
+        path = prepare_metrics(self.run_dir, resume_step) if self.enabled else os.devnull
+        self._log = MetricsLog(path, enabled=self.enabled)
+
+    def logged(self, step: int) -> bool:
+        """Whether metrics.jsonl holds the record of ``step``."""
+        return self.enabled and any(r.get("step") == step for r in read_metrics(self.run_dir))
+
+    def last_train_loss(self) -> float:
+        """The newest training loss in metrics.jsonl (NaN if none)."""
+        history = read_metrics(self.run_dir) if self.enabled else []
+        return next((r["train_loss"] for r in reversed(history) if "train_loss" in r), float("nan"))
+
+    def metrics(self, record: dict) -> None:
+        """Append one record to metrics.jsonl (:func:`open_metrics` first)."""
+        if self.enabled:
+            self._log.write(record)
+            self._notify("metrics", record)
+
+    def result(self, result: dict) -> None:
+        """Write result.json (:func:`write_result`)."""
+        if self.enabled:
+            write_result(self.run_dir, result)
+            self._notify("result", result)
+
+    def _notify(self, kind: str, record: dict) -> None:
+        for listener in self.listeners:
+            listener(self, kind, record)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
 def metric_record(run: RunConfig, done: int, lr: float, train_loss: float, grad_norm: float,
                   tokens_per_s: float | None) -> dict:
     """The record after ``done`` steps: step, tokens and cumulative training FLOPs, lr, losses.
@@ -270,19 +338,52 @@ def result_record(run: RunConfig, *, status: str, final_train_loss: float, final
     }
 
 
+def write_record(run_dir: str | Path, name: str, record: dict) -> None:
+    """Write the JSON record ``name`` (result.json, failure.json, ...) atomically; NaN -> null."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+    atomic_write(Path(run_dir) / name, json.dumps(clean, indent=2))
+
+
+def read_record(run_dir: str | Path, name: str) -> dict | None:
+    """The JSON object in the record ``name``; None if it is missing, cut short (a kill while
+    writing, before records were written atomically) or holds something else than an object."""
+    try:
+        value = json.loads(Path(run_dir, name).read_text())
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_result(run_dir: str | Path, result: dict) -> None:
     """Write result.json atomically (a run killed mid-write never leaves a truncated one; NaN -> null),
     then its TensorBoard events (:func:`lm.tensorboard.write_result`)."""
+    write_record(run_dir, RESULT, result)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
-    atomic_write(Path(run_dir) / RESULT, json.dumps(clean, indent=2))
     with disk_full_guard(run_dir, "writing TensorBoard events"):
         tensorboard.write_result(run_dir, clean)
 
 
 def read_result(run_dir: str | Path) -> dict | None:
-    """The run's result.json, or None if it has not finished."""
-    path = Path(run_dir) / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
+    """The result of a finished run ("complete" or "diverged"), or None if it has not finished.
+
+    ``{}``, ``[]``, a cut-short file or a record without the final losses is not a finished
+    run. The former record of a diverged solo run (failure.json ``{"status": "diverged"}``,
+    no result.json) reads as a diverged result with null losses.
+    """
+    result = read_record(run_dir, RESULT)
+    if result is not None and result.get("status", "complete") in ("complete", "diverged") \
+            and "final_val_loss" in result:
+        return result
+    failure = read_record(run_dir, FAILURE)
+    if result is None and failure is not None and failure.get("status") == "diverged":
+        return {"status": "diverged", "final_train_loss": None, "final_val_loss": None, "final_val_bpb": None,
+                "error": failure.get("error")}
+    return None
+
+
+def write_failure(run_dir: str | Path, status: str, error: str) -> None:
+    """Write failure.json ``{"status": status, "error": error}`` (the runner's record of a run that failed)."""
+    write_record(run_dir, FAILURE, {"status": status, "error": error})
 
 
 def write_corpus(run_dir: str | Path, record: dict) -> None:

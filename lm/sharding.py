@@ -1,4 +1,4 @@
-"""Sharding: one named device mesh, one table of logical-axis rules, sharded train steps.
+"""Sharding: one named device mesh, one table of logical-axis rules, the shardings of every array.
 
 JAX's SPMD partitioner (GSPMD, Xu et al. 2021) does all communication; this module only
 says where every array lives. The mesh has four named axes:
@@ -29,10 +29,10 @@ The pieces, in the order a run uses them (``lm.multihost`` marked *):
   abstract_state(run, mesh)               restore target: ``Checkpointer.restore(step, it)``
   make_host_iterator(run, mesh)         * this host's slice of every global batch
   global_batch(local, mesh, b)          * host slices -> global [b, t] arrays
-  sharded_train_step(run, mesh, b)        ``lm.step.make_train_step`` jitted with in/out shardings
   gather_data_states / local_data_state * every host's data-iterator state in a checkpoint
 
-``lm.compiled`` compiles and caches the jitted steps; ``lm.train`` drives them.
+``lm.compiled`` jits the steps with these shardings, compiles and caches them; ``lm.loop``
+drives them.
 
 Limitation: the "length" axis is never sharded (no sequence parallelism); Griffin's
 RG-LRU scan and the convolution would need a cross-device carry for that.
@@ -49,7 +49,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -310,72 +309,3 @@ def init_sharded_state(run: RunConfig, mesh: Mesh, rng: jax.Array | None = None)
     rng = jax.random.PRNGKey(run.train.seed) if rng is None else rng
     with mesh_context(mesh):
         return jax.jit(lambda r: lm_step.init_state(run, r), out_shardings=state_shardings(run, mesh))(rng)
-
-
-# ------------------------------------------------------------------------ the step
-
-
-def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True, stacked_runs: int = 0,
-                       width: int = 0):
-    """``lm.step.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
-
-    Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
-    with float32 scalars; trace it under :func:`mesh_context` (``lm.compiled`` does).
-    ``stacked_runs`` > 0: the vmapped step of that many stacked states
-    (``lm.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k].
-    """
-    stacked = stacked_runs > 0
-    state_sh = state_shardings(run, mesh, stacked=stacked)
-    batch_sh = {k: batch_sharding(mesh, batch_size) for k in BATCH_KEYS}
-    replicated = NamedSharding(mesh, P())
-    fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
-    return jax.jit(
-        fn,
-        in_shardings=(state_sh, batch_sh, replicated, replicated),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=(0,) if donate else (),
-    )
-
-
-def sharded_eval_step(model_cfg: ModelConfig, mesh: Mesh, batch_size: int):
-    """``lm.step.make_eval_step`` jitted on ``mesh``: (params, batch) -> (summed nll, target count)."""
-    batch_sh = {k: batch_sharding(mesh, batch_size) for k in BATCH_KEYS}
-    return jax.jit(
-        lm_step.make_eval_step(model_cfg),
-        in_shardings=(param_shardings(model_cfg, mesh), batch_sh),
-        out_shardings=NamedSharding(mesh, P()),
-    )
-
-
-# ------------------------------------------------------------ lowering for a target
-
-# jax's lowering_platforms names of the two accelerator kinds.
-LOWERING_PLATFORMS = {"tpu": "tpu", "gpu": "cuda"}
-
-
-def lower_train_step(run: RunConfig, mesh: Mesh, *, platform: str) -> jax.stages.Lowered:
-    """The sharded train step lowered for ``platform`` ("tpu" | "gpu") from abstract shapes.
-
-    No device of that kind is needed: the state and batch are ``jax.ShapeDtypeStruct``
-    with their shardings on ``mesh`` (8 fake CPU devices in tests), and
-    ``pallas_kernels.backend.target_platform`` makes impl="auto" pick the platform's
-    Pallas kernels, each inside its ``shard_map`` (``layers.partitioning.shard_kernel``).
-    ``.as_text()`` is the StableHLO program a TPU / GPU job would compile.
-
-    Raises:
-      ValueError: ``platform`` is not "tpu" or "gpu".
-    """
-    from pallas_kernels.backend import target_platform
-
-    if platform not in LOWERING_PLATFORMS:
-        raise ValueError(f"lower_train_step: platform={platform!r} is not one of {tuple(LOWERING_PLATFORMS)}")
-    b, t = run.data.batch_size, run.data.seq_len
-    rows = batch_sharding(mesh, b)
-    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32, sharding=rows)
-             for k in BATCH_KEYS}
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    with mesh_context(mesh), target_platform(platform):
-        fn = sharded_train_step(run, mesh, b, donate=False)
-        return fn.trace(abstract_state(run, mesh), batch, scalar, scalar).lower(
-            lowering_platforms=(LOWERING_PLATFORMS[platform],)
-        )

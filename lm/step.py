@@ -1,8 +1,8 @@
 """The pure train step: loss, AdamW update, train / vmapped-train / eval steps, fresh state.
 
 Nothing here knows about devices, meshes, files or compilation: every function maps
-arrays to arrays. ``lm.sharding`` jits these with shardings, ``lm.compiled`` caches the
-compiled programs, and the loops (``lm.train``, ``lm.vmap_sweep``) drive them.
+arrays to arrays. ``lm.compiled`` jits these with the shardings of ``lm.sharding`` and caches
+the compiled programs, and the one loop (``lm.loop``) drives them.
 
 The learning rate and weight decay are arguments of the step (computed on the host from
 the schedule), so runs that differ only in them share one compiled program and can be

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from lm import model as lm_model
 from lm import records
+from lm import step as lm_step
 from lm import train as lm_train
 from lm.checkpoint import Checkpointer, decode_bytes
 from lm.config import ModelConfig, RunConfig
@@ -83,15 +84,14 @@ def upcycle_run(dense_run_dir: str | Path, moe_run: RunConfig, out_dir: str | Pa
     """
     dense_run, dense_params = lm_train.load_params(dense_run_dir, step)
     src = Checkpointer(dense_run_dir, max_to_keep=None, read_only=True)
-    _, data_state, meta = src.restore(step, lm_train.init_state(dense_run))
+    _, data_state, meta = src.restore(step, lm_step.init_state(dense_run))
     src.close()
     params = upcycle_params(dense_run.model, dense_params, moe_run.model, jax.random.PRNGKey(moe_run.train.seed))
-    state = lm_train.init_state(moe_run)
+    state = lm_step.init_state(moe_run)
     state = {**state, "params": params,
-             "opt_state": lm_train.make_optimizer(moe_run.optimizer).init(params)}
+             "opt_state": lm_step.make_optimizer(moe_run.optimizer).init(params)}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records.write_config(out_dir, moe_run)
+    records.RunWriter(out_dir, moe_run).begin(None)  # train() records the corpus when it starts
     ckpt = Checkpointer(out_dir, max_to_keep=moe_run.train.keep_checkpoints)
     ckpt.save(0, state, decode_bytes(data_state), {"step": 0, "upcycled_from": str(dense_run_dir),
                                                      "source_step": meta["step"], "config": moe_run.to_dict()})

@@ -13,25 +13,26 @@ at a time in a loop inside the same program (``width``, :func:`default_vmap_widt
 which matches sequential training's throughput while sharing the data stream, the
 compiled program and the evaluation (see ``experiments/bench_vmap_sweep.py``).
 
-Schedule semantics are those of :func:`lm.train.train`: the learning rate of run k at step s
-is ``peak_k * lm.schedules.lr_multiplier(schedule_k, s, steps)`` (schedules may differ
-between runs, since they are host-side numbers); weight decay is the run's
-``optimizer.weight_decay``. Each run's config.json, metrics.jsonl and result.json are
-written by ``lm.records``, as for ``train()`` (records every ``log_every`` steps with the
-window-mean training loss, a validation evaluation at the end). The step runs on a mesh
-like ``train()``'s (default: one device, the mesh (1, 1, 1, 1)), compiled through the same
-cache (``lm.compiled``), with the stacked run axis unsharded. Not done here: checkpointing and resume (a
-vmapped sweep of small models is cheaper to rerun than to checkpoint), periodic
-evaluation before the last step, and per-run MoE router-jitter seeds (the jitter rng uses
-the first run's seed; :func:`check_sweep` refuses such grids if seeds differ).
+The runs are trained by the one loop (:func:`lm.loop.train_loop`, stacked), as
+:func:`lm.train.train` trains a solo run: the same learning rate at a step
+(:func:`lm.loop.lr_at`; schedules may differ between runs, since they are host-side
+numbers), the same records of each run written by ``lm.records`` (config.json,
+metrics.jsonl with the window-mean training loss every ``log_every`` steps, evaluations
+every ``eval_every`` steps and after the last, result.json), on a mesh like ``train()``'s
+(default: one device, the mesh (1, 1, 1, 1)), compiled through the same cache
+(``lm.compiled``), with the stacked run axis unsharded. Not done here: checkpointing and
+resume (a vmapped sweep of small models is cheaper to rerun than to checkpoint), and
+per-run MoE router-jitter seeds (the jitter rng uses the first run's seed;
+:func:`check_sweep` refuses such grids if seeds differ).
 
 The sweep holds the lock of every run directory it writes (``lm.run_lock``) and stops at
 the next step boundary when ``lm.preemption.should_stop`` says so (SIGTERM, Ctrl-C),
 raising ``lm.preemption.Preempted``; with no checkpoints, its runs restart on rerun.
 
 A run whose loss or gradient becomes non-finite keeps its last finite state (the step's
-NaN guard) and is reported as ``status: "diverged"`` from that step on; the other runs
-continue (high learning rates of a sweep are expected to diverge).
+NaN guard), writes no more records and its result.json is ``status: "diverged"`` with
+``diverged_at``; the other runs continue (high learning rates of a sweep are expected to
+diverge).
 
 Axis letters: k runs of the sweep, s steps, b batch rows, t time.
 """
@@ -40,20 +41,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from lm import compiled, data_check, multihost, preemption, records, run_lock, sharding
+from lm import data_check, loop, multihost, records, run_lock, sharding
 from lm import step as lm_step
 from lm.config import RunConfig
-from lm.schedules import lr_multiplier
-from lm.step import make_vmapped_step  # noqa: F401  (public here: the sweep's step)
-from lm.train import evaluate
+from lm.loop import LoopResult, stack_states
 from pallas_kernels.backend import has_accelerator
 
 
@@ -125,16 +121,6 @@ def sweep_runs(
     return tuple(out)
 
 
-def stack_states(states: Sequence[dict]) -> dict:
-    """Stack K training states leaf-wise: every leaf gains a leading axis k."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-
-def unstack_state(state: dict, k: int) -> dict:
-    """Run ``k``'s training state out of a stacked one."""
-    return jax.tree.map(lambda x: x[k], state)
-
-
 def init_stacked_state(runs: Sequence[RunConfig], mesh=None) -> dict:
     """The K fresh states of :func:`lm.step.init_state` (each with its own ``train.seed``), stacked.
 
@@ -158,56 +144,31 @@ def default_vmap_width(num_runs: int) -> int:
     return num_runs if has_accelerator() else min(num_runs, CPU_VMAP_WIDTH)
 
 
-def learning_rates_at(runs: Sequence[RunConfig], step: int) -> np.ndarray:
-    """float32 [k]: run k's learning rate at ``step`` (peak x its schedule's multiplier)."""
-    return np.asarray(
-        [r.optimizer.learning_rate * lr_multiplier(r.schedule, step, r.train.steps) for r in runs], np.float32
-    )
-
-
-@dataclasses.dataclass
-class SweepResult:
-    """Outcome of :func:`train_vmapped`.
-
-    losses: float32 [k, s] per-step training loss of every run (NaN after divergence).
-    diverged_at: per run, the first step whose loss/gradient was non-finite, or None.
-    results: per run, the summary dict written to result.json (``train()``'s keys).
-    states: the final stacked states (leading axis k).
-    compile_s, train_s: seconds compiling the step and running the steps (all K runs).
-    """
-
-    runs: tuple[RunConfig, ...]
-    losses: np.ndarray
-    diverged_at: list[int | None]
-    results: list[dict]
-    states: dict
-    compile_s: float
-    train_s: float
-
-
 def train_vmapped(
     runs: Sequence[RunConfig],
     run_dirs: Sequence[str | Path] | None = None,
     *,
-    evaluate_final: bool = True,
+    evaluate: bool = True,
     progress=None,
     width: int | None = None,
     mesh=None,
-) -> SweepResult:
+    listeners: tuple[records.RecordListener, ...] = (),
+) -> LoopResult:
     """Train K runs of one shape together (one compiled vmapped step, one shared data stream).
 
     Args:
       runs: the K runs (see :func:`check_sweep` for what may differ).
-      run_dirs: optional K directories; each gets config.json, metrics.jsonl and
+      run_dirs: optional K directories; each gets config.json, corpus.json, metrics.jsonl and
         result.json like :func:`lm.train.train` writes them (no checkpoints).
-      evaluate_final: evaluate every run on the validation split at the end.
+      evaluate: evaluate every run on the validation split (every ``eval_every`` steps and after the last).
       progress: optional callable(step, total, {"loss": mean finite loss}).
       width: runs vmapped together inside the step (:func:`lm.step.make_vmapped_step`);
         None = :func:`default_vmap_width` (all on an accelerator, 2 on CPU).
       mesh: the mesh of every run (default: one device); the run axis is not sharded.
+      listeners: ``lm.records.RecordListener`` callables told of each record written.
 
     Returns:
-      A :class:`SweepResult` with the per-step losses [k, s].
+      A :class:`lm.loop.LoopResult` with the per-step losses [k, s].
 
     Raises:
       lm.preemption.Preempted: a stop was requested (the runs keep no checkpoint).
@@ -217,118 +178,21 @@ def train_vmapped(
     check_sweep(runs)
     if run_dirs is not None and len(run_dirs) != len(runs):
         raise ValueError(f"run_dirs: {len(run_dirs)} directories for {len(runs)} runs")
-    with contextlib.ExitStack() as locks:
-        if jax.process_index() == 0:
-            for d in run_dirs or ():
-                locks.enter_context(run_lock.hold(d))
-        return _train_vmapped(runs, run_dirs, evaluate_final, progress, width, mesh)
-
-
-def _train_vmapped(runs, run_dirs, evaluate_final, progress, width, mesh) -> SweepResult:
-    """:func:`train_vmapped`'s body, holding the run directories' locks."""
     mesh = sharding.single_device_mesh() if mesh is None else mesh
     width = default_vmap_width(len(runs)) if width is None else width
-    base = runs[0]
-    k, steps, tc = len(runs), base.train.steps, base.train
-    tokens_per_step = base.data.seq_len * base.data.batch_size
     primary = jax.process_index() == 0
-    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else []
-    logs = []
-    corpus = data_check.corpus_record(base.data) if dirs and primary else None  # every run reads base's batches
-    for r, d in zip(runs, dirs):
-        d.mkdir(parents=True, exist_ok=True)
+    dirs = [None] * len(runs) if run_dirs is None else [Path(d) for d in run_dirs]
+    writers = [records.RunWriter(d, r, enabled=primary, listeners=listeners) for r, d in zip(runs, dirs)]
+    with contextlib.ExitStack() as stack:
         if primary:
-            records.write_config(d, r)
-            records.write_corpus(d, corpus)
-        logs.append(records.MetricsLog(records.prepare_metrics(d, None) if primary else None, enabled=primary))
-
-    state = init_stacked_state(runs, mesh)
-    wds = jnp.asarray([r.optimizer.weight_decay for r in runs], jnp.float32)
-    it = multihost.make_host_iterator(base, mesh, "train")
-    losses = np.full((k, steps), np.nan, np.float32)
-    diverged: list[int | None] = [None] * k
-    window = np.zeros(k)
-    window_n = 0
-    step_fn, compile_s, train_s = None, 0.0, 0.0
-    try:
-        for step in range(steps):
-            batch = multihost.global_batch(next(it), mesh, base.data.batch_size)
-            if step_fn is None:
-                step_fn, compile_s = compiled.vmapped_train_step(base, mesh, k, width, state, batch)
-            lrs = learning_rates_at(runs, step)
-            t0 = time.perf_counter()
-            state, m = step_fn(state, batch, jnp.asarray(lrs), wds)
-            loss = np.asarray(m["loss"], np.float32)
-            finite = np.asarray(m["finite"])
-            train_s += time.perf_counter() - t0
-            for i in range(k):
-                if diverged[i] is None and not finite[i]:
-                    diverged[i] = step
-            alive = np.array([d is None for d in diverged])
-            losses[:, step] = np.where(alive, loss, np.nan)
-            window += np.where(alive, loss, 0.0)
-            window_n += 1
-            done = step + 1
-            if logs and (done % tc.log_every == 0 or done == steps):
-                grad_norm = np.asarray(m["grad_norm"])
-                for i, (r, log) in enumerate(zip(runs, logs)):
-                    log.write(records.metric_record(
-                        r, done, float(lrs[i]), float(window[i] / window_n) if alive[i] else float("nan"),
-                        float(grad_norm[i]), tokens_per_step * window_n / max(train_s, 1e-9) / k,
-                    ))
-                window[:] = 0.0
-                window_n = 0
-            if progress is not None:
-                progress(done, steps, {"loss": float(np.nanmean(losses[:, step])) if alive.any() else float("nan")})
-            if done < steps and preemption.should_stop(done):
-                raise preemption.preempted(
-                    f"preempted at step {done} of the vmapped group {', '.join(r.name for r in runs)} "
-                    "({signal}); groups keep no checkpoints: rerun the same command to train them again "
-                    "from step 0", done)
-    finally:
-        it.close()
-        for log in logs:
-            log.close()
-
-    results = []
-    for i, r in enumerate(runs):
-        ev = {"val_loss": float("nan"), "val_bpb": float("nan")}
-        if evaluate_final and diverged[i] is None:
-            ev, c = evaluate(r, unstack_state(state, i)["params"], mesh=mesh)
-            compile_s += c
-        tail = losses[i, max(0, steps - tc.log_every):]
-        res = records.result_record(
-            r, status="complete" if diverged[i] is None else "diverged",
-            final_train_loss=float(np.mean(tail)) if diverged[i] is None else float("nan"),
-            final_val_loss=ev["val_loss"], final_val_bpb=ev["val_bpb"], compile_s=compile_s / k,
-            train_s=train_s / k, resumed_from=None, diverged_at=diverged[i], vmapped_with=k,
-        )
-        if dirs and primary:
-            records.write_result(dirs[i], res)
-        results.append(res)
-    return SweepResult(runs, losses, diverged, results, state, compile_s, train_s)
-
-
-def train_sequential_losses(run: RunConfig, mesh=None) -> np.ndarray:
-    """float32 [s]: the per-step training losses of ``run`` trained alone with the solo step.
-
-    The sequential twin of one vmapped run (same data stream, same schedule, same mesh);
-    used by the equality test and the benchmark.
-    """
-    mesh = sharding.single_device_mesh() if mesh is None else mesh
-    state = sharding.init_sharded_state(run, mesh)
-    it = multihost.make_host_iterator(run, mesh, "train")
-    out = np.zeros(run.train.steps, np.float32)
-    fn = None
-    wd = jnp.float32(run.optimizer.weight_decay)
-    try:
-        for step in range(run.train.steps):
-            batch = multihost.global_batch(next(it), mesh, run.data.batch_size)
-            if fn is None:
-                fn, _ = compiled.train_step(run, mesh, state, batch)
-            lr = run.optimizer.learning_rate * lr_multiplier(run.schedule, step, run.train.steps)
-            state, m = fn(state, batch, jnp.float32(lr), wd)
-            out[step] = float(m["loss"])
-    finally:
-        it.close()
-    return out
+            for d in run_dirs or ():
+                stack.enter_context(run_lock.hold(d))
+        # every run reads runs[0]'s batches
+        corpus = data_check.corpus_record(runs[0].data) if run_dirs and primary else None
+        for w in writers:
+            w.begin(corpus)
+            stack.callback(w.close)
+        state = init_stacked_state(runs, mesh)
+        train_it = stack.enter_context(contextlib.closing(multihost.make_host_iterator(runs[0], mesh, "train")))
+        return loop.train_loop(runs, state, train_it, mesh, writers=writers, stacked=True, width=width,
+                               evaluate_runs=evaluate, progress=progress)

@@ -51,6 +51,7 @@ print("JAX", jax.__version__, "devices:", jax.devices())
 import dataclasses  # noqa: E402
 import tempfile  # noqa: E402
 
+from lm import records as lm_records  # noqa: E402
 from lm import train as lm_train  # noqa: E402
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig  # noqa: E402
 from lm.data import DataConfig  # noqa: E402
@@ -78,7 +79,7 @@ print({k: result[k] for k in ("final_train_loss", "final_val_loss", "final_val_b
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
 
-records = lm_train.read_metrics(run_dir)
+records = lm_records.read_metrics(run_dir)
 train_recs = [r for r in records if "train_loss" in r]
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot([r["tokens"] for r in train_recs], [r["train_loss"] for r in train_recs], label="train")

@@ -9,10 +9,10 @@ one line naming the path and what is wrong, and writes nothing, when:
 - a run directory holds another config than the one asked for (:func:`config_differences`
   names the fields that differ).
 
-Records that a kill may leave cut short (result.json, failure.json, runner.json) are read
-leniently by the runner instead (:func:`read_json`, :func:`read_result`): unreadable means
-"not finished"; the runner writes its own records whole or not at all
-(``lm.records.atomic_write``, re-exported here as :func:`atomic_write`).
+A run directory's records (result.json, failure.json, runner.json) are read and written by
+``lm.records`` alone, leniently where a kill may have cut one short (``lm.records.read_result``:
+unreadable means "not finished"); the runner writes its own files (study.json, tables) whole or
+not at all (``lm.records.atomic_write``, re-exported here as :func:`atomic_write`).
 """
 
 from __future__ import annotations
@@ -120,29 +120,3 @@ def remove_entries(directory: str | Path, names: tuple[str, ...]) -> list[str]:
             continue
         gone.append(name)
     return gone
-
-
-def is_finished_result(value: Any) -> bool:
-    """Whether a result.json's content records a finished run ("complete" or "diverged").
-
-    ``{}``, ``[]`` or a record without the final losses is not a finished run.
-    """
-    return (isinstance(value, dict) and value.get("status", "complete") in ("complete", "diverged")
-            and "final_val_loss" in value)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in the file; None if it is missing, was cut short (a kill while
-    writing) or holds something else than an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def read_result(rd: Path) -> dict | None:
-    """The run's result.json if it records a finished run (:func:`is_finished_result`):
-    ``{}``, ``[]`` or a cut-short file is not one."""
-    result = read_json(rd / "result.json")
-    return result if is_finished_result(result) else None

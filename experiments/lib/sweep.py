@@ -59,13 +59,13 @@ from typing import Any
 import pandas as pd
 
 from experiments.lib import data_budget, outdir
-from experiments.lib.outdir import atomic_write, read_json, read_result
+from experiments.lib.outdir import atomic_write
 from experiments.lib.progress import SweepProgress
 from experiments.lib.study import (CURVES, MANIFEST, RUNS_DIR, Study, StudyError, canonical_config, run_dir,
                                    shard_runs, table_path)
 from experiments.lib.table import (collect_curves, collect_table, merge_tables, read_study_table, study_tables,
                                    write_table)
-from lm import preemption, records, run_lock, tensorboard
+from lm import compiled, preemption, records, run_lock, tensorboard
 from lm import train as lm_train
 from lm.checkpoint import CheckpointError
 from lm.config import RunConfig
@@ -221,8 +221,7 @@ def run_study(
       progress: show the sweep's progress bar.
       compilation_cache: enable JAX's persistent compilation cache first.
       on_run_done: optional callback(run, result) after each run trained here that wrote a
-        result.json (a solo run that diverged writes failure.json instead; a grouped one a
-        result with ``"status": "diverged"``).
+        result.json (``"status": "complete"`` or ``"diverged"``).
       groups: run names trained together, one tuple per group (module docstring: resume,
         shards); runs in no group train alone.
       train_group: the group trainer (:data:`GroupTrainer`); default
@@ -252,7 +251,7 @@ def run_study(
         tensorboard.write_experiment(out / RUNS_DIR, tensorboard.varied_fields(
             records.flatten(r.to_dict()) for r in study.runs))  # the whole grid's: every shard writes the same
     if compilation_cache:
-        lm_train.enable_compilation_cache()
+        compiled.enable_compilation_cache()
     grouped = {name for g in groups for name in g}
     todo = [[r for r in unit if not _finished(out, r)] for unit in units]
     todo = [u for u in todo if u]
@@ -272,7 +271,7 @@ def run_study(
                         _train_solo(unit[0], out, bar)
                 if on_run_done is not None:
                     for run in unit:
-                        result = read_result(run_dir(out, run))
+                        result = records.read_result(run_dir(out, run))
                         if result is not None:
                             on_run_done(run, result)
                 write_table(collect_table(study, out, runs), path)
@@ -309,8 +308,8 @@ def _locked(out: Path, unit: Sequence[RunConfig]):
 def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     """lm.train.train into the run's directory (resumes from its checkpoint).
 
-    A run that diverges writes failure.json ``{"status": "diverged"}`` (never retrained); one
-    whose checkpoints cannot be read (:class:`lm.checkpoint.CheckpointError`, after falling
+    A run that diverges writes result.json ``{"status": "diverged"}`` (``lm.train.train``; never
+    retrained); one whose checkpoints cannot be read (:class:`lm.checkpoint.CheckpointError`, after falling
     back to every older checkpoint) writes ``{"status": "failed"}`` and the sweep goes on
     (retried on the next call, once the checkpoints are fixed or removed).
     """
@@ -320,12 +319,13 @@ def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     try:
         lm_train.train(run, rd, progress=bar)
     except (lm_train.NonFiniteLossError, CheckpointError) as err:
-        status = "failed" if isinstance(err, CheckpointError) else "diverged"
-        atomic_write(rd / "failure.json", json.dumps({"status": status, "error": str(err)}, indent=2))
+        status = "failed" if isinstance(err, CheckpointError) else "diverged"  # diverged: in its result.json
+        if status == "failed":
+            records.write_failure(rd, status, str(err))
         bar.write(f"run {run.name} {status}: {err}")
         bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0), status=status)
         return
-    atomic_write(rd / "runner.json", json.dumps({"wall_s": time.perf_counter() - t0}))
+    records.write_record(rd, records.RUNNER, {"wall_s": time.perf_counter() - t0})
     bar.finish([run])
 
 
@@ -336,19 +336,18 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train
     t0 = time.perf_counter()
     train_group(tuple(runs), dirs, progress=bar)
     wall = (time.perf_counter() - t0) / len(runs)
-    missing = [str(d) for d in dirs if read_result(d) is None]
+    missing = [str(d) for d in dirs if records.read_result(d) is None]
     if missing:
         raise RuntimeError(f"train_group={train_group!r} returned without writing result.json in {missing}")
     for d in dirs:
-        atomic_write(d / "runner.json", json.dumps({"wall_s": wall, "group": [r.name for r in runs]}))
+        records.write_record(d, records.RUNNER, {"wall_s": wall, "group": [r.name for r in runs]})
     bar.finish(runs)
 
 
 def _finished(out: Path, run: RunConfig) -> bool:
-    """A finished result.json, or a failure.json of a diverged run: never trained again.
+    """A finished result.json ("complete" or "diverged", ``lm.records.read_result``; the former
+    failure.json of a diverged run too): never trained again.
 
     A "failed" run (unreadable checkpoints) is tried again.
     """
-    rd = run_dir(out, run)
-    failure = read_json(rd / "failure.json")
-    return read_result(rd) is not None or (failure is not None and failure.get("status") != "failed")
+    return records.read_result(run_dir(out, run)) is not None

@@ -25,7 +25,7 @@ import pandas as pd
 
 from experiments.lib import outdir
 from experiments.lib.study import SHARD_TABLE, TABLE, Study, StudyError, run_dir
-from lm import train as lm_train
+from lm import records as lm_records
 from lm.config import RunConfig
 from lm.records import flatten
 
@@ -69,9 +69,9 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     tokens = run.train.steps * run.data.batch_size * run.data.seq_len
     row.update(N=counts["total"], N_non_embedding=counts["non_embedding"], D=tokens, C=tokens * fpt,
                flops_per_token=fpt)
-    result = outdir.read_result(rd)
-    failure = outdir.read_json(rd / "failure.json")
-    runner_info = outdir.read_json(rd / "runner.json") or {}
+    result = lm_records.read_result(rd)  # "complete" or "diverged" (also the former failure.json of a divergence)
+    failure = lm_records.read_record(rd, lm_records.FAILURE)
+    runner_info = lm_records.read_record(rd, lm_records.RUNNER) or {}
     nan = math.nan
     row.update(final_train_loss=nan, final_val_loss=nan, final_val_bpb=nan)
     if result is not None:
@@ -80,7 +80,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
                       for k in ("final_train_loss", "final_val_loss", "final_val_bpb")})
     elif failure is not None:
         row["status"] = "failed" if failure.get("status") == "failed" else "diverged"
-    records = lm_train.read_metrics(rd) if (result is not None or failure is not None) else []
+    records = lm_records.read_metrics(rd) if (result is not None or failure is not None) else []
     for c, loss in zip(study.loss_at_flops, interpolate_loss(records, study.loss_at_flops)):
         row[loss_column(c)] = loss
     row.update(compile_s=(result or {}).get("compile_s", nan), train_s=(result or {}).get("train_s", nan),
@@ -102,10 +102,10 @@ def collect_curves(study: Study, out: str | Path, runs: Iterable[RunConfig] | No
     rows = []
     for run in study.runs if runs is None else runs:
         rd = run_dir(out, run)
-        if outdir.read_result(rd) is None:
+        if lm_records.read_result(rd) is None:
             continue
         n = param_count(run.model)["total"]
-        for r in lm_train.read_metrics(rd):
+        for r in lm_records.read_metrics(rd):
             rows.append({"run": run.name, "N": n, "step": r["step"], "tokens": r["tokens"], "flops": r["flops"],
                          "train_loss": r.get("train_loss", math.nan), "val_loss": r.get("val_loss", math.nan)})
     return pd.DataFrame(rows, columns=["run", "N", "step", "tokens", "flops", "train_loss", "val_loss"])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import lib, schedules, schedules_analysis
-from lm import train as lm_train
+from lm.records import read_metrics
 from lm.schedules import lr_multiplier
 
 PRESET = schedules.PRESETS["smoke"]
@@ -49,7 +49,7 @@ def test_no_step_is_trained_twice(smoke):
                 + sum(L - s for s, _ in PRESET.two_stage))
     trained = 0
     for run in study.runs:
-        steps = [r["step"] for r in lm_train.read_metrics(lib.run_dir(out, run)) if "train_loss" in r]
+        steps = [r["step"] for r in read_metrics(lib.run_dir(out, run)) if "train_loss" in r]
         start = run.train.init_from[1] if run.train.init_from else 0
         assert steps == list(range(start + PRESET.log_every, run.train.steps + 1, PRESET.log_every)), run.name
         trained += steps[-1] - start
@@ -100,7 +100,7 @@ def test_optimised_schedule_is_trained_and_compared(smoke):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["schedule"]["kind"] == "table"
     assert [tuple(k) for k in config["schedule"]["knots"]] == list(check["knots"])
-    last = lm_train.read_metrics(run_dir)[-1]
+    last = read_metrics(run_dir)[-1]
     assert last["step"] == PRESET.steps and table.loc["optimised", "observed_final_loss"] == pytest.approx(
         last["train_loss"])
     res = json.loads((run_dir / "result.json").read_text())

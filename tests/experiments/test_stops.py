@@ -98,7 +98,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_resumes_bitwise(env, 
     assert rc == PREEMPTED == 75, err
     step = stopped_step(one_line(err), PROG, "t", "SIGTERM")
     assert 3 <= step < 300 and Checkpointer(out / "t").steps() == [step]
-    assert [r["step"] for r in train.read_metrics(out / "t")] == list(range(1, step))  # step's own: on resume
+    assert [r["step"] for r in records.read_metrics(out / "t")] == list(range(1, step))  # step's own: on resume
     result = train_cli.main(["--out", str(out), *LONG])
     assert result["resumed_from"] == step
     ref_result, ref_params = reference
@@ -106,7 +106,7 @@ def test_sigterm_saves_a_checkpoint_exits_75_and_the_rerun_resumes_bitwise(env, 
         assert result[key] == ref_result[key]
     for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(train.load_params(out / "t")[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert [r["step"] for r in train.read_metrics(out / "t")] == list(range(1, 301))
+    assert [r["step"] for r in records.read_metrics(out / "t")] == list(range(1, 301))
 
 
 def test_ctrl_c_saves_a_checkpoint_without_a_traceback_and_ends_by_sigint(env, tmp_path):

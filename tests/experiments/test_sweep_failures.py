@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from experiments import lib
+from experiments.lib import report as lib_report  # not a lazy export of experiments.lib
 from experiments.lib.progress import SweepProgress
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
@@ -41,6 +42,12 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
             assert [e for e in read_events(final) if e["scalars"]][-1]["scalars"]["final/val_loss"] == \
                 np.float32(row["final_val_loss"])
     assert (tmp_path / "runs" / EXPERIMENT).is_file()  # the HParams columns: the learning rates differ
+    boom = json.loads((tmp_path / "runs" / "boom" / "result.json").read_text())  # the one divergence record
+    assert boom["status"] == "diverged" and boom["diverged_at"] is not None and boom["final_val_loss"] is None
+    assert not (tmp_path / "runs" / "boom" / "failure.json").exists()
+    # a run directory of the former form (failure.json, no result.json) still reads as diverged, never retrained
+    (tmp_path / "runs" / "boom" / "result.json").unlink()
+    (tmp_path / "runs" / "boom" / "failure.json").write_text(json.dumps({"status": "diverged", "error": "nan"}))
     for name in ("a", "b"):  # killed after the last checkpoint, before result.json
         (tmp_path / "runs" / name / "result.json").unlink()
     for f in (tmp_path / "runs" / "a" / "checkpoints").rglob("*"):
@@ -55,6 +62,7 @@ def test_a_run_with_unreadable_checkpoints_fails_alone_and_the_sweep_goes_on(tmp
     assert "1 run(s) failed (unreadable checkpoints" in capsys.readouterr().out
     assert not lib.sweep._finished(tmp_path, study.runs[0])  # retried by the next call
     assert lib.sweep._finished(tmp_path, study.runs[2])  # a diverged run is not
+    assert not (tmp_path / "runs" / "boom" / "result.json").exists()  # the old-form run was not trained again
 
 
 def _table(statuses: dict[str, str]) -> pd.DataFrame:
@@ -77,7 +85,7 @@ def _table(statuses: dict[str, str]) -> pd.DataFrame:
     ({"a": "complete", "b": "complete"}, {}, ["a", "b"], ""),
 ])
 def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwargs, expect_rows, message, capsys):
-    ready = lib.report.analysis_table(_table(statuses), **kwargs)
+    ready = lib_report.analysis_table(_table(statuses), **kwargs)
     out = capsys.readouterr().out.strip()
     assert (ready is None) == (expect_rows is None)
     if ready is not None:
@@ -88,10 +96,10 @@ def test_analysis_table_reads_finished_runs_and_names_the_others(statuses, kwarg
 
 def test_report_names_the_diverged_runs(tmp_path):
     report = lib.write_report(tmp_path, ["# Study"])
-    lib.report.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
+    lib_report.note_left_out(report, _table({"a": "complete", "b": "diverged"}))
     text = report.read_text()
     assert "## Diverged runs" in text and "1 of 2 runs diverged (non-finite loss)" in text and "`b`" in text
-    lib.report.note_left_out(report, _table({"a": "complete"}))
+    lib_report.note_left_out(report, _table({"a": "complete"}))
     assert report.read_text() == text
 
 

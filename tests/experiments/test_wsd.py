@@ -10,6 +10,7 @@ import pytest
 
 from experiments import lib, wsd
 from lm import train as lm_train
+from lm.records import read_metrics
 
 PRESET = wsd.PRESETS["smoke"]
 
@@ -64,7 +65,7 @@ def test_branch_equals_a_from_scratch_wsd_run(smoke, tmp_path):
     np.testing.assert_allclose(got["final_val_loss"], res["final_val_loss"], rtol=1e-6)
     np.testing.assert_allclose(got["final_train_loss"], res["final_train_loss"], rtol=1e-6)
     # and the branch's learning rates are the linear decay to min_ratio (hand-written schedule)
-    recs = lm_train.read_metrics(lib.run_dir(out, branch))
+    recs = read_metrics(lib.run_dir(out, branch))
     s, n = branch.schedule.decay_start, branch.train.steps
     for r in recs:
         step = r["step"] - 1

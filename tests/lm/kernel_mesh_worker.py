@@ -5,7 +5,7 @@ pytest process keeps one CPU device. Two tasks, each writing one JSON file:
 
   python -m tests.lm.kernel_mesh_worker lower OUT.json CASES_JSON
       CASES_JSON: [[preset, mesh, platform, kind], ...], kind "train" | "prefill" | "decode".
-      Lowers each program for "tpu" / "gpu" (``lm.sharding.lower_train_step``, or the
+      Lowers each program for "tpu" / "gpu" (``lm.compiled.lower_train_step``, or the
       decode step under ``pallas_kernels.backend.target_platform``) and counts the
       kernels' custom calls it runs ({case: count} or {case: "error: ..."}).
   python -m tests.lm.kernel_mesh_worker interpret OUT.json PRESETS_JSON
@@ -34,7 +34,7 @@ from lm import compiled  # noqa: E402
 from lm import data as lm_data  # noqa: E402
 from lm import model as lm_model  # noqa: E402
 from lm import sharding  # noqa: E402
-from lm import train as lm_train  # noqa: E402
+from lm import step as lm_step  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
 from lm.families import with_settings  # noqa: E402
 from lm.presets import get_preset  # noqa: E402
@@ -72,7 +72,7 @@ def lower_decode(run: RunConfig, mesh, platform: str, kind: str) -> str:
         cache = jax.eval_shape(lambda: lm_model.init_cache(cfg, BATCH, MAX_LEN))
         fn = jax.jit(lambda p, c, tok, seg, pos: lm_model.decode_step(cfg, p, c, tok, seg, pos))
         lowered = fn.trace(params, cache, ints, ints, ints).lower(
-            lowering_platforms=(sharding.LOWERING_PLATFORMS[platform],)
+            lowering_platforms=(compiled.LOWERING_PLATFORMS[platform],)
         )
     return lowered.as_text()
 
@@ -85,7 +85,7 @@ def lower(out: str, cases: list) -> None:
             run = tiny_run(preset)
             mesh = sharding.make_mesh(mesh_shape)
             if kind == "train":
-                text = sharding.lower_train_step(run, mesh, platform=platform).as_text()
+                text = compiled.lower_train_step(run, mesh, platform=platform).as_text()
             else:
                 text = lower_decode(run, mesh, platform, kind)
             results[key] = count_kernel_calls(text)
@@ -121,7 +121,7 @@ def float64_step(run: RunConfig, state: dict, batch: dict, lr: float, wd: float)
     )
     with float64_everywhere():
         args = (wide(state), wide(batch), np.float64(lr), np.float64(wd))
-        lowered = jax.jit(lm_train.make_train_step(run)).trace(*args).lower()
+        lowered = jax.jit(lm_step.make_train_step(run)).trace(*args).lower()
         if "f32" in lowered.as_text():
             raise AssertionError(f"{run.name}: the float64 reference step still computes in float32")
         new_state, metrics = lowered.compile()(*args)
@@ -147,7 +147,7 @@ def interpret(out: str, presets: list[str]) -> None:
             it.close()
             init = initial_state(ref_run)
             lr, wd = 1e-2, ref_run.optimizer.weight_decay
-            single, single_metrics = jax.jit(lm_train.make_train_step(ref_run))(
+            single, single_metrics = jax.jit(lm_step.make_train_step(ref_run))(
                 init, batch, jnp.float32(lr), jnp.float32(wd)
             )
             mesh = sharding.make_mesh((2, 2, 2, 1))

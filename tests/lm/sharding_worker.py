@@ -28,7 +28,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 from lm import data as lm_data  # noqa: E402
 from lm import compiled, multihost, sharding  # noqa: E402
 from lm import step as lm_step  # noqa: E402
-from lm import train as lm_train  # noqa: E402
+from lm import loop  # noqa: E402
 from lm.checkpoint import Checkpointer  # noqa: E402
 from lm.config import OptimizerConfig, RunConfig  # noqa: E402
 from lm.families import with_settings  # noqa: E402
@@ -171,8 +171,8 @@ def checkpoint_across_meshes(out: Path, runs) -> None:
             for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(init))
         )
         params = jax.device_get(state2["params"])
-        val_sharded, _ = lm_train.evaluate(run, state2["params"], num_batches=1, mesh=mesh_b)
-        val_plain, _ = lm_train.evaluate(run, params, num_batches=1)
+        val_sharded, _ = loop.evaluate(run, state2["params"], num_batches=1, mesh=mesh_b)
+        val_plain, _ = loop.evaluate(run, params, num_batches=1)
         save_case(out, "checkpoint", state2, float(metrics["loss"]), {
             "restored_equal": same, "restored_on_new_mesh": on_b, "meta_step": meta["step"],
             "init_sharded_equal": init_equal, "init_sharded_specs": specs(fresh) == specs(restored),

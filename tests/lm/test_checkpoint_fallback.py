@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from lm import step as lm_step
 from lm import train
 from lm.checkpoint import Checkpointer, CheckpointError, CheckpointFallbackWarning
 from lm.config import ModelConfig, RunConfig, TrainConfig
@@ -62,8 +63,8 @@ def test_no_readable_checkpoint_is_an_error_that_deletes_nothing(finished, tmp_p
     before = sorted(str(p) for p in rd.rglob("*"))
     ckpt = Checkpointer(rd, max_to_keep=None)
     with pytest.raises(CheckpointError, match=r"none of the checkpoints .* \(steps \[2, 4\]\) can be read"):
-        ckpt.restore(None, train.init_state(RUN))
+        ckpt.restore(None, lm_step.init_state(RUN))
     with pytest.raises(CheckpointError, match=r"checkpoints/4 could not be read"):
-        ckpt.restore(4, train.init_state(RUN))  # an explicit step never falls back
+        ckpt.restore(4, lm_step.init_state(RUN))  # an explicit step never falls back
     ckpt.close()
     assert sorted(str(p) for p in rd.rglob("*")) == before

@@ -11,7 +11,7 @@ from lm import model
 from lm.config import ModelConfig
 from lm.flops import train_flops_per_token, visible_keys_per_query
 from lm.packing import random_batch
-from lm.train import loss_fn
+from lm.step import loss_fn
 
 CONFIGS = [
     ModelConfig(d_model=128, num_layers=2, num_heads=4, d_ff=512, attention_impl="reference"),

@@ -9,7 +9,7 @@ import pytest
 
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
-from lm import model, parametrization, train
+from lm import model, parametrization, step, train
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.families import MIXERS
 from lm.packing import random_batch
@@ -126,8 +126,8 @@ def test_mup_step_equals_sp_at_base_width():
     for p in ("sp", "mup"):
         run = RunConfig(model=dataclasses.replace(FAMILIES["transformer"], parametrization=p, vocab_size=BASE),
                         optimizer=OptimizerConfig(weight_decay=0.1))
-        state = jax.jit(train.init_state, static_argnums=0)(run)
-        news.append(jax.jit(train.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))[0])
+        state = jax.jit(step.init_state, static_argnums=0)(run)
+        news.append(jax.jit(step.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))[0])
     for a, b in zip(jax.tree.leaves(news[0]), jax.tree.leaves(news[1]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -143,7 +143,7 @@ def test_mup_init_and_updates_are_sp_times_multipliers():
         grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), sp_params)
         updates, states = [], []
         for c in (cfg, sp_cfg):
-            tx = train.make_optimizer(opt, model=c)
+            tx = step.make_optimizer(opt, model=c)
             state = tx.init(sp_params)
             updates.append(tx.update(grads, state, sp_params)[0])
             states.append(state)

@@ -66,6 +66,39 @@ def test_result_is_strict_json_with_nan_as_null(tmp_path):
     assert records.read_config(tmp_path) == RUN
 
 
+def test_the_former_failure_json_of_a_diverged_run_reads_as_a_diverged_result(tmp_path):
+    (tmp_path / records.FAILURE).write_text(json.dumps({"status": "diverged", "error": "loss became non-finite"}))
+    res = records.read_result(tmp_path)
+    assert res["status"] == "diverged" and res["final_val_loss"] is None and res["error"] == "loss became non-finite"
+    records.write_failure(tmp_path, "failed", "unreadable checkpoints")  # the runner's "failed": not a result
+    assert records.read_result(tmp_path) is None
+    assert records.read_record(tmp_path, records.FAILURE) == {"status": "failed", "error": "unreadable checkpoints"}
+    (tmp_path / records.RESULT).write_text('{"status": "compl')  # cut short: not finished, no error
+    assert records.read_result(tmp_path) is None
+
+
+def test_run_writer_writes_the_records_and_tells_its_listeners(tmp_path):
+    seen = []
+    writer = records.RunWriter(tmp_path / "r", RUN, listeners=[lambda w, kind, rec: seen.append((w.run_dir, kind, rec))])
+    writer.begin({"fingerprint": "abc"})
+    writer.open_metrics(None)
+    rec = records.metric_record(RUN, 1, 1e-3, 4.0, 0.5, None)
+    writer.metrics(rec)
+    res = records.result_record(RUN, status="complete", final_train_loss=4.0, final_val_loss=4.1, final_val_bpb=5.0,
+                                compile_s=0.0, train_s=0.0, resumed_from=None)
+    writer.result(res)
+    writer.close()
+    assert records.read_config(tmp_path / "r") == RUN and records.read_corpus(tmp_path / "r")["fingerprint"] == "abc"
+    assert records.read_metrics(tmp_path / "r") == [rec] and records.read_result(tmp_path / "r") == res
+    assert seen == [(tmp_path / "r", "metrics", rec), (tmp_path / "r", "result", res)]
+    off = records.RunWriter(tmp_path / "off", RUN, enabled=False, listeners=[lambda *a: seen.append(a)])
+    off.begin(None)
+    off.open_metrics(None)
+    off.metrics(rec)
+    off.result(res)
+    assert not (tmp_path / "off").exists() and len(seen) == 2  # a non-primary host writes and tells nothing
+
+
 def _no_space(*args):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

@@ -245,7 +245,7 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(devices8):
     """Step 1 on (2, 4, 1, 1), save, restore onto (2, 2, 2, 1), step 2 == two single-device steps.
 
     Also: ``init_sharded_state`` equals ``init_state`` and the sharded validation loss the
-    one-device ``lm.train.evaluate``.
+    one-device ``lm.loop.evaluate``.
     """
     got, info = _load(devices8, "checkpoint")
     want, ref = _load(devices8, "transformer-reference2")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from lm import train
+from lm import records, step, train
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -48,8 +48,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert resumed["final_val_loss"] == full["final_val_loss"]
     # the metrics log has one record per step, none duplicated by the resume, the partial line dropped
-    steps = [r["step"] for r in train.read_metrics(tmp_path / "resumed")]
-    assert steps == [r["step"] for r in train.read_metrics(tmp_path / "full")] == [1, 2, 3, 4, 5, 6]
+    steps = [r["step"] for r in records.read_metrics(tmp_path / "resumed")]
+    assert steps == [r["step"] for r in records.read_metrics(tmp_path / "full")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -59,11 +59,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         schedule=ScheduleConfig(kind="constant", warmup_steps=0),
         train=dataclasses.replace(RUN.train, checkpoint_every=1),
     )
-    with pytest.raises(train.NonFiniteLossError, match=r"non-finite at step \d+.*last good checkpoint"):
+    with pytest.raises(train.NonFiniteLossError, match=r"non-finite at step \d+.*last good checkpoint") as err:
         train.train(bad, tmp_path / "bad")
     steps = Checkpointer(tmp_path / "bad").steps()
     assert steps, "the checkpoints written before the failure are kept"
-    assert not (tmp_path / "bad" / "result.json").exists()
+    # the one divergence record: result.json says "diverged" at the step the error names, no loss
+    result = records.read_result(tmp_path / "bad")
+    assert result["status"] == "diverged" and f"non-finite at step {result['diverged_at']} " in str(err.value)
+    assert result["final_val_loss"] is None and result["diverged_at"] >= max(steps)
 
 
 def test_checkpoint_errors_are_clear_and_delete_nothing(tmp_path):
@@ -101,9 +104,9 @@ def test_wsd_decay_branch_starts_from_a_stable_checkpoint(tmp_path):
         name="branch",
     )
     result = train.train(branch, tmp_path / "branch")
-    records = train.read_metrics(tmp_path / "branch")
-    assert [r["step"] for r in records] == [5, 6]
-    assert records[-1]["lr"] == pytest.approx(0.0)
+    recs = records.read_metrics(tmp_path / "branch")
+    assert [r["step"] for r in recs] == [5, 6]
+    assert recs[-1]["lr"] == pytest.approx(0.0)
     assert result["steps"] == 6
     assert json.loads((tmp_path / "branch" / "config.json").read_text())["train"]["init_from"][1] == 4
 
@@ -131,18 +134,18 @@ def test_train_step_update_equals_optax_adamw():
     # eps large enough that Adam's first step g / (|g| + eps) is not dominated by the
     # rounding noise of near-zero gradients; decay large enough to be seen
     run = dataclasses.replace(RUN, optimizer=OptimizerConfig(eps=1e-4))
-    state = train.init_state(run)
+    state = step.init_state(run)
     b, t = 2, 16
     batch = random_batch(b, t, 256, seed=1)
     lr, wd = 1e-2, 1.0
-    new_state, _ = jax.jit(train.make_train_step(run))(state, batch, jnp.float32(lr), jnp.float32(wd))
+    new_state, _ = jax.jit(step.make_train_step(run))(state, batch, jnp.float32(lr), jnp.float32(wd))
     params = state["params"]
-    grads = jax.grad(lambda p: train.loss_fn(run.model, 0.0, p, batch)[0])(params)
+    grads = jax.grad(lambda p: step.loss_fn(run.model, 0.0, p, batch)[0])(params)
     tx = optax.chain(optax.clip_by_global_norm(run.optimizer.clip_norm),
                      optax.adamw(lr, b1=run.optimizer.b1, b2=run.optimizer.b2, eps=run.optimizer.eps,
-                                 weight_decay=wd, mask=train.weight_decay_mask(params, run.optimizer)))
+                                 weight_decay=wd, mask=step.weight_decay_mask(params, run.optimizer)))
     updates, _ = tx.update(grads, tx.init(params), params)
     expected = optax.apply_updates(params, updates)
     for a, e in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
-    assert not train.weight_decay_mask(params, run.optimizer)["embed"]
+    assert not step.weight_decay_mask(params, run.optimizer)["embed"]

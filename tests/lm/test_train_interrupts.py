@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lm import preemption, records, train
+from lm import loop, preemption, records, step, train
 from lm.checkpoint import Checkpointer
 from lm.config import ModelConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
@@ -33,14 +33,14 @@ def full(tmp_path_factory):
     """The uninterrupted run: its result, metric records and final parameters."""
     run_dir = tmp_path_factory.mktemp("full")
     result = train.train(RUN, run_dir)
-    return result, train.read_metrics(run_dir), train.load_params(run_dir)[1]
+    return result, records.read_metrics(run_dir), train.load_params(run_dir)[1]
 
 
 def assert_same_run(run_dir, full):
     result, metrics, params = full
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(train.load_params(run_dir)[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    got = train.read_metrics(run_dir)
+    got = records.read_metrics(run_dir)
     strip = lambda recs: [{k: v for k, v in r.items() if k not in TIMING} for r in recs]  # noqa: E731
     assert strip(got) == strip(metrics)  # the same records, losses bitwise, none twice
     again = records.read_result(run_dir)
@@ -104,18 +104,18 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_earlier_ones_and_resumes(full, tm
 
 def test_a_failed_final_evaluation_loses_no_training(full, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    evaluate = train.evaluate
+    evaluate = loop.evaluate
 
     def broken_at_the_end(run, params, *args, **kwargs):
-        if train.read_metrics(run_dir)[-1]["step"] >= 4:  # the evaluation of the last step
+        if records.read_metrics(run_dir)[-1]["step"] >= 4:  # the evaluation of the last step
             raise RuntimeError("evaluation crashed")
         return evaluate(run, params, *args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", broken_at_the_end)
+    monkeypatch.setattr(loop, "evaluate", broken_at_the_end)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         train.train(RUN, run_dir)
     assert Checkpointer(run_dir).latest_step() == 6  # saved before the evaluation
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     assert train.train(RUN, run_dir)["resumed_from"] == 6  # no step trained again
     assert_same_run(run_dir, full)
 
@@ -135,12 +135,12 @@ def test_checkpoints_without_the_window_still_resume(tmp_path):
     with pytest.raises(Stop):
         train.train(run, run_dir, progress=stop_at_3)
     ckpt = Checkpointer(run_dir)
-    state, data, meta = ckpt.restore(3, train.init_state(run))
+    state, data, meta = ckpt.restore(3, step.init_state(run))
     ckpt.manager.delete(3)
     ckpt.save(3, state, data, {"step": 3, "config": meta["config"]})  # the former meta
     ckpt.close()
     result = train.train(run, run_dir)
-    assert result["resumed_from"] == 3 and [r["step"] for r in train.read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert result["resumed_from"] == 3 and [r["step"] for r in records.read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_vmapped_group_stops_at_the_next_step_and_writes_no_result(tmp_path):
@@ -149,14 +149,14 @@ def test_a_vmapped_group_stops_at_the_next_step_and_writes_no_result(tmp_path):
     runs = vmap_sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
     dirs = [tmp_path / r.name for r in runs]
 
-    def signal_at_2(done, total, metrics):
-        if done == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def signal_at_1(done, total, metrics):
+        if done == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # reported after step 1's records: the group stops after step 2
 
     with preemption.handle_signals(), pytest.raises(preemption.Preempted, match=(
             r"preempted at step 2 of the vmapped group tiny-lr0.001, tiny-lr0.01 \(SIGTERM\); groups keep no "
             "checkpoints")) as stop:
-        vmap_sweep.train_vmapped(runs, dirs, progress=signal_at_2)
+        vmap_sweep.train_vmapped(runs, dirs, progress=signal_at_1)
     assert not stop.value.saved
     for d in dirs:
-        assert not (d / "result.json").exists() and [r["step"] for r in train.read_metrics(d)] == [2]
+        assert not (d / "result.json").exists() and [r["step"] for r in records.read_metrics(d)] == [2]

@@ -8,6 +8,7 @@ import pytest
 
 from layers.moe import MoEConfig
 from lm import model, train
+from lm.records import read_metrics
 from lm.config import ModelConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.upcycle import upcycle_params, upcycle_run
@@ -48,5 +49,5 @@ def test_training_continues_from_the_upcycled_checkpoint(tmp_path):
                                   np.asarray(dense_params["block_0"]["mlp"]["w_up"]))
     result = train.train(moe_run, tmp_path / "moe")
     assert result["resumed_from"] == 0 and np.isfinite(result["final_val_loss"])
-    records = train.read_metrics(tmp_path / "moe")
+    records = read_metrics(tmp_path / "moe")
     assert "moe" in records[-1] and len(records[-1]["moe"]["layers"]["0"]["tokens_per_expert"]) == 4

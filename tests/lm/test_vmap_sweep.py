@@ -1,4 +1,4 @@
-"""lm.vmap_sweep: each vmapped run's loss curve equals its sequential twin (lm.train's step).
+"""lm.vmap_sweep: each vmapped run's loss curve equals its sequential twin (the one loop, K = 1, the solo step).
 
 Tolerance: the twin runs the same float32 math, but vmapping turns each matmul into a
 batched one whose reduction order XLA may tile differently, so losses agree to a few
@@ -8,13 +8,14 @@ far below any real difference: one step of a 1.5x larger learning rate moves the
 >1e-3 relative here.
 """
 
+import contextlib
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from lm import data_check, records
+from lm import data_check, loop, multihost, records, sharding
 from lm import vmap_sweep as vs
 from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data import DataConfig
@@ -26,6 +27,13 @@ BASE = RunConfig(
     train=TrainConfig(steps=8, eval_batches=1, log_every=4, progress=False),
     name="t",
 )
+
+
+def sequential_losses(run: RunConfig) -> np.ndarray:
+    """float32 [s]: ``run`` trained alone by the one loop (K = 1, the solo step, no directory)."""
+    mesh = sharding.single_device_mesh()
+    with contextlib.closing(multihost.make_host_iterator(run, mesh, "train")) as it:
+        return loop.train_loop([run], sharding.init_sharded_state(run, mesh), it, mesh, evaluate_runs=False).losses[0]
 
 
 def test_sweep_runs_is_the_product_grid():
@@ -53,10 +61,10 @@ def test_vmapped_curves_equal_sequential_twins(tmp_path, width):
         + (dataclasses.replace(BASE, name="cos", schedule=ScheduleConfig(kind="cosine", warmup_steps=1)),)
     )
     dirs = [tmp_path / r.name for r in runs]
-    res = vs.train_vmapped(runs, dirs, evaluate_final=False, width=width)
+    res = vs.train_vmapped(runs, dirs, evaluate=False, width=width)
     assert res.losses.shape == (4, 8)
     assert res.diverged_at == [None] * 4
-    twins = np.stack([vs.train_sequential_losses(r) for r in runs])
+    twins = np.stack([sequential_losses(r) for r in runs])
     np.testing.assert_allclose(res.losses, twins, rtol=1e-5, atol=0)
     # the runs really differ (so equality above is not vacuous)
     assert np.abs(twins[0, -1] - twins[1, -1]) > 1e-3
@@ -75,8 +83,26 @@ def test_a_diverging_run_is_flagged_and_leaves_the_others_untouched(tmp_path):
     # OptimizerConfig refuses inf, so the value is forced past validation to exercise the divergence guard.
     runs = vs.sweep_runs(short, weight_decays=[0.1, 0.2])
     object.__setattr__(runs[1].optimizer, "weight_decay", float("inf"))
-    res = vs.train_vmapped(runs, [tmp_path / r.name for r in runs], evaluate_final=False)
+    res = vs.train_vmapped(runs, [tmp_path / r.name for r in runs], evaluate=False)
     assert res.diverged_at == [None, 1]
     assert np.isfinite(res.losses[1, 0]) and np.isnan(res.losses[1, 1:]).all()
-    np.testing.assert_allclose(res.losses[0], vs.train_sequential_losses(runs[0]), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(res.losses[0], sequential_losses(runs[0]), rtol=1e-5, atol=0)
     assert json.loads((tmp_path / runs[1].name / "result.json").read_text())["status"] == "diverged"
+
+
+def test_a_grouped_run_writes_the_records_of_its_solo_run(tmp_path):
+    """One loop: the same record timing (log_every, eval_every, the last step), window means and evaluations."""
+    from lm import train
+
+    cfg = dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, eval_every=6))
+    runs = vs.sweep_runs(cfg, learning_rates=[1e-3, 1e-2])
+    res = vs.train_vmapped(runs, [tmp_path / r.name for r in runs])
+    solo = train.train(runs[1], tmp_path / "solo")
+    grouped, alone = records.read_metrics(tmp_path / runs[1].name), records.read_metrics(tmp_path / "solo")
+    assert [r["step"] for r in grouped] == [r["step"] for r in alone] == [4, 6, 8]
+    assert [sorted(r) for r in grouped] == [sorted(r) for r in alone]  # val_loss at 6 and 8 in both
+    for key in ("train_loss", "val_loss", "lr"):
+        np.testing.assert_allclose([r.get(key, 0.0) for r in grouped], [r.get(key, 0.0) for r in alone], rtol=1e-5)
+    for key in ("final_train_loss", "final_val_loss", "final_val_bpb"):
+        np.testing.assert_allclose(res.results[1][key], solo[key], rtol=1e-5)
+    assert res.results[1]["vmapped_with"] == 2 and res.results[1]["diverged_at"] is None
