@@ -6,7 +6,7 @@ clipping, the z-loss weight, the batch shape, the mesh (and for a vmapped step t
 of runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
 step draws randomness from it) the seed are arguments or host-side numbers, so runs that
 differ only in them share one program: :data:`CACHE` reuses it within a process and JAX's
-persistent compilation cache (:func:`enable_compilation_cache`) across processes.
+persistent compilation cache (:mod:`lm.compile_cache`) across processes.
 
 A compiled step is called as ``fn(state, batch, lr, weight_decay)`` with float32 scalars
 (float32 [k] vectors for a vmapped step); its inputs must be on the shardings of
@@ -19,26 +19,22 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from lm import sharding
+from lm import compile_cache, sharding
 from lm import step as lm_step
 from lm.config import ModelConfig, RunConfig
 
 CACHE: dict[tuple, Any] = {}
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
-    """Turn on JAX's persistent compilation cache (default ``$SCALELAB_JAX_CACHE`` or ~/.cache)."""
-    path = str(path or os.environ.get("SCALELAB_JAX_CACHE", Path.home() / ".cache" / "scalelab" / "jax"))
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache (:func:`lm.compile_cache.enable`); the folder or None."""
+    return compile_cache.enable(path)
 
 
 def program_key(run: RunConfig) -> tuple:
