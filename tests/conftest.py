@@ -13,8 +13,11 @@
   modules that start fake-device subprocesses (:data:`SERIAL_MODULES`, each a module
   fixture of minutes that alone keeps both cores busy) are ONE unit of work: one worker
   runs them, one module after the other, so each fixture is built once and the two never
-  run at the same time. Every other test is a unit of its own, handed to whichever worker
-  is free (as ``--dist load``).
+  run at the same time. A module that defines a module- or session-scoped fixture (a
+  reference study, a trained run that several tests read) is one unit too, so that fixture
+  is built once, not once per worker (:func:`work_unit`). Every other test is a unit of its
+  own, handed to whichever worker is free (as ``--dist load``); xdist hands out the units
+  with the most tests first, so the single tests fill the end.
 
 Why not ``pytest.mark.xdist_group``: xdist 3.8 passes the mark's group to the scheduler by
 appending it to the test's node id, which pytest 9.2's structured node ids ignore; the
@@ -22,9 +25,12 @@ mark is then silently dropped (pytest-dev/pytest-xdist#1386). The controller see
 node ids, so the group is read from the module path instead (:func:`work_unit`).
 """
 
+import functools
 import os
+import re
 import shutil
 import tempfile
+from pathlib import Path
 
 from lm import compile_cache
 
@@ -44,6 +50,8 @@ compile_cache.enable(os.environ[compile_cache.ENV])  # in case JAX was imported 
 
 SERIAL_MODULES = ("tests/lm/test_kernels_on_mesh.py", "tests/lm/test_sharding.py")
 SERIAL_GROUP = "fake_device_subprocesses"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURE = re.compile(r"""scope\s*=\s*["'](module|session)["']""")
 
 
 @pytest.fixture
@@ -56,14 +64,25 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+@functools.cache
+def shares_a_fixture(module: str) -> bool:
+    """Whether the test module (a path from the root) defines a module- or session-scoped fixture."""
+    path = ROOT / module
+    return path.is_file() and SHARED_FIXTURE.search(path.read_text()) is not None
+
+
 def work_unit(nodeid: str) -> str | None:
-    """The shared unit of work of a test id (:data:`SERIAL_GROUP`), or None: a unit of its own."""
-    return SERIAL_GROUP if nodeid.split("::")[0] in SERIAL_MODULES else None
+    """The shared unit of work of a test id: :data:`SERIAL_GROUP`, its module's path (a module
+    sharing a fixture) or None (a unit of its own)."""
+    module = nodeid.split("::")[0]
+    if module in SERIAL_MODULES:
+        return SERIAL_GROUP
+    return module if shares_a_fixture(module) else None
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` with the :data:`SERIAL_MODULES` as one group (module docstring)."""
+    """``--dist loadgroup`` with the units of :func:`work_unit` (module docstring)."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
