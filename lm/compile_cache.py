@@ -49,7 +49,7 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (default :func:`cache_dir`).
 
     Returns the folder in use, or None when the cache is off. A folder JAX already has is
-    kept (only the lock and thresholds are made sure of), so calling this twice, or after
+    kept (only its file lock is made sure of), so calling this twice, or after
     ``JAX_COMPILATION_CACHE_DIR`` was set, changes nothing.
     """
     import jax  # here: :func:`settings` must be usable before JAX reads its variables on import
