@@ -8,7 +8,7 @@ weight, the batch shape, the mesh, buffer donation (and for a vmapped step the n
 runs and their grouping). Learning rate, weight decay, schedule, length and (unless the
 step draws randomness from it) the seed are arguments or host-side numbers, so runs that
 differ only in them share one program: :data:`CACHE` reuses it within a process and JAX's
-persistent compilation cache (:func:`enable_compilation_cache`) across processes.
+persistent compilation cache (:mod:`lm.compile_cache`) across processes.
 
 A compiled step is called as ``fn(state, batch, lr, weight_decay)`` with float32 scalars
 (float32 [k] vectors for a vmapped step); its inputs must be on the shardings of
@@ -22,7 +22,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,20 +29,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lm import sharding
+from lm import compile_cache, sharding
 from lm import step as lm_step
 from lm.config import ModelConfig, RunConfig
 
 CACHE: dict[tuple, Any] = {}
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str:
-    """Turn on JAX's persistent compilation cache; its directory (default ``$SCALELAB_JAX_CACHE``, else
-    ~/.cache/scalelab/jax)."""
-    path = str(path or os.environ.get("SCALELAB_JAX_CACHE", Path.home() / ".cache" / "scalelab" / "jax"))
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return path
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache (:func:`lm.compile_cache.enable`); the folder or None."""
+    return compile_cache.enable(path)
 
 
 def program_key(run: RunConfig) -> tuple:

@@ -173,28 +173,6 @@ def check_args(args) -> None:
         raise UsageError(f"--predict {args.predict!r}: no such file")
 
 
-def enable_compilation_cache() -> str | None:
-    """Keep compiled fit programs on disk across runs of the command line; returns the folder.
-
-    Compiling a law's solver takes seconds, longer than a warm fit of a small table, and a new
-    process compiles again; with JAX's persistent compilation cache only the first run of a
-    law (per table and grid size bucket) compiles. The folder is $SCALELAB_XLA_CACHE (empty:
-    off) or $XDG_CACHE_HOME/scalelab/xla (default ~/.cache/scalelab/xla); a cache folder set
-    for JAX already (JAX_COMPILATION_CACHE_DIR) is left as it is.
-    """
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.environ.get("SCALELAB_XLA_CACHE", os.path.join(base, "scalelab", "xla"))
-    if not folder:
-        return None
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    return folder
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; 0 on success, 2 on a bad input, 1 when the outputs cannot be
     written (one line on stderr)."""

@@ -12,7 +12,8 @@ __all__ = ["FitResult", "fit_law"]
 if __name__ == "__main__":
     import sys
 
-    from scaling.cli import enable_compilation_cache, main
+    from lm import compile_cache
+    from scaling.cli import main
 
-    enable_compilation_cache()
+    compile_cache.enable()  # a law's solver compiles once per table size, not once per run
     sys.exit(main())

@@ -1,12 +1,23 @@
 """Shared test set-up.
 
 * float32 parity tests run with the highest matmul precision;
+* every process of the session (this one, the xdist workers, the subprocesses the tests
+  start: CLIs, fake-device workers, notebook kernels) shares one JAX persistent
+  compilation cache (:mod:`lm.compile_cache`) in a temporary folder made by the controller
+  and removed when it ends (never the user's cache): the environment variables of
+  :func:`lm.compile_cache.settings`, inherited by every child, give it to JAX on import, so
+  a program compiled once (a smoke model's train step, the reference of a kill/resume
+  test) is loaded, not compiled, everywhere else. ``SCALELAB_TEST_JAX_CACHE=DIR`` keeps it
+  in DIR across sessions instead;
 * under pytest-xdist (``-n 2``; pyproject's addopts give ``--dist loadgroup``) the test
   modules that start fake-device subprocesses (:data:`SERIAL_MODULES`, each a module
   fixture of minutes that alone keeps both cores busy) are ONE unit of work: one worker
   runs them, one module after the other, so each fixture is built once and the two never
-  run at the same time. Every other test is a unit of its own, handed to whichever worker
-  is free (as ``--dist load``).
+  run at the same time. A module that defines a module- or session-scoped fixture (a
+  reference study, a trained run that several tests read) is one unit too, so that fixture
+  is built once, not once per worker (:func:`work_unit`). Every other test is a unit of its
+  own, handed to whichever worker is free (as ``--dist load``); xdist hands out the units
+  with the most tests first, so the single tests fill the end.
 
 Why not ``pytest.mark.xdist_group``: xdist 3.8 passes the mark's group to the scheduler by
 appending it to the test's node id, which pytest 9.2's structured node ids ignore; the
@@ -14,13 +25,33 @@ mark is then silently dropped (pytest-dev/pytest-xdist#1386). The controller see
 node ids, so the group is read from the module path instead (:func:`work_unit`).
 """
 
-import jax
-import pytest
+import functools
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from lm import compile_cache
+
+# The controller (no xdist worker id) makes the session's cache before JAX is imported;
+# workers and subprocesses inherit the variables.
+_OWN_CACHE = None
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    _keep = os.environ.get("SCALELAB_TEST_JAX_CACHE")
+    _OWN_CACHE = None if _keep else tempfile.mkdtemp(prefix="scalelab-test-jax-cache-")
+    os.environ.update(compile_cache.settings(_keep or _OWN_CACHE))
+
+import jax  # noqa: E402  (after the cache's variables)
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+compile_cache.enable(os.environ[compile_cache.ENV])  # in case JAX was imported before the variables
 
 SERIAL_MODULES = ("tests/lm/test_kernels_on_mesh.py", "tests/lm/test_sharding.py")
 SERIAL_GROUP = "fake_device_subprocesses"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURE = re.compile(r"""scope\s*=\s*["'](module|session)["']""")
 
 
 @pytest.fixture
@@ -28,14 +59,30 @@ def rng():
     return jax.random.PRNGKey(0)
 
 
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@functools.cache
+def shares_a_fixture(module: str) -> bool:
+    """Whether the test module (a path from the root) defines a module- or session-scoped fixture."""
+    path = ROOT / module
+    return path.is_file() and SHARED_FIXTURE.search(path.read_text()) is not None
+
+
 def work_unit(nodeid: str) -> str | None:
-    """The shared unit of work of a test id (:data:`SERIAL_GROUP`), or None: a unit of its own."""
-    return SERIAL_GROUP if nodeid.split("::")[0] in SERIAL_MODULES else None
+    """The shared unit of work of a test id: :data:`SERIAL_GROUP`, its module's path (a module
+    sharing a fixture) or None (a unit of its own)."""
+    module = nodeid.split("::")[0]
+    if module in SERIAL_MODULES:
+        return SERIAL_GROUP
+    return module if shares_a_fixture(module) else None
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup`` with the :data:`SERIAL_MODULES` as one group (module docstring)."""
+    """``--dist loadgroup`` with the units of :func:`work_unit` (module docstring)."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling

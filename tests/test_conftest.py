@@ -1,4 +1,5 @@
-"""tests/conftest.py: under xdist the fake-device subprocess modules are one unit of work."""
+"""tests/conftest.py: under xdist the fake-device subprocess modules are one unit of work, and a
+module sharing a fixture is one unit."""
 
 from pathlib import Path
 
@@ -16,6 +17,22 @@ def test_serial_modules_exist_and_are_one_unit_of_work():
     assert conftest.work_unit("tests/lm/test_model.py::test_forward") is None
 
 
+def test_a_module_sharing_a_fixture_is_one_unit_of_work(tmp_path, monkeypatch):
+    """Its module-scoped fixture is then built by one worker, not by each."""
+    module = "tests/experiments/test_chinchilla.py"  # the reference study, read by three tests
+    assert conftest.work_unit(f"{module}::test_killed_sweep_resumes_to_the_same_table") == module
+    assert conftest.work_unit(f"{module}::test_grid_spends_each_budget_exactly[smoke]") == module
+    # Read from the module's text: on this fake tree, only the modules with such a fixture.
+    monkeypatch.setattr(conftest, "ROOT", tmp_path)
+    conftest.shares_a_fixture.cache_clear()
+    monkeypatch.setattr(conftest, "shares_a_fixture", conftest.shares_a_fixture.__wrapped__)
+    (tmp_path / "test_a.py").write_text("@pytest.fixture(scope='session')\ndef f(): pass\n")
+    (tmp_path / "test_b.py").write_text('@pytest.fixture( scope = "module")\ndef f(): pass\n')
+    (tmp_path / "test_c.py").write_text("@pytest.fixture\ndef f(): pass\n")
+    (tmp_path / "test_d.py").write_text("@pytest.fixture(scope='function')\ndef f(): pass\n")
+    assert [conftest.work_unit(f"test_{m}.py::t") for m in "abcd"] == ["test_a.py", "test_b.py", None, None]
+
+
 def test_scheduler_groups_the_serial_modules_and_hands_out_the_rest_alone(pytestconfig, monkeypatch):
     """The scheduler the hook gives for ``--dist loadgroup`` (pyproject's addopts), on test ids."""
     addopts = " ".join(pytestconfig.getini("addopts"))
@@ -28,5 +45,7 @@ def test_scheduler_groups_the_serial_modules_and_hands_out_the_rest_alone(pytest
     others = ["tests/lm/test_model.py::test_a", "tests/lm/test_model.py::test_b[x]", "tests/layers/test_mla.py::test_c"]
     assert {sched._split_scope(i) for i in serial} == {conftest.SERIAL_GROUP}
     assert [sched._split_scope(i) for i in others] == others  # each its own unit
+    shared = ["tests/experiments/test_stops.py::test_a", "tests/experiments/test_stops.py::test_b[x]"]
+    assert {sched._split_scope(i) for i in shared} == {"tests/experiments/test_stops.py"}
     # An xdist_group suffix (where xdist can still add it) keeps its meaning.
     assert sched._split_scope("tests/lm/test_model.py::test_a@other") == "other"

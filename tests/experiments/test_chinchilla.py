@@ -94,9 +94,9 @@ def test_help_documents_every_option(capsys):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Environment of the subprocess: the tests' matmul precision and a private compilation cache."""
-    cache = tmp_path_factory.mktemp("jax_cache")
-    e = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest", SCALELAB_JAX_CACHE=str(cache),
+    """Environment of the subprocess: the tests' matmul precision (and, inherited, the session's
+    compilation cache: tests/conftest.py), so it loads the reference's compiled steps."""
+    e = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return e
 
@@ -105,12 +105,7 @@ def env(tmp_path_factory):
 def reference(tmp_path_factory, env):
     """The uninterrupted smoke study with its analysis (in this process)."""
     out = tmp_path_factory.mktemp("reference")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SCALELAB_JAX_CACHE", env["SCALELAB_JAX_CACHE"])
-    try:
-        result = chinchilla.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--skip-analysis"])
-    finally:
-        mp.undo()
+    result = chinchilla.main(["--preset", "smoke", "--out", str(out), "--no-progress", "--skip-analysis"])
     return out, result
 
 

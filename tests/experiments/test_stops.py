@@ -41,9 +41,9 @@ SHORT = [*TINY, "--train.steps", "2", "--train.eval_every", "2"]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """The subprocesses' environment: the tests' matmul precision, a private compilation cache."""
+    """The subprocesses' environment: the tests' matmul precision (and, inherited, the session's
+    compilation cache: tests/conftest.py)."""
     return dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest",
-                SCALELAB_JAX_CACHE=str(tmp_path_factory.mktemp("jax_cache")),
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
