@@ -46,6 +46,7 @@ import pandas as pd
 
 from experiments import lib
 from experiments.lib import branches, data_budget
+from experiments.architectures_analysis import e_profile_lines, unbounded_note
 from experiments.lib.report import check_level, jsonable
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
@@ -231,18 +232,6 @@ def compute_multipliers(fits: dict, c_max: float, cache: dict[str, float] | None
     return pd.DataFrame(rows).set_index("family")
 
 
-def unbounded_note(mult: pd.DataFrame) -> list[str]:
-    """The report's line explaining an ``inf`` bound of a multiplier's interval (none if no bound is inf)."""
-    fams = [f for f, r in mult.iterrows() if math.isinf(r["upper"]) or math.isinf(r["lower"])]
-    if not fams:
-        return []
-    share = ", ".join(f"{f} {100 * mult.loc[f, 'unreached']:.1f}%" for f in fams)
-    return ["", f"An interval bound `inf` is not a number: in at least {100 * (1 - 0.95) / 2:g}% of the bootstrap "
-                f"resamples the family's fitted floor E lies at or above the transformer's target loss, so no "
-                f"compute reaches it (the resamples never reaching it: {share}); the data cannot exclude that the "
-                f"family never matches the transformer, and the interval is unbounded above."]
-
-
 E_PROFILE = (0.5, 1.0)  # E (nats) held fixed to test a Chinchilla fit's E -> 0: below every loss of these presets
 
 
@@ -274,19 +263,6 @@ def fit_chinchilla_per_family(table: pd.DataFrame, loss: str = "final_val_loss",
                 e: fit_law(data, law="chinchilla", init_grid=init_grid, fixed={"E": e}).objective / fit.objective
                 for e in E_PROFILE}
     return out
-
-
-def e_profile_lines(family: str, profile: dict[float, float]) -> list[str]:
-    """What a Chinchilla fit's E -> 0 means, from the objective with E held at :data:`E_PROFILE`."""
-    ratios = " / ".join(f"{100 * (r - 1):+.1f}%" for r in profile.values())
-    held = " / ".join(f"{e:g}" for e in profile)
-    if all(r >= 1.0 for r in profile.values()):
-        return ["", f"E -> 0 in the {family} fit is the data's optimum, not a failed fit: holding E at {held} "
-                    f"changes the objective by {ratios}. Over these budgets the losses bend toward no floor "
-                    "(they are far above the irreducible loss), so E is not identified at this scale; A and "
-                    "alpha absorb it."]
-    return ["", f"**The {family} fit missed its optimum**: holding E at {held} changes the objective by {ratios} "
-                "(a lower objective than the free fit's)."]
 
 
 def analyze(table: pd.DataFrame, out: str | Path, *, bootstrap: int = 200, loss: str = "final_val_loss",

@@ -25,7 +25,7 @@ what every run shares, written once:
   step is left to ``lm.preemption.handle_signals`` (nothing would be lost).
 
 Each step's order: the step, its records, its checkpoint (when due), the stop (when asked),
-the evaluation and the records' lines (one ``lm.records.RunWriter`` per run), the progress.
+the evaluation and the records' lines (one ``lm.run_writer.RunWriter`` per run), the progress.
 
 Axis letters: k runs, s steps.
 """
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, preemption, records, sharding
+from lm import compiled, multihost, preemption, records, run_writer, sharding
 from lm import data as lm_data
 from lm.checkpoint import Checkpointer
 from lm.config import RunConfig
@@ -124,7 +124,7 @@ def _progress_bar(runs: Sequence[RunConfig], start: int):
 
 
 def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
-               writers: Sequence[records.RunWriter] | None = None,
+               writers: Sequence[run_writer.RunWriter] | None = None,
                stacked: bool = False, width: int = 0, ckpt: Checkpointer | None = None, meta: dict | None = None,
                resumed_from: int | None = None, evaluate_runs: bool = True,
                progress: Callable[[int, int, dict], None] | None = None) -> LoopResult:
@@ -135,7 +135,7 @@ def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
       state: the train state on ``mesh`` (``stacked``: K states stacked on a leading axis).
       train_it: the host's data iterator (``lm.multihost.make_host_iterator``), at ``state``'s step.
       mesh: the mesh of every run.
-      writers: one begun ``lm.records.RunWriter`` per run (metrics.jsonl is opened here); None:
+      writers: one begun ``lm.run_writer.RunWriter`` per run (metrics.jsonl is opened here); None:
         no run writes files (e.g. a sequential twin in a test).
       stacked: step the stacked states with the vmapped step (``lm.step.make_vmapped_step``
         with ``width``); otherwise the single state with the solo step.
@@ -150,7 +150,7 @@ def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
       lm.preemption.Preempted: a stop was requested (module docstring).
     """
     runs, meta = tuple(runs), meta or {}
-    writers = [records.RunWriter(None, r) for r in runs] if writers is None else writers
+    writers = [run_writer.RunWriter(None, r) for r in runs] if writers is None else writers
     k, base, tc = len(runs), runs[0], runs[0].train
     steps, tokens_per_step = tc.steps, base.data.seq_len * base.data.batch_size
     start = int(np.asarray(state["step"]).flat[0])

@@ -4,7 +4,7 @@
 directory as a run. Each holds, beside its metrics.jsonl:
 
   events.out.tfevents.<time>.<host>.<pid>.log.scalelab
-      opened by ``lm.records.MetricsLog``: the HParams session start (the run's config
+      opened by ``lm.run_writer.MetricsLog``: the HParams session start (the run's config
       fields by dotted path), then one event per metrics.jsonl record (:data:`TAGS` against
       the step), written and flushed with the record's line, so TensorBoard sees a record
       as soon as metrics.jsonl does. A resumed run starts a new file with the records kept

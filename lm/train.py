@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from lm import data_check, loop, multihost, records, run_lock, sharding
+from lm import data_check, loop, multihost, records, run_lock, run_writer, sharding
 from lm import model as lm_model
 from lm.checkpoint import Checkpointer, CheckpointError
 from lm.config import ModelConfig, RunConfig
@@ -28,7 +28,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None,
-          listeners: tuple[records.RecordListener, ...] = ()) -> dict:
+          listeners: tuple[run_writer.RecordListener, ...] = ()) -> dict:
     """Train one run to completion, resuming from the latest checkpoint in ``run_dir``.
 
     Writes ``config.json``, ``metrics.jsonl`` (one record per log step and eval, with the
@@ -49,7 +49,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None,
       mesh: a ``lm.sharding.make_mesh`` mesh to shard the run over (several devices or
         hosts); None = ``lm.sharding.single_device_mesh()``. Only process 0 writes the run
         files and takes the lock.
-      listeners: ``lm.records.RecordListener`` callables told of each record written.
+      listeners: ``lm.run_writer.RecordListener`` callables told of each record written.
 
     Returns:
       The result summary (also written to ``result.json``).
@@ -68,7 +68,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress=None, mesh=None,
     corpus = data_check.check_run(run, run_dir)  # before anything is written: vocabulary, splits, corpus
     run_dir = Path(run_dir)
     primary = jax.process_index() == 0  # multi-host: one writer of the run files
-    writer = records.RunWriter(run_dir, run, enabled=primary, listeners=listeners)
+    writer = run_writer.RunWriter(run_dir, run, enabled=primary, listeners=listeners)
     with run_lock.hold(run_dir) if primary else contextlib.nullcontext():
         run_dir.mkdir(parents=True, exist_ok=True)
         writer.begin(corpus)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import model as lm_model
-from lm import records
+from lm import run_writer
 from lm import step as lm_step
 from lm import train as lm_train
 from lm.checkpoint import Checkpointer, decode_bytes
@@ -91,7 +91,7 @@ def upcycle_run(dense_run_dir: str | Path, moe_run: RunConfig, out_dir: str | Pa
     state = {**state, "params": params,
              "opt_state": lm_step.make_optimizer(moe_run.optimizer).init(params)}
     out_dir = Path(out_dir)
-    records.RunWriter(out_dir, moe_run).begin(None)  # train() records the corpus when it starts
+    run_writer.RunWriter(out_dir, moe_run).begin(None)  # train() records the corpus when it starts
     ckpt = Checkpointer(out_dir, max_to_keep=moe_run.train.keep_checkpoints)
     ckpt.save(0, state, decode_bytes(data_state), {"step": 0, "upcycled_from": str(dense_run_dir),
                                                      "source_step": meta["step"], "config": moe_run.to_dict()})

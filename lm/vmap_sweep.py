@@ -46,7 +46,7 @@ from pathlib import Path
 
 import jax
 
-from lm import data_check, loop, multihost, records, run_lock, sharding
+from lm import data_check, loop, multihost, run_lock, run_writer, sharding
 from lm import step as lm_step
 from lm.config import RunConfig
 from lm.loop import LoopResult, stack_states
@@ -152,7 +152,7 @@ def train_vmapped(
     progress=None,
     width: int | None = None,
     mesh=None,
-    listeners: tuple[records.RecordListener, ...] = (),
+    listeners: tuple[run_writer.RecordListener, ...] = (),
 ) -> LoopResult:
     """Train K runs of one shape together (one compiled vmapped step, one shared data stream).
 
@@ -165,7 +165,7 @@ def train_vmapped(
       width: runs vmapped together inside the step (:func:`lm.step.make_vmapped_step`);
         None = :func:`default_vmap_width` (all on an accelerator, 2 on CPU).
       mesh: the mesh of every run (default: one device); the run axis is not sharded.
-      listeners: ``lm.records.RecordListener`` callables told of each record written.
+      listeners: ``lm.run_writer.RecordListener`` callables told of each record written.
 
     Returns:
       A :class:`lm.loop.LoopResult` with the per-step losses [k, s].
@@ -182,7 +182,7 @@ def train_vmapped(
     width = default_vmap_width(len(runs)) if width is None else width
     primary = jax.process_index() == 0
     dirs = [None] * len(runs) if run_dirs is None else [Path(d) for d in run_dirs]
-    writers = [records.RunWriter(d, r, enabled=primary, listeners=listeners) for r, d in zip(runs, dirs)]
+    writers = [run_writer.RunWriter(d, r, enabled=primary, listeners=listeners) for r, d in zip(runs, dirs)]
     with contextlib.ExitStack() as stack:
         if primary:
             for d in run_dirs or ():

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lm import compile_cache, train
+from lm import compile_cache, records, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--name", "t", "--model.d_model", "24", "--model.num_layers", "1", "--model.d_ff", "40",
@@ -61,7 +61,7 @@ def test_same_losses_with_a_cold_and_a_warm_cache(tmp_path):
     warm = _train(tmp_path / "warm", cache)
     # every program the cold run wrote, the warm run loaded (a hit stamps its entry's access time)
     assert [p.name for p, stamp in stamps.items() if p.read_bytes() == stamp] == []
-    curves = [[r["train_loss"] for r in train.read_metrics(tmp_path / d / "t") if "train_loss" in r] for d in ("cold", "warm")]
+    curves = [[r["train_loss"] for r in records.read_metrics(tmp_path / d / "t") if "train_loss" in r] for d in ("cold", "warm")]
     assert len(curves[0]) == 4 and curves[0] == curves[1]
     assert warm["final_val_loss"] == cold["final_val_loss"]
     for a, b in zip(jax.tree.leaves(train.load_params(tmp_path / "cold" / "t")[1]),

@@ -86,9 +86,15 @@ def test_a_family_brings_its_logical_axes_and_width_fields(toy_family):
 # ----------------------------------------------------------------------------- imports
 
 
+def _module_name(path: Path) -> str:
+    """``lm/a/b.py`` -> ``lm.a.b`` (a package's ``__init__.py`` -> the package)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _lm_imports(path: Path) -> set[str]:
     """The ``lm`` modules ``path`` imports when it runs (module level or in a function), not the
-    type-only imports under ``if TYPE_CHECKING:``."""
+    type-only imports under ``if TYPE_CHECKING:``; ``from lm.pkg import mod`` names the module."""
     tree = ast.parse(path.read_text())
     skip = {id(node) for top in ast.walk(tree) if isinstance(top, ast.If) and "TYPE_CHECKING" in ast.unparse(top.test)
             for node in ast.walk(top)}
@@ -97,15 +103,16 @@ def _lm_imports(path: Path) -> set[str]:
         if id(node) in skip:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lm":
-            names = [node.module] if node.module != "lm" else [f"lm.{a.name}" for a in node.names]
-            out.update(names)
+            folder = ROOT.joinpath(*node.module.split("."))
+            out.update(f"{node.module}.{a.name}" if (folder / f"{a.name}.py").exists() else node.module
+                       for a in node.names)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.split(".")[0] == "lm")
     return out
 
 
 def test_the_model_room_has_no_import_circle_and_config_does_not_import_the_families():
-    graph = {f"lm.{p.stem}": _lm_imports(p) for p in (ROOT / "lm").glob("*.py")}
+    graph = {_module_name(p): _lm_imports(p) for p in (ROOT / "lm").rglob("*.py")}
 
     def reach(start: str) -> set[str]:
         seen, todo = set(), [start]

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from lm import run_writer
 from lm import records
 from lm.config import ModelConfig, RunConfig
 from lm.data import DataConfig
@@ -28,7 +29,7 @@ def test_partial_last_line_is_ignored_on_read_and_dropped_on_resume(tmp_path):
     # resuming from the checkpoint at step 2 drops the later record and the partial line
     records.prepare_metrics(tmp_path, 2)
     assert path.read_text().splitlines() == [json.dumps(r) for r in recs[:2]]
-    with records.MetricsLog(path) as log:
+    with run_writer.MetricsLog(path) as log:
         log.write(records.metric_record(RUN, 3, 1e-3, 2.0, 1.0, None))
     assert [r["step"] for r in records.read_metrics(tmp_path)] == [1, 2, 3]
     # a fresh run starts an empty log
@@ -79,7 +80,7 @@ def test_the_former_failure_json_of_a_diverged_run_reads_as_a_diverged_result(tm
 
 def test_run_writer_writes_the_records_and_tells_its_listeners(tmp_path):
     seen = []
-    writer = records.RunWriter(tmp_path / "r", RUN, listeners=[lambda w, kind, rec: seen.append((w.run_dir, kind, rec))])
+    writer = run_writer.RunWriter(tmp_path / "r", RUN, listeners=[lambda w, kind, rec: seen.append((w.run_dir, kind, rec))])
     writer.begin({"fingerprint": "abc"})
     writer.open_metrics(None)
     rec = records.metric_record(RUN, 1, 1e-3, 4.0, 0.5, None)
@@ -91,7 +92,7 @@ def test_run_writer_writes_the_records_and_tells_its_listeners(tmp_path):
     assert records.read_config(tmp_path / "r") == RUN and records.read_corpus(tmp_path / "r")["fingerprint"] == "abc"
     assert records.read_metrics(tmp_path / "r") == [rec] and records.read_result(tmp_path / "r") == res
     assert seen == [(tmp_path / "r", "metrics", rec), (tmp_path / "r", "result", res)]
-    off = records.RunWriter(tmp_path / "off", RUN, enabled=False, listeners=[lambda *a: seen.append(a)])
+    off = run_writer.RunWriter(tmp_path / "off", RUN, enabled=False, listeners=[lambda *a: seen.append(a)])
     off.begin(None)
     off.open_metrics(None)
     off.metrics(rec)
@@ -116,7 +117,7 @@ def test_a_record_written_into_a_full_disk_leaves_the_old_file_and_no_temporary(
 
 
 def test_a_full_disk_while_appending_a_metric_is_a_disk_full_error(tmp_path):
-    with records.MetricsLog(tmp_path / records.METRICS) as log:
+    with run_writer.MetricsLog(tmp_path / records.METRICS) as log:
         log._file.write = _no_space
         with pytest.raises(records.DiskFullError, match="while appending to metrics.jsonl"):
             log.write({"step": 1})

@@ -11,7 +11,7 @@ import pytest
 from tensorboardX.proto.api_pb2 import Status
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-from lm import records
+from lm import records, run_writer
 from lm import tensorboard as tb
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
 from lm.data import DataConfig
@@ -83,7 +83,7 @@ def _files(run_dir, part):
 
 def test_each_record_is_in_the_event_file_as_soon_as_it_is_written(tmp_path):
     records.write_config(tmp_path, RUN)
-    with records.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
+    with run_writer.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
         (path,) = _files(tmp_path, "log")
         assert _scalars(path) == []
         log.write(REC[0])  # read back before close: no sync interval, no queue
@@ -98,15 +98,15 @@ def test_each_record_is_in_the_event_file_as_soon_as_it_is_written(tmp_path):
     assert start["model.d_model"].number_value == 32 and start["data.source"].string_value == "synthetic"
     assert start["schedule.knots"].string_value == json.dumps([[0, 1.0], [100, 0.1]])  # a list: JSON text
     assert "model.head_dim" not in start  # None: unset
-    assert not records.MetricsLog(tmp_path / "x.jsonl", enabled=False)._events  # another host: no events
+    assert not run_writer.MetricsLog(tmp_path / "x.jsonl", enabled=False)._events  # another host: no events
 
 
 def test_a_resumed_run_starts_one_file_with_the_records_it_keeps(tmp_path):
     records.write_config(tmp_path, RUN)
-    with records.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
+    with run_writer.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
         for r in REC:
             log.write(r)
-    with records.MetricsLog(records.prepare_metrics(tmp_path, 10)) as log:  # resumed from the step-10 checkpoint
+    with run_writer.MetricsLog(records.prepare_metrics(tmp_path, 10)) as log:  # resumed from the step-10 checkpoint
         (path,) = _files(tmp_path, "log")
         assert [s for s, _ in _scalars(path)] == [10]
         log.write({**REC[1], "step": 20})
@@ -117,7 +117,7 @@ def test_a_resumed_run_starts_one_file_with_the_records_it_keeps(tmp_path):
 @pytest.mark.parametrize("status, expected", [("complete", "STATUS_SUCCESS"), ("diverged", "STATUS_FAILURE")])
 def test_the_result_writes_the_final_metrics_and_the_session_end(tmp_path, status, expected):
     records.write_config(tmp_path, RUN)
-    with records.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
+    with run_writer.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
         log.write(REC[0])
     result = records.result_record(RUN, status=status, final_train_loss=2.5, final_val_loss=float("nan"),
                                    final_val_bpb=3.5, compile_s=0.0, train_s=1.0, resumed_from=None)
@@ -144,7 +144,7 @@ def test_a_study_writes_the_fields_its_runs_vary_as_the_hparams_experiment(tmp_p
 
 def test_damaged_event_file_is_reported(tmp_path):
     records.write_config(tmp_path, RUN)
-    with records.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
+    with run_writer.MetricsLog(records.prepare_metrics(tmp_path, None)) as log:
         log.write(REC[0])
     (path,) = _files(tmp_path, "log")
     good = path.read_bytes()
