@@ -55,19 +55,29 @@ class Preset(lib.Preset):
     base_width: int
     learning_rates: tuple[float, ...]
     steps: int
-    multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    multipliers: tuple[float, ...] = (1, 2, 4, 8)
     num_layers: int = 2
     seq_len: int = 64
     batch_size: int = 8
     warmup_fraction: float = 0.1
     eval_batches: int = 4
     threshold: float = 0.01
+    zero_readout: bool = False
 
     def __post_init__(self):
         if len(self.learning_rates) < 3 or list(self.learning_rates) != sorted(self.learning_rates):
             raise ValueError(f"Preset.learning_rates={self.learning_rates}: need >= 3, increasing")
-        if len(self.multipliers) < 3 or self.multipliers[0] != 1:
-            raise ValueError(f"Preset.multipliers={self.multipliers}: need >= 3 widths starting at the base (1)")
+        if len(self.multipliers) < 3 or self.multipliers[0] != 1 or list(self.multipliers) != sorted(self.multipliers):
+            raise ValueError(f"Preset.multipliers={self.multipliers}: need >= 3 increasing widths starting at the "
+                             "base (1)")
+        for m in self.multipliers:
+            if m * self.base_width != round(m * self.base_width):
+                raise ValueError(f"Preset.multipliers: {m} x base_width {self.base_width} is not an integer width")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """d_model of each width of the grid: base_width x multipliers."""
+        return tuple(round(m * self.base_width) for m in self.multipliers)
 
 
 def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
@@ -77,8 +87,10 @@ def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(base_width=16, learning_rates=_grid(8e-3, 6), steps=40, num_layers=2, seq_len=32, batch_size=8,
                     eval_batches=2),
-    "default": Preset(base_width=32, learning_rates=_grid(1e-3, 8), steps=300, num_layers=2, seq_len=64,
-                      batch_size=16, eval_batches=8),
+    # 7 widths over 8x (half-octave steps: 6 narrower widths over-determine the 3-parameter L(N)),
+    # an octave lr grid wide enough for SP's drift; ~10 CPU minutes per family (README, μP).
+    "default": Preset(base_width=16, multipliers=(1, 1.5, 2, 3, 4, 6, 8), learning_rates=_grid(2e-3, 7), steps=200,
+                      num_layers=2, seq_len=64, batch_size=16, eval_batches=16),
     "full": Preset(base_width=128, learning_rates=_grid(2.5e-4, 9), steps=4000, num_layers=8, seq_len=512,
                    batch_size=32, eval_batches=32),
 }
@@ -90,8 +102,10 @@ def build_study(preset: Preset, family: str = "transformer",
     runs, tags, groups = [], {}, []
     for par in PARAMETRIZATIONS:
         base = family_model(family, preset.base_width, preset.num_layers, par)
-        for mult in preset.multipliers:
-            model = parametrization.at_width(base, mult * preset.base_width)
+        if preset.zero_readout and par == "mup":
+            base = dataclasses.replace(base, mup_zero_readout=True)  # Tensor Programs V, readout only
+        for width in preset.widths:
+            model = parametrization.at_width(base, width)
             run = RunConfig(
                 model=model, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                 optimizer=OptimizerConfig(),
@@ -210,6 +224,9 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
 
 def _add_args(parser) -> None:
     parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
+    parser.add_argument("--zero-readout", action="store_const", const=True, default=None,
+                        help="μP runs start from a zero readout (model.mup_zero_readout, Tensor Programs V); "
+                             "untied heads only (the transformer)")
 
 
 def _summary(result: dict) -> str:
@@ -225,7 +242,8 @@ COMMAND = lib.StudyCommand(
     name="mup_transfer", doc=__doc__, presets=PRESETS,
     build=lambda preset, args, out: build_study(preset, args.family, args.preset),
     analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold),
-    summary=_summary, add_args=_add_args, bootstrap=False, keep_diverged=True)  # high learning rates may diverge
+    summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout},
+    bootstrap=False, keep_diverged=True)  # high learning rates may diverge
 
 
 def main(argv=None) -> dict:
