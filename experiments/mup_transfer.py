@@ -1,6 +1,6 @@
-"""μP transfer and loss prediction: learning-rate sweeps at 4 widths under SP and μP.
+"""μP transfer and loss prediction: learning-rate sweeps at several widths under SP and μP.
 
-``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--out DIR]``
+``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout] [--out DIR]``
 
 Tensor Programs V (Yang et al. 2022, arXiv 2203.03466, Fig. 1): under μP the optimal
 learning rate stays put as the model widens, under SP it drifts (down). "Research without
@@ -8,11 +8,14 @@ Re-search" (Su et al. 2024, arXiv 2304.06875) and MiniCPM's model wind tunnel (H
 2024, arXiv 2404.06395, Sec. 3): with μP the loss of the wide model is predictable from the
 narrow ones.
 
-Grid: widths base x {1, 2, 4, 8} (``lm.parametrization.at_width``; μP's base width = the
-smallest) x {SP, μP} x peak learning rates; each (parametrization, width) is one group of
-the shared runner (``run_study(groups=...)``) trained as one vmapped program over its
-learning rates (:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
-Schedule: cosine with warmup; AdamW (independent weight decay under μP).
+Grid: widths base x multipliers (smoke {1, 2, 4, 8}; default 16 x {1, 1.5, 2, 3, 4, 6, 8}, half-octave
+steps; ``lm.parametrization.at_width``; μP's base width = the smallest) x {SP, μP} x peak
+learning rates; each (parametrization, width) is one group of the shared runner
+(``run_study(groups=...)``) trained as one vmapped program over its learning rates
+(:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
+Schedule: cosine with warmup; AdamW (independent weight decay under μP). ``--zero-readout``:
+the μP runs start from Tensor Programs V's zero readout (``model.mup_zero_readout``; untied
+heads, i.e. the transformer).
 
 Analysis (reads only the table):
   optimum     per (parametrization, width): the best grid lr, the vertex of a parabola in
@@ -20,13 +23,15 @@ Analysis (reads only the table):
               near-optimal interval: the lrs whose loss is within ``threshold`` of the best;
   drift       log(lr_opt(widest) / lr_opt(narrowest)) in grid steps (log of the grid
               ratio); μP should stay within one step over 8x width, SP drifts;
-  prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="saturating")``, N = non-embedding
+  prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="offset_n")``, N = non-embedding
               parameters) fitted to each width's best loss except the widest; predicted
-              against the widest's; relative error reported for μP (and SP, for contrast).
+              against the widest's, with a bootstrap interval (``bootstrap`` resamples of the
+              fitted widths); relative error reported for μP (and SP, for contrast);
+  compute     per parametrization: FLOPs (sum of the runs' ``C``), wall and CPU seconds.
 
 Outputs under ``--out`` (default ``runs/mup_transfer/<preset>``): run directories,
-results.csv, optima.csv, report.md, transfer.png/svg (loss vs lr, one curve per width, SP and
-μP side by side) and prediction.png/svg.
+results.csv, optima.csv, compute.csv, report.md, summary.json, transfer.png/svg (loss vs
+lr, one curve per width, SP and μP side by side) and prediction.png/svg.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ from lm.presets import mup_family_model as family_model
 
 @dataclasses.dataclass(frozen=True)
 class Preset(lib.Preset):
-    """Widths base x multipliers, learning-rate grid (geometric), run length and batch shape."""
+    """Widths base x multipliers (each an integer width), learning-rate grid (geometric), run length and batch
+    shape; ``zero_readout``: μP runs with ``model.mup_zero_readout``; ``bootstrap``: resamples of the
+    prediction interval."""
 
     base_width: int
     learning_rates: tuple[float, ...]
@@ -63,6 +70,7 @@ class Preset(lib.Preset):
     eval_batches: int = 4
     threshold: float = 0.01
     zero_readout: bool = False
+    bootstrap: int = 200
 
     def __post_init__(self):
         if len(self.learning_rates) < 3 or list(self.learning_rates) != sorted(self.learning_rates):
@@ -169,27 +177,53 @@ def drift_steps(opt: pd.DataFrame, lrs) -> dict[str, float]:
     return out
 
 
-def predict_widest(opt: pd.DataFrame, par: str) -> dict:
-    """Fit L(N) = E + A N^-alpha to the best losses of all widths but the widest; predict the widest."""
+def predict_widest(opt: pd.DataFrame, par: str, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+    """Fit L(N) = E + A N^-alpha (``offset_n``) to the best losses of all widths but the widest; predict the widest.
+
+    The interval is the percentile interval, at ``level``, of the bootstrap refits' predictions
+    (:func:`scaling.predict.predictions`; the narrower widths resampled with replacement, none
+    when ``n_bootstrap`` < 2). ``points``: the widths fitted (over-determined when > 3);
+    ``max_residual``: the largest relative in-sample residual of the fit.
+    """
     from scaling.fit import fit_law
+    from scaling.predict import predictions
 
     g = opt[opt["parametrization"] == par].sort_values("N")
-    train, held = g.iloc[:-1], g.iloc[-1:]
-    fit = fit_law(train.assign(C=train["N"].astype(float), loss=train["best_loss"]), law="saturating")
-    pred = float(fit.predict(held.assign(C=held["N"].astype(float), loss=held["best_loss"]))[0])
-    actual = float(held["best_loss"].iloc[0])
-    return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]), "predicted": pred,
-            "actual": actual, "rel_error": (pred - actual) / actual, "fit": fit}
+    rows = pd.DataFrame({"N": g["N"].astype(float), "loss": g["best_loss"].astype(float)})
+    train, held = rows.iloc[:-1], rows.iloc[-1:]
+    fit = fit_law(train, law="offset_n")
+    boot = fit.bootstrap(n=n_bootstrap, seed=seed, level=level) if n_bootstrap >= 2 else None
+    row = predictions(fit, held, boot).iloc[0]
+    actual, lower, upper = float(held["loss"].iloc[0]), float(row["lower"]), float(row["upper"])
+    return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]),
+            "predicted": float(row["predicted_loss"]), "actual": actual, "rel_error": float(row["rel_error"]),
+            "lower": lower, "upper": upper, "level": level, "covered": bool(lower <= actual <= upper),
+            "points": len(train), "max_residual": float(np.max(np.abs(fit.predict(train) / train["loss"] - 1))),
+            "degenerate_fraction": None if boot is None else boot.degenerate_fraction, "fit": fit}
 
 
-def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float) -> dict:
-    """optima.csv, transfer and prediction plots, report.md."""
+def compute(table: pd.DataFrame) -> pd.DataFrame:
+    """Per parametrization: runs, training FLOPs (sum of ``C``), and seconds (wall, CPU, compile, train) summed
+    over its runs (a group's are split evenly between its runs; ``cpu_s`` is NaN in records older than it)."""
+    cols = [c for c in ("wall_s", "cpu_s", "compile_s", "train_s") if c in table.columns]
+    agg = table.assign(**{c: pd.to_numeric(table[c], errors="coerce") for c in ["C", *cols]})
+    out = agg.groupby("parametrization", sort=False).agg(runs=("run", "size"), flops=("C", "sum"),
+                                                        **{c: (c, lambda v: v.sum(min_count=1)) for c in cols})
+    return out.reset_index()
+
+
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float,
+            bootstrap: int = 200) -> dict:
+    """optima.csv, compute.csv, transfer and prediction plots, report.md (``bootstrap``: resamples of the
+    prediction interval)."""
     out = Path(out)
     lrs = sorted(study.meta["learning_rates"])
     opt = optima(table, threshold)
     opt.to_csv(out / "optima.csv", index=False)
     drift = drift_steps(opt, lrs)
-    preds = {par: predict_widest(opt, par) for par in PARAMETRIZATIONS}
+    preds = {par: predict_widest(opt, par, n_bootstrap=bootstrap) for par in PARAMETRIZATIONS}
+    cost = compute(table)
+    cost.to_csv(out / "compute.csv", index=False)
 
     figures = lib.figures.plot_lr_transfer(table, opt, drift, out, PARAMETRIZATIONS)
     figures += lib.figures.plot_loss_prediction(opt, preds, out)
@@ -206,17 +240,31 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
                     f"{opt['width'].max() // opt['width'].min()}x width" for par in PARAMETRIZATIONS], "",
               "## Loss prediction", "",
               "L(N) = E + A N^-alpha fitted to every width but the widest (best loss over the lr grid), "
-              "predicted at the widest:", ""]
+              f"predicted at the widest; interval: {preds['mup']['level']:.0%} percentile interval of "
+              f"{bootstrap} bootstrap refits (widths resampled):", ""]
     for par in PARAMETRIZATIONS:
         p = preds[par]
         q = p["params"]
-        lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g}; predicted {p['predicted']:.4f} "
-                     f"vs actual {p['actual']:.4f} at N={p['N']}: error {100 * p['rel_error']:+.2f}%")
+        lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g} from {p['points']} widths "
+                     f"({'over-determined' if p['points'] > 3 else 'NOT over-determined'}; largest in-sample "
+                     f"residual {100 * p['max_residual']:.2f}%); predicted {p['predicted']:.4f} "
+                     f"[{p['lower']:.4f}, {p['upper']:.4f}] vs actual {p['actual']:.4f} at N={p['N']}: error "
+                     f"{100 * p['rel_error']:+.2f}%, interval {'covers' if p['covered'] else 'MISSES'} the observation")
+    lines += ["", "## Compute", "",
+              "Both runs' cost, summed over their runs (compute.csv; wall and CPU seconds of the process that "
+              "trained them, which include the machine's other load):", ""]
+    lines += lib.markdown_table(
+        ["parametrization", "runs", "FLOPs", "wall s", "CPU s", "compile s", "train s"],
+        [(r["parametrization"], r["runs"], f"{r['flops']:.3g}",
+          *(f"{r[c]:.0f}" if c in r and np.isfinite(r[c]) else "n/a" for c in ("wall_s", "cpu_s", "compile_s",
+                                                                                 "train_s")))
+         for r in cost.to_dict("records")], align="lrrrrrr")
     report = lib.write_report(out, lines, figures)
     summary = {"drift_steps": drift, "prediction": {k: {kk: v for kk, v in p.items() if kk != "fit"}
-                                                    for k, p in preds.items()}}
+                                                    for k, p in preds.items()},
+               "compute": cost.to_dict("records")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"optima": opt, "drift": drift, "prediction": preds, "plots": figures, "report": report}
+    return {"optima": opt, "drift": drift, "prediction": preds, "compute": cost, "plots": figures, "report": report}
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -234,16 +282,18 @@ def _summary(result: dict) -> str:
     for par in PARAMETRIZATIONS:
         pr = result["prediction"][par]
         lines.append(f"{par}: lr drift {result['drift'][par]:+.2f} grid steps; widest loss predicted "
-                     f"{pr['predicted']:.4f} vs {pr['actual']:.4f} ({100 * pr['rel_error']:+.2f}%)")
+                     f"{pr['predicted']:.4f} [{pr['lower']:.4f}, {pr['upper']:.4f}] vs {pr['actual']:.4f} "
+                     f"({100 * pr['rel_error']:+.2f}%)")
     return "\n".join([*lines, result["optima"].to_string(index=False)])
 
 
 COMMAND = lib.StudyCommand(
     name="mup_transfer", doc=__doc__, presets=PRESETS,
     build=lambda preset, args, out: build_study(preset, args.family, args.preset),
-    analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold),
+    analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold,
+                                                            bootstrap=preset.bootstrap),
     summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout},
-    bootstrap=False, keep_diverged=True)  # high learning rates may diverge
+    keep_diverged=True)  # high learning rates may diverge
 
 
 def main(argv=None) -> dict:
