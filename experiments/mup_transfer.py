@@ -133,6 +133,29 @@ def build_study(preset: Preset, family: str = "transformer",
     return lib.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
 
 
+def saved_study(out: str | Path) -> tuple[lib.Study, Preset]:
+    """The study written under ``out`` by a named preset, rebuilt (its family and preset from study.json; with
+    or without ``zero_readout``, whichever has the saved grid fingerprint), and that preset.
+
+    Raises:
+      ValueError: no study.json there, or no preset of this module rebuilds its grid.
+    """
+    path = Path(out) / "study.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no study.json (run python -m experiments.mup_transfer --out {out} first)")
+    saved = json.loads(path.read_text())
+    meta = saved.get("meta", {})
+    name, family = meta.get("preset"), meta.get("family")
+    if name in PRESETS and family in FAMILIES:
+        for zero in (False, True):
+            preset = PRESETS[name].replace(zero_readout=zero)
+            study = build_study(preset, family, name)[0]
+            if study.fingerprint() == saved.get("fingerprint"):
+                return study, preset
+    raise ValueError(f"{path}: preset {name!r}, family {family!r}: no preset of experiments.mup_transfer "
+                     "rebuilds this grid (fingerprint differs)")
+
+
 # --------------------------------------------------------------------------- analysis
 
 
@@ -205,10 +228,11 @@ def predict_widest(opt: pd.DataFrame, par: str, n_bootstrap: int = 200, level: f
 def compute(table: pd.DataFrame) -> pd.DataFrame:
     """Per parametrization: runs, training FLOPs (sum of ``C``), and seconds (wall, CPU, compile, train) summed
     over its runs (a group's are split evenly between its runs; ``cpu_s`` is NaN in records older than it)."""
-    cols = [c for c in ("wall_s", "cpu_s", "compile_s", "train_s") if c in table.columns]
-    agg = table.assign(**{c: pd.to_numeric(table[c], errors="coerce") for c in ["C", *cols]})
-    out = agg.groupby("parametrization", sort=False).agg(runs=("run", "size"), flops=("C", "sum"),
-                                                        **{c: (c, lambda v: v.sum(min_count=1)) for c in cols})
+    names = {"C": "flops", "wall_s": "wall_s", "cpu_s": "cpu_s", "compile_s": "compile_s", "train_s": "train_s"}
+    full = table.assign(**{c: pd.to_numeric(table[c], errors="coerce") if c in table.columns else np.nan
+                           for c in names})
+    out = full.groupby("parametrization", sort=False).agg(
+        runs=("parametrization", "size"), **{new: (c, lambda v: v.sum(min_count=1)) for c, new in names.items()})
     return out.reset_index()
 
 
@@ -255,9 +279,8 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
               "trained them, which include the machine's other load):", ""]
     lines += lib.markdown_table(
         ["parametrization", "runs", "FLOPs", "wall s", "CPU s", "compile s", "train s"],
-        [(r["parametrization"], r["runs"], f"{r['flops']:.3g}",
-          *(f"{r[c]:.0f}" if c in r and np.isfinite(r[c]) else "n/a" for c in ("wall_s", "cpu_s", "compile_s",
-                                                                                 "train_s")))
+        [(r["parametrization"], r["runs"], f"{r['flops']:.3g}" if np.isfinite(r["flops"]) else "n/a",
+          *(f"{r[c]:.0f}" if np.isfinite(r[c]) else "n/a" for c in ("wall_s", "cpu_s", "compile_s", "train_s")))
          for r in cost.to_dict("records")], align="lrrrrrr")
     report = lib.write_report(out, lines, figures)
     summary = {"drift_steps": drift, "prediction": {k: {kk: v for kk, v in p.items() if kk != "fit"}

@@ -28,9 +28,10 @@
 #    widest one.
 #
 # At smoke size (`SCALELAB_SMOKE=1`, used by the tests) the coordinate check is tiny and the
-# transfer table synthetic (stated where it is used). Without it the notebook reads
-# `runs/mup_transfer/default/results.csv` if that study has been run, and otherwise trains the
-# `smoke` preset here (minutes on a CPU).
+# transfer table synthetic (stated where it is used). Without it the notebook reads the
+# default study of `FAMILY` (`runs/mup_transfer/default-<family>`, or `runs/mup_transfer/default`)
+# if it has been run, and otherwise trains the `smoke` preset here (minutes on a CPU). What the
+# default preset measured for three families is in the table at the end.
 
 # %%
 import importlib.util
@@ -102,6 +103,8 @@ coord_check.slopes(cc).pivot(index="module", columns="parametrization", values=[
 # stays, losses on a known L(N)), and without smoke the `smoke` preset trained here.
 
 # %%
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from lm.flops import param_count  # noqa: E402
@@ -120,11 +123,13 @@ def synthetic_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-ours = ROOT / "runs" / "mup_transfer" / "default" / "results.csv"
-if ours.exists() and not SMOKE:
-    preset, where = mup_transfer.PRESETS["default"], ours.parent
-    study, groups = mup_transfer.build_study(preset, "transformer")
-    table, source = lib.load_results(study, where), str(ours)
+FAMILY = "transformer"  # or "griffin", "moe", ...: the family of the default study to read
+saved = [d for d in (ROOT / "runs" / "mup_transfer" / f"default-{FAMILY}", ROOT / "runs" / "mup_transfer" / "default")
+         if (d / "results.csv").exists() and json.loads((d / "study.json").read_text())["meta"]["family"] == FAMILY]
+if saved and not SMOKE:
+    where = saved[0]
+    study, preset = mup_transfer.saved_study(where)  # the default preset, with the zero readout if it was run so
+    table, source = lib.load_results(study, where), str(where / "results.csv")
 else:
     preset, where = mup_transfer.PRESETS["smoke"], out / "transfer"
     study, groups = mup_transfer.build_study(preset, "transformer")
@@ -134,18 +139,22 @@ else:
     else:
         table, source = lib.run_study(study, where, groups=groups, progress=False), "the smoke preset, trained here"
 print(f"{len(table)} runs from {source}")
-result = mup_transfer.analyze(study, table, where, threshold=preset.threshold)
+result = mup_transfer.analyze(study, table, where, threshold=preset.threshold, bootstrap=20 if SMOKE else 200)
 display(Image(filename=str(where / "transfer.png")))
 print({k: f"{v:+.2f} grid steps" for k, v in result["drift"].items()})
 result["optima"]
 
 # %% [markdown]
 # ## 3. Loss prediction
-# The widest μP model's loss, predicted from the narrower ones before training it.
+# The widest μP model's loss, predicted from the narrower ones before training it: L(N) = E +
+# A N^-alpha fitted to every width but the widest, with a bootstrap interval (the widths
+# resampled). Below it, what the two sweeps cost (FLOPs, wall and CPU seconds).
 
 # %%
 display(Image(filename=str(where / "prediction.png")))
-pd.DataFrame([{k: v for k, v in p.items() if k not in ("fit", "params")} for p in result["prediction"].values()])
+display(pd.DataFrame([{k: v for k, v in p.items() if k not in ("fit", "params")}
+                      for p in result["prediction"].values()]))
+result["compute"]
 
 # %% [markdown]
 # ## The big run

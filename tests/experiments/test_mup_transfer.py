@@ -107,3 +107,17 @@ def test_tiny_grid_end_to_end_with_shards(tmp_path):
     cost = result["compute"].set_index("parametrization")
     assert cost.loc["mup", "flops"] == pytest.approx(table.loc[table["parametrization"] == "mup", "C"].sum())
     assert (cost["cpu_s"] > 0).all() and (cost["runs"] == 12).all()
+
+
+def test_saved_study_is_rebuilt_with_its_zero_readout(tmp_path):
+    import json
+
+    for zero in (False, True):
+        study, _ = mup_transfer.build_study(mup_transfer.PRESETS["smoke"].replace(zero_readout=zero), "transformer",
+                                            "smoke")
+        (tmp_path / "study.json").write_text(json.dumps(study.manifest()))
+        again, preset = mup_transfer.saved_study(tmp_path)
+        assert preset.zero_readout == zero and again.fingerprint() == study.fingerprint()
+    (tmp_path / "study.json").write_text(json.dumps({**study.manifest(), "fingerprint": "0" * 16}))
+    with pytest.raises(ValueError, match="fingerprint differs"):
+        mup_transfer.saved_study(tmp_path)
