@@ -157,6 +157,20 @@ display(pd.DataFrame([{k: v for k, v in p.items() if k not in ("fit", "params")}
 result["compute"]
 
 # %% [markdown]
+# ### What the default preset measured
+# `python -m experiments.mup_transfer --preset default --family transformer --zero-readout`
+# (widths 16–128 in half-octave steps, 7 learning rates an octave apart, 200 steps; on a
+# shared 2-core CPU under heavy load, December 2026). Tune at the base width: μP's optimum
+# there is 0.073 (parabola vertex; grid best 0.064). Transfer: under μP the optimum stays
+# within one grid step from width 16 to 48 (0.073 → 0.085, +0.22 octaves), under SP it
+# falls 3.1 octaves from 16 to 96 (0.063 → 0.0072). Losses: SP improves with width (2.340 →
+# 1.990 from 16 to 96); μP, at this short horizon, only slowly (2.323 → 2.250 from 16 to
+# 48), so μP at the base-width lr is worse than SP tuned per width at 48. Widths 64–128 of
+# μP, the prediction of the widest width, and the Griffin and MoE sweeps did not finish in
+# the session (the runner resumes them: rerun the same command); README.md's μP section has
+# the cost.
+
+# %% [markdown]
 # ## The big run
 # The wind tunnel's output: the base model's optimal learning rate, used unchanged at any
 # width under μP (`model.parametrization="mup"`, `model.base_width` = the tuned width).
