@@ -159,16 +159,21 @@ result["compute"]
 # %% [markdown]
 # ### What the default preset measured
 # `python -m experiments.mup_transfer --preset default --family transformer --zero-readout`
-# (widths 16–128 in half-octave steps, 7 learning rates an octave apart, 200 steps; on a
-# shared 2-core CPU under heavy load, December 2026). Tune at the base width: μP's optimum
-# there is 0.073 (parabola vertex; grid best 0.064). Transfer: under μP the optimum stays
-# within one grid step from width 16 to 48 (0.073 → 0.085, +0.22 octaves), under SP it
-# falls 3.1 octaves from 16 to 96 (0.063 → 0.0072). Losses: SP improves with width (2.340 →
-# 1.990 from 16 to 96); μP, at this short horizon, only slowly (2.323 → 2.250 from 16 to
-# 48), so μP at the base-width lr is worse than SP tuned per width at 48. Widths 64–128 of
-# μP, the prediction of the widest width, and the Griffin and MoE sweeps did not finish in
-# the session (the runner resumes them: rerun the same command); README.md's μP section has
-# the cost.
+# (widths 16–128 in half-octave steps, 7 learning rates an octave apart, 200 steps; shared
+# 2-core CPU under heavy load, December 2026):
+#
+# | | μP | SP |
+# |---|---|---|
+# | tune at the base width (16): lr_opt | 0.073 | 0.063 |
+# | transfer: lr_opt at 128 (drift over 8x) | 0.058 (−0.34 grid steps) | 0.0052 (−3.6 steps) |
+# | best loss 16 → 128 | 2.323 → 2.151 | 2.340 → 1.982 |
+# | predicted loss at 128 from 16–96 [95% bootstrap] | 2.254 [2.161, 2.299]: +4.8 %, misses | 1.957 [1.939, 2.072]: −1.3 % |
+# | cost (FLOPs; CPU s) | 1.07e13; 533 | 1.07e13; 500 |
+#
+# Transfer holds; the prediction does not at this preset: μP's best losses plateau at widths
+# 24–48 and drop at 64, so L(N) fitted to 16–96 is degenerate (α = 3.3), and single-seed
+# best losses on an octave grid are noisy at the percent level. Griffin and MoE did not finish
+# in that session (the runner resumes them).
 
 # %% [markdown]
 # ## The big run
