@@ -172,7 +172,7 @@ result["compute"]
 #
 # Transfer holds; the prediction does not at this preset: μP's best losses plateau at widths
 # 24–48 and drop at 64, so L(N) fitted to 16–96 is degenerate (α = 3.3), and single-seed
-# best losses on an octave grid are noisy at the percent level. Griffin and MoE did not finish
+# best losses are noisy beyond 1 % (a second init seed moved widths 32 and 48 by about 3 %). Griffin and MoE did not finish
 # in that session (the runner resumes them).
 
 # %% [markdown]
