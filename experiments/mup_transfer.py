@@ -1,6 +1,6 @@
-"""μP transfer and loss prediction: learning-rate sweeps at 4 widths under SP and μP.
+"""μP transfer and loss prediction: learning-rate sweeps at several widths under SP and μP.
 
-``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--out DIR]``
+``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout] [--out DIR]``
 
 Tensor Programs V (Yang et al. 2022, arXiv 2203.03466, Fig. 1): under μP the optimal
 learning rate stays put as the model widens, under SP it drifts (down). "Research without
@@ -8,11 +8,14 @@ Re-search" (Su et al. 2024, arXiv 2304.06875) and MiniCPM's model wind tunnel (H
 2024, arXiv 2404.06395, Sec. 3): with μP the loss of the wide model is predictable from the
 narrow ones.
 
-Grid: widths base x {1, 2, 4, 8} (``lm.parametrization.at_width``; μP's base width = the
-smallest) x {SP, μP} x peak learning rates; each (parametrization, width) is one group of
-the shared runner (``run_study(groups=...)``) trained as one vmapped program over its
-learning rates (:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
-Schedule: cosine with warmup; AdamW (independent weight decay under μP).
+Grid: widths base x multipliers (smoke {1, 2, 4, 8}; default 16 x {1, 1.5, 2, 3, 4, 6, 8}, half-octave
+steps; ``lm.parametrization.at_width``; μP's base width = the smallest) x {SP, μP} x peak
+learning rates; each (parametrization, width) is one group of the shared runner
+(``run_study(groups=...)``) trained as one vmapped program over its learning rates
+(:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
+Schedule: cosine with warmup; AdamW (independent weight decay under μP). ``--zero-readout``:
+the μP runs start from Tensor Programs V's zero readout (``model.mup_zero_readout``; untied
+heads, i.e. the transformer).
 
 Analysis (reads only the table):
   optimum     per (parametrization, width): the best grid lr, the vertex of a parabola in
@@ -20,13 +23,15 @@ Analysis (reads only the table):
               near-optimal interval: the lrs whose loss is within ``threshold`` of the best;
   drift       log(lr_opt(widest) / lr_opt(narrowest)) in grid steps (log of the grid
               ratio); μP should stay within one step over 8x width, SP drifts;
-  prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="saturating")``, N = non-embedding
+  prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="offset_n")``, N = non-embedding
               parameters) fitted to each width's best loss except the widest; predicted
-              against the widest's; relative error reported for μP (and SP, for contrast).
+              against the widest's, with a bootstrap interval (``bootstrap`` resamples of the
+              fitted widths); relative error reported for μP (and SP, for contrast);
+  compute     per parametrization: FLOPs (sum of the runs' ``C``), wall and CPU seconds.
 
 Outputs under ``--out`` (default ``runs/mup_transfer/<preset>``): run directories,
-results.csv, optima.csv, report.md, transfer.png/svg (loss vs lr, one curve per width, SP and
-μP side by side) and prediction.png/svg.
+results.csv, optima.csv, compute.csv, report.md, summary.json, transfer.png/svg (loss vs
+lr, one curve per width, SP and μP side by side) and prediction.png/svg.
 """
 
 from __future__ import annotations
@@ -50,24 +55,37 @@ from lm.presets import mup_family_model as family_model
 
 @dataclasses.dataclass(frozen=True)
 class Preset(lib.Preset):
-    """Widths base x multipliers, learning-rate grid (geometric), run length and batch shape."""
+    """Widths base x multipliers (each an integer width), learning-rate grid (geometric), run length and batch
+    shape; ``zero_readout``: μP runs with ``model.mup_zero_readout``; ``bootstrap``: resamples of the
+    prediction interval."""
 
     base_width: int
     learning_rates: tuple[float, ...]
     steps: int
-    multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    multipliers: tuple[float, ...] = (1, 2, 4, 8)
     num_layers: int = 2
     seq_len: int = 64
     batch_size: int = 8
     warmup_fraction: float = 0.1
     eval_batches: int = 4
     threshold: float = 0.01
+    zero_readout: bool = False
+    bootstrap: int = 200
 
     def __post_init__(self):
         if len(self.learning_rates) < 3 or list(self.learning_rates) != sorted(self.learning_rates):
             raise ValueError(f"Preset.learning_rates={self.learning_rates}: need >= 3, increasing")
-        if len(self.multipliers) < 3 or self.multipliers[0] != 1:
-            raise ValueError(f"Preset.multipliers={self.multipliers}: need >= 3 widths starting at the base (1)")
+        if len(self.multipliers) < 3 or self.multipliers[0] != 1 or list(self.multipliers) != sorted(self.multipliers):
+            raise ValueError(f"Preset.multipliers={self.multipliers}: need >= 3 increasing widths starting at the "
+                             "base (1)")
+        for m in self.multipliers:
+            if m * self.base_width != round(m * self.base_width):
+                raise ValueError(f"Preset.multipliers: {m} x base_width {self.base_width} is not an integer width")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """d_model of each width of the grid: base_width x multipliers."""
+        return tuple(round(m * self.base_width) for m in self.multipliers)
 
 
 def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
@@ -77,8 +95,10 @@ def _grid(lo: float, n: int, ratio: float = 2.0) -> tuple[float, ...]:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(base_width=16, learning_rates=_grid(8e-3, 6), steps=40, num_layers=2, seq_len=32, batch_size=8,
                     eval_batches=2),
-    "default": Preset(base_width=32, learning_rates=_grid(1e-3, 8), steps=300, num_layers=2, seq_len=64,
-                      batch_size=16, eval_batches=8),
+    # 7 widths over 8x (half-octave steps: 6 narrower widths over-determine the 3-parameter L(N)),
+    # an octave lr grid wide enough for SP's drift; ~10 CPU minutes per family (README, μP).
+    "default": Preset(base_width=16, multipliers=(1, 1.5, 2, 3, 4, 6, 8), learning_rates=_grid(2e-3, 7), steps=200,
+                      num_layers=2, seq_len=64, batch_size=16, eval_batches=16),
     "full": Preset(base_width=128, learning_rates=_grid(2.5e-4, 9), steps=4000, num_layers=8, seq_len=512,
                    batch_size=32, eval_batches=32),
 }
@@ -90,8 +110,10 @@ def build_study(preset: Preset, family: str = "transformer",
     runs, tags, groups = [], {}, []
     for par in PARAMETRIZATIONS:
         base = family_model(family, preset.base_width, preset.num_layers, par)
-        for mult in preset.multipliers:
-            model = parametrization.at_width(base, mult * preset.base_width)
+        if preset.zero_readout and par == "mup":
+            base = dataclasses.replace(base, mup_zero_readout=True)  # Tensor Programs V, readout only
+        for width in preset.widths:
+            model = parametrization.at_width(base, width)
             run = RunConfig(
                 model=model, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                 optimizer=OptimizerConfig(),
@@ -109,6 +131,29 @@ def build_study(preset: Preset, family: str = "transformer",
     meta = {"preset": preset_name, "family": family, "base_width": preset.base_width,
             "learning_rates": list(preset.learning_rates), "threshold": preset.threshold}
     return lib.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
+
+
+def saved_study(out: str | Path) -> tuple[lib.Study, Preset]:
+    """The study written under ``out`` by a named preset, rebuilt (its family and preset from study.json; with
+    or without ``zero_readout``, whichever has the saved grid fingerprint), and that preset.
+
+    Raises:
+      ValueError: no study.json there, or no preset of this module rebuilds its grid.
+    """
+    path = Path(out) / "study.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no study.json (run python -m experiments.mup_transfer --out {out} first)")
+    saved = json.loads(path.read_text())
+    meta = saved.get("meta", {})
+    name, family = meta.get("preset"), meta.get("family")
+    if name in PRESETS and family in FAMILIES:
+        for zero in (False, True):
+            preset = PRESETS[name].replace(zero_readout=zero)
+            study = build_study(preset, family, name)[0]
+            if study.fingerprint() == saved.get("fingerprint"):
+                return study, preset
+    raise ValueError(f"{path}: preset {name!r}, family {family!r}: no preset of experiments.mup_transfer "
+                     "rebuilds this grid (fingerprint differs)")
 
 
 # --------------------------------------------------------------------------- analysis
@@ -155,27 +200,54 @@ def drift_steps(opt: pd.DataFrame, lrs) -> dict[str, float]:
     return out
 
 
-def predict_widest(opt: pd.DataFrame, par: str) -> dict:
-    """Fit L(N) = E + A N^-alpha to the best losses of all widths but the widest; predict the widest."""
+def predict_widest(opt: pd.DataFrame, par: str, n_bootstrap: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+    """Fit L(N) = E + A N^-alpha (``offset_n``) to the best losses of all widths but the widest; predict the widest.
+
+    The interval is the percentile interval, at ``level``, of the bootstrap refits' predictions
+    (:func:`scaling.predict.predictions`; the narrower widths resampled with replacement, none
+    when ``n_bootstrap`` < 2). ``points``: the widths fitted (over-determined when > 3);
+    ``max_residual``: the largest relative in-sample residual of the fit.
+    """
     from scaling.fit import fit_law
+    from scaling.predict import predictions
 
     g = opt[opt["parametrization"] == par].sort_values("N")
-    train, held = g.iloc[:-1], g.iloc[-1:]
-    fit = fit_law(train.assign(C=train["N"].astype(float), loss=train["best_loss"]), law="saturating")
-    pred = float(fit.predict(held.assign(C=held["N"].astype(float), loss=held["best_loss"]))[0])
-    actual = float(held["best_loss"].iloc[0])
-    return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]), "predicted": pred,
-            "actual": actual, "rel_error": (pred - actual) / actual, "fit": fit}
+    rows = pd.DataFrame({"N": g["N"].astype(float), "loss": g["best_loss"].astype(float)})
+    train, held = rows.iloc[:-1], rows.iloc[-1:]
+    fit = fit_law(train, law="offset_n")
+    boot = fit.bootstrap(n=n_bootstrap, seed=seed, level=level) if n_bootstrap >= 2 else None
+    row = predictions(fit, held, boot).iloc[0]
+    actual, lower, upper = float(held["loss"].iloc[0]), float(row["lower"]), float(row["upper"])
+    return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]),
+            "predicted": float(row["predicted_loss"]), "actual": actual, "rel_error": float(row["rel_error"]),
+            "lower": lower, "upper": upper, "level": level, "covered": bool(lower <= actual <= upper),
+            "points": len(train), "max_residual": float(np.max(np.abs(fit.predict(train) / train["loss"] - 1))),
+            "degenerate_fraction": None if boot is None else boot.degenerate_fraction, "fit": fit}
 
 
-def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float) -> dict:
-    """optima.csv, transfer and prediction plots, report.md."""
+def compute(table: pd.DataFrame) -> pd.DataFrame:
+    """Per parametrization: runs, training FLOPs (sum of ``C``), and seconds (wall, CPU, compile, train) summed
+    over its runs (a group's are split evenly between its runs; ``cpu_s`` is NaN in records older than it)."""
+    names = {"C": "flops", "wall_s": "wall_s", "cpu_s": "cpu_s", "compile_s": "compile_s", "train_s": "train_s"}
+    full = table.assign(**{c: pd.to_numeric(table[c], errors="coerce") if c in table.columns else np.nan
+                           for c in names})
+    out = full.groupby("parametrization", sort=False).agg(
+        runs=("parametrization", "size"), **{new: (c, lambda v: v.sum(min_count=1)) for c, new in names.items()})
+    return out.reset_index()
+
+
+def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold: float,
+            bootstrap: int = 200) -> dict:
+    """optima.csv, compute.csv, transfer and prediction plots, report.md (``bootstrap``: resamples of the
+    prediction interval)."""
     out = Path(out)
     lrs = sorted(study.meta["learning_rates"])
     opt = optima(table, threshold)
     opt.to_csv(out / "optima.csv", index=False)
     drift = drift_steps(opt, lrs)
-    preds = {par: predict_widest(opt, par) for par in PARAMETRIZATIONS}
+    preds = {par: predict_widest(opt, par, n_bootstrap=bootstrap) for par in PARAMETRIZATIONS}
+    cost = compute(table)
+    cost.to_csv(out / "compute.csv", index=False)
 
     figures = lib.figures.plot_lr_transfer(table, opt, drift, out, PARAMETRIZATIONS)
     figures += lib.figures.plot_loss_prediction(opt, preds, out)
@@ -192,17 +264,30 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
                     f"{opt['width'].max() // opt['width'].min()}x width" for par in PARAMETRIZATIONS], "",
               "## Loss prediction", "",
               "L(N) = E + A N^-alpha fitted to every width but the widest (best loss over the lr grid), "
-              "predicted at the widest:", ""]
+              f"predicted at the widest; interval: {preds['mup']['level']:.0%} percentile interval of "
+              f"{bootstrap} bootstrap refits (widths resampled):", ""]
     for par in PARAMETRIZATIONS:
         p = preds[par]
         q = p["params"]
-        lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g}; predicted {p['predicted']:.4f} "
-                     f"vs actual {p['actual']:.4f} at N={p['N']}: error {100 * p['rel_error']:+.2f}%")
+        lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g} from {p['points']} widths "
+                     f"({'over-determined' if p['points'] > 3 else 'NOT over-determined'}; largest in-sample "
+                     f"residual {100 * p['max_residual']:.2f}%); predicted {p['predicted']:.4f} "
+                     f"[{p['lower']:.4f}, {p['upper']:.4f}] vs actual {p['actual']:.4f} at N={p['N']}: error "
+                     f"{100 * p['rel_error']:+.2f}%, interval {'covers' if p['covered'] else 'MISSES'} the observation")
+    lines += ["", "## Compute", "",
+              "Both runs' cost, summed over their runs (compute.csv; wall and CPU seconds of the process that "
+              "trained them, which include the machine's other load):", ""]
+    lines += lib.markdown_table(
+        ["parametrization", "runs", "FLOPs", "wall s", "CPU s", "compile s", "train s"],
+        [(r["parametrization"], r["runs"], f"{r['flops']:.3g}" if np.isfinite(r["flops"]) else "n/a",
+          *(f"{r[c]:.0f}" if np.isfinite(r[c]) else "n/a" for c in ("wall_s", "cpu_s", "compile_s", "train_s")))
+         for r in cost.to_dict("records")], align="lrrrrrr")
     report = lib.write_report(out, lines, figures)
     summary = {"drift_steps": drift, "prediction": {k: {kk: v for kk, v in p.items() if kk != "fit"}
-                                                    for k, p in preds.items()}}
+                                                    for k, p in preds.items()},
+               "compute": cost.to_dict("records")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"optima": opt, "drift": drift, "prediction": preds, "plots": figures, "report": report}
+    return {"optima": opt, "drift": drift, "prediction": preds, "compute": cost, "plots": figures, "report": report}
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -210,6 +295,9 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
 
 def _add_args(parser) -> None:
     parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
+    parser.add_argument("--zero-readout", action="store_const", const=True, default=None,
+                        help="μP runs start from a zero readout (model.mup_zero_readout, Tensor Programs V); "
+                             "untied heads only (the transformer)")
 
 
 def _summary(result: dict) -> str:
@@ -217,15 +305,18 @@ def _summary(result: dict) -> str:
     for par in PARAMETRIZATIONS:
         pr = result["prediction"][par]
         lines.append(f"{par}: lr drift {result['drift'][par]:+.2f} grid steps; widest loss predicted "
-                     f"{pr['predicted']:.4f} vs {pr['actual']:.4f} ({100 * pr['rel_error']:+.2f}%)")
+                     f"{pr['predicted']:.4f} [{pr['lower']:.4f}, {pr['upper']:.4f}] vs {pr['actual']:.4f} "
+                     f"({100 * pr['rel_error']:+.2f}%)")
     return "\n".join([*lines, result["optima"].to_string(index=False)])
 
 
 COMMAND = lib.StudyCommand(
     name="mup_transfer", doc=__doc__, presets=PRESETS,
     build=lambda preset, args, out: build_study(preset, args.family, args.preset),
-    analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold),
-    summary=_summary, add_args=_add_args, bootstrap=False, keep_diverged=True)  # high learning rates may diverge
+    analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold,
+                                                            bootstrap=preset.bootstrap),
+    summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout},
+    keep_diverged=True)  # high learning rates may diverge
 
 
 def main(argv=None) -> dict:

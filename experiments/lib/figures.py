@@ -262,15 +262,20 @@ def plot_lr_transfer(table: pd.DataFrame, optima: pd.DataFrame, drift: Mapping[s
 
 def plot_loss_prediction(optima: pd.DataFrame, predictions: Mapping[str, Mapping], out: str | Path,
                          name: str = "prediction") -> list[Path]:
-    """Best loss against N per parametrization: the fitted widths, the held-out widest, the fitted L(N)."""
+    """Best loss against N per parametrization: the fitted widths, the held-out widest, the fitted L(N) and the
+    prediction's interval (``lower``/``upper`` of ``predictions``, when given)."""
     fig = Figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
     for k, (par, p) in enumerate(predictions.items()):
         g = optima[optima["parametrization"] == par].sort_values("N")
         ax.scatter(g["N"].iloc[:-1], g["best_loss"].iloc[:-1], color=f"C{k}", label=f"{par} (fitted)")
         ax.scatter([p["N"]], [p["actual"]], marker="*", s=90, color=f"C{k}", label=f"{par} widest (held out)")
+        if np.isfinite(p.get("lower", np.nan)):  # the bootstrap interval of the prediction
+            ax.errorbar([p["N"] * 1.04], [p["predicted"]], yerr=[[p["predicted"] - p["lower"]],
+                                                                 [p["upper"] - p["predicted"]]],
+                        fmt="_", color=f"C{k}", capsize=3, lw=0.8)
         n = np.geomspace(g["N"].min() / 1.2, p["N"] * 1.5, 50)
-        fitted = p["fit"].predict(pd.DataFrame({"C": n, "loss": np.ones_like(n)}))
+        fitted = p["fit"].predict(pd.DataFrame({"N": n, "loss": np.ones_like(n)}))
         ax.plot(n, fitted, color=f"C{k}", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")

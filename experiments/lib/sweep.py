@@ -22,8 +22,8 @@ together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one 
 program vmapped over runs that differ only in learning rate, weight decay or seed; the
 learning-rate axis of a Step Law grid). Runs in no group train alone with
 :func:`lm.train.train`. Everything else is as for solo runs: the same run directories and
-table columns (``wall_s`` of a grouped run is the group's wall time divided by the runs it
-trained), a diverged run of a group is "diverged" in the table, the progress bar counts
+table columns (``wall_s`` and ``cpu_s`` of a grouped run are the group's wall time and CPU
+seconds divided by the runs it trained), a diverged run of a group is "diverged" in the table, the progress bar counts
 the group's runs. A shard holds whole groups (the grid is sharded by work unit: a group,
 placed at its first run's grid position, or a solo run). Resume: a group whose runs are
 all finished is skipped; in a partially finished group (a kill while it wrote its results)
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -305,6 +306,13 @@ def _locked(out: Path, unit: Sequence[RunConfig]):
         yield tuple(r for r in unit if not _finished(out, r))
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system, every thread) this process has used: a run's cost on a shared
+    machine, where its wall time also counts the other processes' load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     """lm.train.train into the run's directory (resumes from its checkpoint).
 
@@ -315,7 +323,7 @@ def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
     """
     rd = run_dir(out, run)
     bar.start([run])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     try:
         lm_train.train(run, rd, progress=bar)
     except (lm_train.NonFiniteLossError, CheckpointError) as err:
@@ -325,7 +333,7 @@ def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
         bar.write(f"run {run.name} {status}: {err}")
         bar.finish([run], steps_left=run.train.steps - (bar.last_step or 0), status=status)
         return
-    records.write_record(rd, records.RUNNER, {"wall_s": time.perf_counter() - t0})
+    records.write_record(rd, records.RUNNER, {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0})
     bar.finish([run])
 
 
@@ -333,14 +341,14 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train
     """``train_group`` over the (unfinished) runs of one group, each into its own directory."""
     dirs = [run_dir(out, r) for r in runs]
     bar.start(runs)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     train_group(tuple(runs), dirs, progress=bar)
-    wall = (time.perf_counter() - t0) / len(runs)
+    wall, cpu = (time.perf_counter() - t0) / len(runs), (cpu_seconds() - c0) / len(runs)
     missing = [str(d) for d in dirs if records.read_result(d) is None]
     if missing:
         raise RuntimeError(f"train_group={train_group!r} returned without writing result.json in {missing}")
     for d in dirs:
-        records.write_record(d, records.RUNNER, {"wall_s": wall, "group": [r.name for r in runs]})
+        records.write_record(d, records.RUNNER, {"wall_s": wall, "cpu_s": cpu, "group": [r.name for r in runs]})
     bar.finish(runs)
 
 

@@ -8,6 +8,7 @@ field by dotted path (``model.d_model``, ``train.steps``, ...), ``N`` (total par
 ``final_train_loss``, ``final_val_loss``, ``final_val_bpb``, ``loss_at_<C>`` (training
 loss interpolated in log FLOPs at the study's FLOP checkpoints; NaN outside the run),
 ``compile_s``, ``train_s``, ``wall_s`` (the run's wall time in the call that finished it),
+``cpu_s`` (the CPU seconds of its process in that call, user + system; NaN in older records),
 ``resumed_from`` (checkpoint step the run resumed from, empty if none), plus any
 per-run ``tags`` the study attaches (e.g. its nominal budget).
 """
@@ -84,7 +85,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     for c, loss in zip(study.loss_at_flops, interpolate_loss(records, study.loss_at_flops)):
         row[loss_column(c)] = loss
     row.update(compile_s=(result or {}).get("compile_s", nan), train_s=(result or {}).get("train_s", nan),
-               wall_s=runner_info.get("wall_s", nan), resumed_from=(result or {}).get("resumed_from"))
+               wall_s=runner_info.get("wall_s", nan), cpu_s=runner_info.get("cpu_s", nan), resumed_from=(result or {}).get("resumed_from"))
     return row
 
 

@@ -15,7 +15,7 @@ from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data import DataConfig
 from lm.flops import param_count, train_flops_per_token
 
-TIMING = ["compile_s", "train_s", "wall_s"]
+TIMING = ["compile_s", "train_s", "wall_s", "cpu_s"]
 
 
 def tiny_run(d_model=16, steps=12, name=None, lr=1e-2) -> RunConfig:
@@ -118,6 +118,7 @@ def test_table_has_one_row_per_run_with_exact_counts(full_sweep):
         assert row["final_val_loss"] == result["final_val_loss"]
         assert row["final_train_loss"] == result["final_train_loss"]
         assert row["compile_s"] >= 0 and row["train_s"] > 0 and row["wall_s"] >= row["train_s"]
+        assert row["cpu_s"] > 0  # this process's CPU seconds while it trained the run
     # one compiled step serves every run of the same shapes (the learning rate is an argument)
     assert (table["compile_s"].iloc[1:] == 0).all()
     # the CSV reads back bit-exactly
@@ -228,7 +229,7 @@ def test_grouped_table_has_the_columns_and_values_of_solo_runs(full_sweep, group
     pd.testing.assert_frame_equal(table[same], solo[same], check_exact=True)
     # a vmapped run follows its solo twin's curve (same data, same step); XLA may reorder sums
     np.testing.assert_allclose(table[losses].to_numpy(float), solo[losses].to_numpy(float), rtol=2e-5)
-    assert (table["wall_s"] > 0).all() and (table["train_s"] > 0).all()
+    assert (table["wall_s"] > 0).all() and (table["train_s"] > 0).all() and (table["cpu_s"] > 0).all()
     for name in study.run_names:
         assert json.loads((out / "runs" / name / "result.json").read_text())["vmapped_with"] == 2
 
