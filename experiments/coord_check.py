@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
+from lm import compiled, multihost, sharding
 from lm import data as lm_data
 from lm import model as lm_model
 from lm import parametrization
@@ -81,8 +82,13 @@ PRESETS = {
 }
 
 
-def _rms(x) -> jax.Array:
-    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+# XLA's backend optimisation level 0 for the programs run once (init, the activations): it halves
+# their compile (transformer, width 128: 9.6 s -> 4.4 s of CPU) for a few tenths of a second more run
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _rms(x, axis=None) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axis))
 
 
 def _head(cfg: ModelConfig, params) -> jax.Array:
@@ -126,47 +132,51 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.stack([[b[k] for b in seed] for seed in out])) for k in out[0][0]}
 
 
-def program(cfg: ModelConfig, preset: Preset):
-    """One compiled program of ``cfg``: every seed (vmapped) from init through ``preset.steps`` Adam steps.
+def _probe(cfg: ModelConfig):
+    """Jitted (params [seeds, steps + 1, ...], tokens [seeds, b, t]) -> (rms, update_rms), each {module: [seeds, steps + 1]}.
 
-    ``(rngs [seeds], batches {key: [seeds, steps, b, t]}, lr []) -> (rms, update_rms)``, each
-    {module: [seeds, steps + 1]}: the RMS of each module's output on the seed's first batch after
-    each step (step 0: at init), and the RMS of its change since step 0. The steps run in a
-    ``lax.scan``, so the program holds one train step and one forward whatever ``preset.steps``.
+    The RMS of each module's output on the tokens after each step (step 0: at init) and of its
+    change since step 0; one forward per (seed, step), vmapped.
     """
-    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
-                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
-    step = lm_step.make_train_step(run)
+    def one_seed(params, tokens):
+        head0 = _head(cfg, jax.tree.map(lambda x: x[0], params))
+        out = jax.vmap(lambda p: activations(cfg, p, tokens, head0))(params)
+        axes = lambda v: tuple(range(1, v.ndim))
+        return {k: _rms(v, axes(v)) for k, v in out.items()}, {k: _rms(v - v[:1], axes(v)) for k, v in out.items()}
 
-    def one_seed(rng, batches, lr):
-        state = lm_step.init_state(run, rng)
-        tokens, head0 = batches["tokens"][0], _head(cfg, state["params"])
-        first = activations(cfg, state["params"], tokens, head0)
-
-        def body(state, batch):
-            state, _ = step(state, batch, lr, jnp.float32(0.0))
-            now = activations(cfg, state["params"], tokens, head0)
-            return state, ({k: _rms(v) for k, v in now.items()}, {k: _rms(v - first[k]) for k, v in now.items()})
-
-        _, (rms, update) = jax.lax.scan(body, state, batches)
-        return ({k: jnp.concatenate([_rms(v)[None], rms[k]]) for k, v in first.items()},
-                {k: jnp.concatenate([jnp.zeros((1,)), update[k]]) for k in first})
-
-    # XLA's backend optimisation level 0 halves the compile (transformer, width 128: 9.6 s -> 4.4 s
-    # of CPU) and doubles the run (0.6 s -> 1.2 s): the compile is most of a width's cost
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)),
-                   compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(jax.vmap(one_seed), compiler_options=FAST_COMPILE)
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
-    One compiled :func:`program` runs every seed; ``batches`` (:func:`seed_batches`, built here
-    when None) are shared by every width.
+    RMS of each module's output on the seed's first batch after each step (step 0: at init) and of
+    its change since step 0. The train step comes from ``lm.compiled`` (the one compile cache) on a
+    one-device mesh, compiled once for every seed; the states are initialised in one vmapped program
+    and the activations measured in another (:func:`_probe`). ``batches`` (:func:`seed_batches`,
+    built here when None) are shared by every width.
     """
     batches = seed_batches(preset) if batches is None else batches
-    rngs = jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))
-    rms, update = jax.device_get(program(cfg, preset)(rngs, batches, jnp.float32(preset.learning_rate)))
+    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
+    mesh = sharding.single_device_mesh()
+    shardings = sharding.state_shardings(run, mesh)
+    init = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE)
+    states = jax.device_get(init(jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))))
+    lr, zero = jnp.float32(preset.learning_rate), jnp.float32(0.0)
+    snapshots = []  # per seed: the params at steps 0..n on the host
+    for seed in range(preset.seeds):
+        state = sharding.shard_state(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
+        feed = [multihost.global_batch({k: v[seed, t] for k, v in batches.items()}, mesh, preset.batch_size)
+                for t in range(preset.steps)]
+        step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False)
+        snapshots.append([state["params"]])
+        for batch in feed:
+            state, _ = step(state, batch, lr, zero)
+            snapshots[-1].append(state["params"])
+    params = jax.tree.map(lambda *x: np.stack(x).reshape(preset.seeds, preset.steps + 1, *x[0].shape),
+                          *jax.device_get([p for seed in snapshots for p in seed]))
+    rms, update = jax.device_get(_probe(cfg)(params, batches["tokens"][:, 0]))
     return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
              "update_rms": float(update[module][seed, t])}
             for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
@@ -177,28 +187,29 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
     """The table of every (parametrization, family, width, step, module), averaged over seeds.
 
     ``options``: ModelConfig fields set on the μP models (``mup_zero_readout``, ``mup_zero_query``,
-    ``tie_embeddings``; the last on both). Without μP-only options the base width is measured
-    once: μP equals SP there bit for bit (``tests/lm/test_parametrization.py``).
+    ``tie_embeddings``; the last on both). A μP base model that equals SP's
+    (``lm.parametrization.equals_sp``: no zero init, so not with the default untied head) is not
+    measured again: its rows are SP's.
     """
     rows = []
     batches = seed_batches(preset)
     for family in families:
-        done = {}
+        measured = {}
         for par in parametrizations:
             base = family_model(family, preset.base_width, preset.num_layers, par)
-            mine = {k: v for k, v in options.items() if par == "mup" or not k.startswith("mup_")}
-            base = dataclasses.replace(base, **mine)
+            base = dataclasses.replace(base, **{k: v for k, v in options.items()
+                                                if par == "mup" or not k.startswith("mup_")})
             for mult in preset.multipliers:
                 cfg = parametrization.at_width(base, mult * preset.base_width)
-                shared = mult == 1 and not any(v for k, v in mine.items() if k.startswith("mup_"))
-                if not (shared and "base" in done):
+                if parametrization.equals_sp(cfg, lm_model.param_rules(cfg)):  # measured once, as SP
+                    key = dataclasses.replace(cfg, parametrization="sp", mup_zero_readout=None)
+                else:
+                    key = cfg
+                if key not in measured:
                     if progress:
                         print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
-                    measured = measure(cfg, preset, batches)
-                    if shared:
-                        done["base"] = measured
-                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r}
-                         for r in (done["base"] if shared else measured)]
+                    measured[key] = measure(cfg, preset, batches)
+                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r} for r in measured[key]]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
     return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()

@@ -44,10 +44,15 @@ LEGACY_MODEL_KEYS: dict[str, tuple[str, str]] = {
 def upgrade_model_dict(d: Mapping) -> dict:
     """A ModelConfig dict with every former flat family key moved into its nested config.
 
+    Without ``mup_zero_readout`` (written before the field existed, when a μP readout started
+    random) it reads as False, so the config rebuilds the same model (the default is now a zero
+    untied readout under μP; ``ModelConfig`` stores False as None where it changes nothing).
+
     Raises:
       ValueError: a flat key and its nested field both given with different values.
     """
     out = dict(d)
+    out.setdefault("mup_zero_readout", False)
     for old, (group, name) in LEGACY_MODEL_KEYS.items():
         if old not in out:
             continue
@@ -67,6 +72,18 @@ def upgrade_run_dict(d: Mapping) -> dict:
     if isinstance(out.get("model"), Mapping):
         out["model"] = upgrade_model_dict(out["model"])
     return out
+
+
+def canonical_zero_readout(model: Mapping) -> bool | None:
+    """A saved ModelConfig dict's ``mup_zero_readout``: None when it builds the default's readout, else the bool.
+
+    Absent means False (written before the field existed, when a μP readout started random); the
+    default (None) is a zero readout for μP with an untied head, a random one otherwise. The study
+    fingerprint compares this value (``experiments/lib/study.py``), so equal models compare equal.
+    """
+    value = model.get("mup_zero_readout", False)
+    default = model.get("parametrization", "sp") == "mup" and not model.get("tie_embeddings", True)
+    return None if value is None or value == default else value
 
 
 def legacy_run_dict(d: Mapping) -> dict:

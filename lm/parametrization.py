@@ -179,6 +179,13 @@ def width_mult(cfg: ModelConfig) -> float:
 # ------------------------------------------------------------------ forward multipliers
 
 
+def zero_readout(cfg: ModelConfig) -> bool:
+    """Whether the untied readout starts at zero: ``mup_zero_readout``, by default (None) μP with an untied head."""
+    if cfg.mup_zero_readout is not None:
+        return cfg.mup_zero_readout
+    return cfg.parametrization == "mup" and not cfg.tie_embeddings
+
+
 def output_multiplier(cfg: ModelConfig) -> float | None:
     """Multiplier of the output logits: None under SP; 1/m (untied head) or m^-1/2 (tied)."""
     if cfg.parametrization == "sp":
@@ -199,6 +206,16 @@ def score_scale(cfg: ModelConfig, head_dim: Callable[[ModelConfig], int]) -> flo
 
 
 # ----------------------------------------------------------------- per-parameter rules
+
+
+def equals_sp(cfg: ModelConfig, rules) -> bool:
+    """Whether ``cfg`` (its :func:`param_rules` ``rules``) trains exactly as under SP: SP, or μP at the
+    base width (forward multipliers SP's) with every init and lr multiplier 1, i.e. no zero init
+    (``mup_zero_readout``, on by default for an untied head, or ``mup_zero_query``)."""
+    if cfg.parametrization == "sp":
+        return True
+    leaves = jax.tree.leaves(rules, is_leaf=lambda x: isinstance(x, ParamRule))
+    return width_mult(cfg) == 1.0 and all(r.init_mult == r.lr_mult == 1.0 for r in leaves)
 
 
 def _is_weight(name: str) -> bool:
@@ -246,7 +263,7 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
             continue
         if keys == ("head",):
-            rules.append(ParamRule("readout", 1.0, 0.0 if cfg.mup_zero_readout else m**0.5, 1.0))
+            rules.append(ParamRule("readout", 1.0, 0.0 if zero_readout(cfg) else m**0.5, 1.0))
             continue
         if not _is_weight(keys[-1]):
             rules.append(ParamRule("vector", 1.0, 1.0, 1.0))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.config_legacy import legacy_run_dict
+from lm.config_legacy import canonical_zero_readout, legacy_run_dict
 from lm.data import DataConfig
 
 MANIFEST = "study.json"
@@ -41,9 +41,12 @@ SHARD_TABLE = re.compile(r"results\.shard-(\d+)-of-(\d+)\.csv$")
 STATUSES = ("complete", "diverged", "failed", "pending")
 # Config fields added after studies had been written: left out of the grid fingerprint and of
 # the run-directory check while at their default, so those studies still resume and load.
+# model.mup_zero_readout counts when it builds another readout than today's default
+# (lm.config_legacy.canonical_zero_readout): an old μP config.json without it or with False (a
+# random untied readout) differs from a grid built today; SP and tied heads are unchanged.
 ADDED_FIELDS = {"data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,
                 "model.remat": "none", "model.parametrization": "sp", "model.base_width": None,
-                "schedule.knots": None, "model.mup_zero_readout": False, "model.mup_zero_query": False}
+                "schedule.knots": None, "model.mup_zero_readout": None, "model.mup_zero_query": False}
 
 
 class StudyError(ValueError):
@@ -114,6 +117,8 @@ def canonical_config(config: Mapping) -> dict:
     with the model's family settings under their former flat keys (``lm/config_legacy.py``), so
     grids and run directories written before the families were nested keep their fingerprints."""
     out = legacy_run_dict(json.loads(json.dumps(config)))
+    if isinstance(out.get("model"), dict):  # μP's readout as the config rebuilds it (absent: False)
+        out["model"]["mup_zero_readout"] = canonical_zero_readout(out["model"])
     for path, default in ADDED_FIELDS.items():
         *parents, leaf = path.split(".")
         node = out
