@@ -1,7 +1,7 @@
 """Coordinate check: activation sizes against width after a few Adam steps, under SP and μP.
 
 ``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--learning-rate LR]
-[--head family|tied|untied] [--zero-readout] [--zero-query] [--out DIR]``
+[--head family|tied|untied] [--zero-readout | --random-readout] [--zero-query] [--out DIR]``
 
 Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train models of
 widths base x {1, 2, 4, 8} for a few steps at one learning rate (large, but not so large
@@ -16,12 +16,15 @@ Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block
 h_t (W_t - W_0) times the output multiplier (h the final norm's output). The logits' change
 is exactly that part plus (h_t - h_0) W_0 times the multiplier: under μP the first is Θ(1)
 and the second's random part falls as m^-1/2 with the vanishing readout init W_0 (measured
-at smoke, transformer, 4 steps: RMS 0.64 against the readout's part's 0.09 at the base
-width, log-log slope -0.42, while the readout's part stays flat, +0.02), so the logits'
-``update_rms`` falls with width until the learned part dominates; ``--zero-readout``
-(``model.mup_zero_readout``) removes the second term. Each (parametrization, family, width)
-is averaged over ``seeds`` (init and data order); one compiled program per (parametrization,
-width) runs every seed, and the base width, where μP equals SP, is measured once.
+at smoke, transformer, 4 steps, random readout: RMS 0.64 against the readout's part's 0.09 at
+the base width, log-log slope -0.42, while the readout's part stays flat, +0.02), so with a
+random readout the logits' ``update_rms`` falls with width (slope -0.38) until the learned part
+dominates. The μP default for an untied head is therefore TP5's zero readout
+(``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
+the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
+not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
+data order): a width's train step comes from ``lm.compiled`` on a one-device mesh, compiled
+once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -133,10 +136,10 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
 
 
 def _probe(cfg: ModelConfig):
-    """Jitted (params [seeds, steps + 1, ...], tokens [seeds, b, t]) -> (rms, update_rms), each {module: [seeds, steps + 1]}.
+    """Jitted (params [seeds, steps + 1, ...], tokens [seeds, b, t]) -> (rms, update_rms).
 
-    The RMS of each module's output on the tokens after each step (step 0: at init) and of its
-    change since step 0; one forward per (seed, step), vmapped.
+    Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
+    step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.
     """
     def one_seed(params, tokens):
         head0 = _head(cfg, jax.tree.map(lambda x: x[0], params))
@@ -245,12 +248,20 @@ def main(argv=None) -> dict:
                    help="Adam's learning rate, a number > 0 (default: the preset's, 3e-3)")
     p.add_argument("--head", choices=("family", "tied", "untied"), default="family",
                    help="the LM head: the family's (untied for the transformer, tied elsewhere), tied or untied")
-    p.add_argument("--zero-readout", action="store_true", help="μP models: model.mup_zero_readout (untied head)")
+    p.add_argument("--zero-readout", action="store_true",
+                   help="μP models: model.mup_zero_readout=true (untied head; the μP default for one)")
+    p.add_argument("--random-readout", action="store_true",
+                   help="μP models: model.mup_zero_readout=false, a random untied readout (= SP at the base width)")
     p.add_argument("--zero-query", action="store_true", help="μP models: model.mup_zero_query")
     args = p.parse_args(argv)
     if args.family != "all" and args.family not in FAMILIES:
         p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
-    options = {"mup_zero_readout": args.zero_readout, "mup_zero_query": args.zero_query}
+    if args.zero_readout and args.random_readout:
+        p.error("--zero-readout, --random-readout: give one of them")
+    options = {"mup_zero_readout": True} if args.zero_readout else {"mup_zero_readout": False} if args.random_readout \
+        else {}
+    if args.zero_query:
+        options["mup_zero_query"] = True
     if args.head != "family":
         options["tie_embeddings"] = args.head == "tied"
     if args.zero_readout and (args.head == "tied" or (args.head == "family" and args.family != "transformer")):
@@ -266,7 +277,7 @@ def main(argv=None) -> dict:
     sl = slopes(table)
     sl.to_csv(out / "slopes.csv", index=False)
     figures = [f for fam in families for f in lib.figures.plot_coord_check(table, fam, out)]
-    chosen = ", ".join(f"{k}={v}" for k, v in options.items() if v) or "defaults"
+    chosen = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
     lines = [f"# Coordinate check ({args.preset} preset, learning rate {preset.learning_rate:g}, μP {chosen})", "",
              "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
              "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]
