@@ -85,8 +85,8 @@ PRESETS = {
 }
 
 
-# XLA's backend optimisation level 0 for the programs run once (init, the activations): it halves
-# their compile (transformer, width 128: 9.6 s -> 4.4 s of CPU) for a few tenths of a second more run
+# XLA's backend optimisation level 0 for every program here (init, train step, activations): each
+# runs a few times, and it halves the compile (transformer, width 128: 9.6 s -> 4.4 s of CPU)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -172,7 +172,7 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
         state = sharding.shard_state(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
         feed = [multihost.global_batch({k: v[seed, t] for k, v in batches.items()}, mesh, preset.batch_size)
                 for t in range(preset.steps)]
-        step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False)
+        step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE)
         snapshots.append([state["params"]])
         for batch in feed:
             state, _ = step(state, batch, lr, zero)
