@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import coord_check
-from lm import parametrization
+from lm import compiled, parametrization
 from lm.presets import FAMILIES, mup_family_model
 
 PRESET = coord_check.PRESETS["smoke"]
@@ -66,7 +66,11 @@ def test_readout_part_is_the_whole_update_with_a_zero_readout():
     preset = dataclasses.replace(PRESET, seeds=2, steps=2)
     base = dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_readout=True)
     cfg = parametrization.at_width(base, 32)
+    cached = set(compiled.CACHE)
     rows = pd.DataFrame(coord_check.measure(cfg, preset)).set_index(["seed", "step", "module"])
+    # one train step compiled through the compile cache for both seeds, at the fast-compile level
+    (key,) = set(compiled.CACHE) - cached
+    assert key[0] == "train" and key[1][0] == cfg and ("xla_backend_optimization_level", 0) in key
     logits, readout = rows.xs("logits", level="module"), rows.xs("logits/readout", level="module")
     np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
     np.testing.assert_allclose(readout["update_rms"], logits["update_rms"], rtol=1e-5)
