@@ -1,7 +1,7 @@
 """Coordinate check: activation sizes against width after a few Adam steps, under SP and μP.
 
 ``python -m experiments.coord_check [--preset smoke|default] [--family NAME|all] [--learning-rate LR]
-[--head family|tied|untied] [--zero-readout] [--zero-query] [--out DIR]``
+[--head family|tied|untied] [--zero-readout | --random-readout] [--zero-query] [--out DIR]``
 
 Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train models of
 widths base x {1, 2, 4, 8} for a few steps at one learning rate (large, but not so large
@@ -16,12 +16,15 @@ Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block
 h_t (W_t - W_0) times the output multiplier (h the final norm's output). The logits' change
 is exactly that part plus (h_t - h_0) W_0 times the multiplier: under μP the first is Θ(1)
 and the second's random part falls as m^-1/2 with the vanishing readout init W_0 (measured
-at smoke, transformer, 4 steps: RMS 0.64 against the readout's part's 0.09 at the base
-width, log-log slope -0.42, while the readout's part stays flat, +0.02), so the logits'
-``update_rms`` falls with width until the learned part dominates; ``--zero-readout``
-(``model.mup_zero_readout``) removes the second term. Each (parametrization, family, width)
-is averaged over ``seeds`` (init and data order); one compiled program per (parametrization,
-width) runs every seed, and the base width, where μP equals SP, is measured once.
+at smoke, transformer, 4 steps, random readout: RMS 0.64 against the readout's part's 0.09 at
+the base width, log-log slope -0.42, while the readout's part stays flat, +0.02), so with a
+random readout the logits' ``update_rms`` falls with width (slope -0.38) until the learned part
+dominates. The μP default for an untied head is therefore TP5's zero readout
+(``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
+the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
+not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
+data order): a width's train step comes from ``lm.compiled`` on a one-device mesh, compiled
+once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -42,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
+from lm import compiled, multihost, sharding
 from lm import data as lm_data
 from lm import model as lm_model
 from lm import parametrization
@@ -81,8 +85,13 @@ PRESETS = {
 }
 
 
-def _rms(x) -> jax.Array:
-    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+# XLA's backend optimisation level 0 for every program here (init, train step, activations): each
+# runs a few times, and it halves the compile (transformer, width 128: 9.6 s -> 4.4 s of CPU)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _rms(x, axis=None) -> jax.Array:
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)), axis=axis))
 
 
 def _head(cfg: ModelConfig, params) -> jax.Array:
@@ -126,47 +135,51 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.stack([[b[k] for b in seed] for seed in out])) for k in out[0][0]}
 
 
-def program(cfg: ModelConfig, preset: Preset):
-    """One compiled program of ``cfg``: every seed (vmapped) from init through ``preset.steps`` Adam steps.
+def _probe(cfg: ModelConfig):
+    """Jitted (params [seeds, steps + 1, ...], tokens [seeds, b, t]) -> (rms, update_rms).
 
-    ``(rngs [seeds], batches {key: [seeds, steps, b, t]}, lr []) -> (rms, update_rms)``, each
-    {module: [seeds, steps + 1]}: the RMS of each module's output on the seed's first batch after
-    each step (step 0: at init), and the RMS of its change since step 0. The steps run in a
-    ``lax.scan``, so the program holds one train step and one forward whatever ``preset.steps``.
+    Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
+    step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.
     """
-    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
-                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
-    step = lm_step.make_train_step(run)
+    def one_seed(params, tokens):
+        head0 = _head(cfg, jax.tree.map(lambda x: x[0], params))
+        out = jax.vmap(lambda p: activations(cfg, p, tokens, head0))(params)
+        axes = lambda v: tuple(range(1, v.ndim))
+        return {k: _rms(v, axes(v)) for k, v in out.items()}, {k: _rms(v - v[:1], axes(v)) for k, v in out.items()}
 
-    def one_seed(rng, batches, lr):
-        state = lm_step.init_state(run, rng)
-        tokens, head0 = batches["tokens"][0], _head(cfg, state["params"])
-        first = activations(cfg, state["params"], tokens, head0)
-
-        def body(state, batch):
-            state, _ = step(state, batch, lr, jnp.float32(0.0))
-            now = activations(cfg, state["params"], tokens, head0)
-            return state, ({k: _rms(v) for k, v in now.items()}, {k: _rms(v - first[k]) for k, v in now.items()})
-
-        _, (rms, update) = jax.lax.scan(body, state, batches)
-        return ({k: jnp.concatenate([_rms(v)[None], rms[k]]) for k, v in first.items()},
-                {k: jnp.concatenate([jnp.zeros((1,)), update[k]]) for k in first})
-
-    # XLA's backend optimisation level 0 halves the compile (transformer, width 128: 9.6 s -> 4.4 s
-    # of CPU) and doubles the run (0.6 s -> 1.2 s): the compile is most of a width's cost
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)),
-                   compiler_options={"xla_backend_optimization_level": 0})
+    return jax.jit(jax.vmap(one_seed), compiler_options=FAST_COMPILE)
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
-    One compiled :func:`program` runs every seed; ``batches`` (:func:`seed_batches`, built here
-    when None) are shared by every width.
+    RMS of each module's output on the seed's first batch after each step (step 0: at init) and of
+    its change since step 0. The train step comes from ``lm.compiled`` (the one compile cache) on a
+    one-device mesh, compiled once for every seed; the states are initialised in one vmapped program
+    and the activations measured in another (:func:`_probe`). ``batches`` (:func:`seed_batches`,
+    built here when None) are shared by every width.
     """
     batches = seed_batches(preset) if batches is None else batches
-    rngs = jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))
-    rms, update = jax.device_get(program(cfg, preset)(rngs, batches, jnp.float32(preset.learning_rate)))
+    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
+    mesh = sharding.single_device_mesh()
+    shardings = sharding.state_shardings(run, mesh)
+    init = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE)
+    states = jax.device_get(init(jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))))
+    lr, zero = jnp.float32(preset.learning_rate), jnp.float32(0.0)
+    snapshots = []  # per seed: the params at steps 0..n on the host
+    for seed in range(preset.seeds):
+        state = sharding.shard_state(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
+        feed = [multihost.global_batch({k: v[seed, t] for k, v in batches.items()}, mesh, preset.batch_size)
+                for t in range(preset.steps)]
+        step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE)
+        snapshots.append([state["params"]])
+        for batch in feed:
+            state, _ = step(state, batch, lr, zero)
+            snapshots[-1].append(state["params"])
+    params = jax.tree.map(lambda *x: np.stack(x).reshape(preset.seeds, preset.steps + 1, *x[0].shape),
+                          *jax.device_get([p for seed in snapshots for p in seed]))
+    rms, update = jax.device_get(_probe(cfg)(params, batches["tokens"][:, 0]))
     return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
              "update_rms": float(update[module][seed, t])}
             for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
@@ -177,28 +190,29 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
     """The table of every (parametrization, family, width, step, module), averaged over seeds.
 
     ``options``: ModelConfig fields set on the μP models (``mup_zero_readout``, ``mup_zero_query``,
-    ``tie_embeddings``; the last on both). Without μP-only options the base width is measured
-    once: μP equals SP there bit for bit (``tests/lm/test_parametrization.py``).
+    ``tie_embeddings``; the last on both). A μP base model that equals SP's
+    (``lm.parametrization.equals_sp``: no zero init, so not with the default untied head) is not
+    measured again: its rows are SP's.
     """
     rows = []
     batches = seed_batches(preset)
     for family in families:
-        done = {}
+        measured = {}
         for par in parametrizations:
             base = family_model(family, preset.base_width, preset.num_layers, par)
-            mine = {k: v for k, v in options.items() if par == "mup" or not k.startswith("mup_")}
-            base = dataclasses.replace(base, **mine)
+            base = dataclasses.replace(base, **{k: v for k, v in options.items()
+                                                if par == "mup" or not k.startswith("mup_")})
             for mult in preset.multipliers:
                 cfg = parametrization.at_width(base, mult * preset.base_width)
-                shared = mult == 1 and not any(v for k, v in mine.items() if k.startswith("mup_"))
-                if not (shared and "base" in done):
+                if parametrization.equals_sp(cfg, lm_model.param_rules(cfg)):  # measured once, as SP
+                    key = dataclasses.replace(cfg, parametrization="sp", mup_zero_readout=None)
+                else:
+                    key = cfg
+                if key not in measured:
                     if progress:
                         print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
-                    measured = measure(cfg, preset, batches)
-                    if shared:
-                        done["base"] = measured
-                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r}
-                         for r in (done["base"] if shared else measured)]
+                    measured[key] = measure(cfg, preset, batches)
+                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r} for r in measured[key]]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
     return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()
@@ -234,12 +248,20 @@ def main(argv=None) -> dict:
                    help="Adam's learning rate, a number > 0 (default: the preset's, 3e-3)")
     p.add_argument("--head", choices=("family", "tied", "untied"), default="family",
                    help="the LM head: the family's (untied for the transformer, tied elsewhere), tied or untied")
-    p.add_argument("--zero-readout", action="store_true", help="μP models: model.mup_zero_readout (untied head)")
+    p.add_argument("--zero-readout", action="store_true",
+                   help="μP models: model.mup_zero_readout=true (untied head; the μP default for one)")
+    p.add_argument("--random-readout", action="store_true",
+                   help="μP models: model.mup_zero_readout=false, a random untied readout (= SP at the base width)")
     p.add_argument("--zero-query", action="store_true", help="μP models: model.mup_zero_query")
     args = p.parse_args(argv)
     if args.family != "all" and args.family not in FAMILIES:
         p.error(f"--family={args.family!r}: allowed values are {FAMILIES} or 'all'")
-    options = {"mup_zero_readout": args.zero_readout, "mup_zero_query": args.zero_query}
+    if args.zero_readout and args.random_readout:
+        p.error("--zero-readout, --random-readout: give one of them")
+    options = {"mup_zero_readout": True} if args.zero_readout else {"mup_zero_readout": False} if args.random_readout \
+        else {}
+    if args.zero_query:
+        options["mup_zero_query"] = True
     if args.head != "family":
         options["tie_embeddings"] = args.head == "tied"
     if args.zero_readout and (args.head == "tied" or (args.head == "family" and args.family != "transformer")):
@@ -255,7 +277,7 @@ def main(argv=None) -> dict:
     sl = slopes(table)
     sl.to_csv(out / "slopes.csv", index=False)
     figures = [f for fam in families for f in lib.figures.plot_coord_check(table, fam, out)]
-    chosen = ", ".join(f"{k}={v}" for k, v in options.items() if v) or "defaults"
+    chosen = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
     lines = [f"# Coordinate check ({args.preset} preset, learning rate {preset.learning_rate:g}, μP {chosen})", "",
              "Log-log slope against width of each module's RMS and of its change since step 0, at the last step "
              "(μP: ~0 everywhere; SP: the logits and the updates grow).", ""]

@@ -52,11 +52,11 @@ def mesh_key(mesh: Mesh) -> tuple:
     return mesh.axis_names, mesh.devices.shape, tuple(d.id for d in mesh.devices.flat)
 
 
-def _cached(key: tuple, lower: Callable[[], jax.stages.Lowered]) -> tuple[Any, float]:
+def _cached(key: tuple, lower: Callable[[], jax.stages.Lowered], options: dict | None = None) -> tuple[Any, float]:
     if key in CACHE:
         return CACHE[key], 0.0
     t0 = time.perf_counter()
-    compiled = lower().compile()
+    compiled = lower().compile(options)
     CACHE[key] = compiled
     return compiled, time.perf_counter() - t0
 
@@ -65,21 +65,24 @@ def _model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in sharding.BATCH_KEYS}
 
 
-def train_step(run: RunConfig, mesh: Mesh, state, batch: dict, *, donate: bool = True) -> tuple[Any, float]:
+def train_step(run: RunConfig, mesh: Mesh, state, batch: dict, *, donate: bool = True,
+               compiler_options: dict | None = None) -> tuple[Any, float]:
     """The compiled train step for these shapes on ``mesh``, and its compile seconds (0 if cached).
 
-    ``state`` and ``batch`` may be arrays or ``jax.ShapeDtypeStruct``.
+    ``state`` and ``batch`` may be arrays or ``jax.ShapeDtypeStruct``; ``compiler_options``: XLA's
+    (``jax.stages.Lowered.compile``), e.g. a short-lived program's faster compile.
     """
     batch = _model_inputs(batch)
     b = batch["tokens"].shape[0]
-    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate)
+    options = tuple(sorted((compiler_options or {}).items()))
+    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate, *options)
     zero = jnp.float32(0.0)
 
     def lower():
         with sharding.mesh_context(mesh):
             return sharded_train_step(run, mesh, b, donate=donate).lower(state, batch, zero, zero)
 
-    return _cached(key, lower)
+    return _cached(key, lower, compiler_options)
 
 
 def vmapped_train_step(run: RunConfig, mesh: Mesh, runs: int, width: int, state, batch: dict) -> tuple[Any, float]:

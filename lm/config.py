@@ -91,9 +91,12 @@ class ModelConfig:
       parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
         ``lm/parametrization.py``); base_width: the d_model at which μP equals SP
         (required for "mup").
-      mup_zero_readout / mup_zero_query: μP only, Tensor Programs V's zero-initialised untied
-        readout (LM head) / query projections (default False: μP then equals SP at the base
-        width).
+      mup_zero_readout: μP only, Tensor Programs V's zero-initialised untied readout (LM head).
+        None (default): on for a μP model with an untied head, off otherwise
+        (``lm.parametrization.zero_readout``); False where it changes nothing (SP, tied head)
+        is stored as None. Saved configs without the field (written when the default was a
+        random readout) load as False.
+      mup_zero_query: μP only, zero-initialised query projections (default False).
 
     families: family name -> its settings (the ``config`` class of its :class:`lm.families.MixerSpec`),
       validated by the registry; the families the pattern uses get their defaults, settings of an
@@ -136,7 +139,7 @@ class ModelConfig:
     moe: MoEConfig = MoEConfig()
     parametrization: str = "sp"
     base_width: int | None = None
-    mup_zero_readout: bool = False
+    mup_zero_readout: bool | None = None
     mup_zero_query: bool = False
 
     def __post_init__(self):
@@ -180,8 +183,11 @@ class ModelConfig:
             from lm.parametrization import base_config
 
             base_config(self)  # raises ValueError without base_width or for non-integer base dims
+        _choice(self, "mup_zero_readout", (None, False, True))
+        _choice(self, "mup_zero_query", (False, True))
+        if self.mup_zero_readout is False and (self.parametrization != "mup" or self.tie_embeddings):
+            object.__setattr__(self, "mup_zero_readout", None)  # one value per model: False changes nothing here
         for name in ("mup_zero_readout", "mup_zero_query"):
-            _choice(self, name, (False, True))
             if getattr(self, name) and self.parametrization != "mup":
                 raise ValueError(f"ModelConfig.{name}=True: only with parametrization='mup' "
                                  f"(got {self.parametrization!r})")

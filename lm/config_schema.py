@@ -58,7 +58,7 @@ NESTED_FAMILIES = ("rnn", "la", "mla")
 ADDED: dict[str, Any] = {
     "data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,
     "model.remat": "none", "model.parametrization": "sp", "model.base_width": None, "schedule.knots": None,
-    "model.mup_zero_readout": False, "model.mup_zero_query": False, "train.checkpoint_steps": None,
+    "model.mup_zero_readout": None, "model.mup_zero_query": False, "train.checkpoint_steps": None,
 }
 
 
@@ -81,6 +81,10 @@ def migrate_model(d: Mapping) -> dict:
       ValueError: a former key and its current place both given with different values.
     """
     out = dict(d)
+    # written before the field existed, when a μP readout started random: False rebuilds that model
+    # (the default, None, is a zero untied readout under μP; ModelConfig stores False as None where
+    # it changes nothing)
+    out.setdefault("mup_zero_readout", False)
     if isinstance(out.get("families"), Mapping):
         out["families"] = {name: dict(s) if isinstance(s, Mapping) else s for name, s in out["families"].items()}
     for name in NESTED_FAMILIES:
@@ -119,6 +123,7 @@ def fingerprint_form(d: Mapping) -> dict:
     out = json.loads(json.dumps(migrate(d)))
     model = out.get("model")
     if isinstance(model, dict):
+        model["mup_zero_readout"] = canonical_zero_readout(model)  # equal models compare equal
         families = {name: dict(s) for name, s in (model.pop("families", None) or {}).items()}
         for old, path in FLAT_MODEL_KEYS.items():
             if path[0] == "families":
@@ -138,3 +143,15 @@ def fingerprint_form(d: Mapping) -> dict:
         if leaf in node and node[leaf] == implied:
             del node[leaf]
     return out
+
+
+def canonical_zero_readout(model: Mapping) -> bool | None:
+    """A migrated ModelConfig dict's ``mup_zero_readout``: None when it builds the default's readout, else the bool.
+
+    The default (None) is a zero readout for μP with an untied head, a random one otherwise
+    (``lm.parametrization.zero_readout``); the fingerprint compares this value, so a config that
+    spells the default out and one that leaves it to None fingerprint alike.
+    """
+    value = model.get("mup_zero_readout", False)
+    default = model.get("parametrization", "sp") == "mup" and not model.get("tie_embeddings", True)
+    return None if value is None or value == default else value

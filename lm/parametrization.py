@@ -32,9 +32,10 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   output     fan-in width-like, fan-out fixed: MoE router,   m^-1/2 1/m_in    -
              MLA decoupled RoPE key (w_kr), GLA gate
              down-projection (d -> 16)
-  readout    the untied LM head                              m^1/2  1         logits × 1/m
+  readout    the untied LM head                              0 (*)  1         logits × 1/m
   (tied)     the embedding as head                           -      -         logits × m^-1/2
   attention  softmax / linear-attention score scale                           d0^1/2 / d_head
+  (*) by default (``mup_zero_readout``, below); m^1/2 with ``mup_zero_readout=False``.
 
 m = d_model / base_width. Why:
   * hidden (Table 3): SP's init var 1/fan_in is μP's; Adam's update of every entry is ~lr,
@@ -43,8 +44,8 @@ m = d_model / base_width. Why:
     (no forward multiplier inside a layer): the router's logits start at ~m^-1/2 (uniform
     routing) and move by Θ(1) per step; the same holds for every projection from the width
     into a fixed number of channels (MLA's RoPE key, GLA's decay gate).
-  * readout: Table 9's form: logits × 1/m, a width-independent init (SP's std d^-1/2 times
-    m^1/2 = d0^-1/2) and a constant lr, as the mup package's MuReadout (which rescales the
+  * readout: Table 9's form: logits × 1/m, a width-independent init (zero by default, else
+    SP's std d^-1/2 times m^1/2 = d0^-1/2) and a constant lr, as the mup package's MuReadout (which rescales the
     SP init by width_mult^1/2). The effective weight W/m then has init std ∝ 1/d and
     per-step updates ∝ 1/d, Table 3's output layer; the init logits vanish like m^-1/2,
     as with the tied head below. Keeping SP's init here (init logits ∝ 1/m) shrinks the
@@ -70,20 +71,23 @@ m = d_model / base_width. Why:
     μP divides by d_head (Sec. 4 of TP5), written d0^1/2/d_head so it is SP's d0^-1/2 at
     the base width. Linear attention's o = scale q S uses the same scale.
 
-Zero-initialised readout and queries (TP5 and the ``mup`` package's zero-init options), off by
-default so that μP equals SP at the base width: ``ModelConfig.mup_zero_readout`` (untied head
-only) and ``mup_zero_query`` (:data:`QUERY_NAMES`) set those init multipliers to 0. The
+Zero-initialised readout and queries (TP5 and the ``mup`` package's zero-init options):
+``ModelConfig.mup_zero_readout`` (untied head only; default None = on under μP, :func:`zero_readout`)
+and ``mup_zero_query`` (:data:`QUERY_NAMES`, default off) set those init multipliers to 0. The
 logits' change is the readout's own update, Θ(1), plus the features' change through the
 random init readout, whose random part falls as m^-1/2; at small widths and few steps the
-latter dominates (``experiments.coord_check``'s docstring has the figures), and a zero
-readout removes it. A zero query makes attention uniform at init (its gradient is not zero).
+latter dominates (``experiments.coord_check``'s docstring has the figures) and the logits'
+update falls with width; a zero readout removes it, hence the default. A tied head (the
+embedding) keeps its random init. A zero query makes attention uniform at init (its gradient
+is not zero).
 
 Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP lr
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier
 (Wortsman et al. 2023, arXiv 2309.14322, Sec. 3.2.2; Wang & Aitchison 2024, arXiv
 2405.13698), so the decay's averaging timescale 1/(lr · wd) steps is the same at every
 width; the set of decayed parameters is SP's (``lm.step.weight_decay_mask``). At the base
-width μP equals SP (all multipliers 1.0; tested bitwise).
+width μP equals SP (all multipliers 1.0; tested bitwise) with a random readout
+(``mup_zero_readout=False``; :func:`equals_sp`).
 
 Axis letters: d model width; m width multiplier d / base_width.
 """
@@ -180,6 +184,13 @@ def width_mult(cfg: ModelConfig) -> float:
 # ------------------------------------------------------------------ forward multipliers
 
 
+def zero_readout(cfg: ModelConfig) -> bool:
+    """Whether the untied readout starts at zero: ``mup_zero_readout``, by default (None) μP with an untied head."""
+    if cfg.mup_zero_readout is not None:
+        return cfg.mup_zero_readout
+    return cfg.parametrization == "mup" and not cfg.tie_embeddings
+
+
 def output_multiplier(cfg: ModelConfig) -> float | None:
     """Multiplier of the output logits: None under SP; 1/m (untied head) or m^-1/2 (tied)."""
     if cfg.parametrization == "sp":
@@ -200,6 +211,16 @@ def score_scale(cfg: ModelConfig, head_dim: Callable[[ModelConfig], int]) -> flo
 
 
 # ----------------------------------------------------------------- per-parameter rules
+
+
+def equals_sp(cfg: ModelConfig, rules) -> bool:
+    """Whether ``cfg`` (its :func:`param_rules` ``rules``) trains exactly as under SP: SP, or μP at the
+    base width (forward multipliers SP's) with every init and lr multiplier 1, i.e. no zero init
+    (``mup_zero_readout``, on by default for an untied head, or ``mup_zero_query``)."""
+    if cfg.parametrization == "sp":
+        return True
+    leaves = jax.tree.leaves(rules, is_leaf=lambda x: isinstance(x, ParamRule))
+    return width_mult(cfg) == 1.0 and all(r.init_mult == r.lr_mult == 1.0 for r in leaves)
 
 
 def _is_weight(name: str) -> bool:
@@ -247,7 +268,7 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
             rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
             continue
         if keys == ("head",):
-            rules.append(ParamRule("readout", 1.0, 0.0 if cfg.mup_zero_readout else m**0.5, 1.0))
+            rules.append(ParamRule("readout", 1.0, 0.0 if zero_readout(cfg) else m**0.5, 1.0))
             continue
         if not _is_weight(keys[-1]):
             rules.append(ParamRule("vector", 1.0, 1.0, 1.0))

@@ -9,22 +9,22 @@ import pandas as pd
 import pytest
 
 from experiments import coord_check
-from lm import parametrization
+from lm import compiled, parametrization
 from lm.presets import FAMILIES, mup_family_model
 
 PRESET = coord_check.PRESETS["smoke"]
 
 
-def _acceptance(sl: pd.DataFrame) -> None:
-    """Issue 26's acceptance on a slopes table indexed by (parametrization, module)."""
+def _acceptance(sl: pd.DataFrame, tied: bool) -> None:
+    """Issue 26's acceptance on a slopes table indexed by (parametrization, module), μP defaults."""
     mup = sl.loc["mup"]
     hidden = [m for m in mup.index if not m.startswith("logits")]
     assert len(hidden) == 1 + 3 * PRESET.num_layers  # embedding + (mixer, ff, residual) per block
     off = {m: round(float(mup.loc[m, "rms_slope"]), 3) for m in hidden if abs(mup.loc[m, "rms_slope"]) > 0.1}
     assert not off, (off, mup["rms_slope"].round(3).to_dict())
-    # the readout's own update moves the logits by Θ(1) at every width (module docstring: the rest of
-    # the logits' change is the vanishing init seen through the features' change)
-    assert abs(mup.loc["logits/readout", "update_rms_slope"]) <= 0.1, mup.round(3).to_dict()
+    # untied: the zero readout makes the logits' whole update flat; tied (the embedding, random at init):
+    # the readout's own update is flat, the rest is the init seen through the features' change (README, μP)
+    assert abs(mup.loc["logits/readout" if tied else "logits", "update_rms_slope"]) <= 0.1, mup.round(3).to_dict()
     assert mup.loc["logits", "rms_slope"] <= 0.1  # the logits do not blow up
     assert sl.loc[("sp", "logits"), "update_rms_slope"] >= 0.2  # under SP their update grows with width
 
@@ -35,27 +35,30 @@ def test_smoke_coord_check(tmp_path):
     assert list(table.columns) == ["parametrization", "family", "width", "step", "module", "rms", "update_rms"]
     assert sorted(table["width"].unique()) == [m * PRESET.base_width for m in PRESET.multipliers]
     assert (tmp_path / "coord_check_transformer.png").exists() and (tmp_path / "report.md").exists()
-    # the base width is measured once: μP equals SP there
-    base = table[table["width"] == PRESET.base_width].set_index(["step", "module"])
-    pd.testing.assert_frame_equal(base[base["parametrization"] == "sp"][["rms", "update_rms"]],
-                                  base[base["parametrization"] == "mup"][["rms", "update_rms"]])
-    _acceptance(result["slopes"].set_index(["parametrization", "module"]))
+    # μP's untied readout starts at zero (its logits are 0 at step 0), SP's does not; at the base width
+    # the rest of the model is SP's, so every other module's step-0 output is the same
+    first = table[table["step"] == 0].set_index(["parametrization", "width", "module"])
+    assert (first.loc["mup"].xs("logits", level="module")["rms"] == 0).all()
+    assert (first.loc["sp"].xs("logits", level="module")["rms"] > 0).all()
+    base = first.xs(PRESET.base_width, level="width").drop(["logits", "logits/readout"], level="module")
+    np.testing.assert_allclose(base.loc["mup"]["rms"], base.loc["sp"]["rms"], rtol=1e-6)
+    _acceptance(result["slopes"].set_index(["parametrization", "module"]), tied=False)
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "transformer"])
 def test_coord_check_every_family(family):
     table = coord_check.coord_check(PRESET, (family,), progress=False)
-    _acceptance(coord_check.slopes(table).set_index(["parametrization", "module"]))
+    _acceptance(coord_check.slopes(table).set_index(["parametrization", "module"]), tied=True)
 
 
-def test_zero_readout_makes_the_logits_update_flat():
-    """``model.mup_zero_readout``: the logits' whole update is flat in width (μP models only; 4 compiles)."""
+def test_random_readout_makes_the_logits_update_fall():
+    """``model.mup_zero_readout=False`` (the former default): the random readout init, seen through the
+    features' change, shrinks the logits' update with width while the readout's own update stays flat."""
     table = coord_check.coord_check(dataclasses.replace(PRESET, seeds=4), ("transformer",), progress=False,
-                                    parametrizations=("mup",), mup_zero_readout=True)
+                                    parametrizations=("mup",), mup_zero_readout=False)
     sl = coord_check.slopes(table).set_index("module")
-    assert abs(sl.loc["logits", "update_rms_slope"]) <= 0.1, sl.round(3).to_dict()
-    off = {m: round(float(v), 3) for m, v in sl["rms_slope"].items() if not m.startswith("logits") and abs(v) > 0.1}
-    assert not off, off
+    assert sl.loc["logits", "update_rms_slope"] < -0.2, sl.round(3).to_dict()
+    assert abs(sl.loc["logits/readout", "update_rms_slope"]) <= 0.1, sl.round(3).to_dict()
 
 
 def test_readout_part_is_the_whole_update_with_a_zero_readout():
@@ -63,7 +66,11 @@ def test_readout_part_is_the_whole_update_with_a_zero_readout():
     preset = dataclasses.replace(PRESET, seeds=2, steps=2)
     base = dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_readout=True)
     cfg = parametrization.at_width(base, 32)
+    cached = set(compiled.CACHE)
     rows = pd.DataFrame(coord_check.measure(cfg, preset)).set_index(["seed", "step", "module"])
+    # one train step compiled through the compile cache for both seeds, at the fast-compile level
+    (key,) = set(compiled.CACHE) - cached
+    assert key[0] == "train" and key[1][0] == cfg and ("xla_backend_optimization_level", 0) in key
     logits, readout = rows.xs("logits", level="module"), rows.xs("logits/readout", level="module")
     np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
     np.testing.assert_allclose(readout["update_rms"], logits["update_rms"], rtol=1e-5)
@@ -84,10 +91,13 @@ def test_learning_rate_must_be_positive(value, tmp_path, capsys):
     assert not (tmp_path / "cc").exists()
 
 
-@pytest.mark.parametrize("args", [["--family", "gla", "--zero-readout"], ["--head", "tied", "--zero-readout"]])
-def test_zero_readout_needs_an_untied_head(args, tmp_path, capsys):
+@pytest.mark.parametrize("args, error", [
+    (["--family", "gla", "--zero-readout"], "--zero-readout: needs an untied head"),
+    (["--head", "tied", "--zero-readout"], "--zero-readout: needs an untied head"),
+    (["--zero-readout", "--random-readout"], "--zero-readout, --random-readout: give one of them")])
+def test_readout_options_are_checked(args, error, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         coord_check.main(["--preset", "smoke", *args, "--out", str(tmp_path / "cc")])
     assert exit_.value.code == 2
-    assert "--zero-readout: needs an untied head" in capsys.readouterr().err
+    assert error in capsys.readouterr().err
     assert not (tmp_path / "cc").exists()

@@ -1,6 +1,7 @@
 """Configs saved by every earlier schema (flat family keys, nested ``model.rnn``) still load, resume and
 keep their fingerprints (``lm/config_schema.py``)."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -127,3 +128,28 @@ def test_old_flat_moe_loss_weights_load_into_the_moe_config():
     flat = fingerprint_form(run.to_dict())["model"]
     assert (flat["moe_load_balance_weight"], flat["moe_router_z_weight"]) == (0.02, 0.0)
     assert "load_balance_weight" not in flat["moe"]
+
+
+def test_an_old_mup_config_keeps_its_random_readout_and_its_fingerprint_differs_from_the_default():
+    """``model.mup_zero_readout`` (default None: a zero untied readout under μP): a μP config.json written
+    without it or with False rebuilds a random readout, so the run directory check tells it from a grid
+    built today; SP and tied configs compare as before."""
+    mup = ModelConfig(d_model=32, num_layers=1, pattern="A", num_heads=2, tie_embeddings=False,
+                      parametrization="mup", base_width=16)
+    today = lib.study.canonical_config(RunConfig(model=mup).to_dict())
+    assert "mup_zero_readout" not in today["model"]
+    assert lib.study.canonical_config(RunConfig(model=dataclasses.replace(mup, mup_zero_readout=True)).to_dict()) \
+        == today  # the same model
+    for saved in (False, "absent"):
+        d = RunConfig(model=mup).to_dict()
+        if saved == "absent":
+            del d["model"]["mup_zero_readout"]
+        else:
+            d["model"]["mup_zero_readout"] = saved
+        assert RunConfig.from_dict(d).model.mup_zero_readout is False
+        assert lib.study.canonical_config(d)["model"]["mup_zero_readout"] is False
+    for model in (ModelConfig(), dataclasses.replace(mup, tie_embeddings=True)):  # SP, tied: nothing changed
+        d = RunConfig(model=model).to_dict()
+        d["model"]["mup_zero_readout"] = False
+        assert lib.study.canonical_config(d) == lib.study.canonical_config(RunConfig(model=model).to_dict())
+        assert RunConfig.from_dict(d).model == model

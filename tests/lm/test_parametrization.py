@@ -61,11 +61,20 @@ def test_classes_and_multipliers_per_family(family):
         row = _find(rows, suffix)
         assert row["kind"] == kind, (suffix, row)
         expected = {"vector": (1, 1), "input": (1, 1), "embedding": (1, m**-0.5), "hidden": (1, 1 / m),
-                    "output": (m**-0.5, 1 / m), "readout": (m**0.5, 1)}[kind]
+                    "output": (m**-0.5, 1 / m), "readout": (0, 1)}[kind]  # the untied readout starts at 0
         assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
     assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
-    # at the base width every multiplier is exactly 1
-    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(FAMILIES[family]).values())
+    random_readout = dataclasses.replace(cfg, mup_zero_readout=False)
+    assert _find(_rows(random_readout), "embed" if cfg.tie_embeddings else "head")["init_mult"] == pytest.approx(
+        1 if cfg.tie_embeddings else m**0.5)
+    # at the base width every multiplier is exactly 1 but the default zero readout's init
+    base = FAMILIES[family]
+    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for p, r in _rows(base).items() if p != "head")
+    assert parametrization.equals_sp(base, model.param_rules(base)) == base.tie_embeddings
+    random_base = dataclasses.replace(base, mup_zero_readout=False)
+    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(random_base).values())
+    assert parametrization.equals_sp(random_base, model.param_rules(random_base))
+    assert not parametrization.equals_sp(cfg, model.param_rules(cfg))
 
 
 def test_forward_multipliers():
@@ -103,8 +112,8 @@ def test_sp_init_is_fan_in_scaled(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_mup_equals_sp_at_base_width(family):
-    """Bitwise: init and logits of every family at the base width (one program per family)."""
-    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p) for p in ("sp", "mup")]
+    """Bitwise: init and logits of every family at the base width (one program per family), with a random readout."""
+    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p, mup_zero_readout=False) for p in ("sp", "mup")]
     tokens = _batch(cfgs[0].vocab_size)["tokens"]
 
     def both(rng):
@@ -124,7 +133,8 @@ def test_mup_step_equals_sp_at_base_width():
     batch = _batch(BASE)
     news = []
     for p in ("sp", "mup"):
-        run = RunConfig(model=dataclasses.replace(FAMILIES["transformer"], parametrization=p, vocab_size=BASE),
+        run = RunConfig(model=dataclasses.replace(FAMILIES["transformer"], parametrization=p, vocab_size=BASE,
+                                                  mup_zero_readout=False),
                         optimizer=OptimizerConfig(weight_decay=0.1))
         state = jax.jit(step.init_state, static_argnums=0)(run)
         news.append(jax.jit(step.make_train_step(run))(state, batch, jnp.float32(1e-2), jnp.float32(0.1))[0])
@@ -179,7 +189,7 @@ def test_config_validation():
 def test_zero_readout_and_query_options():
     """Tensor Programs V's zero-initialised readout / query projections: exactly zero, everything else unchanged."""
     for family, queries in (("transformer", ("wq",)), ("gla", ("w_q",)), ("mla", ("w_uq",))):
-        cfg = parametrization.at_width(FAMILIES[family], 2 * BASE)
+        cfg = parametrization.at_width(dataclasses.replace(FAMILIES[family], mup_zero_readout=False), 2 * BASE)
         zero = dataclasses.replace(cfg, mup_zero_query=True, mup_zero_readout=not cfg.tie_embeddings)
         plain, zeroed = (_flat(model.init_params(c, jax.random.PRNGKey(0))) for c in (cfg, zero))
         zeroed_names = {p for p in plain if p.split("/")[-1] in queries or (p == "head" and zero.mup_zero_readout)}
@@ -198,6 +208,25 @@ def test_zero_readout_and_query_options():
             ModelConfig(tie_embeddings=False, **{name: True})
         with pytest.raises(ValueError, match=f"{name}=.yes.: allowed values"):
             dataclasses.replace(FAMILIES["transformer"], **{name: "yes"})
+
+
+def test_zero_readout_is_the_default_of_an_untied_mup_head_and_old_configs_keep_theirs():
+    """``mup_zero_readout=None``: on for μP with an untied head only; a saved config without the field
+    (or with False) rebuilds its random readout; False where it changes nothing is stored as None."""
+    untied = parametrization.at_width(FAMILIES["transformer"], 2 * BASE)
+    assert untied.mup_zero_readout is None and parametrization.zero_readout(untied)
+    assert not parametrization.zero_readout(FAMILIES["gla"])  # tied
+    assert not parametrization.zero_readout(dataclasses.replace(untied, parametrization="sp"))
+    assert ModelConfig(mup_zero_readout=False) == ModelConfig()  # SP
+    assert dataclasses.replace(FAMILIES["gla"], mup_zero_readout=False) == FAMILIES["gla"]  # tied
+    assert dataclasses.replace(untied, mup_zero_readout=False).mup_zero_readout is False
+    saved = RunConfig(model=untied).to_dict()
+    del saved["model"]["mup_zero_readout"]  # a config.json written before the field existed
+    old = RunConfig.from_dict(saved).model
+    assert old.mup_zero_readout is False
+    assert RunConfig.from_dict(RunConfig(model=untied).to_dict()).model == untied
+    heads = [model.init_params(c, jax.random.PRNGKey(0))["head"] for c in (old, untied)]
+    assert np.asarray(heads[0]).std() > 0 and not np.asarray(heads[1]).any()
 
 
 class _Interrupt(Exception):
