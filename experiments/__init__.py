@@ -12,7 +12,7 @@ Layout:
                                :class:`experiments.lib.Preset` base, reports, figures.
 
 Studies do not import each other: what two studies share lives in ``experiments.lib``, in
-``lm`` (model sizes: ``lm.presets.LADDER``, ``lm.presets.mup_family_model``) or in
+``lm`` (model sizes: ``lm.model.presets.LADDER``, ``lm.model.presets.mup_family_model``) or in
 ``scaling``; ``experiments.lib`` imports no study.
 
 Public (what notebooks and code outside ``experiments`` may use):

@@ -8,7 +8,7 @@ On a GPU or TPU (the default JAX backend), in order:
   2. each kernel against its reference form, forward and forward+backward, at a
      realistic shape (flash_attention, linear_scan, linear_attention, gmm);
   3. the bfloat16 train-step MFU of transformer_512 and griffin: model FLOPs per step
-     (``lm.flops.train_flops_per_token``, not 6N) over step time and the device's peak;
+     (``lm.model.counting.train_flops_per_token``, not 6N) over step time and the device's peak;
   4. the chinchilla study (``--preset default``) for at most ``--chinchilla-seconds``.
 It is sized for under 8 minutes on one H100 / H200.
 
@@ -54,8 +54,8 @@ def peak_flops(device) -> float | None:
 
 def tiny_model(family: str):
     """A test-size model of ``family`` (each mixer once, d_model 64): lowering only."""
-    from lm.families import with_settings
-    from lm.presets import get_preset
+    from lm.model.families import with_settings
+    from lm.model.presets import get_preset
 
     base = get_preset(family)
     pattern = "".join(dict.fromkeys(base.pattern))
@@ -66,9 +66,9 @@ def tiny_model(family: str):
 
 def lowering_checks() -> dict:
     """Lower every family's sharded train step for TPU and GPU; {case: kernel calls or error}."""
-    from lm import compiled, sharding
-    from lm import data as lm_data
-    from lm.config import RunConfig
+    from lm.train import compiled, sharding
+    from lm.data import pipeline as lm_data
+    from lm.model.config import RunConfig
 
     out = {}
     for family in FAMILIES:
@@ -146,12 +146,12 @@ def kernel_timings() -> list[dict]:
 
 def train_step_mfu(preset: str, *, batch: int = 16, seq_len: int = 1024, steps: int = 10) -> dict:
     """bfloat16 train step of ``preset``: seconds per step and MFU against the device's peak."""
-    from lm import compiled, sharding
-    from lm import data as lm_data
-    from lm import flops as lm_flops
-    from lm.packing import random_batch
-    from lm.config import RunConfig
-    from lm.presets import get_preset
+    from lm.train import compiled, sharding
+    from lm.data import pipeline as lm_data
+    from lm.model import counting as lm_flops
+    from lm.data.packing import random_batch
+    from lm.model.config import RunConfig
+    from lm.model.presets import get_preset
 
     model = dataclasses.replace(get_preset(preset), dtype="bfloat16")
     run = RunConfig(model=model, data=lm_data.DataConfig(source="synthetic", seq_len=seq_len, batch_size=batch),

@@ -6,7 +6,7 @@ Transformer, Griffin, Hawk (De et al. 2024, arXiv:2402.19427), gated linear atte
 (Yang et al. 2024, arXiv:2312.06635), MLA (DeepSeek-V2, arXiv:2405.04434) and a top-2-of-8
 MoE whose ACTIVE parameters match the dense transformer (expert width 2d: top_k x 2d = the
 dense MLP's 4d) are trained on one grid of FLOP budgets x sizes. The FLOPs of a run are
-exact per family (:func:`lm.flops.train_flops_per_token`: attention, recurrences, the MoE's
+exact per family (:func:`lm.model.counting.train_flops_per_token`: attention, recurrences, the MoE's
 active experts, not 6N), so every family spends the same C at a budget.
 
 Analysis (reads only the table, fits with :mod:`scaling`):
@@ -19,7 +19,7 @@ Analysis (reads only the table, fits with :mod:`scaling`):
                largest budget C_max and C_f(L) = (A_f / (L - E_f))^(1/alpha_f): the compute a
                family needs to match the transformer (< 1: more efficient); intervals pair
                the bootstrap resamples of the two fits;
-  cache        decode-cache bytes per token at ``context`` tokens (:func:`lm.model.cache_bytes`)
+  cache        decode-cache bytes per token at ``context`` tokens (:func:`lm.model.network.cache_bytes`)
                beside each multiplier.
 
 Outputs under ``--out`` (default ``runs/architectures/<preset>``): run directories,
@@ -51,8 +51,8 @@ from experiments.lib.report import check_level, jsonable
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
-from lm.config import ModelConfig
-from lm.flops import param_count, train_flops_per_token
+from lm.model.config import ModelConfig
+from lm.model.counting import param_count, train_flops_per_token
 
 FAMILIES = ("transformer", "griffin", "hawk", "gla", "mla", "moe")
 CONTEXT = 4096
@@ -61,7 +61,7 @@ CONTEXT = 4096
 def family_model(family: str, d_model: int, num_layers: int) -> ModelConfig:
     """The ``family``'s model at width ``d_model`` and depth ``num_layers`` (heads of 16 dims).
 
-    Mirrors :data:`lm.presets.PRESETS` (Griffin: RRW blocks, local MQA window 256, RoPE on
+    Mirrors :data:`lm.model.presets.PRESETS` (Griffin: RRW blocks, local MQA window 256, RoPE on
     half the head, MLP 3d, logit soft-cap 30; Hawk: R only; GLA; MLA with kv rank d/4; MoE:
     8 experts of width 2d, top-2, so the active MLP equals the dense 4d MLP).
     """
@@ -163,8 +163,8 @@ def build_wsd_study(preset: Preset, out: str | Path, preset_name: str = "custom"
 
 
 def cache_per_token(model: ModelConfig, context: int = CONTEXT) -> float:
-    """Decode-cache bytes per token of ``model`` at ``context`` tokens (:func:`lm.model.cache_bytes`)."""
-    from lm.model import cache_bytes
+    """Decode-cache bytes per token of ``model`` at ``context`` tokens (:func:`lm.model.network.cache_bytes`)."""
+    from lm.model.network import cache_bytes
 
     return cache_bytes(model, context) / context
 

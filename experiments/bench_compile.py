@@ -27,11 +27,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm import compiled as lm_compiled
-from lm import sharding
-from lm.config import RunConfig
-from lm.data import DataConfig
-from lm.presets import get_preset
+from lm.train import compiled as lm_compiled
+from lm.train import sharding
+from lm.model.config import RunConfig
+from lm.data.config import DataConfig
+from lm.model.presets import get_preset
 
 
 def _abstract_batch(batch: int, seq_len: int) -> dict:

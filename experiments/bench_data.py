@@ -20,15 +20,15 @@ import tempfile
 import time
 
 from experiments.lib.timing import train_step_throughput
-from lm import data as lm_data
-from lm import data_sources, prepare
+from lm.data import pipeline as lm_data
+from lm.data import sources, prepare
 
 
 def prepare_throughput(out: str, tokenizer: str, workers: int) -> dict:
     """Prepare the embedded corpus into ``out``; MB/s of the tokenizing pass (tokenizer trained first)."""
     links = os.path.join(out + "-input")
     os.makedirs(links, exist_ok=True)
-    for i, path in enumerate(data_sources.stdlib_files()):  # the corpus's files, test folders excluded
+    for i, path in enumerate(sources.stdlib_files()):  # the corpus's files, test folders excluded
         link = os.path.join(links, f"{i:05d}.txt")
         if not os.path.exists(link):
             os.symlink(path, link)

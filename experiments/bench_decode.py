@@ -6,7 +6,7 @@ donated and fed back (updated in place), median of repeats. A decode step's work
 depend on which cache slots hold real tokens (attention reads every slot of its buffer,
 masked or not; recurrent and linear-attention states are fixed-size), so the cache is not
 prefilled. Cache bytes are per sequence, summed over blocks
-(``lm.model.cache_bytes``). Expected: the transformer's latency and cache grow with L;
+(``lm.model.network.cache_bytes``). Expected: the transformer's latency and cache grow with L;
 Griffin's, Hawk's (fixed-size states and a ring buffer of the local-attention window)
 stay flat.
 
@@ -24,9 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm import model
-from lm.families import with_settings
-from lm.presets import PRESETS, get_preset
+from lm.model import network as model
+from lm.model.families import with_settings
+from lm.model.presets import PRESETS, get_preset
 
 DEFAULT_PRESETS = [p for p in ("transformer", "griffin", "hawk", "mla") if p in PRESETS]
 

@@ -45,7 +45,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm.flops import linear_attention_flops
+from lm.model.counting import linear_attention_flops
 from pallas_kernels.linear_attention import linear_attention_chunked, linear_attention_parallel
 
 HEADS, DIM = 8, 64

@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, sharding
-from lm import step as lm_step
-from lm.config import RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.flops import param_count
-from lm.packing import random_batch
-from lm.presets import get_preset
+from lm.train import compiled, sharding
+from lm.train import step as lm_step
+from lm.model.config import RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.counting import param_count
+from lm.data.packing import random_batch
+from lm.model.presets import get_preset
 
 
 def bench(num_experts: int, dispatch: str, batch: int, seq_len: int, steps: int) -> dict:

@@ -3,7 +3,7 @@
 1. Peak: the FLOP/s of a large jitted float32 matmul on this machine (best of several).
 2. Train step of the ``transformer_512`` preset (d_model 512, 8 layers, sequence 512) at a
    batch that fills the step; achieved model FLOP/s = exact training FLOPs per step
-   (``lm.flops``, causal attention counted per visible pair) / step time.
+   (``lm.model.counting``, causal attention counted per visible pair) / step time.
 MFU = achieved / peak (Chowdhery et al. 2022, Appendix B). Target on a 2-core CPU in float32: >= 40%.
 """
 

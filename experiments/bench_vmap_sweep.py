@@ -4,13 +4,13 @@
 steady-state training throughput (tokens/s summed over the K runs, compile excluded, the
 same pre-loaded batches for both) of an 8-point learning-rate sweep of a small model, the
 speed-up (target >= 3x), and checks that every vmapped run's loss curve equals its
-sequential twin trained with lm.train's step (rtol 1e-5, see tests/lm/test_vmap_sweep.py).
+sequential twin trained with lm.train.solo's step (rtol 1e-5, see tests/lm/test_vmap_sweep.py).
 
 Where the gain comes from: one dispatch per step instead of K, and K-times larger matmuls
 that fill an accelerator that one small model leaves idle. Neither exists on a small CPU,
 and the bench prints the evidence next to the speed-up: the process CPU time per wall
 second ("cores busy") of each loop. ``--width W`` vmaps W runs at a time inside the step
-(:func:`lm.step.make_vmapped_step`; default all K on a GPU/TPU, 2 on CPU).
+(:func:`lm.train.step.make_vmapped_step`; default all K on a GPU/TPU, 2 on CPU).
 
 Measured on the 2-core CPU (quiet machine, default flags: 8 runs, d_model 64, 2 layers,
 batch 8x64): sequential 63-66k tok/s with 1.55 cores busy; width 2 (the CPU default)
@@ -36,12 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import compiled, multihost, sharding
-from lm import train as lm_train
-from lm import vmap_sweep as vs
-from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
-from lm.loop import lr_at
+from lm.train import compiled, multihost, sharding
+from lm.train import solo as lm_train
+from lm.train import sweep as vs
+from lm.model.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.train.loop import lr_at
 
 
 def main(argv=None) -> dict:
@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=None,
                    help="runs vmapped together inside the step (0 = all; default: all on GPU/TPU, 2 on CPU)")
     p.add_argument("--end-to-end", action="store_true",
-                   help="also time lm.vmap_sweep.train_vmapped against K calls of lm.train.train (data pipeline, "
+                   help="also time lm.train.sweep.train_vmapped against K calls of lm.train.solo.train (data pipeline, "
                         "logging, evaluation and checkpoints included)")
     a = p.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "highest")  # the twins' equality check is at f32 ulps
@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
             t_vm_e2e = time.perf_counter() - t0
         out.update(end_to_end_sequential_s=t_seq_e2e, end_to_end_vmapped_s=t_vm_e2e,
                    end_to_end_speedup=t_seq_e2e / t_vm_e2e)
-        print(f"  end to end (lm.train.train x {a.runs} vs train_vmapped; compiled steps already cached): "
+        print(f"  end to end (lm.train.solo.train x {a.runs} vs train_vmapped; compiled steps already cached): "
               f"{t_seq_e2e:.1f} s vs {t_vm_e2e:.1f} s = {t_seq_e2e / t_vm_e2e:.2f}x")
     return out
 

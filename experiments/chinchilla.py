@@ -4,7 +4,7 @@
 
 Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (arXiv:2203.15556):
 for every FLOP budget C and every model size of a size ladder, train one model for
-D = C / f tokens, where f = :func:`lm.flops.train_flops_per_token` (exact matmul FLOPs of
+D = C / f tokens, where f = :func:`lm.model.counting.train_flops_per_token` (exact matmul FLOPs of
 the architecture at this sequence length, attention included; not 6N), rounded to whole
 steps. Each run has a cosine schedule whose length is the run's length (Hoffmann Sec. 3,
 "the cosine cycle length matches the number of training steps") decaying to 10% of the
@@ -20,7 +20,7 @@ peak, and a warmup that is a fixed fraction of the run. Then (experiments.chinch
 Presets: ``smoke`` (seconds; CI and tests), ``default`` (the README's main job, minutes on a
 2-core CPU), ``full`` (GPU/TPU sizes; not run in CI). The size ladder :data:`LADDER` names
 every model: ``d<width>L<layers>``; heads of 16 dims up to width 128, of 64 dims above;
-gated MLP of width 4d; tied embeddings; :data:`lm.presets.LADDER` (vocabulary 259 bytes, or the tokenizer's of a
+gated MLP of width 4d; tied embeddings; :data:`lm.model.presets.LADDER` (vocabulary 259 bytes, or the tokenizer's of a
 prepared ``--data DIR``; FLOPs and N include it). Runs over ``--max-epochs`` (default 1) epochs
 of the training split are refused before training (:mod:`experiments.lib.data_budget`).
 
@@ -50,10 +50,10 @@ from experiments import chinchilla_analysis, lib
 from experiments.lib import branches, data_budget
 from experiments.lib.report import jsonable
 from experiments.lib.study import TABLE
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
-from lm.flops import param_count, train_flops_per_token
-from lm.presets import LADDER, ladder_model
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.counting import param_count, train_flops_per_token
+from lm.model.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)

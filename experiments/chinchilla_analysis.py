@@ -82,7 +82,7 @@ def entropy_floor(study: lib.Study) -> dict[str, float] | None:
     data = study.runs[0].data
     if data.source != "synthetic":
         return None
-    from lm.data import entropy_rate_bits
+    from lm.data.pipeline import entropy_rate_bits
 
     bits = entropy_rate_bits(data)
     return {"bits_per_byte": bits, "nats_per_byte": bits * LN2}
@@ -322,7 +322,7 @@ def write_report(out: Path, n: dict, fit3=None, boot3=None) -> Path:
     L = [f"# Chinchilla isoFLOP study: preset `{meta.get('preset')}`, data `{meta.get('data')}`", "",
          f"{n['runs_complete']} of {n['runs_total']} runs complete; fitted loss `{n['loss']}` (nats/token); "
          f"sizes {', '.join(meta.get('sizes', []))}; budgets {', '.join(_fmt(c) for c in meta.get('budgets', []))} "
-         f"FLOPs (exact training FLOPs per token, lm/flops.py). Table: `{n['table']}`; every number below is "
+         f"FLOPs (exact training FLOPs per token, lm/model/counting.py). Table: `{n['table']}`; every number below is "
          f"in `fit.json`, fitted from that table by `scaling/` ({n['bootstrap']} bootstrap resamples, "
          f"{level} percentile intervals).", ""]
     a3 = n["approach3"]

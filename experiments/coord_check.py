@@ -7,7 +7,7 @@ Yang et al. 2022 (Tensor Programs V, arXiv 2203.03466, Sec. 5 and Fig. 5): train
 widths base x {1, 2, 4, 8} for a few steps at one learning rate (large, but not so large
 that the base model's activations grow several-fold) and record, on a fixed batch, the RMS
 of every module's output after each step and the RMS of its change since step 0. Under μP
-(``lm/parametrization.py``) every curve is flat in width; under SP the hidden activations
+(``lm/model/parametrization.py``) every curve is flat in width; under SP the hidden activations
 and their updates grow with width, and so do the logits' updates.
 
 Modules: ``embedding`` (sqrt(d) E[tokens]), per block ``block_i/mixer``, ``block_i/ff``
@@ -23,7 +23,7 @@ dominates. The μP default for an untied head is therefore TP5's zero readout
 (``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
 the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
 not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
-data order): a width's train step comes from ``lm.compiled`` on a one-device mesh, compiled
+data order): a width's train step comes from ``lm.train.compiled`` on a one-device mesh, compiled
 once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
@@ -45,15 +45,15 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
-from lm import compiled, multihost, sharding
-from lm import data as lm_data
-from lm import model as lm_model
-from lm import parametrization
-from lm import step as lm_step
-from lm.config import ModelConfig, OptimizerConfig, RunConfig
-from lm.data import DataConfig
-from lm.presets import FAMILIES, PARAMETRIZATIONS
-from lm.presets import mup_family_model as family_model
+from lm.train import compiled, multihost, sharding
+from lm.data import pipeline as lm_data
+from lm.model import network as lm_model
+from lm.model import parametrization
+from lm.train import step as lm_step
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig
+from lm.data.config import DataConfig
+from lm.model.presets import FAMILIES, PARAMETRIZATIONS
+from lm.model.presets import mup_family_model as family_model
 
 @dataclasses.dataclass(frozen=True)
 class Preset(lib.Preset):
@@ -154,7 +154,7 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
     RMS of each module's output on the seed's first batch after each step (step 0: at init) and of
-    its change since step 0. The train step comes from ``lm.compiled`` (the one compile cache) on a
+    its change since step 0. The train step comes from ``lm.train.compiled`` (the one compile cache) on a
     one-device mesh, compiled once for every seed; the states are initialised in one vmapped program
     and the activations measured in another (:func:`_probe`). ``batches`` (:func:`seed_batches`,
     built here when None) are shared by every width.
@@ -191,7 +191,7 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
 
     ``options``: ModelConfig fields set on the μP models (``mup_zero_readout``, ``mup_zero_query``,
     ``tie_embeddings``; the last on both). A μP base model that equals SP's
-    (``lm.parametrization.equals_sp``: no zero init, so not with the default untied head) is not
+    (``lm.model.parametrization.equals_sp``: no zero init, so not with the default untied head) is not
     measured again: its rows are SP's.
     """
     rows = []

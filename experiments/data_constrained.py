@@ -38,9 +38,9 @@ import pandas as pd
 
 from experiments import lib
 from experiments.lib import data_budget
-from lm import data as lm_data
-from lm.data import DataConfig
-from lm.presets import LADDER, ladder_model
+from lm.data import pipeline as lm_data
+from lm.data.config import DataConfig
+from lm.model.presets import LADDER, ladder_model
 from scaling import laws
 
 

@@ -12,7 +12,7 @@ bootstrap (the near-optimal runs, filtered once, resampled with replacement; per
 intervals and SDs).
 
 The learning-rate axis of every (cell, batch size) is one group of the shared runner
-(``run_study(groups=...)``), trained as ONE vmapped program (:func:`lm.vmap_sweep.train_vmapped`:
+(``run_study(groups=...)``), trained as ONE vmapped program (:func:`lm.train.sweep.train_vmapped`:
 same model, data and batch; K learning rates), so the runner's table, resume (a finished
 run is never retrained), progress bar and curves work as for any study. Schedule: cosine over the run with warmup
 ``warmup_fraction``; AdamW; D is an exact multiple of every batch size's tokens per step.
@@ -35,9 +35,9 @@ import pandas as pd
 from experiments import lib
 from experiments.lib import data_budget
 from experiments.lib.report import check_level
-from lm import vmap_sweep
-from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.presets import LADDER, ladder_model
+from lm.train import sweep
+from lm.model.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.model.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ def build_study(preset: Preset, preset_name: str = "custom", *, data: str = "std
                                   log_every=max(1, steps // 8), checkpoint_every=steps, progress=False),
                 name=f"{cell_name(size, tokens)}-B{b}",
             )
-            group = vmap_sweep.sweep_runs(base, learning_rates=preset.learning_rates)
+            group = sweep.sweep_runs(base, learning_rates=preset.learning_rates)
             groups.append(tuple(r.name for r in group))
             for r in group:
                 runs.append(r)

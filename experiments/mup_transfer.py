@@ -9,10 +9,10 @@ Re-search" (Su et al. 2024, arXiv 2304.06875) and MiniCPM's model wind tunnel (H
 narrow ones.
 
 Grid: widths base x multipliers (smoke {1, 2, 4, 8}; default 16 x {1, 1.5, 2, 3, 4, 6, 8}, half-octave
-steps; ``lm.parametrization.at_width``; μP's base width = the smallest) x {SP, μP} x peak
+steps; ``lm.model.parametrization.at_width``; μP's base width = the smallest) x {SP, μP} x peak
 learning rates; each (parametrization, width) is one group of the shared runner
 (``run_study(groups=...)``) trained as one vmapped program over its learning rates
-(:func:`lm.vmap_sweep.train_vmapped`), with the runner's resume and shards.
+(:func:`lm.train.sweep.train_vmapped`), with the runner's resume and shards.
 Schedule: cosine with warmup; AdamW (independent weight decay under μP). ``--zero-readout``:
 the μP runs start from Tensor Programs V's zero readout (``model.mup_zero_readout``; untied
 heads, i.e. the transformer).
@@ -46,11 +46,12 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
-from lm import parametrization, vmap_sweep
-from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
-from lm.presets import FAMILIES, PARAMETRIZATIONS
-from lm.presets import mup_family_model as family_model
+from lm.model import parametrization
+from lm.train import sweep as vmap_sweep
+from lm.model.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.presets import FAMILIES, PARAMETRIZATIONS
+from lm.model.presets import mup_family_model as family_model
 
 
 @dataclasses.dataclass(frozen=True)

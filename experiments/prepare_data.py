@@ -2,7 +2,7 @@
 
 Tokenizes every document once, in worker processes, into token shards that the training
 pipeline memory-maps and reads by random access (fixed-width uint16/uint32 token files
-plus a per-document table; format in :mod:`lm.prepare`), and writes ``DIR/manifest.json``
+plus a per-document table; format in :mod:`lm.data.prepare`), and writes ``DIR/manifest.json``
 (documents, tokens and bytes per split, the tokenizer, the source spec, a fingerprint).
 Then train on it with ``python -m experiments.train --data.source prepared --data.path DIR``
 or any study's ``--data DIR``.
@@ -34,8 +34,8 @@ import math
 import sys
 import time
 
-from lm import prepare
-from lm.prepare_manifest import verify
+from lm.data import prepare
+from lm.data.manifest import verify
 
 # experiments.lib (the one-line errors of experiments.train) is imported inside the functions:
 # importing it loads jax, which the tokenizing worker processes (spawn re-imports this module) never use.

@@ -44,8 +44,8 @@ from pathlib import Path
 
 from experiments import lib, schedules_analysis
 from experiments.lib import data_budget
-from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.presets import LADDER, ladder_model
+from lm.model.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.model.presets import LADDER, ladder_model
 
 STABLE = schedules_analysis.STABLE
 
@@ -55,7 +55,7 @@ class Preset(lib.Preset):
     """One loss-curve study.
 
     Attributes:
-      size: ladder model name (lm.presets.LADDER).
+      size: ladder model name (lm.model.presets.LADDER).
       steps: the long length L; short_steps: the short length (cosine and exponential WSD).
       seq_len, batch_size, eval_batches: shared by every run.
       log_every: steps per curve point (every branch point must be a multiple of it).

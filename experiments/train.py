@@ -4,7 +4,7 @@ Writes the run directory (config.json, metrics.jsonl, orbax checkpoints, result.
 loss_curve.png and a TensorBoard event file: ``tensorboard --logdir runs/``) and prints a
 short sample of generated text at the end. Rerunning the same command resumes from the
 latest intact checkpoint; a run directory holding another config, or trained on another
-corpus (its corpus.json records the corpus fingerprint, :mod:`lm.data_check`), is refused
+corpus (its corpus.json records the corpus fingerprint, :mod:`lm.data.check`), is refused
 (the message names the fields that differ, or both fingerprints) unless ``--overwrite``
 starts the run afresh. The data is checked before step 0: a damaged prepared corpus (its
 manifest, a missing or cut-short shard), an empty split, or a ``--model.vocab_size`` below
@@ -31,13 +31,15 @@ from experiments.lib import outdir
 from experiments.lib.cli import EXIT_CODES, RUN_FAILED, OneLineParser, add_config_args, apply_overrides, fail, training
 from experiments.lib.figures import plot_loss_curve
 from experiments.lib.progress import SweepProgress
-from lm import data as lm_data
-from lm import compiled, data_check, decode, multihost, records, run_lock, sharding, train
-from lm.checkpoint import CheckpointError
-from lm.config import RunConfig
-from lm.config_schema import migrate
-from lm.presets import PRESETS, get_preset
-from lm.tensorboard import EVENT_PREFIX
+from lm.data import pipeline as lm_data
+from lm.train import compiled, multihost, records, run_lock, sharding, solo as train
+from lm.data import check
+from lm.model import decode
+from lm.train.checkpoint import CheckpointError
+from lm.model.config import RunConfig
+from lm.model.config_schema import migrate
+from lm.model.presets import PRESETS, get_preset
+from lm.train.tensorboard import EVENT_PREFIX
 
 
 def sample_text(run: RunConfig, params, prompt: str = "def ", n: int = 120, seed: int = 0) -> str:
@@ -72,9 +74,9 @@ def default_run() -> RunConfig:
 
 # Fields that do not change what is trained: a rerun may change them freely.
 RESUME_FREE_FIELDS = ("train.progress",)
-# What lm.train.train and this command write into a run directory (--overwrite removes these only).
+# What lm.train.solo.train and this command write into a run directory (--overwrite removes these only).
 RUN_RECORDS = (*records.RUN_FILES, "corpus.json.tmp", "result.json.tmp", "checkpoints", "loss_curve.png")
-# Not among them: the lock file (lm.run_lock.LOCK), held by the command that overwrites.
+# Not among them: the lock file (lm.train.run_lock.LOCK), held by the command that overwrites.
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -107,7 +109,7 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
         if (run_dir / "checkpoints").exists():
             raise outdir.OutputError(f"run directory {run_dir} holds checkpoints but no config.json; {hint}")
         return
-    try:  # a config of an earlier schema (lm/config_schema.py) reads as today
+    try:  # a config of an earlier schema (lm/model/config_schema.py) reads as today
         old = RunConfig.from_dict(old).to_dict()
     except (ValueError, TypeError):
         old = migrate(old)  # the differences below say what no longer loads
@@ -119,10 +121,10 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
 
 def check_run_data(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
     """Refuse (ValueError, one line) data the run cannot train on, or a run directory trained on
-    another corpus unless ``overwrite`` (:func:`lm.data_check.check_run`); writes nothing."""
+    another corpus unless ``overwrite`` (:func:`lm.data.check.check_run`); writes nothing."""
     try:
-        data_check.check_run(run, None if overwrite else run_dir)
-    except data_check.CorpusMismatchError as err:
+        check.check_run(run, None if overwrite else run_dir)
+    except check.CorpusMismatchError as err:
         raise outdir.OutputError(f"{err}; rerun with --overwrite to start this run afresh on the new corpus, "
                                  "or restore the old one (nothing was changed)") from err
 

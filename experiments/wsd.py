@@ -36,8 +36,8 @@ import pandas as pd
 from experiments import lib
 from experiments.lib import branches, data_budget
 from experiments.lib.study import CURVES
-from lm.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.presets import LADDER, ladder_model
+from lm.model.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.model.presets import LADDER, ladder_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Preset(lib.Preset):
     """One WSD-vs-cosine study.
 
     Attributes:
-      size: ladder model name (lm.presets.LADDER).
+      size: ladder model name (lm.model.presets.LADDER).
       lengths: run lengths L_i in steps (ascending); each branch point s_i must be a multiple
         of ``checkpoint_unit`` so the stable run saves there.
       decay_fraction: decay length of a branch as a fraction of its run length.

@@ -2,5 +2,5 @@
 
 Used as pure functions: ``params = module.init(rng, x)``, ``y = module.apply(params, x)``.
 Parameters carry logical axis names (see :mod:`layers.partitioning`) that
-``lm/sharding.py`` maps onto mesh axes.
+``lm/train/sharding.py`` maps onto mesh axes.
 """

@@ -11,7 +11,7 @@ optional shared experts are always active (DeepSeekMoE Sec. 3.2) and are compute
 Routers (``layers/moe_routers.py``), losses (``layers/moe_losses.py``), dispatch
 (``layers/moe_dispatch.py``) and expert parallelism (``layers/moe_expert_parallel.py``)
 live in their own files; this file assembles them. Parameters and FLOPs are counted in
-``lm/flops.py``.
+``lm/model/counting.py``.
 
 Auxiliary outputs are returned explicitly, ``y, aux = layer.apply(params, x)``, so the
 training loss adds ``w_lb * aux["load_balance_loss"] + w_z * aux["router_z_loss"]`` with

@@ -2,7 +2,7 @@
 
 Layers name every parameter dimension with a logical axis ("embed", "heads", "kv", "mlp",
 "experts", "vocab", ...) and constrain activations with ("batch", "length", ...). One table
-in ``lm/sharding.py`` maps logical names to mesh axes; with no mesh and no rules in
+in ``lm/train/sharding.py`` maps logical names to mesh axes; with no mesh and no rules in
 scope the names are only metadata and the constraints no-ops, so a single CPU runs the same code.
 
 Pallas kernels (Mosaic on TPU, Triton / Mosaic GPU) cannot be split by the SPMD
@@ -87,7 +87,7 @@ def _spec(mesh, axes: Axes, shape: Sequence[int]) -> tuple[P, dict[str, tuple[st
     """PartitionSpec of one array, and the mesh axes each logical name took.
 
     Each dimension takes the longest prefix of its rule's free mesh axes that is not yet
-    used and whose sizes' product divides the dimension (as ``lm.sharding.logical_spec``).
+    used and whose sizes' product divides the dimension (as ``lm.train.sharding.logical_spec``).
     """
     if axes is None:
         return P(), {}

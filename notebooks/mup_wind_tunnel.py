@@ -52,7 +52,7 @@ ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 
 # %% [markdown]
 # ## The parametrization
-# One module, `lm/parametrization.py`, classifies every parameter of every family and gives
+# One module, `lm/model/parametrization.py`, classifies every parameter of every family and gives
 # its init and learning-rate multipliers (its docstring has the table and the reasoning).
 # Here: the transformer at 4x its base width.
 
@@ -63,8 +63,8 @@ import pandas as pd  # noqa: E402
 from IPython.display import Image, display  # noqa: E402
 
 from experiments import coord_check, lib, mup_transfer  # noqa: E402
-from lm import model, parametrization  # noqa: E402
-from lm.presets import mup_family_model  # noqa: E402
+from lm.model import network as model, parametrization  # noqa: E402
+from lm.model.presets import mup_family_model  # noqa: E402
 
 base = mup_family_model("transformer", base_width=16, num_layers=1)
 wide = parametrization.at_width(base, 64)
@@ -107,7 +107,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lm.flops import param_count  # noqa: E402
+from lm.model.counting import param_count  # noqa: E402
 
 
 def synthetic_table(study) -> pd.DataFrame:

@@ -51,11 +51,11 @@ print("JAX", jax.__version__, "devices:", jax.devices())
 import dataclasses  # noqa: E402
 import tempfile  # noqa: E402
 
-from lm import records as lm_records  # noqa: E402
-from lm import train as lm_train  # noqa: E402
-from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig  # noqa: E402
-from lm.data import DataConfig  # noqa: E402
-from lm.flops import param_count  # noqa: E402
+from lm.train import records as lm_records  # noqa: E402
+from lm.train import solo as lm_train  # noqa: E402
+from lm.model.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig  # noqa: E402
+from lm.data.config import DataConfig  # noqa: E402
+from lm.model.counting import param_count  # noqa: E402
 
 steps = 20 if SMOKE else 600
 run = RunConfig(
@@ -97,8 +97,8 @@ assert train_recs and all(r["train_loss"] == r["train_loss"] for r in train_recs
 # %%
 import jax.numpy as jnp  # noqa: E402
 
-from lm.decode import generate  # noqa: E402
-from lm.tokenizer import ByteTokenizer  # noqa: E402
+from lm.model.decode import generate  # noqa: E402
+from lm.data.tokenizer import ByteTokenizer  # noqa: E402
 
 tok = ByteTokenizer()
 _, params = lm_train.load_params(run_dir)

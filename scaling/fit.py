@@ -12,7 +12,7 @@ __all__ = ["FitResult", "fit_law"]
 if __name__ == "__main__":
     import sys
 
-    from lm import compile_cache
+    from lm.train import compile_cache
     from scaling.cli import main
 
     compile_cache.enable()  # a law's solver compiles once per table size, not once per run

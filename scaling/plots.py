@@ -7,7 +7,7 @@ pyplot state).
 
 Compute: by default the frontiers use C = 6ND (Kaplan et al. 2020, Hoffmann et al. 2022).
 Pass ``flops_per_token`` (N -> training FLOPs per token, e.g. the exact count of
-:func:`lm.flops.train_flops_per_token` interpolated along a model ladder) to draw them
+:func:`lm.model.counting.train_flops_per_token` interpolated along a model ladder) to draw them
 under C = f(N) D instead, which is what runs trained at exact FLOP budgets lie on.
 
 Axis letters: m runs, k budgets, g grid points, n bootstrap samples.

@@ -8,7 +8,7 @@ was step - 1, so the LR area it has seen is S(step - 1) = sum_{tau<step} eta_tau
 
 ``scaling`` never imports ``lm`` (DESIGN.md: it fits tables of numbers), so the schedule is
 read from config.json's plain JSON and evaluated by :func:`lr_multiplier`, which mirrors
-``lm.schedules.lr_multiplier``; ``tests/scaling/test_curves_cli.py`` pins the two equal for
+``lm.train.schedules.lr_multiplier``; ``tests/scaling/test_curves_cli.py`` pins the two equal for
 every kind and decay shape.
 
 Axis letters: T steps.

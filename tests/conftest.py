@@ -3,9 +3,9 @@
 * float32 parity tests run with the highest matmul precision;
 * every process of the session (this one, the xdist workers, the subprocesses the tests
   start: CLIs, fake-device workers, notebook kernels) shares one JAX persistent
-  compilation cache (:mod:`lm.compile_cache`) in a temporary folder made by the controller
+  compilation cache (:mod:`lm.train.compile_cache`) in a temporary folder made by the controller
   and removed when it ends (never the user's cache): the environment variables of
-  :func:`lm.compile_cache.settings`, inherited by every child, give it to JAX on import, so
+  :func:`lm.train.compile_cache.settings`, inherited by every child, give it to JAX on import, so
   a program compiled once (a smoke model's train step, the reference of a kill/resume
   test) is loaded, not compiled, everywhere else. ``SCALELAB_TEST_JAX_CACHE=DIR`` keeps it
   in DIR across sessions instead;
@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lm import compile_cache
+from lm.train import compile_cache
 
 # The controller (no xdist worker id) makes the session's cache before JAX is imported;
 # workers and subprocesses inherit the variables.

@@ -29,9 +29,9 @@ from typing import Any
 
 from experiments.lib import data_budget
 from experiments.lib.study import Study, StudyError, run_dir
-from lm.config import DECAY_SHAPES, RunConfig, ScheduleConfig
-from lm.flops import train_flops_per_token
-from lm.schedules import warmup_steps
+from lm.model.config import DECAY_SHAPES, RunConfig, ScheduleConfig
+from lm.model.counting import train_flops_per_token
+from lm.train.schedules import warmup_steps
 
 METHODS = ("grid", "wsd")
 SUBDIR = "wsd"  # --method wsd writes under <the grid's --out>/wsd, beside the grid it is compared with
@@ -60,7 +60,7 @@ def wsd_study(grid: Study, out: str | Path, *, label: Callable[[Mapping[str, Any
       label: a model's name from a grid run's tags (e.g. ``lambda t: t["size"]``); runs with
         the same label must be the same model.
       fraction: cooldown length as a fraction of each branch (0 < fraction < 1).
-      shape: cooldown shape (:data:`lm.config.DECAY_SHAPES`), to the grid run's floor
+      shape: cooldown shape (:data:`lm.model.config.DECAY_SHAPES`), to the grid run's floor
         ``schedule.min_ratio``; warmup: the grid's warmup of the model's longest run.
 
     Raises:

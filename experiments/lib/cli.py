@@ -3,7 +3,7 @@
 ``--model.d_model 512 --optimizer.learning_rate 1e-3 --schedule.kind wsd`` : one flag per
 leaf field, named by its dotted path (the settings of every installed mixer family too:
 ``--model.families.rnn.width 384``), typed from the field's current value; the former family
-flags (``--model.rnn.width``, ``--model.rnn_width``: ``lm/config_schema.py``) still work,
+flags (``--model.rnn.width``, ``--model.rnn_width``: ``lm/model/config_schema.py``) still work,
 unlisted. ``none``
 sets an optional field to None; tuples are written as JSON lists. Each flag's help says
 what the field means (:data:`FIELD_HELP`, else the "name: text" entry of its dataclass's
@@ -29,11 +29,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lm import preemption
-from lm.config_schema import FLAT_MODEL_KEYS, NESTED_FAMILIES
-from lm.families import MIXERS, settings
-from lm.records import DiskFullError, disk_full_error
-from lm.run_lock import RunDirLockedError
+from lm.train import preemption
+from lm.model.config_schema import FLAT_MODEL_KEYS, NESTED_FAMILIES
+from lm.model.families import MIXERS, settings
+from lm.train.records import DiskFullError, disk_full_error
+from lm.train.run_lock import RunDirLockedError
 
 USAGE_ERROR = 2  # refused before anything ran: a bad flag, value, output directory or record; a run directory in use
 RUN_FAILED = 1  # the command ran and failed (a diverged run, unreadable checkpoints, a full disk)
@@ -105,7 +105,7 @@ def fail(prog: str, message: str, code: int = USAGE_ERROR) -> NoReturn:
 
 @contextlib.contextmanager
 def training(prog: str) -> Iterator[None]:
-    """Train inside: SIGTERM/Ctrl-C stop at a step boundary (``lm.preemption.handle_signals``), and
+    """Train inside: SIGTERM/Ctrl-C stop at a step boundary (``lm.train.preemption.handle_signals``), and
     what stops the training is one line on stderr with its exit code (:data:`EXIT_CODES`)."""
     try:
         with preemption.handle_signals():

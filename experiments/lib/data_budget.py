@@ -3,7 +3,7 @@
 Every study takes ``--data`` ("stdlib", the embedded corpus; or a directory written by
 ``python -m experiments.prepare_data``) and ``--max-epochs``. A run makes
 D / U epochs of its training split: D = steps x batch_size x seq_len tokens trained, U the
-split's unique training targets (:func:`lm.data.dataset_info`). A study whose runs would go
+split's unique training targets (:func:`lm.data.pipeline.dataset_info`). A study whose runs would go
 over ``--max-epochs`` is refused before training, in one line naming the largest run
 (default 1.0: the scaling laws of Kaplan et al. 2020 and Hoffmann et al. 2022 assume no
 repetition; ``experiments.data_constrained`` studies repetition and sets its own). The
@@ -13,7 +13,7 @@ table of each run's tokens, unique tokens and epochs.
 Before any training, :func:`check_data` refuses in one line a corpus the runs cannot train on
 (a damaged prepared directory: manifest, a missing or cut-short shard; an empty split) and a
 run directory trained on another corpus than ``--data`` holds now (corpus.json,
-:mod:`lm.data_check`), naming the run and both fingerprints.
+:mod:`lm.data.check`), naming the run and both fingerprints.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.lib.study import StudyError, run_dir
-from lm import data as lm_data
-from lm import data_check
-from lm.config import RunConfig
-from lm.data import DataConfig
-from lm.data_config import SOURCES
-from lm.records import atomic_write
+from lm.data import pipeline as lm_data
+from lm.data import check
+from lm.model.config import RunConfig
+from lm.data.config import DataConfig
+from lm.data.config import SOURCES
+from lm.train.records import atomic_write
 
 DEFAULT_MAX_EPOCHS = 1.0
 
@@ -65,7 +65,7 @@ def label(spec: str) -> str:
 
 
 def vocab_size(data: DataConfig) -> int:
-    """The model vocabulary that ``data``'s tokenizer needs (:func:`lm.data.vocab_size`)."""
+    """The model vocabulary that ``data``'s tokenizer needs (:func:`lm.data.pipeline.vocab_size`)."""
     return lm_data.vocab_size(data)
 
 
@@ -120,12 +120,12 @@ def check_reads(runs: Sequence[RunConfig], spec: str) -> None:
 
 def check_data(runs: Sequence[RunConfig], out: str | Path) -> None:
     """Raise StudyError (one line) before training unless every run can train on its data and
-    its directory under ``out`` records no other corpus (:func:`lm.data_check.check_run`); reads only."""
+    its directory under ``out`` records no other corpus (:func:`lm.data.check.check_run`); reads only."""
     corpora: dict[DataConfig, dict] = {}  # a study's runs share a few corpora: fingerprint each once
     for run in runs:
         try:
-            corpora[run.data] = data_check.check_run(run, run_dir(out, run), corpora.get(run.data))
-        except data_check.CorpusMismatchError as err:
+            corpora[run.data] = check.check_run(run, run_dir(out, run), corpora.get(run.data))
+        except check.CorpusMismatchError as err:
             raise StudyError(f"run {run.name}: {err}; restore that corpus, or choose another --out to train the "
                              "study on this one (nothing was changed)") from err
         except ValueError as err:

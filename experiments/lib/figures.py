@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
-from lm.records import atomic_write
+from lm.train.records import atomic_write
 from scaling import laws
 from scaling.plots import save_figure
 

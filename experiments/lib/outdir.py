@@ -10,9 +10,9 @@ one line naming the path and what is wrong, and writes nothing, when:
   names the fields that differ).
 
 A run directory's records (result.json, failure.json, runner.json) are read and written by
-``lm.records`` alone, leniently where a kill may have cut one short (``lm.records.read_result``:
+``lm.train.records`` alone, leniently where a kill may have cut one short (``lm.train.records.read_result``:
 unreadable means "not finished"); the runner writes its own files (study.json, tables) whole or
-not at all (``lm.records.atomic_write``, re-exported here as :func:`atomic_write`).
+not at all (``lm.train.records.atomic_write``, re-exported here as :func:`atomic_write`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from lm.records import atomic_write  # noqa: F401  (the one atomic writer; the runner's modules use it from here)
-from lm.records import flatten
+from lm.train.records import atomic_write  # noqa: F401  (the one atomic writer; the runner's modules use it from here)
+from lm.train.records import flatten
 
 
 class OutputError(ValueError):

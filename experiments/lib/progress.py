@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from lm.config import RunConfig
+from lm.model.config import RunConfig
 
 STEP_OVERHEAD_FLOPS = 2e8  # ETA weight of a step's fixed cost (~10 ms of host dispatch on a CPU)
 
@@ -35,7 +35,7 @@ def _clock(seconds: float) -> str:
 
 class SweepProgress:
     """The progress display of a sweep; also the ``progress(step, total, metrics)`` callback
-    that :func:`lm.train.train` and the group trainers call after each step.
+    that :func:`lm.train.solo.train` and the group trainers call after each step.
 
     Args:
       runs: the runs still to train (their cost sets the total work).
@@ -49,7 +49,7 @@ class SweepProgress:
     def __init__(self, runs: Sequence[RunConfig], done: int, total: int, enabled: bool = True, *,
                  stream: TextIO | None = None, interactive: bool | None = None,
                  every_percent: float = 5.0, every_seconds: float = 30.0):
-        from lm.flops import train_flops_per_token
+        from lm.model.counting import train_flops_per_token
 
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled

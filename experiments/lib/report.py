@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lm.records import atomic_write
+from lm.train.records import atomic_write
 
 
 def check_level(level: float) -> float:

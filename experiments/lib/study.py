@@ -1,17 +1,17 @@
 """A study: a named grid of runs, its fingerprint, and where its records live under ``out``.
 
-A *study* is a named grid (a tuple of :class:`lm.config.RunConfig`, built with
+A *study* is a named grid (a tuple of :class:`lm.model.config.RunConfig`, built with
 ``dataclasses.replace``) plus study-level metadata. :func:`experiments.lib.sweep.run_study`
 executes the grid (or one shard of it) under ``out``:
 
   out/study.json                    manifest: study name, grid fingerprint, run names, meta
-  out/runs/<run name>/              one directory per run (lm.train: config.json,
+  out/runs/<run name>/              one directory per run (lm.train.solo: config.json,
                                     metrics.jsonl, checkpoints/, result.json; and a
-                                    TensorBoard event file, lm.tensorboard: run
+                                    TensorBoard event file, lm.train.tensorboard: run
                                     ``tensorboard --logdir out/runs``)
   out/runs/events.out.tfevents.0.study.scalelab
                                     the HParams experiment: the config fields the runs
-                                    vary, TensorBoard's HParams columns (lm.tensorboard)
+                                    vary, TensorBoard's HParams columns (lm.train.tensorboard)
   out/results.csv                   the tidy table (one row per run, :mod:`experiments.lib.table`),
   out/results.shard-<i>-of-<n>.csv  or, for a shard, that shard's rows
   out/curves.csv                    long table of every run's loss curve (run, step,
@@ -21,7 +21,7 @@ The fingerprint (:meth:`Study.fingerprint`) hashes only the runs' configs and th
 FLOP checkpoints: no class, module or preset name enters it, so moving code never changes
 the fingerprint of a saved study (``tests/experiments/test_fingerprints.py`` pins them). Each
 config is migrated to the current schema and hashed in its fingerprint form
-(``lm.config_schema.fingerprint_form``), so a schema change never changes a fingerprint either.
+(``lm.model.config_schema.fingerprint_form``), so a schema change never changes a fingerprint either.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.config_schema import fingerprint_form
-from lm.data import DataConfig
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.model.config_schema import fingerprint_form
+from lm.data.config import DataConfig
 
 MANIFEST = "study.json"
 RUNS_DIR = "runs"
@@ -89,7 +89,7 @@ class Study:
 
     def fingerprint(self) -> str:
         """sha256 of the grid (every run's config in :func:`canonical_config` form, in grid order) and
-        loss_at_flops. Fields added since studies were first written (``lm.config_schema.ADDED``)
+        loss_at_flops. Fields added since studies were first written (``lm.model.config_schema.ADDED``)
         count only when set to another value than the one those studies implied."""
         blob = json.dumps([[canonical_config(r.to_dict()) for r in self.runs], list(self.loss_at_flops)],
                           sort_keys=True)
@@ -109,7 +109,7 @@ class Study:
 def canonical_config(config: Mapping) -> dict:
     """A run's config dict (``RunConfig.to_dict`` or a config.json of any schema version) as the
     fingerprint and the run-directory check compare it: migrated to the current schema, in its
-    fingerprint form (``lm.config_schema.fingerprint_form``), so grids and run directories
+    fingerprint form (``lm.model.config_schema.fingerprint_form``), so grids and run directories
     written by any earlier version keep their fingerprints and resume."""
     return fingerprint_form(config)
 

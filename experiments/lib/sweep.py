@@ -7,7 +7,7 @@
 
 Resumable: a run whose ``result.json`` records a finished run is never trained again
 (``{}``, ``[]`` or a cut-short file is not one); an interrupted run resumes from its newest
-intact orbax checkpoint (:func:`lm.train.train` does that; :mod:`lm.checkpoint` falls back
+intact orbax checkpoint (:func:`lm.train.solo.train` does that; :mod:`lm.train.checkpoint` falls back
 past unreadable ones), so a sweep killed at any moment and rerun yields the same table
 (losses bitwise on CPU). A run none of whose checkpoints can be read is marked "failed"
 (failure.json) and the sweep goes on; the next call retries it. ``shard=(i, n)`` trains
@@ -18,10 +18,10 @@ table, bad groups, data the runs cannot train on, a run directory trained on ano
 :func:`experiments.lib.data_budget.check_data`) runs before the first step of training.
 
 Groups: ``run_study(..., groups=[(name, ...), ...])`` trains the runs of each group
-together with ``train_group`` (default :func:`lm.vmap_sweep.train_vmapped`: one compiled
+together with ``train_group`` (default :func:`lm.train.sweep.train_vmapped`: one compiled
 program vmapped over runs that differ only in learning rate, weight decay or seed; the
 learning-rate axis of a Step Law grid). Runs in no group train alone with
-:func:`lm.train.train`. Everything else is as for solo runs: the same run directories and
+:func:`lm.train.solo.train`. Everything else is as for solo runs: the same run directories and
 table columns (``wall_s`` and ``cpu_s`` of a grouped run are the group's wall time and CPU
 seconds divided by the runs it trained), a diverged run of a group is "diverged" in the table, the progress bar counts
 the group's runs. A shard holds whole groups (the grid is sharded by work unit: a group,
@@ -31,18 +31,18 @@ only the unfinished runs are trained again, as a smaller group of the same progr
 (``train_vmapped`` keeps no checkpoints, so they restart from step 0), and a finished run
 is never retrained.
 
-Stops and locks: SIGTERM or Ctrl-C (``lm.preemption.handle_signals``) stops the sweep at the
+Stops and locks: SIGTERM or Ctrl-C (``lm.train.preemption.handle_signals``) stops the sweep at the
 current run's next step boundary, with that run's checkpoint saved (a group stops likewise,
-without checkpoints), or before the next run; ``lm.preemption.Preempted`` is raised, the
+without checkpoints), or before the next run; ``lm.train.preemption.Preempted`` is raised, the
 table written after the last finished unit lists every run (the unfinished ones "pending"),
 and a rerun resumes. Each run's directory is
-locked while it trains (``lm.run_lock``; a group locks each of its runs), so disjoint shards
+locked while it trains (``lm.train.run_lock``; a group locks each of its runs), so disjoint shards
 run side by side and a second sweep reaching a run in training is refused
-(``lm.run_lock.RunDirLockedError``); a run found finished once its lock is taken (by another
+(``lm.train.run_lock.RunDirLockedError``); a run found finished once its lock is taken (by another
 process meanwhile) is not trained again.
 
 Compilation: JAX's persistent compilation cache is enabled
-(:func:`lm.compiled.enable_compilation_cache`) and :data:`lm.compiled.CACHE` reuses the
+(:func:`lm.train.compiled.enable_compilation_cache`) and :data:`lm.train.compiled.CACHE` reuses the
 compiled step across runs of identical shapes in one process; the table reports
 ``compile_s`` separately from ``train_s``.
 """
@@ -66,10 +66,10 @@ from experiments.lib.study import (CURVES, MANIFEST, RUNS_DIR, Study, StudyError
                                    shard_runs, table_path)
 from experiments.lib.table import (collect_curves, collect_table, merge_tables, read_study_table, study_tables,
                                    write_table)
-from lm import compiled, preemption, records, run_lock, tensorboard
-from lm import train as lm_train
-from lm.checkpoint import CheckpointError
-from lm.config import RunConfig
+from lm.train import compiled, preemption, records, run_lock, tensorboard
+from lm.train import solo as lm_train
+from lm.train.checkpoint import CheckpointError
+from lm.model.config import RunConfig
 
 # ----------------------------------------------------------------------- output dir
 
@@ -146,8 +146,8 @@ def load_results(study: Study, out: str | Path, extra_tables: Sequence[str | Pat
 GroupTrainer = Callable[..., Any]
 """``train_group(runs, run_dirs, *, progress)``: trains the runs together and writes each run's
 config.json, metrics.jsonl and result.json (``"status": "complete" | "diverged"``) into its
-directory as :func:`lm.train.train` does; ``progress(step, total, {"loss": ...})`` like
-``train``'s. :func:`lm.vmap_sweep.train_vmapped` is one."""
+directory as :func:`lm.train.solo.train` does; ``progress(step, total, {"loss": ...})`` like
+``train``'s. :func:`lm.train.sweep.train_vmapped` is one."""
 
 
 def check_groups(study: Study, groups: Sequence[Sequence[str]],
@@ -157,10 +157,10 @@ def check_groups(study: Study, groups: Sequence[Sequence[str]],
     Raises:
       StudyError: an empty group, a name not in the grid, a run in two groups (or twice in
         one), or runs that ``check`` refuses to train together (default
-        :func:`lm.vmap_sweep.check_sweep`; its message is kept).
+        :func:`lm.train.sweep.check_sweep`; its message is kept).
     """
     if check is None:
-        from lm.vmap_sweep import check_sweep as check
+        from lm.train.sweep import check_sweep as check
     by_name = {r.name: r for r in study.runs}
     seen: dict[str, int] = {}
     out = []
@@ -226,9 +226,9 @@ def run_study(
       groups: run names trained together, one tuple per group (module docstring: resume,
         shards); runs in no group train alone.
       train_group: the group trainer (:data:`GroupTrainer`); default
-        :func:`lm.vmap_sweep.train_vmapped`.
+        :func:`lm.train.sweep.train_vmapped`.
       check_group: raises ValueError for runs ``train_group`` cannot train together; default
-        :func:`lm.vmap_sweep.check_sweep`.
+        :func:`lm.train.sweep.check_sweep`.
 
     Returns:
       The shard's table (rows in grid order), also written to :func:`table_path`.
@@ -236,13 +236,13 @@ def run_study(
     Raises:
       StudyError: before any training (and before ``out`` is touched), for a bad grid,
         shard, group or output directory.
-      lm.preemption.Preempted: SIGTERM or Ctrl-C stopped the sweep (module docstring).
-      lm.run_lock.RunDirLockedError: another process is training one of the runs.
-      lm.records.DiskFullError: no space left for a record or checkpoint.
+      lm.train.preemption.Preempted: SIGTERM or Ctrl-C stopped the sweep (module docstring).
+      lm.train.run_lock.RunDirLockedError: another process is training one of the runs.
+      lm.train.records.DiskFullError: no space left for a record or checkpoint.
     """
     groups = check_groups(study, groups, check_group)
     if train_group is None:
-        from lm.vmap_sweep import train_vmapped as train_group
+        from lm.train.sweep import train_vmapped as train_group
     units = shard_runs(work_units(study, groups), shard)
     mine = {r.name for unit in units for r in unit}
     runs = tuple(r for r in study.runs if r.name in mine)
@@ -290,7 +290,7 @@ def run_study(
 
 
 def _stop_between_runs(unit: Sequence[RunConfig]) -> None:
-    """Raise ``lm.preemption.Preempted`` if a signal came while the previous unit finished."""
+    """Raise ``lm.train.preemption.Preempted`` if a signal came while the previous unit finished."""
     if preemption.requested() is not None:
         raise preemption.preempted(f"preempted before run {unit[0].name!r} ({{signal}}); every run before it is "
                                    "finished: rerun the same command to continue")
@@ -314,10 +314,10 @@ def cpu_seconds() -> float:
 
 
 def _train_solo(run: RunConfig, out: Path, bar: SweepProgress) -> None:
-    """lm.train.train into the run's directory (resumes from its checkpoint).
+    """lm.train.solo.train into the run's directory (resumes from its checkpoint).
 
-    A run that diverges writes result.json ``{"status": "diverged"}`` (``lm.train.train``; never
-    retrained); one whose checkpoints cannot be read (:class:`lm.checkpoint.CheckpointError`, after falling
+    A run that diverges writes result.json ``{"status": "diverged"}`` (``lm.train.solo.train``; never
+    retrained); one whose checkpoints cannot be read (:class:`lm.train.checkpoint.CheckpointError`, after falling
     back to every older checkpoint) writes ``{"status": "failed"}`` and the sweep goes on
     (retried on the next call, once the checkpoints are fixed or removed).
     """
@@ -353,7 +353,7 @@ def _train_group(runs: Sequence[RunConfig], out: Path, bar: SweepProgress, train
 
 
 def _finished(out: Path, run: RunConfig) -> bool:
-    """A finished result.json ("complete" or "diverged", ``lm.records.read_result``; the former
+    """A finished result.json ("complete" or "diverged", ``lm.train.records.read_result``; the former
     failure.json of a diverged run too): never trained again.
 
     A "failed" run (unreadable checkpoints) is tried again.

@@ -26,9 +26,9 @@ import pandas as pd
 
 from experiments.lib import outdir
 from experiments.lib.study import SHARD_TABLE, TABLE, Study, StudyError, run_dir
-from lm import records as lm_records
-from lm.config import RunConfig
-from lm.records import flatten
+from lm.train import records as lm_records
+from lm.model.config import RunConfig
+from lm.train.records import flatten
 
 
 def loss_column(flops: float) -> str:
@@ -63,7 +63,7 @@ def run_row(study: Study, out: str | Path, run: RunConfig) -> dict[str, Any]:
     row: dict[str, Any] = {"run": run.name, "status": "pending", "study": study.fingerprint()}
     row.update(dict(study.tags.get(run.name, {})))
     row.update({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(run.to_dict()).items()})
-    from lm.flops import param_count, train_flops_per_token
+    from lm.model.counting import param_count, train_flops_per_token
 
     counts = param_count(run.model)
     fpt = train_flops_per_token(run.model, run.data.seq_len)
@@ -98,7 +98,7 @@ def collect_table(study: Study, out: str | Path, runs: Iterable[RunConfig] | Non
 
 def collect_curves(study: Study, out: str | Path, runs: Iterable[RunConfig] | None = None) -> pd.DataFrame:
     """Long table of loss curves: run, N, step, tokens, flops, train_loss, val_loss (finished runs)."""
-    from lm.flops import param_count
+    from lm.model.counting import param_count
 
     rows = []
     for run in study.runs if runs is None else runs:

@@ -12,12 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lm import compiled, multihost, sharding
-from lm.config import RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.flops import param_count, train_flops_per_token
-from lm.packing import random_batch
-from lm.presets import get_preset
+from lm.train import compiled, multihost, sharding
+from lm.model.config import RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.counting import param_count, train_flops_per_token
+from lm.data.packing import random_batch
+from lm.model.presets import get_preset
 
 
 def best_time(fn, *args, repeats: int) -> float:
@@ -34,7 +34,7 @@ def best_time(fn, *args, repeats: int) -> float:
 def train_step_throughput(preset: str, seq_len: int, batch: int, repeats: int) -> dict:
     """Tokens and model FLOPs per second of ``preset``'s train step at ``batch`` x ``seq_len`` (best of ``repeats``).
 
-    Exact training FLOPs per token (:func:`lm.flops.train_flops_per_token`: causal attention
+    Exact training FLOPs per token (:func:`lm.model.counting.train_flops_per_token`: causal attention
     counted per visible pair; ``dense_flops_per_s`` counts every pair) over the step time.
     """
     cfg = get_preset(preset)

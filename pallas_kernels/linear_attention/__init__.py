@@ -4,7 +4,7 @@
 chunk_size, impl)`` is the public op; the three reference forms (recurrent, parallel,
 chunked) are exported by name for tests, with the chunked form's hand-written backward
 (:func:`linear_attention_chunked_bwd`, also the kernel's backward). Its FLOPs are counted
-in ``lm/flops.py`` (``linear_attention_flops``). Files: ``reference.py`` (definition: recurrent and parallel forms),
+in ``lm/model/counting.py`` (``linear_attention_flops``). Files: ``reference.py`` (definition: recurrent and parallel forms),
 ``chunked.py`` (the CPU form and the backward), ``blocks.py`` (tiles, one chunk's math),
 ``kernel_tpu.py`` / ``kernel_gpu.py`` (the Pallas drivers), ``ops.py`` (the op).
 """

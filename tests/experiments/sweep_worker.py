@@ -8,8 +8,8 @@ import sys
 
 from experiments import lib
 from experiments.lib.cli import training
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
 
 
 def run(name: str, steps: int) -> RunConfig:

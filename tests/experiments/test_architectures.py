@@ -11,7 +11,7 @@ import pytest
 
 from experiments import architectures as arch
 from experiments import lib
-from lm.flops import param_count, train_flops_per_token
+from lm.model.counting import param_count, train_flops_per_token
 
 
 def test_every_family_spends_the_budget_and_moe_matches_active_params():

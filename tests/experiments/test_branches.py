@@ -9,8 +9,8 @@ import pytest
 
 from experiments import architectures, chinchilla
 from experiments.lib import branches
-from lm.flops import train_flops_per_token
-from lm.schedules import lr_multiplier, warmup_steps
+from lm.model.counting import train_flops_per_token
+from lm.train.schedules import lr_multiplier, warmup_steps
 
 
 def _per_step(run) -> float:

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from experiments import chinchilla, lib
-from lm.flops import train_flops_per_token
-from lm.schedules import lr_multiplier, warmup_steps
+from lm.model.counting import train_flops_per_token
+from lm.train.schedules import lr_multiplier, warmup_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSSES = ["final_train_loss", "final_val_loss", "final_val_bpb"]
@@ -211,7 +211,7 @@ def test_analysis_report_comes_from_the_table_beside_it(reference, tmp_path):
 
 def test_synthetic_report_puts_fitted_e_next_to_the_entropy_rate(tmp_path):
     from experiments import chinchilla_analysis as ca
-    from lm.data import entropy_rate_bits
+    from lm.data.pipeline import entropy_rate_bits
 
     study = chinchilla.build_study(chinchilla.PRESETS["smoke"], data="synthetic")
     truth = ca.entropy_floor(study)
@@ -227,7 +227,7 @@ def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference,
     """--method wsd on the smoke preset beside the smoke grid: every step counted as it is trained
     (stable runs to their last branch point, each branch from its branch point), the compute ratio
     from that count, the side-by-side report; without the grid's fit, the report says how to get it."""
-    from lm import compiled
+    from lm.train import compiled
 
     out, _ = reference
     if not (out / "fit.json").exists():

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from experiments import coord_check
-from lm import compiled, parametrization
-from lm.presets import FAMILIES, mup_family_model
+from lm.train import compiled
+from lm.model import parametrization
+from lm.model.presets import FAMILIES, mup_family_model
 
 PRESET = coord_check.PRESETS["smoke"]
 

@@ -8,10 +8,10 @@ import pytest
 
 from experiments import architectures, chinchilla, lr_scaling, wsd
 from experiments.lib import data_budget
-from lm.presets import LADDER, ladder_model
-from lm import data as lm_data
-from lm import prepare
-from lm.flops import param_count
+from lm.model.presets import LADDER, ladder_model
+from lm.data import pipeline as lm_data
+from lm.data import prepare
+from lm.model.counting import param_count
 
 
 @pytest.fixture(scope="module")

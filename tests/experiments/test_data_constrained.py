@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from experiments import data_constrained as dc
-from lm import data as lm_data
+from lm.data import pipeline as lm_data
 from scaling import laws
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28, "R_D_star": 15.4, "R_N_star": 5.3}

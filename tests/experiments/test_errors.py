@@ -20,10 +20,10 @@ import pytest
 
 from experiments import architectures, chinchilla, data_constrained, lib, lr_scaling, schedules, wsd
 from experiments import train as train_cli
-from lm import data_check
-from lm import records as lm_records
-from lm.config import RunConfig
-from lm.presets import get_preset
+from lm.data import check
+from lm.train import records as lm_records
+from lm.model.config import RunConfig
+from lm.model.presets import get_preset
 from tests.lm import prepared_tiny
 
 STUDIES = {"chinchilla": chinchilla, "architectures": architectures, "lr_scaling": lr_scaling,
@@ -305,7 +305,7 @@ def _trained_on_a(root: Path, argv: list[str], corpora) -> None:
     run = train_cli.run_config(train_cli.build_parser().parse_args(argv))
     (root / "out" / "train").mkdir(parents=True)
     lm_records.write_config(root / "out" / "train", run)
-    lm_records.write_corpus(root / "out" / "train", data_check.corpus_record(dataclasses.replace(
+    lm_records.write_corpus(root / "out" / "train", check.corpus_record(dataclasses.replace(
         run.data, path=corpora["a"])))
 
 
@@ -381,7 +381,7 @@ def test_a_study_resumed_on_another_corpus_is_refused_naming_the_run(name, place
     rc, err = run_refused(STUDIES[name].main, ["--preset", "smoke", "--no-progress", "--out", "out"], place, capsys)
     assert rc == 2 and re.search(
         rf"error: run {run.name}: run directory .*{run.name} was trained on corpus 0{{16}} \(stdlib of another Python\), "
-        rf"but the data is now corpus {data_check.corpus_fingerprint(run.data)} \(stdlib .*\).*choose another --out", err)
+        rf"but the data is now corpus {check.corpus_fingerprint(run.data)} \(stdlib .*\).*choose another --out", err)
 
 
 def test_a_study_with_no_validation_documents_is_refused_before_training(corpora, place, capsys):

@@ -42,7 +42,7 @@ def _parquet(rel: str, column):
 def _prepared(*then):
     """A set-up preparing in/ (three text files) into out/ with the byte tokenizer, then running ``then``."""
     def setup(root: Path) -> None:
-        from lm import prepare
+        from lm.data import prepare
 
         _files(**{f"in/{i}.txt": f"document {i}" for i in range(3)})(root)
         prepare.prepare(prepare.PrepareConfig(input="in"), "out")

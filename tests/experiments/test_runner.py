@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from experiments import lib
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.flops import param_count, train_flops_per_token
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.counting import param_count, train_flops_per_token
 
 TIMING = ["compile_s", "train_s", "wall_s", "cpu_s"]
 
@@ -186,7 +186,7 @@ class Recorder:
         self.kill_after_dropping = kill_after_dropping
 
     def __call__(self, runs, run_dirs, *, progress=None):
-        from lm.vmap_sweep import train_vmapped
+        from lm.train.sweep import train_vmapped
 
         self.calls.append(tuple(r.name for r in runs))
         train_vmapped(runs, run_dirs, progress=progress)
@@ -274,7 +274,7 @@ def test_diverged_run_of_a_group_is_diverged_in_the_table(tmp_path):
     ([("s6_lr0.01",), ("s6_lr0.01", "s6_lr0.003")], "'s6_lr0.01' is also in groups\\[0\\]"),
     ([("s6_lr0.01", "s6_lr0.01")], "twice"),
     ([()], "non-empty"),
-    ([("s6_lr0.01", "s12_lr0.01")], "a vmapped sweep allows only"),  # lm.vmap_sweep.check_sweep's error
+    ([("s6_lr0.01", "s12_lr0.01")], "a vmapped sweep allows only"),  # lm.train.sweep.check_sweep's error
 ])
 def test_bad_groups_fail_before_training_and_delete_nothing(full_sweep, tmp_path, groups, match):
     study, out, _ = full_sweep

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from experiments import lib, schedules, schedules_analysis
-from lm.records import read_metrics
-from lm.schedules import lr_multiplier
+from lm.train.records import read_metrics
+from lm.train.schedules import lr_multiplier
 
 PRESET = schedules.PRESETS["smoke"]
 

@@ -22,9 +22,9 @@ import pytest
 from experiments import chinchilla, lib
 from experiments import train as train_cli
 from experiments.lib.cli import PREEMPTED
-from lm import preemption, records, train
-from lm.checkpoint import Checkpointer
-from lm.run_lock import RunDirLockedError
+from lm.train import preemption, records, solo as train
+from lm.train.checkpoint import Checkpointer
+from lm.train.run_lock import RunDirLockedError
 from tests.experiments import sweep_worker
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -108,8 +108,8 @@ def test_the_checks_see_a_circle_and_resolve_imports():
     assert cycles({"a": {"b"}, "b": set()}) == []
     graph = import_graph()
     assert "experiments.lib.sweep" in graph["experiments.lib.command"]  # `from experiments.lib import sweep`
-    assert "lm.presets" in graph["experiments.wsd"]  # `from lm.presets import LADDER, ladder_model`
-    assert "lm.config" not in graph["lm.flops"]  # imported under TYPE_CHECKING only
+    assert "lm.model.presets" in graph["experiments.wsd"]  # `from lm.model.presets import LADDER, ladder_model`
+    assert "lm.model.config" not in graph["lm.model.counting"]  # imported under TYPE_CHECKING only
 
 
 def test_no_import_circles():
@@ -123,6 +123,14 @@ def test_no_source_file_over_400_lines():
     assert len(sources) > 50
     long = {str(p.relative_to(ROOT)): n for p in sources if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"split these files (over {MAX_LINES} lines): {long}"
+
+
+def test_lm_is_three_rooms():
+    """lm/ holds the model, the data and the training, each a package; no module sits beside them."""
+    assert sorted(p.name for p in (ROOT / "lm").iterdir() if p.suffix == ".py") == ["__init__.py"]
+    rooms = sorted(p.name for p in (ROOT / "lm").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert rooms == ["data", "model", "train"]
+    assert all((ROOT / "lm" / room / "__init__.py").is_file() for room in rooms)
 
 
 def test_nothing_below_experiments_imports_it():

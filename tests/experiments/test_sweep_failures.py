@@ -15,9 +15,9 @@ import pytest
 from experiments import lib
 from experiments.lib import report as lib_report  # not a lazy export of experiments.lib
 from experiments.lib.progress import SweepProgress
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.tensorboard import EXPERIMENT, read_events
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.train.tensorboard import EXPERIMENT, read_events
 
 
 def tiny_run(name: str, lr: float = 1e-2) -> RunConfig:

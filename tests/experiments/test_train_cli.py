@@ -33,7 +33,7 @@ def test_a_corpus_swapped_under_a_run_is_refused_until_overwrite(tmp_path, capsy
     """Issue 23: a run killed, its corpus folder replaced by another of the same vocabulary, rerun."""
     import shutil
 
-    from lm import records
+    from lm.train import records
     from tests.lm import prepared_tiny
 
     a, b = prepared_tiny.make(tmp_path / "a", seed=0), prepared_tiny.make(tmp_path / "b", seed=1)

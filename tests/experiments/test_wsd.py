@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import lib, wsd
-from lm import train as lm_train
-from lm.records import read_metrics
+from lm.train import solo as lm_train
+from lm.train.records import read_metrics
 
 PRESET = wsd.PRESETS["smoke"]
 

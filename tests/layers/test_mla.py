@@ -9,7 +9,7 @@ import pytest
 
 from layers.attention import Attention
 from layers.mla import MLA, mla_cache_bytes_per_token
-from lm.flops import mla_flops_per_token, mla_param_count
+from lm.model.counting import mla_flops_per_token, mla_param_count
 
 B, T, D = 2, 7, 32
 SHAPES = dict(num_heads=4, kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=6)

@@ -17,7 +17,7 @@ import pytest
 from layers.moe import AUX_KEYS, MoEConfig, MoEFeedForward
 from layers.moe_losses import load_balance_loss, router_z_loss
 from layers.moe_routers import apply_jitter, softmax_then_topk, topk_then_softmax
-from lm.flops import moe_flops_per_token, moe_param_count
+from lm.model.counting import moe_flops_per_token, moe_param_count
 
 D = 8
 

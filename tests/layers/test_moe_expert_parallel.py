@@ -26,7 +26,7 @@ CHILD = textwrap.dedent(
     from layers.moe_expert_parallel import expert_parallel_moe
 
     assert jax.device_count() == 8, jax.devices()
-    # Auto axes, as lm/sharding.py builds its mesh; the end also checks an Explicit one.
+    # Auto axes, as lm/train/sharding.py builds its mesh; the end also checks an Explicit one.
     mesh = jax.make_mesh((2, 4), ("data", "expert"), axis_types=(AxisType.Auto,) * 2)
     cfg = MoEConfig(num_experts=8, top_k=2, d_ff=8, num_shared_experts=1, shared_d_ff=4,
                     load_balance_scope="global_batch")

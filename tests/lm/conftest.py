@@ -5,7 +5,7 @@ holding ``tests/lm/toy_mixer.py`` would: the module (as the top-level ``scalelab
 and ``scalelab_toy_mixer-0.1.dist-info/`` with ``METADATA`` and ``entry_points.txt`` declaring
 ``T = scalelab_toy_mixer:SPEC`` in group ``scalelab.mixers``. With the directory on ``sys.path``
 (or ``PYTHONPATH`` of a subprocess), ``importlib.metadata`` sees the distribution and the
-registry (``lm.families``) loads the family the first time a config names "T" or "toy". No
+registry (``lm.model.families``) loads the family the first time a config names "T" or "toy". No
 network, no pip.
 """
 

@@ -5,7 +5,7 @@ pytest process keeps one CPU device. Two tasks, each writing one JSON file:
 
   python -m tests.lm.kernel_mesh_worker lower OUT.json CASES_JSON
       CASES_JSON: [[preset, mesh, platform, kind], ...], kind "train" | "prefill" | "decode".
-      Lowers each program for "tpu" / "gpu" (``lm.compiled.lower_train_step``, or the
+      Lowers each program for "tpu" / "gpu" (``lm.train.compiled.lower_train_step``, or the
       decode step under ``pallas_kernels.backend.target_platform``) and counts the
       kernels' custom calls it runs ({case: count} or {case: "error: ..."}).
   python -m tests.lm.kernel_mesh_worker interpret OUT.json PRESETS_JSON
@@ -30,14 +30,14 @@ import numpy as np
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from lm import compiled  # noqa: E402
-from lm import data as lm_data  # noqa: E402
-from lm import model as lm_model  # noqa: E402
-from lm import sharding  # noqa: E402
-from lm import step as lm_step  # noqa: E402
-from lm.config import OptimizerConfig, RunConfig  # noqa: E402
-from lm.families import with_settings  # noqa: E402
-from lm.presets import get_preset  # noqa: E402
+from lm.train import compiled  # noqa: E402
+from lm.data import pipeline as lm_data  # noqa: E402
+from lm.model import network as lm_model  # noqa: E402
+from lm.train import sharding  # noqa: E402
+from lm.train import step as lm_step  # noqa: E402
+from lm.model.config import OptimizerConfig, RunConfig  # noqa: E402
+from lm.model.families import with_settings  # noqa: E402
+from lm.model.presets import get_preset  # noqa: E402
 from pallas_kernels.backend import count_kernel_calls, target_platform  # noqa: E402
 from tests.lm.sharding_worker import flat, initial_state  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tiny prepared corpora for tests: a few jsonl files of random words through :func:`lm.prepare.prepare`.
+"""Tiny prepared corpora for tests: a few jsonl files of random words through :func:`lm.data.prepare.prepare`.
 
 Byte tokenizer (vocabulary 259) unless asked otherwise, one unit per file, no network; a
 corpus takes well under a second to prepare. Two seeds give two corpora of the same
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lm import prepare
+from lm.data import prepare
 
 WORDS = "the quick brown fox jumps over a lazy dog; héllo wörld scaling laws of data".split()
 

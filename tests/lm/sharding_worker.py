@@ -25,14 +25,14 @@ import numpy as np
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from lm import data as lm_data  # noqa: E402
-from lm import compiled, multihost, sharding  # noqa: E402
-from lm import step as lm_step  # noqa: E402
-from lm import loop  # noqa: E402
-from lm.checkpoint import Checkpointer  # noqa: E402
-from lm.config import OptimizerConfig, RunConfig  # noqa: E402
-from lm.families import with_settings  # noqa: E402
-from lm.presets import get_preset  # noqa: E402
+from lm.data import pipeline as lm_data  # noqa: E402
+from lm.train import compiled, multihost, sharding  # noqa: E402
+from lm.train import step as lm_step  # noqa: E402
+from lm.train import loop  # noqa: E402
+from lm.train.checkpoint import Checkpointer  # noqa: E402
+from lm.model.config import OptimizerConfig, RunConfig  # noqa: E402
+from lm.model.families import with_settings  # noqa: E402
+from lm.model.presets import get_preset  # noqa: E402
 
 BATCH = 8
 HOSTS = 2  # the global batch is the concatenation of two hosts' slices
@@ -77,7 +77,7 @@ def specs(tree) -> dict[str, str]:
 
 
 def initial_state(run: RunConfig) -> dict:
-    """``lm.step.init_state`` as host arrays (jitted: eager init is slow; every path starts from it)."""
+    """``lm.train.step.init_state`` as host arrays (jitted: eager init is slow; every path starts from it)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.device_get(jax.jit(lambda: lm_step.init_state(run), out_shardings=device)())
 

@@ -12,7 +12,7 @@ two orders of magnitude for other hardware (a GPU's bf16 matmuls accumulate in a
 order) while staying far below what a broken mixed precision costs. Why this is right:
 bfloat16 keeps 8 significant bits (unit roundoff 2^-9 ~ 0.2%), applied to activations
 and matmul inputs only; parameters, Adam moments, the residual of each update, the
-softmax statistics, the recurrence state and the logits stay float32 (``lm.step``,
+softmax statistics, the recurrence state and the logits stay float32 (``lm.train.step``,
 ``layers``), so the rounding acts as a small zero-mean noise on the gradient, far below
 the minibatch noise. A gap of a few tenths of a percent of the loss is what that predicts;
 an error that breaks mixed precision (bf16 parameters or moments: updates below 2^-9 of
@@ -27,15 +27,15 @@ import jax
 import numpy as np
 import pytest
 
-from lm import loop, multihost, sharding
-from lm.config import (
+from lm.train import loop, multihost, sharding
+from lm.model.config import (
     ModelConfig,
     OptimizerConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
 )
-from lm.data import DataConfig
+from lm.data.config import DataConfig
 
 STEPS = 100
 TAIL = 10

@@ -1,4 +1,4 @@
-"""lm.checkpoint: resuming falls back to the newest intact checkpoint, says so, deletes nothing."""
+"""lm.train.checkpoint: resuming falls back to the newest intact checkpoint, says so, deletes nothing."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from lm import step as lm_step
-from lm import train
-from lm.checkpoint import Checkpointer, CheckpointError, CheckpointFallbackWarning
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
+from lm.train import step as lm_step
+from lm.train import solo as train
+from lm.train.checkpoint import Checkpointer, CheckpointError, CheckpointFallbackWarning
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
 
 RUN = RunConfig(model=ModelConfig(d_model=16, num_layers=1, num_heads=1, d_ff=32),
                 data=DataConfig(seq_len=16, batch_size=2, source="synthetic", synthetic_doc_len=64),

@@ -1,4 +1,4 @@
-"""lm.compile_cache: where JAX's persistent compilation cache lives, and that it never changes a result."""
+"""lm.train.compile_cache: where JAX's persistent compilation cache lives, and that it never changes a result."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lm import compile_cache, records, train
+from lm.train import compile_cache, records, solo as train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--name", "t", "--model.d_model", "24", "--model.num_layers", "1", "--model.d_ff", "40",

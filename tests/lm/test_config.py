@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.presets import get_preset
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.model.presets import get_preset
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """Configs saved by every earlier schema (flat family keys, nested ``model.rnn``) still load, resume and
-keep their fingerprints (``lm/config_schema.py``)."""
+keep their fingerprints (``lm/model/config_schema.py``)."""
 
 import dataclasses
 import hashlib
@@ -14,8 +14,8 @@ from experiments import train as train_cli
 from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.recurrent_block import RecurrentConfig
-from lm.config import ModelConfig, RunConfig
-from lm.config_schema import SCHEMA_VERSION, fingerprint_form, migrate, migrate_model
+from lm.model.config import ModelConfig, RunConfig
+from lm.model.config_schema import SCHEMA_VERSION, fingerprint_form, migrate, migrate_model
 
 RUN = RunConfig(
     model=ModelConfig(d_model=32, num_layers=2, pattern="RL", num_heads=2, d_ff=48,

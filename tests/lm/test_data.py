@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from lm import data, markov
-from lm.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lm.data import pipeline as data, markov
+from lm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""The data a run trains on, checked before step 0 (lm.data_check, lm.prepared's shard checks, lm.data.check_splits)."""
+"""The data a run trains on, checked before step 0 (lm.data.check, lm.data.shard_reader's shard checks, lm.data.pipeline.check_splits)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lm import data as lm_data
-from lm import data_check, records
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.prepared import PreparedDataError
+from lm.data import pipeline as lm_data
+from lm.data import check
+from lm.train import records
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.shard_reader import PreparedDataError
 from tests.lm import prepared_tiny
 
 
@@ -98,7 +99,7 @@ def test_a_damaged_prepared_corpus_is_one_line_naming_the_file(case, corpus):
     damage(corpus)
     run = RunConfig(model=ModelConfig(d_model=16, num_layers=1, num_heads=1, vocab_size=259), data=_cfg(corpus))
     with pytest.raises(ValueError) as exc:
-        data_check.check_run(run)
+        check.check_run(run)
     text = str(exc.value)
     assert re.search(message, text), text
     assert "\n" not in text and str(corpus) in text
@@ -128,7 +129,7 @@ def test_a_corpus_replaced_in_place_is_read_afresh(corpora, tmp_path):
     want = json.loads((path / "manifest.json").read_text())
     assert after[1]["fingerprint"] == want["fingerprint"] != before[1]["fingerprint"]
     assert len(after[0]) == want["splits"]["train"]["documents"]
-    assert data_check.corpus_fingerprint(cfg) == want["fingerprint"]
+    assert check.corpus_fingerprint(cfg) == want["fingerprint"]
 
 
 @pytest.mark.parametrize("cfg, message", [
@@ -157,61 +158,61 @@ def _listing_digest(kind: str, paths, root=None) -> str:
 
 def test_fingerprints_name_the_corpus_not_the_run(corpora, tmp_path):
     a, b = corpora
-    assert data_check.corpus_fingerprint(_cfg(a)) == json.loads(Path(a, "manifest.json").read_text())["fingerprint"]
-    assert data_check.corpus_fingerprint(_cfg(a)) != data_check.corpus_fingerprint(_cfg(b))
+    assert check.corpus_fingerprint(_cfg(a)) == json.loads(Path(a, "manifest.json").read_text())["fingerprint"]
+    assert check.corpus_fingerprint(_cfg(a)) != check.corpus_fingerprint(_cfg(b))
     # files: the sorted listing with sizes, computed here independently
     for i in range(3):
         (tmp_path / f"f{i}.txt").write_text("x" * (10 + i))
     files = lm_data.DataConfig(source="files", files_glob=str(tmp_path / "*.txt"))
-    first = data_check.corpus_fingerprint(files)
+    first = check.corpus_fingerprint(files)
     assert first == _listing_digest("files", sorted(str(p) for p in tmp_path.glob("*.txt")))
-    assert data_check.corpus_fingerprint(dataclasses.replace(files, seq_len=7, val_fraction=0.5, seed=3)) == first
+    assert check.corpus_fingerprint(dataclasses.replace(files, seq_len=7, val_fraction=0.5, seed=3)) == first
     (tmp_path / "f1.txt").write_text("y" * 99)
-    assert data_check.corpus_fingerprint(files) != first
+    assert check.corpus_fingerprint(files) != first
     import sysconfig
 
-    from lm import data_sources
+    from lm.data import sources
     stdlib = lm_data.DataConfig()
-    assert data_check.corpus_fingerprint(stdlib) == _listing_digest(
-        "stdlib", data_sources.stdlib_files(), sysconfig.get_paths()["stdlib"])
+    assert check.corpus_fingerprint(stdlib) == _listing_digest(
+        "stdlib", sources.stdlib_files(), sysconfig.get_paths()["stdlib"])
     synthetic = lm_data.DataConfig(source="synthetic")
-    assert data_check.corpus_fingerprint(dataclasses.replace(synthetic, batch_size=3, seed=5)) == \
-        data_check.corpus_fingerprint(synthetic) != \
-        data_check.corpus_fingerprint(dataclasses.replace(synthetic, synthetic_seed=1))
+    assert check.corpus_fingerprint(dataclasses.replace(synthetic, batch_size=3, seed=5)) == \
+        check.corpus_fingerprint(synthetic) != \
+        check.corpus_fingerprint(dataclasses.replace(synthetic, synthetic_seed=1))
 
 
 def test_a_run_directory_recording_another_corpus_is_refused(corpora, tmp_path):
     a, b = corpora
     rd = tmp_path / "run"
-    assert data_check.check_corpus(rd, _cfg(a))["fingerprint"] == data_check.corpus_fingerprint(_cfg(a))  # no dir yet
+    assert check.check_corpus(rd, _cfg(a))["fingerprint"] == check.corpus_fingerprint(_cfg(a))  # no dir yet
     rd.mkdir()
-    data_check.check_corpus(rd, _cfg(b))  # a run directory written before corpus.json existed
-    records.write_corpus(rd, data_check.corpus_record(_cfg(a)))
-    data_check.check_corpus(rd, _cfg(a))
-    fa, fb = data_check.corpus_fingerprint(_cfg(a)), data_check.corpus_fingerprint(_cfg(b))
-    with pytest.raises(data_check.CorpusMismatchError, match=f"trained on corpus {fa} \\(prepared .*a\\), but the data "
+    check.check_corpus(rd, _cfg(b))  # a run directory written before corpus.json existed
+    records.write_corpus(rd, check.corpus_record(_cfg(a)))
+    check.check_corpus(rd, _cfg(a))
+    fa, fb = check.corpus_fingerprint(_cfg(a)), check.corpus_fingerprint(_cfg(b))
+    with pytest.raises(check.CorpusMismatchError, match=f"trained on corpus {fa} \\(prepared .*a\\), but the data "
                                                              f"is now corpus {fb} \\(prepared .*b\\)"):
-        data_check.check_corpus(rd, _cfg(b))
+        check.check_corpus(rd, _cfg(b))
     (rd / "corpus.json").write_text('{"fingerprint": ')
     with pytest.raises(ValueError, match=r"corpus record .*corpus\.json cannot be read"):
-        data_check.check_corpus(rd, _cfg(a))
+        check.check_corpus(rd, _cfg(a))
 
 
 def test_training_records_the_corpus_and_an_old_run_directory_still_resumes(tmp_path):
-    from lm import train
+    from lm.train import solo as train
 
     run = RunConfig(model=ModelConfig(d_model=16, num_layers=1, num_heads=1, d_ff=32),
                     data=lm_data.DataConfig(source="synthetic", seq_len=16, batch_size=2, synthetic_doc_len=64),
                     train=TrainConfig(steps=2, eval_every=2, eval_batches=1, checkpoint_every=2, progress=False))
     rd = tmp_path / "run"
     train.train(run, rd)
-    assert records.read_corpus(rd) == data_check.corpus_record(run.data)
+    assert records.read_corpus(rd) == check.corpus_record(run.data)
     (rd / "corpus.json").unlink()  # as a run directory written before corpus.json existed
     again = train.train(run, rd)
-    assert again["resumed_from"] == 2 and records.read_corpus(rd)["fingerprint"] == data_check.corpus_fingerprint(run.data)
+    assert again["resumed_from"] == 2 and records.read_corpus(rd)["fingerprint"] == check.corpus_fingerprint(run.data)
     assert records.read_config(rd) == run
-    records.write_corpus(rd, {**data_check.corpus_record(run.data), "fingerprint": "0123456789abcdef"})
+    records.write_corpus(rd, {**check.corpus_record(run.data), "fingerprint": "0123456789abcdef"})
     metrics = (rd / "metrics.jsonl").read_bytes()
-    with pytest.raises(data_check.CorpusMismatchError, match="trained on corpus 0123456789abcdef"):
+    with pytest.raises(check.CorpusMismatchError, match="trained on corpus 0123456789abcdef"):
         train.train(run, rd)
     assert (rd / "metrics.jsonl").read_bytes() == metrics

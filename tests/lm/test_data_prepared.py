@@ -1,4 +1,4 @@
-"""Prepared corpora (lm.prepare, lm.prepared, experiments.prepare_data): fixtures built here, no network."""
+"""Prepared corpora (lm.data.prepare, lm.data.shard_reader, experiments.prepare_data): fixtures built here, no network."""
 
 import dataclasses
 import gzip
@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from lm import data as lm_data
-from lm import prepare
-from lm.prepared import PreparedSource
+from lm.data import pipeline as lm_data
+from lm.data import prepare
+from lm.data.shard_reader import PreparedSource
 
 WORDS = "the quick brown fox jumps over a lazy dog; héllo wörld ✓ scaling laws of data".split()
 
@@ -259,8 +259,8 @@ def test_training_on_a_prepared_directory(prepared_bpe, tmp_path):
 
 
 def test_model_vocab_smaller_than_the_tokenizer_is_refused(prepared_bpe, tmp_path):
-    from lm import train
-    from lm.config import ModelConfig, RunConfig
+    from lm.train import solo as train
+    from lm.model.config import ModelConfig, RunConfig
 
     run = RunConfig(model=ModelConfig(d_model=16, num_layers=1, num_heads=1),
                     data=lm_data.DataConfig(source="prepared", path=prepared_bpe, seq_len=8, batch_size=2))
@@ -277,7 +277,7 @@ def test_prepare_with_a_local_tokenizer_file(corpus, tmp_path, kind):
 
     import sentencepiece as spm
 
-    from lm import subword
+    from lm.data import subword
 
     root, docs = corpus
     if kind == "tokenizer.json":
@@ -297,7 +297,7 @@ def test_prepare_with_a_local_tokenizer_file(corpus, tmp_path, kind):
 
 
 def test_small_units_split_jsonl_by_byte_range_without_losing_a_line(corpus, tmp_path, monkeypatch):
-    from lm import corpus as corpus_lib
+    from lm.data import corpus as corpus_lib
 
     root, docs = corpus
     monkeypatch.setattr(corpus_lib, "UNIT_BYTES", 300)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from lm import data
+from lm.data import pipeline as data
 
 BASE = data.DataConfig(seq_len=32, batch_size=4, prefetch_batches=0)
 
@@ -80,7 +80,7 @@ def test_bad_train_cap_names_the_field(kw):
 
 def test_train_cap_is_a_config_field_of_the_run():
     """It changes the config (and so a study's fingerprint and its results-table column)."""
-    from lm.config import RunConfig
+    from lm.model.config import RunConfig
 
     run = RunConfig(data=dataclasses.replace(BASE, max_train_bytes=3000))
     assert run.to_dict()["data"]["max_train_bytes"] == 3000

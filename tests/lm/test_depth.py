@@ -1,7 +1,7 @@
 """Depth: the layer scan (ModelConfig.scan_layers) and rematerialisation (ModelConfig.remat).
 
 The scan runs the same blocks as the per-block model: with the per-block parameters
-stacked (``lm.model.stack_layers``) the logits and gradients agree to float32 rounding
+stacked (``lm.model.network.stack_layers``) the logits and gradients agree to float32 rounding
 (highest matmul precision; the scan only changes the order XLA schedules the same ops,
 observed gaps ~1e-6 on logits of size ~1, so atol 1e-5). Remat recomputes the same forward
 in the backward pass: its gradients agree with no remat at the same tolerance.
@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import model, step, train
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
+from lm.model import network as model
+from lm.train import step, solo as train
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
 
 TINY = ModelConfig(d_model=32, num_layers=5, num_heads=4, d_ff=64)
 # RRW repeated over 4 blocks: one scanned period of 3 and the remainder block 3 unscanned;

@@ -1,4 +1,4 @@
-"""The registry of mixer families (``lm/families.py``): entry points, one-line errors, the settings
+"""The registry of mixer families (``lm/model/families.py``): entry points, one-line errors, the settings
 mapping of ``ModelConfig``, the sharding rules a family brings, and no import circle in the model room."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 from experiments import train as train_cli
 from layers.linear_attention import LinearAttentionConfig
 from layers.recurrent_block import RecurrentConfig
-from lm import parametrization, sharding
-from lm.config import ModelConfig, RunConfig
-from lm.families import MIXERS, MixerSpec, register_mixer
+from lm.model import parametrization
+from lm.train import sharding
+from lm.model.config import ModelConfig, RunConfig
+from lm.model.families import MIXERS, MixerSpec, register_mixer
 from tests.lm.conftest import TOY_MODULE, install_toy_family
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,15 +124,15 @@ def test_the_model_room_has_no_import_circle_and_config_does_not_import_the_fami
                     todo.append(nxt)
         return seen
 
-    assert "lm.mixers" not in reach("lm.config") and "lm.flops" not in reach("lm.config")
-    assert graph["lm.families"] == set()  # the registry knows no module of lm
-    for module in ("lm.config", "lm.mixers", "lm.flops", "lm.parametrization", "lm.families", "lm.config_schema"):
+    assert "lm.model.mixers" not in reach("lm.model.config") and "lm.model.counting" not in reach("lm.model.config")
+    assert graph["lm.model.families"] == set()  # the registry knows no module of lm
+    for module in ("lm.model.config", "lm.model.mixers", "lm.model.counting", "lm.model.parametrization", "lm.model.families", "lm.model.config_schema"):
         assert module not in reach(module), f"{module} imports itself through {sorted(reach(module))}"
 
 
 def test_the_toy_family_loads_lazily_from_its_entry_point(tmp_path):
     site = install_toy_family(tmp_path / "site")
-    code = ("import sys; from lm.config import ModelConfig; from lm.families import MIXERS; "
+    code = ("import sys; from lm.model.config import ModelConfig; from lm.model.families import MIXERS; "
             f"assert {TOY_MODULE!r} not in sys.modules and 'T' in MIXERS.letters(); "
             f"c = ModelConfig(pattern='TA'); assert {TOY_MODULE!r} in sys.modules; print(c.families['toy'])")
     done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True,

@@ -7,11 +7,11 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from layers.recurrent_block import RecurrentConfig
-from lm import model
-from lm.config import ModelConfig
-from lm.flops import train_flops_per_token, visible_keys_per_query
-from lm.packing import random_batch
-from lm.step import loss_fn
+from lm.model import network as model
+from lm.model.config import ModelConfig
+from lm.model.counting import train_flops_per_token, visible_keys_per_query
+from lm.data.packing import random_batch
+from lm.train.step import loss_fn
 
 CONFIGS = [
     ModelConfig(d_model=128, num_layers=2, num_heads=4, d_ff=512, attention_impl="reference"),

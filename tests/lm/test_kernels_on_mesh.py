@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import pytest
 
-from lm.presets import get_preset
+from lm.model.presets import get_preset
 from tests.lm.test_sharding import ROOT, _env
 
 FAMILIES = ("transformer", "griffin", "hawk", "gla", "retnet", "mla", "moe")

@@ -8,7 +8,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from lm import markov
+from lm.data import markov
 
 
 @pytest.mark.parametrize("a,k", [(2, 5), (3, 3), (5, 2), (7, 1)])

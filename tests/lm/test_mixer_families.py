@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from lm import model, records
-from lm.config import ModelConfig
-from lm.families import MIXERS, register_mixer
-from lm.flops import param_count, train_flops_per_token
+from lm.model import network as model
+from lm.train import records
+from lm.model.config import ModelConfig
+from lm.model.families import MIXERS, register_mixer
+from lm.model.counting import param_count, train_flops_per_token
 
 TINY = ["--model.d_model", "16", "--model.num_layers", "2", "--model.d_ff", "32", "--model.num_heads", "2",
         "--data.source", "synthetic", "--data.seq_len", "16", "--data.batch_size", "2",

@@ -10,10 +10,10 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
 from layers.recurrent_block import RecurrentConfig
-from lm import decode, model
-from lm.config import ModelConfig
-from lm.flops import param_count
-from lm.presets import PRESETS
+from lm.model import decode, network as model
+from lm.model.config import ModelConfig
+from lm.model.counting import param_count
+from lm.model.presets import PRESETS
 
 CONFIGS = [
     ModelConfig(d_model=32, num_layers=2, num_heads=4, d_ff=64),

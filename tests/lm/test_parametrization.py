@@ -1,4 +1,4 @@
-"""μP (lm/parametrization.py): classes and multipliers per family, SP untouched, μP = SP at the base width."""
+"""μP (lm/model/parametrization.py): classes and multipliers per family, SP untouched, μP = SP at the base width."""
 
 import dataclasses
 
@@ -9,10 +9,11 @@ import pytest
 
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
-from lm import model, parametrization, step, train
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
-from lm.families import MIXERS
-from lm.packing import random_batch
+from lm.model import network as model, parametrization
+from lm.train import step, solo as train
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
+from lm.model.families import MIXERS
+from lm.data.packing import random_batch
 
 BASE = 16
 _COMMON = dict(d_model=BASE, num_layers=1, vocab_size=40, num_heads=2, parametrization="mup", base_width=BASE)
@@ -234,10 +235,10 @@ class _Interrupt(Exception):
 
 
 def test_mup_run_on_a_mesh_resumes_from_its_checkpoint(tmp_path):
-    """μP through lm.train.train: a sharded (one-device mesh) run killed after its checkpoint resumes to the
+    """μP through lm.train.solo.train: a sharded (one-device mesh) run killed after its checkpoint resumes to the
     parameters of an uninterrupted single-device run."""
-    from lm.data import DataConfig
-    from lm.sharding import make_mesh
+    from lm.data.config import DataConfig
+    from lm.train.sharding import make_mesh
 
     cfg = parametrization.at_width(dataclasses.replace(FAMILIES["moe"], vocab_size=259), 2 * BASE)
     run = RunConfig(model=cfg, data=DataConfig(source="synthetic", seq_len=16, batch_size=2, synthetic_doc_len=50),

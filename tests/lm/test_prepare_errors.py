@@ -1,4 +1,4 @@
-"""Preparing a corpus that has bad documents, a changed input, a full disk or damaged shards (lm.prepare).
+"""Preparing a corpus that has bad documents, a changed input, a full disk or damaged shards (lm.data.prepare).
 
 The one-line refusals of ``experiments.prepare_data`` are rows of the table in
 tests/experiments/test_errors.py; here: what is kept, resumed, skipped and verified.
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from experiments import prepare_data
-from lm import corpus as corpus_lib
-from lm import prepare
-from lm.corpus import BadDocument
-from lm.prepare_manifest import verify
-from lm.prepared import PreparedSource
+from lm.data import corpus as corpus_lib
+from lm.data import prepare
+from lm.data.corpus import BadDocument
+from lm.data.manifest import verify
+from lm.data.shard_reader import PreparedSource
 
 
 def _jsonl(path, texts):
@@ -235,7 +235,7 @@ def test_verify_checks_markers_written_before_per_file_hashes(three, tmp_path):
 
 
 def test_json_records_are_replaced_whole(tmp_path):
-    from lm.prepare_plan import write_json
+    from lm.data.plan import write_json
 
     path = str(tmp_path / "plan.json")
     write_json(path, {"a": 1})
@@ -251,7 +251,7 @@ def _tokens(out):
 
 
 def test_shard_files_no_unit_accounts_for(tmp_path):
-    from lm.prepare_plan import unaccounted_shards
+    from lm.data.plan import unaccounted_shards
 
     (tmp_path / "shards").mkdir()
     for name in ("000001.train.tokens.bin", "000001.validation.docs.npy.123.tmp", "000002.done.json",

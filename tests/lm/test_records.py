@@ -1,4 +1,4 @@
-"""lm/records.py: the one writer and reader of metrics.jsonl / result.json."""
+"""lm/train/records.py: the one writer and reader of metrics.jsonl / result.json."""
 
 import dataclasses
 import errno
@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from lm import run_writer
-from lm import records
-from lm.config import ModelConfig, RunConfig
-from lm.data import DataConfig
+from lm.train import run_writer
+from lm.train import records
+from lm.model.config import ModelConfig, RunConfig
+from lm.data.config import DataConfig
 
 RUN = RunConfig(model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
                 data=DataConfig(source="synthetic", seq_len=16, batch_size=2), name="r")

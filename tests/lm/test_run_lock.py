@@ -1,4 +1,4 @@
-"""lm/run_lock.py: one process at a time per run directory (the cross-process and kill -9 cases:
+"""lm/train/run_lock.py: one process at a time per run directory (the cross-process and kill -9 cases:
 tests/experiments/test_stops.py)."""
 
 import fcntl
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from lm import run_lock, train, vmap_sweep
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
+from lm.train import run_lock, solo as train, sweep
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
 
 RUN = RunConfig(model=ModelConfig(d_model=16, num_layers=1, num_heads=1, d_ff=32),
                 data=DataConfig(source="synthetic", seq_len=16, batch_size=2, synthetic_doc_len=64),
@@ -52,8 +52,8 @@ def test_trainers_refuse_a_held_run_directory_before_writing(other_holder, tmp_p
     with pytest.raises(run_lock.RunDirLockedError, match="process 4321"):
         train.train(RUN, other_holder)
     free = tmp_path / "free"
-    runs = vmap_sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
+    runs = sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
     with pytest.raises(run_lock.RunDirLockedError, match="process 4321"):
-        vmap_sweep.train_vmapped(runs, [free, other_holder])
+        sweep.train_vmapped(runs, [free, other_holder])
     assert sorted(p.name for p in other_holder.iterdir()) == [run_lock.LOCK]
     assert sorted(p.name for p in free.iterdir()) == [run_lock.LOCK]  # locked and released, nothing written

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from lm.config import ScheduleConfig
-from lm.schedules import lr_multiplier
+from lm.model.config import ScheduleConfig
+from lm.train.schedules import lr_multiplier
 
 
 def test_cosine_warmup_then_decays_to_min_ratio():
@@ -62,7 +62,7 @@ def test_bad_knots_are_refused(kind, knots):
 
 
 def test_table_config_round_trips_through_json():
-    from lm.config import RunConfig
+    from lm.model.config import RunConfig
 
     run = RunConfig(schedule=ScheduleConfig(kind="table", knots=((0, 1.0), (50, 0.2))))
     assert RunConfig.from_dict(json.loads(run.to_json())) == run

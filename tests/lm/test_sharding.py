@@ -1,4 +1,4 @@
-"""lm/sharding.py: sharded train steps equal the single-device step; checkpoints change meshes;
+"""lm/train/sharding.py: sharded train steps equal the single-device step; checkpoints change meshes;
 two jax.distributed processes agree with one.
 
 The multi-device parts run in subprocesses (``tests/lm/sharding_worker.py``) with
@@ -12,7 +12,7 @@ host slices, assembled with ``jax.make_array_from_process_local_data``, and para
 are sharded across both processes on the mesh (2, 2, 2, 1). Under xdist this module and
 tests/lm/test_kernels_on_mesh.py are one unit of work (``tests/conftest.py``).
 
-The reference is the plain ``jax.jit`` of ``lm.step.make_train_step`` on one device (no mesh),
+The reference is the plain ``jax.jit`` of ``lm.train.step.make_train_step`` on one device (no mesh),
 fed the global batch (the two host slices concatenated). Adam's first update is
 g / (|g| + eps) per element, ~sign(g): an element whose gradient is near eps turns a
 float32 reduction-order difference into an O(lr) change, so the runs use eps = 1e-3 (the
@@ -35,11 +35,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lm import multihost, sharding
+from lm.train import multihost, sharding
 
 ROOT = Path(__file__).resolve().parents[2]
 MESHES = ((8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 2, 1))
-# One line per preset: (preset in lm/presets.py, meshes of its train-step test).
+# One line per preset: (preset in lm/model/presets.py, meshes of its train-step test).
 PRESET_MESHES = (
     ("transformer", MESHES),
     ("griffin", MESHES),
@@ -218,7 +218,7 @@ def test_data_states_round_trip_and_refuse_another_process_count():
     saved = json.loads(json.dumps(multihost.gather_data_states(state)))  # as a JSON checkpoint item
     assert len(saved["hosts"]) == 1
     assert multihost.local_data_state(saved) == state
-    # The state lm.train saves without a mesh (one host) is accepted too.
+    # The state lm.train.solo saves without a mesh (one host) is accepted too.
     assert multihost.local_data_state(saved["hosts"][0]) == state
     with pytest.raises(ValueError, match="2 host entries"):
         multihost.local_data_state({"hosts": saved["hosts"] * 2})
@@ -245,7 +245,7 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(devices8):
     """Step 1 on (2, 4, 1, 1), save, restore onto (2, 2, 2, 1), step 2 == two single-device steps.
 
     Also: ``init_sharded_state`` equals ``init_state`` and the sharded validation loss the
-    one-device ``lm.loop.evaluate``.
+    one-device ``lm.train.loop.evaluate``.
     """
     got, info = _load(devices8, "checkpoint")
     want, ref = _load(devices8, "transformer-reference2")

@@ -5,9 +5,9 @@ import io
 import numpy as np
 import pytest
 
-from lm import subword
-from lm.subword import load_tokenizer
-from lm.tokenizer import ByteTokenizer, parse_bpe_spec
+from lm.data import subword
+from lm.data.subword import load_tokenizer
+from lm.data.tokenizer import ByteTokenizer, parse_bpe_spec
 
 TEXTS = [f"def f{i}(x):\n    return x * {i} + 'héllo ✓ wörld'\n" for i in range(200)]
 

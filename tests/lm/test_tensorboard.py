@@ -1,4 +1,4 @@
-"""lm.tensorboard: event files written with the run's records, HParams of every run and of a study."""
+"""lm.train.tensorboard: event files written with the run's records, HParams of every run and of a study."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from tensorboardX.proto.api_pb2 import Status
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-from lm import records, run_writer
-from lm import tensorboard as tb
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
-from lm.data import DataConfig
+from lm.train import records, run_writer
+from lm.train import tensorboard as tb
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig
+from lm.data.config import DataConfig
 
 RUN = RunConfig(model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
                 data=DataConfig(source="synthetic", seq_len=16, batch_size=2),

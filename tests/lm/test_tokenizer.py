@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lm import tokenizer as tok
+from lm.data import tokenizer as tok
 
 
 def test_token_ids_are_bytes_then_distinct_specials():

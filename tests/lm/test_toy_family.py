@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from lm.families import MIXERS
-from lm.flops import train_flops_per_token
+from lm.model.families import MIXERS
+from lm.model.counting import train_flops_per_token
 from tests.lm.conftest import TOY_MODULE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ ARGV = ["--name", "toy", "--model.pattern", "TA", "--model.families.toy.width", 
 STOPPED = """
 import sys
 from experiments import train as cli
-from lm import train
+from lm.train import solo as train
 
 class Stop(Exception):
     pass
@@ -55,10 +55,11 @@ RESUMED = """
 import json, sys
 import jax
 assert {module!r} not in sys.modules
-from lm import records
+from lm.train import records
 run = records.read_config(sys.argv[1])  # the first that names "T": its entry point loads now
 assert {module!r} in sys.modules
-from lm import flops, sharding, train
+from lm.model import counting as flops
+from lm.train import sharding, solo as train
 mesh = sharding.make_mesh((1, 2, 2, 1))
 shardings = sharding.param_shardings(run.model, mesh)
 paths = jax.tree_util.tree_flatten_with_path(shardings)[0]

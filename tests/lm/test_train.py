@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from lm import records, step, train
-from lm.checkpoint import Checkpointer, CheckpointError
-from lm.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
-from lm.packing import random_batch
+from lm.train import records, step, solo as train
+from lm.train.checkpoint import Checkpointer, CheckpointError
+from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.data.packing import random_batch
 
 RUN = RunConfig(
     model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),

@@ -10,11 +10,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lm import loop, preemption, records, step, train
-from lm.checkpoint import Checkpointer
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.records import DiskFullError
+from lm.train import loop, preemption, records, step, solo as train
+from lm.train.checkpoint import Checkpointer
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.train.records import DiskFullError
 
 # log_every 2 and checkpoint_every 3: a checkpoint (3) in the middle of a training window, so a
 # resume must restore the window to write the uninterrupted run's records
@@ -144,9 +144,9 @@ def test_checkpoints_without_the_window_still_resume(tmp_path):
 
 
 def test_a_vmapped_group_stops_at_the_next_step_and_writes_no_result(tmp_path):
-    from lm import vmap_sweep
+    from lm.train import sweep
 
-    runs = vmap_sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
+    runs = sweep.sweep_runs(RUN, learning_rates=(1e-3, 1e-2))
     dirs = [tmp_path / r.name for r in runs]
 
     def signal_at_1(done, total, metrics):
@@ -156,7 +156,7 @@ def test_a_vmapped_group_stops_at_the_next_step_and_writes_no_result(tmp_path):
     with preemption.handle_signals(), pytest.raises(preemption.Preempted, match=(
             r"preempted at step 2 of the vmapped group tiny-lr0.001, tiny-lr0.01 \(SIGTERM\); groups keep no "
             "checkpoints")) as stop:
-        vmap_sweep.train_vmapped(runs, dirs, progress=signal_at_1)
+        sweep.train_vmapped(runs, dirs, progress=signal_at_1)
     assert not stop.value.saved
     for d in dirs:
         assert not (d / "result.json").exists() and [r["step"] for r in records.read_metrics(d)] == [2]

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from layers.moe import MoEConfig
-from lm import model, train
-from lm.records import read_metrics
-from lm.config import ModelConfig, RunConfig, TrainConfig
-from lm.data import DataConfig
-from lm.upcycle import upcycle_params, upcycle_run
+from lm.model import network as model
+from lm.train import solo as train
+from lm.train.records import read_metrics
+from lm.model.config import ModelConfig, RunConfig, TrainConfig
+from lm.data.config import DataConfig
+from lm.model.upcycle import upcycle_params, upcycle_run
 
 DENSE = ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=48)
 MOE = dataclasses.replace(DENSE, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=48, activation="geglu"))

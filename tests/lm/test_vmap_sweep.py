@@ -1,4 +1,4 @@
-"""lm.vmap_sweep: each vmapped run's loss curve equals its sequential twin (the one loop, K = 1, the solo step).
+"""lm.train.sweep: each vmapped run's loss curve equals its sequential twin (the one loop, K = 1, the solo step).
 
 Tolerance: the twin runs the same float32 math, but vmapping turns each matmul into a
 batched one whose reduction order XLA may tile differently, so losses agree to a few
@@ -15,10 +15,11 @@ import json
 import numpy as np
 import pytest
 
-from lm import data_check, loop, multihost, records, sharding
-from lm import vmap_sweep as vs
-from lm.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
-from lm.data import DataConfig
+from lm.data import check
+from lm.train import loop, multihost, records, sharding
+from lm.train import sweep as vs
+from lm.model.config import ModelConfig, RunConfig, ScheduleConfig, TrainConfig
+from lm.data.config import DataConfig
 
 BASE = RunConfig(
     model=ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=64),
@@ -68,13 +69,13 @@ def test_vmapped_curves_equal_sequential_twins(tmp_path, width):
     np.testing.assert_allclose(res.losses, twins, rtol=1e-5, atol=0)
     # the runs really differ (so equality above is not vacuous)
     assert np.abs(twins[0, -1] - twins[1, -1]) > 1e-3
-    # metrics.jsonl: window means of the per-step losses, like lm.train.train
+    # metrics.jsonl: window means of the per-step losses, like lm.train.solo.train
     recs = [json.loads(x) for x in (dirs[1] / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [4, 8]
     np.testing.assert_allclose([r["train_loss"] for r in recs], [twins[1, :4].mean(), twins[1, 4:].mean()], rtol=1e-5)
     assert recs[0]["lr"] == pytest.approx(1e-2)
     assert (dirs[3] / "result.json").exists()
-    assert all(records.read_corpus(d) == data_check.corpus_record(BASE.data) for d in dirs)  # what each run read
+    assert all(records.read_corpus(d) == check.corpus_record(BASE.data) for d in dirs)  # what each run read
 
 
 def test_a_diverging_run_is_flagged_and_leaves_the_others_untouched(tmp_path):
@@ -92,7 +93,7 @@ def test_a_diverging_run_is_flagged_and_leaves_the_others_untouched(tmp_path):
 
 def test_a_grouped_run_writes_the_records_of_its_solo_run(tmp_path):
     """One loop: the same record timing (log_every, eval_every, the last step), window means and evaluations."""
-    from lm import train
+    from lm.train import solo as train
 
     cfg = dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, eval_every=6))
     runs = vs.sweep_runs(cfg, learning_rates=[1e-3, 1e-2])

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from layers.partitioning import param
-from lm.families import MixerSpec, settings
-from lm.mixers import compute_dtype
+from lm.model.families import MixerSpec, settings
+from lm.model.mixers import compute_dtype
 
 LETTER = "T"
 

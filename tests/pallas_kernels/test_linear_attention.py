@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.flops import linear_attention_flops
+from lm.model.counting import linear_attention_flops
 from pallas_kernels.backend import platform
 from pallas_kernels.linear_attention.ops import linear_attention_fwd_kernel
 from pallas_kernels.linear_attention import (

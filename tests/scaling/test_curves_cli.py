@@ -126,7 +126,7 @@ def test_bad_options(files, capsys, argv, message):
 
 def test_runs_directories(tmp_path):
     """A study folder of run directories: config.json + metrics.jsonl per run."""
-    from lm.config import RunConfig, ScheduleConfig, TrainConfig
+    from lm.model.config import RunConfig, ScheduleConfig, TrainConfig
 
     for name, kind in (("a", "cosine"), ("b", "wsd"), ("c", "constant")):
         run = RunConfig(schedule=ScheduleConfig(kind=kind, warmup_steps=20), train=TrainConfig(steps=400))
@@ -147,11 +147,11 @@ def test_runs_directories(tmp_path):
                                          ("wsd", "linear"), ("wsd", "cosine"), ("wsd", "sqrt"),
                                          ("wsd", "exponential"), ("wsd", "step"), ("table", "linear")])
 def test_run_schedules_mirror_lm(kind, shape):
-    """scaling reads schedules without importing lm: the mirror equals lm.schedules."""
+    """scaling reads schedules without importing lm: the mirror equals lm.train.schedules."""
     from dataclasses import asdict
 
-    from lm.config import ScheduleConfig
-    from lm.schedules import lr_multiplier as lm_multiplier
+    from lm.model.config import ScheduleConfig
+    from lm.train.schedules import lr_multiplier as lm_multiplier
 
     knots = ((0, 1.0), (30, 0.9), (60, 0.25), (90, 0.05)) if kind == "table" else None
     cfg = ScheduleConfig(kind=kind, decay_shape=shape, warmup_fraction=0.1, min_ratio=0.05, knots=knots)

@@ -1,0 +1,1 @@
+"""The data room: sources, corpora, tokenizers, packing, prepared shards and the grain pipeline."""
