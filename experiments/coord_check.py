@@ -169,7 +169,7 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     lr, zero = jnp.float32(preset.learning_rate), jnp.float32(0.0)
     snapshots = []  # per seed: the params at steps 0..n on the host
     for seed in range(preset.seeds):
-        state = sharding.shard_state(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
+        state = jax.device_put(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
         feed = [multihost.global_batch({k: v[seed, t] for k, v in batches.items()}, mesh, preset.batch_size)
                 for t in range(preset.steps)]
         step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE)

@@ -57,8 +57,9 @@ from lm.model.presets import mup_family_model as family_model
 @dataclasses.dataclass(frozen=True)
 class Preset(lib.Preset):
     """Widths base x multipliers (each an integer width), learning-rate grid (geometric), run length and batch
-    shape; ``zero_readout``: μP runs with ``model.mup_zero_readout``; ``bootstrap``: resamples of the
-    prediction interval."""
+    shape; ``zero_readout``: the μP runs' ``model.mup_zero_readout`` (None: the model's default, a zero
+    readout for an untied head; False: a random readout); ``bootstrap``: resamples of the prediction
+    interval."""
 
     base_width: int
     learning_rates: tuple[float, ...]
@@ -70,7 +71,7 @@ class Preset(lib.Preset):
     warmup_fraction: float = 0.1
     eval_batches: int = 4
     threshold: float = 0.01
-    zero_readout: bool = False
+    zero_readout: bool | None = None
     bootstrap: int = 200
 
     def __post_init__(self):
@@ -111,8 +112,8 @@ def build_study(preset: Preset, family: str = "transformer",
     runs, tags, groups = [], {}, []
     for par in PARAMETRIZATIONS:
         base = family_model(family, preset.base_width, preset.num_layers, par)
-        if preset.zero_readout and par == "mup":
-            base = dataclasses.replace(base, mup_zero_readout=True)  # Tensor Programs V, readout only
+        if preset.zero_readout is not None and par == "mup":
+            base = dataclasses.replace(base, mup_zero_readout=preset.zero_readout)  # Tensor Programs V, readout only
         for width in preset.widths:
             model = parametrization.at_width(base, width)
             run = RunConfig(
@@ -148,7 +149,7 @@ def saved_study(out: str | Path) -> tuple[lib.Study, Preset]:
     meta = saved.get("meta", {})
     name, family = meta.get("preset"), meta.get("family")
     if name in PRESETS and family in FAMILIES:
-        for zero in (False, True):
+        for zero in (False, True, None):  # True and None build the same untied models: True first
             preset = PRESETS[name].replace(zero_readout=zero)
             study = build_study(preset, family, name)[0]
             if study.fingerprint() == saved.get("fingerprint"):

@@ -150,7 +150,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_a_killed_holder_frees
     out = tmp_path / "out"
     train_cli.main(["--out", str(out), *SHORT])
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lm import run_lock\n"
+        [sys.executable, "-c", "import sys, time; from lm.train import run_lock\n"
          "with run_lock.hold(sys.argv[1]):\n    print('held', flush=True); time.sleep(300)", str(out / "t")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE)
     try:
