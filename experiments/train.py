@@ -112,7 +112,10 @@ def check_run_dir(run: RunConfig, run_dir: Path, overwrite: bool) -> None:
     try:  # a config of an earlier schema (lm/model/config_schema.py) reads as today
         old = RunConfig.from_dict(old).to_dict()
     except (ValueError, TypeError):
-        old = migrate(old)  # the differences below say what no longer loads
+        try:
+            old = migrate(old)  # the differences below say what no longer loads
+        except ValueError as err:  # a schema this scalelab cannot read (written by a newer one)
+            raise outdir.OutputError(f"{run_dir / records.CONFIG}: {err}; {hint}") from err
     diff = outdir.config_differences(old, run.to_dict(), ignore=RESUME_FREE_FIELDS)
     if diff:
         raise outdir.OutputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diff)}); "

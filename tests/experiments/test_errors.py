@@ -118,6 +118,9 @@ TRAIN_CASES = {
                             r"config .*config\.json is not valid JSON .*--overwrite", 2),
     "config.json holding a list": (["--out", "out"], _write("out/train/config.json", "[]"),
                                    r"holds a JSON list, not an object", 2),
+    "config.json of a newer schema": (["--out", "out"], _write("out/train/config.json", '{"schema_version": 3}'),
+                                      r"out/train/config\.json: config schema_version=3: this scalelab reads "
+                                      r"versions 0 to 2 .*--overwrite", 2),
     "checkpoints without config": (["--out", "out"], _write("out/train/checkpoints/2/x", ""),
                                    r"holds checkpoints but no config.json", 2),
     "negative sample tokens": (["--out", "out", "--sample-tokens", "-1"], None, r"--sample-tokens=-1", 2),
