@@ -10,7 +10,9 @@ what every run shares, written once:
   only in schedule, length or peak share one compiled program (``lm.train.compiled``);
 - the averaging window: a record's ``train_loss`` is the mean training loss since the
   previous record, and the window travels in a checkpoint so a resumed run writes the
-  records of an uninterrupted one;
+  records of an uninterrupted one; its ``tokens_per_s`` is the window's tokens over the seconds
+  of its steps (each step until its loss is on the host; in a group each run gets a k-th
+  share), counting only the steps timed in this process when the window came from a checkpoint;
 - the record timing: a record every ``log_every`` and every ``eval_every`` steps and after
   the last step; an evaluation every ``eval_every`` steps and after the last; a checkpoint
   every ``checkpoint_every`` steps, at each of ``checkpoint_steps`` and after the last
@@ -160,6 +162,7 @@ def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
     diverged: list[int | None] = [None] * k
     divergence: list[tuple[float, float] | None] = [None] * k
     window, window_n = np.zeros(k), 0
+    window_s, window_timed = 0.0, 0  # the steps of the window timed in this process, and their seconds
     if "window" in meta:  # checkpoints written before the window was kept start an empty one
         window[0], window_n = meta["window"]
     last_train = np.full(k, math.nan)
@@ -212,7 +215,8 @@ def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
             else:
                 state, m = step_fn(state, batch, jnp.float32(lrs[0]), jnp.float32(wds[0]))
             loss, finite = per_run(m["loss"]).astype(np.float32), per_run(m["finite"])
-            train_s += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            train_s, window_s, window_timed = train_s + dt, window_s + dt, window_timed + 1
             for i in range(k):
                 if diverged[i] is None and not finite[i]:
                     diverged[i], divergence[i] = step, (float(loss[i]), float(per_run(m["grad_norm"])[i]))
@@ -226,17 +230,19 @@ def train_loop(runs: Sequence[RunConfig], state: dict, train_it, mesh, *,
             recs = None
             if _due(done, tc.log_every, steps) or _due(done, tc.eval_every, steps):
                 grad_norm, moe = per_run(m["grad_norm"]), m.get("moe")
+                # the window's throughput: its tokens over its seconds, each of the k runs its share
+                tokens_per_s = tokens_per_step * window_timed / max(window_s, 1e-9) / k
                 recs = []
                 for i, r in enumerate(runs):
                     rec = None
                     if alive[i]:
                         rec = records.metric_record(r, done, lrs[i], float(window[i] / window_n), float(grad_norm[i]),
-                                                    tokens_per_step * window_n / max(train_s, 1e-9) / k)
+                                                    tokens_per_s)
                         if moe is not None:
                             rec["moe"] = jax.tree.map(lambda a, i=i: per_run(a)[i].tolist(), moe)
                         last_train[i] = rec["train_loss"]
                     recs.append(rec)
-                window[:], window_n = 0.0, 0
+                window[:], window_n, window_s, window_timed = 0.0, 0, 0.0, 0
             stop = (ckpt is not None or done < steps) and preemption.should_stop(done)
             if ckpt is not None and (stop or _due(done, tc.checkpoint_every, steps)
                                      or done in (tc.checkpoint_steps or ())):
