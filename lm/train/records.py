@@ -138,7 +138,18 @@ def write_config(run_dir: str | Path, run: RunConfig) -> None:
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
-    return RunConfig.from_dict(json.loads(Path(run_dir, CONFIG).read_text()))
+    """The run's config.json as a RunConfig, any earlier schema migrated (``lm.model.config_schema``).
+
+    Raises:
+      ValueError: one line naming the file: not JSON, a schema newer than this scalelab's, or
+        a field that does not validate. (A missing file is the OSError.)
+    """
+    path = Path(run_dir, CONFIG)
+    text = path.read_text()
+    try:
+        return RunConfig.from_dict(json.loads(text))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def flatten(record: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -139,3 +139,17 @@ def test_disk_full_errors_are_recognised_through_wrapping(err, full, tmp_path):
         assert (got is not None) == full
         if full:
             assert isinstance(got, records.DiskFullError) and got.directory == tmp_path and got.free_bytes > 0
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "Expecting property name"),
+    ('{"schema_version": 99}', "schema_version"),
+    ('{"model": {"d_model": -1}}', "d_model"),
+])
+def test_a_config_json_that_does_not_load_is_one_line_naming_the_file(tmp_path, text, says):
+    (tmp_path / records.CONFIG).write_text(text)
+    with pytest.raises(ValueError) as err:
+        records.read_config(tmp_path)
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / records.CONFIG) + ": ") and says in message and "\n" not in message
+    assert (tmp_path / records.CONFIG).read_text() == text  # nothing rewritten
