@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from experiments import architectures as arch
+from experiments import architectures_analysis as analysis
 from experiments import lib
 from lm.model.counting import param_count, train_flops_per_token
 
@@ -77,9 +78,9 @@ def test_an_unbounded_multiplier_interval_is_explained_in_the_report():
     mult = arch.compute_multipliers(fits, c_max)
     assert math.isinf(mult.loc["moe", "upper"]) and mult.loc["moe", "unreached"] == pytest.approx(0.2)
     assert mult.loc["transformer", "unreached"] == 0.0
-    note = " ".join(arch.unbounded_note(mult))
+    note = " ".join(analysis.unbounded_note(mult))
     assert "`inf`" in note and "(the resamples never reaching it: moe 20.0%)" in note
-    assert arch.unbounded_note(mult.drop("moe")) == []
+    assert analysis.unbounded_note(mult.drop("moe")) == []
 
 
 def test_a_chinchilla_fit_at_e_zero_says_whether_it_is_the_datas_optimum():
@@ -95,10 +96,10 @@ def test_a_chinchilla_fit_at_e_zero_says_whether_it_is_the_datas_optimum():
     chin = arch.fit_chinchilla_per_family(pd.DataFrame(rows), n_bootstrap=4, init_grid=grid)
     assert chin["hawk"].loc["E", "estimate"] < 1e-3 and set(chin["hawk"].attrs["E_profile"]) == set(arch.E_PROFILE)
     assert all(r > 1.0 for r in chin["hawk"].attrs["E_profile"].values())
-    lines = arch.e_profile_lines("hawk", chin["hawk"].attrs["E_profile"])
+    lines = analysis.e_profile_lines("hawk", chin["hawk"].attrs["E_profile"])
     assert "the data's optimum, not a failed fit" in " ".join(lines)
     assert chin["gla"].loc["E", "estimate"] == pytest.approx(1.5, rel=0.02) and "E_profile" not in chin["gla"].attrs
-    assert "missed its optimum" in " ".join(arch.e_profile_lines("moe", {0.5: 0.9, 1.0: 1.2}))
+    assert "missed its optimum" in " ".join(analysis.e_profile_lines("moe", {0.5: 0.9, 1.0: 1.2}))
 
 
 def test_compute_for_loss_inverts_the_law():
