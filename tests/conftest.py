@@ -1,8 +1,6 @@
 """Shared test set-up.
 
 * float32 parity tests run with the highest matmul precision;
-* every process of the session compiles with XLA's CPU backend at optimisation level 0
-  (:data:`FAST_COMPILE_FLAG`, through XLA_FLAGS, inherited like the cache below);
 * every process of the session (this one, the xdist workers, the subprocesses the tests
   start: CLIs, fake-device workers, notebook kernels) shares one JAX persistent
   compilation cache (:mod:`lm.train.compile_cache`) in a temporary folder made by the controller
@@ -36,14 +34,6 @@ from pathlib import Path
 
 from lm.train import compile_cache
 
-# XLA's CPU backend at optimisation level 0 (LLVM's -O0): the suite's programs are small and run a
-# few times each, so compiling them is most of their cost; at level 0 a compile takes about a
-# quarter less CPU (tests/lm/test_model.py's greedy-generation test: 30.2 -> 22.4 CPU s). The HLO
-# is the same program; only the machine code differs (a float reduction may be ordered otherwise,
-# well inside every tolerance here, and both sides of a bitwise comparison run in this session). A session started with its own
-# ``--xla_backend_optimization_level`` in XLA_FLAGS keeps it.
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-
 # The controller (no xdist worker id) makes the session's cache before JAX is imported;
 # workers and subprocesses inherit the variables.
 _OWN_CACHE = None
@@ -51,8 +41,6 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     _keep = os.environ.get("SCALELAB_TEST_JAX_CACHE")
     _OWN_CACHE = None if _keep else tempfile.mkdtemp(prefix="scalelab-test-jax-cache-")
     os.environ.update(compile_cache.settings(_keep or _OWN_CACHE))
-    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
 
 import jax  # noqa: E402  (after the cache's variables)
 import pytest  # noqa: E402
