@@ -127,8 +127,7 @@ def test_kernel_never_reads_fully_masked_blocks(kernel_impl):
     v_nan = v.at[:, :4].set(jnp.nan)
     expected = reference(q, k, v.at[:, :4].set(0.0), window=2)
     for form in kernel_forms(kernel_impl):
-        got = jax.jit(lambda q, k, v: flash_attention(q, k, v, window=2, impl=kernel_impl, kernel=form,
-                                                      block_sizes=SMALL))(q, k, v_nan)
+        got = flash_attention(q, k, v_nan, window=2, impl=kernel_impl, kernel=form, block_sizes=SMALL)
         np.testing.assert_allclose(got[:, 8:], expected[:, 8:], atol=ATOL, rtol=ATOL, err_msg=form)
 
 
@@ -203,10 +202,9 @@ def test_auto_uses_blocked_paths_where_they_skip_blocks(monkeypatch):
         np.testing.assert_allclose(out, reference(q, k, v, window=window), atol=ATOL, rtol=ATOL)
     # Non-causal, one block, or fewer queries than keys: the dense reference.
     for kw in (dict(causal=False), dict(block_sizes=BlockSizes(64, 64))):
-        got = jax.jit(lambda q, k, v: flash_attention(q, k, v, **kw))(q, k, v)  # noqa: B023 (called at once)
-        np.testing.assert_allclose(got, reference(q, k, v, causal=kw.get("causal", True)), atol=ATOL, rtol=ATOL)
-    np.testing.assert_allclose(jax.jit(flash_attention)(q[:, :9], k, v), reference(q[:, :9], k, v),
-                               atol=ATOL, rtol=ATOL)
+        np.testing.assert_allclose(flash_attention(q, k, v, **kw), reference(q, k, v, causal=kw.get("causal", True)),
+                                   atol=ATOL, rtol=ATOL)
+    np.testing.assert_allclose(flash_attention(q[:, :9], k, v), reference(q[:, :9], k, v), atol=ATOL, rtol=ATOL)
     # On CPU the short window takes the windowed path and the rest the causal one; on an
     # accelerator auto is the kernel.
     on_cpu = platform() == "cpu"
@@ -224,8 +222,7 @@ def test_explicit_positions_fall_back_to_reference(kernel_impl):
     kw = dict(window=3, segment_ids=seg, kv_segment_ids=kv_seg, q_positions=q_pos, kv_positions=kv_pos)
     expected = reference(q, k, v, **kw)
     for impl in ("auto", "blocked", kernel_impl):
-        got = jax.jit(lambda q, k, v: flash_attention(q, k, v, impl=impl, **kw))(q, k, v)  # noqa: B023 (called at once)
-        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=ATOL)
+        np.testing.assert_allclose(flash_attention(q, k, v, impl=impl, **kw), expected, atol=ATOL, rtol=ATOL)
 
 
 @pytest.mark.parametrize("bad", [dict(window=-1), dict(impl="fast"), dict(kernel="cuda")])
