@@ -90,14 +90,11 @@ def test_reference_forms_match_numpy(variant, with_state):
 
 def test_public_reference_and_scale():
     q, k, v, g, gk, s0 = make_inputs(1, "both", t=21)
-    # jitted: one compile instead of the reference's ops dispatched (and compiled) one by one
-    o, s = jax.jit(lambda *a: linear_attention(*a, g=g, gk=gk, scale=0.3, initial_state=s0, chunk_size=16,
-                                               impl="reference"))(q, k, v)
+    o, s = linear_attention(q, k, v, g=g, gk=gk, scale=0.3, initial_state=s0, chunk_size=16, impl="reference")
     assert s is None
     want_o, _ = numpy_recurrence(q, k, v, g, gk, s0, scale=0.3)
     assert_close(o, want_o)
-    _, s = jax.jit(lambda *a: linear_attention(*a, g=g, output_final_state=True, chunk_size=32,
-                                               impl="reference"))(q, k, v)
+    _, s = linear_attention(q, k, v, g=g, output_final_state=True, chunk_size=32, impl="reference")
     assert_close(s, numpy_recurrence(q, k, v, g)[1])
 
 
@@ -108,7 +105,7 @@ def test_strong_decay_long_chunk_does_not_overflow():
     g = jnp.full(q.shape[:3], -30.0)
     gk = jnp.full(q.shape, -2.0).at[:, ::3].set(-40.0)
     want_o, want_s = numpy_recurrence(q, k, v, g, gk, s0)
-    o, s = jax.jit(lambda *a: linear_attention_chunked(*a, initial_state=s0, chunk_size=64))(q, k, v, g, gk)
+    o, s = linear_attention_chunked(q, k, v, g, gk, initial_state=s0, chunk_size=64)
     assert_close(o, want_o)
     assert_close(s, want_s)
     grads = jax.jit(jax.grad(lambda *a: linear_attention_chunked(*a, chunk_size=64)[0].sum(), argnums=(0, 1, 2, 3, 4)))(
@@ -181,25 +178,25 @@ class TestKernel:
         else:
             kernels = [platform()]
         for kernel in kernels:
-            o, s = jax.jit(lambda *a: linear_attention_pallas(
-                *a, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
+            o, s = linear_attention_pallas(
+                q, k, v, g, gk, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
                 kernel=kernel, interpret=kernel_impl == "interpret",
-            ))(q, k, v, g, gk)
+            )
             assert_close(o, want_o), kernel
             assert_close(s, want_s), kernel
 
     def test_public_op_chunk32_value_tiles(self, kernel_impl):
         q, k, v, g, _, s0 = make_inputs(8, "g", t=45, dv=32)
         want_o, want_s = numpy_recurrence(q, k, v, g, None, s0)
-        o, s = jax.jit(lambda *a: linear_attention(
-            *a, g=g, initial_state=s0, output_final_state=True, chunk_size=32, impl=kernel_impl
-        ))(q, k, v)
+        o, s = linear_attention(
+            q, k, v, g=g, initial_state=s0, output_final_state=True, chunk_size=32, impl=kernel_impl
+        )
         assert_close(o, want_o)
         assert_close(s, want_s)
-        o, s = jax.jit(lambda *a: linear_attention_pallas(
-            *a, initial_state=s0, block_sizes=BlockSizes(16, block_v=16),
+        o, s = linear_attention_pallas(
+            q, k, v, g, initial_state=s0, block_sizes=BlockSizes(16, block_v=16),
             kernel="gpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
-        ))(q, k, v, g)
+        )
         assert_close(o, want_o)
         assert_close(s, want_s)
 
@@ -209,10 +206,10 @@ class TestKernel:
         g = jnp.full(q.shape[:3], -30.0)
         gk = jnp.full(q.shape, -1.0).at[:, 1::4].set(-60.0)
         want_o, want_s = numpy_recurrence(q, k, v, g, gk, s0)
-        o, s = jax.jit(lambda *a: linear_attention_pallas(
-            *a, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
+        o, s = linear_attention_pallas(
+            q, k, v, g, gk, initial_state=s0, block_sizes=BlockSizes(16, sub_chunk=8),
             kernel="tpu" if kernel_impl == "interpret" else platform(), interpret=kernel_impl == "interpret",
-        ))(q, k, v, g, gk)
+        )
         assert_close(o, want_o)
         assert_close(s, want_s)
 
