@@ -1,7 +1,6 @@
 """Sparse upcycling: the upcycled MoE reproduces the dense model at step 0, and trains on."""
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -19,19 +18,13 @@ DENSE = ModelConfig(d_model=32, num_layers=2, num_heads=2, d_ff=48)
 MOE = dataclasses.replace(DENSE, moe_every=1, moe=MoEConfig(num_experts=4, top_k=2, d_ff=48, activation="geglu"))
 
 
-@functools.cache
-def _forward(cfg: ModelConfig):
-    """The jitted forward of ``cfg`` (params, tokens) -> logits: compiled once for both router cases."""
-    return jax.jit(functools.partial(model.forward, cfg))
-
-
 @pytest.mark.parametrize("router", ["zero", "fresh"])
 def test_upcycled_model_reproduces_dense_outputs(router):
-    dense_params = jax.jit(lambda r: model.init_params(DENSE, r))(jax.random.PRNGKey(0))
+    dense_params = model.init_params(DENSE, jax.random.PRNGKey(0))
     moe_params = upcycle_params(DENSE, dense_params, MOE, jax.random.PRNGKey(1), router=router)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 0, DENSE.vocab_size)
     np.testing.assert_allclose(
-        np.asarray(_forward(MOE)(moe_params, tokens)), np.asarray(_forward(DENSE)(dense_params, tokens)),
+        np.asarray(model.forward(MOE, moe_params, tokens)), np.asarray(model.forward(DENSE, dense_params, tokens)),
         rtol=1e-5, atol=1e-5,
     )
 
