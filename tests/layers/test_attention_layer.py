@@ -50,8 +50,9 @@ def test_attention_matches_numpy(heads, kv_heads, window, softcap):
     seg = jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1]])
     pos = jnp.array([[0, 1, 2, 0, 1, 2, 3], list(range(7))])
     layer = Attention(heads, kv_heads, hd, window=window, softcap=softcap, rope_fraction=0.5, impl="reference")
-    params = jax.tree.map(lambda a: a, layer.init(jax.random.PRNGKey(1), x, segment_ids=seg, positions=pos))
-    y, cache = layer.apply(params, x, segment_ids=seg, positions=pos)
+    # jitted: one compile each instead of every op of the layer dispatched on its own
+    params = jax.jit(lambda r: layer.init(r, x, segment_ids=seg, positions=pos))(jax.random.PRNGKey(1))
+    y, cache = jax.jit(lambda p: layer.apply(p, x, segment_ids=seg, positions=pos))(params)
     assert cache is None
     p = {k: np.asarray(v.value if hasattr(v, "value") else v, np.float64) for k, v in params["params"].items()}
     xn = np.asarray(x, np.float64)

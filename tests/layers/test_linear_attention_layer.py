@@ -53,12 +53,16 @@ def numpy_layer(p, x, positions, layer):
 
 
 def init(layer, x, positions, seed=0):
-    params = layer.init(jax.random.PRNGKey(seed), x, positions=positions)
-    # Random (not zero) norm and gate biases so that every parameter is exercised.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [leaf + 0.3 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
-    return jax.tree.unflatten(tree, leaves)
+    @jax.jit  # one compile instead of every op of the initialisation dispatched on its own
+    def perturbed_init(x, positions):
+        params = layer.init(jax.random.PRNGKey(seed), x, positions=positions)
+        # Random (not zero) norm and gate biases so that every parameter is exercised.
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+        leaves = [leaf + 0.3 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+        return jax.tree.unflatten(tree, leaves)
+
+    return perturbed_init(x, positions)
 
 
 def inputs(t, seed=0, starts=(0,)):

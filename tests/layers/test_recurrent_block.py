@@ -32,6 +32,12 @@ POSITIONS = np.array(
 )
 
 
+def jitted_apply(module):
+    """``module.apply`` jitted (params, x, segment_ids, positions, cache): one compile per shape
+    instead of every op of the block dispatched on its own."""
+    return jax.jit(lambda p, x, s, pos, c: module.apply(p, x, segment_ids=s, positions=pos, cache=c))
+
+
 def setup(seed=0, impl="sequential"):
     x = jnp.asarray(np.random.default_rng(seed).standard_normal((2, POSITIONS.shape[1], 8)), jnp.float32)
     segment_ids = np.cumsum(POSITIONS == 0, axis=1).astype(np.int32)
@@ -42,7 +48,7 @@ def setup(seed=0, impl="sequential"):
 
 def test_matches_numpy():
     module, params, x, segment_ids = setup()
-    y, cache = module.apply(params, x, segment_ids=segment_ids, positions=POSITIONS)
+    y, cache = jitted_apply(module)(params, x, segment_ids, POSITIONS, None)
     assert cache is None and y.shape == x.shape
     np.testing.assert_allclose(y, numpy_block(params["params"], x, POSITIONS), rtol=1e-4, atol=1e-5)
 
@@ -50,13 +56,12 @@ def test_matches_numpy():
 @pytest.mark.parametrize("impl", ["sequential", "interpret"])
 def test_prefill_then_decode_equals_forward(impl):
     module, params, x, segment_ids = setup(seed=1, impl=impl)
-    y_full, _ = module.apply(params, x, segment_ids=segment_ids, positions=POSITIONS)
+    apply = jitted_apply(module)
+    y_full, _ = apply(params, x, segment_ids, POSITIONS, None)
     prompt = 8
 
     def run(lo, hi, cache):
-        return module.apply(
-            params, x[:, lo:hi], segment_ids=segment_ids[:, lo:hi], positions=POSITIONS[:, lo:hi], cache=cache
-        )
+        return apply(params, x[:, lo:hi], segment_ids[:, lo:hi], POSITIONS[:, lo:hi], cache)
 
     cache = module.init_cache(2, 1 << 20)
     y_prefill, cache = run(0, prompt, cache)
@@ -88,10 +93,10 @@ def test_validation():
 
 def test_bfloat16_compute_tracks_float32():
     module, params, x, segment_ids = setup(seed=2)
-    y32, _ = module.apply(params, x, segment_ids=segment_ids, positions=POSITIONS)
+    y32, _ = jitted_apply(module)(params, x, segment_ids, POSITIONS, None)
     m16 = RecurrentBlock(width=8, num_heads=2, lru_width=12, impl="sequential", dtype=jnp.bfloat16)
     cache = m16.init_cache(2, 64, jnp.bfloat16)
-    y16, cache = m16.apply(params, x, segment_ids=segment_ids, positions=POSITIONS, cache=cache)
+    y16, cache = jitted_apply(m16)(params, x, segment_ids, POSITIONS, cache)
     assert y16.dtype == jnp.bfloat16 and cache["rg_lru"].dtype == jnp.float32
     assert cache["conv1d"].dtype == jnp.bfloat16
     err = np.abs(np.asarray(y16, np.float32) - np.asarray(y32))

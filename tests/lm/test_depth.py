@@ -5,9 +5,14 @@ stacked (``lm.model.network.stack_layers``) the logits and gradients agree to fl
 (highest matmul precision; the scan only changes the order XLA schedules the same ops,
 observed gaps ~1e-6 on logits of size ~1, so atol 1e-5). Remat recomputes the same forward
 in the backward pass: its gradients agree with no remat at the same tolerance.
+
+Each model's parameters, its reference loss and gradients and its forward program are built
+once for the module (:func:`_init`, :func:`_reference`, :func:`_forward`): the scan, remat and
+checkpoint tests of one model read the same ones.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +42,32 @@ def _loss_and_grads(cfg, params):
     return fn(params)
 
 
+@functools.cache
+def _init(cfg):
+    """``init_params`` of ``cfg`` at PRNGKey(0), jitted (eager init is op by op)."""
+    return jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(0))
+
+
+@functools.cache
+def _reference(cfg):
+    """Loss and gradients of ``cfg`` at :func:`_init`, the side every comparison shares."""
+    return _loss_and_grads(cfg, _init(cfg))
+
+
+@functools.cache
+def _forward(cfg):
+    """The jitted forward of ``cfg``: logits of TOKENS for any parameters of its layout."""
+    return jax.jit(lambda p: model.forward(cfg, p, TOKENS))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_process():
+    """The caches above live in one process: under xdist this module is one unit (tests/conftest.py)."""
+    yield
+    for cache in (_init, _reference, _forward):
+        cache.cache_clear()
+
+
 def test_scan_shape_follows_the_pattern_and_moe_period():
     assert model.scan_shape(TINY) == (1, 5)
     assert model.scan_shape(GRIFFIN) == (3, 1)
@@ -46,13 +77,13 @@ def test_scan_shape_follows_the_pattern_and_moe_period():
 @pytest.mark.parametrize("cfg", [TINY, GRIFFIN], ids=["transformer", "griffin"])
 def test_scanned_model_equals_per_block_model(cfg):
     scanned = dataclasses.replace(cfg, scan_layers=True)
-    params = jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(0))
+    params = _init(cfg)
     stacked = model.stack_layers(scanned, params)
     # the stacked tree is exactly the scanned model's parameter structure and shapes
     want = jax.eval_shape(lambda: model.init_params(scanned, jax.random.PRNGKey(0)))
     assert jax.tree.structure(stacked) == jax.tree.structure(want)
     assert [x.shape for x in jax.tree.leaves(stacked)] == [x.shape for x in jax.tree.leaves(want)]
-    loss_a, grads_a = _loss_and_grads(cfg, params)
+    loss_a, grads_a = _reference(cfg)
     loss_b, grads_b = _loss_and_grads(scanned, stacked)
     np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(model.stack_layers(scanned, grads_a)), jax.tree.leaves(grads_b)):
@@ -79,8 +110,8 @@ def test_weight_decay_mask_ignores_the_layer_axis():
 
 @pytest.mark.parametrize("remat", ["full", "dots_saveable"])
 def test_remat_keeps_loss_and_gradients(remat):
-    params = jax.jit(lambda r: model.init_params(GRIFFIN, r))(jax.random.PRNGKey(0))
-    loss_a, grads_a = _loss_and_grads(GRIFFIN, params)
+    params = _init(GRIFFIN)
+    loss_a, grads_a = _reference(GRIFFIN)
     loss_b, grads_b = _loss_and_grads(dataclasses.replace(GRIFFIN, remat=remat), params)
     assert float(loss_b) == pytest.approx(float(loss_a), rel=1e-6)
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
@@ -106,6 +137,6 @@ def test_a_checkpoint_loads_in_either_layout(tmp_path, saved_scanned):
     other = dataclasses.replace(saved, scan_layers=not saved_scanned)
     run_other, converted = train.load_params(tmp_path / "run", model=other)
     assert run_other.model == other
-    logits = model.forward(saved, params, TOKENS)
-    np.testing.assert_allclose(np.asarray(model.forward(other, converted, TOKENS)), np.asarray(logits),
+    logits = _forward(saved)(params)
+    np.testing.assert_allclose(np.asarray(_forward(other)(converted)), np.asarray(logits),
                                rtol=1e-5, atol=1e-5)

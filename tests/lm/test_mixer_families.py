@@ -24,7 +24,7 @@ def test_every_family_is_one_spec_with_its_counts(toy_family):
     assert set("AWRLMT") <= set(MIXERS)  # the built-in families and the installed one
     for letter, spec in MIXERS.items():
         cfg = ModelConfig(d_model=32, num_layers=1, pattern=letter, num_heads=2, d_ff=48)
-        leaves = jax.tree.leaves(model.init_params(cfg, jax.random.PRNGKey(0)))
+        leaves = jax.tree.leaves(jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(0)))
         assert sum(x.size for x in leaves) == param_count(cfg)["total"], letter
         assert spec.flops(cfg, 16, "causal") > 0 and spec.cache_bytes(cfg, 16, np.float32) > 0
 
@@ -47,15 +47,17 @@ def test_the_new_family_decodes_like_its_forward(toy_family, gate):
     toy = MIXERS.family("toy").config(width=6, gate=gate)
     cfg = ModelConfig(d_model=16, num_layers=2, pattern="TA", num_heads=2, d_ff=32, vocab_size=40,
                       families={"toy": toy})
-    params = model.init_params(cfg, jax.random.PRNGKey(1))
+    # jitted: an eager forward / decode step compiles each of its ops on its own
+    params = jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(1))
     tokens = jax.random.randint(jax.random.PRNGKey(2), (1, 7), 0, 40)
     seg, pos = np.ones((1, 7), np.int32), np.arange(7, dtype=np.int32)[None]
-    full = model.forward(cfg, params, tokens, seg, pos)
+    full = jax.jit(lambda p, x: model.forward(cfg, p, x, seg, pos))(params, tokens)
     cache = model.init_cache(cfg, 1, 8)
-    logits, cache = model.decode_step(cfg, params, cache, tokens[:, :4], seg[:, :4], pos[:, :4])
+    decode_step = jax.jit(lambda p, c, x, s, q: model.decode_step(cfg, p, c, x, s, q))
+    logits, cache = decode_step(params, cache, tokens[:, :4], seg[:, :4], pos[:, :4])
     steps = [logits]
     for i in range(4, 7):
-        logits, cache = model.decode_step(cfg, params, cache, tokens[:, i:i + 1], seg[:, i:i + 1], pos[:, i:i + 1])
+        logits, cache = decode_step(params, cache, tokens[:, i:i + 1], seg[:, i:i + 1], pos[:, i:i + 1])
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
     assert model.cache_bytes(cfg, 8) == 16 * 4 + MIXERS["A"].cache_bytes(cfg, 8, np.float32)

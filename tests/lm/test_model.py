@@ -1,5 +1,10 @@
-"""Model assembly: parameter counts, and prefill + token-by-token decode == full forward pass."""
+"""Model assembly: parameter counts, and prefill + token-by-token decode == full forward pass.
 
+Every program here is jitted (an eager forward compiles each of its ops on its own) and each
+config's parameters are initialised once (:func:`_params`), for the count and the decode test.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +45,13 @@ CONFIGS = [
 ]
 
 
+@functools.cache
+def _params(index: int) -> dict:
+    """``init_params`` of CONFIGS[index] at PRNGKey(0), jitted, shared by the tests of this module."""
+    cfg = CONFIGS[index]
+    return jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(0))
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_param_count(name):
     cfg = PRESETS[name]
@@ -47,23 +59,23 @@ def test_presets_param_count(name):
     assert sum(x.size for x in jax.tree.leaves(shapes)) == param_count(cfg)["total"]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
-def test_param_count_is_exact(cfg):
-    params = model.init_params(cfg, jax.random.PRNGKey(0))
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"cfg{i}" for i in range(len(CONFIGS))])
+def test_param_count_is_exact(index):
+    cfg, params = CONFIGS[index], _params(index)
     counts = param_count(cfg)
     assert sum(x.size for x in jax.tree.leaves(params)) == counts["total"]
     assert counts["total"] - counts["non_embedding"] == cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[1:])
-def test_prefill_then_decode_equals_forward(cfg):
-    params = model.init_params(cfg, jax.random.PRNGKey(0))
+@pytest.mark.parametrize("index", range(1, len(CONFIGS)), ids=[f"cfg{i - 1}" for i in range(1, len(CONFIGS))])
+def test_prefill_then_decode_equals_forward(index):
+    cfg, params = CONFIGS[index], _params(index)
     t = 11
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, t), 0, cfg.vocab_size)
     # the prompt holds a document boundary; decoding continues the second document
     seg = jnp.array([[1] * 4 + [2] * 7, [1] * 11])
     pos = jnp.array([list(range(4)) + list(range(7)), list(range(11))])
-    full = model.forward(cfg, params, tokens, seg, pos)
+    full = jax.jit(functools.partial(model.forward, cfg))(params, tokens, seg, pos)
     cache = model.init_cache(cfg, 2, t)
     step = jax.jit(lambda c, x, s, p: model.decode_step(cfg, params, c, x, s, p))
     logits, cache = step(cache, tokens[:, :6], seg[:, :6], pos[:, :6])
@@ -76,13 +88,17 @@ def test_prefill_then_decode_equals_forward(cfg):
 
 
 def test_greedy_generation_matches_argmax_of_forward():
-    cfg = CONFIGS[1]
-    params = model.init_params(cfg, jax.random.PRNGKey(0))
+    cfg, params = CONFIGS[1], _params(1)
     prompt = jnp.array([[5, 6, 7]])
-    new = decode.generate(cfg, params, prompt, jax.random.PRNGKey(0), max_new_tokens=4, temperature=0.0)
+    generate = jax.jit(lambda p, x, r: decode.generate(cfg, p, x, r, max_new_tokens=4, temperature=0.0))
+    new = generate(params, prompt, jax.random.PRNGKey(0))
+    # One compiled forward of the final length: the model is causal, so the logits at the last
+    # real position of a zero-padded sequence are those of the sequence itself.
+    last_logits = jax.jit(lambda p, x, n: model.forward(cfg, p, x)[:, n - 1])
     seq = prompt
     for _ in range(4):
-        nxt = jnp.argmax(model.forward(cfg, params, seq)[:, -1], -1)
+        padded = jnp.pad(seq, ((0, 0), (0, 7 - seq.shape[1])))
+        nxt = jnp.argmax(last_logits(params, padded, seq.shape[1]), -1)
         seq = jnp.concatenate([seq, nxt[:, None].astype(seq.dtype)], 1)
     np.testing.assert_array_equal(np.asarray(new), np.asarray(seq[:, 3:]))
 
