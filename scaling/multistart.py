@@ -41,12 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-# The solver's loop runs up to millions of objective evaluations: its program is compiled
-# with XLA's full CPU optimisation even in a process that asks for less for everything else
-# (XLA_FLAGS=--xla_backend_optimization_level=0, as the test session sets to compile faster):
-# unoptimised machine code makes the loop ~5x slower (150 bootstrap refits x 243 starts on 40
-# points: 33.6 CPU s at level 0, 6.7 s at the default), for ~0.5 s more compile per program.
+# A call of many starts on many points runs millions of objective evaluations: its program is
+# compiled with XLA's full CPU optimisation (the default level, 3) even in a process that asks
+# for less (XLA_FLAGS=--xla_backend_optimization_level=0, as the test session sets to compile
+# faster): unoptimised machine code makes the loop ~5x slower (150 bootstrap refits x 243 starts
+# on 40 points: 33.6 CPU s at level 0, 6.7 s at level 3) for ~0.5 s more compile per program,
+# which pays from about OPTIMISED_WORK starts x padded points on.
 LOOP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
+OPTIMISED_WORK = 1 << 17
 
 
 def huber(r, delta):
@@ -83,10 +85,11 @@ def huber_log_normaliser(delta: float) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
-            objective_kind: str = "huber", shared_weights: bool = False):
+            objective_kind: str = "huber", shared_weights: bool = False, optimised: bool = False):
     """A jitted (theta0 [s,p], w [s,m] (or [1,m] with ``shared_weights``), base [q], logx,
     logy [m], delta, gtol, ftol, max_iter, n_real) solver; only the first ``n_real`` starts are
-    run (the rest is padding). Cached: one compiled program per law form and padded shape.
+    run (the rest is padding). Cached: one compiled program per law form and padded shape;
+    ``optimised``: at XLA's full CPU optimisation (:data:`LOOP_COMPILER_OPTIONS`).
 
     Work queue: ``slots`` rows advance together, each by exactly one objective evaluation per
     loop step (a row is either trying a step of its line search or evaluating a new start),
@@ -244,7 +247,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, windo
         c = jax.lax.while_loop(lambda c: jnp.any(c["idx"] >= 0), body, c0)
         return c["out_x"], c["out_f"], c["out_g"], c["out_k"], c["evals"], c["steps"]
 
-    return jax.jit(solve, compiler_options=LOOP_COMPILER_OPTIONS)
+    return jax.jit(solve, compiler_options=LOOP_COMPILER_OPTIONS if optimised else None)
 
 
 def minimize_multistart(
@@ -323,11 +326,11 @@ def minimize_multistart(
     n_par = max(1, min(int(threads), s // max(1, 65536 // m_pad)))
     per = min(-(-s // n_par), 8192)
     chunk = MIN_CHUNK if per <= MIN_CHUNK else -(-per // 1024) * 1024
-    width = _width(slots, per, m_pad)
+    width = _width(slots, per, m_pad * sum(int(np.prod(np.shape(v)[1:])) for v in logx.values()))
     pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64),
                                     np.zeros((m_pad - m, *np.shape(v)[1:]))])
     solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(width),
-                    int(window), objective, shared)
+                    int(window), objective, shared, s * m_pad >= OPTIMISED_WORK)
     bounds = [(lo, min(lo + per, s)) for lo in range(0, s, per)]
     with jax.enable_x64(True):
         logx_j = {k: jnp.asarray(pad(v)) for k, v in logx.items()}
@@ -360,15 +363,16 @@ def minimize_multistart(
 
 
 MIN_CHUNK = 256  # starts of the smallest padded chunk
-SMALL_ROWS_WORK = 64 * 256  # rows x points of a loop step too cheap to narrow the rows for
+SMALL_ROWS_WORK = 64 * 256 * 4  # rows x point values of a loop step too cheap to narrow the rows
 
 
-def _width(slots: int, per: int, m_pad: int) -> int:
-    """Rows of the work queue for ``per`` starts on ``m_pad`` points: ``slots`` where a step
-    of ``slots`` rows is cheap (a compiled program shared by every start count), else only as
-    many as there are starts (a power of two >= 8: refining 2 starts on 10^5 rows evaluates
-    8 rows a step, not 64)."""
-    if slots * m_pad <= SMALL_ROWS_WORK:
+def _width(slots: int, per: int, values: int) -> int:
+    """Rows of the work queue for ``per`` starts on ``values`` table values (padded points x
+    values per point: 2 for Chinchilla's N, D; hundreds for a training curve's features):
+    ``slots`` where a step of ``slots`` rows is cheap (a compiled program shared by every
+    start count), else only as many as there are starts (a power of two >= 8: refining 2
+    starts on 10^5 rows, or 16 starts of a curve law, evaluates 8 or 16 rows a step, not 64)."""
+    if slots * values <= SMALL_ROWS_WORK:
         return int(slots)
     return int(min(slots, max(_bucket(per), 8)))
 
