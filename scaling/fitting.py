@@ -24,6 +24,7 @@ Axis letters: m runs, p free optimiser coordinates, s starts.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,9 @@ class FitResult:
             x = extract(load_table(table), self.law.variables, self.columns)
             logx = {k: np.log(v) for k, v in x.items()}
         with jax.enable_x64(True):
-            out = self.law.log_form(jnp.asarray(self.law_theta, jnp.float64),
-                                    {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()})
+            out = jitted_log_form(self.law.log_form)(
+                jnp.asarray(self.law_theta, jnp.float64),
+                {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()})
             return np.exp(np.asarray(out, dtype=np.float64))
 
     def residuals(self) -> np.ndarray:
@@ -129,6 +131,14 @@ class FitResult:
         """One row per parameter: value (and whether it was held fixed)."""
         return pd.DataFrame({"value": self.params,
                              "fixed": {k: k in self.fixed for k in self.params}})
+
+
+@functools.lru_cache(maxsize=32)
+def jitted_log_form(log_form, batched: bool = False):
+    """``log_form`` (theta [q], logx {var: [m]}) -> [m] jitted once per law (and shapes), or
+    with ``batched`` over theta rows [n, q] -> [n, m]: one compiled program instead of one
+    per operation (eager dispatch compiles each operation for each new table length)."""
+    return jax.jit(jax.vmap(log_form, in_axes=(0, None)) if batched else log_form)
 
 
 def _start_grid(spec: LawSpec, init_grid, free_names: list[str],

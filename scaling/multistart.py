@@ -41,6 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# A call of many starts on many points runs millions of objective evaluations: its program is
+# compiled with XLA's full CPU optimisation (the default level, 3) even in a process that asks
+# for less (XLA_FLAGS=--xla_backend_optimization_level=0, as the test session sets to compile
+# faster): unoptimised machine code makes the loop ~5x slower (150 bootstrap refits x 243 starts
+# on 40 points: 33.6 CPU s at level 0, 6.7 s at level 3) for ~0.5 s more compile per program,
+# which pays from about OPTIMISED_WORK starts x padded points on.
+LOOP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
+OPTIMISED_WORK = 1 << 17
+
+
 def huber(r, delta):
     """Huber loss: r^2/2 for |r| <= delta, else delta (|r| - delta/2) (Huber 1964)."""
     abs_r = jnp.abs(r)
@@ -75,10 +85,11 @@ def huber_log_normaliser(delta: float) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
-            objective_kind: str = "huber", shared_weights: bool = False):
+            objective_kind: str = "huber", shared_weights: bool = False, optimised: bool = False):
     """A jitted (theta0 [s,p], w [s,m] (or [1,m] with ``shared_weights``), base [q], logx,
     logy [m], delta, gtol, ftol, max_iter, n_real) solver; only the first ``n_real`` starts are
-    run (the rest is padding). Cached: one compiled program per law form and padded shape.
+    run (the rest is padding). Cached: one compiled program per law form and padded shape;
+    ``optimised``: at XLA's full CPU optimisation (:data:`LOOP_COMPILER_OPTIONS`).
 
     Work queue: ``slots`` rows advance together, each by exactly one objective evaluation per
     loop step (a row is either trying a step of its line search or evaluating a new start),
@@ -236,7 +247,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, windo
         c = jax.lax.while_loop(lambda c: jnp.any(c["idx"] >= 0), body, c0)
         return c["out_x"], c["out_f"], c["out_g"], c["out_k"], c["evals"], c["steps"]
 
-    return jax.jit(solve)
+    return jax.jit(solve, compiler_options=LOOP_COMPILER_OPTIONS if optimised else None)
 
 
 def minimize_multistart(
@@ -304,21 +315,22 @@ def minimize_multistart(
                          f"[starts, points] = {(s, m)}")
     shared = weights.ndim == 1
     # Pad to a few shapes so that tables of similar size share one compiled program: points
-    # by :func:`_pad_points` (padded points have weight 0); starts to a power of two up to 256,
-    # else to a multiple of 1024 (padded starts are never assigned to a row: they cost
-    # nothing). The starts are split evenly over up to ``threads`` chunks (at least 256 starts
-    # on 256 points each, fewer on more points; at most 8192), solved concurrently: XLA runs
-    # one program on one core at a time.
-    m_pad = _pad_points(m)
+    # by :func:`pad_points` (padded points have weight 0); starts to 256, or to a multiple of
+    # 1024 above that (padded starts are never assigned to a row: they cost nothing, so one
+    # start, a bootstrap of 20 resamples and a restart of 3 refits share one program). The
+    # starts are split evenly over up to ``threads`` chunks (at least 256 starts on 256 points
+    # each, fewer on more points; at most 8192), solved concurrently: XLA runs one program on
+    # one core at a time.
+    m_pad = pad_points(m)
     # a chunk worth a thread: 256 starts on 256 points, fewer starts on more points
     n_par = max(1, min(int(threads), s // max(1, 65536 // m_pad)))
     per = min(-(-s // n_par), 8192)
-    chunk = max(_bucket(per), 8) if per <= 256 else -(-per // 1024) * 1024
-    width = min(slots, chunk)
+    chunk = MIN_CHUNK if per <= MIN_CHUNK else -(-per // 1024) * 1024
+    width = _width(slots, per, m_pad * sum(int(np.prod(np.shape(v)[1:])) for v in logx.values()))
     pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64),
                                     np.zeros((m_pad - m, *np.shape(v)[1:]))])
     solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(width),
-                    int(window), objective, shared)
+                    int(window), objective, shared, s * m_pad >= OPTIMISED_WORK)
     bounds = [(lo, min(lo + per, s)) for lo in range(0, s, per)]
     with jax.enable_x64(True):
         logx_j = {k: jnp.asarray(pad(v)) for k, v in logx.items()}
@@ -350,7 +362,22 @@ def minimize_multistart(
             "steps": int(sum(int(r[5]) for r in results)), "width": int(width)}
 
 
-def _pad_points(m: int) -> int:
+MIN_CHUNK = 256  # starts of the smallest padded chunk
+SMALL_ROWS_WORK = 64 * 256 * 4  # rows x point values of a loop step too cheap to narrow the rows
+
+
+def _width(slots: int, per: int, values: int) -> int:
+    """Rows of the work queue for ``per`` starts on ``values`` table values (padded points x
+    values per point: 2 for Chinchilla's N, D; hundreds for a training curve's features):
+    ``slots`` where a step of ``slots`` rows is cheap (a compiled program shared by every
+    start count), else only as many as there are starts (a power of two >= 8: refining 2
+    starts on 10^5 rows, or 16 starts of a curve law, evaluates 8 or 16 rows a step, not 64)."""
+    if slots * values <= SMALL_ROWS_WORK:
+        return int(slots)
+    return int(min(slots, max(_bucket(per), 8)))
+
+
+def pad_points(m: int) -> int:
     """Padded point count: m rounded up to a multiple of an eighth of its power-of-two bucket
     (at least 8), so padding wastes at most 1/8 of the work (50 -> 56, 240 -> 256)."""
     step = max(_bucket(m) // 8, 8)

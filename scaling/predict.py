@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from scaling.fitting import jitted_log_form
 from scaling.row_filter import ExpressionError, row_mask
 from scaling.table import extract, load_table
 
@@ -46,7 +47,7 @@ def bootstrap_predictions(result, boot, logx: dict[str, np.ndarray]) -> np.ndarr
     """Predicted losses [n, m] of every bootstrap refit (``boot.theta`` rows) at ``logx``."""
     spec = result.law
     with jax.enable_x64(True):
-        f = jax.vmap(spec.log_form, in_axes=(0, None))
+        f = jitted_log_form(spec.log_form, batched=True)
         out = f(jnp.asarray(boot.theta[:, :len(spec.theta_names)], jnp.float64),
                 {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()})
         return np.exp(np.asarray(out, dtype=np.float64))

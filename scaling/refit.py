@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling.multistart import huber, minimize_multistart
+from scaling.multistart import pad_points, huber, minimize_multistart
 from scaling.progress import slow_notice, wanted
 
 INTERPOLATES = 5e-13  # Huber sum per unit weight below this: every residual ~1e-6 or less
@@ -75,20 +75,26 @@ def scaled_gradient(log_form: Callable, theta, logx, logy, weights, *, base, fre
     n = theta.shape[0]
     w = np.asarray(weights, dtype=np.float64)
     w = np.broadcast_to(w, (n, w.shape[-1]))
+    # Points padded as the solver pads them (weight 0: their terms and Jacobian rows are 0),
+    # so tables of similar size share one compiled program.
+    m = w.shape[1]
+    m_pad = pad_points(m)
+    pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64),  # noqa: E731
+                                    np.zeros((m_pad - m, *np.shape(v)[1:]))])
     # [chunk, m, p] Jacobians at a time (~32 MB), a power of two so that shapes repeat
-    chunk = 1 << int(np.log2(max(1, min(256, 4_000_000 // (w.shape[1] * theta.shape[1])))))
+    chunk = 1 << int(np.log2(max(1, min(256, 4_000_000 // (m_pad * theta.shape[1])))))
     fn = _scaled_gradient_fn(log_form, tuple(int(i) for i in free), len(base), objective)
     out = np.empty(n)
     with jax.enable_x64(True):
         args = (jnp.asarray(base, jnp.float64),
-                {k: jnp.asarray(v, jnp.float64) for k, v in logx.items()},
-                jnp.asarray(logy, jnp.float64), jnp.asarray(huber_delta, jnp.float64))
+                {k: jnp.asarray(pad(v), jnp.float64) for k, v in logx.items()},
+                jnp.asarray(pad(logy), jnp.float64), jnp.asarray(huber_delta, jnp.float64))
         # Fixed chunks (the last padded) keep one compiled shape.
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
             th = np.zeros((chunk, theta.shape[1]))
-            ww = np.zeros((chunk, w.shape[1]))
-            th[:hi - lo], ww[:hi - lo] = theta[lo:hi], w[lo:hi]
+            ww = np.zeros((chunk, m_pad))
+            th[:hi - lo], ww[:hi - lo, :m] = theta[lo:hi], w[lo:hi]
             out[lo:hi] = np.asarray(fn(jnp.asarray(th), jnp.asarray(ww), *args))[:hi - lo]
     return out
 

@@ -21,6 +21,7 @@ Axis letters: T steps, W warmup steps.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -65,6 +66,46 @@ class OptimalSchedule:
     start: str = "constant"
 
 
+def _schedule(delta, head, peak, floor):
+    """LRs [T]: the warmup ``head``, then ``peak`` minus the running sum of the decrements
+    ``delta`` [T - warmup] (clipped at 0), never below ``floor``."""
+    eta = jnp.maximum(peak - jnp.cumsum(jnp.clip(delta, 0.0, None)), floor)
+    return jnp.concatenate([head, eta])
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer(opt_steps: int):
+    """Jitted projected Adam on the decrements: (delta0 [T - W], params, head [W], peak, floor,
+    lr) -> the best delta seen. One compiled program per ``opt_steps`` and shapes, not one per
+    call (the law's parameters and the LRs are arguments)."""
+
+    def run(d0, p, head, peak, floor, lr):
+        value_and_grad = jax.value_and_grad(
+            lambda delta: final_loss(p, _schedule(delta, head, peak, floor)))
+
+        def step(i, c):
+            delta, m, v, best, best_f = c
+            f, g = value_and_grad(delta)
+            # Adam's fixed step does not decrease L(T) monotonically: keep the best iterate seen
+            better = f < best_f
+            best, best_f = jnp.where(better, delta, best), jnp.where(better, f, best_f)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            t = i + 1
+            delta = delta - lr * (m / (1 - 0.9 ** t)) / (jnp.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+            delta = jnp.clip(delta, 0.0, peak)
+            # once the LR reaches the floor, further decrements do nothing: drop them
+            delta = jnp.where(peak - jnp.cumsum(delta) <= floor, 0.0, delta)
+            return delta, m, v, best, best_f
+
+        z = jnp.zeros_like(d0)
+        delta, _, _, best, best_f = jax.lax.fori_loop(0, opt_steps, step, (d0, z, z, d0, jnp.inf))
+        last = final_loss(p, _schedule(delta, head, peak, floor))
+        return jnp.where(last < best_f, delta, best)
+
+    return jax.jit(run)
+
+
 def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
                       final: float | None = None, opt_steps: int = OPT_STEPS,
                       wsd_fraction: float = 0.2, head=None) -> OptimalSchedule:
@@ -90,36 +131,18 @@ def optimize_schedule(params: dict, steps: int, peak: float, warmup: int = 0,
     with jax.enable_x64(True):
         p = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
         head_j = jnp.asarray(head)
+        bounds = (jnp.asarray(peak, jnp.float64), jnp.asarray(OPT_MIN_LR * scale, jnp.float64))
 
         def schedule(delta):
-            eta = jnp.maximum(peak - jnp.cumsum(jnp.clip(delta, 0.0, None)), OPT_MIN_LR * scale)
-            return jnp.concatenate([head_j, eta])
+            return _schedule(delta, head_j, *bounds)
 
-        value_and_grad = jax.value_and_grad(lambda delta: final_loss(p, schedule(delta)))
-        lr = OPT_LR * scale
-
-        def step(i, c):
-            delta, m, v, best, best_f = c
-            f, g = value_and_grad(delta)
-            # Adam's fixed step does not decrease L(T) monotonically: keep the best iterate seen
-            better = f < best_f
-            best, best_f = jnp.where(better, delta, best), jnp.where(better, f, best_f)
-            m = 0.9 * m + 0.1 * g
-            v = 0.999 * v + 0.001 * g * g
-            t = i + 1
-            delta = delta - lr * (m / (1 - 0.9 ** t)) / (jnp.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
-            delta = jnp.clip(delta, 0.0, peak)
-            # once the LR reaches the floor, further decrements do nothing: drop them
-            delta = jnp.where(peak - jnp.cumsum(delta) <= OPT_MIN_LR * scale, 0.0, delta)
-            return delta, m, v, best, best_f
-
+        optimizer = _optimizer(int(opt_steps))
+        lr = jnp.asarray(OPT_LR * scale, jnp.float64)
         z = jnp.zeros(steps - warmup)
-        def run(d0):
-            delta, _, _, best, best_f = jax.lax.fori_loop(0, opt_steps, step, (d0, z, z, d0, jnp.inf))
-            last = final_loss(p, schedule(delta))
-            return jnp.where(last < best_f, delta, best)
 
-        run = jax.jit(run)
+        def run(d0):
+            return optimizer(d0, p, head_j, *bounds, lr)
+
         schedules = {"cosine": lr_schedules.cosine(steps, peak, final, warmup),
                      "wsd": lr_schedules.wsd(steps, peak, final,
                                              max(warmup, steps - int(round(wsd_fraction * steps))), warmup)}
