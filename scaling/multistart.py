@@ -41,14 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-# A call of many starts on many points runs millions of objective evaluations: its program is
-# compiled with XLA's full CPU optimisation (the default level, 3) even in a process that asks
-# for less (XLA_FLAGS=--xla_backend_optimization_level=0, as the test session sets to compile
-# faster): unoptimised machine code makes the loop ~5x slower (150 bootstrap refits x 243 starts
-# on 40 points: 33.6 CPU s at level 0, 6.7 s at level 3) for ~0.5 s more compile per program,
-# which pays from about OPTIMISED_WORK starts x padded points on.
-LOOP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
-OPTIMISED_WORK = 1 << 17
 
 
 def huber(r, delta):
@@ -85,11 +77,10 @@ def huber_log_normaliser(delta: float) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, window: int,
-            objective_kind: str = "huber", shared_weights: bool = False, optimised: bool = False):
+            objective_kind: str = "huber", shared_weights: bool = False):
     """A jitted (theta0 [s,p], w [s,m] (or [1,m] with ``shared_weights``), base [q], logx,
     logy [m], delta, gtol, ftol, max_iter, n_real) solver; only the first ``n_real`` starts are
-    run (the rest is padding). Cached: one compiled program per law form and padded shape;
-    ``optimised``: at XLA's full CPU optimisation (:data:`LOOP_COMPILER_OPTIONS`).
+    run (the rest is padding). Cached: one compiled program per law form and padded shape.
 
     Work queue: ``slots`` rows advance together, each by exactly one objective evaluation per
     loop step (a row is either trying a step of its line search or evaluating a new start),
@@ -247,7 +238,7 @@ def _solver(log_form: Callable, free: tuple[int, ...], q: int, slots: int, windo
         c = jax.lax.while_loop(lambda c: jnp.any(c["idx"] >= 0), body, c0)
         return c["out_x"], c["out_f"], c["out_g"], c["out_k"], c["evals"], c["steps"]
 
-    return jax.jit(solve, compiler_options=LOOP_COMPILER_OPTIONS if optimised else None)
+    return jax.jit(solve)
 
 
 def minimize_multistart(
@@ -330,7 +321,7 @@ def minimize_multistart(
     pad = lambda v: np.concatenate([np.asarray(v, dtype=np.float64),
                                     np.zeros((m_pad - m, *np.shape(v)[1:]))])
     solve = _solver(log_form, tuple(int(i) for i in free), base.shape[0], int(width),
-                    int(window), objective, shared, s * m_pad >= OPTIMISED_WORK)
+                    int(window), objective, shared)
     bounds = [(lo, min(lo + per, s)) for lo in range(0, s, per)]
     with jax.enable_x64(True):
         logx_j = {k: jnp.asarray(pad(v)) for k, v in logx.items()}
