@@ -22,6 +22,7 @@ from layers.moe import MoEConfig
 from lm.model.config_schema import SCHEMA_VERSION, VERSION_KEY, migrate, migrate_model
 from lm.data.config import DataConfig
 from lm.model.families import MIXERS, FrozenDict, MixerSpec, UnknownMixerError, check_families
+from lm.model.parametrization import canonical_option
 from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
@@ -97,6 +98,11 @@ class ModelConfig:
         is stored as None. Saved configs without the field (written when the default was a
         random readout) load as False.
       mup_zero_query: μP only, zero-initialised query projections (default False).
+      mup_embedding_init, mup_embedding_lr: μP only, base-width constants multiplying the token
+        embedding's init and its (width-scaled) lr multiplier. None (default): 0.25 and 4.0 for a
+        μP model with a tied head (its logits' update then stays flat in width), 1.0 otherwise
+        (``lm.model.parametrization.embedding_multipliers``); a value equal to the default is
+        stored as None. Saved configs without the fields (written when both were 1) load as 1.0.
 
     families: family name -> its settings (the ``config`` class of its :class:`lm.model.families.MixerSpec`),
       validated by the registry; the families the pattern uses get their defaults, settings of an
@@ -141,6 +147,8 @@ class ModelConfig:
     base_width: int | None = None
     mup_zero_readout: bool | None = None
     mup_zero_query: bool = False
+    mup_embedding_init: float | None = None
+    mup_embedding_lr: float | None = None
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -194,6 +202,21 @@ class ModelConfig:
         if self.mup_zero_readout and self.tie_embeddings:
             raise ValueError("ModelConfig.mup_zero_readout=True: needs an untied head (tie_embeddings=False); "
                              "the tied head is the embedding, which cannot start at zero")
+        for name in ("mup_embedding_init", "mup_embedding_lr"):
+            self._check_embedding_multiplier(name)
+
+    def _check_embedding_multiplier(self, name: str) -> None:
+        """Validate ``mup_embedding_init`` / ``_lr`` and store it as a float, None at its default."""
+        value = getattr(self, name)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"ModelConfig.{name}={value!r}: allowed values are None (the default) or a finite "
+                             "positive number")
+        if self.parametrization != "mup" and value != 1.0:
+            raise ValueError(f"ModelConfig.{name}={value!r}: only with parametrization='mup' "
+                             f"(got {self.parametrization!r}; allowed there: None or 1.0)")
+        object.__setattr__(self, name, canonical_option(name, float(value), self.parametrization, self.tie_embeddings))
 
     @property
     def kv_heads(self) -> int:

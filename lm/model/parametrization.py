@@ -184,11 +184,44 @@ def width_mult(cfg: ModelConfig) -> float:
 # ------------------------------------------------------------------ forward multipliers
 
 
+# The μP options whose default (None) depends on the head: ModelConfig field -> its value under
+# (SP, μP with a tied head, μP with an untied head). Tied: the embedding's base-width init and lr
+# (module docstring, "tied embedding").
+TIED_EMBEDDING_INIT, TIED_EMBEDDING_LR = 0.25, 4.0
+MUP_OPTIONS = {
+    "mup_zero_readout": (False, False, True),
+    "mup_embedding_init": (1.0, TIED_EMBEDDING_INIT, 1.0),
+    "mup_embedding_lr": (1.0, TIED_EMBEDDING_LR, 1.0),
+}
+# the options under which μP equals SP at the base width (tests, the former defaults)
+SP_OPTIONS = {name: values[0] for name, values in MUP_OPTIONS.items()}
+
+
+def mup_option(name: str, value, parametrization_: str, tie_embeddings: bool):
+    """The value the μP option ``name`` (:data:`MUP_OPTIONS`) set to ``value`` stands for: itself, or
+    for None its default for this parametrization and head (plain values: configs and saved dicts)."""
+    if value is not None:
+        return value
+    sp, tied, untied = MUP_OPTIONS[name]
+    return sp if parametrization_ != "mup" else tied if tie_embeddings else untied
+
+
+def canonical_option(name: str, value, parametrization_: str, tie_embeddings: bool):
+    """``value`` of the μP option ``name``, or None where it builds the same model as the default."""
+    default = mup_option(name, None, parametrization_, tie_embeddings)
+    return None if value is None or value == default else value
+
+
 def zero_readout(cfg: ModelConfig) -> bool:
     """Whether the untied readout starts at zero: ``mup_zero_readout``, by default (None) μP with an untied head."""
-    if cfg.mup_zero_readout is not None:
-        return cfg.mup_zero_readout
-    return cfg.parametrization == "mup" and not cfg.tie_embeddings
+    return mup_option("mup_zero_readout", cfg.mup_zero_readout, cfg.parametrization, cfg.tie_embeddings)
+
+
+def embedding_multipliers(cfg: ModelConfig) -> tuple[float, float]:
+    """(init, lr) base-width constants of the embedding: ``mup_embedding_init`` / ``mup_embedding_lr``, by
+    default (None) :data:`TIED_EMBEDDING_INIT` / :data:`TIED_EMBEDDING_LR` for μP with a tied head, else 1."""
+    return tuple(float(mup_option(name, getattr(cfg, name), cfg.parametrization, cfg.tie_embeddings))
+                 for name in ("mup_embedding_init", "mup_embedding_lr"))
 
 
 def output_multiplier(cfg: ModelConfig) -> float | None:
@@ -265,7 +298,8 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
         wide = [bs != ws for bs, ws in zip(b.value.shape, w.value.shape, strict=True)]
         ratio = [s / bs for s, bs in zip(shape, b.value.shape, strict=True)]
         if keys == ("embed",):
-            rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
+            init, lr = embedding_multipliers(cfg)
+            rules.append(ParamRule("embedding", 1.0, init, lr * m**-0.5))
             continue
         if keys == ("head",):
             rules.append(ParamRule("readout", 1.0, 0.0 if zero_readout(cfg) else m**0.5, 1.0))
