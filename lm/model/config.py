@@ -22,7 +22,7 @@ from layers.moe import MoEConfig
 from lm.model.config_schema import SCHEMA_VERSION, VERSION_KEY, migrate, migrate_model
 from lm.data.config import DataConfig
 from lm.model.families import MIXERS, FrozenDict, MixerSpec, UnknownMixerError, check_families
-from lm.model.parametrization import canonical_option
+from lm.model import mup_options
 from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
@@ -90,8 +90,8 @@ class ModelConfig:
         ("dots_saveable", "dots_with_no_batch_dims_saveable": matmul outputs are kept).
       attention_impl: ``flash_attention`` impl switch for every attention layer.
       parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
-        ``lm/model/parametrization.py``); base_width: the d_model at which μP equals SP
-        (required for "mup").
+        ``lm/model/parametrization.py``); base_width: the d_model at which μP's width multipliers
+        are 1 (required for "mup").
       mup_zero_readout: μP only, Tensor Programs V's zero-initialised untied readout (LM head).
         None (default): on for a μP model with an untied head, off otherwise
         (``lm.model.parametrization.zero_readout``); False where it changes nothing (SP, tied head)
@@ -191,32 +191,8 @@ class ModelConfig:
             from lm.model.parametrization import base_config
 
             base_config(self)  # raises ValueError without base_width or for non-integer base dims
-        _choice(self, "mup_zero_readout", (None, False, True))
-        _choice(self, "mup_zero_query", (False, True))
-        if self.mup_zero_readout is False and (self.parametrization != "mup" or self.tie_embeddings):
-            object.__setattr__(self, "mup_zero_readout", None)  # one value per model: False changes nothing here
-        for name in ("mup_zero_readout", "mup_zero_query"):
-            if getattr(self, name) and self.parametrization != "mup":
-                raise ValueError(f"ModelConfig.{name}=True: only with parametrization='mup' "
-                                 f"(got {self.parametrization!r})")
-        if self.mup_zero_readout and self.tie_embeddings:
-            raise ValueError("ModelConfig.mup_zero_readout=True: needs an untied head (tie_embeddings=False); "
-                             "the tied head is the embedding, which cannot start at zero")
-        for name in ("mup_embedding_init", "mup_embedding_lr"):
-            self._check_embedding_multiplier(name)
-
-    def _check_embedding_multiplier(self, name: str) -> None:
-        """Validate ``mup_embedding_init`` / ``_lr`` and store it as a float, None at its default."""
-        value = getattr(self, name)
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"ModelConfig.{name}={value!r}: allowed values are None (the default) or a finite "
-                             "positive number")
-        if self.parametrization != "mup" and value != 1.0:
-            raise ValueError(f"ModelConfig.{name}={value!r}: only with parametrization='mup' "
-                             f"(got {self.parametrization!r}; allowed there: None or 1.0)")
-        object.__setattr__(self, name, canonical_option(name, float(value), self.parametrization, self.tie_embeddings))
+        for name, value in mup_options.checked(self).items():  # one value per model (lm/model/mup_options.py)
+            object.__setattr__(self, name, value)
 
     @property
     def kv_heads(self) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lm.model.families import MIXERS
-from lm.model.parametrization import MUP_OPTIONS, SP_OPTIONS, canonical_option
+from lm.model import mup_options
 
 SCHEMA_VERSION = 2
 VERSION_KEY = "schema_version"
@@ -83,14 +83,11 @@ def migrate_model(d: Mapping) -> dict:
       ValueError: a former key and its current place both given with different values.
     """
     out = dict(d)
-    # written before the field existed, when a μP readout started random: False rebuilds that model
-    # (the default, None, is a zero untied readout under μP; ModelConfig stores False as None where
-    # it changes nothing)
-    out.setdefault("mup_zero_readout", False)
-    # likewise, written when the μP embedding's base-width init and lr constants were 1 (the default,
-    # None, is 0.25 / 4 for μP with a tied head; ModelConfig stores a value equal to the default as None)
-    out.setdefault("mup_embedding_init", 1.0)
-    out.setdefault("mup_embedding_lr", 1.0)
+    # a μP option absent was written before the field existed: its former value (mup_options.SP_OPTIONS)
+    # rebuilds that model; mup_zero_readout False: a random readout (the default, None, is a zero untied
+    # readout under μP); the embedding constants 1.0 (their default is 1/4 and 4 for μP with a tied head)
+    for name, former in mup_options.SP_OPTIONS.items():
+        out.setdefault(name, former)
     if isinstance(out.get("families"), Mapping):
         out["families"] = {name: dict(s) if isinstance(s, Mapping) else s for name, s in out["families"].items()}
     for name in NESTED_FAMILIES:
@@ -129,7 +126,7 @@ def fingerprint_form(d: Mapping) -> dict:
     out = json.loads(json.dumps(migrate(d)))
     model = out.get("model")
     if isinstance(model, dict):
-        for name in MUP_OPTIONS:  # equal models compare equal
+        for name in mup_options.MUP_OPTIONS:  # equal models compare equal
             model[name] = canonical_mup_option(model, name)
         families = {name: dict(s) for name, s in (model.pop("families", None) or {}).items()}
         for old, path in FLAT_MODEL_KEYS.items():
@@ -153,12 +150,11 @@ def fingerprint_form(d: Mapping) -> dict:
 
 
 def canonical_mup_option(model: Mapping, name: str):
-    """A migrated ModelConfig dict's μP option ``name`` (``lm.model.parametrization.MUP_OPTIONS``): None when it
+    """A migrated ModelConfig dict's μP option ``name`` (``lm.model.mup_options.MUP_OPTIONS``): None when it
     builds the default's model, else its value.
 
-    The defaults depend on the parametrization and the head (``mup_zero_readout``: a zero untied readout under
-    μP; ``mup_embedding_init`` / ``_lr``: 0.25 / 4 for μP with a tied head); the fingerprint compares this
-    value, so a config that spells the default out and one that leaves it to None fingerprint alike.
+    The defaults depend on the parametrization and the head (``lm.model.mup_options``); the fingerprint
+    compares this value, so a config that spells the default out and one that leaves it to None fingerprint alike.
     """
-    return canonical_option(name, model.get(name, SP_OPTIONS[name]), model.get("parametrization", "sp"),
-                            model.get("tie_embeddings", True))
+    return mup_options.canonical(name, model.get(name, mup_options.SP_OPTIONS[name]),
+                                 model.get("parametrization", "sp"), model.get("tie_embeddings", True))

@@ -7,7 +7,8 @@ scaling a weight's forward multiplier by θ, its init by 1/θ and its Adam learn
 1/θ leaves training unchanged), used below to keep SP's parameter frames.
 
 ``ModelConfig.parametrization`` is "sp" (today's behaviour, untouched: no multiplier is ever
-applied) or "mup"; ``ModelConfig.base_width`` is the width at which μP equals SP exactly.
+applied) or "mup"; ``ModelConfig.base_width`` is the width at which μP's width multipliers are 1
+(μP equals SP there exactly with ``lm.model.mup_options.SP_OPTIONS``).
 Widths: the fields in :data:`WIDTH_FIELDS` grow in proportion to ``d_model``
 (:func:`at_width` builds a wider model); head counts, experts, vocabulary, conv taps, the
 RoPE dims of MLA's decoupled key and GLA's gate rank stay fixed. The base model is
@@ -25,7 +26,7 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   input      weights whose fan-in is not width-like: conv    1      1         -
              taps (depthwise), GLA gate up-projection (from
              rank 16), MLA up-projections from a fixed rank
-  embedding  the token embedding                             1      m^-1/2    sqrt(d) (SP's)
+  embedding  the token embedding                             c (†)  κ m^-1/2  sqrt(d) (SP's)
   hidden     fan-in and fan-out width-like: q/k/v/o, MLP,    1      1/m_in    -
              experts, RG-LRU gates, linear_x/y/out, MLA
              latent down/up projections (ranks ∝ d)
@@ -36,6 +37,8 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   (tied)     the embedding as head                           -      -         logits × m^-1/2
   attention  softmax / linear-attention score scale                           d0^1/2 / d_head
   (*) by default (``mup_zero_readout``, below); m^1/2 with ``mup_zero_readout=False``.
+  (†) c = ``mup_embedding_init``, κ = ``mup_embedding_lr``, width-independent constants; by default
+      c = 1/4, κ = 4 for a tied head, 1 and 1 otherwise (``lm.model.mup_options``, "tied embedding" below).
 
 m = d_model / base_width. Why:
   * hidden (Table 3): SP's init var 1/fan_in is μP's; Adam's update of every entry is ~lr,
@@ -77,17 +80,30 @@ and ``mup_zero_query`` (:data:`QUERY_NAMES`, default off) set those init multipl
 logits' change is the readout's own update, Θ(1), plus the features' change through the
 random init readout, whose random part falls as m^-1/2; at small widths and few steps the
 latter dominates (``experiments.coord_check``'s docstring has the figures) and the logits'
-update falls with width; a zero readout removes it, hence the default. A tied head (the
-embedding) keeps its random init. A zero query makes attention uniform at init (its gradient
-is not zero).
+update falls with width; a zero readout removes it, hence the default. A zero query makes
+attention uniform at init (its gradient is not zero).
+
+Tied embedding (``mup_embedding_init`` c, ``mup_embedding_lr`` κ): a tied head is the embedding,
+which cannot start at zero, so the second part stays. With the readout W (init std ∝ c) and h
+the final features, the logits' change is h(W_t - W_0)·mult + (h_t - h_0)W_0·mult. Adam's update
+is ~lr per entry whatever the gradient's scale, so the first part ∝ κ (and is Θ(1) in width);
+the second ∝ c (h_t - h_0 is set by the hidden layers, whose init and lr c and κ leave alone)
+and its random part falls as m^-1/2. Their ratio at the base width is therefore ∝ c/κ, and an
+output multiplier cannot change it (it scales both parts alike; Adam is scale-invariant).
+μP fixes the width exponents only: the base-width constants are hyperparameters of the base
+model. With c = κ = 1 the vanishing part dominates at small widths and few steps, and the
+logits' update falls with width (smoke coordinate check: slope -0.24 to -0.42 for the five
+tied families); the defaults c = 1/4, κ = 4 make it 16× smaller relative to the learned part
+(README, μP, has the slopes and the loss check at the base width). ``mup_options.SP_OPTIONS``
+(random readout, c = κ = 1) are the former defaults, under which μP equals SP at the base width.
 
 Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP lr
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier
 (Wortsman et al. 2023, arXiv 2309.14322, Sec. 3.2.2; Wang & Aitchison 2024, arXiv
 2405.13698), so the decay's averaging timescale 1/(lr · wd) steps is the same at every
 width; the set of decayed parameters is SP's (``lm.train.step.weight_decay_mask``). At the base
-width μP equals SP (all multipliers 1.0; tested bitwise) with a random readout
-(``mup_zero_readout=False``; :func:`equals_sp`).
+width μP equals SP (all multipliers 1.0; tested bitwise) with a random readout and the
+embedding constants 1 (``lm.model.mup_options.SP_OPTIONS``; :func:`equals_sp`).
 
 Axis letters: d model width; m width multiplier d / base_width.
 """
@@ -105,6 +121,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from lm.model import mup_options
 
 if TYPE_CHECKING:
     from lm.model.config import ModelConfig
@@ -170,7 +188,7 @@ def at_width(cfg: ModelConfig, width: int) -> ModelConfig:
 
 
 def base_config(cfg: ModelConfig) -> ModelConfig:
-    """The model at ``base_width`` (where μP equals SP)."""
+    """The model at ``base_width`` (where every width multiplier is 1)."""
     if cfg.base_width is None:
         raise ValueError("ModelConfig.base_width=None: required when parametrization='mup'")
     return at_width(cfg, cfg.base_width)
@@ -184,44 +202,16 @@ def width_mult(cfg: ModelConfig) -> float:
 # ------------------------------------------------------------------ forward multipliers
 
 
-# The μP options whose default (None) depends on the head: ModelConfig field -> its value under
-# (SP, μP with a tied head, μP with an untied head). Tied: the embedding's base-width init and lr
-# (module docstring, "tied embedding").
-TIED_EMBEDDING_INIT, TIED_EMBEDDING_LR = 0.25, 4.0
-MUP_OPTIONS = {
-    "mup_zero_readout": (False, False, True),
-    "mup_embedding_init": (1.0, TIED_EMBEDDING_INIT, 1.0),
-    "mup_embedding_lr": (1.0, TIED_EMBEDDING_LR, 1.0),
-}
-# the options under which μP equals SP at the base width (tests, the former defaults)
-SP_OPTIONS = {name: values[0] for name, values in MUP_OPTIONS.items()}
-
-
-def mup_option(name: str, value, parametrization_: str, tie_embeddings: bool):
-    """The value the μP option ``name`` (:data:`MUP_OPTIONS`) set to ``value`` stands for: itself, or
-    for None its default for this parametrization and head (plain values: configs and saved dicts)."""
-    if value is not None:
-        return value
-    sp, tied, untied = MUP_OPTIONS[name]
-    return sp if parametrization_ != "mup" else tied if tie_embeddings else untied
-
-
-def canonical_option(name: str, value, parametrization_: str, tie_embeddings: bool):
-    """``value`` of the μP option ``name``, or None where it builds the same model as the default."""
-    default = mup_option(name, None, parametrization_, tie_embeddings)
-    return None if value is None or value == default else value
-
-
 def zero_readout(cfg: ModelConfig) -> bool:
     """Whether the untied readout starts at zero: ``mup_zero_readout``, by default (None) μP with an untied head."""
-    return mup_option("mup_zero_readout", cfg.mup_zero_readout, cfg.parametrization, cfg.tie_embeddings)
+    return mup_options.resolve("mup_zero_readout", cfg.mup_zero_readout, cfg.parametrization, cfg.tie_embeddings)
 
 
 def embedding_multipliers(cfg: ModelConfig) -> tuple[float, float]:
     """(init, lr) base-width constants of the embedding: ``mup_embedding_init`` / ``mup_embedding_lr``, by
-    default (None) :data:`TIED_EMBEDDING_INIT` / :data:`TIED_EMBEDDING_LR` for μP with a tied head, else 1."""
-    return tuple(float(mup_option(name, getattr(cfg, name), cfg.parametrization, cfg.tie_embeddings))
-                 for name in ("mup_embedding_init", "mup_embedding_lr"))
+    default (None) 1/4 and 4 for μP with a tied head, else 1 (``lm.model.mup_options``)."""
+    return tuple(float(mup_options.resolve(name, getattr(cfg, name), cfg.parametrization, cfg.tie_embeddings))
+                 for name in mup_options.EMBEDDING_OPTIONS)
 
 
 def output_multiplier(cfg: ModelConfig) -> float | None:

@@ -9,7 +9,7 @@ import pytest
 
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
-from lm.model import network as model, parametrization
+from lm.model import mup_options, network as model, parametrization
 from lm.train import step, solo as train
 from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.model.families import MIXERS
@@ -67,7 +67,7 @@ def test_classes_and_multipliers_per_family(family):
                     "output": (m**-0.5, 1 / m), "readout": (0, 1)}[kind]
         assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
     assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
-    former = dataclasses.replace(cfg, **parametrization.SP_OPTIONS)  # random readout, embedding constants 1
+    former = dataclasses.replace(cfg, **mup_options.SP_OPTIONS)  # random readout, embedding constants 1
     assert _find(_rows(former), "embed" if cfg.tie_embeddings else "head")["init_mult"] == pytest.approx(
         1 if cfg.tie_embeddings else m**0.5)
     # at the base width every multiplier is exactly 1 but the defaults' zero readout or embedding constants
@@ -75,7 +75,7 @@ def test_classes_and_multipliers_per_family(family):
     changed = {"embed"} if base.tie_embeddings else {"head"}
     assert all(r["init_mult"] == r["lr_mult"] == 1.0 for p, r in _rows(base).items() if p not in changed)
     assert not parametrization.equals_sp(base, model.param_rules(base))
-    random_base = dataclasses.replace(base, **parametrization.SP_OPTIONS)
+    random_base = dataclasses.replace(base, **mup_options.SP_OPTIONS)
     assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(random_base).values())
     assert parametrization.equals_sp(random_base, model.param_rules(random_base))
     assert not parametrization.equals_sp(cfg, model.param_rules(cfg))
@@ -118,7 +118,7 @@ def test_sp_init_is_fan_in_scaled(family):
 def test_mup_equals_sp_at_base_width(family):
     """Bitwise: init and logits of every family at the base width (one program per family), with a random readout
     and the embedding constants 1 (``SP_OPTIONS``)."""
-    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p, **parametrization.SP_OPTIONS)
+    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p, **mup_options.SP_OPTIONS)
             for p in ("sp", "mup")]
     tokens = _batch(cfgs[0].vocab_size)["tokens"]
 
@@ -242,7 +242,7 @@ def test_tied_embedding_constants_are_the_default_of_a_tied_mup_head_and_old_con
     defaults = {("sp", True): (False, 1.0, 1.0), ("sp", False): (False, 1.0, 1.0),
                 ("mup", True): (False, 0.25, 4.0), ("mup", False): (True, 1.0, 1.0)}
     for (par, tie), expected in defaults.items():
-        assert tuple(parametrization.mup_option(n, None, par, tie) for n in parametrization.MUP_OPTIONS) == expected
+        assert tuple(mup_options.resolve(n, None, par, tie) for n in mup_options.MUP_OPTIONS) == expected
     assert parametrization.embedding_multipliers(tied) == (0.25, 4.0)
     assert parametrization.embedding_multipliers(untied) == (1.0, 1.0)
     assert parametrization.embedding_multipliers(dataclasses.replace(tied, parametrization="sp")) == (1.0, 1.0)
@@ -250,7 +250,8 @@ def test_tied_embedding_constants_are_the_default_of_a_tied_mup_head_and_old_con
     # explicit values are kept as floats; one equal to the default is stored as None (equal models, equal configs)
     assert dataclasses.replace(tied, mup_embedding_lr=2).mup_embedding_lr == 2.0
     assert dataclasses.replace(tied, mup_embedding_init=0.25, mup_embedding_lr=4) == tied
-    assert dataclasses.replace(untied, mup_embedding_lr=1.0) == untied and ModelConfig(mup_embedding_init=1) == ModelConfig()
+    assert dataclasses.replace(untied, mup_embedding_lr=1.0) == untied
+    assert ModelConfig(mup_embedding_init=1) == ModelConfig()
     saved = RunConfig(model=tied).to_dict()
     for name in ("mup_embedding_init", "mup_embedding_lr"):
         del saved["model"][name]  # a config.json written before the fields existed
