@@ -21,11 +21,10 @@ the base width, log-log slope -0.42, while the readout's part stays flat, +0.02)
 random readout the logits' ``update_rms`` falls with width (slope -0.38) until the learned part
 dominates. The μP default for an untied head is therefore TP5's zero readout
 (``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
-the embedding and keeps a random init, made small against its learned part by the μP default
-embedding constants (init x1/4, lr x4: ``model.mup_embedding_init`` / ``_lr``; README, μP).
-Each (parametrization, family, width) is averaged over ``seeds`` (init and
+the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
+not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
 data order): a width's train step comes from ``lm.train.compiled`` on a one-device mesh, compiled
-once for every seed; a μP base model equal to SP's (``lm.model.mup_options.SP_OPTIONS``) is measured once.
+once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -192,7 +191,7 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
 
     ``options``: ModelConfig fields set on the μP models (``mup_zero_readout``, ``mup_zero_query``,
     ``tie_embeddings``; the last on both). A μP base model that equals SP's
-    (``lm.model.parametrization.equals_sp``: every multiplier 1, so not with the μP defaults) is not
+    (``lm.model.parametrization.equals_sp``: no zero init, so not with the default untied head) is not
     measured again: its rows are SP's.
     """
     rows = []

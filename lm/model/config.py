@@ -99,10 +99,10 @@ class ModelConfig:
         random readout) load as False.
       mup_zero_query: μP only, zero-initialised query projections (default False).
       mup_embedding_init, mup_embedding_lr: μP only, base-width constants multiplying the token
-        embedding's init and its (width-scaled) lr multiplier. None (default): 0.25 and 4.0 for a
-        μP model with a tied head (its logits' update then stays flat in width), 1.0 otherwise
-        (``lm.model.parametrization.embedding_multipliers``); a value equal to the default is
-        stored as None. Saved configs without the fields (written when both were 1) load as 1.0.
+        embedding's init and its (width-scaled) lr multiplier. None (default): the tied head's
+        constants (``lm.model.mup_options``, 1.0 for now) for a μP model with a tied head, 1.0
+        otherwise; a value equal to the default is stored as None. Saved configs without the
+        fields (written when both were 1) load as 1.0.
 
     families: family name -> its settings (the ``config`` class of its :class:`lm.model.families.MixerSpec`),
       validated by the registry; the families the pattern uses get their defaults, settings of an

@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# ModelConfig field -> its value under (SP, μP with a tied head, μP with an untied head)
-TIED_EMBEDDING_INIT, TIED_EMBEDDING_LR = 0.25, 4.0
+# ModelConfig field -> its value under (SP, μP with a tied head, μP with an untied head).
+# The tied head's embedding constants stay 1 (μP = SP at the base width): init x1/4 with lr x4 flattens
+# the logits' update of four tied families but not GLA's (README, μP: measured slopes and losses).
+TIED_EMBEDDING_INIT, TIED_EMBEDDING_LR = 1.0, 1.0
 MUP_OPTIONS: dict[str, tuple[Any, Any, Any]] = {
     "mup_zero_readout": (False, False, True),
     "mup_embedding_init": (1.0, TIED_EMBEDDING_INIT, 1.0),

@@ -37,8 +37,8 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   (tied)     the embedding as head                           -      -         logits × m^-1/2
   attention  softmax / linear-attention score scale                           d0^1/2 / d_head
   (*) by default (``mup_zero_readout``, below); m^1/2 with ``mup_zero_readout=False``.
-  (†) c = ``mup_embedding_init``, κ = ``mup_embedding_lr``, width-independent constants; by default
-      c = 1/4, κ = 4 for a tied head, 1 and 1 otherwise (``lm.model.mup_options``, "tied embedding" below).
+  (†) c = ``mup_embedding_init``, κ = ``mup_embedding_lr``, width-independent constants, by default 1
+      (``lm.model.mup_options``; "tied embedding" below).
 
 m = d_model / base_width. Why:
   * hidden (Table 3): SP's init var 1/fan_in is μP's; Adam's update of every entry is ~lr,
@@ -91,11 +91,12 @@ the second ∝ c (h_t - h_0 is set by the hidden layers, whose init and lr c and
 and its random part falls as m^-1/2. Their ratio at the base width is therefore ∝ c/κ, and an
 output multiplier cannot change it (it scales both parts alike; Adam is scale-invariant).
 μP fixes the width exponents only: the base-width constants are hyperparameters of the base
-model. With c = κ = 1 the vanishing part dominates at small widths and few steps, and the
-logits' update falls with width (smoke coordinate check: slope -0.24 to -0.42 for the five
-tied families); the defaults c = 1/4, κ = 4 make it 16× smaller relative to the learned part
-(README, μP, has the slopes and the loss check at the base width). ``mup_options.SP_OPTIONS``
-(random readout, c = κ = 1) are the former defaults, under which μP equals SP at the base width.
+model. With c = κ = 1 (the default) the vanishing part dominates at small widths and few
+steps, and the logits' update falls with width (smoke coordinate check: slope -0.24 to -0.42
+for the five tied families). c = 1/4, κ = 4 flatten it for four of them but not GLA (-0.20) and
+cost MLA 1 % of loss at the base width; κ = 16 flattens GLA and MLA but costs MLA 3 % (README,
+μP), so the default stays 1 and the constants are there to tune. ``mup_options.SP_OPTIONS``
+(random readout, c = κ = 1) are the options under which μP equals SP at the base width.
 
 Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP lr
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier

@@ -15,6 +15,7 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.recurrent_block import RecurrentConfig
 from lm.model.config import ModelConfig, RunConfig
+from lm.model import mup_options
 from lm.model.config_schema import SCHEMA_VERSION, fingerprint_form, migrate, migrate_model
 
 RUN = RunConfig(
@@ -156,11 +157,12 @@ def test_an_old_mup_config_keeps_its_random_readout_and_its_fingerprint_differs_
 
 
 def test_an_old_tied_mup_config_keeps_its_embedding_constants(tmp_path):
-    """``model.mup_embedding_init`` / ``_lr`` (default None: 1/4 and 4 for μP with a tied head, 1 otherwise): a
-    config.json written without them rebuilds the constants 1, so a tied μP run directory no longer matches a run
-    built today; SP and untied μP ones are today's runs (their model did not change)."""
+    """``model.mup_embedding_init`` / ``_lr`` (default None: the tied head's constants for μP with a tied head,
+    1 otherwise): a config.json written without them rebuilds the constants 1, so a tied μP run directory matches
+    a run built today only while those constants are 1; SP and untied μP ones are today's runs."""
     tied = ModelConfig(d_model=32, num_layers=1, pattern="A", num_heads=2, parametrization="mup", base_width=16)
-    cases = ((tied, False), (dataclasses.replace(tied, tie_embeddings=False), True), (ModelConfig(), True))
+    neutral = (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) == (1.0, 1.0)
+    cases = ((tied, neutral), (dataclasses.replace(tied, tie_embeddings=False), True), (ModelConfig(), True))
     for i, (model, same) in enumerate(cases):
         run = RunConfig(model=model, name=f"r{i}")
         saved = run.to_dict()
@@ -179,5 +181,9 @@ def test_an_old_tied_mup_config_keeps_its_embedding_constants(tmp_path):
         with pytest.raises(Exception, match="another config"):
             train_cli.check_run_dir(run, tmp_path / run.name, overwrite=False)
     spelled = RunConfig(model=tied).to_dict()
-    spelled["model"].update(mup_embedding_init=0.25, mup_embedding_lr=4)  # the default, written out
+    spelled["model"].update(mup_embedding_init=mup_options.TIED_EMBEDDING_INIT, mup_embedding_lr=int(
+        mup_options.TIED_EMBEDDING_LR))  # the default, written out
     assert study_lib.canonical_config(spelled) == study_lib.canonical_config(RunConfig(model=tied).to_dict())
+    tuned = RunConfig(model=dataclasses.replace(tied, mup_embedding_init=0.25, mup_embedding_lr=4)).to_dict()
+    assert study_lib.canonical_config(tuned)["model"]["mup_embedding_lr"] == 4.0  # another model: in the fingerprint
+    assert RunConfig.from_dict(tuned).model.mup_embedding_init == 0.25

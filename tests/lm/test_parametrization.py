@@ -61,12 +61,14 @@ def test_classes_and_multipliers_per_family(family):
     for suffix, kind in EXPECTED[family].items():
         row = _find(rows, suffix)
         assert row["kind"] == kind, (suffix, row)
-        # the untied readout starts at 0; a tied embedding has the base-width constants 1/4 (init), 4 (lr)
-        c, k = (0.25, 4.0) if cfg.tie_embeddings else (1.0, 1.0)
+        # the untied readout starts at 0; a tied embedding has the tied head's default base-width constants
+        c, k = (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) if cfg.tie_embeddings else (1.0, 1.0)
         expected = {"vector": (1, 1), "input": (1, 1), "embedding": (c, k * m**-0.5), "hidden": (1, 1 / m),
                     "output": (m**-0.5, 1 / m), "readout": (0, 1)}[kind]
         assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
     assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
+    tuned = _find(_rows(dataclasses.replace(cfg, mup_embedding_init=0.25, mup_embedding_lr=4.0)), "embed")
+    assert (tuned["init_mult"], tuned["lr_mult"]) == pytest.approx((0.25, 4.0 * m**-0.5))  # constants x width's
     former = dataclasses.replace(cfg, **mup_options.SP_OPTIONS)  # random readout, embedding constants 1
     assert _find(_rows(former), "embed" if cfg.tie_embeddings else "head")["init_mult"] == pytest.approx(
         1 if cfg.tie_embeddings else m**0.5)
@@ -74,7 +76,8 @@ def test_classes_and_multipliers_per_family(family):
     base = FAMILIES[family]
     changed = {"embed"} if base.tie_embeddings else {"head"}
     assert all(r["init_mult"] == r["lr_mult"] == 1.0 for p, r in _rows(base).items() if p not in changed)
-    assert not parametrization.equals_sp(base, model.param_rules(base))
+    neutral = base.tie_embeddings and (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) == (1.0, 1.0)
+    assert parametrization.equals_sp(base, model.param_rules(base)) == neutral
     random_base = dataclasses.replace(base, **mup_options.SP_OPTIONS)
     assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(random_base).values())
     assert parametrization.equals_sp(random_base, model.param_rules(random_base))
@@ -149,8 +152,9 @@ def test_mup_step_equals_sp_at_base_width():
 
 
 def test_mup_init_and_updates_are_sp_times_multipliers():
-    cfg = parametrization.at_width(FAMILIES["moe"], 4 * BASE)
-    sp_cfg = dataclasses.replace(cfg, parametrization="sp")
+    tuned = dataclasses.replace(FAMILIES["moe"], mup_embedding_init=0.25, mup_embedding_lr=4.0)  # tied embedding
+    cfg = parametrization.at_width(tuned, 4 * BASE)
+    sp_cfg = dataclasses.replace(cfg, parametrization="sp", mup_embedding_init=None, mup_embedding_lr=None)
     rules = model.param_rules(cfg)
     opt = OptimizerConfig()
 
@@ -236,27 +240,32 @@ def test_zero_readout_is_the_default_of_an_untied_mup_head_and_old_configs_keep_
 
 
 def test_tied_embedding_constants_are_the_default_of_a_tied_mup_head_and_old_configs_keep_theirs():
-    """``mup_embedding_init`` / ``mup_embedding_lr`` (None: 1/4 and 4 for μP with a tied head, 1 otherwise), one
-    rule on plain values for every μP option; validated; a saved config without them rebuilds constants 1."""
+    """``mup_embedding_init`` / ``mup_embedding_lr`` (None: the tied head's constants for μP with a tied head, 1
+    otherwise), one rule on plain values for every μP option; validated; a saved config without them rebuilds
+    constants 1."""
     tied, untied = FAMILIES["gla"], FAMILIES["transformer"]
+    c, k = mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR
     defaults = {("sp", True): (False, 1.0, 1.0), ("sp", False): (False, 1.0, 1.0),
-                ("mup", True): (False, 0.25, 4.0), ("mup", False): (True, 1.0, 1.0)}
+                ("mup", True): (False, c, k), ("mup", False): (True, 1.0, 1.0)}
     for (par, tie), expected in defaults.items():
         assert tuple(mup_options.resolve(n, None, par, tie) for n in mup_options.MUP_OPTIONS) == expected
-    assert parametrization.embedding_multipliers(tied) == (0.25, 4.0)
+    assert parametrization.embedding_multipliers(tied) == (c, k)
+    assert parametrization.embedding_multipliers(dataclasses.replace(tied, mup_embedding_init=0.25,
+                                                                     mup_embedding_lr=4)) == (0.25, 4.0)
     assert parametrization.embedding_multipliers(untied) == (1.0, 1.0)
     assert parametrization.embedding_multipliers(dataclasses.replace(tied, parametrization="sp")) == (1.0, 1.0)
     assert parametrization.embedding_multipliers(dataclasses.replace(untied, mup_embedding_init=0.5)) == (0.5, 1.0)
     # explicit values are kept as floats; one equal to the default is stored as None (equal models, equal configs)
     assert dataclasses.replace(tied, mup_embedding_lr=2).mup_embedding_lr == 2.0
-    assert dataclasses.replace(tied, mup_embedding_init=0.25, mup_embedding_lr=4) == tied
+    assert dataclasses.replace(tied, mup_embedding_init=c, mup_embedding_lr=k) == tied
     assert dataclasses.replace(untied, mup_embedding_lr=1.0) == untied
     assert ModelConfig(mup_embedding_init=1) == ModelConfig()
     saved = RunConfig(model=tied).to_dict()
     for name in ("mup_embedding_init", "mup_embedding_lr"):
         del saved["model"][name]  # a config.json written before the fields existed
     old = RunConfig.from_dict(saved).model
-    assert (old.mup_embedding_init, old.mup_embedding_lr) == (1.0, 1.0) != parametrization.embedding_multipliers(tied)
+    assert parametrization.embedding_multipliers(old) == (1.0, 1.0)
+    assert (old.mup_embedding_init, old.mup_embedding_lr) == ((1.0, 1.0) if (c, k) != (1.0, 1.0) else (None, None))
     assert RunConfig.from_dict(RunConfig(model=tied).to_dict()).model == tied
     for name in ("mup_embedding_init", "mup_embedding_lr"):
         for bad in (0, -1.0, float("nan"), "big", True):
