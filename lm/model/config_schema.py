@@ -85,7 +85,7 @@ def migrate_model(d: Mapping) -> dict:
     out = dict(d)
     # a μP option absent was written before the field existed: its former value (mup_options.SP_OPTIONS)
     # rebuilds that model; mup_zero_readout False: a random readout (the default, None, is a zero untied
-    # readout under μP); the embedding constants 1.0 (their default is 1/4 and 4 for μP with a tied head)
+    # readout under μP); the embedding constants 1.0 (their μP tied-head default: mup_options.TIED_EMBEDDING_*)
     for name, former in mup_options.SP_OPTIONS.items():
         out.setdefault(name, former)
     if isinstance(out.get("families"), Mapping):
