@@ -22,6 +22,7 @@ from layers.moe import MoEConfig
 from lm.model.config_schema import SCHEMA_VERSION, VERSION_KEY, migrate, migrate_model
 from lm.data.config import DataConfig
 from lm.model.families import MIXERS, FrozenDict, MixerSpec, UnknownMixerError, check_families
+from lm.model import mup_options
 from pallas_kernels.backend import IMPLS
 
 DTYPES = ("float32", "bfloat16")
@@ -89,14 +90,19 @@ class ModelConfig:
         ("dots_saveable", "dots_with_no_batch_dims_saveable": matmul outputs are kept).
       attention_impl: ``flash_attention`` impl switch for every attention layer.
       parametrization: "sp" (standard) or "mup" (Maximal Update Parametrization,
-        ``lm/model/parametrization.py``); base_width: the d_model at which μP equals SP
-        (required for "mup").
+        ``lm/model/parametrization.py``); base_width: the d_model at which μP's width multipliers
+        are 1 (required for "mup").
       mup_zero_readout: μP only, Tensor Programs V's zero-initialised untied readout (LM head).
         None (default): on for a μP model with an untied head, off otherwise
         (``lm.model.parametrization.zero_readout``); False where it changes nothing (SP, tied head)
         is stored as None. Saved configs without the field (written when the default was a
         random readout) load as False.
       mup_zero_query: μP only, zero-initialised query projections (default False).
+      mup_embedding_init, mup_embedding_lr: μP only, base-width constants multiplying the token
+        embedding's init and its (width-scaled) lr multiplier. None (default): the tied head's
+        constants (``lm.model.mup_options``, 1.0 for now) for a μP model with a tied head, 1.0
+        otherwise; a value equal to the default is stored as None. Saved configs without the
+        fields (written when both were 1) load as 1.0.
 
     families: family name -> its settings (the ``config`` class of its :class:`lm.model.families.MixerSpec`),
       validated by the registry; the families the pattern uses get their defaults, settings of an
@@ -141,6 +147,8 @@ class ModelConfig:
     base_width: int | None = None
     mup_zero_readout: bool | None = None
     mup_zero_query: bool = False
+    mup_embedding_init: float | None = None
+    mup_embedding_lr: float | None = None
 
     def __post_init__(self):
         _positive(self, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
@@ -183,17 +191,8 @@ class ModelConfig:
             from lm.model.parametrization import base_config
 
             base_config(self)  # raises ValueError without base_width or for non-integer base dims
-        _choice(self, "mup_zero_readout", (None, False, True))
-        _choice(self, "mup_zero_query", (False, True))
-        if self.mup_zero_readout is False and (self.parametrization != "mup" or self.tie_embeddings):
-            object.__setattr__(self, "mup_zero_readout", None)  # one value per model: False changes nothing here
-        for name in ("mup_zero_readout", "mup_zero_query"):
-            if getattr(self, name) and self.parametrization != "mup":
-                raise ValueError(f"ModelConfig.{name}=True: only with parametrization='mup' "
-                                 f"(got {self.parametrization!r})")
-        if self.mup_zero_readout and self.tie_embeddings:
-            raise ValueError("ModelConfig.mup_zero_readout=True: needs an untied head (tie_embeddings=False); "
-                             "the tied head is the embedding, which cannot start at zero")
+        for name, value in mup_options.checked(self).items():  # one value per model (lm/model/mup_options.py)
+            object.__setattr__(self, name, value)
 
     @property
     def kv_heads(self) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lm.model.families import MIXERS
+from lm.model import mup_options
 
 SCHEMA_VERSION = 2
 VERSION_KEY = "schema_version"
@@ -59,6 +60,7 @@ ADDED: dict[str, Any] = {
     "data.max_train_bytes": None, "data.path": None, "data.num_workers": 0, "model.scan_layers": False,
     "model.remat": "none", "model.parametrization": "sp", "model.base_width": None, "schedule.knots": None,
     "model.mup_zero_readout": None, "model.mup_zero_query": False, "train.checkpoint_steps": None,
+    "model.mup_embedding_init": None, "model.mup_embedding_lr": None,
 }
 
 
@@ -81,10 +83,11 @@ def migrate_model(d: Mapping) -> dict:
       ValueError: a former key and its current place both given with different values.
     """
     out = dict(d)
-    # written before the field existed, when a μP readout started random: False rebuilds that model
-    # (the default, None, is a zero untied readout under μP; ModelConfig stores False as None where
-    # it changes nothing)
-    out.setdefault("mup_zero_readout", False)
+    # a μP option absent was written before the field existed: its former value (mup_options.SP_OPTIONS)
+    # rebuilds that model; mup_zero_readout False: a random readout (the default, None, is a zero untied
+    # readout under μP); the embedding constants 1.0 (their μP tied-head default: mup_options.TIED_EMBEDDING_*)
+    for name, former in mup_options.SP_OPTIONS.items():
+        out.setdefault(name, former)
     if isinstance(out.get("families"), Mapping):
         out["families"] = {name: dict(s) if isinstance(s, Mapping) else s for name, s in out["families"].items()}
     for name in NESTED_FAMILIES:
@@ -123,7 +126,8 @@ def fingerprint_form(d: Mapping) -> dict:
     out = json.loads(json.dumps(migrate(d)))
     model = out.get("model")
     if isinstance(model, dict):
-        model["mup_zero_readout"] = canonical_zero_readout(model)  # equal models compare equal
+        for name in mup_options.MUP_OPTIONS:  # equal models compare equal
+            model[name] = canonical_mup_option(model, name)
         families = {name: dict(s) for name, s in (model.pop("families", None) or {}).items()}
         for old, path in FLAT_MODEL_KEYS.items():
             if path[0] == "families":
@@ -145,13 +149,12 @@ def fingerprint_form(d: Mapping) -> dict:
     return out
 
 
-def canonical_zero_readout(model: Mapping) -> bool | None:
-    """A migrated ModelConfig dict's ``mup_zero_readout``: None when it builds the default's readout, else the bool.
+def canonical_mup_option(model: Mapping, name: str):
+    """A migrated ModelConfig dict's μP option ``name`` (``lm.model.mup_options.MUP_OPTIONS``): None when it
+    builds the default's model, else its value.
 
-    The default (None) is a zero readout for μP with an untied head, a random one otherwise
-    (``lm.model.parametrization.zero_readout``); the fingerprint compares this value, so a config that
-    spells the default out and one that leaves it to None fingerprint alike.
+    The defaults depend on the parametrization and the head (``lm.model.mup_options``); the fingerprint
+    compares this value, so a config that spells the default out and one that leaves it to None fingerprint alike.
     """
-    value = model.get("mup_zero_readout", False)
-    default = model.get("parametrization", "sp") == "mup" and not model.get("tie_embeddings", True)
-    return None if value is None or value == default else value
+    return mup_options.canonical(name, model.get(name, mup_options.SP_OPTIONS[name]),
+                                 model.get("parametrization", "sp"), model.get("tie_embeddings", True))

@@ -7,7 +7,8 @@ scaling a weight's forward multiplier by θ, its init by 1/θ and its Adam learn
 1/θ leaves training unchanged), used below to keep SP's parameter frames.
 
 ``ModelConfig.parametrization`` is "sp" (today's behaviour, untouched: no multiplier is ever
-applied) or "mup"; ``ModelConfig.base_width`` is the width at which μP equals SP exactly.
+applied) or "mup"; ``ModelConfig.base_width`` is the width at which μP's width multipliers are 1
+(μP equals SP there exactly with ``lm.model.mup_options.SP_OPTIONS``).
 Widths: the fields in :data:`WIDTH_FIELDS` grow in proportion to ``d_model``
 (:func:`at_width` builds a wider model); head counts, experts, vocabulary, conv taps, the
 RoPE dims of MLA's decoupled key and GLA's gate rank stay fixed. The base model is
@@ -25,7 +26,7 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   input      weights whose fan-in is not width-like: conv    1      1         -
              taps (depthwise), GLA gate up-projection (from
              rank 16), MLA up-projections from a fixed rank
-  embedding  the token embedding                             1      m^-1/2    sqrt(d) (SP's)
+  embedding  the token embedding                             c (†)  κ m^-1/2  sqrt(d) (SP's)
   hidden     fan-in and fan-out width-like: q/k/v/o, MLP,    1      1/m_in    -
              experts, RG-LRU gates, linear_x/y/out, MLA
              latent down/up projections (ranks ∝ d)
@@ -36,6 +37,8 @@ of every weight is variance-scaling fan-in, std ∝ fan_in^-1/2, tested):
   (tied)     the embedding as head                           -      -         logits × m^-1/2
   attention  softmax / linear-attention score scale                           d0^1/2 / d_head
   (*) by default (``mup_zero_readout``, below); m^1/2 with ``mup_zero_readout=False``.
+  (†) c = ``mup_embedding_init``, κ = ``mup_embedding_lr``, width-independent constants, by default 1
+      (``lm.model.mup_options``; "tied embedding" below).
 
 m = d_model / base_width. Why:
   * hidden (Table 3): SP's init var 1/fan_in is μP's; Adam's update of every entry is ~lr,
@@ -77,17 +80,31 @@ and ``mup_zero_query`` (:data:`QUERY_NAMES`, default off) set those init multipl
 logits' change is the readout's own update, Θ(1), plus the features' change through the
 random init readout, whose random part falls as m^-1/2; at small widths and few steps the
 latter dominates (``experiments.coord_check``'s docstring has the figures) and the logits'
-update falls with width; a zero readout removes it, hence the default. A tied head (the
-embedding) keeps its random init. A zero query makes attention uniform at init (its gradient
-is not zero).
+update falls with width; a zero readout removes it, hence the default. A zero query makes
+attention uniform at init (its gradient is not zero).
+
+Tied embedding (``mup_embedding_init`` c, ``mup_embedding_lr`` κ): a tied head is the embedding,
+which cannot start at zero, so the second part stays. With the readout W (init std ∝ c) and h
+the final features, the logits' change is h(W_t - W_0)·mult + (h_t - h_0)W_0·mult. Adam's update
+is ~lr per entry whatever the gradient's scale, so the first part ∝ κ (and is Θ(1) in width);
+the second ∝ c (h_t - h_0 is set by the hidden layers, whose init and lr c and κ leave alone)
+and its random part falls as m^-1/2. Their ratio at the base width is therefore ∝ c/κ, and an
+output multiplier cannot change it (it scales both parts alike; Adam is scale-invariant).
+μP fixes the width exponents only: the base-width constants are hyperparameters of the base
+model. With c = κ = 1 (the default) the vanishing part dominates at small widths and few
+steps, and the logits' update falls with width (smoke coordinate check: slope -0.24 to -0.42
+for the five tied families). c = 1/4, κ = 4 flatten it for four of them but not GLA (-0.20) and
+cost MLA 1 % of loss at the base width; κ = 16 flattens GLA and MLA but costs MLA 3 % (README,
+μP), so the default stays 1 and the constants are there to tune. ``mup_options.SP_OPTIONS``
+(random readout, c = κ = 1) are the options under which μP equals SP at the base width.
 
 Weight decay (decoupled, Loshchilov & Hutter 2019) is *independent* of the μP lr
 multipliers: every decayed weight loses lr · wd · p per step whatever its multiplier
 (Wortsman et al. 2023, arXiv 2309.14322, Sec. 3.2.2; Wang & Aitchison 2024, arXiv
 2405.13698), so the decay's averaging timescale 1/(lr · wd) steps is the same at every
 width; the set of decayed parameters is SP's (``lm.train.step.weight_decay_mask``). At the base
-width μP equals SP (all multipliers 1.0; tested bitwise) with a random readout
-(``mup_zero_readout=False``; :func:`equals_sp`).
+width μP equals SP (all multipliers 1.0; tested bitwise) with a random readout and the
+embedding constants 1 (``lm.model.mup_options.SP_OPTIONS``; :func:`equals_sp`).
 
 Axis letters: d model width; m width multiplier d / base_width.
 """
@@ -105,6 +122,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from lm.model import mup_options
 
 if TYPE_CHECKING:
     from lm.model.config import ModelConfig
@@ -170,7 +189,7 @@ def at_width(cfg: ModelConfig, width: int) -> ModelConfig:
 
 
 def base_config(cfg: ModelConfig) -> ModelConfig:
-    """The model at ``base_width`` (where μP equals SP)."""
+    """The model at ``base_width`` (where every width multiplier is 1)."""
     if cfg.base_width is None:
         raise ValueError("ModelConfig.base_width=None: required when parametrization='mup'")
     return at_width(cfg, cfg.base_width)
@@ -186,9 +205,14 @@ def width_mult(cfg: ModelConfig) -> float:
 
 def zero_readout(cfg: ModelConfig) -> bool:
     """Whether the untied readout starts at zero: ``mup_zero_readout``, by default (None) μP with an untied head."""
-    if cfg.mup_zero_readout is not None:
-        return cfg.mup_zero_readout
-    return cfg.parametrization == "mup" and not cfg.tie_embeddings
+    return mup_options.resolve("mup_zero_readout", cfg.mup_zero_readout, cfg.parametrization, cfg.tie_embeddings)
+
+
+def embedding_multipliers(cfg: ModelConfig) -> tuple[float, float]:
+    """(init, lr) base-width constants of the embedding: ``mup_embedding_init`` / ``mup_embedding_lr``, by
+    default (None) 1/4 and 4 for μP with a tied head, else 1 (``lm.model.mup_options``)."""
+    return tuple(float(mup_options.resolve(name, getattr(cfg, name), cfg.parametrization, cfg.tie_embeddings))
+                 for name in mup_options.EMBEDDING_OPTIONS)
 
 
 def output_multiplier(cfg: ModelConfig) -> float | None:
@@ -265,7 +289,8 @@ def param_rules(cfg: ModelConfig, boxed_shapes: Callable[[ModelConfig], Any]) ->
         wide = [bs != ws for bs, ws in zip(b.value.shape, w.value.shape, strict=True)]
         ratio = [s / bs for s, bs in zip(shape, b.value.shape, strict=True)]
         if keys == ("embed",):
-            rules.append(ParamRule("embedding", 1.0, 1.0, m**-0.5))
+            init, lr = embedding_multipliers(cfg)
+            rules.append(ParamRule("embedding", 1.0, init, lr * m**-0.5))
             continue
         if keys == ("head",):
             rules.append(ParamRule("readout", 1.0, 0.0 if zero_readout(cfg) else m**0.5, 1.0))

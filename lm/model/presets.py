@@ -95,7 +95,7 @@ PARAMETRIZATIONS = ("sp", "mup")
 
 
 def mup_family_model(family: str, base_width: int, num_layers: int, parametrization_: str = "mup") -> ModelConfig:
-    """The ``family``'s model at its base width (μP equals SP there); widen with ``parametrization.at_width``.
+    """The ``family``'s model at its base width (μP's width multipliers are 1); widen with ``parametrization.at_width``.
 
     Four heads (their width grows with d), MLP 4d; Griffin = (recurrent, local attention),
     Hawk = recurrent only; GLA; MLA with latent ranks d/2 and RoPE key 8 (fixed); MoE with 4

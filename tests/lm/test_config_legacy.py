@@ -15,6 +15,7 @@ from layers.linear_attention import LinearAttentionConfig
 from layers.mla import MLAConfig
 from layers.recurrent_block import RecurrentConfig
 from lm.model.config import ModelConfig, RunConfig
+from lm.model import mup_options
 from lm.model.config_schema import SCHEMA_VERSION, fingerprint_form, migrate, migrate_model
 
 RUN = RunConfig(
@@ -153,3 +154,36 @@ def test_an_old_mup_config_keeps_its_random_readout_and_its_fingerprint_differs_
         d["model"]["mup_zero_readout"] = False
         assert lib.study.canonical_config(d) == lib.study.canonical_config(RunConfig(model=model).to_dict())
         assert RunConfig.from_dict(d).model == model
+
+
+def test_an_old_tied_mup_config_keeps_its_embedding_constants(tmp_path):
+    """``model.mup_embedding_init`` / ``_lr`` (default None: the tied head's constants for μP with a tied head,
+    1 otherwise): a config.json written without them rebuilds the constants 1, so a tied μP run directory matches
+    a run built today only while those constants are 1; SP and untied μP ones are today's runs."""
+    tied = ModelConfig(d_model=32, num_layers=1, pattern="A", num_heads=2, parametrization="mup", base_width=16)
+    neutral = (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) == (1.0, 1.0)
+    cases = ((tied, neutral), (dataclasses.replace(tied, tie_embeddings=False), True), (ModelConfig(), True))
+    for i, (model, same) in enumerate(cases):
+        run = RunConfig(model=model, name=f"r{i}")
+        saved = run.to_dict()
+        for name in ("mup_embedding_init", "mup_embedding_lr"):
+            del saved["model"][name]
+        loaded = RunConfig.from_dict(saved)
+        assert (loaded == run) == same
+        assert (study_lib.canonical_config(saved) == study_lib.canonical_config(run.to_dict())) == same
+        (tmp_path / run.name).mkdir()
+        (tmp_path / run.name / "config.json").write_text(json.dumps(saved))
+        if same:
+            train_cli.check_run_dir(run, tmp_path / run.name, overwrite=False)
+            continue
+        assert (loaded.model.mup_embedding_init, loaded.model.mup_embedding_lr) == (1.0, 1.0)
+        assert study_lib.canonical_config(saved)["model"]["mup_embedding_lr"] == 1.0
+        with pytest.raises(Exception, match="another config"):
+            train_cli.check_run_dir(run, tmp_path / run.name, overwrite=False)
+    spelled = RunConfig(model=tied).to_dict()
+    spelled["model"].update(mup_embedding_init=mup_options.TIED_EMBEDDING_INIT, mup_embedding_lr=int(
+        mup_options.TIED_EMBEDDING_LR))  # the default, written out
+    assert study_lib.canonical_config(spelled) == study_lib.canonical_config(RunConfig(model=tied).to_dict())
+    tuned = RunConfig(model=dataclasses.replace(tied, mup_embedding_init=0.25, mup_embedding_lr=4)).to_dict()
+    assert study_lib.canonical_config(tuned)["model"]["mup_embedding_lr"] == 4.0  # another model: in the fingerprint
+    assert RunConfig.from_dict(tuned).model.mup_embedding_init == 0.25

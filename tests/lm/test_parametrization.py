@@ -9,7 +9,7 @@ import pytest
 
 from layers.mla import MLAConfig
 from layers.moe import MoEConfig
-from lm.model import network as model, parametrization
+from lm.model import mup_options, network as model, parametrization
 from lm.train import step, solo as train
 from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.model.families import MIXERS
@@ -61,18 +61,24 @@ def test_classes_and_multipliers_per_family(family):
     for suffix, kind in EXPECTED[family].items():
         row = _find(rows, suffix)
         assert row["kind"] == kind, (suffix, row)
-        expected = {"vector": (1, 1), "input": (1, 1), "embedding": (1, m**-0.5), "hidden": (1, 1 / m),
-                    "output": (m**-0.5, 1 / m), "readout": (0, 1)}[kind]  # the untied readout starts at 0
+        # the untied readout starts at 0; a tied embedding has the tied head's default base-width constants
+        c, k = (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) if cfg.tie_embeddings else (1.0, 1.0)
+        expected = {"vector": (1, 1), "input": (1, 1), "embedding": (c, k * m**-0.5), "hidden": (1, 1 / m),
+                    "output": (m**-0.5, 1 / m), "readout": (0, 1)}[kind]
         assert (row["init_mult"], row["lr_mult"]) == pytest.approx(expected), (suffix, row)
     assert {r["kind"] for r in rows.values()} <= set(parametrization.KINDS)
-    random_readout = dataclasses.replace(cfg, mup_zero_readout=False)
-    assert _find(_rows(random_readout), "embed" if cfg.tie_embeddings else "head")["init_mult"] == pytest.approx(
+    tuned = _find(_rows(dataclasses.replace(cfg, mup_embedding_init=0.25, mup_embedding_lr=4.0)), "embed")
+    assert (tuned["init_mult"], tuned["lr_mult"]) == pytest.approx((0.25, 4.0 * m**-0.5))  # constants x width's
+    former = dataclasses.replace(cfg, **mup_options.SP_OPTIONS)  # random readout, embedding constants 1
+    assert _find(_rows(former), "embed" if cfg.tie_embeddings else "head")["init_mult"] == pytest.approx(
         1 if cfg.tie_embeddings else m**0.5)
-    # at the base width every multiplier is exactly 1 but the default zero readout's init
+    # at the base width every multiplier is exactly 1 but the defaults' zero readout or embedding constants
     base = FAMILIES[family]
-    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for p, r in _rows(base).items() if p != "head")
-    assert parametrization.equals_sp(base, model.param_rules(base)) == base.tie_embeddings
-    random_base = dataclasses.replace(base, mup_zero_readout=False)
+    changed = {"embed"} if base.tie_embeddings else {"head"}
+    assert all(r["init_mult"] == r["lr_mult"] == 1.0 for p, r in _rows(base).items() if p not in changed)
+    neutral = base.tie_embeddings and (mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR) == (1.0, 1.0)
+    assert parametrization.equals_sp(base, model.param_rules(base)) == neutral
+    random_base = dataclasses.replace(base, **mup_options.SP_OPTIONS)
     assert all(r["init_mult"] == r["lr_mult"] == 1.0 for r in _rows(random_base).values())
     assert parametrization.equals_sp(random_base, model.param_rules(random_base))
     assert not parametrization.equals_sp(cfg, model.param_rules(cfg))
@@ -113,8 +119,10 @@ def test_sp_init_is_fan_in_scaled(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_mup_equals_sp_at_base_width(family):
-    """Bitwise: init and logits of every family at the base width (one program per family), with a random readout."""
-    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p, mup_zero_readout=False) for p in ("sp", "mup")]
+    """Bitwise: init and logits of every family at the base width (one program per family), with a random readout
+    and the embedding constants 1 (``SP_OPTIONS``)."""
+    cfgs = [dataclasses.replace(FAMILIES[family], parametrization=p, **mup_options.SP_OPTIONS)
+            for p in ("sp", "mup")]
     tokens = _batch(cfgs[0].vocab_size)["tokens"]
 
     def both(rng):
@@ -144,8 +152,9 @@ def test_mup_step_equals_sp_at_base_width():
 
 
 def test_mup_init_and_updates_are_sp_times_multipliers():
-    cfg = parametrization.at_width(FAMILIES["moe"], 4 * BASE)
-    sp_cfg = dataclasses.replace(cfg, parametrization="sp")
+    tuned = dataclasses.replace(FAMILIES["moe"], mup_embedding_init=0.25, mup_embedding_lr=4.0)  # tied embedding
+    cfg = parametrization.at_width(tuned, 4 * BASE)
+    sp_cfg = dataclasses.replace(cfg, parametrization="sp", mup_embedding_init=None, mup_embedding_lr=None)
     rules = model.param_rules(cfg)
     opt = OptimizerConfig()
 
@@ -164,8 +173,8 @@ def test_mup_init_and_updates_are_sp_times_multipliers():
     assert jax.tree.structure(s_mup) == jax.tree.structure(s_sp)  # checkpoints / shardings unchanged
     is_rule = lambda x: isinstance(x, parametrization.ParamRule)
     leaves = jax.tree.leaves(rules, is_leaf=is_rule)
-    assert {r.lr_mult for r in leaves} == {1.0, 0.5, 0.25}
-    assert {r.init_mult for r in leaves} == {1.0, 0.5}
+    assert {r.lr_mult for r in leaves} == {1.0, 0.25, 4.0 * 0.5}  # the tied embedding: 4 m^-1/2
+    assert {r.init_mult for r in leaves} == {1.0, 0.5, 0.25}
     for p, s, a, b, r in zip(*map(jax.tree.leaves, (mup_params, sp_params, u_mup, u_sp)), leaves, strict=True):
         np.testing.assert_allclose(np.asarray(p), np.asarray(s) * r.init_mult, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b) * r.lr_mult, rtol=1e-6)
@@ -228,6 +237,42 @@ def test_zero_readout_is_the_default_of_an_untied_mup_head_and_old_configs_keep_
     assert RunConfig.from_dict(RunConfig(model=untied).to_dict()).model == untied
     heads = [model.init_params(c, jax.random.PRNGKey(0))["head"] for c in (old, untied)]
     assert np.asarray(heads[0]).std() > 0 and not np.asarray(heads[1]).any()
+
+
+def test_tied_embedding_constants_are_the_default_of_a_tied_mup_head_and_old_configs_keep_theirs():
+    """``mup_embedding_init`` / ``mup_embedding_lr`` (None: the tied head's constants for μP with a tied head, 1
+    otherwise), one rule on plain values for every μP option; validated; a saved config without them rebuilds
+    constants 1."""
+    tied, untied = FAMILIES["gla"], FAMILIES["transformer"]
+    c, k = mup_options.TIED_EMBEDDING_INIT, mup_options.TIED_EMBEDDING_LR
+    defaults = {("sp", True): (False, 1.0, 1.0), ("sp", False): (False, 1.0, 1.0),
+                ("mup", True): (False, c, k), ("mup", False): (True, 1.0, 1.0)}
+    for (par, tie), expected in defaults.items():
+        assert tuple(mup_options.resolve(n, None, par, tie) for n in mup_options.MUP_OPTIONS) == expected
+    assert parametrization.embedding_multipliers(tied) == (c, k)
+    assert parametrization.embedding_multipliers(dataclasses.replace(tied, mup_embedding_init=0.25,
+                                                                     mup_embedding_lr=4)) == (0.25, 4.0)
+    assert parametrization.embedding_multipliers(untied) == (1.0, 1.0)
+    assert parametrization.embedding_multipliers(dataclasses.replace(tied, parametrization="sp")) == (1.0, 1.0)
+    assert parametrization.embedding_multipliers(dataclasses.replace(untied, mup_embedding_init=0.5)) == (0.5, 1.0)
+    # explicit values are kept as floats; one equal to the default is stored as None (equal models, equal configs)
+    assert dataclasses.replace(tied, mup_embedding_lr=2).mup_embedding_lr == 2.0
+    assert dataclasses.replace(tied, mup_embedding_init=c, mup_embedding_lr=k) == tied
+    assert dataclasses.replace(untied, mup_embedding_lr=1.0) == untied
+    assert ModelConfig(mup_embedding_init=1) == ModelConfig()
+    saved = RunConfig(model=tied).to_dict()
+    for name in ("mup_embedding_init", "mup_embedding_lr"):
+        del saved["model"][name]  # a config.json written before the fields existed
+    old = RunConfig.from_dict(saved).model
+    assert parametrization.embedding_multipliers(old) == (1.0, 1.0)
+    assert (old.mup_embedding_init, old.mup_embedding_lr) == ((1.0, 1.0) if (c, k) != (1.0, 1.0) else (None, None))
+    assert RunConfig.from_dict(RunConfig(model=tied).to_dict()).model == tied
+    for name in ("mup_embedding_init", "mup_embedding_lr"):
+        for bad in (0, -1.0, float("nan"), "big", True):
+            with pytest.raises(ValueError, match=f"ModelConfig.{name}=.*: allowed values are None"):
+                dataclasses.replace(tied, **{name: bad})
+        with pytest.raises(ValueError, match=f"{name}=2: only with parametrization='mup'"):
+            ModelConfig(**{name: 2})
 
 
 class _Interrupt(Exception):
