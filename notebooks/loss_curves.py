@@ -171,9 +171,10 @@ pd.Series(opt.final_loss, name="predicted final loss")
 # token count give the final losses of a whole isoFLOP grid. `python -m experiments.chinchilla
 # --method wsd` trains that (`experiments.lib.branches`), fits Chinchilla approaches 2 and 3 on
 # the branches, and predicts the optimum of the grid's largest budget, which it does not
-# train. Here at smoke size (three tiny models, four budgets: seconds; its fits are far too
-# coarse to mean anything). On the default preset, beside the grid it replaces, the README
-# reports its compute (about a third of the grid's) and its laws with intervals.
+# train. Here at smoke size (three tiny models, four budgets, the smallest three under
+# `SCALELAB_SMOKE=1`: seconds; its fits are far too coarse to mean anything). On the default
+# preset, beside the grid it replaces, the README reports its compute (about a third of the
+# grid's) and its laws with intervals.
 
 # %%
 import logging  # noqa: E402
@@ -187,7 +188,7 @@ iso_out = Path(tempfile.mkdtemp(prefix="loss_curves_isoflop_"))
 with warnings.catch_warnings():  # the smoke fits overflow on their way to degenerate optima (the report says so)
     warnings.simplefilter("ignore", RuntimeWarning)
     iso = chinchilla.main(["--preset", "smoke", "--method", "wsd", "--out", str(iso_out), "--no-progress",
-                           *(["--bootstrap", "4"] if SMOKE else [])])
+                           *(["--bootstrap", "4", "--budgets", "3e8,6e8,1.2e9"] if SMOKE else [])])
 compute = iso["comparison"]["compute"]
 print(f"trained {compute['wsd']:.3g} FLOPs (stable runs {compute['wsd_stable']:.3g} + cooldown branches "
       f"{compute['wsd_branches']:.3g}): {100 * compute['ratio']:.1f}% of the grid's {compute['grid']:.3g}")

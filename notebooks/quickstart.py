@@ -59,7 +59,7 @@ from lm.model.counting import param_count  # noqa: E402
 
 steps = 20 if SMOKE else 600
 run = RunConfig(
-    model=ModelConfig(d_model=32 if SMOKE else 128, num_layers=2 if SMOKE else 4, num_heads=2 if SMOKE else 4,
+    model=ModelConfig(d_model=32 if SMOKE else 128, num_layers=1 if SMOKE else 4, num_heads=2 if SMOKE else 4,
                       d_ff=128 if SMOKE else 512),
     data=DataConfig(source="stdlib", seq_len=64 if SMOKE else 256, batch_size=4 if SMOKE else 16,
                     max_bytes=2_000_000 if SMOKE else None),

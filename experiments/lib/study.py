@@ -90,10 +90,18 @@ class Study:
     def fingerprint(self) -> str:
         """sha256 of the grid (every run's config in :func:`canonical_config` form, in grid order) and
         loss_at_flops. Fields added since studies were first written (``lm.model.config_schema.ADDED``)
-        count only when set to another value than the one those studies implied."""
-        blob = json.dumps([[canonical_config(r.to_dict()) for r in self.runs], list(self.loss_at_flops)],
-                          sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        count only when set to another value than the one those studies implied.
+
+        Computed once per Study (its runs and loss_at_flops are frozen): every row of the table
+        carries it, and the table is collected again after each finished run.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            blob = json.dumps([[canonical_config(r.to_dict()) for r in self.runs], list(self.loss_at_flops)],
+                              sort_keys=True)
+            cached = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)  # not a field: eq, replace and repr ignore it
+        return cached
 
     def manifest(self) -> dict:
         return {

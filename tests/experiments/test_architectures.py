@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -109,11 +110,17 @@ def test_compute_for_loss_inverts_the_law():
     assert np.isinf(arch.compute_for_loss(1.9, 2.0, 50.0, 0.2))
 
 
-def test_reduced_grid_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def reduced_grid(tmp_path_factory):
+    """The smoke grid of 3 families x 1 size (16 wide, 1 layer), trained once: its study, directory and table."""
     preset = dataclasses.replace(arch.PRESETS["smoke"], families=("transformer", "hawk", "moe"), sizes=((16, 1),))
     study = arch.build_study(preset, "test")
-    out = tmp_path / "study"
-    table = lib.run_study(study, out, progress=False)
+    out = tmp_path_factory.mktemp("reduced") / "study"
+    return study, out, lib.run_study(study, out, progress=False)
+
+
+def test_reduced_grid_end_to_end(reduced_grid):
+    study, out, table = reduced_grid
     assert (table["status"] == "complete").all() and len(table) == 9
     res = arch.analyze(table, out, bootstrap=10, preset_name="test")
     assert res["multipliers"].loc["transformer", "multiplier"] == pytest.approx(1.0)
@@ -123,19 +130,29 @@ def test_reduced_grid_end_to_end(tmp_path):
     assert cache["hawk"] < cache["transformer"] / 100
 
 
-def test_wsd_method_end_to_end_beside_a_reduced_grid(tmp_path):
+def test_wsd_method_end_to_end_beside_a_reduced_grid(reduced_grid, tmp_path):
     """--method wsd's study and report on 2 families x 1 size: more frontier points than the grid
     from one stable run per family, the compute of both, the grid's multipliers beside these."""
     import argparse
     import json
 
-    from experiments.lib import branches
+    from experiments.lib import branches, sweep
     from scaling.diagnostics import fit_warnings
 
     preset = dataclasses.replace(arch.PRESETS["smoke"], families=("transformer", "hawk"), sizes=((16, 1),),
                                  wsd_budgets=4)
     grid, out = arch.build_study(preset, "test"), tmp_path / "study"
-    arch.analyze(lib.run_study(grid, out, progress=False), out, bootstrap=10, preset_name="test")
+    # the grid's runs are the reduced grid's runs of these two families (the same configs): its finished run
+    # directories, copied in, are finished runs the runner does not train again
+    trained = {r.name: r for r in reduced_grid[0].runs}
+    sweep.prepare_out(grid, out)
+    for run in grid.runs:
+        assert trained[run.name] == run
+        shutil.copytree(lib.run_dir(reduced_grid[1], run), lib.run_dir(out, run))
+    retrained = []
+    grid_table = lib.run_study(grid, out, progress=False, on_run_done=lambda r, res: retrained.append(r.name))
+    assert retrained == [] and (grid_table["status"] == "complete").all() and len(grid_table) == 6
+    arch.analyze(grid_table, out, bootstrap=10, preset_name="test")
     study = arch.build_wsd_study(preset, out / "wsd", "test")
     table = lib.run_study(study, out / "wsd", progress=False)
     assert (table["status"] == "complete").all() and len(table) == 2 + 2 * 4

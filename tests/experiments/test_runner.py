@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import experiments.lib.sweep  # noqa: F401  (lib.sweep, lib.table below: the package loads them on first use)
+import experiments.lib.table  # noqa: F401
 from experiments import lib
 from lm.model.config import ModelConfig, OptimizerConfig, RunConfig, TrainConfig
 from lm.data.config import DataConfig
