@@ -55,14 +55,19 @@ def lr_at(run: RunConfig, step: int) -> float:
     return run.optimizer.learning_rate * lr_multiplier(run.schedule, step, run.train.steps)
 
 
+# One program for the whole tree (op by op, every leaf shape and every index compiled its own)
+_stack = jax.jit(lambda *states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+_take = jax.jit(lambda state, k: jax.tree.map(lambda x: x[k], state))
+
+
 def stack_states(states: Sequence[dict]) -> dict:
     """Stack K training states leaf-wise: every leaf gains a leading axis k."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    return _stack(*states)
 
 
 def unstack_state(state: dict, k: int) -> dict:
     """Run ``k``'s training state out of a stacked one."""
-    return jax.tree.map(lambda x: x[k], state)
+    return _take(state, jnp.int32(k))
 
 
 def evaluate(run: RunConfig, params, num_batches: int | None = None, *, mesh=None) -> tuple[dict, float]:
