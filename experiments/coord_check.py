@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +155,33 @@ def _probe(cfg: ModelConfig):
     return jax.jit(probe, compiler_options=FAST_COMPILE)
 
 
+@functools.cache
+def _sp_init(run: RunConfig, mesh) -> Callable:
+    """Jitted keys [seeds, 2] -> SP's train states of ``run`` (an SP model), stacked, on ``mesh``."""
+    return jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE,
+                   out_shardings=sharding.state_shardings(run, mesh, stacked=True))
+
+
+@functools.cache
+def _mup_init(cfg: ModelConfig) -> Callable:
+    """Jitted SP params [seeds, ...] -> ``cfg``'s μP params (its init multipliers, ``scale_init``)."""
+    return jax.jit(lambda p: parametrization.scale_init(p, lm_model.param_rules(cfg)), compiler_options=FAST_COMPILE)
+
+
+def _init_states(run: RunConfig, mesh, keys) -> dict:
+    """``lm.train.step.init_state(run, key)`` for each of ``keys`` [seeds, 2], stacked, on the device.
+
+    μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
+    random draws), so the init program of a width is SP's, compiled once for the SP/μP pair.
+    """
+    sp = dataclasses.replace(run.model, parametrization="sp", mup_zero_readout=None, mup_zero_query=False)
+    with sharding.mesh_context(mesh):
+        state = _sp_init(dataclasses.replace(run, model=sp), mesh)(keys)
+        if run.model.parametrization == "mup":
+            state["params"] = _mup_init(run.model)(state["params"])
+    return state
+
+
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
@@ -167,10 +196,7 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
     mesh = sharding.single_device_mesh()
-    init = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE,
-                   out_shardings=sharding.state_shardings(run, mesh, stacked=True))
-    with sharding.mesh_context(mesh):
-        state = init(jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
+    state = _init_states(run, mesh, jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
     rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
     host = jax.device_get({k: batches[k] for k in sharding.BATCH_KEYS})
     feed = [{k: jax.device_put(v[:, t], rows) for k, v in host.items()} for t in range(preset.steps)]
