@@ -23,8 +23,10 @@ dominates. The μP default for an untied head is therefore TP5's zero readout
 (``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
 the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
 not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
-data order): a width's train step comes from ``lm.train.compiled`` on a one-device mesh, compiled
-once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
+data order): the seeds train stacked, each on its own data order, in one train step from
+``lm.train.compiled`` on a one-device mesh; the init program of a width is shared by SP and μP
+(μP's init is SP's draws times its multipliers); a μP base model equal to SP's (tied head, random
+readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
