@@ -23,8 +23,10 @@ dominates. The μP default for an untied head is therefore TP5's zero readout
 (``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
 the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
 not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
-data order): a width's train step comes from ``lm.train.compiled`` on a one-device mesh, compiled
-once for every seed; a μP base model equal to SP's (tied head, random readout) is measured once.
+data order): the seeds train stacked, each on its own data order, in one train step from
+``lm.train.compiled`` on a one-device mesh; the init program of a width is shared by SP and μP
+(μP's init is SP's draws times its multipliers); a μP base model equal to SP's (tied head, random
+readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -37,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import lib
-from lm.train import compiled, multihost, sharding
+from lm.train import compiled, sharding
 from lm.data import pipeline as lm_data
 from lm.model import network as lm_model
 from lm.model import parametrization
@@ -136,7 +140,7 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
 
 
 def _probe(cfg: ModelConfig):
-    """Jitted (params [seeds, steps + 1, ...], tokens [seeds, b, t]) -> (rms, update_rms).
+    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t]) -> (rms, update_rms).
 
     Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
     step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.
@@ -147,39 +151,65 @@ def _probe(cfg: ModelConfig):
         axes = lambda v: tuple(range(1, v.ndim))
         return {k: _rms(v, axes(v)) for k, v in out.items()}, {k: _rms(v - v[:1], axes(v)) for k, v in out.items()}
 
-    return jax.jit(jax.vmap(one_seed), compiler_options=FAST_COMPILE)
+    def probe(snapshots, tokens):
+        return jax.vmap(one_seed)(jax.tree.map(lambda *x: jnp.stack(x, axis=1), *snapshots), tokens)
+
+    return jax.jit(probe, compiler_options=FAST_COMPILE)
+
+
+@functools.cache
+def _sp_init(run: RunConfig, mesh) -> Callable:
+    """Jitted keys [seeds, 2] -> SP's train states of ``run`` (an SP model), stacked, on ``mesh``."""
+    return jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE,
+                   out_shardings=sharding.state_shardings(run, mesh, stacked=True))
+
+
+@functools.cache
+def _mup_init(cfg: ModelConfig) -> Callable:
+    """Jitted SP params [seeds, ...] -> ``cfg``'s μP params (its init multipliers, ``scale_init``)."""
+    return jax.jit(lambda p: parametrization.scale_init(p, lm_model.param_rules(cfg)), compiler_options=FAST_COMPILE)
+
+
+def _init_states(run: RunConfig, mesh, keys) -> dict:
+    """``lm.train.step.init_state(run, key)`` for each of ``keys`` [seeds, 2], stacked, on the device.
+
+    μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
+    random draws), so the init program of a width is SP's, compiled once for the SP/μP pair.
+    """
+    sp = dataclasses.replace(run.model, parametrization="sp", mup_zero_readout=None, mup_zero_query=False)
+    with sharding.mesh_context(mesh):
+        state = _sp_init(dataclasses.replace(run, model=sp), mesh)(keys)
+        if run.model.parametrization == "mup":
+            state["params"] = _mup_init(run.model)(state["params"])
+    return state
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
     """Rows (seed, step, module, rms, update_rms) of ``cfg`` trained ``preset.steps`` Adam steps per seed.
 
     RMS of each module's output on the seed's first batch after each step (step 0: at init) and of
-    its change since step 0. The train step comes from ``lm.train.compiled`` (the one compile cache) on a
-    one-device mesh, compiled once for every seed; the states are initialised in one vmapped program
-    and the activations measured in another (:func:`_probe`). ``batches`` (:func:`seed_batches`,
-    built here when None) are shared by every width.
+    its change since step 0. The seeds train stacked, each on its own data order: one train step
+    from ``lm.train.compiled`` (the one compile cache, ``runs=seeds``) on a one-device mesh; the
+    states are initialised in one vmapped program and the activations measured in another
+    (:func:`_probe`), all on the device. ``batches`` (:func:`seed_batches`, built here when None)
+    are shared by every width.
     """
     batches = seed_batches(preset) if batches is None else batches
     run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
     mesh = sharding.single_device_mesh()
-    shardings = sharding.state_shardings(run, mesh)
-    init = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE)
-    states = jax.device_get(init(jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))))
-    lr, zero = jnp.float32(preset.learning_rate), jnp.float32(0.0)
-    snapshots = []  # per seed: the params at steps 0..n on the host
-    for seed in range(preset.seeds):
-        state = jax.device_put(jax.tree.map(lambda x, s=seed: x[s], states), shardings)
-        feed = [multihost.global_batch({k: v[seed, t] for k, v in batches.items()}, mesh, preset.batch_size)
-                for t in range(preset.steps)]
-        step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE)
-        snapshots.append([state["params"]])
-        for batch in feed:
-            state, _ = step(state, batch, lr, zero)
-            snapshots[-1].append(state["params"])
-    params = jax.tree.map(lambda *x: np.stack(x).reshape(preset.seeds, preset.steps + 1, *x[0].shape),
-                          *jax.device_get([p for seed in snapshots for p in seed]))
-    rms, update = jax.device_get(_probe(cfg)(params, batches["tokens"][:, 0]))
+    state = _init_states(run, mesh, jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
+    rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
+    host = jax.device_get({k: batches[k] for k in sharding.BATCH_KEYS})
+    feed = [{k: jax.device_put(v[:, t], rows) for k, v in host.items()} for t in range(preset.steps)]
+    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE,
+                                  runs=preset.seeds)
+    lr, zero = (jnp.full((preset.seeds,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
+    snapshots = [state["params"]]  # the params [seeds, ...] at steps 0..n, on the device
+    for batch in feed:
+        state, _ = step(state, batch, lr, zero)
+        snapshots.append(state["params"])
+    rms, update = jax.device_get(_probe(cfg)(snapshots, batches["tokens"][:, 0]))
     return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
              "update_rms": float(update[module][seed, t])}
             for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]

@@ -20,6 +20,7 @@ Public functions are pure: ``init_params(cfg, rng)``, ``forward(cfg, params, tok
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -275,6 +276,8 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     return params
 
 
+# Cached: μP's param_rules traces the base model and its double at every width
+@functools.cache
 def boxed_shapes(cfg: ModelConfig) -> dict:
     """Abstract parameters (shapes and logical axis names) of a model built from ``cfg``."""
     return jax.eval_shape(lambda: init_boxed(cfg, jax.random.PRNGKey(0)))

@@ -66,21 +66,24 @@ def _model_inputs(batch: dict) -> dict:
 
 
 def train_step(run: RunConfig, mesh: Mesh, state, batch: dict, *, donate: bool = True,
-               compiler_options: dict | None = None) -> tuple[Any, float]:
+               compiler_options: dict | None = None, runs: int = 0) -> tuple[Any, float]:
     """The compiled train step for these shapes on ``mesh``, and its compile seconds (0 if cached).
 
     ``state`` and ``batch`` may be arrays or ``jax.ShapeDtypeStruct``; ``compiler_options``: XLA's
-    (``jax.stages.Lowered.compile``), e.g. a short-lived program's faster compile.
+    (``jax.stages.Lowered.compile``), e.g. a short-lived program's faster compile. ``runs`` > 0: the
+    step of that many stacked states, each on its own batch ([runs, b, t], on
+    :func:`stacked_batch_sharding`; e.g. one data order per seed), lr and weight decay float32 [runs].
     """
     batch = _model_inputs(batch)
-    b = batch["tokens"].shape[0]
+    b = batch["tokens"].shape[1 if runs else 0]
     options = tuple(sorted((compiler_options or {}).items()))
-    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate, *options)
-    zero = jnp.float32(0.0)
+    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate, runs, *options)
+    zero = jnp.zeros((runs,) if runs else (), jnp.float32)
 
     def lower():
         with sharding.mesh_context(mesh):
-            return sharded_train_step(run, mesh, b, donate=donate).lower(state, batch, zero, zero)
+            fn = sharded_train_step(run, mesh, b, donate=donate, stacked_runs=runs, own_batches=runs > 0)
+            return fn.lower(state, batch, zero, zero)
 
     return _cached(key, lower, compiler_options)
 
@@ -119,20 +122,30 @@ def eval_step(model_cfg: ModelConfig, mesh: Mesh, params, batch: dict) -> tuple[
 # ------------------------------------------------------------ the jitted steps
 
 
+def stacked_batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
+    """The sharding of K stacked batches [k, b, t]: a leading run axis (replicated), rows as one batch's."""
+    return NamedSharding(mesh, P(None, *sharding.batch_spec(mesh, batch_size)))
+
+
 def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True, stacked_runs: int = 0,
-                       width: int = 0):
+                       width: int = 0, own_batches: bool = False):
     """``lm.train.step.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
 
     Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
     with float32 scalars; trace it under :func:`mesh_context` (``lm.train.compiled`` does).
     ``stacked_runs`` > 0: the vmapped step of that many stacked states
-    (``lm.train.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k].
+    (``lm.train.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k]; with
+    ``own_batches`` each state on its own batch ([k, b, t], ``jax.vmap`` of the step).
     """
     stacked = stacked_runs > 0
     state_sh = sharding.state_shardings(run, mesh, stacked=stacked)
-    batch_sh = {k: sharding.batch_sharding(mesh, batch_size) for k in sharding.BATCH_KEYS}
+    rows = stacked_batch_sharding(mesh, batch_size) if own_batches else sharding.batch_sharding(mesh, batch_size)
+    batch_sh = {k: rows for k in sharding.BATCH_KEYS}
     replicated = NamedSharding(mesh, P())
-    fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
+    if stacked and own_batches:
+        fn = jax.vmap(lm_step.make_train_step(run))
+    else:
+        fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
     return jax.jit(
         fn,
         in_shardings=(state_sh, batch_sh, replicated, replicated),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,6 +78,22 @@ def test_readout_part_is_the_whole_update_with_a_zero_readout():
     np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
     np.testing.assert_allclose(readout["update_rms"], logits["update_rms"], rtol=1e-5)
     assert (logits.xs(0, level="step")["rms"] == 0).all() and (logits.xs(2, level="step")["rms"] > 0).all()
+
+
+def test_mup_init_is_sps_program_times_the_init_multipliers():
+    """The init program of a width is shared by the SP/μP pair: μP's states are ``lm.train.step.init_state``'s, bitwise."""
+    from lm.model.config import RunConfig
+    from lm.train import sharding
+    from lm.train import step as lm_step
+
+    cfg = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_query=True), 32)
+    run, keys = RunConfig(model=cfg), jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
+    got = coord_check._init_states(run, sharding.single_device_mesh(), keys)
+    want = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=coord_check.FAST_COMPILE)(keys)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.asarray(got["params"]["head"]).any() and np.asarray(got["params"]["embed"]).any()
 
 
 def test_family_model_rejects_unknown_family():
