@@ -303,7 +303,7 @@ def test_fingerprint_ignores_fields_added_later_only_at_their_default():
             "mla_v_head_dim": 32, "mla_decode_path": "absorbed"}
     added = ("data.max_train_bytes", "data.path", "data.num_workers", "model.scan_layers", "model.remat",
              "model.parametrization", "model.base_width", "schedule.knots", "model.mup_zero_readout",
-             "model.mup_zero_query", "train.checkpoint_steps")
+             "model.mup_zero_query", "train.checkpoint_steps", "model.mup_embedding_init", "model.mup_embedding_lr")
     old = [r.to_dict() for r in study.runs]
     for d in old:
         assert d["model"].pop("families") == {}  # attention only
