@@ -52,7 +52,7 @@ from experiments import lib
 from lm.train import compiled, sharding
 from lm.data import pipeline as lm_data
 from lm.model import network as lm_model
-from lm.model import parametrization
+from lm.model import mup_options, parametrization
 from lm.train import step as lm_step
 from lm.model.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.data.config import DataConfig
@@ -176,7 +176,8 @@ def _init_states(run: RunConfig, mesh, keys) -> dict:
     μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
     random draws), so the init program of a width is SP's, compiled once for the SP/μP pair.
     """
-    sp = dataclasses.replace(run.model, parametrization="sp", mup_zero_readout=None, mup_zero_query=False)
+    sp = dataclasses.replace(run.model, parametrization="sp", mup_zero_query=False,
+                             **dict.fromkeys(mup_options.MUP_OPTIONS))  # every μP option at SP's value
     with sharding.mesh_context(mesh):
         state = _sp_init(dataclasses.replace(run, model=sp), mesh)(keys)
         if run.model.parametrization == "mup":

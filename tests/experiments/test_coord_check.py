@@ -80,13 +80,14 @@ def test_readout_part_is_the_whole_update_with_a_zero_readout():
     assert (logits.xs(0, level="step")["rms"] == 0).all() and (logits.xs(2, level="step")["rms"] > 0).all()
 
 
-def test_mup_init_is_sps_program_times_the_init_multipliers():
+@pytest.mark.parametrize("options", [{"mup_zero_query": True}, {"mup_zero_query": True, "mup_embedding_init": 0.25}])
+def test_mup_init_is_sps_program_times_the_init_multipliers(options):
     """The init program of a width is shared by the SP/μP pair: μP's states are ``lm.train.step.init_state``'s, bitwise."""
     from lm.model.config import RunConfig
     from lm.train import sharding
     from lm.train import step as lm_step
 
-    cfg = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_query=True), 32)
+    cfg = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), **options), 32)
     run, keys = RunConfig(model=cfg), jax.vmap(jax.random.PRNGKey)(jnp.arange(2))
     got = coord_check._init_states(run, sharding.single_device_mesh(), keys)
     want = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=coord_check.FAST_COMPILE)(keys)
