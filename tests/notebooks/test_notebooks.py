@@ -36,7 +36,10 @@ def test_py_and_ipynb_in_sync(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes_at_smoke_size(name):
+def test_notebook_executes_at_smoke_size(name, tmp_path, monkeypatch):
+    # the notebooks keep their outputs in tempfile.mkdtemp() folders for the reader to open; the
+    # kernel inherits TMPDIR, so under the tests those land in pytest's tmp_path, not /tmp
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = sync.execute(sync.read_py(ROOT / "notebooks" / f"{name}.py"), smoke=True)  # raises on any failing cell
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.execution_count for c in code)
