@@ -1,6 +1,6 @@
 """μP transfer and loss prediction: learning-rate sweeps at several widths under SP and μP.
 
-``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout] [--out DIR]``
+``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout | --random-readout] [--out DIR]``
 
 Tensor Programs V (Yang et al. 2022, arXiv 2203.03466, Fig. 1): under μP the optimal
 learning rate stays put as the model widens, under SP it drifts (down). "Research without
@@ -15,7 +15,8 @@ learning rates; each (parametrization, width) is one group of the shared runner
 (:func:`lm.train.sweep.train_vmapped`), with the runner's resume and shards.
 Schedule: cosine with warmup; AdamW (independent weight decay under μP). ``--zero-readout``:
 the μP runs start from Tensor Programs V's zero readout (``model.mup_zero_readout``; untied
-heads, i.e. the transformer).
+heads, i.e. the transformer); ``--random-readout``: from a random readout (``model.mup_zero_readout=false``,
+SP's readout at the base width), which trains the wider models to a lower loss (README, μP).
 
 Analysis (reads only the table):
   optimum     per (parametrization, width): the best grid lr, the vertex of a parabola in
@@ -297,9 +298,13 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
 
 def _add_args(parser) -> None:
     parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
-    parser.add_argument("--zero-readout", action="store_const", const=True, default=None,
+    readout = parser.add_mutually_exclusive_group()
+    readout.add_argument("--zero-readout", action="store_const", const=True, default=None,
                         help="μP runs start from a zero readout (model.mup_zero_readout, Tensor Programs V); "
                              "untied heads only (the transformer)")
+    readout.add_argument("--random-readout", dest="zero_readout", action="store_const", const=False,
+                        help="μP runs start from a random readout (model.mup_zero_readout=false; SP's at the base "
+                             "width); untied heads only")
 
 
 def _summary(result: dict) -> str:

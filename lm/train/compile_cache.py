@@ -16,12 +16,20 @@ file lock (``filelock``) around every read and write of the folder, so one proce
 reads an entry another is half-way through writing (without it JAX writes entries in
 place, unlocked). A loaded program is the same executable the compile produced, so results
 do not depend on the cache (tests/lm/test_compile_cache.py: same losses cold and warm).
+
+A folder shared with a process that wrote it unlocked (``jax_compilation_cache_max_size`` left
+at -1: an older scalelab, a user's own script) holds entries without the ``<key>-atime`` file
+JAX's locked cache keeps beside each ``<key>-cache``; JAX then fails every later write there
+("Error writing persistent compilation cache entry ... -atime"), so nothing is cached again,
+with only a warning. :func:`enable` gives such entries their access time (:func:`repair`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 ENV = "SCALELAB_JAX_CACHE"
 LEGACY_ENV = "SCALELAB_XLA_CACHE"  # the older name (scaling.fit's own cache), still read
@@ -49,7 +57,7 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``path`` (default :func:`cache_dir`).
 
     Returns the folder in use, or None when the cache is off. A folder JAX already has is
-    kept (only its file lock is made sure of), so calling this twice, or after
+    kept (only its file lock is made sure of, and its entries mended: :func:`repair`), so calling this twice, or after
     ``JAX_COMPILATION_CACHE_DIR`` was set, changes nothing.
     """
     import jax  # here: :func:`settings` must be usable before JAX reads its variables on import
@@ -63,7 +71,36 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
     if jax.config.jax_compilation_cache_max_size == -1:  # unlimited: JAX would not lock
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    repair(folder)
     return folder
+
+
+def repair(folder: str | os.PathLike) -> int:
+    """Give every entry of the cache ``folder`` that lacks one its ``-atime`` file (module docstring).
+
+    The access time written is the entry's modification time, so JAX's least-recently-used
+    eviction sees it as old as it is. Holds JAX's own lock on the folder (``.lockfile``) while
+    writing, so no JAX process reads a half-written file. Returns the number of entries mended
+    (0 for a folder that does not exist yet).
+    """
+    import filelock  # JAX's own dependency for a locked cache
+
+    path = Path(folder)
+    if not path.is_dir():
+        return 0
+    missing = lambda: [p for p in path.glob("*-cache") if not p.with_name(p.name[:-6] + "-atime").exists()]  # noqa: E731
+    if not missing():  # the usual case: no lock taken
+        return 0
+    with filelock.FileLock(path / ".lockfile", timeout=60):
+        mended = 0
+        for entry in missing():
+            try:
+                stamp = entry.stat().st_mtime_ns
+            except FileNotFoundError:  # evicted meanwhile by a process that does not lock
+                continue
+            entry.with_name(entry.name[:-6] + "-atime").write_bytes(int(stamp or time.time_ns()).to_bytes(8, "little"))
+            mended += 1
+    return mended
 
 
 def settings(folder: str) -> dict[str, str]:

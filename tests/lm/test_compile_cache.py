@@ -67,3 +67,26 @@ def test_same_losses_with_a_cold_and_a_warm_cache(tmp_path):
     for a, b in zip(jax.tree.leaves(train.load_params(tmp_path / "cold" / "t")[1]),
                     jax.tree.leaves(train.load_params(tmp_path / "warm" / "t")[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_entries_written_without_the_lock_are_mended(tmp_path):
+    """An entry written unlocked (no ``-atime`` file: max size -1) makes JAX's locked cache fail every
+    later write; :func:`compile_cache.repair` (run by ``enable``) gives it its access time."""
+    from jax._src.lru_cache import LRUCache  # the cache JAX itself uses, private: the layout repaired here
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    LRUCache(str(folder), max_size=-1).put("old", b"unlocked")  # what an unlocked process leaves
+    assert (folder / "old-cache").exists() and not (folder / "old-atime").exists()
+    locked = LRUCache(str(folder), max_size=1 << 20)
+    try:
+        locked.put("new", b"x")
+        raise AssertionError("JAX's locked cache accepted a write beside an entry without -atime")
+    except FileNotFoundError:
+        pass  # the failure repaired below (JAX turns it into a warning and caches nothing)
+    assert compile_cache.repair(folder) == 1 and compile_cache.repair(folder) == 0
+    stamp = int.from_bytes((folder / "old-atime").read_bytes(), "little")
+    assert stamp == (folder / "old-cache").stat().st_mtime_ns
+    locked.put("new", b"x")
+    assert locked.get("new") == b"x" and locked.get("old") == b"unlocked"
+    assert compile_cache.repair(tmp_path / "absent") == 0
