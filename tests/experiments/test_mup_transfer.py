@@ -131,3 +131,20 @@ def test_saved_study_is_rebuilt_with_its_zero_readout(tmp_path):
     (tmp_path / "study.json").write_text(json.dumps({**study.manifest(), "fingerprint": "0" * 16}))
     with pytest.raises(ValueError, match="fingerprint differs"):
         mup_transfer.saved_study(tmp_path)
+
+
+def test_readout_flags(tmp_path, capsys):
+    """``--random-readout`` sets the preset's zero_readout to False (μP runs with a random readout), ``--zero-readout``
+    to True; both together are refused in one line, before anything is written."""
+    parse = lambda *a: mup_transfer.COMMAND.overrides(mup_transfer.COMMAND.parser().parse_args(list(a)))  # noqa: E731
+    assert parse("--random-readout") == {"zero_readout": False} and parse("--zero-readout") == {"zero_readout": True}
+    assert parse() == {"zero_readout": None}  # the model's default
+    from lm.model.parametrization import zero_readout
+
+    for zero, expected in ((False, set()), (None, {"mup"})):  # None: the μP default for an untied head, zero
+        study, _ = mup_transfer.build_study(TINY.replace(zero_readout=zero), "transformer")
+        assert {study.tags[r.name]["parametrization"] for r in study.runs if zero_readout(r.model)} == expected
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exc:
+        mup_transfer.main(["--preset", "smoke", "--zero-readout", "--random-readout", "--out", str(out)])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err and not out.exists()
