@@ -99,11 +99,10 @@ def _static_rows(cfg, preset) -> pd.DataFrame:
     for batch in feed:
         state, _ = step(state, batch, lr, zero)
         snapshots.append(state["params"])
-    rows = []
+    rows, forward = [], jax.jit(lambda p, tokens, head0: coord_check.activations(cfg, p, tokens, head0))
     for seed in range(preset.seeds):
         params = [jax.tree.map(lambda x: x[seed], p) for p in snapshots]
-        tokens = batches["tokens"][seed, 0]
-        out = [coord_check.activations(cfg, p, tokens, coord_check._head(cfg, params[0])) for p in params]
+        out = [forward(p, batches["tokens"][seed, 0], coord_check._head(cfg, params[0])) for p in params]
         rows += [{"seed": seed, "step": t, "module": m, "rms": float(coord_check._rms(out[t][m])),
                   "update_rms": float(coord_check._rms(out[t][m] - out[0][m]))} for t in range(len(out)) for m in out[t]]
     return pd.DataFrame(rows).set_index(["seed", "step", "module"]).sort_index()
@@ -113,7 +112,7 @@ def test_one_program_serves_sp_and_mup():
     """SP and μP of one width: one train step compiled (SP's config, μP's multipliers as inputs), and
     each model's rows equal those of its own static program (independent reference) to round-off."""
     preset = dataclasses.replace(PRESET, seeds=2, steps=2)
-    mup = parametrization.at_width(dataclasses.replace(mup_family_model("mla", 16, 1), mup_zero_query=True), 32)
+    mup = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_query=True), 32)
     sp = parametrization.sp_config(mup)
     cached = set(compiled.CACHE)
     got = coord_check.measure_together([sp, mup], preset)
