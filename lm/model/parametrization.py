@@ -326,7 +326,8 @@ def scale_init(params, rules):
     return _times(params, _field(rules, "init_mult"))
 
 
-def scale_learning_rates(tx: optax.GradientTransformation, rules=None, *, lr_mults=None) -> optax.GradientTransformation:
+def scale_learning_rates(tx: optax.GradientTransformation, rules=None, *,
+                         lr_mults=None) -> optax.GradientTransformation:
     """``tx`` whose updates are multiplied by each parameter's μP lr multiplier.
 
     The multipliers are ``rules``' static floats or ``lr_mults`` (:attr:`Multipliers.lr`, float32 [] arrays
@@ -369,7 +370,7 @@ class Multipliers:
 
 
 def sp_config(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` under SP with every μP option at SP's value: the shapes of ``cfg``, the program of :class:`Multipliers`."""
+    """``cfg`` under SP, every μP option at SP's value: ``cfg``'s shapes, the program of :class:`Multipliers`."""
     return dataclasses.replace(cfg, parametrization="sp", mup_zero_query=False,
                                **dict.fromkeys(mup_options.MUP_OPTIONS))
 
@@ -382,8 +383,9 @@ def multipliers(cfg: ModelConfig, rules, score_dims: dict[str, Callable[[ModelCo
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     score = {name: 1.0 if cfg.parametrization == "sp" else score_scale(cfg, dim) * dim(cfg) ** 0.5
              for name, dim in score_dims.items()}
+    init, lr = (jax.tree.map(f32, _field(rules, name)) for name in ("init_mult", "lr_mult"))
     return Multipliers(output=f32(output_multiplier(cfg) or 1.0), score={k: f32(v) for k, v in score.items()},
-                       init=jax.tree.map(f32, _field(rules, "init_mult")), lr=jax.tree.map(f32, _field(rules, "lr_mult")))
+                       init=init, lr=lr)
 
 
 def rules_table(rules) -> list[dict]:

@@ -143,8 +143,13 @@ def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: b
     (``lm.train.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k]; with
     ``own_batches`` each state on its own batch ([k, b, t], ``jax.vmap`` of the step). ``multipliers``:
     a fifth argument, the traced ``lm.model.parametrization.Multipliers`` (replicated; [k] leaves if stacked).
+
+    Raises:
+      ValueError: ``multipliers`` with stacked runs on one shared batch (``own_batches`` False).
     """
     stacked = stacked_runs > 0
+    if multipliers and stacked and not own_batches:
+        raise ValueError("sharded_train_step: multipliers need own_batches=True with stacked runs")
     state_sh = sharding.state_shardings(run, mesh, stacked=stacked)
     rows = stacked_batch_sharding(mesh, batch_size) if own_batches else sharding.batch_sharding(mesh, batch_size)
     batch_sh = {k: rows for k in sharding.BATCH_KEYS}

@@ -93,7 +93,8 @@ def weight_decay_mask(params, opt: OptimizerConfig):
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: OptimizerConfig, *, model: ModelConfig | None = None, lr_mults=None) -> optax.GradientTransformation:
+def make_optimizer(opt: OptimizerConfig, *, model: ModelConfig | None = None,
+                   lr_mults=None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping (its state is the checkpoint's "opt_state").
 
     The learning rate and the decoupled weight decay are applied by

@@ -104,7 +104,8 @@ def _static_rows(cfg, preset) -> pd.DataFrame:
         params = [jax.tree.map(lambda x: x[seed], p) for p in snapshots]
         out = [forward(p, batches["tokens"][seed, 0], coord_check._head(cfg, params[0])) for p in params]
         rows += [{"seed": seed, "step": t, "module": m, "rms": float(coord_check._rms(out[t][m])),
-                  "update_rms": float(coord_check._rms(out[t][m] - out[0][m]))} for t in range(len(out)) for m in out[t]]
+                  "update_rms": float(coord_check._rms(out[t][m] - out[0][m]))}
+                 for t in range(len(out)) for m in out[t]]
     return pd.DataFrame(rows).set_index(["seed", "step", "module"]).sort_index()
 
 
