@@ -23,12 +23,11 @@ dominates. The μP default for an untied head is therefore TP5's zero readout
 (``model.mup_zero_readout``; ``--random-readout`` measures the former default); a tied head is
 the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
 not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
-data order). One program of each kind (init, train step, activations) per (family, width) serves SP
-and μP: it is built from SP's config and takes μP's multipliers as inputs
-(``lm.model.parametrization.Multipliers``: init, lr, output and score-scale multipliers; SP's all 1),
-and the SP and μP runs of every seed train stacked in one call of one train step from
-``lm.train.compiled``, each seed on its own data order, on a one-device mesh. A μP base model equal
-to SP's (tied head, random readout) is measured once.
+data order): the seeds train stacked, each on its own data order, in one train step from
+``lm.train.compiled`` on a one-device mesh. One program of each kind (init, train step, activations)
+per (family, width) serves SP and μP: it is built from SP's config and takes the model's multipliers
+as inputs (``lm.model.parametrization.Multipliers``: init, lr, output and score-scale multipliers;
+SP's all 1). A μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -43,7 +42,7 @@ import argparse
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -143,31 +142,31 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.stack([[b[k] for b in seed] for seed in out])) for k in out[0][0]}
 
 
-# Bounded caches of this module's programs: one per (SP config, run count) of the widths in flight
-@functools.lru_cache(maxsize=8)
+# Bounded caches: a width's programs serve its SP and μP models, measured one after the other
+@functools.lru_cache(maxsize=4)
 def _probe(cfg: ModelConfig):
-    """Jitted (params: steps + 1 trees [k, ...], tokens [k, b, t], multipliers [k]) -> (rms, update_rms).
+    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t], multipliers [seeds]) -> (rms, update_rms).
 
-    Each is {module: [k, steps + 1]}: the RMS of each module's output on the tokens after each
-    step (step 0: at init) and of its change since step 0; one forward per (run, step), vmapped.
-    ``cfg`` is SP's config; each run's ``parametrization.Multipliers`` make it SP or μP.
+    Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
+    step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.
+    ``cfg`` is SP's config; the ``parametrization.Multipliers`` make it SP or μP.
     """
-    def one_run(params, tokens, mults):
+    def one_seed(params, tokens, mults):
         head0 = _head(cfg, jax.tree.map(lambda x: x[0], params))
         out = jax.vmap(lambda p: activations(cfg, p, tokens, head0, mults))(params)
         axes = lambda v: tuple(range(1, v.ndim))
         return {k: _rms(v, axes(v)) for k, v in out.items()}, {k: _rms(v - v[:1], axes(v)) for k, v in out.items()}
 
     def probe(snapshots, tokens, mults):
-        return jax.vmap(one_run)(jax.tree.map(lambda *x: jnp.stack(x, axis=1), *snapshots), tokens, mults)
+        return jax.vmap(one_seed)(jax.tree.map(lambda *x: jnp.stack(x, axis=1), *snapshots), tokens, mults)
 
     return jax.jit(probe, compiler_options=FAST_COMPILE)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _init_program(run: RunConfig, mesh) -> Callable:
-    """Jitted (keys [k, 2], init multipliers: the params' tree of [k]) -> train states of ``run`` (SP's
-    model), stacked, on ``mesh``: SP's init times each run's init multipliers (1.0: SP's, bitwise)."""
+    """Jitted (keys [seeds, 2], init multipliers: the params' tree of [seeds]) -> train states of ``run``
+    (SP's model), stacked, on ``mesh``: SP's init times the init multipliers (1.0: SP's, bitwise)."""
     def init(key, mults):
         state = lm_step.init_state(run, key)
         return {**state, "params": jax.tree.map(lambda p, s: p * s, state["params"], mults)}
@@ -176,63 +175,21 @@ def _init_program(run: RunConfig, mesh) -> Callable:
                    out_shardings=sharding.state_shardings(run, mesh, stacked=True))
 
 
-def _multipliers(models: Sequence[ModelConfig], seeds: int) -> parametrization.Multipliers:
-    """Each model's ``parametrization.Multipliers`` repeated for its seeds: leaves float32 [len(models) * seeds]."""
-    per_model = [lm_model.multipliers(m) for m in models]
-    return jax.tree.map(lambda *xs: jnp.asarray(np.repeat(np.asarray(xs, np.float32), seeds)), *per_model)
+def _multipliers(cfg: ModelConfig, seeds: int) -> parametrization.Multipliers:
+    """``cfg``'s ``parametrization.Multipliers`` (SP's: all 1) for each seed: leaves float32 [seeds]."""
+    return jax.tree.map(lambda x: jnp.full((seeds,), x, jnp.float32), lm_model.multipliers(cfg))
 
 
-def _init_states(run: RunConfig, mesh, keys, models: Sequence[ModelConfig] | None = None) -> dict:
-    """``lm.train.step.init_state(run with model m, key)`` for each m of ``models`` (default: ``run.model``)
-    and key of ``keys`` [seeds, 2], stacked [len(models) * seeds, ...] (model-major), on the device.
+def _init_states(run: RunConfig, mesh, keys) -> dict:
+    """``lm.train.step.init_state(run, key)`` for each of ``keys`` [seeds, 2], stacked, on the device.
 
     μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
-    random draws), so one init program (:func:`_init_program`, SP's) serves the SP/μP pair of a width.
+    random draws), so the init program of a width (:func:`_init_program`, SP's) serves the SP/μP pair.
     """
-    models = (run.model,) if models is None else models
+    mults = _multipliers(run.model, len(keys)).init  # outside the mesh: param_rules traces the model unsharded
     sp = dataclasses.replace(run, model=parametrization.sp_config(run.model))
-    mults = _multipliers(models, len(keys)).init  # outside the mesh: param_rules traces the model unsharded
     with sharding.mesh_context(mesh):
-        return _init_program(sp, mesh)(np.tile(np.asarray(keys), (len(models), 1)), mults)
-
-
-def measure_together(cfgs: Sequence[ModelConfig], preset: Preset, batches: dict | None = None) -> list[list[dict]]:
-    """:func:`measure`'s rows of each of ``cfgs`` (one width: SP's and μP's models, one SP config), in one program.
-
-    The SP config (``parametrization.sp_config``) is the program; each config's
-    ``parametrization.Multipliers`` are its inputs. Every config's seeds train stacked, k =
-    len(cfgs) x seeds runs in one call per step of one compiled train step (``lm.train.compiled``,
-    ``runs=k``), after one init program (:func:`_init_states`), and one activations program
-    (:func:`_probe`) measures them all.
-
-    Raises:
-      ValueError: the configs are not one SP config's (they differ in more than the parametrization).
-    """
-    sp = parametrization.sp_config(cfgs[0])
-    if any(parametrization.sp_config(c) != sp for c in cfgs):
-        raise ValueError("measure_together: the configs differ in more than the parametrization")
-    batches = seed_batches(preset) if batches is None else batches
-    run = RunConfig(model=sp, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
-                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
-    mesh, n, k = sharding.single_device_mesh(), len(cfgs), len(cfgs) * preset.seeds
-    state = _init_states(run, mesh, jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)), cfgs)
-    mults = _multipliers(cfgs, preset.seeds)
-    rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
-    host = {key: np.tile(v, (n,) + (1,) * (v.ndim - 1)) for key, v in  # [k, steps, b, t], model-major
-            jax.device_get({key: batches[key] for key in sharding.BATCH_KEYS}).items()}
-    feed = [{key: jax.device_put(v[:, t], rows) for key, v in host.items()} for t in range(preset.steps)]
-    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE,
-                                  runs=k, multipliers=mults)
-    lr, zero = (jnp.full((k,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
-    snapshots = [state["params"]]  # the params [k, ...] at steps 0..n, on the device
-    for batch in feed:
-        state, _ = step(state, batch, lr, zero, mults)
-        snapshots.append(state["params"])
-    rms, update = jax.device_get(_probe(sp)(snapshots, host["tokens"][:, 0], mults))
-    return [[{"seed": seed, "step": t, "module": module, "rms": float(rms[module][i * preset.seeds + seed, t]),
-              "update_rms": float(update[module][i * preset.seeds + seed, t])}
-             for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
-            for i in range(n)]
+        return _init_program(sp, mesh)(keys, mults)
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
@@ -242,10 +199,34 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     its change since step 0. The seeds train stacked, each on its own data order: one train step
     from ``lm.train.compiled`` (the one compile cache, ``runs=seeds``) on a one-device mesh; the
     states are initialised in one vmapped program and the activations measured in another
-    (:func:`_probe`), all on the device (:func:`measure_together`, whose programs SP and μP share).
-    ``batches`` (:func:`seed_batches`, built here when None) are shared by every width.
+    (:func:`_probe`), all on the device. The three are SP's config's
+    (``parametrization.sp_config``) and take ``cfg``'s ``parametrization.Multipliers`` as inputs, so
+    the SP and μP models of a width share them (a μP model: to round-off, traced multipliers for
+    static ones; an SP model: bit for bit). ``batches`` (:func:`seed_batches`, built here when None)
+    are shared by every width.
     """
-    return measure_together([cfg], preset, batches)[0]
+    batches = seed_batches(preset) if batches is None else batches
+    run = RunConfig(model=parametrization.sp_config(cfg),
+                    data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
+    mesh = sharding.single_device_mesh()
+    mults = _multipliers(cfg, preset.seeds)
+    state = _init_states(dataclasses.replace(run, model=cfg), mesh,
+                         jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
+    rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
+    host = jax.device_get({k: batches[k] for k in sharding.BATCH_KEYS})
+    feed = [{k: jax.device_put(v[:, t], rows) for k, v in host.items()} for t in range(preset.steps)]
+    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE,
+                                  runs=preset.seeds, multipliers=mults)
+    lr, zero = (jnp.full((preset.seeds,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
+    snapshots = [state["params"]]  # the params [seeds, ...] at steps 0..n, on the device
+    for batch in feed:
+        state, _ = step(state, batch, lr, zero, mults)
+        snapshots.append(state["params"])
+    rms, update = jax.device_get(_probe(run.model)(snapshots, batches["tokens"][:, 0], mults))
+    return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
+             "update_rms": float(update[module][seed, t])}
+            for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
 
 
 def coord_check(preset: Preset, families=("transformer",), progress: bool = True,
@@ -260,7 +241,7 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
     rows = []
     batches = seed_batches(preset)
     for family in families:
-        keys = {}  # (parametrization, width multiplier) -> the model measured for it
+        models = {}  # (parametrization, width multiplier) -> the model measured for it
         for par in parametrizations:
             base = family_model(family, preset.base_width, preset.num_layers, par)
             base = dataclasses.replace(base, **{k: v for k, v in options.items()
@@ -269,19 +250,18 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
                 cfg = parametrization.at_width(base, mult * preset.base_width)
                 if parametrization.equals_sp(cfg, lm_model.param_rules(cfg)):  # measured once, as SP
                     cfg = dataclasses.replace(cfg, parametrization="sp", mup_zero_readout=None)
-                keys[par, mult] = cfg
+                models[par, mult] = cfg
         measured = {}
-        for mult in preset.multipliers:  # one program per width: its SP and μP models stacked
-            groups = {}
-            for cfg in dict.fromkeys(keys[par, mult] for par in parametrizations):
-                groups.setdefault(parametrization.sp_config(cfg), []).append(cfg)
-            for cfgs in groups.values():
-                if progress:
-                    print(f"coord check: {family} width {cfgs[0].d_model}: {len(cfgs)} model(s)", flush=True)
-                measured.update(zip(cfgs, measure_together(cfgs, preset, batches), strict=True))
+        for mult in preset.multipliers:  # width by width: its SP and μP models share the programs
+            for par in parametrizations:
+                cfg = models[par, mult]
+                if cfg not in measured:
+                    if progress:
+                        print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
+                    measured[cfg] = measure(cfg, preset, batches)
         for par in parametrizations:
             for mult in preset.multipliers:
-                cfg = keys[par, mult]
+                cfg = models[par, mult]
                 rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r} for r in measured[cfg]]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
