@@ -145,7 +145,7 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
 # Bounded caches: a width's programs serve its SP and μP models, measured one after the other
 @functools.lru_cache(maxsize=4)
 def _probe(cfg: ModelConfig):
-    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t], multipliers [seeds]) -> (rms, update_rms).
+    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t], multipliers [seeds]) -> rms, update_rms.
 
     Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
     step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.

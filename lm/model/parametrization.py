@@ -352,9 +352,10 @@ class Multipliers:
     """μP's multipliers relative to SP as float32 arrays: inputs of a program that SP and μP share.
 
     Given to a model built from the SP config (:func:`sp_config`), they replace the static floats
-    that a μP config bakes into its program, so one compile serves both (``experiments.coord_check``
-    stacks SP and μP runs in one call; each leaf then carries a leading run axis [k]). SP's are all 1.0,
-    and x · 1.0 == x, so SP's numbers are its static program's bit for bit.
+    that a μP config bakes into its program, so one compile serves both (``experiments.coord_check``;
+    stacked runs carry a leading run axis [k] on every leaf). SP's are all 1.0 and x · 1.0 == x:
+    SP's numbers are its static program's (bit for bit in the coordinate check, measured); μP's
+    differ by round-off (the score ratio multiplies q instead of the scale).
 
     Attributes:
       output: [] the logits' multiplier (:func:`output_multiplier`; SP 1).
