@@ -24,9 +24,10 @@ dominates. The μP default for an untied head is therefore TP5's zero readout
 the embedding and keeps its random init (its ``logits/readout`` is flat, its whole update is
 not: README, μP). Each (parametrization, family, width) is averaged over ``seeds`` (init and
 data order): the seeds train stacked, each on its own data order, in one train step from
-``lm.train.compiled`` on a one-device mesh; the init program of a width is shared by SP and μP
-(μP's init is SP's draws times its multipliers); a μP base model equal to SP's (tied head, random
-readout) is measured once.
+``lm.train.compiled`` on a one-device mesh. One program of each kind (init, train step, activations)
+per (family, width) serves SP and μP: it is built from SP's config and takes the model's multipliers
+as inputs (``lm.model.parametrization.Multipliers``: init, lr, output and score-scale multipliers;
+SP's all 1). A μP base model equal to SP's (tied head, random readout) is measured once.
 
 Outputs under ``--out`` (default ``runs/coord_check/<preset>``): coord_check.csv (columns
 parametrization, family, width, step, module, rms, update_rms), slopes.csv (log-log slope
@@ -52,7 +53,7 @@ from experiments import lib
 from lm.train import compiled, sharding
 from lm.data import pipeline as lm_data
 from lm.model import network as lm_model
-from lm.model import mup_options, parametrization
+from lm.model import parametrization
 from lm.train import step as lm_step
 from lm.model.config import ModelConfig, OptimizerConfig, RunConfig
 from lm.data.config import DataConfig
@@ -103,14 +104,15 @@ def _head(cfg: ModelConfig, params) -> jax.Array:
     return params["embed"].T if cfg.tie_embeddings else params["head"]
 
 
-def activations(cfg: ModelConfig, params, tokens, head0=None) -> dict[str, jax.Array]:
+def activations(cfg: ModelConfig, params, tokens, head0=None, multipliers=None) -> dict[str, jax.Array]:
     """{module: activation} of one forward pass (Flax ``capture_intermediates``).
 
     With ``head0`` (the readout matrix at init, [d, v]) also ``logits/readout``: the part of
     the logits' change that the readout's own update makes, h (W - W_0) times the output
-    multiplier (before a soft-cap), h the final norm's output [b, t, d].
+    multiplier (before a soft-cap), h the final norm's output [b, t, d]. ``multipliers``
+    (``parametrization.Multipliers`` of [] arrays, ``cfg`` SP's config) replace ``cfg``'s μP ones.
     """
-    (logits, _, _), state = lm_model.LanguageModel(cfg).apply(
+    (logits, _, _), state = lm_model.LanguageModel(cfg, multipliers).apply(
         {"params": params}, tokens, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
     out = {"embedding": jnp.take(params["embed"], tokens, axis=0) * jnp.sqrt(cfg.d_model)}
@@ -125,7 +127,8 @@ def activations(cfg: ModelConfig, params, tokens, head0=None) -> dict[str, jax.A
     out["logits"] = logits
     if head0 is not None:
         h = inter["final_norm"]["__call__"][0]
-        out["logits/readout"] = h @ (_head(cfg, params) - head0) * (parametrization.output_multiplier(cfg) or 1.0)
+        mult = (parametrization.output_multiplier(cfg) or 1.0) if multipliers is None else multipliers.output
+        out["logits/readout"] = h @ (_head(cfg, params) - head0) * mult
     return out
 
 
@@ -139,50 +142,54 @@ def seed_batches(preset: Preset) -> dict[str, jax.Array]:
     return {k: jnp.asarray(np.stack([[b[k] for b in seed] for seed in out])) for k in out[0][0]}
 
 
+# Bounded caches: a width's programs serve its SP and μP models, measured one after the other
+@functools.lru_cache(maxsize=4)
 def _probe(cfg: ModelConfig):
-    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t]) -> (rms, update_rms).
+    """Jitted (params: steps + 1 trees [seeds, ...], tokens [seeds, b, t], multipliers [seeds]) -> rms, update_rms.
 
     Each is {module: [seeds, steps + 1]}: the RMS of each module's output on the tokens after each
     step (step 0: at init) and of its change since step 0; one forward per (seed, step), vmapped.
+    ``cfg`` is SP's config; the ``parametrization.Multipliers`` make it SP or μP.
     """
-    def one_seed(params, tokens):
+    def one_seed(params, tokens, mults):
         head0 = _head(cfg, jax.tree.map(lambda x: x[0], params))
-        out = jax.vmap(lambda p: activations(cfg, p, tokens, head0))(params)
+        out = jax.vmap(lambda p: activations(cfg, p, tokens, head0, mults))(params)
         axes = lambda v: tuple(range(1, v.ndim))
         return {k: _rms(v, axes(v)) for k, v in out.items()}, {k: _rms(v - v[:1], axes(v)) for k, v in out.items()}
 
-    def probe(snapshots, tokens):
-        return jax.vmap(one_seed)(jax.tree.map(lambda *x: jnp.stack(x, axis=1), *snapshots), tokens)
+    def probe(snapshots, tokens, mults):
+        return jax.vmap(one_seed)(jax.tree.map(lambda *x: jnp.stack(x, axis=1), *snapshots), tokens, mults)
 
     return jax.jit(probe, compiler_options=FAST_COMPILE)
 
 
-@functools.cache
-def _sp_init(run: RunConfig, mesh) -> Callable:
-    """Jitted keys [seeds, 2] -> SP's train states of ``run`` (an SP model), stacked, on ``mesh``."""
-    return jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=FAST_COMPILE,
+@functools.lru_cache(maxsize=4)
+def _init_program(run: RunConfig, mesh) -> Callable:
+    """Jitted (keys [seeds, 2], init multipliers: the params' tree of [seeds]) -> train states of ``run``
+    (SP's model), stacked, on ``mesh``: SP's init times the init multipliers (1.0: SP's, bitwise)."""
+    def init(key, mults):
+        state = lm_step.init_state(run, key)
+        return {**state, "params": jax.tree.map(lambda p, s: p * s, state["params"], mults)}
+
+    return jax.jit(jax.vmap(init), compiler_options=FAST_COMPILE,
                    out_shardings=sharding.state_shardings(run, mesh, stacked=True))
 
 
-@functools.cache
-def _mup_init(cfg: ModelConfig) -> Callable:
-    """Jitted SP params [seeds, ...] -> ``cfg``'s μP params (its init multipliers, ``scale_init``)."""
-    return jax.jit(lambda p: parametrization.scale_init(p, lm_model.param_rules(cfg)), compiler_options=FAST_COMPILE)
+def _multipliers(cfg: ModelConfig, seeds: int) -> parametrization.Multipliers:
+    """``cfg``'s ``parametrization.Multipliers`` (SP's: all 1) for each seed: leaves float32 [seeds]."""
+    return jax.tree.map(lambda x: jnp.full((seeds,), x, jnp.float32), lm_model.multipliers(cfg))
 
 
 def _init_states(run: RunConfig, mesh, keys) -> dict:
     """``lm.train.step.init_state(run, key)`` for each of ``keys`` [seeds, 2], stacked, on the device.
 
     μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
-    random draws), so the init program of a width is SP's, compiled once for the SP/μP pair.
+    random draws), so the init program of a width (:func:`_init_program`, SP's) serves the SP/μP pair.
     """
-    sp = dataclasses.replace(run.model, parametrization="sp", mup_zero_query=False,
-                             **dict.fromkeys(mup_options.MUP_OPTIONS))  # every μP option at SP's value
+    mults = _multipliers(run.model, len(keys)).init  # outside the mesh: param_rules traces the model unsharded
+    sp = dataclasses.replace(run, model=parametrization.sp_config(run.model))
     with sharding.mesh_context(mesh):
-        state = _sp_init(dataclasses.replace(run, model=sp), mesh)(keys)
-        if run.model.parametrization == "mup":
-            state["params"] = _mup_init(run.model)(state["params"])
-    return state
+        return _init_program(sp, mesh)(keys, mults)
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
@@ -192,25 +199,31 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     its change since step 0. The seeds train stacked, each on its own data order: one train step
     from ``lm.train.compiled`` (the one compile cache, ``runs=seeds``) on a one-device mesh; the
     states are initialised in one vmapped program and the activations measured in another
-    (:func:`_probe`), all on the device. ``batches`` (:func:`seed_batches`, built here when None)
+    (:func:`_probe`), all on the device. The three are SP's config's
+    (``parametrization.sp_config``) and take ``cfg``'s ``parametrization.Multipliers`` as inputs, so
+    the SP and μP models of a width share them (a μP model: to round-off, traced multipliers for
+    static ones; an SP model: bit for bit). ``batches`` (:func:`seed_batches`, built here when None)
     are shared by every width.
     """
     batches = seed_batches(preset) if batches is None else batches
-    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+    run = RunConfig(model=parametrization.sp_config(cfg),
+                    data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
     mesh = sharding.single_device_mesh()
-    state = _init_states(run, mesh, jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
+    mults = _multipliers(cfg, preset.seeds)
+    state = _init_states(dataclasses.replace(run, model=cfg), mesh,
+                         jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
     rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
     host = jax.device_get({k: batches[k] for k in sharding.BATCH_KEYS})
     feed = [{k: jax.device_put(v[:, t], rows) for k, v in host.items()} for t in range(preset.steps)]
     step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, compiler_options=FAST_COMPILE,
-                                  runs=preset.seeds)
+                                  runs=preset.seeds, multipliers=mults)
     lr, zero = (jnp.full((preset.seeds,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
     snapshots = [state["params"]]  # the params [seeds, ...] at steps 0..n, on the device
     for batch in feed:
-        state, _ = step(state, batch, lr, zero)
+        state, _ = step(state, batch, lr, zero, mults)
         snapshots.append(state["params"])
-    rms, update = jax.device_get(_probe(cfg)(snapshots, batches["tokens"][:, 0]))
+    rms, update = jax.device_get(_probe(run.model)(snapshots, batches["tokens"][:, 0], mults))
     return [{"seed": seed, "step": t, "module": module, "rms": float(rms[module][seed, t]),
              "update_rms": float(update[module][seed, t])}
             for seed in range(preset.seeds) for t in range(preset.steps + 1) for module in rms]
@@ -228,7 +241,7 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
     rows = []
     batches = seed_batches(preset)
     for family in families:
-        measured = {}
+        models = {}  # (parametrization, width multiplier) -> the model measured for it
         for par in parametrizations:
             base = family_model(family, preset.base_width, preset.num_layers, par)
             base = dataclasses.replace(base, **{k: v for k, v in options.items()
@@ -236,14 +249,20 @@ def coord_check(preset: Preset, families=("transformer",), progress: bool = True
             for mult in preset.multipliers:
                 cfg = parametrization.at_width(base, mult * preset.base_width)
                 if parametrization.equals_sp(cfg, lm_model.param_rules(cfg)):  # measured once, as SP
-                    key = dataclasses.replace(cfg, parametrization="sp", mup_zero_readout=None)
-                else:
-                    key = cfg
-                if key not in measured:
+                    cfg = dataclasses.replace(cfg, parametrization="sp", mup_zero_readout=None)
+                models[par, mult] = cfg
+        measured = {}
+        for mult in preset.multipliers:  # width by width: its SP and μP models share the programs
+            for par in parametrizations:
+                cfg = models[par, mult]
+                if cfg not in measured:
                     if progress:
                         print(f"coord check: {family} {par} width {cfg.d_model}", flush=True)
-                    measured[key] = measure(cfg, preset, batches)
-                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r} for r in measured[key]]
+                    measured[cfg] = measure(cfg, preset, batches)
+        for par in parametrizations:
+            for mult in preset.multipliers:
+                cfg = models[par, mult]
+                rows += [{"parametrization": par, "family": family, "width": cfg.d_model, **r} for r in measured[cfg]]
     df = pd.DataFrame(rows)
     keys = ["parametrization", "family", "width", "step", "module"]
     return df.groupby(keys, sort=False, as_index=False)[["rms", "update_rms"]].mean()

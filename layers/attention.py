@@ -16,6 +16,8 @@ ring buffer whose memory does not grow with context), the buffer position of eac
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,6 +88,9 @@ class Attention(nn.Module):
       softcap: optional tanh soft-cap of the attention scores.
       impl: ``flash_attention`` implementation switch.
       scale: score scale; None = head_dim^-1/2 (μP passes its 1/head_dim form).
+      query_multiplier: None, or a float32 [] array (traced) that multiplies the queries, i.e. the score
+        scale, while ``scale`` stays static (μP's ratio in a program shared with SP; the kernels take
+        a static scale).
     """
 
     num_heads: int
@@ -99,6 +104,7 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     scale: float | None = None
+    query_multiplier: Any = None
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> Cache:
         """Empty cache for ``batch`` sequences of up to ``max_len`` positions."""
@@ -147,6 +153,8 @@ class Attention(nn.Module):
         val = unflat(jnp.einsum("nd,dgk->ngk", xn, wv.astype(self.dtype)))
         rope = dict(fraction=self.rope_fraction, max_wavelength=self.rope_max_wavelength)
         q = apply_rope(q, positions, **rope)
+        if self.query_multiplier is not None:
+            q = q * jnp.asarray(self.query_multiplier, q.dtype)
         key = apply_rope(key, positions, **rope)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
 

@@ -35,6 +35,7 @@ per head, r rank of the GLA gate projection.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -122,6 +123,8 @@ class LinearAttention(nn.Module):
       impl: the op's implementation switch ("auto" | "reference" | "pallas" | "interpret").
       norm_eps: epsilon of the output normalisation.
       scale: the op's scale of q S; None = key_dim^-1/2 (μP passes its 1/key_dim form).
+      query_multiplier: None, or a float32 [] array (traced) multiplying q after the feature map, i.e.
+        the op's scale, which stays static (μP's ratio in a program shared with SP).
     """
 
     num_heads: int
@@ -139,6 +142,7 @@ class LinearAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     scale: float | None = None
+    query_multiplier: Any = None
 
     def __post_init__(self):
         for name in ("num_heads", "key_dim", "value_dim", "gate_rank", "chunk_size"):
@@ -191,6 +195,8 @@ class LinearAttention(nn.Module):
         project = lambda w: jnp.einsum("btd,dhk->bthk", x, w.astype(self.dtype))
         phi = FEATURE_MAPS[self.feature_map]
         q, k, v = phi(project(w_q)), phi(project(w_k)), project(w_v)
+        if self.query_multiplier is not None:  # o = scale q S is linear in q
+            q = q * jnp.asarray(self.query_multiplier, q.dtype)
         q, k, v = (constrain(y, ("batch", "length", "heads", "head_dim")) for y in (q, k, v))
 
         g = None

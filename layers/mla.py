@@ -95,6 +95,9 @@ class MLA(nn.Module):
       rope_max_wavelength: RoPE base.
       impl: ``flash_attention`` implementation switch (training / no-cache path).
       eps: RMSNorm epsilon of the two latents.
+      score_scale: None = (n + p)^-1/2; μP passes its 1/(n + p) form.
+      query_multiplier: None, or a float32 [] array (traced) multiplying the queries [q_nope | q_rope],
+        i.e. the score scale, which stays static (μP's ratio in a program shared with SP).
     """
 
     num_heads: int
@@ -110,6 +113,7 @@ class MLA(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     score_scale: float | None = None
+    query_multiplier: Any = None
 
     def __post_init__(self):
         for name in ("num_heads", "kv_lora_rank", "qk_rope_dim", "v_head_dim"):
@@ -184,6 +188,8 @@ class MLA(nn.Module):
         else:
             w_q = param(self, "w_q", dense_init(d), (d, h, n + p), ("embed", "heads", "head_dim"), self.param_dtype)
             q = jnp.einsum("btd,dhk->bthk", x, w_q.astype(dt))
+        if self.query_multiplier is not None:  # both paths' scores, the absorbed one's too, are linear in q
+            q = q * jnp.asarray(self.query_multiplier, q.dtype)
         q_nope, q_rope = q[..., :n], apply_rope(q[..., n:], positions, max_wavelength=self.rope_max_wavelength)
 
         w_dkv = param(self, "w_dkv", dense_init(d), (d, c), ("embed", "kv_lora"), self.param_dtype)

@@ -42,7 +42,7 @@ def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
-def _attention(cfg: ModelConfig, window: int | None) -> Attention:
+def _attention(cfg: ModelConfig, window: int | None, query_multiplier=None) -> Attention:
     return Attention(
         num_heads=cfg.num_heads,
         num_kv_heads=cfg.kv_heads,
@@ -53,7 +53,8 @@ def _attention(cfg: ModelConfig, window: int | None) -> Attention:
         softcap=cfg.attn_softcap,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
-        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
+        scale=_score_scale(cfg, "attention", query_multiplier),
+        query_multiplier=query_multiplier,
     )
 
 
@@ -64,7 +65,7 @@ def attention_spec(name: str, window: Callable[[ModelConfig], int | None]) -> Mi
     """
     return MixerSpec(
         name,
-        build=lambda cfg: _attention(cfg, window(cfg)),
+        build=lambda cfg, query_multiplier=None: _attention(cfg, window(cfg), query_multiplier),
         params=flops.attention_params,
         flops=lambda cfg, t, a: flops.attention_flops(cfg, t, a, window(cfg)),
         cache_bytes=lambda cfg, n, dtype: _attention(cfg, window(cfg)).cache_bytes(n, dtype),
@@ -94,7 +95,7 @@ def _check_recurrent(cfg: ModelConfig) -> None:
         )
 
 
-def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
+def _linear_attention(cfg: ModelConfig, query_multiplier=None) -> la.LinearAttention:
     s = settings(cfg, "la")
     return la.LinearAttention(
         num_heads=cfg.num_heads,
@@ -106,7 +107,8 @@ def _linear_attention(cfg: ModelConfig) -> la.LinearAttention:
         chunk_size=s.chunk_size,
         impl=s.impl,
         dtype=compute_dtype(cfg),
-        scale=parametrization.score_scale(cfg, lambda c: c.dim_per_head),  # μP; None under SP
+        scale=_score_scale(cfg, "la", query_multiplier),
+        query_multiplier=query_multiplier,
     )
 
 
@@ -114,7 +116,7 @@ def _mla_head_dim(cfg: ModelConfig) -> int:
     return settings(cfg, "mla").qk_nope_dim + settings(cfg, "mla").qk_rope_dim
 
 
-def _mla(cfg: ModelConfig) -> MLA:
+def _mla(cfg: ModelConfig, query_multiplier=None) -> MLA:
     m = settings(cfg, "mla")
     return MLA(
         num_heads=cfg.num_heads,
@@ -127,8 +129,20 @@ def _mla(cfg: ModelConfig) -> MLA:
         rope_max_wavelength=cfg.rope_max_wavelength,
         impl=cfg.attention_impl,
         dtype=compute_dtype(cfg),
-        score_scale=parametrization.score_scale(cfg, _mla_head_dim),  # μP
+        score_scale=_score_scale(cfg, "mla", query_multiplier),
+        query_multiplier=query_multiplier,
     )
+
+
+# The q·k dimension of each family's score scale (μP's d0^1/2 / d_head, lm/model/parametrization.py).
+SCORE_DIMS = {"attention": lambda c: c.dim_per_head, "local_attention": lambda c: c.dim_per_head,
+              "la": lambda c: c.dim_per_head, "mla": _mla_head_dim}
+
+
+def _score_scale(cfg: ModelConfig, family: str, query_multiplier) -> float | None:
+    """The layer's static score scale: μP's, or None (the layer's d_head^-1/2: SP's, or with a traced
+    ``query_multiplier``, :attr:`lm.model.parametrization.Multipliers.score`, which replaces μP's)."""
+    return None if query_multiplier is not None else parametrization.score_scale(cfg, SCORE_DIMS[family])
 
 
 # The entry points of lm.model.families.BUILTIN name these.

@@ -36,24 +36,28 @@ from layers.rmsnorm import RMSNorm
 from lm.model import parametrization
 from lm.model.config import ModelConfig
 from lm.model.families import MIXERS
-from lm.model.mixers import compute_dtype
+from lm.model.mixers import SCORE_DIMS, compute_dtype
 
 
 class Block(nn.Module):
     """Pre-norm residual block: temporal mixer then gated MLP (or MoE feed-forward).
 
     Returns (x, new_cache, aux) where aux holds the MoE auxiliary outputs ({} for a dense MLP).
+    ``multipliers``: see :class:`LanguageModel`.
     """
 
     cfg: ModelConfig
     letter: str
     moe: bool = False
     deterministic: bool = True
+    multipliers: parametrization.Multipliers | None = None
 
     @nn.compact
     def __call__(self, x, segment_ids, positions, cache=None):
         cfg = self.cfg
-        mixer = MIXERS[self.letter].build(cfg)
+        spec = MIXERS[self.letter]
+        ratio = None if self.multipliers is None else self.multipliers.score.get(spec.name)
+        mixer = spec.build(cfg) if ratio is None else spec.build(cfg, query_multiplier=ratio)
         h, new_cache = mixer(RMSNorm(name="norm_mixer")(x), segment_ids=segment_ids, positions=positions, cache=cache)
         x = x + h.astype(x.dtype)
         normed = RMSNorm(name="norm_mlp")(x)
@@ -118,6 +122,7 @@ class BlockPeriod(nn.Module):
 
     cfg: ModelConfig
     deterministic: bool = True
+    multipliers: parametrization.Multipliers | None = None
 
     @nn.compact
     def __call__(self, x, segment_ids, positions):
@@ -126,14 +131,14 @@ class BlockPeriod(nn.Module):
         block = _block_class(cfg, training=True)
         aux = {}
         for j in range(period):
-            x, _, a = block(cfg, cfg.block_letters[j], cfg.is_moe_block(j), self.deterministic,
+            x, _, a = block(cfg, cfg.block_letters[j], cfg.is_moe_block(j), self.deterministic, self.multipliers,
                             name=f"block_{j}")(x, segment_ids, positions)
             if a:
                 aux[j] = a
         return x, aux
 
 
-def _scanned_blocks(cfg: ModelConfig, x, segment_ids, positions, deterministic: bool):
+def _scanned_blocks(cfg: ModelConfig, x, segment_ids, positions, deterministic: bool, multipliers=None):
     """The repeated blocks as one ``nn.scan``; returns x and the MoE aux {block index: aux}."""
     period, repeats = scan_shape(cfg)
     scan = nn.scan(
@@ -144,15 +149,21 @@ def _scanned_blocks(cfg: ModelConfig, x, segment_ids, positions, deterministic: 
         length=repeats,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    x, stacked_aux = scan(cfg, deterministic, name="blocks")(x, segment_ids, positions)
+    x, stacked_aux = scan(cfg, deterministic, multipliers, name="blocks")(x, segment_ids, positions)
     aux = {r * period + j: jax.tree.map(lambda v, r=r: v[r], a) for j, a in stacked_aux.items() for r in range(repeats)}
     return x, aux
 
 
 class LanguageModel(nn.Module):
-    """Embedding -> blocks -> RMSNorm -> logits (float32)."""
+    """Embedding -> blocks -> RMSNorm -> logits (float32).
+
+    ``multipliers`` (:class:`lm.model.parametrization.Multipliers`, arrays, e.g. traced): the output and
+    score-scale multipliers to use instead of ``cfg``'s static ones (one program for SP and μP; build
+    it from ``parametrization.sp_config(cfg)``). None: ``cfg``'s own.
+    """
 
     cfg: ModelConfig
+    multipliers: parametrization.Multipliers | None = None
 
     @nn.compact
     def __call__(
@@ -184,14 +195,13 @@ class LanguageModel(nn.Module):
                                  "and scan_layers=False (lm.model.network.decode_step does)")
             period, repeats = scan_shape(cfg)
             if repeats:
-                x, moe_aux = _scanned_blocks(cfg, x, segment_ids, positions, deterministic)
+                x, moe_aux = _scanned_blocks(cfg, x, segment_ids, positions, deterministic, self.multipliers)
                 first = period * repeats
         block = _block_class(cfg, training=cache is None)
         for i in range(first, cfg.num_layers):
             block_cache = None if cache is None else cache[i]
-            x, c, aux = block(cfg, cfg.block_letters[i], cfg.is_moe_block(i), deterministic, name=f"block_{i}")(
-                x, segment_ids, positions, block_cache
-            )
+            x, c, aux = block(cfg, cfg.block_letters[i], cfg.is_moe_block(i), deterministic, self.multipliers,
+                              name=f"block_{i}")(x, segment_ids, positions, block_cache)
             new_caches.append(c)
             if aux:
                 moe_aux[i] = aux
@@ -202,7 +212,9 @@ class LanguageModel(nn.Module):
             head = param(self, "head", nn.initializers.normal(cfg.d_model**-0.5), (cfg.d_model, cfg.vocab_size),
                          ("embed", "vocab"))
         logits = jnp.einsum("btd,dv->btv", x, head.astype(dtype)).astype(jnp.float32)
-        if cfg.parametrization == "mup":  # μP output multiplier (lm/model/parametrization.py)
+        if self.multipliers is not None:  # traced, SP's 1.0 or μP's
+            logits = logits * self.multipliers.output
+        elif cfg.parametrization == "mup":  # μP output multiplier (lm/model/parametrization.py)
             logits = logits * parametrization.output_multiplier(cfg)
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
@@ -288,6 +300,13 @@ def param_rules(cfg: ModelConfig):
     return parametrization.param_rules(cfg, boxed_shapes)
 
 
+def multipliers(cfg: ModelConfig) -> parametrization.Multipliers:
+    """``cfg``'s μP multipliers as float32 arrays (all 1.0 under SP), for a program built from
+    ``parametrization.sp_config(cfg)`` (:class:`LanguageModel`, ``lm.train.step.make_train_step``)."""
+    dims = {s.name: SCORE_DIMS[s.name] for s in cfg.block_mixers if s.name in SCORE_DIMS}
+    return parametrization.multipliers(cfg, param_rules(cfg), dims)
+
+
 def init_boxed(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     """Parameters with their logical axis names (``nn.LogicallyPartitioned`` leaves)."""
     tokens = jnp.zeros((1, seq_len), jnp.int32)
@@ -312,13 +331,15 @@ def forward_with_aux(
     segment_ids: Int[Array, "b t"] | None = None,
     positions: Int[Array, "b t"] | None = None,
     rng: jax.Array | None = None,
+    multipliers: parametrization.Multipliers | None = None,
 ) -> tuple[Float[Array, "b t v"], dict]:
     """Logits and the MoE auxiliary outputs {block index: aux dict} (empty without MoE).
 
-    ``rng`` (training) enables the router jitter of MoE layers that use it.
+    ``rng`` (training) enables the router jitter of MoE layers that use it; ``multipliers``: see
+    :class:`LanguageModel`.
     """
     rngs = None if rng is None else {"jitter": rng}
-    logits, _, aux = LanguageModel(cfg).apply(
+    logits, _, aux = LanguageModel(cfg, multipliers).apply(
         {"params": params}, tokens, segment_ids, positions, None, rng is None, rngs=rngs
     )
     return logits, aux

@@ -315,24 +315,78 @@ def _field(rules, name: str):
     return jax.tree.map(lambda r: getattr(r, name), rules, is_leaf=lambda x: isinstance(x, ParamRule))
 
 
+def _times(tree, mults):
+    """``tree`` times ``mults`` leaf by leaf: a static 1.0 is skipped (SP untouched), an array always multiplies."""
+    return jax.tree.map(lambda p, s: p if isinstance(s, float) and s == 1.0 else p * jnp.asarray(s, p.dtype),
+                        tree, mults)
+
+
 def scale_init(params, rules):
     """SP-initialised ``params`` times each parameter's μP init multiplier."""
-    return jax.tree.map(lambda p, s: p if s == 1.0 else p * jnp.asarray(s, p.dtype), params, _field(rules, "init_mult"))
+    return _times(params, _field(rules, "init_mult"))
 
 
-def scale_learning_rates(tx: optax.GradientTransformation, rules) -> optax.GradientTransformation:
+def scale_learning_rates(tx: optax.GradientTransformation, rules=None, *,
+                         lr_mults=None) -> optax.GradientTransformation:
     """``tx`` whose updates are multiplied by each parameter's μP lr multiplier.
 
-    The state is ``tx``'s own (same tree as SP: checkpoints and sharding specs do not
-    change); the step then applies p - lr (multiplier · u + wd p) (independent decay).
+    The multipliers are ``rules``' static floats or ``lr_mults`` (:attr:`Multipliers.lr`, float32 [] arrays
+    shaped like the params, traced). The state is ``tx``'s own (same tree as SP: checkpoints and sharding
+    specs do not change); the step then applies p - lr (multiplier · u + wd p) (independent decay).
     """
-    mults = _field(rules, "lr_mult")
+    mults = _field(rules, "lr_mult") if lr_mults is None else lr_mults
 
     def update(updates, state, params=None):
         updates, state = tx.update(updates, state, params)
-        return jax.tree.map(lambda u, s: u if s == 1.0 else u * jnp.asarray(s, u.dtype), updates, mults), state
+        return _times(updates, mults), state
 
     return optax.GradientTransformation(tx.init, update)
+
+
+# ------------------------------------------------- multipliers as arrays (one program for SP and μP)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["output", "score", "init", "lr"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class Multipliers:
+    """μP's multipliers relative to SP as float32 arrays: inputs of a program that SP and μP share.
+
+    Given to a model built from the SP config (:func:`sp_config`), they replace the static floats
+    that a μP config bakes into its program, so one compile serves both (``experiments.coord_check``;
+    stacked runs carry a leading run axis [k] on every leaf). SP's are all 1.0 and x · 1.0 == x:
+    SP's numbers are its static program's (bit for bit in the coordinate check, measured); μP's
+    differ by round-off (the score ratio multiplies q instead of the scale).
+
+    Attributes:
+      output: [] the logits' multiplier (:func:`output_multiplier`; SP 1).
+      score: {mixer family name: []} μP's score scale over SP's d_head^-1/2 (:func:`score_scale`),
+        sqrt(d0 / d_head): the layer multiplies its queries by it and keeps SP's static scale.
+      init, lr: trees shaped like the params of [] init and lr multipliers (:class:`ParamRule`).
+    """
+
+    output: Any
+    score: dict
+    init: Any
+    lr: Any
+
+
+def sp_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` under SP, every μP option at SP's value: ``cfg``'s shapes, the program of :class:`Multipliers`."""
+    return dataclasses.replace(cfg, parametrization="sp", mup_zero_query=False,
+                               **dict.fromkeys(mup_options.MUP_OPTIONS))
+
+
+def multipliers(cfg: ModelConfig, rules, score_dims: dict[str, Callable[[ModelConfig], int]]) -> Multipliers:
+    """``cfg``'s :class:`Multipliers` (all 1.0 under SP) from its :func:`param_rules` ``rules``.
+
+    ``score_dims``: {mixer family name: cfg -> the q·k dimension of its score scale} of the model's families.
+    """
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    score = {name: 1.0 if cfg.parametrization == "sp" else score_scale(cfg, dim) * dim(cfg) ** 0.5
+             for name, dim in score_dims.items()}
+    init, lr = (jax.tree.map(f32, _field(rules, name)) for name in ("init_mult", "lr_mult"))
+    return Multipliers(output=f32(output_multiplier(cfg) or 1.0), score={k: f32(v) for k, v in score.items()},
+                       init=init, lr=lr)
 
 
 def rules_table(rules) -> list[dict]:

@@ -66,24 +66,30 @@ def _model_inputs(batch: dict) -> dict:
 
 
 def train_step(run: RunConfig, mesh: Mesh, state, batch: dict, *, donate: bool = True,
-               compiler_options: dict | None = None, runs: int = 0) -> tuple[Any, float]:
+               compiler_options: dict | None = None, runs: int = 0, multipliers=None) -> tuple[Any, float]:
     """The compiled train step for these shapes on ``mesh``, and its compile seconds (0 if cached).
 
     ``state`` and ``batch`` may be arrays or ``jax.ShapeDtypeStruct``; ``compiler_options``: XLA's
     (``jax.stages.Lowered.compile``), e.g. a short-lived program's faster compile. ``runs`` > 0: the
     step of that many stacked states, each on its own batch ([runs, b, t], on
     :func:`stacked_batch_sharding`; e.g. one data order per seed), lr and weight decay float32 [runs].
+    ``multipliers`` (``lm.model.parametrization.Multipliers``, each leaf [runs] with ``runs``; ``run.model``
+    SP's config): the step takes them as a fifth argument, ``fn(state, batch, lr, wd, multipliers)``, in
+    place of the config's μP multipliers, so SP and μP runs of one width share the program.
     """
     batch = _model_inputs(batch)
     b = batch["tokens"].shape[1 if runs else 0]
     options = tuple(sorted((compiler_options or {}).items()))
-    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate, runs, *options)
+    traced = multipliers is not None
+    key = ("train", program_key(run), tuple(batch["tokens"].shape), mesh_key(mesh), donate, runs, *options,
+           *(("multipliers",) if traced else ()))
     zero = jnp.zeros((runs,) if runs else (), jnp.float32)
 
     def lower():
         with sharding.mesh_context(mesh):
-            fn = sharded_train_step(run, mesh, b, donate=donate, stacked_runs=runs, own_batches=runs > 0)
-            return fn.lower(state, batch, zero, zero)
+            fn = sharded_train_step(run, mesh, b, donate=donate, stacked_runs=runs, own_batches=runs > 0,
+                                    multipliers=traced)
+            return fn.lower(state, batch, zero, zero, *((multipliers,) if traced else ()))
 
     return _cached(key, lower, compiler_options)
 
@@ -128,16 +134,22 @@ def stacked_batch_sharding(mesh: Mesh, batch_size: int) -> NamedSharding:
 
 
 def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: bool = True, stacked_runs: int = 0,
-                       width: int = 0, own_batches: bool = False):
+                       width: int = 0, own_batches: bool = False, multipliers: bool = False):
     """``lm.train.step.make_train_step(run)`` jitted with explicit in/out shardings on ``mesh``.
 
     Returns a ``jax.jit`` function (state, batch, lr, weight_decay) -> (state, metrics)
     with float32 scalars; trace it under :func:`mesh_context` (``lm.train.compiled`` does).
     ``stacked_runs`` > 0: the vmapped step of that many stacked states
     (``lm.train.step.make_vmapped_step(run, width)``), lr and weight_decay float32 [k]; with
-    ``own_batches`` each state on its own batch ([k, b, t], ``jax.vmap`` of the step).
+    ``own_batches`` each state on its own batch ([k, b, t], ``jax.vmap`` of the step). ``multipliers``:
+    a fifth argument, the traced ``lm.model.parametrization.Multipliers`` (replicated; [k] leaves if stacked).
+
+    Raises:
+      ValueError: ``multipliers`` with stacked runs on one shared batch (``own_batches`` False).
     """
     stacked = stacked_runs > 0
+    if multipliers and stacked and not own_batches:
+        raise ValueError("sharded_train_step: multipliers need own_batches=True with stacked runs")
     state_sh = sharding.state_shardings(run, mesh, stacked=stacked)
     rows = stacked_batch_sharding(mesh, batch_size) if own_batches else sharding.batch_sharding(mesh, batch_size)
     batch_sh = {k: rows for k in sharding.BATCH_KEYS}
@@ -148,7 +160,7 @@ def sharded_train_step(run: RunConfig, mesh: Mesh, batch_size: int, *, donate: b
         fn = lm_step.make_vmapped_step(run, width) if stacked else lm_step.make_train_step(run)
     return jax.jit(
         fn,
-        in_shardings=(state_sh, batch_sh, replicated, replicated),
+        in_shardings=(state_sh, batch_sh, replicated, replicated, *((replicated,) if multipliers else ())),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,) if donate else (),
     )

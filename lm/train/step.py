@@ -46,15 +46,16 @@ def cross_entropy(
     return nll, weights.sum(), z
 
 
-def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None) -> tuple[Array, dict]:
+def loss_fn(model_cfg: ModelConfig, z_loss: float, params, batch, rng=None, multipliers=None) -> tuple[Array, dict]:
     """Training objective and metrics.
 
     cross-entropy + z_loss * mean(logsumexp^2) of the output logits (PaLM, Chowdhery et
     al. 2022) + the MoE auxiliary losses summed over MoE blocks with their weights:
     Switch load balance (Fedus et al. 2022) and router z-loss (Zoph et al. 2022, ST-MoE).
+    ``multipliers``: ``lm.model.parametrization.Multipliers`` replacing the config's μP ones (traced).
     """
     logits, moe_aux = lm_model.forward_with_aux(
-        model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"], rng
+        model_cfg, params, batch["tokens"], batch["segment_ids"], batch["positions"], rng, multipliers
     )
     nll, count, z = cross_entropy(logits, batch["targets"], batch["weights"])
     total = nll + z_loss * z
@@ -92,20 +93,24 @@ def weight_decay_mask(params, opt: OptimizerConfig):
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(opt: OptimizerConfig, *, model: ModelConfig | None = None) -> optax.GradientTransformation:
+def make_optimizer(opt: OptimizerConfig, *, model: ModelConfig | None = None,
+                   lr_mults=None) -> optax.GradientTransformation:
     """The Adam direction with gradient clipping (its state is the checkpoint's "opt_state").
 
     The learning rate and the decoupled weight decay are applied by
     :func:`optimizer_update`, which with it is ``optax.adamw`` (Loshchilov & Hutter 2019).
     A μP ``model`` (``parametrization="mup"``) multiplies each parameter's Adam update by
     its learning-rate multiplier; the decay term stays lr * wd * p (see lm/model/parametrization.py).
+    ``lr_mults`` (``Multipliers.lr``, arrays shaped like the params, traced) replace the model's.
     """
     parts = []
     if opt.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(opt.clip_norm))
     parts.append(optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps))
     tx = optax.chain(*parts)
-    if model is not None and model.parametrization == "mup":
+    if lr_mults is not None:
+        tx = parametrization.scale_learning_rates(tx, lr_mults=lr_mults)
+    elif model is not None and model.parametrization == "mup":
         # μP (lm/model/parametrization.py): each Adam update times its lr multiplier; same state.
         tx = parametrization.scale_learning_rates(tx, lm_model.param_rules(model))
     return tx
@@ -121,7 +126,7 @@ def apply_update(params, updates, lr, weight_decay, mask):
 
 
 def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_decay,
-                     model: ModelConfig | None = None):
+                     model: ModelConfig | None = None, lr_mults=None):
     """One AdamW update: (new params, new opt_state); the one place the optimiser is applied.
 
     Args:
@@ -129,8 +134,9 @@ def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_
       grads, params: trees of the same structure; opt_state: :func:`make_optimizer`'s state.
       lr, weight_decay: scalars (traced in the compiled step).
       model: the model config; under μP its per-parameter learning-rate multipliers apply.
+      lr_mults: traced per-parameter multipliers (``Multipliers.lr``) instead of the model's.
     """
-    updates, opt_state = make_optimizer(opt, model=model).update(grads, opt_state, params)
+    updates, opt_state = make_optimizer(opt, model=model, lr_mults=lr_mults).update(grads, opt_state, params)
     new_params = apply_update(params, updates, lr, weight_decay, weight_decay_mask(params, opt))
     return new_params, opt_state
 
@@ -151,23 +157,26 @@ def uses_step_rng(run: RunConfig) -> bool:
 
 
 def make_train_step(run: RunConfig):
-    """The (uncompiled) train step: (state, batch, lr, weight_decay=None) -> (state, metrics).
+    """The (uncompiled) train step: (state, batch, lr, weight_decay=None, multipliers=None) -> (state, metrics).
 
     ``lr`` and ``weight_decay`` (None: the config's) are traced scalars. A non-finite loss
     or gradient leaves the state unchanged and sets metrics["finite"] to False (the host
     stops the run). Under μP the optimiser applies the per-parameter lr multipliers.
+    ``multipliers`` (``lm.model.parametrization.Multipliers``, traced; ``run.model`` then SP's config):
+    the output, score and lr multipliers instead of the config's, so SP and μP share the program.
     """
     model_cfg, opt, z_loss = run.model, run.optimizer, run.train.z_loss
     jitter = uses_step_rng(run)
 
-    def step(state, batch, lr, weight_decay=None):
+    def step(state, batch, lr, weight_decay=None, multipliers=None):
         params = state["params"]
         wd = opt.weight_decay if weight_decay is None else weight_decay
         rng = jax.random.fold_in(jax.random.PRNGKey(run.train.seed), state["step"]) if jitter else None
         (_, metrics), grads = jax.value_and_grad(
-            lambda p: loss_fn(model_cfg, z_loss, p, batch, rng), has_aux=True
+            lambda p: loss_fn(model_cfg, z_loss, p, batch, rng, multipliers), has_aux=True
         )(params)
-        new_params, opt_state = optimizer_update(opt, grads, state["opt_state"], params, lr, wd, model_cfg)
+        lr_mults = None if multipliers is None else multipliers.lr
+        new_params, opt_state = optimizer_update(opt, grads, state["opt_state"], params, lr, wd, model_cfg, lr_mults)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

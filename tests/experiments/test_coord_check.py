@@ -72,12 +72,60 @@ def test_readout_part_is_the_whole_update_with_a_zero_readout():
     cached = set(compiled.CACHE)
     rows = pd.DataFrame(coord_check.measure(cfg, preset)).set_index(["seed", "step", "module"])
     # one train step compiled through the compile cache for both seeds, at the fast-compile level
-    (key,) = set(compiled.CACHE) - cached
-    assert key[0] == "train" and key[1][0] == cfg and ("xla_backend_optimization_level", 0) in key
+    (key,) = set(compiled.CACHE) - cached  # SP's program, μP's multipliers its inputs
+    assert key[0] == "train" and key[1][0] == parametrization.sp_config(cfg) and "multipliers" in key
+    assert ("xla_backend_optimization_level", 0) in key
     logits, readout = rows.xs("logits", level="module"), rows.xs("logits/readout", level="module")
     np.testing.assert_allclose(readout["rms"], logits["rms"], rtol=1e-5)
     np.testing.assert_allclose(readout["update_rms"], logits["update_rms"], rtol=1e-5)
     assert (logits.xs(0, level="step")["rms"] == 0).all() and (logits.xs(2, level="step")["rms"] > 0).all()
+
+
+def _static_rows(cfg, preset) -> pd.DataFrame:
+    """The reference: ``cfg``'s rows from its own programs (μP's multipliers static floats), seeds stacked."""
+    from lm.model.config import OptimizerConfig, RunConfig
+    from lm.data.config import DataConfig
+    from lm.train import sharding, step as lm_step
+
+    run = RunConfig(model=cfg, data=DataConfig(seq_len=preset.seq_len, batch_size=preset.batch_size),
+                    optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
+    mesh, batches = sharding.single_device_mesh(), coord_check.seed_batches(preset)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))
+    state = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)))(keys)
+    feed = [{k: batches[k][:, t] for k in sharding.BATCH_KEYS} for t in range(preset.steps)]
+    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, runs=preset.seeds)
+    lr, zero = (jnp.full((preset.seeds,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
+    snapshots = [state["params"]]
+    for batch in feed:
+        state, _ = step(state, batch, lr, zero)
+        snapshots.append(state["params"])
+    rows, forward = [], jax.jit(lambda p, tokens, head0: coord_check.activations(cfg, p, tokens, head0))
+    for seed in range(preset.seeds):
+        params = [jax.tree.map(lambda x: x[seed], p) for p in snapshots]
+        out = [forward(p, batches["tokens"][seed, 0], coord_check._head(cfg, params[0])) for p in params]
+        rows += [{"seed": seed, "step": t, "module": m, "rms": float(coord_check._rms(out[t][m])),
+                  "update_rms": float(coord_check._rms(out[t][m] - out[0][m]))}
+                 for t in range(len(out)) for m in out[t]]
+    return pd.DataFrame(rows).set_index(["seed", "step", "module"]).sort_index()
+
+
+def test_one_program_serves_sp_and_mup():
+    """SP and μP of one width: one train step compiled (SP's config, the multipliers its inputs), and
+    each model's rows equal those of its own static program (an independent reference) to round-off."""
+    # 3 seeds: not the shapes of another test here, whose program would be this one's
+    preset = dataclasses.replace(PRESET, seeds=3, steps=2)
+    mup = parametrization.at_width(dataclasses.replace(mup_family_model("transformer", 16, 1), mup_zero_query=True), 32)
+    sp = parametrization.sp_config(mup)
+    cached = set(compiled.CACHE)
+    got = [coord_check.measure(cfg, preset) for cfg in (sp, mup)]
+    (key,) = set(compiled.CACHE) - cached  # one train step for both
+    assert key[1][0] == sp and "multipliers" in key
+    for cfg, rows in zip([sp, mup], got, strict=True):
+        rows = pd.DataFrame(rows).set_index(["seed", "step", "module"]).sort_index()
+        want = _static_rows(cfg, preset)
+        assert rows.index.equals(want.index)
+        np.testing.assert_allclose(rows.to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(pd.DataFrame(got[0])["update_rms"], pd.DataFrame(got[1])["update_rms"])
 
 
 @pytest.mark.parametrize("options", [{"mup_zero_query": True}, {"mup_zero_query": True, "mup_embedding_init": 0.25}])

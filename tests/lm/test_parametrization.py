@@ -98,6 +98,37 @@ def test_forward_multipliers():
     assert MIXERS["M"].build(dataclasses.replace(mla, parametrization="sp")).scale == pytest.approx((32 + 4) ** -0.5)
 
 
+@pytest.mark.parametrize("family", ["transformer", "gla", "mla"])
+def test_traced_multipliers_equal_the_static_program(family):
+    """SP's config with μP's ``Multipliers`` as inputs (one program for both) gives μP's logits to round-off,
+    training forward and a prefill on an empty cache (MLA: its absorbed path); SP's multipliers, SP's bitwise."""
+    mup = dataclasses.replace(parametrization.at_width(FAMILIES[family], 4 * BASE), mup_zero_readout=False)
+    sp = parametrization.sp_config(mup)
+    batch = _batch(mup.vocab_size)
+    tokens, seg, pos = batch["tokens"], batch["segment_ids"], batch["positions"]
+    cache = model.init_cache(mup, tokens.shape[0], tokens.shape[1])
+
+    def logits(cfg, params, mults=None):
+        lm = model.LanguageModel(cfg, mults)
+        return [lm.apply({"params": params}, tokens, seg, pos, c)[0] for c in (None, cache)]
+
+    def both(rng, mults):
+        params = model.init_params(mup, rng)
+        return logits(mup, params), logits(sp, params, mults), logits(sp, params), logits(sp, params, sp_mults)
+
+    sp_mults = model.multipliers(sp)
+    assert all(float(x) == 1.0 for x in jax.tree.leaves(sp_mults))
+    mults = model.multipliers(mup)
+    assert float(mults.output) == pytest.approx(1 / 2 if mup.tie_embeddings else 1 / 4)
+    assert set(mults.score) == {MIXERS[mup.pattern].name}
+    static, traced, sp_static, sp_traced = jax.jit(both)(jax.random.PRNGKey(0), mults)
+    for want, got in zip(static, traced, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(static[0]), np.asarray(sp_static[0]), rtol=1e-3)  # μP is not SP here
+    for want, got in zip(sp_static, sp_traced, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def _flat(params) -> dict:
     return {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
