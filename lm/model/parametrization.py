@@ -210,7 +210,7 @@ def zero_readout(cfg: ModelConfig) -> bool:
 
 def embedding_multipliers(cfg: ModelConfig) -> tuple[float, float]:
     """(init, lr) base-width constants of the embedding: ``mup_embedding_init`` / ``mup_embedding_lr``, by
-    default (None) 1/4 and 4 for μP with a tied head, else 1 (``lm.model.mup_options``)."""
+    default (None) ``lm.model.mup_options``' values (1 and 1 for every head today; "tied embedding" above)."""
     return tuple(float(mup_options.resolve(name, getattr(cfg, name), cfg.parametrization, cfg.tie_embeddings))
                  for name in mup_options.EMBEDDING_OPTIONS)
 
