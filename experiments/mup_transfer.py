@@ -304,7 +304,16 @@ def _add_args(parser) -> None:
                              "untied heads only (the transformer)")
     readout.add_argument("--random-readout", dest="zero_readout", action="store_const", const=False,
                         help="μP runs start from a random readout (model.mup_zero_readout=false; SP's at the base "
-                             "width); untied heads only")
+                             "width); untied heads only (the transformer)")
+
+
+def _build(preset: Preset, args) -> tuple[lib.Study, tuple[tuple[str, ...], ...]]:
+    """:func:`build_study` for the command line, which refuses ``--random-readout`` for a tied head (it would
+    change nothing: the readout is the embedding; ``--zero-readout`` is refused by the model itself)."""
+    if preset.zero_readout is False and family_model(args.family, preset.base_width, 1).tie_embeddings:
+        raise ValueError(f"--random-readout: family {args.family!r} has a tied head (the embedding is its readout); "
+                         "the readout options are for untied heads: --family transformer")
+    return build_study(preset, args.family, args.preset)
 
 
 def _summary(result: dict) -> str:
@@ -319,7 +328,7 @@ def _summary(result: dict) -> str:
 
 COMMAND = lib.StudyCommand(
     name="mup_transfer", doc=__doc__, presets=PRESETS,
-    build=lambda preset, args, out: build_study(preset, args.family, args.preset),
+    build=lambda preset, args, out: _build(preset, args),
     analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold,
                                                             bootstrap=preset.bootstrap),
     summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout},

@@ -148,3 +148,7 @@ def test_readout_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         mup_transfer.main(["--preset", "smoke", "--zero-readout", "--random-readout", "--out", str(out)])
     assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit) as exc:  # a tied head has no readout of its own: the flag would change nothing
+        mup_transfer.main(["--preset", "smoke", "--family", "griffin", "--random-readout", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "tied head" in err and not out.exists()
