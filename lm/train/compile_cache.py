@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def repair(folder: str | os.PathLike) -> int:
     The access time written is the entry's modification time, so JAX's least-recently-used
     eviction sees it as old as it is. Holds JAX's own lock on the folder (``.lockfile``) while
     writing, so no JAX process reads a half-written file. Returns the number of entries mended
-    (0 for a folder that does not exist yet).
+    (0 for a folder that does not exist yet); a folder it cannot write (read-only, or its lock held
+    for a minute) is left as it is, with a warning, since JAX still reads from it.
     """
     import filelock  # JAX's own dependency for a locked cache
 
@@ -91,15 +93,19 @@ def repair(folder: str | os.PathLike) -> int:
     missing = lambda: [p for p in path.glob("*-cache") if not p.with_name(p.name[:-6] + "-atime").exists()]  # noqa: E731
     if not missing():  # the usual case: no lock taken
         return 0
-    with filelock.FileLock(path / ".lockfile", timeout=60):
-        mended = 0
-        for entry in missing():
-            try:
-                stamp = entry.stat().st_mtime_ns
-            except FileNotFoundError:  # evicted meanwhile by a process that does not lock
-                continue
-            entry.with_name(entry.name[:-6] + "-atime").write_bytes(int(stamp or time.time_ns()).to_bytes(8, "little"))
-            mended += 1
+    mended = 0
+    try:
+        with filelock.FileLock(path / ".lockfile", timeout=60):
+            for entry in missing():
+                try:
+                    stamp = entry.stat().st_mtime_ns
+                except FileNotFoundError:  # evicted meanwhile by a process that does not lock
+                    continue
+                atime = entry.with_name(entry.name[:-6] + "-atime")
+                atime.write_bytes(int(stamp or time.time_ns()).to_bytes(8, "little"))
+                mended += 1
+    except (OSError, filelock.Timeout) as e:  # a read-only or busy folder: JAX reads it all the same
+        warnings.warn(f"compilation cache {path}: {mended} entries mended, then {type(e).__name__}: {e}", stacklevel=2)
     return mended
 
 

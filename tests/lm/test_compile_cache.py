@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from lm.train import compile_cache, records, solo as train
 
@@ -90,3 +91,17 @@ def test_entries_written_without_the_lock_are_mended(tmp_path):
     locked.put("new", b"x")
     assert locked.get("new") == b"x" and locked.get("old") == b"unlocked"
     assert compile_cache.repair(tmp_path / "absent") == 0
+    (folder / "old-atime").unlink()
+    folder.chmod(0o555)  # read-only (a shared cache): left as it is, with a warning, nothing raised
+    try:
+        if os.access(folder, os.W_OK):  # root ignores the mode bits: make the write fail another way
+            import unittest.mock
+
+            with unittest.mock.patch("pathlib.Path.write_bytes", side_effect=PermissionError("read-only")):
+                with pytest.warns(UserWarning, match="0 entries mended, then PermissionError"):
+                    assert compile_cache.repair(folder) == 0
+        else:
+            with pytest.warns(UserWarning, match="0 entries mended"):
+                assert compile_cache.repair(folder) == 0
+    finally:
+        folder.chmod(0o755)
