@@ -91,15 +91,17 @@ def _static_rows(cfg, preset) -> pd.DataFrame:
                     optimizer=OptimizerConfig(learning_rate=preset.learning_rate, weight_decay=0.0))
     mesh, batches = sharding.single_device_mesh(), coord_check.seed_batches(preset)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds))
-    state = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)))(keys)
+    fast = coord_check.FAST_COMPILE  # short-lived programs, as the check's own (a compile option, not the math)
+    state = jax.jit(jax.vmap(lambda r: lm_step.init_state(run, r)), compiler_options=fast)(keys)
     feed = [{k: batches[k][:, t] for k in sharding.BATCH_KEYS} for t in range(preset.steps)]
-    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, runs=preset.seeds)
+    step, _ = compiled.train_step(run, mesh, state, feed[0], donate=False, runs=preset.seeds, compiler_options=fast)
     lr, zero = (jnp.full((preset.seeds,), v, jnp.float32) for v in (preset.learning_rate, 0.0))
     snapshots = [state["params"]]
     for batch in feed:
         state, _ = step(state, batch, lr, zero)
         snapshots.append(state["params"])
-    rows, forward = [], jax.jit(lambda p, tokens, head0: coord_check.activations(cfg, p, tokens, head0))
+    rows, forward = [], jax.jit(lambda p, tokens, head0: coord_check.activations(cfg, p, tokens, head0),
+                                compiler_options=fast)
     for seed in range(preset.seeds):
         params = [jax.tree.map(lambda x: x[seed], p) for p in snapshots]
         out = [forward(p, batches["tokens"][seed, 0], coord_check._head(cfg, params[0])) for p in params]
