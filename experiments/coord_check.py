@@ -169,7 +169,7 @@ def _init_program(run: RunConfig, mesh) -> Callable:
     (SP's model), stacked, on ``mesh``: SP's init times the init multipliers (1.0: SP's, bitwise)."""
     def init(key, mults):
         state = lm_step.init_state(run, key)
-        return {**state, "params": jax.tree.map(lambda p, s: p * s, state["params"], mults)}
+        return {**state, "params": parametrization.scale_init(state["params"], init_mults=mults)}
 
     return jax.jit(jax.vmap(init), compiler_options=FAST_COMPILE,
                    out_shardings=sharding.state_shardings(run, mesh, stacked=True))
@@ -180,16 +180,18 @@ def _multipliers(cfg: ModelConfig, seeds: int) -> parametrization.Multipliers:
     return jax.tree.map(lambda x: jnp.full((seeds,), x, jnp.float32), lm_model.multipliers(cfg))
 
 
-def _init_states(run: RunConfig, mesh, keys) -> dict:
+def _init_states(run: RunConfig, mesh, keys, mults: parametrization.Multipliers | None = None) -> dict:
     """``lm.train.step.init_state(run, key)`` for each of ``keys`` [seeds, 2], stacked, on the device.
 
     μP's parameters are SP's times the init multipliers (``lm.model.network.init_params``, the same
     random draws), so the init program of a width (:func:`_init_program`, SP's) serves the SP/μP pair.
+    ``mults``: ``run.model``'s :func:`_multipliers` when the caller has them already.
     """
-    mults = _multipliers(run.model, len(keys)).init  # outside the mesh: param_rules traces the model unsharded
+    if mults is None:  # outside the mesh: param_rules traces the model unsharded
+        mults = _multipliers(run.model, len(keys))
     sp = dataclasses.replace(run, model=parametrization.sp_config(run.model))
     with sharding.mesh_context(mesh):
-        return _init_program(sp, mesh)(keys, mults)
+        return _init_program(sp, mesh)(keys, mults.init)
 
 
 def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> list[dict]:
@@ -212,7 +214,7 @@ def measure(cfg: ModelConfig, preset: Preset, batches: dict | None = None) -> li
     mesh = sharding.single_device_mesh()
     mults = _multipliers(cfg, preset.seeds)
     state = _init_states(dataclasses.replace(run, model=cfg), mesh,
-                         jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)))
+                         jax.vmap(jax.random.PRNGKey)(jnp.arange(preset.seeds)), mults)
     rows = compiled.stacked_batch_sharding(mesh, preset.batch_size)
     host = jax.device_get({k: batches[k] for k in sharding.BATCH_KEYS})
     feed = [{k: jax.device_put(v[:, t], rows) for k, v in host.items()} for t in range(preset.steps)]

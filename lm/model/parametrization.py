@@ -321,9 +321,10 @@ def _times(tree, mults):
                         tree, mults)
 
 
-def scale_init(params, rules):
-    """SP-initialised ``params`` times each parameter's μP init multiplier."""
-    return _times(params, _field(rules, "init_mult"))
+def scale_init(params, rules=None, *, init_mults=None):
+    """SP-initialised ``params`` times each parameter's μP init multiplier: ``rules``' static floats or
+    ``init_mults`` (:attr:`Multipliers.init`, arrays shaped like the params, traced)."""
+    return _times(params, _field(rules, "init_mult") if init_mults is None else init_mults)
 
 
 def scale_learning_rates(tx: optax.GradientTransformation, rules=None, *,

@@ -90,7 +90,8 @@ def repair(folder: str | os.PathLike) -> int:
     path = Path(folder)
     if not path.is_dir():
         return 0
-    missing = lambda: [p for p in path.glob("*-cache") if not p.with_name(p.name[:-6] + "-atime").exists()]  # noqa: E731
+    atime = lambda entry: entry.with_name(entry.name.removesuffix("-cache") + "-atime")  # noqa: E731  JAX's names
+    missing = lambda: [p for p in path.glob("*-cache") if not atime(p).exists()]  # noqa: E731
     if not missing():  # the usual case: no lock taken
         return 0
     mended = 0
@@ -101,8 +102,7 @@ def repair(folder: str | os.PathLike) -> int:
                     stamp = entry.stat().st_mtime_ns
                 except FileNotFoundError:  # evicted meanwhile by a process that does not lock
                     continue
-                atime = entry.with_name(entry.name[:-6] + "-atime")
-                atime.write_bytes(int(stamp or time.time_ns()).to_bytes(8, "little"))
+                atime(entry).write_bytes(int(stamp or time.time_ns()).to_bytes(8, "little"))
                 mended += 1
     except (OSError, filelock.Timeout) as e:  # a read-only or busy folder: JAX reads it all the same
         warnings.warn(f"compilation cache {path}: {mended} entries mended, then {type(e).__name__}: {e}", stacklevel=2)
