@@ -1,6 +1,6 @@
 """μP transfer and loss prediction: learning-rate sweeps at several widths under SP and μP.
 
-``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout | --random-readout] [--out DIR]``
+``python -m experiments.mup_transfer --preset smoke|default|full [--family NAME] [--zero-readout | --random-readout] [--seeds K] [--out DIR]``
 
 Tensor Programs V (Yang et al. 2022, arXiv 2203.03466, Fig. 1): under μP the optimal
 learning rate stays put as the model widens, under SP it drifts (down). "Research without
@@ -12,22 +12,30 @@ Grid: widths base x multipliers (smoke {1, 2, 4, 8}; default 16 x {1, 1.5, 2, 3,
 steps; ``lm.model.parametrization.at_width``; μP's base width = the smallest) x {SP, μP} x peak
 learning rates; each (parametrization, width) is one group of the shared runner
 (``run_study(groups=...)``) trained as one vmapped program over its learning rates
-(:func:`lm.train.sweep.train_vmapped`), with the runner's resume and shards.
+(:func:`lm.train.sweep.train_vmapped`), with the runner's resume and shards. ``--seeds K``
+trains every (width, lr) point from K init seeds (0..K-1), in the same vmapped group (one
+group per seed where the step draws from the seed: MoE router jitter); the analysis reads
+the mean over seeds, so a point's noise falls as K^-1/2 (README, μP: at the default preset
+one seed's noise, about 1 %, is the size of the loss prediction's error).
 Schedule: cosine with warmup; AdamW (independent weight decay under μP). ``--zero-readout``:
 the μP runs start from Tensor Programs V's zero readout (``model.mup_zero_readout``; untied
 heads, i.e. the transformer); ``--random-readout``: from a random readout (``model.mup_zero_readout=false``,
 SP's readout at the base width), which trains the wider models to a lower loss (README, μP).
 
 Analysis (reads only the table):
+  seeds       per (parametrization, width, lr): the mean final loss over the seeds and its
+              standard error (an lr where any seed diverged or did not finish counts as
+              diverged: it is not a usable lr);
   optimum     per (parametrization, width): the best grid lr, the vertex of a parabola in
               log2 lr through it and its two neighbours (the grid edge if it is one), and the
               near-optimal interval: the lrs whose loss is within ``threshold`` of the best;
   drift       log(lr_opt(widest) / lr_opt(narrowest)) in grid steps (log of the grid
               ratio); μP should stay within one step over 8x width, SP drifts;
   prediction  L(N) = E + A N^-alpha (``scaling.fit_law(law="offset_n")``, N = non-embedding
-              parameters) fitted to each width's best loss except the widest; predicted
-              against the widest's, with a bootstrap interval (``bootstrap`` resamples of the
-              fitted widths); relative error reported for μP (and SP, for contrast);
+              parameters) fitted to each width's best (seed-mean) loss except the widest;
+              predicted against the widest's, with a bootstrap interval (``bootstrap``
+              resamples of the fitted widths); relative error reported for μP (and SP, for
+              contrast), with the widest's standard error over seeds;
   compute     per parametrization: FLOPs (sum of the runs' ``C``), wall and CPU seconds.
 
 Outputs under ``--out`` (default ``runs/mup_transfer/<preset>``): run directories,
@@ -60,7 +68,7 @@ class Preset(lib.Preset):
     """Widths base x multipliers (each an integer width), learning-rate grid (geometric), run length and batch
     shape; ``zero_readout``: the μP runs' ``model.mup_zero_readout`` (None: the model's default, a zero
     readout for an untied head; False: a random readout); ``bootstrap``: resamples of the prediction
-    interval."""
+    interval; ``seeds``: init seeds per (width, lr) point (1: one run per point, seed 0, as before)."""
 
     base_width: int
     learning_rates: tuple[float, ...]
@@ -74,8 +82,11 @@ class Preset(lib.Preset):
     threshold: float = 0.01
     zero_readout: bool | None = None
     bootstrap: int = 200
+    seeds: int = 1
 
     def __post_init__(self):
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"Preset.seeds={self.seeds!r}: an integer >= 1 (init seeds per width and lr)")
         if len(self.learning_rates) < 3 or list(self.learning_rates) != sorted(self.learning_rates):
             raise ValueError(f"Preset.learning_rates={self.learning_rates}: need >= 3, increasing")
         if len(self.multipliers) < 3 or self.multipliers[0] != 1 or list(self.multipliers) != sorted(self.multipliers):
@@ -125,20 +136,35 @@ def build_study(preset: Preset, family: str = "transformer",
                                   log_every=max(1, preset.steps // 8), checkpoint_every=preset.steps, progress=False),
                 name=f"{family}-{par}-d{model.d_model}",
             )
-            group = vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates)
-            groups.append(tuple(r.name for r in group))
-            for r in group:
-                runs.append(r)
-                tags[r.name] = {"parametrization": par, "family": family, "width": model.d_model,
-                                "lr": r.optimizer.learning_rate}
+            for group in _groups(run, preset):
+                groups.append(tuple(r.name for r in group))
+                for r in group:
+                    runs.append(r)
+                    tags[r.name] = {"parametrization": par, "family": family, "width": model.d_model,
+                                    "lr": r.optimizer.learning_rate, "seed": r.train.seed}
     meta = {"preset": preset_name, "family": family, "base_width": preset.base_width,
-            "learning_rates": list(preset.learning_rates), "threshold": preset.threshold}
+            "learning_rates": list(preset.learning_rates), "threshold": preset.threshold, "seeds": preset.seeds}
     return lib.Study(name="mup_transfer", runs=tuple(runs), tags=tags, meta=meta, min_steps=4), tuple(groups)
+
+
+def _groups(run: RunConfig, preset: Preset) -> list[tuple[RunConfig, ...]]:
+    """One (parametrization, width)'s vmapped groups: its learning rates x seeds in one group (names
+    ``<name>-lr<lr>``, plus ``-s<seed>`` with seeds > 1), or one group per seed when the step draws
+    from the seed (MoE router jitter: :func:`lm.train.sweep.check_sweep`)."""
+    from lm.train.step import uses_step_rng
+
+    if preset.seeds == 1:
+        return [vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates)]
+    if uses_step_rng(run):
+        return [vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates, seeds=[s])
+                for s in range(preset.seeds)]
+    return [vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates, seeds=range(preset.seeds))]
 
 
 def saved_study(out: str | Path) -> tuple[lib.Study, Preset]:
     """The study written under ``out`` by a named preset, rebuilt (its family and preset from study.json; with
-    or without ``zero_readout``, whichever has the saved grid fingerprint), and that preset.
+    or without ``zero_readout``, whichever has the saved grid fingerprint; its seeds from study.json, 1 in
+    studies written before seeds), and that preset.
 
     Raises:
       ValueError: no study.json there, or no preset of this module rebuilds its grid.
@@ -148,10 +174,10 @@ def saved_study(out: str | Path) -> tuple[lib.Study, Preset]:
         raise ValueError(f"{path}: no study.json (run python -m experiments.mup_transfer --out {out} first)")
     saved = json.loads(path.read_text())
     meta = saved.get("meta", {})
-    name, family = meta.get("preset"), meta.get("family")
-    if name in PRESETS and family in FAMILIES:
+    name, family, seeds = meta.get("preset"), meta.get("family"), meta.get("seeds", 1)
+    if name in PRESETS and family in FAMILIES and isinstance(seeds, int) and seeds >= 1:
         for zero in (False, True, None):  # True and None build the same untied models: True first
-            preset = PRESETS[name].replace(zero_readout=zero)
+            preset = PRESETS[name].replace(zero_readout=zero, seeds=seeds)
             study = build_study(preset, family, name)[0]
             if study.fingerprint() == saved.get("fingerprint"):
                 return study, preset
@@ -182,14 +208,39 @@ def optimum(lrs: np.ndarray, losses: np.ndarray, threshold: float) -> dict:
             "best_loss": float(best), "on_edge": edge}
 
 
-def optima(table: pd.DataFrame, threshold: float, loss: str = "final_val_loss") -> pd.DataFrame:
-    """One row per (parametrization, width): :func:`optimum` and N (non-embedding parameters)."""
+def seed_means(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFrame:
+    """One row per (parametrization, width, lr): ``loss`` averaged over the seeds, ``loss_se`` its standard
+    error (NaN with one seed), ``seeds`` their number, ``status`` "complete" when every seed's run completed
+    with a finite loss (else the first other status, or "diverged"; the mean is then NaN), N_non_embedding.
+
+    A table without a ``seed`` column (studies written before seeds) has one seed per point.
+    """
+    table = table if "seed" in table.columns else table.assign(seed=0)
     rows = []
-    for (par, width), g in table.groupby(["parametrization", "width"], sort=True):
+    for (par, width, lr), g in table.groupby(["parametrization", "width", "lr"], sort=True):
+        vals = pd.to_numeric(g[loss], errors="coerce").to_numpy(float)
+        done = (g["status"] == "complete").to_numpy() & np.isfinite(vals)
+        status = "complete" if done.all() else next((s for s in g["status"] if s != "complete"), "diverged")
+        n = len(g)
+        rows.append({"parametrization": par, "width": int(width), "lr": float(lr),
+                     "N_non_embedding": int(g["N_non_embedding"].iloc[0]), "status": status, "seeds": n,
+                     loss: float(vals.mean()) if done.all() else np.nan,
+                     "loss_se": float(vals.std(ddof=1) / math.sqrt(n)) if done.all() and n > 1 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def optima(table: pd.DataFrame, threshold: float, loss: str = "final_val_loss") -> pd.DataFrame:
+    """One row per (parametrization, width): :func:`optimum` of the seed means (:func:`seed_means`), N
+    (non-embedding parameters), ``seeds`` and ``best_loss_se`` (the standard error of the best lr's mean)."""
+    means = seed_means(table, loss)
+    rows = []
+    for (par, width), g in means.groupby(["parametrization", "width"], sort=True):
         ok = g["status"] == "complete"
-        vals = np.where(ok, pd.to_numeric(g[loss], errors="coerce"), np.inf)
+        vals = np.where(ok, g[loss], np.inf)
+        best = optimum(g["lr"].to_numpy(float), vals, threshold)
+        se = g.loc[g["lr"] == best["best_lr"], "loss_se"]
         rows.append({"parametrization": par, "width": int(width), "N": int(g["N_non_embedding"].iloc[0]),
-                     **optimum(g["lr"].to_numpy(float), vals, threshold)})
+                     **best, "seeds": int(g["seeds"].max()), "best_loss_se": float(se.iloc[0]) if len(se) else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -209,7 +260,8 @@ def predict_widest(opt: pd.DataFrame, par: str, n_bootstrap: int = 200, level: f
     The interval is the percentile interval, at ``level``, of the bootstrap refits' predictions
     (:func:`scaling.predict.predictions`; the narrower widths resampled with replacement, none
     when ``n_bootstrap`` < 2). ``points``: the widths fitted (over-determined when > 3);
-    ``max_residual``: the largest relative in-sample residual of the fit.
+    ``max_residual``: the largest relative in-sample residual of the fit; ``actual_se``: the widest's
+    standard error over seeds (NaN with one seed or an ``opt`` without ``best_loss_se``).
     """
     from scaling.fit import fit_law
     from scaling.predict import predictions
@@ -221,8 +273,10 @@ def predict_widest(opt: pd.DataFrame, par: str, n_bootstrap: int = 200, level: f
     boot = fit.bootstrap(n=n_bootstrap, seed=seed, level=level) if n_bootstrap >= 2 else None
     row = predictions(fit, held, boot).iloc[0]
     actual, lower, upper = float(held["loss"].iloc[0]), float(row["lower"]), float(row["upper"])
+    actual_se = float(g["best_loss_se"].iloc[-1]) if "best_loss_se" in g.columns else float("nan")
     return {"parametrization": par, "params": fit.params, "N": int(held["N"].iloc[0]),
-            "predicted": float(row["predicted_loss"]), "actual": actual, "rel_error": float(row["rel_error"]),
+            "predicted": float(row["predicted_loss"]), "actual": actual, "actual_se": actual_se,
+            "rel_error": float(row["rel_error"]),
             "lower": lower, "upper": upper, "level": level, "covered": bool(lower <= actual <= upper),
             "points": len(train), "max_residual": float(np.max(np.abs(fit.predict(train) / train["loss"] - 1))),
             "degenerate_fraction": None if boot is None else boot.degenerate_fraction, "fit": fit}
@@ -252,15 +306,18 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
     cost = compute(table)
     cost.to_csv(out / "compute.csv", index=False)
 
-    figures = lib.figures.plot_lr_transfer(table, opt, drift, out, PARAMETRIZATIONS)
+    seeds = int(opt["seeds"].max())
+    figures = lib.figures.plot_lr_transfer(seed_means(table), opt, drift, out, PARAMETRIZATIONS)
     figures += lib.figures.plot_loss_prediction(opt, preds, out)
 
     rows = [(r.parametrization, r.width, r.N, f"{r.lr_opt:.3g}", f"[{r.lr_lo:.3g}, {r.lr_hi:.3g}]",
-             f"{r.best_loss:.4f}", "yes" if r.on_edge else "") for r in opt.itertuples()]
+             _loss_text(r.best_loss, r.best_loss_se), "yes" if r.on_edge else "") for r in opt.itertuples()]
+    per_point = ("one run per point (seed 0)" if seeds == 1 else
+                 f"{seeds} init seeds per point: losses are their mean, ± its standard error")
     lines = [f"# μP transfer ({study.meta.get('preset')} preset, {study.meta.get('family')})", "",
              f"Optimal learning rate per width (parabola vertex in log lr; interval: runs within "
              f"{100 * threshold:g}% of the best loss), drift of the optimum from the narrowest to the widest width "
-             f"in grid steps (grid ratio {lrs[1] / lrs[0]:.3g}).", ""]
+             f"in grid steps (grid ratio {lrs[1] / lrs[0]:.3g}); {per_point}.", ""]
     lines += lib.markdown_table(["parametrization", "width", "N", "lr_opt", "near-optimal", "best loss",
                                        "on grid edge"], rows, align="lrrrrrl")
     lines += ["", *[f"- {par}: drift {drift[par]:+.2f} grid steps over "
@@ -275,7 +332,8 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
         lines.append(f"- {par}: E={q['E']:.3g} A={q['A']:.3g} alpha={q['alpha']:.3g} from {p['points']} widths "
                      f"({'over-determined' if p['points'] > 3 else 'NOT over-determined'}; largest in-sample "
                      f"residual {100 * p['max_residual']:.2f}%); predicted {p['predicted']:.4f} "
-                     f"[{p['lower']:.4f}, {p['upper']:.4f}] vs actual {p['actual']:.4f} at N={p['N']}: error "
+                     f"[{p['lower']:.4f}, {p['upper']:.4f}] vs actual {_loss_text(p['actual'], p['actual_se'])} "
+                     f"at N={p['N']}: error "
                      f"{100 * p['rel_error']:+.2f}%, interval {'covers' if p['covered'] else 'MISSES'} the observation")
     lines += ["", "## Compute", "",
               "Both runs' cost, summed over their runs (compute.csv; wall and CPU seconds of the process that "
@@ -293,7 +351,25 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, threshold
     return {"optima": opt, "drift": drift, "prediction": preds, "compute": cost, "plots": figures, "report": report}
 
 
+def _loss_text(loss: float, se: float) -> str:
+    return f"{loss:.4f}" if not np.isfinite(se) else f"{loss:.4f} ± {se:.4f}"
+
+
 # ------------------------------------------------------------------------------- CLI
+
+
+def _seeds(text: str) -> int:
+    """``--seeds``: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: an integer >= 1 (init seeds per width and learning rate)")
+    return value
+
 
 
 def _add_args(parser) -> None:
@@ -305,6 +381,9 @@ def _add_args(parser) -> None:
     readout.add_argument("--random-readout", dest="zero_readout", action="store_const", const=False,
                         help="μP runs start from a random readout (model.mup_zero_readout=false; SP's at the base "
                              "width); untied heads only (the transformer)")
+    parser.add_argument("--seeds", type=_seeds, default=None, metavar="K",
+                        help="init seeds per width and learning rate (default: the preset's, 1); the analysis "
+                             "reads their mean")
 
 
 def _build(preset: Preset, args) -> tuple[lib.Study, tuple[tuple[str, ...], ...]]:
@@ -331,7 +410,7 @@ COMMAND = lib.StudyCommand(
     build=lambda preset, args, out: _build(preset, args),
     analyze=lambda study, table, out, preset, args: analyze(study, table, out, threshold=preset.threshold,
                                                             bootstrap=preset.bootstrap),
-    summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout},
+    summary=_summary, add_args=_add_args, overrides=lambda args: {"zero_readout": args.zero_readout, "seeds": args.seeds},
     keep_diverged=True)  # high learning rates may diverge
 
 

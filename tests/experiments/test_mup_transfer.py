@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pandas as pd
@@ -137,8 +138,9 @@ def test_readout_flags(tmp_path, capsys):
     """``--random-readout`` sets the preset's zero_readout to False (μP runs with a random readout), ``--zero-readout``
     to True; both together are refused in one line, before anything is written."""
     parse = lambda *a: mup_transfer.COMMAND.overrides(mup_transfer.COMMAND.parser().parse_args(list(a)))  # noqa: E731
-    assert parse("--random-readout") == {"zero_readout": False} and parse("--zero-readout") == {"zero_readout": True}
-    assert parse() == {"zero_readout": None}  # the model's default
+    assert parse("--random-readout") == {"zero_readout": False, "seeds": None}
+    assert parse("--zero-readout") == {"zero_readout": True, "seeds": None}
+    assert parse() == {"zero_readout": None, "seeds": None}  # the model's default, the preset's seeds
     from lm.model.parametrization import zero_readout
 
     for zero, expected in ((False, set()), (None, {"mup"})):  # None: the μP default for an untied head, zero
@@ -152,3 +154,108 @@ def test_readout_flags(tmp_path, capsys):
         mup_transfer.main(["--preset", "smoke", "--family", "griffin", "--random-readout", "--out", str(out)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "tied head" in err and not out.exists()
+
+
+def _seed_table(seeds: int, noise: float = 0.01, seed: int = 0) -> pd.DataFrame:
+    """A known grid: loss 2 + 20 N^-0.3 + 0.05 (log2 lr - log2 8e-3)^2 per width, plus each seed's own offset."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for par in ("sp", "mup"):
+        for width in (8, 16, 32, 64):
+            N = 12 * width**2
+            offsets = noise * rng.standard_normal(seeds)  # one init seed's luck, the same at every lr
+            for lr in (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2):
+                for s in range(seeds):
+                    loss = 2 + 20 * N**-0.3 + 0.05 * (np.log2(lr) - np.log2(8e-3)) ** 2 + offsets[s]
+                    rows.append({"run": f"{par}-d{width}-lr{lr:.3g}-s{s}", "parametrization": par, "width": width,
+                                 "lr": lr, "seed": s, "status": "complete", "final_val_loss": loss,
+                                 "N_non_embedding": N, "C": 1e9, "wall_s": 1.0, "cpu_s": 1.0, "compile_s": 0.1,
+                                 "train_s": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_seed_means_average_each_point_and_refuse_a_diverged_seed():
+    table = _seed_table(seeds=3)
+    means = mup_transfer.seed_means(table).set_index(["parametrization", "width", "lr"])
+    point = table[(table["parametrization"] == "mup") & (table["width"] == 16) & (table["lr"] == 8e-3)]
+    assert means.loc[("mup", 16, 8e-3), "final_val_loss"] == pytest.approx(point["final_val_loss"].mean(), rel=1e-12)
+    assert means.loc[("mup", 16, 8e-3), "loss_se"] == pytest.approx(point["final_val_loss"].std(ddof=1) / np.sqrt(3))
+    assert (means["seeds"] == 3).all() and (means["status"] == "complete").all() and len(means) == 2 * 4 * 5
+    # one seed diverging at the best lr makes that lr unusable for the width: the optimum moves to a neighbour
+    bad = table.index[(table["parametrization"] == "mup") & (table["width"] == 16) & (table["lr"] == 8e-3)
+                      & (table["seed"] == 1)]
+    broken = table.copy()
+    broken.loc[bad, ["status", "final_val_loss"]] = ["diverged", np.nan]
+    row = mup_transfer.seed_means(broken).set_index(["parametrization", "width", "lr"]).loc[("mup", 16, 8e-3)]
+    assert row["status"] == "diverged" and np.isnan(row["final_val_loss"])
+    opt = mup_transfer.optima(broken, threshold=0.01).set_index(["parametrization", "width"])
+    assert opt.loc[("mup", 16), "best_lr"] != 8e-3 and opt.loc[("mup", 32), "best_lr"] == 8e-3
+    # a table written before seeds (no seed column): one seed per point, no standard error
+    old = mup_transfer.optima(_seed_table(seeds=1).drop(columns="seed"), threshold=0.01)
+    assert (old["seeds"] == 1).all() and old["best_loss_se"].isna().all()
+
+
+def test_seeds_average_out_the_noise_of_the_prediction():
+    """The widest width's loss predicted from seed means: the error shrinks as seeds are added (same truth, same
+    per-seed noise), and the report states the seeds and the standard errors."""
+    truth = 2 + 20 * (12 * 64**2) ** -0.3
+
+    def error(seeds):
+        errs = [mup_transfer.predict_widest(mup_transfer.optima(_seed_table(seeds, seed=k), 0.01), "mup",
+                                            n_bootstrap=0) for k in range(20)]
+        return np.sqrt(np.mean([(e["actual"] / truth - 1) ** 2 for e in errs]))
+
+    assert error(8) < 0.6 * error(1)  # the observed widest loss's noise falls as seeds^-1/2
+    opt = mup_transfer.optima(_seed_table(4), 0.01)
+    pred = mup_transfer.predict_widest(opt, "mup", n_bootstrap=0)
+    assert pred["actual_se"] == pytest.approx(opt.set_index(["parametrization", "width"]).loc[("mup", 64),
+                                                                                            "best_loss_se"])
+
+
+def test_analysis_of_a_seeded_table_reports_means_and_standard_errors(tmp_path):
+    study, _ = mup_transfer.build_study(TINY.replace(seeds=2), "transformer")
+    result = mup_transfer.analyze(study, _seed_table(2), tmp_path, threshold=0.01, bootstrap=10)
+    report = (tmp_path / "report.md").read_text()
+    assert "2 init seeds per point" in report and " ± " in report
+    assert (result["optima"]["seeds"] == 2).all() and result["optima"]["best_loss_se"].notna().all()
+    assert (tmp_path / "transfer.png").exists()
+
+
+def test_seeds_grid_names_groups_and_saved_study(tmp_path):
+    import dataclasses
+    import json
+
+    one, groups1 = mup_transfer.build_study(TINY, "transformer")
+    assert not any(re.search(r"-s\d+$", r.name) for r in one.runs) and {one.tags[r.name]["seed"] for r in one.runs} == {0}
+    two, groups2 = mup_transfer.build_study(TINY.replace(seeds=2), "transformer")
+    assert len(two.runs) == 2 * len(one.runs) and len(groups2) == len(groups1) == 8  # seeds share the lr group
+    assert {r.train.seed for r in two.runs} == {0, 1} and all(r.name.endswith(("-s0", "-s1")) for r in two.runs)
+    assert two.fingerprint() != one.fingerprint() and two.meta["seeds"] == 2
+    # the step draws from the seed (MoE router jitter): one group per seed, as lm.train.sweep.check_sweep requires
+    run = dataclasses.replace(two.runs[0], model=dataclasses.replace(
+        two.runs[0].model, moe_every=1, moe=dataclasses.replace(two.runs[0].model.moe, router_jitter=0.1)))
+    split = mup_transfer._groups(run, TINY.replace(seeds=3))
+    assert len(split) == 3 and [{r.train.seed for r in g} for g in split] == [{0}, {1}, {2}]
+    # a saved study rebuilds with its seeds; one written before seeds (no "seeds" in its meta) with one
+    study, _ = mup_transfer.build_study(mup_transfer.PRESETS["smoke"].replace(seeds=2), "transformer", "smoke")
+    (tmp_path / "study.json").write_text(json.dumps(study.manifest()))
+    again, preset = mup_transfer.saved_study(tmp_path)
+    assert preset.seeds == 2 and again.fingerprint() == study.fingerprint()
+    study, _ = mup_transfer.build_study(mup_transfer.PRESETS["smoke"], "transformer", "smoke")
+    manifest = study.manifest()
+    del manifest["meta"]["seeds"]
+    (tmp_path / "study.json").write_text(json.dumps(manifest))
+    assert mup_transfer.saved_study(tmp_path)[1].seeds == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "two"])
+def test_seeds_flag_is_checked(value, tmp_path, capsys):
+    parse = lambda *a: mup_transfer.COMMAND.overrides(mup_transfer.COMMAND.parser().parse_args(list(a)))  # noqa: E731
+    assert parse("--seeds", "3")["seeds"] == 3
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exc:
+        mup_transfer.main(["--preset", "smoke", "--seeds", value, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--seeds" in err and "integer >= 1" in err and not out.exists()
+    with pytest.raises(ValueError, match="Preset.seeds"):
+        TINY.replace(seeds=0)

@@ -21,7 +21,8 @@ FLAGS = {
     "lr_scaling": SHARED | SHARD | {"--bootstrap"},
     "wsd": SHARED | {"--loss"},
     "schedules": SHARED | {"--bootstrap"},  # no --shard: the branches need the constant run's checkpoints
-    "mup_transfer": SHARED | SHARD | {"--family", "--zero-readout", "--random-readout", "--bootstrap"},
+    "mup_transfer": SHARED | SHARD | {"--family", "--zero-readout", "--random-readout", "--seeds",
+                                          "--bootstrap"},
     "chinchilla": SHARED | SHARD | WSD | {"--bootstrap", "--sizes", "--budgets", "--learning-rate", "--loss"},
 }
 
