@@ -213,9 +213,8 @@ def seed_means(table: pd.DataFrame, loss: str = "final_val_loss") -> pd.DataFram
     error (NaN with one seed), ``seeds`` their number, ``status`` "complete" when every seed's run completed
     with a finite loss (else the first other status, or "diverged"; the mean is then NaN), N_non_embedding.
 
-    A table without a ``seed`` column (studies written before seeds) has one seed per point.
+    A table written before seeds (no ``seed`` column) has one row, so one seed, per point.
     """
-    table = table if "seed" in table.columns else table.assign(seed=0)
     rows = []
     for (par, width, lr), g in table.groupby(["parametrization", "width", "lr"], sort=True):
         vals = pd.to_numeric(g[loss], errors="coerce").to_numpy(float)
