@@ -1,7 +1,8 @@
 """Model assembly: parameter counts, and prefill + token-by-token decode == full forward pass.
 
 Every program here is jitted (an eager forward compiles each of its ops on its own) and each
-config's parameters are initialised once (:func:`_params`), for the count and the decode test.
+config's parameters are initialised once (:func:`_params`) for the decode test; the counts read
+the shapes ``init_params`` returns (``jax.eval_shape``: traced, not compiled or run).
 """
 
 import functools
@@ -47,23 +48,28 @@ CONFIGS = [
 
 @functools.cache
 def _params(index: int) -> dict:
-    """``init_params`` of CONFIGS[index] at PRNGKey(0), jitted, shared by the tests of this module."""
+    """``init_params`` of CONFIGS[index] at PRNGKey(0), jitted, shared by the decode tests of this module."""
     cfg = CONFIGS[index]
     return jax.jit(lambda r: model.init_params(cfg, r))(jax.random.PRNGKey(0))
+
+
+def _size(cfg: ModelConfig) -> int:
+    """The number of parameters ``init_params`` returns (their shapes only: traced, not run)."""
+    shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    return sum(x.size for x in jax.tree.leaves(shapes))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_param_count(name):
     cfg = PRESETS[name]
-    shapes = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
-    assert sum(x.size for x in jax.tree.leaves(shapes)) == param_count(cfg)["total"]
+    assert _size(cfg) == param_count(cfg)["total"]
 
 
 @pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"cfg{i}" for i in range(len(CONFIGS))])
 def test_param_count_is_exact(index):
-    cfg, params = CONFIGS[index], _params(index)
+    cfg = CONFIGS[index]
     counts = param_count(cfg)
-    assert sum(x.size for x in jax.tree.leaves(params)) == counts["total"]
+    assert _size(cfg) == counts["total"]
     assert counts["total"] - counts["non_embedding"] == cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
 
 
