@@ -1,5 +1,8 @@
 """A tiny TFDS dataset built locally (ArrayRecord, no TensorFlow, no network) for the data tests."""
 
+import os
+import tempfile
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -28,5 +31,16 @@ class TinyCorpus(tfds.core.GeneratorBasedBuilder):
 
 
 def build(data_dir: str) -> None:
-    """Write ``tiny_corpus`` under ``data_dir`` as ArrayRecord files."""
-    TinyCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    """Write ``tiny_corpus`` under ``data_dir`` as ArrayRecord files.
+
+    A new builder (no dataset_info.json yet) makes an empty ``tempfile.mkdtemp("tfds")`` folder for
+    metadata it would fetch from GCS, and never removes it (``DatasetInfo.initialize_from_bucket``):
+    tempfile's folder is pointed into ``data_dir`` meanwhile, so no test leaves it in the system's /tmp.
+    """
+    scratch = os.path.join(data_dir, ".tmp")
+    os.makedirs(scratch, exist_ok=True)
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        TinyCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    finally:
+        tempfile.tempdir = saved
