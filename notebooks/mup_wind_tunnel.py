@@ -172,8 +172,13 @@ result["compute"]
 #
 # Transfer holds; the prediction does not at this preset: μP's best losses plateau at widths
 # 24–48 and drop at 64, so L(N) fitted to 16–96 is degenerate (α = 3.3), and single-seed
-# best losses are noisy beyond 1 % (a second init seed moved widths 32 and 48 by about 3 %). Griffin and MoE did not finish
-# in that session (the runner resumes them).
+# best losses are noisy beyond 1 % (a second init seed moved widths 32 and 48 by about 3 %).
+#
+# With two init seeds per point (`--seeds 2`, the mean of both) the μP prediction of width 128
+# is +1.89 % for the transformer with a random readout (`--random-readout`; the zero readout
+# trains the wide models about 5 % worse at this length), −1.17 % for Griffin and −0.55 % for
+# MoE, every interval covering the observation, whose own standard error is about 0.6–0.8 %
+# (README, μP). Tune at the base width with one seed; predict with two or more.
 
 # %% [markdown]
 # ## The big run
