@@ -370,7 +370,6 @@ def _seeds(text: str) -> int:
     return value
 
 
-
 def _add_args(parser) -> None:
     parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
     readout = parser.add_mutually_exclusive_group()
