@@ -1,4 +1,5 @@
-"""experiments.mup_transfer: optimum / drift / prediction on known curves; a tiny grid end to end (shards, resume)."""
+"""experiments.mup_transfer: optimum / drift / prediction / seeds on known tables (``mup_transfer_analysis``); a tiny
+grid end to end (shards, resume)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from experiments import lib, mup_transfer
+from experiments import mup_transfer_analysis as analysis
 from lm.train.sweep import train_vmapped
 
 TINY = mup_transfer.Preset(base_width=8, learning_rates=(4e-3, 1.6e-2, 6.4e-2), steps=4, num_layers=1, seq_len=16,
@@ -19,11 +21,11 @@ TINY = mup_transfer.Preset(base_width=8, learning_rates=(4e-3, 1.6e-2, 6.4e-2), 
 def test_optimum_vertex_and_interval():
     lrs = 1e-3 * 2.0 ** np.arange(6)
     losses = 3.0 + 0.1 * (np.log2(lrs) - np.log2(4.5e-3)) ** 2
-    o = mup_transfer.optimum(lrs, losses, threshold=0.03)
+    o = analysis.optimum(lrs, losses, threshold=0.03)
     assert o["lr_opt"] == pytest.approx(4.5e-3, rel=1e-6)  # the parabola is exact here
     assert o["best_lr"] == 4e-3 and not o["on_edge"]
     assert (o["lr_lo"], o["lr_hi"]) == (4e-3, 8e-3)  # 8e-3 is 2.2% above the best, 2e-3 4.5%
-    diverged = mup_transfer.optimum(lrs, np.where(lrs > 1e-2, np.nan, losses), threshold=0.0)
+    diverged = analysis.optimum(lrs, np.where(lrs > 1e-2, np.nan, losses), threshold=0.0)
     assert diverged["best_lr"] == 4e-3
 
 
@@ -35,13 +37,13 @@ def test_drift_and_prediction_from_a_known_table():
             N = 1000 * 4**k
             best = np.log2(4e-3) + shift * k
             rows.append({"parametrization": par, "width": width, "N": N,
-                         **mup_transfer.optimum(np.array(lrs), 2.0 + 50 * N**-0.5 + 0.05 * (np.log2(lrs) - best) ** 2,
+                         **analysis.optimum(np.array(lrs), 2.0 + 50 * N**-0.5 + 0.05 * (np.log2(lrs) - best) ** 2,
                                                 0.01)})
     opt = pd.DataFrame(rows)
-    drift = mup_transfer.drift_steps(opt, lrs)
+    drift = analysis.drift_steps(opt, lrs)
     assert drift["mup"] == pytest.approx(0.0, abs=1e-9)
     assert drift["sp"] < -1.5
-    pred = mup_transfer.predict_widest(opt, "mup", n_bootstrap=0)
+    pred = analysis.predict_widest(opt, "mup", n_bootstrap=0)
     assert abs(pred["rel_error"]) < 1e-3  # L(N) = 2 + 50 N^-1/2 exactly
     assert pred["points"] == 3 and np.isnan(pred["lower"])  # no bootstrap: no interval
 
@@ -54,7 +56,7 @@ def test_prediction_interval_of_seven_noisy_widths():
     truth = 1.5 + 30 * N**-0.4
     opt = pd.DataFrame({"parametrization": "mup", "width": widths, "N": N.astype(int),
                         "best_loss": truth * (1 + 0.002 * rng.standard_normal(len(N)))})
-    pred = mup_transfer.predict_widest(opt, "mup", n_bootstrap=50)
+    pred = analysis.predict_widest(opt, "mup", n_bootstrap=50)
     assert pred["points"] == 6 and pred["N"] == int(N[-1])
     assert pred["lower"] < pred["predicted"] < pred["upper"]
     assert pred["lower"] < truth[-1] < pred["upper"]
@@ -67,7 +69,7 @@ def test_compute_sums_flops_and_seconds_per_parametrization():
     table = pd.DataFrame({"run": list("abcd"), "parametrization": ["sp", "sp", "mup", "mup"],
                           "C": [1e9, 2e9, 3e9, 4e9], "wall_s": [1.0, 2.0, 3.0, 4.0],
                           "cpu_s": [0.5, 0.5, np.nan, np.nan], "compile_s": 0.1, "train_s": 0.2})
-    cost = mup_transfer.compute(table).set_index("parametrization")
+    cost = analysis.compute(table).set_index("parametrization")
     assert cost.loc["sp", "runs"] == 2 and cost.loc["sp", "flops"] == 3e9 and cost.loc["mup", "flops"] == 7e9
     assert cost.loc["mup", "wall_s"] == 7.0 and cost.loc["sp", "cpu_s"] == 1.0
     assert np.isnan(cost.loc["mup", "cpu_s"])  # records older than cpu_s: unknown, not 0
@@ -176,7 +178,7 @@ def _seed_table(seeds: int, noise: float = 0.01, seed: int = 0) -> pd.DataFrame:
 
 def test_seed_means_average_each_point_and_refuse_a_diverged_seed():
     table = _seed_table(seeds=3)
-    means = mup_transfer.seed_means(table).set_index(["parametrization", "width", "lr"])
+    means = analysis.seed_means(table).set_index(["parametrization", "width", "lr"])
     point = table[(table["parametrization"] == "mup") & (table["width"] == 16) & (table["lr"] == 8e-3)]
     assert means.loc[("mup", 16, 8e-3), "final_val_loss"] == pytest.approx(point["final_val_loss"].mean(), rel=1e-12)
     assert means.loc[("mup", 16, 8e-3), "loss_se"] == pytest.approx(point["final_val_loss"].std(ddof=1) / np.sqrt(3))
@@ -186,12 +188,12 @@ def test_seed_means_average_each_point_and_refuse_a_diverged_seed():
                       & (table["seed"] == 1)]
     broken = table.copy()
     broken.loc[bad, ["status", "final_val_loss"]] = ["diverged", np.nan]
-    row = mup_transfer.seed_means(broken).set_index(["parametrization", "width", "lr"]).loc[("mup", 16, 8e-3)]
+    row = analysis.seed_means(broken).set_index(["parametrization", "width", "lr"]).loc[("mup", 16, 8e-3)]
     assert row["status"] == "diverged" and np.isnan(row["final_val_loss"])
-    opt = mup_transfer.optima(broken, threshold=0.01).set_index(["parametrization", "width"])
+    opt = analysis.optima(broken, threshold=0.01).set_index(["parametrization", "width"])
     assert opt.loc[("mup", 16), "best_lr"] != 8e-3 and opt.loc[("mup", 32), "best_lr"] == 8e-3
     # a table written before seeds (no seed column): one seed per point, no standard error
-    old = mup_transfer.optima(_seed_table(seeds=1).drop(columns="seed"), threshold=0.01)
+    old = analysis.optima(_seed_table(seeds=1).drop(columns="seed"), threshold=0.01)
     assert (old["seeds"] == 1).all() and old["best_loss_se"].isna().all()
 
 
@@ -201,13 +203,13 @@ def test_seeds_average_out_the_noise_of_the_prediction():
     truth = 2 + 20 * (12 * 64**2) ** -0.3
 
     def error(seeds):
-        errs = [mup_transfer.predict_widest(mup_transfer.optima(_seed_table(seeds, seed=k), 0.01), "mup",
+        errs = [analysis.predict_widest(analysis.optima(_seed_table(seeds, seed=k), 0.01), "mup",
                                             n_bootstrap=0) for k in range(20)]
         return np.sqrt(np.mean([(e["actual"] / truth - 1) ** 2 for e in errs]))
 
     assert error(8) < 0.6 * error(1)  # the observed widest loss's noise falls as seeds^-1/2
-    opt = mup_transfer.optima(_seed_table(4), 0.01)
-    pred = mup_transfer.predict_widest(opt, "mup", n_bootstrap=0)
+    opt = analysis.optima(_seed_table(4), 0.01)
+    pred = analysis.predict_widest(opt, "mup", n_bootstrap=0)
     assert pred["actual_se"] == pytest.approx(opt.set_index(["parametrization", "width"]).loc[("mup", 64),
                                                                                             "best_loss_se"])
 
