@@ -90,8 +90,7 @@ def upcycle_run(dense_run_dir: str | Path, moe_run: RunConfig, out_dir: str | Pa
     _, data_state, meta = src.restore(step, sharding.abstract_state(dense_run, mesh))
     src.close()
     params = upcycle_params(dense_run.model, dense_params, moe_run.model, jax.random.PRNGKey(moe_run.train.seed))
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": jax.jit(lm_step.make_optimizer(moe_run.optimizer).init)(params)}
+    state = jax.jit(lambda p: lm_step.state_from_params(moe_run, p))(params)
     out_dir = Path(out_dir)
     run_writer.RunWriter(out_dir, moe_run).begin(None)  # train() records the corpus when it starts
     ckpt = Checkpointer(out_dir, max_to_keep=moe_run.train.keep_checkpoints)

@@ -147,7 +147,11 @@ def optimizer_update(opt: OptimizerConfig, grads, opt_state, params, lr, weight_
 def init_state(run: RunConfig, rng: jax.Array | None = None) -> dict:
     """Fresh training state {"step", "params", "opt_state"} (float32 parameters and moments)."""
     rng = jax.random.PRNGKey(run.train.seed) if rng is None else rng
-    params = lm_model.init_params(run.model, rng)
+    return state_from_params(run, lm_model.init_params(run.model, rng))
+
+
+def state_from_params(run: RunConfig, params: dict) -> dict:
+    """The training state {"step": 0, "params", "opt_state": fresh} of given parameters (e.g. upcycled ones)."""
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": make_optimizer(run.optimizer).init(params)}
 
 
