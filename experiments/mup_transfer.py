@@ -47,6 +47,7 @@ from experiments import lib
 from experiments.mup_transfer_analysis import compute, drift_steps, optima, predict_widest, seed_means
 from lm.model import parametrization
 from lm.train import sweep as vmap_sweep
+from lm.train.step import uses_step_rng
 from lm.model.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from lm.data.config import DataConfig
 from lm.model.presets import FAMILIES, PARAMETRIZATIONS
@@ -141,8 +142,6 @@ def _groups(run: RunConfig, preset: Preset) -> list[tuple[RunConfig, ...]]:
     """One (parametrization, width)'s vmapped groups: its learning rates x seeds in one group (names
     ``<name>-lr<lr>``, plus ``-s<seed>`` with seeds > 1), or one group per seed when the step draws
     from the seed (MoE router jitter: :func:`lm.train.sweep.check_sweep`)."""
-    from lm.train.step import uses_step_rng
-
     if preset.seeds == 1:
         return [vmap_sweep.sweep_runs(run, learning_rates=preset.learning_rates)]
     if uses_step_rng(run):
