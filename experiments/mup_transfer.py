@@ -239,19 +239,6 @@ def _loss_text(loss: float, se: float) -> str:
 # ------------------------------------------------------------------------------- CLI
 
 
-def _seeds(text: str) -> int:
-    """``--seeds``: an integer >= 1."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: an integer >= 1 (init seeds per width and learning rate)")
-    return value
-
-
 def _add_args(parser) -> None:
     parser.add_argument("--family", default="transformer", choices=FAMILIES, help="the model family")
     readout = parser.add_mutually_exclusive_group()
@@ -261,7 +248,8 @@ def _add_args(parser) -> None:
     readout.add_argument("--random-readout", dest="zero_readout", action="store_const", const=False,
                         help="μP runs start from a random readout (model.mup_zero_readout=false; SP's at the base "
                              "width); untied heads only (the transformer)")
-    parser.add_argument("--seeds", type=_seeds, default=None, metavar="K",
+    seeds = lib.command.integer_at_least(1, "the number of init seeds per width and learning rate")
+    parser.add_argument("--seeds", type=seeds, default=None, metavar="K",
                         help="init seeds per width and learning rate (default: the preset's, 1); the analysis "
                              "reads their mean")
 

@@ -22,6 +22,8 @@ def test_a_module_sharing_a_fixture_is_one_unit_of_work(tmp_path, monkeypatch):
     module = "tests/experiments/test_chinchilla.py"  # the reference study, read by three tests
     assert conftest.work_unit(f"{module}::test_killed_sweep_resumes_to_the_same_table") == module
     assert conftest.work_unit(f"{module}::test_grid_spends_each_budget_exactly[smoke]") == module
+    module = "tests/experiments/test_coord_check.py"  # ONE_WORK_UNIT: programs shared by its tests
+    assert conftest.work_unit(f"{module}::test_smoke_coord_check") == module
     # Read from the module's text: on this fake tree, only the modules with such a fixture.
     monkeypatch.setattr(conftest, "ROOT", tmp_path)
     conftest.shares_a_fixture.cache_clear()
@@ -30,7 +32,10 @@ def test_a_module_sharing_a_fixture_is_one_unit_of_work(tmp_path, monkeypatch):
     (tmp_path / "test_b.py").write_text('@pytest.fixture( scope = "module")\ndef f(): pass\n')
     (tmp_path / "test_c.py").write_text("@pytest.fixture\ndef f(): pass\n")
     (tmp_path / "test_d.py").write_text("@pytest.fixture(scope='function')\ndef f(): pass\n")
-    assert [conftest.work_unit(f"test_{m}.py::t") for m in "abcd"] == ["test_a.py", "test_b.py", None, None]
+    (tmp_path / "test_e.py").write_text("import pytest\n\nONE_WORK_UNIT = True  # shared programs\n")
+    (tmp_path / "test_f.py").write_text("def test_x():\n    ONE_WORK_UNIT = True\n")  # not at module level
+    assert [conftest.work_unit(f"test_{m}.py::t") for m in "abcdef"] == [
+        "test_a.py", "test_b.py", None, None, "test_e.py", None]
 
 
 def test_scheduler_groups_the_serial_modules_and_hands_out_the_rest_alone(pytestconfig, monkeypatch):

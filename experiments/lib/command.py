@@ -83,15 +83,22 @@ def out_dir(study: str, args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / study / (args.preset + data_budget.label(data))
 
 
-def bootstrap_count(text: str) -> int:
-    """``--bootstrap``'s type: an integer >= 2 (percentile intervals need two resamples)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = None
-    if n is None or n < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: the number of bootstrap resamples must be an integer >= 2")
-    return n
+def integer_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``, refused with "'TEXT': WHAT must be an integer >= LOW"."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} must be an integer >= {low}")
+        return n
+
+    return parse
+
+
+# ``--bootstrap``'s type: percentile intervals need two resamples
+bootstrap_count = integer_at_least(2, "the number of bootstrap resamples")
 
 
 @contextlib.contextmanager

@@ -288,10 +288,19 @@ def init_params(cfg: ModelConfig, rng: jax.Array, seq_len: int = 8) -> dict:
     return params
 
 
-# Cached: μP's param_rules traces the base model and its double at every width
-@functools.cache
 def boxed_shapes(cfg: ModelConfig) -> dict:
-    """Abstract parameters (shapes and logical axis names) of a model built from ``cfg``."""
+    """Abstract parameters (shapes and logical axis names) of a model built from ``cfg``.
+
+    The parametrization sets values, never shapes: a μP model shares its SP twin's
+    (``parametrization.sp_config``) trace, as the sharding rules and μP's rules read them.
+    """
+    return _boxed_shapes(parametrization.sp_config(cfg))
+
+
+# Cached: every trainer's shardings and μP's param_rules (the base model and its double at
+# every width) read these; one trace of the model's init per shape
+@functools.cache
+def _boxed_shapes(cfg: ModelConfig) -> dict:
     return jax.eval_shape(lambda: init_boxed(cfg, jax.random.PRNGKey(0)))
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -229,13 +228,6 @@ def param_specs(mesh: Mesh, boxed_params) -> Any:
     )
 
 
-# Traced once per model (and optimiser), not per run and spec: the smoke chinchilla study
-# (12 runs, 3 models) took 40.5 CPU s with a trace and compile of the init per run, 37.3 now.
-@functools.cache
-def _boxed_shapes(model_cfg: ModelConfig):
-    return jax.eval_shape(lambda: lm_model.init_boxed(model_cfg, jax.random.PRNGKey(0)))
-
-
 def _state_key(run: RunConfig) -> tuple:
     """What of ``run`` the train state's structure and its init program depend on."""
     return run.model, dataclasses.replace(run.optimizer, learning_rate=1.0, weight_decay=0.0)
@@ -246,9 +238,12 @@ _INIT: dict[tuple, Any] = {}  # (_state_key, mesh) -> the jitted init: one progr
 
 
 def _abstract_init(run: RunConfig) -> dict:
+    """``lm.train.step.init_state(run)``'s ShapeDtypeStruct tree, from the model's cached abstract
+    parameters (``lm.model.network.boxed_shapes``: no second trace of the model's init)."""
     key = _state_key(run)
     if key not in _ABSTRACT:
-        _ABSTRACT[key] = jax.eval_shape(lambda: lm_step.init_state(run, jax.random.PRNGKey(0)))
+        boxed = lm_model.boxed_shapes(run.model)  # unboxed under the trace, as init_params does
+        _ABSTRACT[key] = jax.eval_shape(lambda b: lm_step.state_from_params(run, nn.unbox(b)), boxed)
     return _ABSTRACT[key]
 
 
@@ -264,7 +259,7 @@ def state_specs(run: RunConfig, mesh: Mesh, *, stacked: bool = False) -> dict:
     the optimiser's scalars are replicated. ``stacked``: the specs of K states stacked on
     a leading axis (``lm.train.sweep``), which stays unsharded.
     """
-    p_specs = param_specs(mesh, _boxed_shapes(run.model))
+    p_specs = param_specs(mesh, lm_model.boxed_shapes(run.model))
     abstract = _abstract_init(run)
     o_specs = optax.tree_map_params(
         lm_step.make_optimizer(run.optimizer),
@@ -290,7 +285,7 @@ def state_shardings(run: RunConfig, mesh: Mesh, *, stacked: bool = False) -> dic
 
 def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> Any:
     """NamedShardings of the (unboxed) parameters of ``model_cfg`` on ``mesh``."""
-    return to_shardings(mesh, param_specs(mesh, _boxed_shapes(model_cfg)))
+    return to_shardings(mesh, param_specs(mesh, lm_model.boxed_shapes(model_cfg)))
 
 
 def abstract_state(run: RunConfig, mesh: Mesh) -> dict:

@@ -33,13 +33,30 @@ def test_cache_dir_follows_the_environment():
         assert compile_cache.cache_dir({"SCALELAB_XLA_CACHE": off}) is None
 
 
-def test_the_test_session_shares_a_locked_cache_outside_home():
-    """tests/conftest.py: every process of the session has one temporary cache, with the file lock."""
+def test_the_test_session_shares_a_locked_cache_of_its_own():
+    """tests/conftest.py: every process of the session has one cache, the suite's (never the user's), with the lock."""
+    from tests import conftest
+
     folder = jax.config.jax_compilation_cache_dir
     assert folder and folder == os.environ["JAX_COMPILATION_CACHE_DIR"] == os.environ[compile_cache.ENV]
-    assert not folder.startswith(os.path.join(os.path.expanduser("~"), ".cache"))
+    # the user's cache as the environment outside the session gives it (the session's variables point here)
+    outside = {k: v for k, v in os.environ.items() if k not in (compile_cache.ENV, compile_cache.LEGACY_ENV)}
+    assert folder != compile_cache.cache_dir(outside)
+    assert folder == (conftest.session_cache() or folder)  # the suite's folder, or a fresh one (=off)
     assert jax.config.jax_compilation_cache_max_size > 0  # finite: JAX locks the folder
     assert compile_cache.enable() == folder  # a folder JAX has is kept
+
+
+def test_the_suites_cache_folder_follows_the_environment():
+    from tests import conftest
+
+    home = os.path.expanduser("~")
+    assert conftest.session_cache({}) == os.path.join(home, ".cache", "scalelab", "test-jax")
+    assert conftest.session_cache({"XDG_CACHE_HOME": "/x"}) == "/x/scalelab/test-jax"
+    assert conftest.session_cache({"XDG_CACHE_HOME": "/x", "SCALELAB_TEST_JAX_CACHE": "~/t"}) == os.path.join(home, "t")
+    for off in ("off", "", "0", "false"):
+        assert conftest.session_cache({"SCALELAB_TEST_JAX_CACHE": off}) is None
+    assert conftest.session_cache({}) != compile_cache.cache_dir({})  # never the user's cache
 
 
 def _train(out: Path, cache: Path) -> dict:

@@ -172,6 +172,23 @@ def test_param_spec_rules_on_an_abstract_mesh():
         sharding.batch_spec(mesh, 8)
 
 
+@pytest.mark.parametrize("family, par", [("transformer", "mup"), ("griffin", "sp"), ("moe", "mup")])
+def test_abstract_state_is_that_of_the_init(family, par):
+    """The state's shapes for the shardings, read from the model's cached abstract parameters (one
+    trace of the init per shape, shared by SP and μP), equal those of ``init_state`` traced whole."""
+    from lm.model import parametrization
+    from lm.model.config import RunConfig
+    from lm.model.presets import mup_family_model
+    from lm.train import step
+
+    cfg = parametrization.at_width(mup_family_model(family, 16, 1), 32)
+    run = RunConfig(model=cfg if par == "mup" else parametrization.sp_config(cfg))
+    got = sharding._abstract_init(run)
+    want = jax.eval_shape(lambda: step.init_state(run, jax.random.PRNGKey(0)))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert [(x.shape, x.dtype) for x in jax.tree.leaves(got)] == [(x.shape, x.dtype) for x in jax.tree.leaves(want)]
+
+
 def test_maybe_initialize_distributed_single_process_is_a_no_op(monkeypatch):
     monkeypatch.setattr(multihost, "_on_cloud_tpu_vm", lambda: False)
     for var in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
