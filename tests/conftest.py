@@ -8,12 +8,12 @@
   variables of :func:`lm.train.compile_cache.settings`, inherited by every child, give it to JAX
   on import, so a program compiled once (a smoke model's train step, the reference of a
   kill/resume test) is loaded, not compiled, everywhere else, and in the next session:
-  a rerun of the suite skips the compiles it has done before (measured on 2 cores: 911 s
-  cold, 404 s warm). The cache keys a program on its HLO, options and JAX/XLA versions, so
+  a rerun of the suite skips the compiles it has done before (measured on 2 cores: 918 s
+  cold, 401 s warm). The cache keys a program on its HLO, options and JAX/XLA versions, so
   a changed test or library compiles anew; a loaded program computes what the compile
   gives (tests/lm/test_compile_cache.py). ``SCALELAB_TEST_JAX_CACHE=DIR`` puts it in DIR;
   ``SCALELAB_TEST_JAX_CACHE=off`` gives the session a fresh temporary one, removed when it
-  ends (a cold run);
+  ends (a cold run), as does a suite folder that cannot be written;
 * under pytest-xdist (``-n 2``; pyproject's addopts give ``--dist loadgroup``) the test
   modules that start fake-device subprocesses (:data:`SERIAL_MODULES`, each a module
   fixture of minutes that alone keeps both cores busy) are ONE unit of work: one worker
@@ -59,6 +59,13 @@ def session_cache(env=None) -> str | None:
 _OWN_CACHE = None
 if "PYTEST_XDIST_WORKER" not in os.environ:
     _keep = session_cache()
+    if _keep is not None:
+        try:
+            os.makedirs(_keep, exist_ok=True)
+            if not os.access(_keep, os.W_OK | os.X_OK):
+                raise PermissionError(_keep)
+        except OSError:  # a folder that cannot be written (a read-only home): a fresh one, as =off
+            _keep = None
     _OWN_CACHE = None if _keep else tempfile.mkdtemp(prefix="scalelab-test-jax-cache-")
     os.environ.update(compile_cache.settings(_keep or _OWN_CACHE))
 
