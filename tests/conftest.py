@@ -50,8 +50,7 @@ def session_cache(env=None) -> str | None:
     if TEST_CACHE_ENV in env:
         folder = env[TEST_CACHE_ENV].strip()
         return None if folder.lower() in compile_cache.OFF else os.path.expanduser(folder)
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "scalelab", "test-jax")
+    return os.path.join(compile_cache.scalelab_cache_root(env), "test-jax")
 
 
 # The controller (no xdist worker id) sets the session's cache before JAX is imported;

@@ -50,8 +50,14 @@ def cache_dir(env: Mapping[str, str] | None = None) -> str | None:
     if name is not None:
         folder = env[name].strip()
         return None if folder.lower() in OFF else os.path.expanduser(folder)
+    return os.path.join(scalelab_cache_root(env), "jax")
+
+
+def scalelab_cache_root(env: Mapping[str, str] | None = None) -> str:
+    """``$XDG_CACHE_HOME/scalelab`` (default ``~/.cache/scalelab``): the folder of scalelab's caches."""
+    env = os.environ if env is None else env
     base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "scalelab", "jax")
+    return os.path.join(base, "scalelab")
 
 
 def enable(path: str | os.PathLike | None = None) -> str | None:
