@@ -11,6 +11,11 @@ The authors' released code (github.com/thu-yao-01-luo/MultiPowerLaw, ``src/fitti
    alpha, beta, gamma, at most 200 steps, stopping after 20 steps without a lower objective
    or a gradient norm below 1e-5, and keeps the parameters after the best step.
 
+One change, which leaves the published fits bit for bit as they were: a step that would take a
+positive parameter (L0, A, B, C, beta) to or below 0 is projected back into the domain
+(``POSITIVE``, ``DOMAIN_FLOOR``). Without it, on a smoke-size curve of ``experiments.schedules``
+the first step took A from 0.045 to below 0 on one CPU and not on another, and the law was refused.
+
 Both stages minimise the summed Huber(1e-3) of log residuals, as :mod:`scaling.curve_fit`.
 The early stop matters: BFGS to convergence halves the training objective on the published
 curves but predicts the held-out schedules worse (README, ``tests/scaling/test_curves_published.py``);
@@ -36,6 +41,12 @@ FIT_LR = (5e-2, 5e-2, 5e-3, 5e-2, 5e-2, 5e-3, 5e-3)  # FIT_LR1 / FIT_LR2 per L0,
 FIT_MAX_STEPS, FIT_PATIENCE, FIT_GRAD_NORM_THR = 200, 20, 1e-5
 ADAMW = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)  # torch.optim.AdamW defaults
 INIT_B = (100.0, 550.0, 1000.0)  # np.linspace(100, 1000, 3)
+# L0, A, B, C, beta must stay > 0 (the law's coordinates take their logs; G needs beta > 0). The
+# authors' PyTorch steps are unconstrained: where their step sizes meet smaller parameters than
+# theirs (A = 0.045 in recipe units on a CPU-scale curve, where 5e-2 is one Adam step) a step can
+# cross 0. It is then projected: no step shrinks a positive parameter below DOMAIN_FLOOR of its value.
+POSITIVE = (True, True, False, True, True, True, False)
+DOMAIN_FLOOR = 1e-3
 CHUNK = 64  # weight vectors (bootstrap resamples) per AdamW batch
 
 
@@ -84,7 +95,7 @@ def _adamw(log_form):
         return jnp.sum(w * huber(log_form(internal_theta(nat), x) - logy, delta))
 
     value_and_grad = jax.value_and_grad(objective)
-    lr = jnp.asarray(FIT_LR)
+    lr, positive = jnp.asarray(FIT_LR), jnp.asarray(POSITIVE)
 
     def one(nat0, x, logy, w, delta):
         def body(c):
@@ -95,6 +106,7 @@ def _adamw(log_form):
             v = ADAMW["b2"] * c["v"] + (1 - ADAMW["b2"]) * g * g
             m_hat, v_hat = m / (1 - ADAMW["b1"] ** t), v / (1 - ADAMW["b2"] ** t)
             p = p - lr * m_hat / (jnp.sqrt(v_hat) + ADAMW["eps"])
+            p = jnp.where(positive, jnp.maximum(p, DOMAIN_FLOOR * c["p"]), p)  # stay in the law's domain
             better = f < c["low"]
             stall = jnp.where(better, 0, c["stall"] + 1)
             stop = ((c["k"] > FIT_PATIENCE) & (stall >= FIT_PATIENCE)) | ~jnp.isfinite(f) | (

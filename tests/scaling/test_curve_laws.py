@@ -4,6 +4,7 @@ The naive references are written here from the papers' sums (O(T^2) loops in Num
 independently of :mod:`scaling.schedule_features`.
 """
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,3 +163,33 @@ def test_non_monotone_steps_and_steps_past_the_schedule_are_refused():
         fit_curves(pd.DataFrame({"run": "a", "step": [1, 3, 2, 4, 5], "loss": 3.0}), lrs, "lr_annealing")
     with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
         check_schedule(np.full(10, 1e-3), [5, 10], "a")
+
+
+def test_recipe_steps_stay_in_the_laws_domain():
+    """The recipe's AdamW step of 5e-2 on A, from A = 0.04 (recipe units) above a true 0.011, would take A
+    below 0 (the log-coordinates' NaN: the law was refused on one CPU, fitted on another); the projected
+    step keeps it positive, and the fit goes on past that step to a lower objective."""
+    from scaling import curve_recipe
+    from scaling.curve_fit import stack_features
+    from scaling.curve_tables import load_curves, match
+
+    truth = {**MPL, "A": 0.02}
+    curves, lrs = synthetic(("multi_power", truth), noise=0.0)
+    law = CURVE_LAWS["multi_power"]
+    per_run = match(load_curves(curves), load_schedules(lrs))
+    x = stack_features(law, per_run, 1e-3, 0.05)
+    logy = np.log(np.concatenate([lo for *_, lo in per_run]))
+    th, log_u = law.from_params(truth, 1e-3), np.log(curve_recipe.RECIPE_PEAK)
+    nat = np.array([np.exp(th[0]), np.exp(th[1] + th[2] * log_u), th[2], np.exp(th[3] - log_u) / th[5],
+                    np.exp(th[4] - (1.0 - th[6]) * log_u), th[5], th[6]])
+    assert 0.01 < nat[1] < 0.012
+    start = nat.copy()
+    start[1] = 0.04
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(curve_recipe.internal_theta(nat), th, rtol=1e-12)  # the recipe's units
+        xj = {k: jax.numpy.asarray(v) for k, v in x.items()}
+        p, f, k = curve_recipe._adamw(law.log_form)(start[None], xj, logy, np.ones((1, len(logy))), 1e-3)
+        f0 = float(jax.numpy.sum(curve_recipe.huber(law.log_form(curve_recipe.internal_theta(start), xj) - logy,
+                                                    1e-3)))
+    assert np.all(np.asarray(p) > 0) and np.all(np.isfinite(curve_recipe.internal_theta(np.asarray(p[0]))))
+    assert int(k[0]) > 2 and float(f[0]) < f0
