@@ -19,7 +19,8 @@ point has seen the whole warmup): the rule is the authors', not a tuned cut.
    parameters: multistart BFGS from the data-scaled grid (:func:`scaling.curve_laws.start_grid`:
    L0 from the lowest loss, A' through the median point, LRs in units of the peak), where a
    start stopped at the iteration cap still counts when at least half of the starts agree on
-   the minimum objective to ``PLATEAU_RTOL`` (``fit_curves(plateau_rtol=...)``): the minimum
+   the minimum objective to ``PLATEAU_RTOL`` (``fit_curves(plateau_rtol=...)``; a start below
+   them, further along the flat direction, counts too: :func:`scaling.curve_fit.plateau_top`): the minimum
    is found while a parameter the curves do not constrain runs to its boundary (L0 -> 0 far
    from convergence; beta -> inf, C -> 0, where G tends to 1 - exp(-kx)); :func:`unsettled`
    names those parameters in the report;
@@ -50,15 +51,19 @@ def finite(fit) -> bool:
 
 
 def unsettled(fit) -> list[str]:
-    """The parameters that differ by > SETTLED_RTOL (relative) among the starts at the minimum.
+    """The parameters that differ by > SETTLED_RTOL (relative) among the starts at the minimum (within
+    PLATEAU_RTOL of the lowest, or on its plateau: :func:`scaling.curve_fit.plateau_top`).
 
     Empty for a fit whose starts converged to one point (and for the recipe, one start).
     """
+    from scaling.curve_fit import plateau_top
+
     if fit is None or fit.method != "bfgs":
         return []
     s = fit.starts
     low = float(s["objective"].min())
-    at = s[(s["objective"] <= low + PLATEAU_RTOL * abs(low)) & s["converged"]]
+    top = max(plateau_top(s["objective"].to_numpy(), PLATEAU_RTOL) or -np.inf, low + PLATEAU_RTOL * abs(low))
+    at = s[(s["objective"] <= top) & s["converged"]]
     if len(at) < 2:
         return []
     with np.errstate(over="ignore", invalid="ignore"):
