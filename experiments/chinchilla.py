@@ -34,7 +34,8 @@ token count of every WSD budget (:func:`wsd_budgets`: the grid's budgets below t
 interval split in ``wsd_splits``; :mod:`experiments.lib.branches`), under ``<--out>/wsd``; the
 same approaches 2 and 3 are fitted, and the report sets them beside the grid's (read from
 ``<--out>``): the compute each method trained, the laws with intervals, and the optimal loss
-of the largest grid budget, which the WSD method does not train, predicted by its fits.
+of the largest grid budget, which the WSD method does not train, predicted by its fits
+(approach 3 with its bootstrap interval).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ import json
 import math
 import sys
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from experiments import chinchilla_analysis, lib
 from experiments.lib import branches, data_budget
@@ -283,6 +287,39 @@ def _analyze(study: lib.Study, table, out: Path, preset: Preset, args: argparse.
     return chinchilla_analysis.analyze(study, table, out, bootstrap=preset.bootstrap, loss=args.loss)
 
 
+def predict_optimum(fit: dict, table: pd.DataFrame, budget: float, boot3=None, level: float = 0.95) -> dict:
+    """The optimal loss at ``budget`` predicted by a study's fits (``fit``: the numbers of fit.json).
+
+    approach 3: L(N_opt, D_opt) of the law at its exact-FLOPs optimum (chinchilla_analysis.exact_optimum),
+    with the percentile interval of the same over ``boot3``'s resamples (``approach3_interval``);
+    approach 2: the saturating law L*(C) = E + A C^-alpha fitted to every budget's L* (as
+    IsoflopResult.extrapolation_check) at ``budget``; no interval (3 parameters on a few points).
+    """
+    from scaling import fit_law, laws
+    from scaling.bootstrap import percentile_intervals
+
+    f, p = chinchilla_analysis.flops_per_token_of_n(table), fit["approach3"]["params"]
+
+    def optimal_loss(p):  # values floats, or [n, 1] arrays (the resamples)
+        opt = chinchilla_analysis.exact_optimum(p, [budget], f)
+        return laws.chinchilla(opt["N_opt"], opt["D_opt"], p["E"], p["A"], p["B"], p["alpha"], p["beta"]), opt
+
+    loss, opt = optimal_loss(p)
+    res = {"C": float(budget), "approach3": float(np.ravel(loss)[0]), "N_opt": float(opt["N_opt"][0]),
+           "D_opt": float(opt["D_opt"][0]), "approach3_interval": [math.nan, math.nan]}
+    if boot3 is not None and len(boot3.samples):
+        loss = optimal_loss({k: boot3.samples[k].to_numpy(float)[:, None] for k in p})[0][:, 0]
+        res["approach3_interval"] = percentile_intervals(pd.DataFrame({"L": loss}), {}, level).loc[
+            "L", ["lower", "upper"]].astype(float).tolist()
+    o = pd.DataFrame(fit["approach2"]["optima"])
+    o = o[np.isfinite(o["L_star"].astype(float))]
+    if len(o) >= 3:
+        law = fit_law(pd.DataFrame({"C": o["C"].astype(float), "loss": o["L_star"].astype(float)}),
+                      law="saturating", init_grid="porian")
+        res["approach2"] = float(law.predict(pd.DataFrame({"C": [budget], "loss": [1.0]}))[0])
+    return res
+
+
 def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argparse.Namespace) -> dict:
     """``--method wsd``: approaches 2 and 3 on the branches (report.md, fit.json), then the
     section beside the grid's results in ``out.parent`` (comparison.json)."""
@@ -293,7 +330,7 @@ def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argpar
     grid = build_study(preset, args.data, args.preset)
     compute, lines = branches.compute_lines(study, grid)
     held = float(study.meta["held_out_budget"])
-    pred = chinchilla_analysis.predict_optimum(result["fit"], table[table["kind"] == "branch"], held)
+    pred = predict_optimum(result["fit"], table[table["kind"] == "branch"], held, result["boot3"])
     cmp = {"compute": compute, "held_out": pred, "grid_dir": str(out.parent)}
     lines = ["", "## WSD vs the grid", "", *lines, ""]
     grid_fit = out.parent / "fit.json"
@@ -313,15 +350,18 @@ def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argpar
         cmp["laws"], table_lines = branches.side_by_side(q)
         measured = next((o["L_star"] for o in g2["optima"] if abs(o["C"] / held - 1) < 1e-6), float("nan"))
         pred["measured_L_star"] = measured
-        for k in ("approach3", "approach2"):
-            if k in pred:
-                pred[f"{k}_rel_error"] = pred[k] / measured - 1.0
+        pred.update({f"{k}_rel_error": pred[k] / measured - 1.0 for k in ("approach3", "approach2") if k in pred})
         lines += [f"Approach 3 (L(N, D), the Chinchilla form) and approach 2 fitted by each method "
                   f"(grid: `{grid_fit}`):", "", *table_lines, "",
                   f"Held-out budget C = {held:.4g} FLOPs (trained by the grid only): its optimal loss L* = "
                   f"{measured:.4f} (the grid's isoFLOP parabola) is predicted by the WSD fits as"]
-        lines += [f"- approach {k[-1]}: {pred[k]:.4f} ({100 * pred[f'{k}_rel_error']:+.2f}%)"
-                  for k in ("approach3", "approach2") if k in pred]
+        lo, hi = pred["approach3_interval"]
+        pred["approach3_covers"] = cover = bool(lo <= measured <= hi) if np.isfinite([lo, hi]).all() else None
+        said = {True: ", which covers it", False: ", which does NOT cover it", None: ""}[cover]
+        lines.append(f"- approach 3: {pred['approach3']:.4f} ({100 * pred['approach3_rel_error']:+.2f}%), "
+                     f"95% interval over its resamples [{lo:.4f}, {hi:.4f}]{said}")
+        if "approach2" in pred:
+            lines.append(f"- approach 2: {pred['approach2']:.4f} ({100 * pred['approach2_rel_error']:+.2f}%)")
         ex = grid_n["extrapolation"].get("approach2", {})
         if "L_pred" in ex:
             lines.append(f"- (the grid's own check, its fit without that budget: {ex['L_pred']:.4f}, "

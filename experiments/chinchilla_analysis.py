@@ -180,7 +180,8 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, bootstrap
       loss: "val" (final validation loss) or "train" (final training loss).
 
     Returns:
-      {"report": path of report.md, "fit": the numbers written to fit.json, "plots": [paths]}.
+      {"report": path of report.md, "fit": the numbers written to fit.json, "plots": [paths],
+       "boot3": approach 3's BootstrapResult or None}.
     """
     import warnings
 
@@ -250,30 +251,7 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, bootstrap
     n["plots"] = [p.name for p in plots]
     (out / "fit.json").write_text(json.dumps(jsonable(n), indent=2))
     report = write_report(out, n, fit3, boot3)
-    return {"report": report, "fit": n, "plots": plots}
-
-
-def predict_optimum(fit: dict, table: pd.DataFrame, budget: float) -> dict[str, float]:
-    """The optimal loss at ``budget`` predicted by a study's fits (``fit``: the numbers of fit.json).
-
-    approach 3: L(N_opt, D_opt) of the parametric law at its exact-FLOPs optimum (:func:`exact_optimum`);
-    approach 2: the saturating law L*(C) = E + A C^-alpha fitted to every budget's L* (as
-    :meth:`scaling.isoflop.IsoflopResult.extrapolation_check`) at ``budget``.
-    """
-    from scaling import fit_law, laws
-
-    p = fit["approach3"]["params"]
-    opt = exact_optimum(p, [budget], flops_per_token_of_n(table))
-    n_opt, d_opt = float(opt["N_opt"][0]), float(opt["D_opt"][0])
-    res = {"C": float(budget), "approach3": float(laws.chinchilla(n_opt, d_opt, p["E"], p["A"], p["B"], p["alpha"],
-                                                                   p["beta"])), "N_opt": n_opt, "D_opt": d_opt}
-    o = pd.DataFrame(fit["approach2"]["optima"])
-    o = o[np.isfinite(o["L_star"].astype(float))]
-    if len(o) >= 3:
-        law = fit_law(pd.DataFrame({"C": o["C"].astype(float), "loss": o["L_star"].astype(float)}),
-                      law="saturating", init_grid="porian")
-        res["approach2"] = float(law.predict(pd.DataFrame({"C": [budget], "loss": [1.0]}))[0])
-    return res
+    return {"report": report, "fit": n, "plots": plots, "boot3": boot3}
 
 
 def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import chinchilla, lib
+from experiments import chinchilla, chinchilla_analysis, lib
 from lm.model.counting import train_flops_per_token
 from lm.train.schedules import lr_multiplier, warmup_steps
 
@@ -280,6 +280,16 @@ def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference,
     assert cmp["held_out"]["C"] == held and f"Held-out budget C = {held:.4g} FLOPs" in report
     measured = next(o["L_star"] for o in grid_fit["approach2"]["optima"] if o["C"] == pytest.approx(held))
     assert cmp["held_out"]["measured_L_star"] == pytest.approx(measured, nan_ok=True)
+    # approach 3's prediction: the law's least loss over N on the held-out budget's FLOPs, by brute force
+    w3 = json.loads((wsd_out / "fit.json").read_text())["approach3"]["params"]
+    f = chinchilla_analysis.flops_per_token_of_n(table[table["kind"] == "branch"])
+    n = np.geomspace(1e3, 1e9, 200_001)
+    with np.errstate(over="ignore"):  # the smallest N of the scan: A / N^alpha past float range is +inf, not the min
+        brute = np.min(w3["E"] + w3["A"] / n ** w3["alpha"] + w3["B"] / (held / f(n)) ** w3["beta"])
+    assert cmp["held_out"]["approach3"] == pytest.approx(brute, rel=1e-6)
+    lo, hi = cmp["held_out"]["approach3_interval"]
+    assert np.isfinite([lo, hi]).all() and lo <= hi
+    assert f"- approach 3: {cmp['held_out']['approach3']:.4f} (" in report and f"[{lo:.4f}, {hi:.4f}]" in report
     # without the grid's results: the report says how to produce them
     (out / "fit.json").rename(out / "fit.json.aside")
     try:
