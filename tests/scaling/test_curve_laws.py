@@ -193,3 +193,23 @@ def test_recipe_steps_stay_in_the_laws_domain():
                                                     1e-3)))
     assert np.all(np.asarray(p) > 0) and np.all(np.isfinite(curve_recipe.internal_theta(np.asarray(p[0]))))
     assert int(k[0]) > 2 and float(f[0]) < f0
+
+
+def test_recipe_stage_one_keeps_the_best_start_inside_the_laws_domain(monkeypatch):
+    """The simplified law's lowest objective may have L0 < 0 (L0 = -1.84 on the default schedules study):
+    stage 2's log-coordinates cannot start there, so stage 1 keeps the best start with L0, A, B > 0;
+    with none inside, fit_curves says so instead of "did not converge"."""
+    from scaling import curve_recipe
+    from scaling.table import FitConvergenceError
+
+    theta = np.array([[-1.84, 3.13, 0.07, 906.0], [0.24, 1.11, 0.16, 912.0], [0.3, -0.1, 0.2, 900.0],
+                      [0.5, 1.0, 0.2, 800.0]])
+    value = np.array([0.00481, 0.004867, 0.0047, np.nan])
+    monkeypatch.setattr(curve_recipe, "minimize_multistart", lambda *a, **k: {"theta": theta, "value": value})
+    best = curve_recipe._stage1(theta, {}, np.zeros(3), np.ones((1, 3)), 1e-3)
+    np.testing.assert_array_equal(best, theta[[1]])
+    curves, lrs = synthetic(("multi_power", MPL), noise=0.0)
+    monkeypatch.setattr(curve_recipe, "minimize_multistart", lambda form, theta0, *a, **k: {
+        "theta": np.tile([-1.0, 1.0, 0.2, 800.0], (len(theta0), 1)), "value": np.full(len(theta0), 0.005)})
+    with pytest.raises(FitConvergenceError, match="no simplified-law start kept L0, A, B > 0"):
+        fit_curves(curves, lrs, "multi_power")
