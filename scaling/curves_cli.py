@@ -146,6 +146,9 @@ def run_curves(args) -> int:
                        else "dropping them biases the intervals")
             warnings.append(f"{100 * boot.n_failed / boot.n:.1f}% of bootstrap resamples ({boot.n_failed} of "
                             f"{boot.n}) dropped (no LR drop among their runs, or not converged): {verdict}")
+        from scaling.diagnostics import interval_warnings
+
+        warnings += interval_warnings(boot)
     warnings = fit_warnings(fit) + warnings
     print(_parameter_table(fit, boot))
     for w in warnings:

@@ -172,16 +172,10 @@ def bootstrap_warnings(boot, n_free: int | None = None, fixed=(), min_loss: floa
                        f"{n_free} free parameters: the intervals are unreliable")
     from scaling.refit import refit_warnings  # dropped refits, refits on a boundary
     out += refit_warnings(boot)
+    out += interval_warnings(boot, fixed)
     for name, row in boot.intervals.iterrows():
-        if name in fixed:
-            continue
         est, lo, hi = row["estimate"], row["lower"], row["upper"]
-        if np.isfinite(est) and np.isfinite(lo) and np.isfinite(hi) and lo < hi and not lo <= est <= hi:
-            out.append(f"{name} = {est:.4g} lies outside its own {boot.level:.0%} interval "
-                       f"[{lo:.4g}, {hi:.4g}]: the estimate is unstable")
-        elif np.isfinite(lo) and lo == hi and boot.n > 1:
-            out.append(f"{name}: the {boot.level:.0%} interval collapsed to the point {lo:.4g}")
-        if name == "sigma" or not np.isfinite(est) or running_off(name, est, min_loss):
+        if name in fixed or name == "sigma" or not np.isfinite(est) or running_off(name, est, min_loss):
             continue  # the estimate's own warning says it
         for end in (lo, hi):
             why = running_off(name, end, min_loss) if not np.isnan(end) else ""
@@ -190,6 +184,23 @@ def bootstrap_warnings(boot, n_free: int | None = None, fixed=(), min_loss: floa
                            f"{name} = {end:.3g}{why}, in some bootstrap refits; the interval "
                            "does not measure it")
                 break
+    return out
+
+
+def interval_warnings(boot, fixed=()) -> list[str]:
+    """Estimates outside their own percentile interval (the resamples' refits land elsewhere than
+    the full data's: the estimate is unstable and the interval does not describe it) and
+    intervals collapsed to a point; ``fixed``: quantities with no interval to judge."""
+    out = []
+    for name, row in boot.intervals.iterrows():
+        est, lo, hi = row["estimate"], row["lower"], row["upper"]
+        if name in fixed:
+            continue
+        if np.isfinite(est) and np.isfinite(lo) and np.isfinite(hi) and lo < hi and not lo <= est <= hi:
+            out.append(f"{name} = {est:.4g} lies outside its own {boot.level:.0%} interval "
+                       f"[{lo:.4g}, {hi:.4g}]: the estimate is unstable")
+        elif np.isfinite(lo) and lo == hi and boot.n > 1:
+            out.append(f"{name}: the {boot.level:.0%} interval collapsed to the point {lo:.4g}")
     return out
 
 

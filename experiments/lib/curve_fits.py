@@ -128,6 +128,7 @@ def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap
     ``status`` "refused" and no numbers; the notes say why.
     """
     from scaling.curve_fit import curve_predictions
+    from scaling.diagnostics import interval_warnings
 
     out, notes = {}, []
     curves = fit_window(curves, first_step)
@@ -146,6 +147,8 @@ def fit_laws(curves: pd.DataFrame, schedules: dict, fitted: list[str], bootstrap
             notes.append(f"{law}: each bootstrap refit is 500 BFGS steps from the fit, kept if finite "
                          f"({boot.n - boot.n_failed} of {boot.n}); the intervals of the parameters that did not "
                          "settle only say where those steps ended")
+        if boot is not None:  # an estimate its own resamples do not surround: the interval does not describe it
+            notes += [f"{law}: {w}" for w in interval_warnings(boot)]
         pred = curve_predictions(fit, curves, schedules, boot)
         pred["fitted"] = pred["run"].isin(fitted)
         out[law] = (fit, boot, pred, _errors(pred).assign(status=f"fitted ({fit.method})"))

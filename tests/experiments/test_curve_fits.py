@@ -136,6 +136,18 @@ def test_a_start_further_down_the_plateau_leaves_the_others_agreement_seen(trans
     assert len(loose) == 1 and loose[0].startswith("L0 in [")
 
 
+def test_the_study_notes_an_estimate_outside_its_own_interval(transient_curves, monkeypatch):
+    """The schedules report's notes carry scaling.diagnostics.interval_warnings of every bootstrapped law."""
+    from scaling import diagnostics
+
+    seen = []
+    monkeypatch.setattr(diagnostics, "interval_warnings", lambda boot: seen.append(boot) or ["X lies outside"])
+    fits, notes = curve_fits.fit_laws(transient_curves[transient_curves["run"].isin(FITTED)], ETAS, FITTED, 4,
+                                      first_step=W)
+    assert seen and seen == [fits[law][1] for law in curve_fits.LAWS if fits[law][1] is not None]
+    assert all(f"{law}: X lies outside" in notes for law in curve_fits.LAWS if fits[law][1] is not None)
+
+
 def test_the_optimiser_escapes_a_constant_local_minimum():
     """A fit whose drop term rewards only large drops (gamma ~ 8, measured at smoke size): from
     the constant schedule alone projected Adam stays there, though the law predicts WSD lower."""
