@@ -254,7 +254,7 @@ def fit_curves(curves, lrs, law: str | CurveLaw = "multi_power", *,
             converged |= np.isfinite(value) & (value <= top)
     if not converged.any() and method == "luo2025":
         raise FitConvergenceError(f"law {law.name!r}: the authors' recipe ended without a finite objective "
-                                  "(no simplified-law start kept L0, A, B > 0)")
+                                  "(as where no simplified-law start kept L0, A, B > 0)")
     if not converged.any():
         raise FitConvergenceError(f"law {law.name!r}: none of the {len(theta0)} starts converged "
                                   f"within max_iter={max_iter}")

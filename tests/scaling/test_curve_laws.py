@@ -211,5 +211,5 @@ def test_recipe_stage_one_keeps_the_best_start_inside_the_laws_domain(monkeypatc
     curves, lrs = synthetic(("multi_power", MPL), noise=0.0)
     monkeypatch.setattr(curve_recipe, "minimize_multistart", lambda form, theta0, *a, **k: {
         "theta": np.tile([-1.0, 1.0, 0.2, 800.0], (len(theta0), 1)), "value": np.full(len(theta0), 0.005)})
-    with pytest.raises(FitConvergenceError, match="no simplified-law start kept L0, A, B > 0"):
+    with pytest.raises(FitConvergenceError, match="recipe ended without a finite objective .as where no simplified-law start kept L0, A, B > 0"):
         fit_curves(curves, lrs, "multi_power")
