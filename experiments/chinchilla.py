@@ -292,9 +292,8 @@ def predict_optimum(fit: dict, table: pd.DataFrame, budget: float, boot3=None, l
 
     approach 3: L(N_opt, D_opt) of the law at its exact-FLOPs optimum (chinchilla_analysis.exact_optimum),
     with the percentile interval of the same over ``boot3``'s resamples (``approach3_interval``);
-    approach 2: the saturating law L*(C) = E + A C^-alpha fitted to every budget's L* (as
-    IsoflopResult.extrapolation_check) at ``budget``; no interval (3 parameters on a few points).
-    """
+    approach 2: the saturating law L*(C) = E + A C^-alpha fitted to every budget's L* (as in
+    IsoflopResult.extrapolation_check) at ``budget``; no interval (3 parameters on a few points)."""
     from scaling import fit_law, laws
     from scaling.bootstrap import percentile_intervals
 
@@ -356,10 +355,11 @@ def analyze_wsd(study: lib.Study, table, out: Path, preset: Preset, args: argpar
                   f"Held-out budget C = {held:.4g} FLOPs (trained by the grid only): its optimal loss L* = "
                   f"{measured:.4f} (the grid's isoFLOP parabola) is predicted by the WSD fits as"]
         lo, hi = pred["approach3_interval"]
-        pred["approach3_covers"] = cover = bool(lo <= measured <= hi) if np.isfinite([lo, hi]).all() else None
-        said = {True: ", which covers it", False: ", which does NOT cover it", None: ""}[cover]
-        lines.append(f"- approach 3: {pred['approach3']:.4f} ({100 * pred['approach3_rel_error']:+.2f}%), "
-                     f"95% interval over its resamples [{lo:.4f}, {hi:.4f}]{said}")
+        has = bool(np.isfinite([lo, hi]).all())
+        pred["approach3_covers"] = bool(lo <= measured <= hi) if has and np.isfinite(measured) else None
+        said = {True: ", which covers it", False: ", which does NOT cover it", None: ""}[pred["approach3_covers"]]
+        lines.append(f"- approach 3: {pred['approach3']:.4f} ({100 * pred['approach3_rel_error']:+.2f}%), 95% "
+                     "interval: " + (f"[{lo:.4f}, {hi:.4f}]{said}" if has else "none (--bootstrap 0, or no refit converged)"))
         if "approach2" in pred:
             lines.append(f"- approach 2: {pred['approach2']:.4f} ({100 * pred['approach2_rel_error']:+.2f}%)")
         ex = grid_n["extrapolation"].get("approach2", {})

@@ -289,7 +289,7 @@ def test_wsd_method_trains_each_step_once_and_reports_beside_the_grid(reference,
     assert cmp["held_out"]["approach3"] == pytest.approx(brute, rel=1e-6)
     lo, hi = cmp["held_out"]["approach3_interval"]
     assert np.isfinite([lo, hi]).all() and lo <= hi
-    assert f"- approach 3: {cmp['held_out']['approach3']:.4f} (" in report and f"[{lo:.4f}, {hi:.4f}]" in report
+    assert f"- approach 3: {cmp['held_out']['approach3']:.4f} (" in report and f"95% interval: [{lo:.4f}, {hi:.4f}], which" in report
     # without the grid's results: the report says how to produce them
     (out / "fit.json").rename(out / "fit.json.aside")
     try:
