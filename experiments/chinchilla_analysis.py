@@ -254,6 +254,30 @@ def analyze(study: lib.Study, table: pd.DataFrame, out: str | Path, *, bootstrap
     return {"report": report, "fit": n, "plots": plots, "boot3": boot3}
 
 
+def held_out_lines(pred: dict, measured: float) -> list[str]:
+    """Report lines of a held-out budget's predicted optimal loss against ``measured`` (the grid's L*);
+    ``pred`` (of ``experiments.chinchilla.predict_optimum``) gains the relative errors and whether
+    approach 3's interval covers ``measured``. A prediction that is not finite is said, never printed."""
+    pred["measured_L_star"] = measured
+    pred.update({f"{k}_rel_error": pred[k] / measured - 1.0 for k in ("approach3", "approach2") if k in pred})
+    lo, hi = pred["approach3_interval"]
+    has = bool(np.isfinite([lo, hi]).all())
+    pred["approach3_covers"] = bool(lo <= measured <= hi) if has and np.isfinite(measured) else None
+    said = {True: ", which covers it", False: ", which does NOT cover it", None: ""}[pred["approach3_covers"]]
+    interval = (f"95% interval: [{lo:.4f}, {hi:.4f}]{said}" if has
+                else "no interval (--bootstrap 0, or no refit converged)")
+    out = []
+    for k, extra in (("approach3", f", {interval}"), ("approach2", "")):
+        if k not in pred:
+            continue
+        if not np.isfinite(pred[k]):
+            out.append(f"- approach {k[-1]}: no prediction (its fit ran off to a degenerate optimum: see the warnings)")
+            continue
+        rel = f" ({100 * pred[f'{k}_rel_error']:+.2f}%)" if np.isfinite(pred[f"{k}_rel_error"]) else ""
+        out.append(f"- approach {k[-1]}: {pred[k]:.4f}{rel}{extra}")
+    return out
+
+
 def _extrapolation(iso, ft: pd.DataFrame, budgets: list[float]) -> dict[str, Any]:
     """Fit without the largest budget and predict it.
 

@@ -1,6 +1,7 @@
 """tests/conftest.py: under xdist the fake-device subprocess modules are one unit of work, and a
-module sharing a fixture is one unit."""
+module sharing a fixture is one unit; the suite compiles at XLA's fastest level."""
 
+import os
 from pathlib import Path
 
 from tests import conftest
@@ -54,3 +55,11 @@ def test_scheduler_groups_the_serial_modules_and_hands_out_the_rest_alone(pytest
     assert {sched._split_scope(i) for i in shared} == {"tests/experiments/test_stops.py"}
     # An xdist_group suffix (where xdist can still add it) keeps its meaning.
     assert sched._split_scope("tests/lm/test_model.py::test_a@other") == "other"
+
+
+def test_the_suite_compiles_at_the_fastest_level_unless_told_otherwise():
+    assert conftest.FAST_COMPILE_FLAG in os.environ["XLA_FLAGS"]  # this process and every child it starts
+    assert conftest.xla_flags({}) == conftest.FAST_COMPILE_FLAG
+    assert conftest.xla_flags({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}) == (
+        f"--xla_force_host_platform_device_count=8 {conftest.FAST_COMPILE_FLAG}")
+    assert conftest.xla_flags({"XLA_FLAGS": "--xla_backend_optimization_level=3"}) == "--xla_backend_optimization_level=3"
