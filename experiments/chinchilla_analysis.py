@@ -265,7 +265,7 @@ def held_out_lines(pred: dict, measured: float) -> list[str]:
     pred["approach3_covers"] = bool(lo <= measured <= hi) if has and np.isfinite(measured) else None
     said = {True: ", which covers it", False: ", which does NOT cover it", None: ""}[pred["approach3_covers"]]
     interval = (f"95% interval: [{lo:.4f}, {hi:.4f}]{said}" if has
-                else "no interval (--bootstrap 0, or no refit converged)")
+                else "no interval (no bootstrap resamples, or none whose refit converged)")
     out = []
     for k, extra in (("approach3", f", {interval}"), ("approach2", "")):
         if k not in pred:
