@@ -8,14 +8,15 @@
   variables of :func:`lm.train.compile_cache.settings`, inherited by every child, give it to JAX
   on import, so a program compiled once (a smoke model's train step, the reference of a
   kill/resume test) is loaded, not compiled, everywhere else, and in the next session:
-  a rerun of the suite skips the compiles it has done before. The cache keys a program on its HLO, options and JAX/XLA versions, so
-  a changed test or library compiles anew; a loaded program computes what the compile
-  gives (tests/lm/test_compile_cache.py). ``SCALELAB_TEST_JAX_CACHE=DIR`` puts it in DIR;
+  a rerun of the suite skips the compiles it has done before. The cache keys a program on its
+  HLO, options and JAX/XLA versions, so a changed test or library compiles anew; a loaded
+  program computes what the compile gives (tests/lm/test_compile_cache.py). ``SCALELAB_TEST_JAX_CACHE=DIR`` puts it in DIR;
   ``SCALELAB_TEST_JAX_CACHE=off`` gives the session a fresh temporary one, removed when it
   ends (a cold run), as does a suite folder that cannot be written;
 * every process compiles at XLA's fastest backend level (:data:`FAST_COMPILE_FLAG`; a level
   set in ``XLA_FLAGS`` wins). Measured on a 2-core AMD EPYC, the whole suite cold (an empty
-  cache): 1229 s, 2247 CPU s at the default level; 894-927 s, 1610-1678 CPU s at level 0;
+  cache): 1229 s, 2247 CPU s at the default level; 894-927 s, 1610-1678 CPU s at level 0
+  (warm: 510 s and 538 s);
 * under pytest-xdist (``-n 2``; pyproject's addopts give ``--dist loadgroup``) the test
   modules that start fake-device subprocesses (:data:`SERIAL_MODULES`, each a module
   fixture of minutes that alone keeps both cores busy) are ONE unit of work: one worker

@@ -52,9 +52,8 @@ RTOL, ATOL = 1e-5, 5e-7
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    # Optimisation level 0 halves XLA:CPU compile time (the reference compiles the same way).
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    # the optimisation level (0, as the reference in this process) comes with XLA_FLAGS: tests/conftest.py
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # GSPMD's resharding warnings
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"

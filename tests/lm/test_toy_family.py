@@ -73,9 +73,8 @@ print(json.dumps({{"flops_per_token": flops.train_flops_per_token(run.model, run
 
 def _env(site: Path, devices: int = 1) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "JAX_PLATFORMS": "cpu"}
-    # optimisation level 0 halves XLA:CPU compile time, as in tests/lm/test_sharding.py
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    # the optimisation level (0) comes with XLA_FLAGS: tests/conftest.py
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return env
 
 
